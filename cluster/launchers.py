@@ -1,0 +1,144 @@
+"""Daemon launchers: the daemon under test, behind one interface.
+
+``ctdb``     Debian's real ctdbd 4.17 in production mode (no CTDB_TEST_MODE), configured through
+             the node's own /etc/ctdb (an overlay, see node.py), with Debian's stock event scripts
+             00.ctdb, 01.reclock, 05.system, 10.interface plus our systemd-free 50.samba, and a
+             clustered smbd.
+``pyctdbd``  this project's daemon, on the very same files, with our 10.interface and 50.samba
+             scripts; smbd runs non-clustered against it for now.
+
+A launcher writes a node's configuration (before the node's mounts exist, so straight into the
+overlay's upper layer on the host) and starts the daemon inside the node.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from ctdblab.errors import UserError
+
+from .node import LabHost
+from .profiles import Profile, tunables_file_text
+from .samba import smb_conf
+
+STOCK_EVENTS = Path("/usr/share/ctdb/events/legacy")
+SHIPPED_EVENTS = Path(__file__).resolve().parent.parent / "daemon" / "events" / "scripts"
+LOG_FILE = "/var/log/ctdb/log.ctdb"          # inside the node; node.dirs.log / "ctdb" on the host
+
+
+class DaemonLauncher:
+    name = ""
+    smb_clustered = False
+    stock_scripts: tuple[str, ...] = ()
+    shipped_scripts: tuple[str, ...] = ()
+
+    def check_installed(self) -> None:
+        raise NotImplementedError
+
+    def start_command(self) -> list[str]:
+        raise NotImplementedError
+
+    # -- configuration -------------------------------------------------------------------------
+    def configure(self, node: LabHost, *, node_ips: list[str], public_ips: list[str],
+                  public_prefixlen: int, shared_dir: Path, profile: Profile) -> None:
+        etc = node.dirs.etc_ctdb
+        (etc / "nodes").write_text("".join(f"{ip}\n" for ip in node_ips))
+        iface = f"{node.name}-eth1"
+        (etc / "public_addresses").write_text(
+            "".join(f"{ip}/{public_prefixlen} {iface}\n" for ip in public_ips))
+        (etc / "ctdb.tunables").write_text(tunables_file_text(profile))
+        (etc / "ctdb.conf").write_text(self.ctdb_conf(shared_dir, profile))
+        (etc / "script.options").write_text(
+            "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n")
+        self._enable_scripts(node.dirs.events)
+        (node.dirs.etc_samba / "smb.conf").write_text(
+            smb_conf(shared_dir / "share", clustered=self.smb_clustered))
+
+    def ctdb_conf(self, shared_dir: Path, profile: Profile) -> str:
+        cluster = {"cluster lock": str(shared_dir / ".ctdb" / "reclock"), **profile.cluster_options}
+        lines = ["# written by ctdblab", "[logging]", f"    location = file:{LOG_FILE}",
+                 "    log level = NOTICE", "[cluster]"]
+        lines += [f"    {k} = {v}" for k, v in cluster.items()]
+        return "\n".join(lines) + "\n"
+
+    def _enable_scripts(self, events_dir: Path) -> None:
+        for old in events_dir.iterdir():
+            old.unlink()
+        for name in self.stock_scripts:
+            (events_dir / f"{name}.script").symlink_to(STOCK_EVENTS / f"{name}.script")
+        for name in self.shipped_scripts:
+            source = SHIPPED_EVENTS / f"{name}.script"
+            if not source.exists():
+                raise UserError(f"shipped event script {source} is missing")
+            (events_dir / f"{name}.script").symlink_to(source)
+
+    # -- running -----------------------------------------------------------------------------------
+    def start(self, node: LabHost) -> None:
+        result = node.run(self.start_command(), timeout=30)
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"{self.name} failed to start on {node.name} "
+                               f"(exit {result.returncode}): {' / '.join(tail)}")
+
+    def log_path(self, node: LabHost) -> Path:
+        return node.dirs.log / "ctdb" / Path(LOG_FILE).name
+
+
+class CtdbLauncher(DaemonLauncher):
+    """Debian's real ctdbd (the reference)."""
+
+    name = "ctdb"
+    smb_clustered = True
+    stock_scripts = ("00.ctdb", "01.reclock", "05.system", "10.interface")
+    shipped_scripts = ("50.samba",)
+
+    def check_installed(self) -> None:
+        for tool in ("ctdbd", "ctdb", "smbd", "smbpasswd"):
+            if shutil.which(tool) is None:
+                raise UserError(f"`{tool}` not found: install Debian's ctdb and samba packages "
+                                "(./ctdblab.sh does it)")
+        for name in self.stock_scripts:
+            if not (STOCK_EVENTS / f"{name}.script").exists():
+                raise UserError(f"{STOCK_EVENTS}/{name}.script missing: is the ctdb package complete?")
+
+    def start_command(self) -> list[str]:
+        return ["ctdbd"]
+
+
+class PyctdbdLauncher(DaemonLauncher):
+    """This project's daemon."""
+
+    name = "pyctdbd"
+    smb_clustered = False
+    shipped_scripts = ("10.interface", "50.samba")
+
+    def executable(self) -> str:
+        candidate = Path(sys.executable).parent / "pyctdbd"
+        if candidate.exists():
+            return str(candidate)
+        found = shutil.which("pyctdbd")
+        if found is None:
+            raise UserError("`pyctdbd` not found: run ./ctdblab.sh once to install it")
+        return found
+
+    def check_installed(self) -> None:
+        self.executable()
+        for tool in ("ctdb", "smbd", "smbpasswd"):
+            if shutil.which(tool) is None:
+                raise UserError(f"`{tool}` not found: install Debian's ctdb and samba packages "
+                                "(./ctdblab.sh does it)")
+
+    def start_command(self) -> list[str]:
+        return [self.executable()]
+
+
+LAUNCHERS = {"ctdb": CtdbLauncher, "pyctdbd": PyctdbdLauncher}
+
+
+def get_launcher(name: str) -> DaemonLauncher:
+    try:
+        return LAUNCHERS[name]()
+    except KeyError:
+        raise UserError(f"unknown daemon {name!r}; choose one of {', '.join(LAUNCHERS)}") from None
