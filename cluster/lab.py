@@ -1,0 +1,217 @@
+"""A running lab cluster: the network, the daemon under test and Samba on every node.
+
+    with LabCluster(3, daemon="ctdb", tunables="aggressive", progress=print) as cluster:
+        cluster.node(0).run("ctdb status")
+        cluster.leader()
+
+``start()`` builds the network, writes each node's configuration, starts the daemon everywhere,
+waits until every node is OK and every public IP is hosted, adds the SMB user and waits until smbd
+listens on every node.  Leaving the ``with`` block (also by an exception or Ctrl-C) tears
+everything down; a ``detach()``ed cluster is left running for ``ctdblab down``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from ctdblab.errors import UserError
+
+from .addressing import PREFIXLEN
+from .ctdbtool import NodeStatus, parse_ip_all, parse_status
+from .launchers import DaemonLauncher, get_launcher
+from .mininet_backend import LinkSpec, MininetCluster
+from .node import LabHost
+from .prereq import check_lab
+from .profiles import get_profile
+from .samba import add_user_command, add_user_input
+
+CTDB_TIMEOUT = 10.0
+
+
+class ClusterNotReady(RuntimeError):
+    pass
+
+
+class LabCluster:
+    def __init__(self, nodes: int, *, daemon: str | DaemonLauncher = "ctdb",
+                 tunables: str = "default", clients: int = 1, bw_mbit: float | None = None,
+                 link_params: dict | None = None, workdir: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.launcher = get_launcher(daemon) if isinstance(daemon, str) else daemon
+        self.profile = get_profile(tunables)
+        params = dict(link_params or {})
+        if bw_mbit is not None:
+            params["bw"] = bw_mbit
+        self.progress = progress or (lambda msg: None)
+        self.backend = MininetCluster(nodes, clients, workdir=workdir,
+                                      link=LinkSpec.from_params(params), progress=self.progress)
+        self.started = False
+
+    # -- shortcuts --------------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[LabHost]:
+        return self.backend.nodes
+
+    @property
+    def clients(self) -> list[LabHost]:
+        return self.backend.clients
+
+    def node(self, pnn: int) -> LabHost:
+        return self.backend.node(pnn)
+
+    def client(self, index: int = 0) -> LabHost:
+        return self.backend.client(index)
+
+    @property
+    def plan(self):
+        return self.backend.plan
+
+    @property
+    def workdir(self) -> Path:
+        return self.backend.workdir
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.backend.shared_dir
+
+    def public_ips(self) -> list[str]:
+        return self.backend.public_ips()
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "LabCluster":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 180.0) -> None:
+        check_lab()
+        self.launcher.check_installed()
+        t0 = time.monotonic()
+        self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name}
+        self.backend.build(configure=self._configure)
+        for node in self.nodes:
+            self.launcher.start(node)
+        self.progress(f"{self.launcher.name} started on {len(self.nodes)} nodes; waiting until "
+                      f"every node is OK and every public IP is hosted")
+        self.wait_healthy(timeout=timeout)
+        t_healthy = time.monotonic() - t0
+        self.setup_samba(timeout=60)
+        self.started = True
+        self.progress(f"cluster healthy after {t_healthy:.1f} s, smbd serving on every node after "
+                      f"{time.monotonic() - t0:.1f} s")
+
+    def stop(self) -> None:
+        self.backend.teardown()
+        self.started = False
+
+    def detach(self) -> None:
+        """Leave the cluster running after this process exits (``ctdblab down`` removes it)."""
+        self.backend.detached = True
+        self.backend._save_state()
+
+    def _configure(self, node: LabHost) -> None:
+        plan = self.backend.plan
+        self.launcher.configure(
+            node, node_ips=[plan.private_ip(p) for p in range(self.backend.num_nodes)],
+            public_ips=self.public_ips(), public_prefixlen=PREFIXLEN,
+            shared_dir=self.shared_dir, profile=self.profile)
+
+    # -- samba ------------------------------------------------------------------------------------
+    def setup_samba(self, timeout: float = 60.0, nodes: list[LabHost] | None = None) -> None:
+        """Add the SMB user (per node: passdb is per node unless smbd is clustered) and wait
+        until smbd listens on 445 — the daemon's 50.samba event script starts it."""
+        for node in nodes or self.nodes:
+            result = node.run(add_user_command(), input=add_user_input(), timeout=30)
+            if result.returncode != 0:
+                raise ClusterNotReady(f"smbpasswd failed on {node.name}: "
+                                      f"{(result.stderr or result.stdout).strip()}")
+        self.wait_until(lambda: all(self.smbd_listening(n) for n in nodes or self.nodes),
+                        timeout, "smbd listening on port 445 on every node")
+
+    @staticmethod
+    def smbd_listening(node: LabHost) -> bool:
+        result = node.run(["ss", "-ltnH", "sport = :445"], timeout=10)
+        return result.returncode == 0 and bool(result.stdout.strip())
+
+    # -- asking the daemon (through the stock ctdb tool, inside a node) ---------------------------
+    def ctdb(self, pnn: int, *args: str, timeout: float = CTDB_TIMEOUT) -> subprocess.CompletedProcess:
+        return self.node(pnn).run(["ctdb", *args], timeout=timeout)
+
+    def any_powered(self) -> LabHost:
+        for node in self.nodes:
+            if node.powered:
+                return node
+        raise ClusterNotReady("every node is powered off")
+
+    def status(self, pnn: int | None = None) -> list[NodeStatus]:
+        node = self.node(pnn) if pnn is not None else self.any_powered()
+        result = node.run(["ctdb", "-X", "status"], timeout=CTDB_TIMEOUT)
+        if result.returncode != 0 and "|" not in result.stdout:
+            raise ClusterNotReady(f"ctdb status on {node.name}: {result.stderr.strip()}")
+        return parse_status(result.stdout)
+
+    def ip_all(self, pnn: int | None = None) -> dict[str, int]:
+        node = self.node(pnn) if pnn is not None else self.any_powered()
+        result = node.run(["ctdb", "-X", "ip", "all"], timeout=CTDB_TIMEOUT)
+        if result.returncode != 0:
+            raise ClusterNotReady(f"ctdb ip all on {node.name}: {result.stderr.strip()}")
+        return parse_ip_all(result.stdout)
+
+    def leader(self, pnn: int | None = None) -> int:
+        node = self.node(pnn) if pnn is not None else self.any_powered()
+        result = node.run(["ctdb", "leader"], timeout=CTDB_TIMEOUT)
+        if result.returncode != 0:
+            raise ClusterNotReady(f"ctdb leader on {node.name}: {result.stderr.strip()}")
+        return int(result.stdout.strip())
+
+    def healthy(self) -> bool:
+        """Every powered node OK (as seen from each of them) and every public IP hosted."""
+        try:
+            powered = [n for n in self.nodes if n.powered]
+            for node in powered:
+                status = self.status(node.index)
+                by_pnn = {s.pnn: s for s in status}
+                if any(not by_pnn[n.index].ok for n in powered if n.index in by_pnn):
+                    return False
+            ips = self.ip_all()
+            return len(ips) == len(self.public_ips()) and all(p >= 0 for p in ips.values())
+        except (ClusterNotReady, ValueError, subprocess.TimeoutExpired, KeyError):
+            return False
+
+    def wait_healthy(self, timeout: float = 180.0) -> float:
+        return self.wait_until(self.healthy, timeout, "every node OK and every public IP hosted")
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str,
+                   interval: float = 0.2) -> float:
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise ClusterNotReady(f"timed out after {timeout:.0f} s waiting for {what}; "
+                                      f"node logs are under {self.workdir / 'nodes'}")
+            time.sleep(interval)
+        return time.monotonic() - t0
+
+    # -- power --------------------------------------------------------------------------------------
+    def power_off(self, pnn: int) -> dict[str, float]:
+        return self.backend.power_off(self.node(pnn))
+
+    def power_on(self, pnn: int) -> float:
+        """Fresh node, same identity; the daemon is started again (it rejoins by itself)."""
+        node = self.node(pnn)
+        t_on = self.backend.power_on(node)
+        self.launcher.start(node)
+        return t_on
+
+    def require(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise UserError(message)
