@@ -1,0 +1,64 @@
+"""ConfigError: a problem in one of CTDB's configuration files, named by file and line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ConfigError(Exception):
+    """A bad configuration file.
+
+    ``str()`` is one line: ``/etc/ctdb/nodes:3: '198.18.0.300' is not an IP address``
+    (``path: message`` when no line applies, just ``message`` when no file does).
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        """Every problem carried by this exception (just itself here)."""
+        return [self]
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return self.message
+        if self.line is None:
+            return f"{self.path}: {self.message}"
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass (CTDB also reports every bad line, not just the first).
+
+    ``path``/``line``/``message`` are those of the first problem; ``errors`` lists all of them and
+    ``str()`` gives one line per problem.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        flat: list[ConfigError] = []
+        for error in errors:
+            flat.extend(error.errors)
+        if not flat:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = flat[0]
+        super().__init__(first.message, first.path, first.line)
+        self._errors = flat
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return list(self._errors)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(error) for error in self._errors)
+
+
+def raise_collected(errors: Sequence[ConfigError]) -> None:
+    """Raise nothing, the one error, or a ConfigErrors holding all of them."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
