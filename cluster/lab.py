@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ctdblab.errors import UserError
-
 from .addressing import PREFIXLEN
 from .ctdbtool import NodeStatus, parse_ip_all, parse_status
 from .launchers import DaemonLauncher, get_launcher
@@ -110,7 +108,11 @@ class LabCluster:
                       f"{time.monotonic() - t0:.1f} s")
 
     def stop(self) -> None:
-        self.backend.teardown()
+        """Tear everything down — unless the cluster was detached, which then just lets go."""
+        if self.backend.detached:
+            self.backend.release()
+        else:
+            self.backend.teardown()
         self.started = False
 
     def detach(self) -> None:
@@ -211,7 +213,3 @@ class LabCluster:
         t_on = self.backend.power_on(node)
         self.launcher.start(node)
         return t_on
-
-    def require(self, condition: bool, message: str) -> None:
-        if not condition:
-            raise UserError(message)

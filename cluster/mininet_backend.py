@@ -248,11 +248,12 @@ class MininetCluster:
 
     @staticmethod
     def _dispose_mininet_host(mn_host) -> None:
-        # Its shell is already SIGKILLed; close the ptys and reap it without Mininet's cmd().
+        # Hang up Mininet's shell if it still runs, close its ptys and reap it — without
+        # Mininet's cmd(), which would block forever on a dead shell.
         if mn_host is None:
             return
         try:
-            mn_host.cleanup()
+            mn_host.terminate()
         except OSError:
             pass
 
@@ -274,6 +275,15 @@ class MininetCluster:
                 pass
         if self.prefix:
             cleanup_prefix(self.prefix)
+        if self.lease:
+            self.lease.release()
+            self.lease = None
+
+    def release(self) -> None:
+        """Give up ownership without touching the network (a detached cluster lives on)."""
+        for host in self.nodes + self.clients:
+            self._dispose_mininet_host(host.host)   # closes ptys; the holders keep the namespaces
+            host.host = None
         if self.lease:
             self.lease.release()
             self.lease = None

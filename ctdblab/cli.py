@@ -1,30 +1,265 @@
-"""The ``ctdblab`` command: bring clusters up, run scenarios, draw reports."""
+"""ctdblab: bring lab clusters up, run failover and scaling scenarios, draw reports.
+
+  ctdblab up --nodes 3 --daemon ctdb [--detach]     a cluster to play with
+  ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
+  ctdblab down                                       remove detached clusters
+  ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
+  ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
+  ctdblab report DIR                                 (re)draw plots and report.md from DIR
+  ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from .errors import UserError
 
+DAEMONS = ("ctdb", "pyctdbd")
+
+
+class Progress:
+    """Progress lines on stderr with the elapsed time, for long runs."""
+
+    def __init__(self, quiet: bool = False):
+        self.t0 = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_node_range(text: str) -> list[int]:
+    """``3`` -> [3]; ``1..4`` -> [1, 2, 3, 4]."""
+    try:
+        if ".." in text:
+            lo, hi = (int(x) for x in text.split("..", 1))
+        else:
+            lo = hi = int(text)
+    except ValueError:
+        raise UserError(f"--nodes takes N or A..B (e.g. 3 or 1..4), not {text!r}") from None
+    if lo < 1 or hi < lo:
+        raise UserError(f"--nodes range {text!r} is empty or starts below 1")
+    return list(range(lo, hi + 1))
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctdblab", description=__doc__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="ctdblab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="bring a cluster up and keep it until Ctrl-C (or --detach)")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--daemon", choices=DAEMONS, default="ctdb")
+    up.add_argument("--tunables", default="default")
+    up.add_argument("--clients", type=int, default=1)
+    up.add_argument("--bw", type=float, default=None, metavar="MBIT",
+                    help="cap each node's public link (htb)")
+    up.add_argument("--detach", action="store_true", help="leave it running; `ctdblab down` removes it")
+
+    ex = sub.add_parser("exec", help="run a command inside a node (PNN) or client (cN)")
+    ex.add_argument("target", help="node PNN (0-based, as CTDB numbers nodes) or cN for client N")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    ex.add_argument("--cluster", help="prefix of the cluster (when several are up)")
+    ex.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds before the command is killed (0: never)")
+
+    down = sub.add_parser("down", help="remove running lab clusters")
+    down.add_argument("--cluster", help="only this prefix")
+
+    run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
+    run.add_argument("scenario", help="failover or scaling")
+    run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
+    run.add_argument("--nodes", default="3", help="N, or A..B for scaling")
+    run.add_argument("--repeat", type=int, default=1)
+    run.add_argument("--tunables", default="default")
+    run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
+    run.add_argument("--bw", type=float, default=None, metavar="MBIT")
+    run.add_argument("--out", required=True, type=Path)
+
+    rep = sub.add_parser("report", help="draw plots and report.md from a run directory")
+    rep.add_argument("dir", type=Path)
+
+    demo = sub.add_parser("demo", help="3-node failover of pyctdbd and ctdb, then the report")
+    demo.add_argument("--out", type=Path, default=None)
+    demo.add_argument("--repeat", type=int, default=1)
+    demo.add_argument("--daemons", default="pyctdbd,ctdb")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress = Progress(args.quiet)
+    _terminate_on_sigterm()
     try:
         if args.command is None:
             parser.print_help()
             return 0
-        raise UserError(f"unknown command {args.command!r}")
+        handler = COMMANDS[args.command]
+        return handler(args, progress) or 0
     except UserError as e:
         print(f"ctdblab: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ctdblab: interrupted; the lab was cleaned up", file=sys.stderr)
+        return 130
+
+
+def _terminate_on_sigterm() -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `with LabCluster(...)` tears its network down.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def cmd_up(args, progress) -> int:
+    from .cluster.lab import LabCluster
+
+    cluster = LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables,
+                         clients=args.clients, bw_mbit=args.bw, progress=progress)
+    with cluster:
+        print(describe_cluster(cluster))
+        if args.detach:
+            cluster.detach()
+            print(f"left running; remove it with: ctdblab down --cluster {cluster.backend.prefix}")
+            return 0
+        print("Ctrl-C tears the cluster down.", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def describe_cluster(cluster) -> str:
+    ips = cluster.ip_all()
+    lines = [f"cluster {cluster.backend.prefix}: {len(cluster.nodes)} nodes running "
+             f"{cluster.launcher.name} (tunables {cluster.profile.name}), work dir {cluster.workdir}",
+             "  PNN  node      private         public-if       public IPs hosted"]
+    for node in cluster.nodes:
+        hosted = " ".join(ip for ip, pnn in ips.items() if pnn == node.index)
+        lines.append(f"  {node.index:<4} {node.name:<9} {cluster.plan.private_ip(node.index):<15} "
+                     f"{cluster.plan.node_public_ip(node.index):<15} {hosted}")
+    for client in cluster.clients:
+        lines.append(f"  client c{client.index} {client.name}  {cluster.plan.client_ip(client.index)}")
+    share_ip = cluster.public_ips()[0]
+    from .cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
+    lines += ["try:",
+              "  ctdblab exec 0 -- ctdb status",
+              "  ctdblab exec 0 -- ctdb ip all",
+              f"  ctdblab exec c0 -- smbclient //{share_ip}/{SHARE} -U {SMB_USER}%{SMB_PASSWORD} -c ls"]
+    return "\n".join(lines)
+
+
+def _find_cluster(prefix: str | None) -> dict:
+    from .cluster.registry import running_clusters
+
+    clusters = running_clusters()
+    if prefix:
+        clusters = [c for c in clusters if c["prefix"] == prefix]
+        if not clusters:
+            raise UserError(f"no running lab cluster {prefix!r}")
+    if not clusters:
+        raise UserError("no lab cluster is running; start one with `ctdblab up --detach` "
+                        "(or keep `ctdblab up` running in another terminal)")
+    if len(clusters) > 1:
+        names = ", ".join(c["prefix"] for c in clusters)
+        raise UserError(f"several clusters are up ({names}); choose one with --cluster")
+    return clusters[0]
+
+
+def cmd_exec(args, progress) -> int:
+    from .cluster.procs import netns_of, node_env
+
+    state = _find_cluster(args.cluster)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UserError("nothing to run: ctdblab exec PNN -- COMMAND ...")
+    target = args.target
+    if target.startswith("c") and target[1:].isdigit():
+        members, index, what = state["clients"], int(target[1:]), "client"
+    elif target.isdigit():
+        members, index, what = state["nodes"], int(target), "node"
+    else:
+        raise UserError(f"target must be a node PNN (e.g. 0) or a client (e.g. c0), not {target!r}")
+    if not 0 <= index < len(members):
+        raise UserError(f"no {what} {target} in cluster {state['prefix']} "
+                        f"(it has {len(members)} {what}s, numbered from 0)")
+    member = members[index]
+    if not member.get("pid") or netns_of(member["pid"]) != member.get("netns"):
+        raise UserError(f"{what} {target} ({member['name']}) is powered off")
+    argv = ["mnexec", "-a", str(member["pid"]), *cmd]
+    try:
+        return subprocess.run(argv, env=node_env(), timeout=args.timeout or None).returncode
+    except subprocess.TimeoutExpired:
+        raise UserError(f"command timed out after {args.timeout:g} s (use --timeout)") from None
+
+
+def cmd_down(args, progress) -> int:
+    from .cluster.registry import cleanup_prefix, running_clusters
+
+    clusters = running_clusters()
+    if args.cluster:
+        clusters = [c for c in clusters if c["prefix"] == args.cluster]
+    if not clusters:
+        print("no running lab cluster")
+        return 0
+    for state in clusters:
+        done = cleanup_prefix(state["prefix"])
+        print(f"removed {state['prefix']}: {done['processes']} processes, {done['links']} links")
+    return 0
+
+
+def cmd_run(args, progress) -> int:
+    from .scenarios import run_scenario
+
+    out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
+                       repeat=args.repeat, tunables=args.tunables, victim=args.victim,
+                       bw_mbit=args.bw, out=args.out, progress=progress)
+    for path in out:
+        print(path)
+    return 0
+
+
+def cmd_report(args, progress) -> int:
+    from .reports import make_report
+
+    for path in make_report(args.dir):
+        print(path)
+    return 0
+
+
+def cmd_demo(args, progress) -> int:
+    from .reports import make_report
+    from .scenarios import run_scenario
+
+    out = args.out or Path.cwd() / "results" / time.strftime("demo-%Y%m%d-%H%M%S")
+    daemons = [d.strip() for d in args.daemons.split(",") if d.strip()]
+    for daemon in daemons:
+        if daemon not in DAEMONS:
+            raise UserError(f"unknown daemon {daemon!r} in --daemons")
+        progress(f"demo: 3-node failover with {daemon}, non-leader victim, aggressive tunables")
+        run_scenario("failover", daemon=daemon, nodes=[3], repeat=args.repeat,
+                     tunables="aggressive", victim="nonleader", bw_mbit=None,
+                     out=out / daemon, progress=progress)
+    written = make_report(out)
+    report = next((p for p in written if p.name == "report.md"), None)
+    print(f"report: {report}")
+    for path in written:
+        if path.suffix == ".png":
+            print(f"plot:   {path}")
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "exec": cmd_exec, "down": cmd_down, "run": cmd_run,
+            "report": cmd_report, "demo": cmd_demo}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""Scenarios: a workload, a fault schedule and checkers over one history per run.
+
+``run_scenario`` writes ``OUT/results.json`` and ``OUT/history.jsonl``, then the report (plots and
+report.md) from those two files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from ctdblab.errors import UserError
+
+SCENARIOS = ("failover", "scaling")
+
+
+def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
+                 victim: str, bw_mbit: float | None, out: Path,
+                 progress: Callable[[str], None]) -> list[Path]:
+    from ctdblab.cluster.launchers import get_launcher
+    from ctdblab.cluster.profiles import get_profile
+    from ctdblab.cluster.prereq import check_lab
+
+    if name not in SCENARIOS:
+        raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    if repeat < 1:
+        raise UserError(f"--repeat must be at least 1, not {repeat}")
+    get_profile(tunables)
+    get_launcher(daemon).check_installed()
+    check_lab()
+    out = Path(out).resolve()
+    if (out / "results.json").exists() or (out / "history.jsonl").exists():
+        raise UserError(f"{out} already holds a run; choose a new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if name == "failover":
+        from .failover import run_failover
+        if len(nodes) != 1:
+            raise UserError("failover takes one node count (--nodes N), not a range")
+        results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
+                               victim=victim, bw_mbit=bw_mbit, out=out, progress=progress)
+    else:
+        from .scaling import run_scaling
+        results = run_scaling(daemon=daemon, node_counts=nodes, bw_mbit=bw_mbit,
+                              tunables=tunables, repeat=repeat, out=out, progress=progress)
+    results["wall_s"] = round(time.time() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    written = [out / "results.json", out / "history.jsonl"]
+    from ctdblab.reports import make_report
+    written += make_report(out)
+    progress(f"{name} finished in {results['wall_s']:.0f} s; results in {out}")
+    return written
