@@ -47,6 +47,8 @@ class _DistanceSums:
 
     def __init__(self, keys: list[int], owners: list[int], num_nodes: int) -> None:
         self._keys = keys
+        # Usual case (all IPv4): keys agree above bit 32, so every XOR fits in one word.
+        self._one_word = len({key >> 32 for key in keys}) <= 1
         self.column = [[0] * len(keys) for _ in range(num_nodes)]
         for index, owner in enumerate(owners):
             if owner != UNASSIGNED:
@@ -56,7 +58,10 @@ class _DistanceSums:
         """Squared distances from IP ``index`` to every IP, 0 to itself."""
         key = self._keys[index]
         squares = _SQUARES
-        row = [squares[_distance(key ^ other)] for other in self._keys]
+        if self._one_word:
+            row = [squares[128 - (key ^ other).bit_length()] for other in self._keys]
+        else:
+            row = [squares[_distance(key ^ other)] for other in self._keys]
         row[index] = 0
         return row
 

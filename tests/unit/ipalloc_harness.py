@@ -9,6 +9,10 @@ Environment, as in the C harness: ``CTDB_IP_ALGORITHM`` (lcp2 | nondet | det, de
 lcp2), ``CTDB_SET_NoIPTakeover``, ``CTDB_TEST_RUNSTATE`` (one runstate per node, or "1"
 for all), ``CTDB_TEST_LOGLEVEL`` (default DEBUG). stdin: ``IP CURRENT_PNN [ALLOWED,...]``
 lines up to a blank line; with ``multi`` one such block (without ALLOWED) per node.
+
+Two knobs CTDB's harness does not have (it always passes NoIPFailback=0 and no forced
+nodes), added so both can be tested the same way: ``CTDB_SET_NoIPFailback`` and
+``CTDB_TEST_FORCE_REBALANCE`` (comma-separated PNNs).
 """
 
 from __future__ import annotations
@@ -167,6 +171,8 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdin: str) -> tuple[int, l
         if algorithm_name not in ALGORITHM_BY_NAME:
             raise HarnessExit(1, f"ERROR: unknown IP algorithm {algorithm_name}")
         no_ip_takeover = strtol(env.get("CTDB_SET_NoIPTakeover", "0"), 0) != 0
+        no_ip_failback = strtol(env.get("CTDB_SET_NoIPFailback", "0"), 0) != 0
+        force_rebalance = _csv_values(env.get("CTDB_TEST_FORCE_REBALANCE", ""))
 
         lines = stdin.split("\n")
         if lines and lines[-1] == "":
@@ -188,6 +194,8 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdin: str) -> tuple[int, l
             num_nodes,
             algorithm=ALGORITHM_BY_NAME[algorithm_name],
             no_ip_takeover=no_ip_takeover,
+            no_ip_failback=no_ip_failback,
+            force_rebalance_nodes=force_rebalance,
             log=emit,
             log_level=level,
         )
