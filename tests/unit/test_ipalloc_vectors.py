@@ -70,3 +70,19 @@ def test_900_ips_are_allocated_quickly(name):
     code, lines, seconds = _run(case)
     assert code == 0 and len(lines) == 900
     assert seconds < 10.0, f"{name} took {seconds:.2f} s"
+
+
+# -- random cases answered by CTDB's own code --------------------------------------------
+# ipalloc_reference_cases.json: 120 random clusters (IPv4/IPv6, multi views, allowed-node
+# lists, node flags, runstates, NoIPTakeover, NoIPFailback, forced rebalance, every log
+# level) whose expected output came from CTDB 4.17.12's ipalloc C code; see its "about".
+
+REFERENCE = json.loads((Path(__file__).with_name("ipalloc_reference_cases.json")).read_text())["cases"]
+
+
+@pytest.mark.parametrize("index", range(len(REFERENCE)))
+def test_reference_case_matches_ctdb_exactly(index):
+    case = REFERENCE[index]
+    code, lines = ipalloc_harness.run(case["args"], case["env"], case["stdin"])
+    assert code == 0
+    assert lines == case["expected_output"].splitlines()
