@@ -1,0 +1,247 @@
+"""Failure detection: CTDB's keepalive counting plus pyctdbd's millisecond heartbeats.
+
+Two detectors run side by side on the same traffic (any packet from a peer counts as life):
+
+* **CTDB's** (`KeepaliveInterval` s, `KeepaliveLimit`): every interval each connected peer that
+  sent nothing since the last check gets `dead_count += 1`; at the limit it is dead ("dead count
+  reached for node N"). A keepalive goes to every connected peer every interval.
+* **pyctdbd's fast path** (`HeartbeatIntervalMs`, `DeadTimeoutMs`): a full mesh of heartbeats
+  every few tens of milliseconds would cost O(N) packets per node per interval, too much CPU at
+  16 nodes. Instead each node asks its next `watchers` connected peers in PNN ring order to watch
+  it and heartbeats only them. A watcher arms on the first heartbeat that says "watch me" and
+  disarms on "stop watching me" (sent when the ring changes) or when the connection drops, so
+  watchers and watched never need to agree on a view of the ring. A watched peer silent for
+  `DeadTimeoutMs` is dead; the shell broadcasts that verdict so every node acts on it at once.
+
+A watcher whose own loop stalled (its tick arrives much later than scheduled) grants its watched
+peers a fresh timeout instead of blaming them for its own stall.
+
+Sans-I/O: inputs are calls with the current time, outputs are action objects; the shell calls
+`tick()` at `next_deadline()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    heartbeat_interval: float = 0.05   # s; our HeartbeatIntervalMs
+    dead_timeout: float = 0.25         # s; our DeadTimeoutMs; 0 disables the fast path
+    keepalive_interval: float = 5.0    # s; CTDB's KeepaliveInterval
+    keepalive_limit: int = 5           # CTDB's KeepaliveLimit
+    watchers: int = 2                  # peers that watch each node on the fast path
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat interval must be positive")
+        if self.dead_timeout < 0 or self.keepalive_interval <= 0 or self.keepalive_limit < 1:
+            raise ValueError("dead timeout, keepalive interval and limit must be sensible")
+        if self.watchers < 1:
+            raise ValueError("at least one watcher is needed")
+
+    @property
+    def fast_path(self) -> bool:
+        return self.dead_timeout > 0
+
+
+# -- actions -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SendHeartbeat:
+    """Send a heartbeat to `pnn`; `watch` False means "stop watching me"."""
+
+    pnn: int
+    watch: bool = True
+
+
+@dataclass(frozen=True)
+class SendKeepalive:
+    pnn: int
+
+
+@dataclass(frozen=True)
+class PeerDead:
+    pnn: int
+    reason: str
+    fast: bool          # detected by the millisecond path (True) or CTDB's keepalive count
+
+
+@dataclass(frozen=True)
+class LoopStalled:
+    """Our own tick came `late` seconds after it was due: timeouts were restarted, not fired."""
+
+    late: float
+
+
+Action = SendHeartbeat | SendKeepalive | PeerDead | LoopStalled
+
+
+@dataclass
+class _Peer:
+    last_rx: float
+    rx_count: int = 0          # packets since the last keepalive check
+    dead_count: int = 0
+    watched: bool = False      # we watch it on the fast path (it asked us to)
+
+
+@dataclass
+class FailureDetector:
+    my_pnn: int
+    settings: DetectorSettings
+    now: float
+    _peers: dict[int, _Peer] = field(default_factory=dict)   # connected peers only
+    _my_watchers: list[int] = field(default_factory=list)
+    _next_fast: float = 0.0
+    _next_slow: float = 0.0
+    _last_fast_tick: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._next_fast = self.now + self.settings.heartbeat_interval
+        self._next_slow = self.now + self.settings.keepalive_interval
+        self._last_fast_tick = self.now
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def update_settings(self, settings: DetectorSettings, now: float) -> list[Action]:
+        self.settings = settings
+        self._next_fast = min(self._next_fast, now + settings.heartbeat_interval)
+        self._next_slow = min(self._next_slow, now + settings.keepalive_interval)
+        for peer in self._peers.values():
+            peer.last_rx = max(peer.last_rx, now)    # a new timeout starts now
+        return self._rewatch()
+
+    def peer_up(self, pnn: int, now: float) -> list[Action]:
+        """Both connections to `pnn` are up."""
+        if pnn == self.my_pnn or pnn in self._peers:
+            return []
+        self._peers[pnn] = _Peer(last_rx=now)
+        return self._rewatch()
+
+    def peer_down(self, pnn: int, now: float) -> list[Action]:
+        """`pnn` is no longer connected (transport dropped, or declared dead)."""
+        if self._peers.pop(pnn, None) is None:
+            return []
+        return self._rewatch()
+
+    def traffic(self, pnn: int, now: float) -> None:
+        peer = self._peers.get(pnn)
+        if peer is not None:
+            peer.rx_count += 1
+            if now > peer.last_rx:
+                peer.last_rx = now
+
+    def heartbeat(self, pnn: int, watch: bool, now: float) -> None:
+        """A fast-path heartbeat from `pnn` (it is also traffic)."""
+        peer = self._peers.get(pnn)
+        if peer is None:
+            return
+        self.traffic(pnn, now)
+        if watch and not peer.watched:
+            peer.watched = True
+            peer.last_rx = now
+        elif not watch:
+            peer.watched = False
+
+    def dead_report_credible(self, pnn: int, now: float) -> bool:
+        """Another node declared `pnn` dead. Believe it unless we heard from `pnn` within the
+        dead timeout ourselves (then the reporter is the one cut off from it)."""
+        peer = self._peers.get(pnn)
+        if peer is None:
+            return True
+        window = self.settings.dead_timeout if self.settings.fast_path else self.settings.keepalive_interval
+        return now - peer.last_rx > window
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if now >= self._next_fast:
+            actions += self._fast_tick(now)
+        if now >= self._next_slow:
+            actions += self._slow_tick(now)
+        return actions
+
+    def next_deadline(self) -> float:
+        return min(self._next_fast, self._next_slow)
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def my_watchers(self) -> list[int]:
+        return list(self._my_watchers)
+
+    def watched_peers(self) -> list[int]:
+        return sorted(p for p, peer in self._peers.items() if peer.watched)
+
+    def silence(self, pnn: int, now: float) -> float | None:
+        peer = self._peers.get(pnn)
+        return None if peer is None else now - peer.last_rx
+
+    # -- internals -------------------------------------------------------------------------------
+    def _ring_successors(self) -> list[int]:
+        """Connected peers after us in PNN order, wrapping around."""
+        pnns = sorted(self._peers)
+        after = [p for p in pnns if p > self.my_pnn]
+        before = [p for p in pnns if p < self.my_pnn]
+        return (after + before)[: self.settings.watchers]
+
+    def _rewatch(self) -> list[Action]:
+        if not self.settings.fast_path:
+            old, self._my_watchers = self._my_watchers, []
+            return [SendHeartbeat(p, watch=False) for p in old if p in self._peers]
+        new = self._ring_successors()
+        actions: list[Action] = [SendHeartbeat(p, watch=False)
+                                 for p in self._my_watchers if p not in new and p in self._peers]
+        actions += [SendHeartbeat(p) for p in new if p not in self._my_watchers]
+        self._my_watchers = new
+        return actions
+
+    def _fast_tick(self, now: float) -> list[Action]:
+        s = self.settings
+        actions: list[Action] = []
+        late = now - self._next_fast
+        self._last_fast_tick = now
+        # Schedule from now, not from the missed deadline: no burst of catch-up ticks.
+        self._next_fast = now + s.heartbeat_interval
+        if not s.fast_path:
+            return actions
+        actions += [SendHeartbeat(p) for p in self._my_watchers]
+        if late > s.dead_timeout / 2:
+            # We were not running: whatever we did not receive is on us, not on them.
+            for peer in self._peers.values():
+                peer.last_rx = max(peer.last_rx, now)
+            actions.append(LoopStalled(late))
+            return actions
+        for pnn in sorted(self._peers):
+            peer = self._peers[pnn]
+            if peer.watched and now - peer.last_rx > s.dead_timeout:
+                silent_ms = (now - peer.last_rx) * 1000
+                actions.append(PeerDead(pnn, f"no traffic for {silent_ms:.0f} ms "
+                                             f"(dead timeout {s.dead_timeout * 1000:.0f} ms)", True))
+        for action in actions:
+            if isinstance(action, PeerDead):
+                self._peers.pop(action.pnn, None)
+        if any(isinstance(a, PeerDead) for a in actions):
+            actions += self._rewatch()
+        return actions
+
+    def _slow_tick(self, now: float) -> list[Action]:
+        s = self.settings
+        late = now - self._next_slow
+        self._next_slow = now + s.keepalive_interval
+        actions: list[Action] = []
+        stalled = late > s.keepalive_interval
+        for pnn in sorted(self._peers):
+            peer = self._peers[pnn]
+            if peer.rx_count == 0 and not stalled:
+                peer.dead_count += 1
+            else:
+                peer.dead_count = 0
+            peer.rx_count = 0
+            if peer.dead_count >= s.keepalive_limit:
+                actions.append(PeerDead(pnn, f"{peer.dead_count} keepalive intervals of "
+                                             f"{s.keepalive_interval:g} s without traffic", False))
+            actions.append(SendKeepalive(pnn))
+        dead = [a.pnn for a in actions if isinstance(a, PeerDead)]
+        for pnn in dead:
+            self._peers.pop(pnn, None)
+        if dead:
+            actions += self._rewatch()
+        return actions

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+
+from ctdblab.daemon.core.membership import (
+    DetectorSettings,
+    FailureDetector,
+    LoopStalled,
+    PeerDead,
+    SendHeartbeat,
+    SendKeepalive,
+)
+
+FAST = DetectorSettings(heartbeat_interval=0.05, dead_timeout=0.25, keepalive_interval=5.0,
+                        keepalive_limit=5, watchers=2)
+
+
+def of(actions, kind):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def run(det, start, end, step=0.05, feed=None):
+    """Tick the detector every `step` from start to end; feed(now) may inject traffic."""
+    out = []
+    t = start
+    while t <= end + 1e-9:
+        if feed:
+            feed(t)
+        out += [(round(t, 3), a) for a in det.tick(t)]
+        t += step
+    return out
+
+
+def test_ring_watchers_and_rewatch():
+    det = FailureDetector(2, FAST, now=0.0)
+    acts = []
+    for p in (0, 1, 3, 4):
+        acts += det.peer_up(p, 0.0)
+    assert det.my_watchers == [3, 4]
+    # Unwatch messages went to nodes that stopped being watchers while connected.
+    assert SendHeartbeat(0, watch=False) in acts or SendHeartbeat(1, watch=False) in acts
+    acts = det.peer_down(3, 0.1)
+    assert det.my_watchers == [4, 0]
+    assert acts == [SendHeartbeat(0)]
+    acts = det.tick(0.1)
+    assert set(of(acts, SendHeartbeat)) == {SendHeartbeat(4), SendHeartbeat(0)}
+
+
+def test_watched_peer_declared_dead_after_dead_timeout():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.heartbeat(1, True, 0.0)
+    # Heartbeats until t=1.0, then silence.
+    feed = lambda t: det.heartbeat(1, True, t) if t <= 1.0 + 1e-9 else None
+    out = run(det, 0.05, 2.0, feed=feed)
+    deaths = [(t, a) for t, a in out if isinstance(a, PeerDead)]
+    assert len(deaths) == 1
+    t, dead = deaths[0]
+    assert dead.pnn == 1 and dead.fast
+    assert 1.25 <= t <= 1.30 + 1e-9         # dead timeout plus at most one tick
+    assert det.silence(1, 2.0) is None       # forgotten once dead
+
+
+def test_unwatched_peer_is_not_declared_by_fast_path():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)                     # connected, but it never asked us to watch it
+    out = run(det, 0.05, 3.0)
+    assert not of([a for _, a in out], PeerDead)
+
+
+def test_unwatch_disarms():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.heartbeat(1, True, 0.0)
+    det.heartbeat(1, False, 0.1)
+    assert det.watched_peers() == []
+    assert not of(det.tick(1.0), PeerDead)
+
+
+def test_own_stall_does_not_blame_peers():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.heartbeat(1, True, 0.0)
+    acts = det.tick(2.0)                    # we were frozen for two seconds
+    assert of(acts, LoopStalled) and not of(acts, PeerDead)
+    det.heartbeat(1, True, 2.01)
+    assert not of(det.tick(2.06), PeerDead)
+
+
+def test_ctdb_keepalive_count():
+    slow = DetectorSettings(heartbeat_interval=0.05, dead_timeout=0, keepalive_interval=1.0,
+                            keepalive_limit=2)
+    det = FailureDetector(0, slow, now=0.0)
+    det.peer_up(1, 0.0)
+    det.traffic(1, 0.5)
+    acts = det.tick(1.0)
+    assert acts == [SendKeepalive(1)]       # traffic seen: count reset
+    acts = det.tick(2.0)
+    assert acts == [SendKeepalive(1)]       # dead_count 1
+    acts = det.tick(3.0)
+    dead = of(acts, PeerDead)
+    assert dead and not dead[0].fast and "keepalive intervals" in dead[0].reason
+
+
+def test_dead_report_credibility():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.traffic(1, 1.0)
+    assert not det.dead_report_credible(1, 1.1)     # we heard from it 100 ms ago
+    assert det.dead_report_credible(1, 1.5)
+    assert det.dead_report_credible(7, 1.5)         # not connected to us anyway
+
+
+def test_next_deadline_and_settings_validation():
+    det = FailureDetector(0, FAST, now=10.0)
+    assert det.next_deadline() == pytest.approx(10.05)
+    with pytest.raises(ValueError):
+        DetectorSettings(heartbeat_interval=0)
+    with pytest.raises(ValueError):
+        DetectorSettings(watchers=0)
+
+
+def test_fast_path_disabled_sends_no_heartbeats():
+    det = FailureDetector(0, DetectorSettings(dead_timeout=0), now=0.0)
+    assert det.peer_up(1, 0.0) == []
+    assert not of(det.tick(0.1), SendHeartbeat)
