@@ -66,9 +66,12 @@ def strtol(text: str, base: int) -> int:
 
 def parse_log_level(text: str | None) -> int:
     """ctdb's debug_level_parse: a number 0..10 or a case-insensitive prefix of a name;
-    anything else (or unset) means DEBUG in ctdb_takeover_tests."""
-    if not text:
+    anything else (or unset) means DEBUG in ctdb_takeover_tests. An empty string is a
+    prefix of every name, so it means ERROR, the first."""
+    if text is None:
         return LogLevel.DEBUG
+    if text == "":
+        return LogLevel.ERR
     if text[0].isdigit():
         level = int(re.match(r"\d+", text).group())
         return level if level < len(_LEVEL_NAMES) else LogLevel.DEBUG

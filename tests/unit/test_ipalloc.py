@@ -278,3 +278,23 @@ def test_allocation_invariants(cluster, algorithm, no_failback, no_takeover):
     shuffled = list(ips)
     random.Random(len(ips)).shuffle(shuffled)
     assert ipalloc(shuffled, num_nodes, **kwargs) == result  # input order does not matter
+
+
+# -- the ctdb_takeover_tests stand-in ----------------------------------------------------
+
+def test_harness_parses_like_the_c_program():
+    import ipalloc_harness as h
+
+    assert [h.strtol(t, 0) for t in ("0x20", "010", "7", " -3", "junk", "12abc")] == [32, 8, 7, -3, 0, 12]
+    assert h.strtol("-1", 10) == -1 and h.strtol("", 10) == 0
+    # debug_level_parse: number 0..10 or a case-insensitive name prefix; else DEBUG.
+    assert [h.parse_log_level(t) for t in (None, "", "e", "err", "W", "notice", "7", "12", "x")] == \
+        [10, 0, 0, 0, 1, 3, 7, 10, 10]
+    assert h.run(["ipalloc"], {}, "") == (1, ["usage: ctdb_takeover_tests <op>"])
+    assert h.run(["ipalloc", "0", "multi", "x"], {}, "")[0] == 1
+    assert h.run(["ipalloc", "0,0"], {"CTDB_IP_ALGORITHM": "best"}, "") == \
+        (1, ["ERROR: unknown IP algorithm best"])
+    assert h.run(["ipalloc", "0,0"], {"CTDB_TEST_RUNSTATE": "5"}, "1.2.3.4 0\n") == \
+        (1, ["ERROR: Wrong number of values in CTDB_TEST_RUNSTATE"])
+    code, lines = h.run(["ipalloc", "0,0"], {"CTDB_TEST_LOGLEVEL": "ERR"}, "bogus 1\n1.2.3.4 1\n")
+    assert (code, lines) == (0, ["ERROR, bad address :bogus", "1.2.3.4 1"])
