@@ -27,6 +27,7 @@ from .ipalloc_common import UNASSIGNED, AllocState, LogLevel, c_int32, ip_key, l
 
 _SQUARES = [d * d for d in range(129)]
 _LOW_WORD = (1 << 32) - 1
+_U32 = _LOW_WORD  # CTDB keeps imbalances in uint32_t; see _Lcp2
 _DASHES = " " + "-" * 40
 _PLUSES = "+" * 41
 
@@ -76,6 +77,14 @@ class _DistanceSums:
 
 
 class _Lcp2:
+    """One LCP2 run.
+
+    Node imbalances are kept modulo 2**32 and compared as CTDB compares its uint32_t
+    values, so that decisions match CTDB's even where its metric wraps (from roughly 780
+    IPs of one /16 on a single node). Per-IP distance sums cannot wrap below 262,144 IPs
+    and are kept exact.
+    """
+
     def __init__(self, state: AllocState, force_rebalance_nodes: Iterable[int]) -> None:
         self.state = state
         self.log = state.log
@@ -98,7 +107,7 @@ class _Lcp2:
     def _node_imbalance(self, node: int) -> int:
         column = self.sums.column[node]
         # Every pair on the node is counted once from each end.
-        return sum(column[i] for i, owner in enumerate(self.state.pnn) if owner == node) // 2
+        return (sum(column[i] for i, owner in enumerate(self.state.pnn) if owner == node) // 2) & _U32
 
     def run(self) -> None:
         self.allocate_unassigned()
@@ -136,7 +145,7 @@ class _Lcp2:
                 break
             added, index, node = best
             pnn[index] = node
-            self.imbalance[node] += added
+            self.imbalance[node] = (self.imbalance[node] + added) & _U32
             self.sums.add(index, node)
             for other in self.takeover[index]:
                 waiting[other].remove(index)
@@ -187,12 +196,12 @@ class _Lcp2:
             if owner != src:
                 continue
             src_sum = columns[src][index]
-            src_after = src_imbalance - src_sum
+            src_after = (src_imbalance - src_sum) & _U32
             for dst in self.takeover[index]:
                 if not self.candidate[dst]:
                     continue
                 dst_sum = columns[dst][index]
-                dst_after = imbalance[dst] + dst_sum
+                dst_after = (imbalance[dst] + dst_sum) & _U32
                 if debug:
                     log(
                         LogLevel.DEBUG,
@@ -204,7 +213,7 @@ class _Lcp2:
                 if (
                     dst_after < src_imbalance
                     and dst_sum < src_sum
-                    and (best is None or src_after + dst_after < best[0] + best[1])
+                    and (best is None or (src_after + dst_after) & _U32 < (best[0] + best[1]) & _U32)
                 ):
                     best = (src_after, dst_after, index, dst)
         log(LogLevel.DEBUG, _DASHES)

@@ -298,3 +298,16 @@ def test_harness_parses_like_the_c_program():
         (1, ["ERROR: Wrong number of values in CTDB_TEST_RUNSTATE"])
     code, lines = h.run(["ipalloc", "0,0"], {"CTDB_TEST_LOGLEVEL": "ERR"}, "bogus 1\n1.2.3.4 1\n")
     assert (code, lines) == (0, ["ERROR, bad address :bogus", "1.2.3.4 1"])
+
+
+def test_lcp2_imbalance_wraps_at_32_bits_like_ctdb():
+    # 787 addresses of 192.168/16 on node 0 sum to an imbalance of 2**32 + 3847, which
+    # CTDB's uint32_t holds as 3847: smaller than node 1's 15876, so CTDB 4.17.12's own
+    # code (run on this very input) moves nothing. Exact arithmetic would move ~390 IPs.
+    owners = {f"192.168.{1 + i // 100}.{1 + i % 100}": 0 for i in range(786)}
+    owners |= {"192.168.4.128": 0, "10.0.0.1": 1, "10.0.0.2": 1}
+    ips = ips_on(owners, range(2))
+    result, lines = run(ips, 2, algorithm=IPALLOC_LCP2, force_rebalance_nodes=[1])
+    assert result == {format_addr(ip.addr): ip.pnn for ip in ips}
+    assert texts(lines, LogLevel.INFO) == ["Forcing rebalancing of IPs to node 1"]
+    assert " 0 [3847]" in texts(lines)
