@@ -79,7 +79,9 @@ def _scan_integer(text: str, base: int) -> tuple[bool, int, int] | None:
     start = i
     magnitude = 0
     while i < n and _digit_value(text[i]) < base:
-        magnitude = magnitude * base + _digit_value(text[i])
+        # Saturate just above unsigned long: enough for every range check, and a hostile run of
+        # digits cannot make the arithmetic slow.
+        magnitude = min(magnitude * base + _digit_value(text[i]), ULONG_MAX + 1)
         i += 1
     if i == start:
         return None

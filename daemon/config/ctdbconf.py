@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from .clib import INT_MAX, ascii_lower, c_strtol, smb_strtoul_full
-from .errors import ConfigError, raise_collected
+from .errors import ConfigError, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
 
 # CTDB's debug levels (lib/util/debug.h) and the names CTDB prints for levels 0..10.
@@ -96,10 +96,10 @@ def parse_log_location(text: str) -> LogLocation:
         return LogLocation("file", path=option)
     if backend == "syslog":
         if option is not None and option not in SYSLOG_METHODS:
-            raise ValueError(f"unknown syslog method {option!r} (use one of {', '.join(SYSLOG_METHODS)})")
+            raise ValueError(f"unknown syslog method {shown(option)} (use one of {', '.join(SYSLOG_METHODS)})")
         return LogLocation("syslog", syslog_method=option)
     hint = " (use file: or file:- for standard error)" if backend == "stderr" else ""
-    raise ValueError(f"unknown logging backend {backend!r}, expected file or syslog{hint}")
+    raise ValueError(f"unknown logging backend {shown(backend)}, expected file or syslog{hint}")
 
 
 # --- [cluster] cluster lock ---------------------------------------------------------------------
@@ -339,7 +339,7 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
     seen_section = False
     for item in parse_ini(text):
         if isinstance(item, SyntaxProblem):
-            errors.append(ConfigError(f"syntax error, {item.reason}: {item.text!r}", path, item.line))
+            errors.append(ConfigError(f"syntax error, {item.reason}: {shown(item.text)}", path, item.line))
             break
         if isinstance(item, Section):
             seen_section = True
@@ -350,16 +350,16 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
             continue
         assert isinstance(item, Param)
         if not seen_section:
-            problem(f"option {item.name!r} is not inside any [section]", item.line)
+            problem(f"option {shown(item.name)} is not inside any [section]", item.line)
             continue
         if not section_known:
             continue  # already reported with the section
         assert section is not None
         spec = _BY_KEY.get((section, item.name))
         if spec is None:
-            problem(f"unknown option [{section}] {item.name!r}", item.line)
+            problem(f"unknown option [{section}] {shown(item.name)}", item.line)
             continue
-        label = f"[{section}] {spec.name} = {item.value!r}"
+        label = f"[{section}] {spec.name} = {shown(item.value)}"
         if item.value is None or item.value == "":
             errors.append(ConfigError(f"[{section}] {spec.name}: empty value", path, item.line))
             continue
@@ -437,13 +437,13 @@ def check_ctdb_conf_paths(conf: CtdbConf, etc_dir: str, startup: bool = False) -
         if location.kind == "file" and location.path is not None:
             directory = c_dirname(location.path)
             if not os.path.isdir(directory):
-                fail("log_location", f"log directory {directory!r} does not exist")
+                fail("log_location", f"log directory {shown(directory)} does not exist")
 
     for field_name in ("volatile_db_dir", "persistent_db_dir", "state_db_dir"):
         if startup or set_in_file(field_name) is not None:
             directory = getattr(conf, field_name)
             if not os.path.isdir(directory):
-                fail(field_name, f"directory {directory!r} does not exist")
+                fail(field_name, f"directory {shown(directory)} does not exist")
 
     for field_name in ("lock_debug_script", "event_debug_script"):
         value = getattr(conf, field_name)
@@ -454,12 +454,12 @@ def check_ctdb_conf_paths(conf: CtdbConf, etc_dir: str, startup: bool = False) -
         try:
             info = os.stat(script)
         except OSError:
-            fail(field_name, f"script {script!r} does not exist")
+            fail(field_name, f"script {shown(script)} does not exist")
             continue
         if not stat.S_ISREG(info.st_mode):
-            fail(field_name, f"script {script!r} is not a file")
+            fail(field_name, f"script {shown(script)} is not a file")
         elif not info.st_mode & stat.S_IXUSR:
-            fail(field_name, f"script {script!r} is not executable")
+            fail(field_name, f"script {shown(script)} is not executable")
     return errors
 
 

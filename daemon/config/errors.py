@@ -62,3 +62,10 @@ def raise_collected(errors: Sequence[ConfigError]) -> None:
         raise errors[0]
     if errors:
         raise ConfigErrors(errors)
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``repr(text)`` for an error message, shortened so one message stays one readable line."""
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)

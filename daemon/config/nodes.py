@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 
 from .clib import IPAddress, file_lines, parse_ip
-from .errors import ConfigError, raise_collected
+from .errors import ConfigError, raise_collected, shown
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def parse_nodes(text: str, path: str = "nodes") -> list[NodeEntry]:
         try:
             address = parse_ip(node)
         except ValueError:
-            errors.append(ConfigError(f"{node!r} is not an IP address", path, line))
+            errors.append(ConfigError(f"{shown(node)} is not an IP address", path, line))
             entries.append(NodeEntry(pnn, None, False, line))
             continue
         if address in first_line_of:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_interface
 
 from .clib import IPAddress, file_lines, parse_ip, smb_strtoul_full
-from .errors import ConfigError, raise_collected
+from .errors import ConfigError, raise_collected, shown
 
 IFNAMSIZ = 16
 
@@ -46,9 +46,9 @@ def _split_blanks(text: str) -> list[str]:
 
 def _bad_iface_reason(name: str) -> str | None:
     if len(name) >= IFNAMSIZ:
-        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} characters"
+        return f"interface name {shown(name)} is longer than {IFNAMSIZ - 1} characters"
     if name in (".", "..") or any(char in "/:" or char.isspace() for char in name):
-        return f"{name!r} is not a valid interface name"
+        return f"{shown(name)} is not a valid interface name"
     return None
 
 
@@ -83,17 +83,17 @@ def parse_public_addresses(text: str, path: str = "public_addresses",
         if not fields:
             continue  # only blanks such as '\v': CTDB finds no token either
         if len(fields) < 2:
-            errors.append(ConfigError(f"no interface given for {fields[0]!r} "
+            errors.append(ConfigError(f"no interface given for {shown(fields[0])} "
                                       "(expected 'IP/maskbits iface[,iface...]')", path, line))
             continue
         try:
             address, mask = parse_ip_mask(fields[0])
         except ValueError as exc:
-            errors.append(ConfigError(f"{fields[0]!r} is not IP/maskbits ({exc})", path, line))
+            errors.append(ConfigError(f"{shown(fields[0])} is not IP/maskbits ({exc})", path, line))
             continue
         ifaces = tuple(name for name in fields[1].split(",") if name)
         if not ifaces:
-            errors.append(ConfigError(f"no interface given for {fields[0]!r}", path, line))
+            errors.append(ConfigError(f"no interface given for {shown(fields[0])}", path, line))
             continue
         bad = [reason for reason in map(_bad_iface_reason, ifaces) if reason]
         if bad:
@@ -105,7 +105,7 @@ def parse_public_addresses(text: str, path: str = "public_addresses",
                 path, line))
             continue
         if len(fields) > 2 and warnings is not None:
-            warnings.append(f"{path}:{line}: ignoring {' '.join(fields[2:])!r} after the interfaces")
+            warnings.append(f"{path}:{line}: ignoring {shown(' '.join(fields[2:]))} after the interfaces")
         first_line_of[address] = line
         result.append(PublicAddress(address, mask, ifaces, line))
     raise_collected(errors)
@@ -139,15 +139,15 @@ def parse_home_nodes(text: str, path: str = "home_nodes") -> dict[IPAddress, int
         try:
             address = parse_ip(fields[0])
         except ValueError:
-            errors.append(ConfigError(f"{fields[0]!r} is not an IP address", path, line))
+            errors.append(ConfigError(f"{shown(fields[0])} is not an IP address", path, line))
             continue
         try:
             pnn = smb_strtoul_full(fields[1], 10)
         except ValueError:
-            errors.append(ConfigError(f"{fields[1]!r} is not a node number", path, line))
+            errors.append(ConfigError(f"{shown(fields[1])} is not a node number", path, line))
             continue
         if pnn >= 0xFFFFFFFF:
-            errors.append(ConfigError(f"{fields[1]!r} is not a node number", path, line))
+            errors.append(ConfigError(f"{shown(fields[1])} is not a node number", path, line))
             continue
         result[address] = pnn
     raise_collected(errors)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .clib import U32_MAX, ascii_lower, smb_strtoul_full
-from .errors import ConfigError, raise_collected
+from .errors import ConfigError, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
 
 
@@ -165,7 +165,7 @@ class UnknownTunableError(KeyError):
         self.name = name
 
     def __str__(self) -> str:
-        return f"unknown tunable {self.name!r}"
+        return f"unknown tunable {shown(self.name)}"
 
 
 class TunableValueError(ValueError):
@@ -194,7 +194,8 @@ class Tunables:
         SET_TUNABLE with status 1 as CTDB does)."""
         spec = tunable_spec(name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TunableValueError(f"{spec.name}: value {value!r} is not an integer")
+            shown_value = shown(value) if isinstance(value, str) else repr(value)[:80]
+            raise TunableValueError(f"{spec.name}: value {shown_value} is not an integer")
         if not 0 <= value <= U32_MAX:
             raise TunableValueError(f"{spec.name}: value {value} is outside 0..{U32_MAX}")
         self._values[spec.name] = value
@@ -268,31 +269,31 @@ def load_tunables_text(text: str, path: str = "ctdb.tunables",
     errors: list[ConfigError] = []
     for item in parse_ini(text, allow_empty_value=True):
         if isinstance(item, SyntaxProblem):
-            errors.append(ConfigError(f"syntax error, {item.reason}: {item.text!r}", path, item.line))
+            errors.append(ConfigError(f"syntax error, {item.reason}: {shown(item.text)}", path, item.line))
             break
         if isinstance(item, Section):
             errors.append(ConfigError(f"sections are not supported here: [{item.name}]", path, item.line))
             continue
         assert isinstance(item, Param)
         if not item.value:
-            errors.append(ConfigError(f"{item.name!r} has no value (expected Name=value)", path, item.line))
+            errors.append(ConfigError(f"{shown(item.name)} has no value (expected Name=value)", path, item.line))
             continue
         try:
             value = smb_strtoul_full(item.value, 0)
         except ValueError as exc:
-            errors.append(ConfigError(f"invalid value {item.value!r} for tunable {item.name!r}: {exc}",
+            errors.append(ConfigError(f"invalid value {shown(item.value)} for tunable {shown(item.name)}: {exc}",
                                       path, item.line))
             continue
         try:
             spec = tunable_spec(item.name)
         except UnknownTunableError:
-            errors.append(ConfigError(f"unknown tunable {item.name!r}", path, item.line))
+            errors.append(ConfigError(f"unknown tunable {shown(item.name)}", path, item.line))
             continue
         if spec.obsolete:
             errors.append(ConfigError(f"obsolete tunable {spec.name!r}", path, item.line))
             continue
         if value > U32_MAX:
-            errors.append(ConfigError(f"value {item.value!r} for tunable {spec.name!r} does not "
+            errors.append(ConfigError(f"value {shown(item.value)} for tunable {spec.name!r} does not "
                                       "fit in 32 bits", path, item.line))
             continue
         result.set(spec.name, value)
