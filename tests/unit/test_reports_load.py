@@ -1,0 +1,171 @@
+"""Loading run directories: validation errors name the file, the field or the line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_reports_synthetic import write_failover, write_scaling
+
+from ctdblab.errors import UserError
+from ctdblab.reports.load import find_run_dirs, load_datasets, load_run_dir
+from ctdblab.reports.stats import percentile, scaling_rows
+
+
+def _error(path) -> str:
+    with pytest.raises(UserError) as info:
+        load_datasets(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _failover_dir(tmp_path, runs=None):
+    return write_failover(tmp_path / "run", "ctdb", runs=runs, ops_per_run=4)
+
+
+def test_parent_directory_finds_run_dirs_in_order(tmp_path):
+    write_failover(tmp_path / "out" / "pyctdbd", "pyctdbd", ops_per_run=2)
+    write_failover(tmp_path / "out" / "ctdb", "ctdb", ops_per_run=2)
+    write_scaling(tmp_path / "out" / "more" / "scaling")  # two levels down
+    found = find_run_dirs(tmp_path / "out")
+    assert [p.name for p in found] == ["ctdb", "scaling", "pyctdbd"]
+    datasets = load_datasets(tmp_path / "out")
+    assert [(d.scenario, d.daemon) for d in datasets] == [
+        ("failover", "ctdb"), ("scaling", "ctdb"), ("failover", "pyctdbd")]
+
+
+def test_same_daemon_twice_is_labelled_by_what_differs(tmp_path):
+    write_failover(tmp_path / "a", "ctdb", ops_per_run=1)
+    write_failover(tmp_path / "b", "ctdb", ops_per_run=1)
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    results["tunables"] = "default"
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
+    labels = [d.label for d in load_datasets(tmp_path)]
+    assert labels == ["ctdb aggressive", "ctdb default"]
+
+
+def test_failover_runs_metrics_and_history_are_loaded(tmp_path):
+    dataset = load_run_dir(_failover_dir(tmp_path))
+    assert dataset.is_failover and dataset.daemon == "ctdb"
+    assert dataset.params == {"scenario": "failover", "daemon": "ctdb", "nodes": 3, "tunables": "aggressive"}
+    assert dataset.runs[3].victim_role == "leader"
+    assert dataset.runs[3].metrics["rejoin_s"] is None
+    assert dataset.runs[0].metrics["detect_s"] == 2.85
+    assert len(dataset.ops) == 4 * len(dataset.runs)
+    assert {op.role for op in dataset.ops} == {"survivor", "victim"}
+    assert [n.run for n in dataset.notes] == [3]
+
+
+def test_missing_directory_and_missing_results(tmp_path):
+    assert "no such directory" in _error(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    message = _error(tmp_path / "empty")
+    assert "no results.json" in message and "empty" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object, found an array"),
+    ('{"daemon": "ctdb", "runs": []}', "missing field 'scenario'"),
+    ('{"scenario": "failover", "runs": []}', "missing field 'daemon'"),
+    ('{"scenario": "failover", "daemon": "ctdb"}', "missing field 'runs'"),
+    ('{"scenario": "failover", "daemon": "ctdb", "runs": {}}', "field 'runs': expected an array"),
+    ('{"scenario": "failover", "daemon": "ctdb", "runs": [{"run": 0, "detect_s": "2.8"}]}',
+     "runs[0].detect_s: expected seconds"),
+    ('{"scenario": "failover", "daemon": "ctdb", "runs": [{"run": 0, "detect_s": NaN}]}',
+     "NaN is not a number JSON allows"),
+    ('{"scenario": "failover", "daemon": "ctdb", "runs": [{"run": "zero"}]}', "runs[0].run"),
+    ('{"scenario": "failover", "daemon": "ctdb", "runs": [3]}', "runs[0]: expected an object"),
+    ('{"scenario": "scaling", "daemon": "ctdb", "points": [{"nodes": 0, "client": "x", "mb_s": 1}]}',
+     "points[0].nodes: expected a positive integer"),
+    ('{"scenario": "scaling", "daemon": "ctdb", "points": [{"nodes": 1, "client": "x", "mb_s": -1}]}',
+     "points[0].mb_s"),
+    ('{"scenario": "scaling", "daemon": "ctdb", "points": [{"nodes": 1, "mb_s": 1}]}', "points[0].client"),
+])
+def test_malformed_results_name_the_file_and_field(tmp_path, text, expected):
+    run_dir = _failover_dir(tmp_path)
+    (run_dir / "results.json").write_text(text)
+    message = _error(run_dir)
+    assert expected in message
+    assert str(run_dir / "results.json") in message
+
+
+def test_failover_without_history_is_an_error_scaling_only_a_warning(tmp_path):
+    run_dir = _failover_dir(tmp_path)
+    (run_dir / "history.jsonl").unlink()
+    message = _error(run_dir)
+    assert "history.jsonl" in message and "missing" in message
+    scaling = load_run_dir(write_scaling(tmp_path / "s", with_history=False))
+    assert scaling.points and any("history.jsonl is missing" in w for w in scaling.warnings)
+
+
+@pytest.mark.parametrize("bad_line, expected", [
+    ("this is not json", ":2: not a JSON history line"),
+    ('{"kind": "op"}', ":2: 't' must be a number"),
+    ('{"t": 1.0}', ":2: 'kind' must be a string"),
+    ('[1]', ":2: expected a JSON object"),
+    ('{"t": 1.0, "kind": "op", "type": "done"}', ":2: op 'type' must be invoke, ok or fail"),
+    ('{"t": 1.0, "kind": "op", "type": "ok", "latency_s": "fast"}', ":2: op 'latency_s'"),
+    ('{"t": 1.0, "kind": "note", "text": "x", "run": 1.5}', ":2: 'run' must be an integer"),
+])
+def test_malformed_history_line_names_file_and_line(tmp_path, bad_line, expected):
+    run_dir = _failover_dir(tmp_path)
+    history = run_dir / "history.jsonl"
+    lines = history.read_text().splitlines()
+    lines.insert(1, bad_line)
+    history.write_text("\n".join(lines) + "\n")
+    message = _error(run_dir)
+    assert f"{history}{expected}" in message
+
+
+def test_truncated_last_history_line_is_skipped_with_a_warning(tmp_path):
+    run_dir = _failover_dir(tmp_path)
+    history = run_dir / "history.jsonl"
+    with history.open("a") as f:
+        f.write('{"t": 1763900999.0, "kind": "op", "ty')  # killed mid-write: no newline
+    dataset = load_run_dir(run_dir)
+    assert any("truncated last line" in w for w in dataset.warnings)
+    assert len(dataset.ops) == 4 * len(dataset.runs)
+
+
+def test_latency_is_paired_from_invoke_when_missing(tmp_path):
+    run_dir = _failover_dir(tmp_path)
+    (run_dir / "history.jsonl").write_text(
+        '{"t": 10.0, "kind": "op", "type": "invoke", "process": 1, "id": 7, "role": "victim"}\n'
+        '{"t": 10.25, "kind": "op", "type": "fail", "process": 1, "id": 7, "role": "victim", "error": "x"}\n')
+    (op,) = load_run_dir(run_dir).ops
+    assert op.latency_s == pytest.approx(0.25) and not op.ok and op.error == "x"
+
+
+def test_percentile_interpolates_between_closest_ranks():
+    assert percentile([2.95, 2.85, 2.80], 50) == 2.85
+    assert percentile([2.80, 2.85, 2.95], 90) == pytest.approx(2.85 + 0.8 * 0.10)
+    assert percentile([0.0, 10.0], 90) == 9.0
+    assert percentile([5.0], 90) == 5.0
+
+
+def test_percentile_agrees_with_the_scenarios_summary():
+    # results.json's summary and the report must not disagree on what p90 means.
+    scenario_stats = pytest.importorskip("ctdblab.scenarios.stats")
+    values = [3.1, 2.2, 5.9, 4.4, 0.3]
+    for q in (50, 90):
+        assert percentile(values, q) == pytest.approx(scenario_stats.percentile(sorted(values), q))
+
+
+def test_scaling_rows_efficiency_against_one_node_median(tmp_path):
+    dataset = load_run_dir(write_scaling(tmp_path / "s"))
+    rows = {(r.client, r.nodes): r for r in scaling_rows(dataset.points)}
+    four = rows[("smbclient", 4)]
+    assert four.median == 46.9 and four.n == 3 and (four.low, four.high) == (46.8, 46.9)
+    assert four.ideal == pytest.approx(4 * 11.9)
+    assert four.efficiency == pytest.approx(46.9 / (4 * 11.9))
+
+
+def test_scaling_without_one_node_point_has_no_efficiency(tmp_path):
+    run_dir = tmp_path / "s"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"scenario": "scaling", "daemon": "ctdb", "points": [
+        {"nodes": 2, "client": "smbclient", "mb_s": 20.0}]}))
+    (row,) = scaling_rows(load_run_dir(run_dir).points)
+    assert row.ideal is None and row.efficiency is None
