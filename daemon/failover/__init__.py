@@ -4,7 +4,7 @@ Takeover, in this order and as fast as possible: ``AddressManager.add`` →
 ``ArpAnnouncer.announce`` (GARP request + reply, or IPv6 unsolicited NA) →
 ``TickleSender.tickle`` for each known client connection; the caller repeats announce +
 tickle in bursts. Release: ``kill_connections`` (while the address is still there) →
-``AddressManager.delete``. ``established_connections`` finds client connections on our
+``AddressManager.delete``, or ``release_ip`` which does both in that order. ``established_connections`` finds client connections on our
 public IPs that no service registered.
 
 Everything here is synchronous and built on persistent sockets (netlink, AF_PACKET, raw
@@ -18,7 +18,7 @@ from .addresses import AddressEntry, AddressManager
 from .arp import ArpAnnouncer
 from .conntrack import Connection, established_connections
 from .errors import FailoverError, InterfaceNotFound
-from .killtcp import kill_connections
+from .killtcp import kill_connections, release_ip
 from .packets import PacketError
 from .sockdiag import SockDiag, TcpSocketInfo
 from .tickle import TickleSender
@@ -36,4 +36,5 @@ __all__ = [
     "TickleSender",
     "established_connections",
     "kill_connections",
+    "release_ip",
 ]

@@ -110,34 +110,43 @@ class AddressManager:
 
     # --- interfaces -----------------------------------------------------------------
 
-    def index(self, iface: str) -> int:
-        """The interface index of ``iface``; InterfaceNotFound if there is none."""
-        _check_iface_name(iface)
-        try:
-            return socket.if_nametoindex(iface)
-        except OSError as exc:
-            raise InterfaceNotFound(iface) from exc
+    def _link(self, iface: str) -> tuple[int, int, dict[int, bytes]]:
+        """(index, flags, attributes) of ``iface``, looked up by name through netlink.
 
-    def _link(self, iface: str) -> tuple[int, dict[int, bytes]]:
-        index = self.index(iface)
+        Netlink rather than if_nametoindex(): the socket stays in the namespace where the
+        manager was created, whatever namespace the calling thread is in later.
+        """
+        _check_iface_name(iface)
+        payload = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, iface.encode() + b"\0")
         try:
-            body = self._nl.get(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0),
-                                f"read link {iface}")
+            body = self._nl.get(RTM_GETLINK, payload, f"read link {iface}")
         except NetlinkError as exc:
-            if exc.errno == errno.ENODEV:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
                 raise InterfaceNotFound(iface) from exc
             raise
-        _family, _type, _index, flags, _change = _IFINFOMSG.unpack_from(body)
-        return flags, parse_attrs(body, _IFINFOMSG.size, len(body))
+        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(body)
+        return index, flags, parse_attrs(body, _IFINFOMSG.size, len(body))
+
+    def index(self, iface: str) -> int:
+        """The interface index of ``iface``; InterfaceNotFound if there is none."""
+        return self._link(iface)[0]
+
+    def _names(self) -> dict[int, str]:
+        names = {}
+        for body in self._nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "list links"):
+            _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(body)
+            name = parse_attrs(body, _IFINFOMSG.size, len(body)).get(IFLA_IFNAME, b"").rstrip(b"\0")
+            names[index] = name.decode(errors="replace")
+        return names
 
     def link_up(self, iface: str) -> bool:
         """True if ``iface`` is administratively up and has carrier (IFF_UP and IFF_LOWER_UP)."""
-        flags, _attrs = self._link(iface)
+        _index, flags, _attrs = self._link(iface)
         return bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
 
     def mac(self, iface: str) -> bytes:
         """The hardware address of ``iface`` (empty for interfaces without one)."""
-        _flags, attrs = self._link(iface)
+        _index, _flags, attrs = self._link(iface)
         return attrs.get(IFLA_ADDRESS, b"")
 
     def interfaces(self) -> dict[str, bool]:
@@ -189,7 +198,7 @@ class AddressManager:
         family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         if prefixlen is None:
             if addr.version == 6:
-                entry = self._find(addr, index)
+                entry = self._find(addr, iface)
                 if entry is None:
                     return False
                 prefixlen = entry.prefixlen
@@ -211,7 +220,7 @@ class AddressManager:
     def addresses(self, family: int = socket.AF_UNSPEC) -> list[AddressEntry]:
         """Every address in this namespace (optionally of one family)."""
         entries = []
-        names: dict[int, str] = {}
+        names: dict[int, str] | None = None
         for body in self._nl.dump(RTM_GETADDR, _IFADDRMSG.pack(family, 0, 0, 0, 0), "list addresses"):
             fam, plen, flags8, _scope, index = _IFADDRMSG.unpack_from(body)
             if family not in (socket.AF_UNSPEC, fam) or fam not in (socket.AF_INET, socket.AF_INET6):
@@ -221,20 +230,16 @@ class AddressManager:
             if raw is None or len(raw) not in (4, 16):
                 continue
             flags = struct.unpack("=I", attrs[IFA_FLAGS])[0] if len(attrs.get(IFA_FLAGS, b"")) == 4 else flags8
-            if index not in names:
-                try:
-                    names[index] = socket.if_indextoname(index)
-                except OSError:
-                    names[index] = f"#{index}"
-            entries.append(AddressEntry(names[index], str(ipaddress.ip_address(raw)), plen, flags))
+            if names is None:
+                names = self._names()
+            entries.append(AddressEntry(names.get(index, f"#{index}"), str(ipaddress.ip_address(raw)), plen, flags))
         return entries
 
-    def _find(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, index: int | None = None) -> AddressEntry | None:
+    def _find(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, iface: str | None = None) -> AddressEntry | None:
         family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         text = str(addr)
-        wanted = socket.if_indextoname(index) if index is not None else None
         for entry in self.addresses(family):
-            if entry.ip == text and (wanted is None or entry.iface == wanted):
+            if entry.ip == text and (iface is None or entry.iface == iface):
                 return entry
         return None
 
@@ -251,6 +256,9 @@ class AddressManager:
         With the default 0, deleting the primary (first) address of a subnet silently
         deletes every secondary address of that subnet: releasing one public IP would drop
         the others. With 1 the next secondary is promoted instead.
+
+        /proc/sys/net belongs to the calling thread's network namespace (unlike the netlink
+        socket, which stays where the manager was made), so call this from that namespace.
         """
         self.index(iface)  # InterfaceNotFound before touching any sysctl
         for conf in ("all", "default", iface):

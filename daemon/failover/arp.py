@@ -1,9 +1,12 @@
 """Gratuitous ARP / unsolicited Neighbour Advertisement from persistent AF_PACKET sockets.
 
-One ``SOCK_RAW`` packet socket per interface, opened on first use and kept: ``close()`` of
+One ``SOCK_RAW`` packet socket per interface, opened on first use (or by ``prepare``) and
+kept: ``close()`` of
 an AF_PACKET socket waits for an RCU grace period (8-36 ms measured in the lab), far longer
 than the send itself. Protocol 0 means the socket receives nothing, so it never queues
-traffic. The source MAC is the interface's own, read from the bound socket.
+traffic. The source MAC is the interface's own, read from the bound socket. Sockets are
+created in the calling thread's network namespace, so a socket opened later from another
+namespace would bind to a different interface of the same name: that raises instead.
 
 If the interface disappears and comes back (a new ifindex, maybe a new MAC), the send fails
 with ENXIO/ENODEV/ENETDOWN; the socket is then reopened once and the send retried.
@@ -15,6 +18,7 @@ import errno
 import socket
 
 from .errors import FailoverError, InterfaceNotFound
+from .netns import NetnsGuard
 from .packets import announcement_frames, parse_ip
 
 ARPHRD_ETHER = 1
@@ -36,8 +40,10 @@ class ArpAnnouncer:
 
     def __init__(self) -> None:
         self._links: dict[str, _Link] = {}
+        self._netns = NetnsGuard("ArpAnnouncer")
 
     def _open(self, iface: str) -> _Link:
+        self._netns.check()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
             sock.bind((iface, 0))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .addresses import AddressManager
 from .sockdiag import CONNECTED_STATES, SockDiag
 
 
@@ -41,3 +42,19 @@ def kill_connections(
     finally:
         if diag is None:
             owner.close()
+
+
+def release_ip(
+    addresses: AddressManager,
+    iface: str,
+    ip: str,
+    prefixlen: int | None = None,
+    diag: SockDiag | None = None,
+) -> tuple[int, bool]:
+    """Release a public IP in the right order: reset its connections, then delete it.
+
+    Returns (connections reset, address deleted). A connection opened in the microseconds
+    between the two steps is not reset (CTDB closes that gap with a firewall rule).
+    """
+    killed = kill_connections(ip, diag=diag)
+    return killed, addresses.delete(iface, ip, prefixlen)

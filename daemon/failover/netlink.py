@@ -184,11 +184,22 @@ class NetlinkSocket:
                     raise NetlinkError(code or errno.EPROTO, f"{what}: {os.strerror(code or errno.EPROTO)}")
                 return bytes(data[offset + NLMSGHDR.size: offset + length])
 
-    def dump(self, msg_type: int, payload: bytes, what: str, flags: int = NLM_F_DUMP) -> list[bytes]:
+    def dump(self, msg_type: int, payload: bytes, what: str, flags: int = NLM_F_DUMP,
+             attempts: int = 3) -> list[bytes]:
         """Send a dump request and return every reply's body (after the nlmsghdr).
 
         The whole dump is read before returning, so the socket never holds stale replies.
+        A dump the kernel marks inconsistent (changed while being dumped) is retried.
         """
+        for _ in range(attempts - 1):
+            try:
+                return self._dump_once(msg_type, payload, what, flags)
+            except NetlinkError as exc:
+                if exc.errno != errno.EINTR:
+                    raise
+        return self._dump_once(msg_type, payload, what, flags)
+
+    def _dump_once(self, msg_type: int, payload: bytes, what: str, flags: int) -> list[bytes]:
         seq, msg = self.message(msg_type, flags | NLM_F_REQUEST, payload)
         self._sock.send(msg)
         bodies: list[bytes] = []

@@ -2,9 +2,12 @@
 
 ``SockDiag`` keeps one NETLINK_SOCK_DIAG socket and offers two operations:
 
-- ``tcp_sockets(local_ips, states)``: dump TCP sockets (IPv4 and IPv6 tables), filtered in
-  the kernel by local address with an ``inet_diag`` bytecode program, so the cost depends
-  on the matching sockets, not on every socket of the node;
+- ``tcp_sockets(local_ips, states)``: dump TCP sockets (IPv4 and IPv6), filtered in the
+  kernel by local address with an ``inet_diag`` bytecode program, so only matching sockets
+  are copied and parsed. The kernel still walks its whole established hash table (global,
+  not per namespace: 262144 buckets on the lab VM, ~1.3 ms per walk), so both families are
+  fetched in one walk with the older ``TCPDIAG_GETSOCK`` request (family AF_UNSPEC), with a
+  fallback to one ``SOCK_DIAG_BY_FAMILY`` request per family;
 - ``destroy(sockets)``: ``SOCK_DESTROY`` for each one, as ``ss -K`` does. The kernel aborts
   the socket: the local owner sees ECONNABORTED and the peer gets an RST (for established,
   SYN_RECV, FIN_WAIT and CLOSE_WAIT sockets). Needs CAP_NET_ADMIN and a kernel built with
@@ -29,6 +32,7 @@ from .errors import FailoverError
 from .netlink import NETLINK_SOCK_DIAG, NetlinkError, NetlinkSocket, attr
 from .packets import Endpoint, parse_ip
 
+TCPDIAG_GETSOCK = 18  # the older request: one walk covers IPv4 and IPv6 sockets
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
 INET_DIAG_REQ_BYTECODE = 1
@@ -68,6 +72,8 @@ CONNECTED_STATES = state_mask(TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_F
                               TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING)
 
 _REQ = struct.Struct("=BBBxI")
+_COMPAT_REQ_HEAD = struct.Struct("=BBBB")  # family (AF_UNSPEC = both), src_len, dst_len, ext
+_COMPAT_REQ_TAIL = struct.Struct("=II")    # states, dbs (after the 48-byte sockid)
 _SOCKID = struct.Struct(">HH16s16s")  # the big-endian part of inet_diag_sockid
 _SOCKID_SIZE = 48
 _MSG_HEAD = struct.Struct("=BBBB")
@@ -151,6 +157,7 @@ class SockDiag:
 
     def __init__(self) -> None:
         self._nl = NetlinkSocket(NETLINK_SOCK_DIAG)
+        self._compat_dump = True
 
     def close(self) -> None:
         self._nl.close()
@@ -169,8 +176,8 @@ class SockDiag:
     ) -> list[TcpSocketInfo]:
         """TCP sockets in ``states`` (a bitmask) whose local address is one of ``local_ips``.
 
-        ``local_ips=None`` means every local address. The IPv6 table is dumped too, because
-        a socket accepted by a dual-stack listener is an IPv6 socket with a v4-mapped address.
+        ``local_ips=None`` means every local address. IPv6 sockets are always dumped too: a
+        socket accepted by a dual-stack listener is an IPv6 socket with a v4-mapped address.
         """
         wanted = None if local_ips is None else {parse_ip(ip) for ip in local_ips}
         if wanted is not None and not wanted:
@@ -180,22 +187,35 @@ class SockDiag:
             attrs = attr(INET_DIAG_REQ_BYTECODE, local_address_filter(sorted(wanted, key=str)))
         wanted_text = None if wanted is None else {str(ip) for ip in wanted}
         found = []
+        for body in self._dump(states, families, attrs):
+            info = _parse_message(body)
+            if info is None or info.family not in families or not (states >> info.state) & 1:
+                continue
+            if wanted_text is not None and info.local[0] not in wanted_text:
+                continue
+            found.append(info)
+        return found
+
+    def _dump(self, states: int, families: tuple[int, ...], attrs: bytes) -> list[bytes]:
+        if self._compat_dump and set(families) == {socket.AF_INET, socket.AF_INET6}:
+            payload = (_COMPAT_REQ_HEAD.pack(socket.AF_UNSPEC, 0, 0, 0) + b"\0" * _SOCKID_SIZE
+                       + _COMPAT_REQ_TAIL.pack(states, 0) + attrs)
+            try:
+                return self._nl.dump(TCPDIAG_GETSOCK, payload, "dump TCP sockets")
+            except NetlinkError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
+                    raise
+                self._compat_dump = False  # kernel without the old interface
+        bodies: list[bytes] = []
         for family in families:
             payload = _REQ.pack(family, socket.IPPROTO_TCP, 0, states) + b"\0" * _SOCKID_SIZE + attrs
             try:
-                bodies = self._nl.dump(SOCK_DIAG_BY_FAMILY, payload, "dump TCP sockets")
+                bodies += self._nl.dump(SOCK_DIAG_BY_FAMILY, payload, "dump TCP sockets")
             except NetlinkError as exc:
                 if exc.errno == errno.ENOENT and family == socket.AF_INET6:
                     continue  # no IPv6 in this kernel
                 raise
-            for body in bodies:
-                info = _parse_message(body)
-                if info is None or not (states >> info.state) & 1:
-                    continue
-                if wanted_text is not None and info.local[0] not in wanted_text:
-                    continue
-                found.append(info)
-        return found
+        return bodies
 
     def destroy(self, sockets: Iterable[TcpSocketInfo]) -> int:
         """SOCK_DESTROY each socket; returns how many the kernel destroyed.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 
 from .errors import FailoverError
+from .netns import NetnsGuard
 from .packets import Endpoint, parse_ip, tcp_reset, tickle_ack
 
 
@@ -25,11 +26,13 @@ class TickleSender:
 
     def __init__(self) -> None:
         self._sockets: dict[int, socket.socket] = {}
+        self._netns = NetnsGuard("TickleSender")
 
     def _socket(self, version: int) -> socket.socket:
         sock = self._sockets.get(version)
         if sock is not None:
             return sock
+        self._netns.check()
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
             sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
