@@ -99,6 +99,12 @@ def c_strtol(text: str) -> int:
     return max(LONG_MIN, min(LONG_MAX, value))
 
 
+def is_whole_c_integer(text: str) -> bool:
+    """True if strtol(text, &end, 0) would consume all of ``text``."""
+    scanned = _scan_integer(text, 0)
+    return scanned is not None and scanned[2] == len(text)
+
+
 def smb_strtoul_full(text: str, base: int) -> int:
     """smb_strtoul(text, NULL, base, &err, SMB_STR_FULL_STR_CONV): the whole string must be one
     non-negative number no larger than unsigned long. Raises ValueError otherwise."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
-from .clib import INT_MAX, ascii_lower, c_strtol, smb_strtoul_full
+from .clib import INT_MAX, ascii_lower, c_strtol, is_whole_c_integer
 from .errors import ConfigError, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
 
@@ -359,15 +359,15 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
         if spec is None:
             problem(f"unknown option [{section}] {shown(item.name)}", item.line)
             continue
-        label = f"[{section}] {spec.name} = {shown(item.value)}"
         if item.value is None or item.value == "":
             errors.append(ConfigError(f"[{section}] {spec.name}: empty value", path, item.line))
             continue
+        label = f"[{section}] {spec.name} = {shown(item.value)}"
         value, error = _convert(spec, item.value)
         if error is not None:
             errors.append(ConfigError(f"{label}: {error}", path, item.line))
             continue
-        if spec.kind == "integer" and _trailing_garbage(item.value):
+        if spec.kind == "integer" and not is_whole_c_integer(item.value):
             warnings.append(f"{path}:{item.line}: {label} read as {value} "
                             "(CTDB ignores the characters after the number)")
         if value != raw[spec.field] and spec.check is not None:
@@ -388,14 +388,6 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
         assert level is not None  # defaults are valid, set values were checked
         typed[name] = level
     return CtdbConf(**typed, path=path, lines=lines, warnings=tuple(warnings))
-
-
-def _trailing_garbage(text: str) -> bool:
-    try:
-        smb_strtoul_full(text.lstrip("+-"), 0)
-    except ValueError:
-        return True
-    return False
 
 
 def load_ctdb_conf(path: str, strict: bool = True) -> CtdbConf:
