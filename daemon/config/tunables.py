@@ -12,8 +12,9 @@ Facts from Samba 4.17.12, checked against the source:
   with blanks allowed around '=', '#'/';' comment lines, no trailing comments; the value is
   read by smb_strtoul base 0 (``0x10``, octal ``010``) and must be the whole value; a [section],
   a line without a value, an unknown **or obsolete** tunable, or a bad number is an error, and
-  every bad line is reported. (ctdbd 4.17 logs these and carries on with the good lines; its
-  caller ignores the failure. Here loading raises ConfigError; the daemon decides.)
+  every bad line is reported. ctdbd 4.17 logs these, keeps the good lines and starts anyway (its
+  caller ignores the failure; checked by running ctdbd). Here loading raises ConfigError, or,
+  with ``errors_out``, does what ctdbd does.
 Stricter than CTDB: a value above 2**32-1 is an error (CTDB silently truncates it to 32 bits).
 
 pyctdbd's tunables come after CTDB's in listings, are settable with ``ctdb setvar`` and are not
@@ -261,10 +262,12 @@ class Tunables:
         return f"Tunables({self.changed()!r})"
 
 
-def load_tunables_text(text: str, path: str = "ctdb.tunables",
-                       tunables: Tunables | None = None) -> Tunables:
+def load_tunables_text(text: str, path: str = "ctdb.tunables", tunables: Tunables | None = None,
+                       errors_out: list[ConfigError] | None = None) -> Tunables:
     """Apply ctdb.tunables text to the defaults (CTDB resets to defaults before loading) or, if
-    given, to a copy of ``tunables``. Raises ConfigError (ConfigErrors for several bad lines)."""
+    given, to a copy of ``tunables``. Raises ConfigError (ConfigErrors for several bad lines).
+    With ``errors_out`` it behaves like ctdbd instead: the problems are appended there and the
+    good lines are still applied."""
     result = tunables.copy() if tunables is not None else Tunables()
     errors: list[ConfigError] = []
     for item in parse_ini(text, allow_empty_value=True):
@@ -290,6 +293,8 @@ def load_tunables_text(text: str, path: str = "ctdb.tunables",
             errors.append(ConfigError(f"unknown tunable {shown(item.name)}", path, item.line))
             continue
         if spec.obsolete:
+            if value <= U32_MAX:
+                result.set(spec.name, value)  # ctdbd stores it before complaining
             errors.append(ConfigError(f"obsolete tunable {spec.name!r}", path, item.line))
             continue
         if value > U32_MAX:
@@ -297,12 +302,17 @@ def load_tunables_text(text: str, path: str = "ctdb.tunables",
                                       "fit in 32 bits", path, item.line))
             continue
         result.set(spec.name, value)
-    raise_collected(errors)
+    if errors_out is not None:
+        errors_out.extend(errors)
+    else:
+        raise_collected(errors)
     return result
 
 
-def load_tunables_file(path: str, tunables: Tunables | None = None) -> Tunables:
-    """Read and apply a ctdb.tunables file; a missing file means defaults (as in CTDB)."""
+def load_tunables_file(path: str, tunables: Tunables | None = None,
+                       errors_out: list[ConfigError] | None = None) -> Tunables:
+    """Read and apply a ctdb.tunables file; a missing file means defaults (as in CTDB).
+    ``errors_out`` as for load_tunables_text (an unreadable file still raises)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -310,4 +320,4 @@ def load_tunables_file(path: str, tunables: Tunables | None = None) -> Tunables:
         return tunables.copy() if tunables is not None else Tunables()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path) from None
-    return load_tunables_text(data.decode("utf-8", "surrogateescape"), path, tunables)
+    return load_tunables_text(data.decode("utf-8", "surrogateescape"), path, tunables, errors_out)
