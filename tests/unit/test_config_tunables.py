@@ -209,11 +209,12 @@ def test_load_file(tmp_path):
 
 
 def test_ctdbd_style_loading_keeps_good_lines():
-    # What ctdbd 4.17 does with a partly bad file (seen by running it): report, keep the rest.
+    # What ctdbd 4.17 does with a partly bad file (seen by running it on this file): report each
+    # bad line, keep the rest, start anyway.
     problems: list[ConfigError] = []
     tunables = load_tunables_text("KeepaliveInterval = 2\n VacuumLimit=7\nNoSuch=1\nkeepalivelimit=0x10\n"
                                   "ElectionTimeout=1 # x\n", "t", errors_out=problems)
-    # ctdbd even stores the obsolete value before complaining about it.
+    # ctdbd even stores the obsolete value (tunable.c sets it, then reports it obsolete).
     assert tunables.changed() == {"KeepaliveInterval": 2, "VacuumLimit": 7, "KeepaliveLimit": 16}
     assert [(e.line, e.message.split(" ")[0]) for e in problems] == [(2, "obsolete"), (3, "unknown"),
                                                                       (5, "invalid")]
