@@ -117,8 +117,9 @@ def load_config(etc_dir: str | None = None, *, env: Mapping[str, str] | None = N
 
     Paths come from ``paths``, else ``Paths.from_env(env, etc_dir=etc_dir, **path_overrides)``
     (``etc_dir`` moves every file; default: where CTDB 4.17 looks). ``strict`` rejects unknown
-    ctdb.conf options (as ``ctdb-config validate``); ``strict=False`` ignores them with a warning
-    (as ctdbd). ``check_filesystem`` runs the stat() checks ctdb-config and ctdbd make (database
+    ctdb.conf options (as ``ctdb-config validate``) and bad ctdb.tunables lines;
+    ``strict=False`` behaves like ctdbd: unknown options are ignored and bad tunables lines
+    skipped (the good ones apply), each with a warning. ``check_filesystem`` runs the stat() checks ctdb-config and ctdbd make (database
     directories, debug scripts, log directory). ``run_command(argv) -> stdout`` runs a
     ``nodes list = !command``. Missing ctdb.conf, public_addresses, home_nodes or ctdb.tunables
     mean defaults; a missing nodes file is an error. All problems are raised together
@@ -172,7 +173,12 @@ def load_config(etc_dir: str | None = None, *, env: Mapping[str, str] | None = N
 
     tunables = Tunables()
     try:
-        tunables = load_tunables_file(paths.tunables_file)
+        if strict:
+            tunables = load_tunables_file(paths.tunables_file)
+        else:
+            tunable_problems: list[ConfigError] = []
+            tunables = load_tunables_file(paths.tunables_file, errors_out=tunable_problems)
+            warnings.extend(f"{problem} (ignored)" for problem in tunable_problems)
     except ConfigError as exc:
         errors.extend(exc.errors)
 

@@ -118,6 +118,13 @@ def test_strict_and_not_strict(tmp_path):
         load_config(str(etc), env={}, check_filesystem=False)
     config = load_config(str(etc), env={}, check_filesystem=False, strict=False)
     assert any("unknown section [pyctdbd]" in warning for warning in config.warnings)
+    write_tree(etc, tmp_path, conf="", tunables="KeepaliveInterval=2\nNoSuch=1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(etc), env={}, check_filesystem=False)
+    assert info.value.line == 2
+    config = load_config(str(etc), env={}, check_filesystem=False, strict=False)
+    assert config.tunables.get("KeepaliveInterval") == 2
+    assert f"{etc}/ctdb.tunables:2: unknown tunable 'NoSuch' (ignored)" in config.warnings
 
 
 def test_nodes_list_file_and_command(tmp_path):
