@@ -302,7 +302,7 @@ def _check_event(event: Any, path: Path, lineno: int) -> None:
 
 def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset: Dataset) -> None:
     """Pick out the events the reports use: completed ops, notes and faults."""
-    invoked: dict[tuple[Any, Any, Any], float] = {}
+    invoked: dict[tuple[str, ...], float] = {}
     for event, lineno in events:
         kind = event["kind"]
         if kind == "op":
@@ -319,10 +319,11 @@ def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset:
                                              phase=event.get("phase")))
 
 
-def _op_from_event(event: dict[str, Any], invoked: dict[tuple[Any, Any, Any], float], path: Path,
+def _op_from_event(event: dict[str, Any], invoked: dict[tuple[str, ...], float], path: Path,
                    lineno: int) -> ClientOp | None:
     op_type = event.get("type")
-    key = (event.get("run"), event.get("process"), event.get("id"))
+    # json.dumps: hostile histories may put lists or objects here, which cannot be dict keys.
+    key = tuple(json.dumps(event.get(k), sort_keys=True) for k in ("run", "process", "id"))
     if op_type == "invoke":
         invoked[key] = event["t"]
         return None

@@ -116,8 +116,8 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
     with matplotlib.rc_context(_STYLE):
         fig = Figure(figsize=(11.5, 2.4 + 0.36 * len(rows)), layout="constrained")
         ax = fig.add_subplot()
-        x_end = _timeline_extent(rows)
-        text_pad = 0.012 * x_end
+        x_end = _timeline_extent(rows, metrics)
+        text_pad = _TEXT_PAD_FRACTION * x_end
         fault_names: set[str] = set()
         points: dict[str, list[tuple[float, float]]] = {}
         fault_points: list[tuple[float, float]] = []
@@ -132,30 +132,27 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
                 continue
             tick_labels.append(f"run {run.run} · victim node {run.victim if run.victim is not None else '?'}")
             values = {m: run.metrics[m] for m in instants if run.metrics.get(m) is not None}
-            row_end = max(values.values(), default=0.0)
-            ax.plot([0, row_end], [y, y], color="0.7", linewidth=1, zorder=1)
+            ax.plot([0, max(values.values(), default=0.0)], [y, y], color="0.7", linewidth=1, zorder=1)
             _draw_phases(ax, y, values)
             stall = run.metrics.get("survivor_stall_s")
             if stall is not None:
                 any_stall = True
                 ax.barh(y - 0.3, stall, left=0, height=0.13, color=_METRIC_STYLE["survivor_stall_s"][0],
                         alpha=0.75, zorder=1, linewidth=0)
-                row_end = max(row_end, stall)
             for metric, value in values.items():
                 points.setdefault(metric, []).append((value, y))
             for name, offset in _other_faults(dataset, run):
                 fault_names.add(name)
                 fault_points.append((offset, y))
-                row_end = max(row_end, offset)
             resumed = _client_resumed(values)
             if resumed is not None:
                 metric, value = resumed
                 ax.annotate(f"{metric_title(metric)} {value:.2f} s", (value, y), textcoords="offset points",
                             xytext=(0, 7), ha="left", va="bottom", fontsize=7.5, color="0.2")
-            missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None]
+            missing = _missing_text(run, metrics)
             if missing:
-                ax.text(row_end + text_pad, y, "did not happen: " + ", ".join(missing), va="center",
-                        ha="left", fontsize=8.5, color="#a00000", style="italic")
+                ax.text(_row_end(dataset, run) + text_pad, y, missing, va="center", ha="left", fontsize=8.5,
+                        color="#a00000", style="italic")
         # One scatter per milestone, not per point: a few collections draw much faster than hundreds.
         for metric, xy in points.items():
             color, marker = metric_style(metric, metrics)
@@ -191,18 +188,32 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
         return _save(fig, out_dir, TIMELINE)
 
 
-def _timeline_extent(rows: list[tuple[str, Dataset | None, object]]) -> float:
-    """Right edge of the timeline: the latest thing drawn, plus room for the 'did not happen' text."""
-    latest = 0.0
-    has_missing = False
+_TEXT_AXES_FRACTION_PER_CHAR = 0.0066  # 8.5 pt italic on an ~10 inch wide axes
+_TEXT_PAD_FRACTION = 0.012
+
+
+def _missing_text(run, metrics: list[str]) -> str:
+    missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None]
+    return "did not happen: " + ", ".join(missing) if missing else ""
+
+
+def _row_end(dataset: Dataset, run) -> float:
+    return max([0.0, *(v for v in run.metrics.values() if v is not None),
+                *(offset for _, offset in _other_faults(dataset, run))])
+
+
+def _timeline_extent(rows: list[tuple[str, Dataset | None, object]], metrics: list[str]) -> float:
+    """Right edge of the timeline: the latest thing drawn, and room for each 'did not happen' text."""
+    extent = 0.0
     for _, dataset, run in rows:
         if dataset is None:
             continue
-        latest = max([latest, *(v for v in run.metrics.values() if v is not None),
-                      *(offset for _, offset in _other_faults(dataset, run))])
-        has_missing = has_missing or any(v is None for v in run.metrics.values())
-    latest = latest or 1.0
-    return latest * (1.32 if has_missing else 1.08)
+        end = _row_end(dataset, run)
+        extent = max(extent, end * 1.06)
+        text = _missing_text(run, metrics)
+        if text:  # end + pad·x + len·c·x <= x
+            extent = max(extent, end / (1 - _TEXT_PAD_FRACTION - len(text) * _TEXT_AXES_FRACTION_PER_CHAR))
+    return extent or 1.0
 
 
 def _client_resumed(values: dict[str, float]) -> tuple[str, float] | None:
@@ -394,6 +405,7 @@ def plot_throughput(datasets: list[Dataset], out_dir: Path) -> list[Path]:
             bw = dataset.params.get("bw_mbit")
             if isinstance(bw, (int, float)) and bw > 0:
                 line_nodes = list(range(1, max_nodes + 1))
+                highest = max(highest, max_nodes * bw / 8)
                 ax_mb.plot(line_nodes, [n * bw / 8 for n in line_nodes], color="0.55", linestyle=":",
                            linewidth=1.2, label=f"line rate, N × {bw:g} Mbit/s" + (
                                f" ({dataset.label})" if several else ""))
@@ -409,12 +421,20 @@ def plot_throughput(datasets: list[Dataset], out_dir: Path) -> list[Path]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_mb.set_ylabel("aggregate read throughput (MB/s, 10⁶ B/s)")
         ax_mb.set_title("Aggregate SMB read throughput vs nodes")
-        ax_mb.legend(loc="lower right", fontsize=8)
+        handles, labels = ax_mb.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: (
+            [": measured", ": ideal", "line rate", "reference"].index(
+                next(k for k in (": measured", ": ideal", "line rate", "reference") if k in labels[i])), i))
+        ax_mb.legend([handles[i] for i in order], [labels[i] for i in order], loc="best", fontsize=8)
         ax_eff.set_ylabel("efficiency: measured ÷ (N × one-node figure)")
         ax_eff.yaxis.set_major_formatter(PercentFormatter(1.0))
         low = min([*reference_efficiency, *efficiencies])
-        ax_eff.set_ylim(max(0.0, low - 0.1), 1.12)
+        ax_eff.set_ylim(max(0.0, low - 0.1), max([1.12, *(e + 0.06 for e in efficiencies)]))
         ax_eff.set_title("Scaling efficiency")
+        if not efficiencies:
+            ax_eff.text(0.5, 0.5, "no one-node measurement:\nefficiency needs the N = 1 figure",
+                        transform=ax_eff.transAxes, ha="center", va="center", color="#a00000", style="italic",
+                        bbox=dict(facecolor="white", edgecolor="none", alpha=0.9))
         ax_eff.legend(loc="lower left", fontsize=8)
         fig.suptitle("Throughput scaling — " + _params_line(scaling))
         return _save(fig, out_dir, THROUGHPUT)

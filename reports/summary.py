@@ -63,13 +63,13 @@ def brief_lines(datasets: list[Dataset]) -> list[str]:
                 parts = []
                 for metric in metric_names([dataset]):
                     stats = metric_stats(runs, metric)
-                    value = "did not happen" if stats.n == 0 else f"{stats.p50:.3f}s"
+                    value = DID_NOT_HAPPEN if stats.n == 0 else f"{stats.p50:.3f}s"
                     parts.append(f"{metric_title(metric)} {value}")
-                lines.append(f"{dataset.label} {dataset.scenario}, {role_title(role)} ({len(runs)} runs): "
-                             + ", ".join(parts))
+                head = f"{dataset.label} {dataset.scenario}, {role_title(role)} ({_count(len(runs), 'run')})"
+                lines.append(f"{head}: " + ", ".join(parts))
         elif dataset.is_scaling:
             parts = [f"{r.client} N={r.nodes} {r.median:.1f} MB/s"
-                     + (f" ({r.efficiency:.0%})" if r.efficiency is not None else "")
+                     + (f" ({r.efficiency:.1%})" if r.efficiency is not None else "")
                      for r in scaling_rows(dataset.points)]
             lines.append(f"{dataset.label} scaling: " + ", ".join(parts))
     return lines
@@ -115,7 +115,7 @@ def _parameters(datasets: list[Dataset], out_dir: Path) -> list[str]:
         cuts = [r.t_cut for r in dataset.runs if r.t_cut is not None]
         first_cut = (dt.datetime.fromtimestamp(min(cuts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
                      if cuts else "–")
-        count = f"{len(dataset.runs)} runs" if dataset.runs else f"{len(dataset.points)} points"
+        count = _count(len(dataset.points), "point") if dataset.is_scaling else _count(len(dataset.runs), "run")
         rows.append([_name(dataset, datasets), _relative(dataset.path, out_dir) or ".", dataset.scenario,
                      dataset.daemon,
                      *(_cell(dataset.params.get(k, "–")) for k in keys), count, first_cut])
@@ -307,6 +307,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _escape(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _cell(value: object) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from test_reports_synthetic import write_failover, write_scaling
 
 from ctdblab.errors import UserError
 from ctdblab.reports.load import find_run_dirs, load_datasets, load_run_dir
 from ctdblab.reports.stats import percentile, scaling_rows
+from ctdblab.reports.summary import render_report
 
 
 def _error(path) -> str:
@@ -169,3 +172,50 @@ def test_scaling_without_one_node_point_has_no_efficiency(tmp_path):
         {"nodes": 2, "client": "smbclient", "mb_s": 20.0}]}))
     (row,) = scaling_rows(load_run_dir(run_dir).points)
     assert row.ideal is None and row.efficiency is None
+
+
+# -- hostile input: anything JSON can say either loads or gives a UserError, never a crash -------
+_junk = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False) \
+    | st.text(max_size=3) | st.lists(st.integers(0, 2), max_size=2) | st.just({"k": [1]})
+_seconds = st.none() | st.floats(0, 30)
+
+
+def _mostly(valid):
+    """Valid nine times in ten, junk otherwise, so that fuzzing reaches the report as well."""
+    return st.tuples(st.integers(0, 9), valid, _junk).map(lambda t: t[1] if t[0] else t[2])
+
+
+_run = st.fixed_dictionaries({"run": st.integers(0, 3)}, optional={
+    "victim": st.integers(0, 3) | _junk, "victim_role": st.sampled_from(["leader", "nonleader"]) | _junk,
+    "t_cut": st.floats(0, 2e9) | _junk, "detect_s": _seconds, "rejoin_s": _seconds, "ping_s": _seconds | _junk,
+    "extra": _junk})
+_point = st.fixed_dictionaries({"nodes": _mostly(st.integers(1, 4)), "client": st.sampled_from(["a", "b"]),
+                                "mb_s": _mostly(st.floats(0, 100))}, optional={"run": _junk})
+_results = st.fixed_dictionaries(
+    {"scenario": _mostly(st.sampled_from(["failover", "scaling", "other"])),
+     "daemon": _mostly(st.sampled_from(["ctdb", "pyctdbd"]))},
+    optional={"runs": st.lists(_run, max_size=3), "points": st.lists(_point, max_size=3),
+              "summary": _junk | st.just({"detect_s": {"n": 9, "max": "x"}}), "nodes": _junk, "tunables": _junk,
+              "bw_mbit": _junk})
+_event = st.fixed_dictionaries(
+    {"t": _mostly(st.floats(0, 2e9)), "kind": _mostly(st.sampled_from(["op", "note", "fault", "milestone"])),
+     "type": _mostly(st.sampled_from(["invoke", "ok", "fail"]))},
+    optional={"latency_s": _mostly(st.floats(0, 9)), "process": _junk, "id": _junk, "run": st.integers(0, 3),
+              "role": _junk, "text": _junk, "fault": _junk, "phase": _junk, "error": _junk})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(results=_results, events=st.lists(_event, max_size=5))
+def test_hostile_results_and_history_load_or_fail_cleanly(tmp_path, results, events):
+    run_dir = tmp_path / "fuzz"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    try:
+        datasets = load_datasets(run_dir)
+    except UserError as e:
+        assert "\n" not in str(e) and str(run_dir) in str(e)
+        event("rejected")
+        return
+    event("accepted")
+    render_report(datasets, run_dir)  # must not raise on whatever was accepted
