@@ -9,7 +9,8 @@ created in the calling thread's network namespace, so a socket opened later from
 namespace would bind to a different interface of the same name: that raises instead.
 
 If the interface disappears and comes back (a new ifindex, maybe a new MAC), the send fails
-with ENXIO/ENODEV/ENETDOWN; the socket is then reopened once and the send retried.
+with ENXIO; the socket is then reopened once and the send retried. The stale socket is only
+closed by ``close()``, so the slow close stays off the takeover path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .packets import announcement_frames, parse_ip
 
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
-_STALE_ERRNOS = (errno.ENXIO, errno.ENODEV, errno.ENETDOWN, errno.EADDRNOTAVAIL)
+# The bound interface was deleted (a new one with the same name gets a new ifindex).
+_STALE_ERRNOS = (errno.ENXIO, errno.ENODEV)
 
 
 class _Link:
@@ -40,6 +42,7 @@ class ArpAnnouncer:
 
     def __init__(self) -> None:
         self._links: dict[str, _Link] = {}
+        self._stale: list[socket.socket] = []
         self._netns = NetnsGuard("ArpAnnouncer")
 
     def _open(self, iface: str) -> _Link:
@@ -89,7 +92,7 @@ class ArpAnnouncer:
             if exc.errno not in _STALE_ERRNOS:
                 raise FailoverError(f"announce {ip} on {iface}: {exc}") from exc
         # The interface was replaced under us: start again on a fresh socket, once.
-        self._drop(iface)
+        self._stale.append(self._links.pop(iface).sock)
         link = self._link(iface)
         try:
             return self._send(link, ip)
@@ -112,6 +115,9 @@ class ArpAnnouncer:
         """Close every socket (slow: one RCU grace period each). Call at shutdown."""
         for iface in list(self._links):
             self._drop(iface)
+        for sock in self._stale:
+            sock.close()
+        self._stale.clear()
 
     def __enter__(self) -> ArpAnnouncer:
         return self

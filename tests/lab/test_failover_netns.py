@@ -105,8 +105,18 @@ class Lan:
         return sock
 
 
-@pytest.fixture
-def lan() -> Iterator[Lan]:
+def _attach(net: Lan, node: str, port_name: str) -> None:
+    """A veth from the bridge into ``node``, named eth0 there, up."""
+    sw = net.ns("s")
+    ip("-n", sw, "link", "add", f"{node}-eth0", "type", "veth", "peer", "name", port_name)
+    ip("-n", sw, "link", "set", port_name, "master", "br0", "up")
+    ip("-n", sw, "link", "set", f"{node}-eth0", "netns", net.ns(node), "name", "eth0")
+    ip("-n", net.ns(node), "link", "set", "eth0", "up")
+    net.macs[node] = ip("-n", net.ns(node), "-br", "link", "show", "eth0").split()[2]
+
+
+@contextlib.contextmanager
+def _build_lan(ipv6: bool) -> Iterator[Lan]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     net = Lan(prefix="fo" + secrets.token_hex(3))
@@ -116,25 +126,44 @@ def lan() -> Iterator[Lan]:
             ip("netns", "add", name)
             net.namespaces[role] = name
             with inside(name):
-                write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")
-                write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+                if ipv6:
+                    # Only the link-local addresses the test adds: no SLAAC, no DAD delay.
+                    write_sysctl("net/ipv6/conf/default/addr_gen_mode", "1")
+                    write_sysctl("net/ipv6/conf/default/accept_dad", "0")
+                    write_sysctl("net/ipv6/conf/default/router_solicitations", "0")
+                else:
+                    write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")
+                    write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
         sw = net.ns("s")
         ip("-n", sw, "link", "add", "br0", "type", "bridge")
         ip("-n", sw, "link", "set", "br0", "up")
         for node in ("a", "b", "c"):
-            ip("-n", sw, "link", "add", f"{node}-eth0", "type", "veth", "peer", "name", f"{node}-port")
-            ip("-n", sw, "link", "set", f"{node}-port", "master", "br0", "up")
-            ip("-n", sw, "link", "set", f"{node}-eth0", "netns", net.ns(node), "name", "eth0")
             ip("-n", net.ns(node), "link", "set", "lo", "up")
-            ip("-n", net.ns(node), "link", "set", "eth0", "up")
+            _attach(net, node, f"{node}-port")
             ip("-n", net.ns(node), "addr", "add", f"{NODE_IP[node]}/{PLEN}", "dev", "eth0")
-            net.macs[node] = ip("-n", net.ns(node), "-br", "link", "show", "eth0").split()[2]
+            if ipv6:
+                ip("-n", net.ns(node), "addr", "add", f"fe80::{NODE_IP[node].rsplit('.', 1)[1]}/64",
+                   "dev", "eth0", "nodad")
         yield net
     finally:
         for sock in net.sockets:
             sock.close()
         for name in net.namespaces.values():
             ip("netns", "del", name, check=False)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """Three nodes on a bridge, IPv4 only."""
+    with _build_lan(ipv6=False) as net:
+        yield net
+
+
+@pytest.fixture
+def lan6() -> Iterator[Lan]:
+    """The same with IPv6 on, for link-local Neighbour Advertisement tests."""
+    with _build_lan(ipv6=True) as net:
+        yield net
 
 
 def listen(lan: Lan, node: str, addr: str, port: int, family: int = socket.AF_INET) -> socket.socket:
@@ -287,6 +316,97 @@ def test_gratuitous_arp_moves_the_peer_neighbour_entry(lan: Lan):
     finally:
         announcer.close()
         am.close()
+
+
+def test_announcer_survives_interface_recreation(lan: Lan):
+    """A node's eth0 replaced (new ifindex and MAC): the next announce reopens and works."""
+    ip("-n", lan.ns("a"), "addr", "add", f"{PUBLIC_X}/{PLEN}", "dev", "eth0")
+    _ping(lan, "c", PUBLIC_X)
+    ip("-n", lan.ns("a"), "link", "set", "eth0", "down")
+    with inside(lan.ns("b")):
+        announcer = ArpAnnouncer()
+        announcer.prepare("eth0")
+    try:
+        old_mac = lan.macs["b"]
+        ip("-n", lan.ns("b"), "link", "del", "eth0")
+        _attach(lan, "b", "b-port2")
+        assert lan.macs["b"] != old_mac
+        with inside(lan.ns("b")):  # the reopen happens in the daemon's own namespace
+            assert announcer.announce("eth0", PUBLIC_X) == 2
+        deadline = time.monotonic() + 1
+        while neigh_lladdr(lan.ns("c"), PUBLIC_X) != lan.macs["b"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert neigh_lladdr(lan.ns("c"), PUBLIC_X) == lan.macs["b"]
+    finally:
+        announcer.close()
+
+
+def test_unsolicited_na_moves_the_peer_ipv6_neighbour_entry(lan6: Lan):
+    """IPv6 announce, on a link-local address (nothing routable leaves the namespaces)."""
+    lan = lan6
+    target = "fe80::100"
+    ip("-n", lan.ns("a"), "addr", "add", f"{target}/64", "dev", "eth0", "nodad")
+    subprocess.run(["ip", "netns", "exec", lan.ns("c"), "ping", "-6", "-c1", "-W1", f"{target}%eth0"],
+                   capture_output=True, timeout=5, check=True)
+    assert neigh_lladdr(lan.ns("c"), target) == lan.macs["a"]
+    ip("-n", lan.ns("a"), "link", "set", "eth0", "down")
+    with inside(lan.ns("b")):
+        am, announcer = AddressManager(), ArpAnnouncer()
+        announcer.prepare("eth0")
+    try:
+        assert am.add("eth0", target, 64) is True
+        entry = next(e for e in am.addresses(socket.AF_INET6) if e.ip == target)
+        assert not entry.tentative  # nodad: usable at once
+        assert announcer.announce("eth0", target) == 1
+        deadline = time.monotonic() + 1
+        while neigh_lladdr(lan.ns("c"), target) != lan.macs["b"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert neigh_lladdr(lan.ns("c"), target) == lan.macs["b"]
+        assert am.delete("eth0", target) is True and am.where(target) is None
+    finally:
+        am.close()
+        announcer.close()
+
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_SEND_QUEUE = 19, 20, 21, 2
+
+
+def _next_seq(sock: socket.socket) -> int:
+    """The sequence number ``sock`` sends next (TCP_REPAIR lets root read it)."""
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        return sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF  # read as signed int
+    finally:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+
+
+@pytest.mark.parametrize("family,loopback", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")],
+                         ids=["ipv4", "ipv6"])
+def test_spoofed_reset_with_the_exact_seq_resets_the_peer(lan6: Lan, family: int, loopback: str):
+    """The raw-socket path end to end for both families: the kernel accepts our header and
+    checksum only if they are right, and the RST only with the exact sequence number."""
+    lan = lan6
+    listener = listen(lan, "c", loopback, 5800, family=family)
+    with inside(lan.ns("c")):
+        client = lan.track(socket.create_connection((loopback, 5800), timeout=5))
+        tickler = TickleSender()
+        tickler.prepare()
+    try:
+        server = accept(listener, lan)
+        server_end, client_end = server.getsockname()[:2], client.getsockname()[:2]
+        seq = _next_seq(server)
+        tickler.reset(server_end, client_end, (seq + 1000) & 0xFFFFFFFF)  # wrong: ignored
+        tickler.tickle(server_end, client_end)                             # harmless while alive
+        client.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            client.recv(10)
+        tickler.reset(server_end, client_end, seq)
+        client.settimeout(2)
+        with pytest.raises(ConnectionResetError):
+            client.recv(10)
+    finally:
+        tickler.close()
 
 
 # --- (c) the takeover trick ---------------------------------------------------------------
