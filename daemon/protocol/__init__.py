@@ -35,4 +35,28 @@ from .types import (
     pack_stringn, tunable_index, unpack_datan, unpack_string, unpack_stringn,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_") and name != "annotations"]
+__all__ = [
+    "AF_INET", "AF_INET6", "AF_UNSPEC", "AddrInfo", "BROADCAST_ACTIVE", "BROADCAST_ALL",
+    "BROADCAST_CONNECTED", "BanState", "Body", "CAP_DEFAULT", "CAP_FEATURES",
+    "CAP_FRAGMENTED_CONTROLS", "CAP_LMASTER", "CAP_LVS", "CAP_NATGW", "CAP_PARALLEL_RECOVERY",
+    "CAP_RECMASTER", "CONTROLS", "CONTROL_FLAG_OPCODE_SPECIFIC", "CTDB_MAGIC", "CTDB_PORT",
+    "CTDB_PROTOCOL_VERSION", "CURRENT_NODE", "CallFlag", "CallFunc", "Capability", "Codec",
+    "Connection", "Control", "ControlFlag", "ControlSpec", "DB_SEQNUM_KEY",
+    "DEFAULT_MAX_PACKET_SIZE", "DbFlag", "DbId", "DbMap", "DbVacuum", "DebugLevel",
+    "DisableMessage", "EchoData", "ElectionMessage", "Event", "HEADER_SIZE", "Header",
+    "IFACE_NAME_SIZE", "INVALID_GENERATION", "Iface", "IfaceList", "KEEPALIVE_VERSION_4_17",
+    "KeyData", "LMASTER_ANY", "LtdbHeader", "MESSAGES", "MULTICAST", "NodeAndFlags", "NodeFlag",
+    "NodeFlagChange", "NodeMap", "NotifyData", "OBSOLETE_CONTROLS", "Operation",
+    "PACKET_ALIGNMENT", "Packet", "PacketReader", "PidSrvid", "ProtocolError", "PublicIp",
+    "PublicIpInfo", "PublicIpList", "PullDbExt", "RawBytes", "RecBuffer", "RecData", "RecMode",
+    "RecordFlag", "ReplyCall", "ReplyControl", "ReplyDmaster", "ReplyError", "ReqCall",
+    "ReqControl", "ReqDmaster", "ReqKeepalive", "ReqMessage", "ReqTunnel", "Runstate",
+    "STATUS_CONTROLS", "SockAddr", "Srvid", "SrvidMessage", "TUNABLE_LISTVARS_ORDER",
+    "TUNABLE_NAMES", "TdbFlag", "TickleList", "Timeval", "TransDb", "TraverseAll",
+    "TraverseAllExt", "TraverseStart", "TraverseStartExt", "Tunable", "TunableList", "TunnelFlag",
+    "UNKNOWN_PNN", "Uptime", "VarList", "VnnMap", "WireType", "decode_packet", "encode_packet",
+    "iter_records", "keepalive_version", "pack_datan", "pack_i32_reply", "pack_message",
+    "pack_reply", "pack_request", "pack_string", "pack_stringn", "spec_for", "tunable_index",
+    "unpack_datan", "unpack_i32_reply", "unpack_message", "unpack_reply", "unpack_request",
+    "unpack_string", "unpack_stringn",
+]

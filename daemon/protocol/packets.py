@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from ._wire import I32, U32, Buffer, as_bytes, decode_text, encode_text, pad8
+from ._wire import U32, Buffer, as_bytes, decode_text, encode_text, pad8
 from .constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, HEADER_SIZE, PACKET_ALIGNMENT, Operation
 from .errors import ProtocolError
 from .header import HEADER_STRUCT, Header
@@ -427,7 +427,3 @@ class PacketReader:
         self._pos = pos
         return frames
 
-
-def status_to_i32(value: int) -> int:
-    """Controls that return a u32 in the i32 `status` (GET_PNN returns a pnn): fold into range."""
-    return I32.unpack(U32.pack(value & 0xFFFFFFFF))[0]
