@@ -1,0 +1,65 @@
+"""pyctdbd's own node-to-node messages, carried as ordinary REQ_MESSAGE packets.
+
+The inter-node protocol is pyctdbd's own (mixing with real ctdbd nodes is not a goal), but it
+keeps CTDB's packet layout. These SRVIDs sit in CTDB's reserved 0xF9.. range next to
+PUSH_NODE_FLAGS, in a sub-range CTDB does not use:
+
+=================  ==================  ======================================================
+HEARTBEAT          0xF9A1000000000000  u32 watch (1 = watch me, 0 = stop watching me)
+NODE_DEAD          0xF9A2000000000000  u32 dead pnn, u32 reporter pnn
+NODE_STATE         0xF9A3000000000000  u32 pnn, u32 flags, u32 runstate, u32 capabilities
+=================  ==================  ======================================================
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..protocol.errors import ProtocolError
+
+HEARTBEAT = 0xF9A1000000000000
+NODE_DEAD = 0xF9A2000000000000
+NODE_STATE = 0xF9A3000000000000
+INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE})
+
+_U32 = struct.Struct("<I")
+_U32x2 = struct.Struct("<II")
+_U32x4 = struct.Struct("<IIII")
+
+
+def pack_heartbeat(watch: bool) -> bytes:
+    return _U32.pack(1 if watch else 0)
+
+
+def unpack_heartbeat(data: bytes) -> bool:
+    if len(data) < 4:
+        raise ProtocolError(f"heartbeat: need 4 bytes, got {len(data)}")
+    return _U32.unpack_from(data)[0] != 0
+
+
+def pack_node_dead(dead: int, reporter: int) -> bytes:
+    return _U32x2.pack(dead, reporter)
+
+
+def unpack_node_dead(data: bytes) -> tuple[int, int]:
+    if len(data) < 8:
+        raise ProtocolError(f"node-dead report: need 8 bytes, got {len(data)}")
+    return _U32x2.unpack_from(data)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    pnn: int
+    flags: int
+    runstate: int
+    capabilities: int
+
+    def pack(self) -> bytes:
+        return _U32x4.pack(self.pnn, self.flags, self.runstate, self.capabilities)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> NodeState:
+        if len(data) < 16:
+            raise ProtocolError(f"node state: need 16 bytes, got {len(data)}")
+        return cls(*_U32x4.unpack_from(data))

@@ -1,0 +1,316 @@
+"""The node-to-node TCP mesh, as CTDB builds it.
+
+* The daemon listens on its own node address, port 4379 (SO_REUSEADDR).
+* It dials every other node from its own address: one *outbound* connection per peer, used only
+  to send; the peer's dial is our *inbound* connection, used only to receive. A connect that
+  fails, or gets no answer within a second, is retried every second.
+* An inbound connection is identified by its source address, which must be a live entry of the
+  nodes list; anything else is refused with a log line. A second inbound connection from the
+  same node replaces the first (the peer restarted; CTDB refuses it until the old one times out).
+* A peer is *connected* when both directions are up; either one dropping makes it disconnected.
+* Framing is strict (PacketReader in node mode): a bad length, magic or version drops the
+  connection with a log line naming the peer.
+
+Callbacks (all run on the event loop): `on_frame(pnn, frame)`, `on_peer_up(pnn)`,
+`on_peer_down(pnn, reason)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol.errors import ProtocolError
+from ..protocol.packets import PacketReader
+
+RECONNECT_INTERVAL = 1.0          # s, as CTDB
+CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
+MAX_WRITE_BUFFER = 32 * 1024 * 1024   # a peer that stops reading this much is dropped
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class _Peer:
+    pnn: int
+    address: str
+    outbound: _Outbound | None = None        # protocol of our dial, once connected
+    inbound: _Inbound | None = None
+    connected: bool = False                  # both directions up (as last reported)
+    dial_task: asyncio.Task | None = None
+    tx_packets: int = 0
+    rx_packets: int = 0
+
+
+class _Outbound(asyncio.Protocol):
+    """Our dial to a peer: send-only. Anything the peer sends back is a protocol violation."""
+
+    def __init__(self, mesh: NodeTransport, peer: _Peer) -> None:
+        self.mesh = mesh
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _tune_socket(sock)
+
+    def data_received(self, data: bytes) -> None:
+        self.mesh._log(f"node {self.peer.pnn} ({self.peer.address}) sent {len(data)} bytes on our "
+                       "outbound connection, which is send-only: dropping it")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self.mesh._outbound_lost(self, exc)
+
+
+class _Inbound(asyncio.Protocol):
+    """A peer's dial to us: receive-only."""
+
+    def __init__(self, mesh: NodeTransport) -> None:
+        self.mesh = mesh
+        self.peer: _Peer | None = None
+        self.transport: asyncio.Transport | None = None
+        self.reader = PacketReader(node_transport=True)
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _tune_socket(sock)
+        peername = transport.get_extra_info("peername")
+        self.mesh._inbound_made(self, peername[0] if peername else "?")
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or self.closing:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as exc:
+            self.mesh._log(f"dropping connection from node {peer.pnn} ({peer.address}): "
+                           f"malformed data: {exc}")
+            self.close()
+            return
+        on_frame = self.mesh.on_frame
+        for frame in frames:
+            peer.rx_packets += 1
+            on_frame(peer.pnn, frame)
+            if self.closing:
+                break
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.mesh._inbound_lost(self, exc)
+
+
+def _tune_socket(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
+
+
+@dataclass
+class NodeTransport:
+    my_pnn: int
+    addresses: list[str | None]           # PNN -> address (None: deleted)
+    port: int
+    on_frame: Callable[[int, bytes], None]
+    on_peer_up: Callable[[int], None]
+    on_peer_down: Callable[[int, str], None]
+    log: Log
+    _peers: dict[int, _Peer] = field(default_factory=dict)
+    _server: asyncio.base_events.Server | None = None
+    _by_address: dict[str, int] = field(default_factory=dict)
+    _closed: bool = False
+
+    def _log(self, text: str) -> None:
+        self.log(text)
+
+    @property
+    def my_address(self) -> str:
+        address = self.addresses[self.my_pnn]
+        assert address is not None
+        return address
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pnn, address in enumerate(self.addresses):
+            if address is None or pnn == self.my_pnn:
+                continue
+            self._peers[pnn] = _Peer(pnn, address)
+            self._by_address[_canon(address)] = pnn
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), host=self.my_address, port=self.port, reuse_address=True,
+            backlog=64)
+        for peer in self._peers.values():
+            peer.dial_task = loop.create_task(self._dial_loop(peer), name=f"dial-node-{peer.pnn}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for peer in self._peers.values():
+            if peer.dial_task is not None:
+                peer.dial_task.cancel()
+                tasks.append(peer.dial_task)
+            if peer.outbound is not None and peer.outbound.transport is not None:
+                peer.outbound.transport.abort()
+            if peer.inbound is not None:
+                peer.inbound.close()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- sending ----------------------------------------------------------------------------------
+    def send(self, pnn: int, frame: bytes) -> bool:
+        """Queue `frame` on our connection to `pnn`; False if there is none."""
+        peer = self._peers.get(pnn)
+        if peer is None or peer.outbound is None or peer.outbound.transport is None:
+            return False
+        transport = peer.outbound.transport
+        if transport.is_closing():
+            return False
+        try:
+            transport.write(frame)
+        except (RuntimeError, OSError) as exc:
+            self._log(f"write to node {pnn} ({peer.address}) failed: {exc}")
+            return False
+        peer.tx_packets += 1
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self._log(f"node {pnn} ({peer.address}) is not reading: "
+                      f"{transport.get_write_buffer_size()} bytes queued; dropping the connection")
+            transport.abort()
+        return True
+
+    def is_connected(self, pnn: int) -> bool:
+        peer = self._peers.get(pnn)
+        return bool(peer and peer.connected)
+
+    def drop_peer(self, pnn: int, reason: str) -> None:
+        """Tear down both connections to `pnn` (CTDB's "Tearing down connection to dead node");
+        the dial loop reconnects when the peer answers again."""
+        peer = self._peers.get(pnn)
+        if peer is None:
+            return
+        self._log(f"Tearing down connection to dead node :{pnn} ({reason})")
+        if peer.outbound is not None and peer.outbound.transport is not None:
+            peer.outbound.transport.abort()
+        if peer.inbound is not None:
+            peer.inbound.close()
+        self._update(peer, reason)
+
+    def stats(self, pnn: int) -> tuple[int, int]:
+        peer = self._peers.get(pnn)
+        return (peer.tx_packets, peer.rx_packets) if peer else (0, 0)
+
+    # -- connection bookkeeping ------------------------------------------------------------------
+    def _update(self, peer: _Peer, reason: str = "") -> None:
+        both = (peer.outbound is not None and peer.inbound is not None
+                and peer.outbound.transport is not None and not peer.outbound.transport.is_closing()
+                and not peer.inbound.closing)
+        if both and not peer.connected:
+            peer.connected = True
+            self.on_peer_up(peer.pnn)
+        elif not both and peer.connected:
+            peer.connected = False
+            self.on_peer_down(peer.pnn, reason or "connection lost")
+
+    async def _dial_loop(self, peer: _Peer) -> None:
+        loop = asyncio.get_running_loop()
+        last_error = ""
+        while not self._closed:
+            try:
+                sock = socket.socket(_family(peer.address), socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.bind((self.my_address, 0))
+                await asyncio.wait_for(loop.sock_connect(sock, (peer.address, self.port)),
+                                       CONNECT_TIMEOUT)
+                _, protocol = await loop.create_connection(lambda: _Outbound(self, peer), sock=sock)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncio.TimeoutError) as exc:
+                try:
+                    sock.close()
+                except Exception:
+                    pass
+                error = _describe(exc)
+                if error != last_error:
+                    self._log(f"connect to node {peer.pnn} ({peer.address}:{self.port}) failed: "
+                              f"{error}; retrying every {RECONNECT_INTERVAL:g} s")
+                    last_error = error
+                await asyncio.sleep(RECONNECT_INTERVAL)
+                continue
+            last_error = ""
+            assert isinstance(protocol, _Outbound)
+            peer.outbound = protocol
+            self._update(peer)
+            await protocol.lost
+            await asyncio.sleep(RECONNECT_INTERVAL if not self._closed else 0)
+
+    def _outbound_lost(self, protocol: _Outbound, exc: Exception | None) -> None:
+        peer = protocol.peer
+        if peer.outbound is protocol:
+            peer.outbound = None
+            self._update(peer, f"outbound connection lost ({_describe(exc) if exc else 'closed'})")
+
+    def _inbound_made(self, protocol: _Inbound, address: str) -> None:
+        pnn = self._by_address.get(_canon(address))
+        if pnn is None:
+            self._log(f"refusing node connection from {address}: not an address in the nodes list")
+            protocol.close()
+            return
+        peer = self._peers[pnn]
+        old = peer.inbound
+        protocol.peer = peer
+        peer.inbound = protocol
+        if old is not None:
+            self._log(f"node {pnn} ({address}) connected again; replacing its old inbound connection")
+            old.peer = None
+            old.close()
+        self._update(peer)
+
+    def _inbound_lost(self, protocol: _Inbound, exc: Exception | None) -> None:
+        peer = protocol.peer
+        if peer is None or peer.inbound is not protocol:
+            return
+        peer.inbound = None
+        self._update(peer, f"inbound connection lost ({_describe(exc) if exc else 'closed'})")
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _canon(address: str) -> str:
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "closed"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)} ({exc.strerror})"
+    return str(exc) or type(exc).__name__
