@@ -75,10 +75,10 @@ def _wait_line(proc, word, timeout=10.0):
     raise AssertionError(f"no {word!r} from probe: {proc.stderr.read() if proc.poll() is not None else ''}")
 
 
-def test_power_off_leaks_nothing_even_after_power_on(bare_network, tmp_path):
+def test_power_off_leaks_nothing_even_after_power_on(lab_network, tmp_path):
     from scapy.all import rdpcap   # slow import: only here
 
-    net = bare_network(nodes=2, clients=1)
+    net = lab_network(nodes=2, clients=1)
     victim, client = net.node(0), net.client(0)
     victim_ip = victim.ips[f"{victim.name}-eth1"].split("/")[0]
     client_ip = client.ips[f"{client.name}-eth0"].split("/")[0]

@@ -1,0 +1,314 @@
+"""Failover: hard-reset the node holding a public IP and measure what clients saw.
+
+One cluster serves all repetitions.  Each repetition:
+
+1. waits until the cluster is healthy, picks the victim (the leader, the highest-PNN non-leader,
+   or a given PNN) and a public IP it hosts (the *vip*);
+2. starts the probes before the fault: ``ping -D -i 0.02 vip``; three TCP connections blocked in
+   recv() — to smbd on vip:445 (smbd registers it with the daemon), to a plain listener on
+   vip:7777 that nobody registers, and to vip:7778 registered with ``ctdb addtickle`` on every
+   node; an SMB session reading every 0.2 s through the vip; open+read+close every 0.1 s through
+   a survivor's IP (the survivor stall); and idle staggered SMB retriers for the vip;
+3. powers the victim off (sysrq-b style: cut, kill, delete links) and triggers the retriers;
+4. polls a survivor's ``ctdb -X status`` / ``ctdb -X ip all`` at 10 Hz and waits until the IP
+   moved and every probe resolved (or the observation window ends);
+5. powers the victim on and waits until it is OK again (rejoin) and hosts an IP (failback);
+6. reads the survivors' daemon logs for the internal steps, and computes the metrics
+   (checkers.py) from the run's history alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ctdblab import chaos
+from ctdblab.cluster.daemonlog import EVENTS, read_log
+from ctdblab.cluster.lab import ClusterNotReady, LabCluster
+from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER, ensure_test_file
+from ctdblab.errors import UserError
+from ctdblab.history import History, read_history
+
+from .checkers import METRICS, PLAIN_PORT, SMB_PORT, TICKLED_PORT, failover_metrics
+from .proberun import ProbeProcess
+from .stats import summarize
+
+PROBE_FILE = "failover-probe.bin"
+PROBE_FILE_SIZE = 1 << 20
+POLL_INTERVAL = 0.1
+SETTLE_S = 2.0
+AFTER_RESOLVED_S = 2.0
+REJOIN_TIMEOUT_S = 180.0
+
+
+def parse_victim(spec: str, nodes: int) -> str | int:
+    if spec in ("leader", "nonleader"):
+        return spec
+    try:
+        pnn = int(spec)
+    except ValueError:
+        raise UserError(f"--victim takes leader, nonleader or a PNN, not {spec!r}") from None
+    if not 0 <= pnn < nodes:
+        raise UserError(f"--victim {pnn}: there is no such node (PNNs are 0..{nodes - 1})")
+    return pnn
+
+
+def observation_window(tunables: str) -> float:
+    """How long to watch after the cut: CTDB's defaults take ~31 s, aggressive ~6 s."""
+    return 120.0 if tunables == "default" else 60.0
+
+
+def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
+                 bw_mbit: float | None, out: Path, progress: Callable[[str], None]) -> dict:
+    if nodes < 2:
+        raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
+    victim_spec = parse_victim(victim, nodes)
+    window = observation_window(tunables)
+    cpu0, wall0 = os.times(), time.monotonic()
+    runs: list[dict[str, Any]] = []
+    history_path = out / "history.jsonl"
+    with History(history_path) as history, \
+            LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
+                       workdir=out / "cluster", progress=progress) as cluster:
+        ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
+        for r in range(repeat):
+            history.run = r
+            history.record("run", event="start")
+            progress(f"failover run {r + 1}/{repeat}")
+            run = FailoverRun(cluster, history, victim_spec, window, progress).execute()
+            history.record("run", event="end")
+            events = [e for e in read_history(history_path) if e.get("run") == r]
+            metrics, notes = failover_metrics(
+                events, t_cut=run["t_cut"], t_killed=run["t_killed"], victim=run["victim"],
+                vip=run["vip"], t_power_on=run.get("t_power_on"), window_end=run["window_end"])
+            for note in notes:
+                history.record("note", text=note)
+            for name, value in metrics.items():
+                if value is not None and name not in ("rejoin_s", "failback_s"):
+                    history.record("milestone", t=run["t_cut"] + value, name=name[:-2])
+            run.update(metrics)
+            run["run"] = r
+            runs.append(run)
+            progress("  " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in metrics.items()
+                                      if v is not None and k in METRICS[:6]))
+        history.run = None
+    cpu1, wall1 = os.times(), time.monotonic()
+    lab_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    public_runs = [{k: v for k, v in run.items() if k != "window_end"} for run in runs]
+    return {
+        "scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
+        "victim_spec": victim, "bw_mbit": bw_mbit, "runs": public_runs,
+        "summary": {m: summarize(run.get(m) for run in runs) for m in METRICS},
+        "lab_overhead": {"cpu_s": round(lab_cpu, 2), "wall_s": round(wall1 - wall0, 1),
+                         "cpu_pct_of_one_core": round(100 * lab_cpu / (wall1 - wall0), 2)},
+    }
+
+
+class FailoverRun:
+    def __init__(self, cluster: LabCluster, history: History, victim_spec: str | int,
+                 window: float, progress: Callable[[str], None]):
+        self.cluster = cluster
+        self.history = history
+        self.victim_spec = victim_spec
+        self.window = window
+        self.progress = progress
+        self.probes: list[ProbeProcess] = []
+        self.poller: StatePoller | None = None
+
+    # -- the run --------------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        cluster = self.cluster
+        cluster.wait_healthy(timeout=REJOIN_TIMEOUT_S)
+        cluster.wait_until(lambda: all(cluster.smbd_listening(n) for n in cluster.nodes), 60,
+                           "smbd listening on every node")
+        leader = cluster.leader()
+        victim = self.choose_victim(leader)
+        ips = cluster.ip_all()
+        vip = min(ip for ip, pnn in ips.items() if pnn == victim)
+        survivor_ip = min(ip for ip, pnn in ips.items() if pnn not in (victim, -1))
+        observer = min(n.index for n in cluster.nodes if n.index != victim)
+        role = "leader" if victim == leader else "nonleader"
+        self.history.record("state", what="setup", leader=leader, victim=victim, vip=vip,
+                            survivor_ip=survivor_ip, observer=observer, ip_owners=ips)
+        self.progress(f"  victim node {victim} ({role}) holding {vip}; survivor IP {survivor_ip}")
+        self.poller = StatePoller(cluster, observer, self.history)
+        self.poller.start()
+        try:
+            try:
+                self.start_probes(victim, vip, survivor_ip)
+                time.sleep(SETTLE_S)
+                off = chaos.power_off(cluster, victim, self.history)
+                self.retry.signal()
+                window_end = off["t_cut"] + self.window
+                self.wait_resolved(vip, victim, window_end)
+            finally:
+                self.stop_probes()
+            self.import_logs(off["t_cut"] - 1.0, victim)
+            t_on = chaos.power_on(cluster, victim, self.history)
+            self.wait_rejoined(victim)
+        finally:
+            self.poller.stop()
+        return {"victim": victim, "victim_role": role, "leader_before": leader, "vip": vip,
+                "survivor_ip": survivor_ip, "t_cut": off["t_cut"], "t_killed": off["t_killed"],
+                "t_power_on": t_on, "window_end": window_end}
+
+    def choose_victim(self, leader: int) -> int:
+        if self.victim_spec == "leader":
+            return leader
+        if self.victim_spec == "nonleader":
+            return max(n.index for n in self.cluster.nodes if n.index != leader)
+        return int(self.victim_spec)
+
+    # -- probes -------------------------------------------------------------------------------------
+    def start_probes(self, victim: int, vip: str, survivor_ip: str) -> None:
+        cluster = self.cluster
+        client = cluster.client(0)
+        smb = ["--user", SMB_USER, "--password", SMB_PASSWORD, "--share", SHARE,
+               "--file", PROBE_FILE]
+        listener = self._probe(cluster.node(victim), "tcp_listener",
+                               ["--port", str(PLAIN_PORT), "--port", str(TICKLED_PORT)])
+        if not listener.wait_for(lambda e: e.get("what") == "listening", 10):
+            raise ClusterNotReady(listener.describe_failure())
+        self._probe(client, "ping", [vip])
+        hold = self._probe(client, "tcp_hold", [f"{vip}:{SMB_PORT}", f"{vip}:{PLAIN_PORT}",
+                                                f"{vip}:{TICKLED_PORT}"])
+        self._probe(client, "smb_hold", [vip, *smb, "--role", "victim"])
+        self._probe(client, "smb_stall", [survivor_ip, *smb, "--role", "survivor"])
+        self.retry = self._probe(client, "smb_retry", [vip, *smb, "--role", "victim"])
+        tickled = hold.wait_for(lambda e: e.get("what") == "connected"
+                                and e.get("target") == f"{vip}:{TICKLED_PORT}", 10)
+        if tickled is None or not hold.wait_for(
+                lambda e: e.get("what") == "connected" and e.get("target") == f"{vip}:{SMB_PORT}", 10):
+            raise ClusterNotReady("the TCP probes could not connect: " + hold.describe_failure())
+        client_end = f"{tickled['local_ip']}:{tickled['local_port']}"
+        for node in cluster.nodes:
+            result = node.run(["ctdb", "addtickle", client_end, f"{vip}:{TICKLED_PORT}"], timeout=10)
+            if result.returncode != 0:
+                self.history.record("note", text=f"ctdb addtickle on node {node.index} failed: "
+                                                  f"{(result.stderr or result.stdout).strip()}")
+        if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
+            raise ClusterNotReady(self.retry.describe_failure())
+
+    def _probe(self, host, module: str, args: list[str]) -> ProbeProcess:
+        probe = ProbeProcess(host, module, args + ["--process", f"{module.replace('_', '-')}"])
+        self.probes.append(probe)
+        return probe
+
+    def stop_probes(self) -> None:
+        for probe in self.probes:
+            probe.stop()
+            self.history.extend(probe.events)
+            if probe.proc.returncode not in (0, None, -15) and probe.host.powered:
+                self.history.record("note", text=probe.describe_failure())
+        self.probes.clear()
+
+    def wait_resolved(self, vip: str, victim: int, window_end: float) -> None:
+        """Until the IP moved and every probe saw the outcome, or the window ends."""
+        probes = {p.name: p for p in self.probes}
+
+        def resolved() -> bool:
+            moved = self.poller.owner(vip) not in (None, -1, victim)
+            hold = probes["tcp_hold"]
+            smb445 = hold.find(lambda e: e.get("target") == f"{vip}:{SMB_PORT}"
+                               and e.get("what") in ("reset", "eof", "error", "timeout"))
+            retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
+            return moved and smb445 is not None and retried is not None
+
+        while time.time() < window_end:
+            if resolved():
+                time.sleep(AFTER_RESOLVED_S)
+                return
+            time.sleep(0.1)
+
+    # -- after the fault ------------------------------------------------------------------------------
+    def import_logs(self, since: float, victim: int) -> None:
+        """The survivors' log lines that mark failover steps, as history state events."""
+        cluster = self.cluster
+        addr_to_pnn = {cluster.plan.private_ip(n.index): n.index for n in cluster.nodes}
+        for node in cluster.nodes:
+            if node.index == victim:
+                continue
+            for line in read_log(cluster.launcher.log_path(node), since=since):
+                for name, pattern in EVENTS.items():
+                    m = pattern.search(line.message)
+                    if not m:
+                        continue
+                    groups = {k: v for k, v in m.groupdict().items() if v is not None}
+                    fields: dict[str, Any] = {"event": name, "message": line.message[:300],
+                                              "program": line.program}
+                    if name == "detect":
+                        dead = groups.get("pnn")
+                        fields["dead_node"] = int(dead) if dead else addr_to_pnn.get(groups.get("addr"))
+                    if "ip" in groups:
+                        fields["ip"] = groups["ip"]
+                    self.history.record("state", t=line.t, what="log", node=node.index, **fields)
+
+    def wait_rejoined(self, victim: int) -> None:
+        cluster = self.cluster
+        deadline = time.time() + REJOIN_TIMEOUT_S
+        while time.time() < deadline:
+            if self.poller.state(victim) == "OK" and victim in self.poller.owners().values():
+                break
+            time.sleep(0.1)
+        else:
+            self.history.record("note", text=f"node {victim} did not rejoin and get an IP back "
+                                             f"within {REJOIN_TIMEOUT_S:.0f} s of power-on")
+            return
+        node = cluster.node(victim)
+        cluster.wait_until(lambda: cluster.smbd_listening(node), 60, f"smbd on node {victim}")
+
+
+class StatePoller(threading.Thread):
+    """10 Hz ``ctdb -X status`` and ``ctdb -X ip all`` on one node; records every change."""
+
+    def __init__(self, cluster: LabCluster, observer: int, history: History):
+        super().__init__(daemon=True, name="state-poller")
+        self.cluster = cluster
+        self.observer = observer
+        self.history = history
+        self._states: dict[int, str] = {}
+        self._owners: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.time()
+            try:
+                status = self.cluster.status(self.observer)
+                owners = self.cluster.ip_all(self.observer)
+            except Exception:      # noqa: BLE001 - a busy or recovering daemon; try again
+                status, owners = None, None
+            t = time.time()
+            with self._lock:
+                for node in status or ():
+                    state = node.state()
+                    if self._states.get(node.pnn) != state:
+                        self._states[node.pnn] = state
+                        self.history.record("state", t=t, what="node_state", node=self.observer,
+                                            subject=node.pnn, value=state)
+                for ip, pnn in (owners or {}).items():
+                    if self._owners.get(ip) != pnn:
+                        self._owners[ip] = pnn
+                        self.history.record("state", t=t, what="ip_owner", node=self.observer,
+                                            ip=ip, value=pnn)
+            self._stop.wait(max(0.0, POLL_INTERVAL - (time.time() - t0)))
+
+    def state(self, pnn: int) -> str | None:
+        with self._lock:
+            return self._states.get(pnn)
+
+    def owner(self, ip: str) -> int | None:
+        with self._lock:
+            return self._owners.get(ip)
+
+    def owners(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._owners)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
