@@ -131,13 +131,14 @@ class AddressManager:
         """The interface index of ``iface``; InterfaceNotFound if there is none."""
         return self._link(iface)[0]
 
-    def _names(self) -> dict[int, str]:
-        names = {}
+    def _dump_links(self) -> list[tuple[int, str, int]]:
+        """(index, name, flags) of every interface."""
+        links = []
         for body in self._nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "list links"):
-            _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(body)
+            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(body)
             name = parse_attrs(body, _IFINFOMSG.size, len(body)).get(IFLA_IFNAME, b"").rstrip(b"\0")
-            names[index] = name.decode(errors="replace")
-        return names
+            links.append((index, name.decode(errors="replace"), flags))
+        return links
 
     def link_up(self, iface: str) -> bool:
         """True if ``iface`` is administratively up and has carrier (IFF_UP and IFF_LOWER_UP)."""
@@ -151,12 +152,7 @@ class AddressManager:
 
     def interfaces(self) -> dict[str, bool]:
         """Every interface of this namespace and whether it is up (as ``link_up``)."""
-        found: dict[str, bool] = {}
-        for body in self._nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "list links"):
-            _family, _type, _index, flags, _change = _IFINFOMSG.unpack_from(body)
-            name = parse_attrs(body, _IFINFOMSG.size, len(body)).get(IFLA_IFNAME, b"").rstrip(b"\0")
-            found[name.decode(errors="replace")] = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-        return found
+        return {name: bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP) for _i, name, flags in self._dump_links()}
 
     # --- addresses ------------------------------------------------------------------
 
@@ -231,7 +227,7 @@ class AddressManager:
                 continue
             flags = struct.unpack("=I", attrs[IFA_FLAGS])[0] if len(attrs.get(IFA_FLAGS, b"")) == 4 else flags8
             if names is None:
-                names = self._names()
+                names = {index: name for index, name, _flags in self._dump_links()}
             entries.append(AddressEntry(names.get(index, f"#{index}"), str(ipaddress.ip_address(raw)), plen, flags))
         return entries
 
