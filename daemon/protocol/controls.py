@@ -146,7 +146,7 @@ _SPECS = [
     _spec(C.RELOAD_NODES_FILE, None, None),
     _spec(C.GETVNNMAP, None, VnnMap),
     _spec(C.SETVNNMAP, VnnMap, None),
-    _spec(C.MODIFY_FLAGS, NodeFlagChange, None, note="new_flags = set, old_flags = clear"),
+    _spec(C.MODIFY_FLAGS, NodeFlagChange, None, note="receiver adopts new_flags (not for itself)"),
     _spec(C.STOP_NODE, None, None),
     _spec(C.CONTINUE_NODE, None, None),
     _spec(C.DISABLE_NODE, None, None),

@@ -444,7 +444,8 @@ class BanState(_Fixed):
 @dataclass(slots=True)
 class NodeFlagChange(_Fixed):
     """`ctdb_node_flag_change` (12 B): MODIFY_FLAGS and SRVID_PUSH_NODE_FLAGS.
-    For MODIFY_FLAGS, ctdbd reads `new_flags` as flags to set and `old_flags` as flags to clear."""
+    A 4.17 ctdbd receiving MODIFY_FLAGS sets the node's flags to `new_flags` (keeping its own view
+    of DISCONNECTED, and ignoring changes about itself); `old_flags` is informational."""
 
     pnn: int
     new_flags: int
