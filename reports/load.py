@@ -178,6 +178,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder for every history line
+
+
 def _parse_results(data: dict[str, Any], path: Path, run_dir: Path) -> Dataset:
     scenario = _require(data, "scenario", str, path)
     daemon = _require(data, "daemon", str, path)
@@ -274,7 +277,7 @@ def _read_history(path: Path, dataset: Dataset) -> None:
             continue
         lineno = index + 1
         try:
-            event = json.loads(line, parse_constant=_reject_constant)
+            event = _DECODER.decode(line)
         except ValueError as e:
             if index == last_index:
                 # A run killed mid-write leaves a partial last line without its newline; keep the rest.
@@ -302,7 +305,7 @@ def _check_event(event: Any, path: Path, lineno: int) -> None:
 
 def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset: Dataset) -> None:
     """Pick out the events the reports use: completed ops, notes and faults."""
-    invoked: dict[tuple[str, ...], float] = {}
+    invoked: dict[tuple[Any, Any, Any], float] = {}
     for event, lineno in events:
         kind = event["kind"]
         if kind == "op":
@@ -319,11 +322,10 @@ def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset:
                                              phase=event.get("phase")))
 
 
-def _op_from_event(event: dict[str, Any], invoked: dict[tuple[str, ...], float], path: Path,
+def _op_from_event(event: dict[str, Any], invoked: dict[tuple[Any, Any, Any], float], path: Path,
                    lineno: int) -> ClientOp | None:
     op_type = event.get("type")
-    # json.dumps: hostile histories may put lists or objects here, which cannot be dict keys.
-    key = tuple(json.dumps(event.get(k), sort_keys=True) for k in ("run", "process", "id"))
+    key = (_key_part(event.get("run")), _key_part(event.get("process")), _key_part(event.get("id")))
     if op_type == "invoke":
         invoked[key] = event["t"]
         return None
@@ -346,6 +348,11 @@ def _op_from_event(event: dict[str, Any], invoked: dict[tuple[str, ...], float],
     return ClientOp(t=event["t"], latency_s=float(latency), ok=op_type == "ok",
                     role=role if isinstance(role, str) else "unknown", run=event.get("run"),
                     target=event.get("target"), error=None if error is None else str(error))
+
+
+def _key_part(value: Any) -> Any:
+    """A dict-key-safe stand-in: hostile histories may put lists or objects where ids belong."""
+    return value if value is None or isinstance(value, (str, int, float)) else repr(value)
 
 
 # -- labels --------------------------------------------------------------------------------------

@@ -279,8 +279,10 @@ def plot_latency_cdf(datasets: list[Dataset], out_dir: Path) -> list[Path]:
             label = f"{dataset.label} · {role} IP (n={n}, {fails} failed)"
             style = dict(color=colors[dataset.label], linestyle=_ROLE_LINESTYLES.get(role, ":"),
                          linewidth=1.8, where="post")
-            ax_cdf.step([xs[0], *xs], [0.0, *((i + 1) / n for i in range(n))], label=label, **style)
-            ax_tail.step(xs, [(n - i) / n for i in range(n)], label=label, **style)
+            ranks = _plotted_ranks(n)
+            ax_cdf.step([xs[0], *(xs[i] for i in ranks)], [0.0, *((i + 1) / n for i in ranks)], label=label,
+                        **style)
+            ax_tail.step([xs[i] for i in ranks], [(n - i) / n for i in ranks], label=label, **style)
         for ax in (ax_cdf, ax_tail):
             if log_x:
                 ax.set_xscale("log")
@@ -297,6 +299,19 @@ def plot_latency_cdf(datasets: list[Dataset], out_dir: Path) -> list[Path]:
         ax_cdf.legend(loc="lower right")
         fig.suptitle("Client operation latency by daemon and target IP (survivor vs victim)")
         return _save(fig, out_dir, LATENCY_CDF)
+
+
+_CDF_BODY_POINTS = 1500
+_CDF_TAIL_POINTS = 500
+
+
+def _plotted_ranks(n: int) -> list[int]:
+    """Ranks to draw: all of them for small samples; else an even sample of the body plus every one
+    of the slowest operations (the tail is what a failover changes), keeping the SVG small."""
+    if n <= _CDF_BODY_POINTS + _CDF_TAIL_POINTS:
+        return list(range(n))
+    body = {round(k * (n - 1) / (_CDF_BODY_POINTS - 1)) for k in range(_CDF_BODY_POINTS)}
+    return sorted(body | set(range(n - _CDF_TAIL_POINTS, n)))
 
 
 # -- failover summary bars -----------------------------------------------------------------------

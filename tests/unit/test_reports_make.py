@@ -160,3 +160,11 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     assert reports_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ctdblab: ") and "results.json: not valid JSON" in err and err.count("\n") == 1
+
+
+def test_large_latency_samples_are_thinned_but_keep_the_tail():
+    from ctdblab.reports.plots import _plotted_ranks
+    assert _plotted_ranks(10) == list(range(10))
+    ranks = _plotted_ranks(100_000)
+    assert len(ranks) < 2_100 and ranks[0] == 0
+    assert ranks[-500:] == list(range(99_500, 100_000))  # every one of the slowest 500 ops
