@@ -212,7 +212,8 @@ def _timeline_extent(rows: list[tuple[str, Dataset | None, object]], metrics: li
         extent = max(extent, end * 1.06)
         text = _missing_text(run, metrics)
         if text:  # end + pad·x + len·c·x <= x
-            extent = max(extent, end / (1 - _TEXT_PAD_FRACTION - len(text) * _TEXT_AXES_FRACTION_PER_CHAR))
+            room = max(0.3, 1 - _TEXT_PAD_FRACTION - len(text) * _TEXT_AXES_FRACTION_PER_CHAR)
+            extent = max(extent, end / room)  # a very long text may run past the axes; never a crash
     return extent or 1.0
 
 
