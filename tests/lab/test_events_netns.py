@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+REAL_EVENTD = Path("/usr/libexec/ctdb/ctdb-eventd")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network and mount namespaces)"),
@@ -28,7 +29,7 @@ pytestmark = [
 ]
 
 COMMON = r"""
-import asyncio, json, os, shutil, subprocess, sys
+import asyncio, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 from ctdblab.daemon.events import EventRunner, SHIPPED_SCRIPTS_DIR
 
@@ -103,8 +104,7 @@ out["after_shutdown"] = addrs("cev0")
 print(json.dumps(out))
 """
 
-SAMBA_HELPER = COMMON + r"""
-import signal, time
+SAMBA_SETUP = COMMON + r"""
 tmp = Path(sys.argv[1])
 sh("ip link set lo up")
 for sub, target in (("run", "/run/samba"), ("lib", "/var/lib/samba"),
@@ -128,14 +128,24 @@ conf.write_text(f'''[global]
   path = {tmp / "share"}
   guest ok = yes
 ''')
-legacy = base_with(tmp, "50.samba")
-(legacy.parent.parent / "script.options").write_text(f"CTDB_SAMBA_CONF={conf}\n")
-runner = EventRunner(legacy)
 
 def session(pid):
     out = sh("ps -eo pid=,sid=,stat=")
     return [int(p) for p, s, st in (l.split() for l in out.splitlines())
             if int(s) == pid and not st.startswith("Z")]
+
+def kill_session(pid):
+    for member in session(pid):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+"""
+
+SAMBA_HELPER = SAMBA_SETUP + r"""
+legacy = base_with(tmp, "50.samba")
+(legacy.parent.parent / "script.options").write_text(f"CTDB_SAMBA_CONF={conf}\n")
+runner = EventRunner(legacy)
 
 out = {}
 main = None
@@ -160,11 +170,54 @@ try:
     out["monitor_after_shutdown"] = event(runner, "monitor")
 finally:
     if main is not None:                       # never leave smbd behind
-        for pid in session(main):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(main)
+print(json.dumps(out))
+"""
+
+REAL_EVENTD_HELPER = SAMBA_SETUP + r"""
+# Debian's own ctdb-eventd (what the real ctdbd runs scripts with) in test mode, so its paths
+# are under tmp; the script must behave there exactly as under pyctdbd.
+legacy = base_with(tmp, "50.samba")
+base = legacy.parent.parent
+(base / "script.options").write_text(f"CTDB_SAMBA_CONF={conf}\n")
+(base / "run").mkdir()
+env = dict(os.environ, CTDB_TEST_MODE="1", CTDB_BASE=str(base), CTDB_INTERACTIVE="1")
+eventd = subprocess.Popen(["/usr/libexec/ctdb/ctdb-eventd"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sock = base / "run" / "eventd.socket"
+
+def tool(*argv):
+    p = subprocess.run(["/usr/libexec/ctdb/ctdb-event", *argv], env=env, capture_output=True,
+                       text=True, timeout=60)
+    return [p.returncode, p.stdout]
+
+out = {}
+main = None
+try:
+    for _ in range(100):
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    out["startup"] = tool("run", "30", "legacy", "startup")
+    main = int(Path("/run/samba/smbd.pid").read_text())
+    out["monitor_ok"] = tool("run", "30", "legacy", "monitor")
+    os.kill(main, signal.SIGKILL)
+    time.sleep(0.3)
+    out["monitor_dead"] = tool("run", "30", "legacy", "monitor")
+    out["status_dead"] = tool("status", "legacy", "monitor")
+    out["startup_again"] = tool("run", "30", "legacy", "startup")
+    main = int(Path("/run/samba/smbd.pid").read_text())
+    out["shutdown"] = tool("run", "30", "legacy", "shutdown")
+    time.sleep(0.2)
+    out["members_after_shutdown"] = session(main)
+finally:
+    eventd.terminate()
+    try:
+        eventd.wait(10)
+    except subprocess.TimeoutExpired:
+        eventd.kill()
+    if main is not None:
+        kill_session(main)
 print(json.dumps(out))
 """
 
@@ -175,7 +228,8 @@ tmp = Path(sys.argv[1])
 sh(f"mount --bind {tmp / 'run-ctdb'} /run/ctdb")
 legacy = Path(tmp) / "etc" / "events" / "legacy"
 legacy.mkdir(parents=True)
-(legacy / "10.hello.script").write_text('#!/bin/sh\necho "hello $1"\n[ "$1" = monitor ] && exit 4\nexit 0\n')
+(legacy / "10.hello.script").write_text(
+    '#!/bin/sh\necho "hello $1"\n[ "$1" = monitor ] && exit 4\nexit 0\n')
 (legacy / "10.hello.script").chmod(0o755)
 env = {k: v for k, v in os.environ.items() if k not in ("CTDB_TEST_MODE", "CTDB_BASE")}
 
@@ -248,6 +302,21 @@ def test_samba_script_with_real_smbd(tmp_path: Path) -> None:
     assert out["shutdown"][0] == "OK"
     assert out["members_after_shutdown"] == []
     assert out["monitor_after_shutdown"][0] == "ERROR"
+
+
+@pytest.mark.skipif(shutil.which("smbd") is None or not REAL_EVENTD.exists(),
+                    reason="needs Debian's samba and ctdb packages")
+def test_samba_script_under_the_real_ctdb_eventd(tmp_path: Path) -> None:
+    out = in_namespaces(REAL_EVENTD_HELPER, tmp_path)
+    assert out["startup"] == [0, ""], out
+    assert out["monitor_ok"] == [0, ""]
+    assert out["monitor_dead"] == [8, "Event monitor in legacy failed\n"]
+    rc, text = out["status_dead"]
+    assert rc == 1 and text.startswith("50.samba             ERROR")
+    assert "  OUTPUT: ERROR: smbd is not running (no live smbd in /run/samba/smbd.pid)" in text
+    assert out["startup_again"] == [0, ""]
+    assert out["shutdown"] == [0, ""]
+    assert out["members_after_shutdown"] == []
 
 
 @pytest.mark.skipif(shutil.which("ctdb") is None, reason="needs Debian's ctdb package")

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +24,10 @@ import os, signal, socket, sys, time
 env = os.environ
 with open(env["FAKE_SMBD_ARGV"], "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\\n")
+if env.get("FAKE_SMBD_FDS"):
+    fds = " ".join(sorted(os.listdir("/proc/self/fd"), key=int))
+    with open(env["FAKE_SMBD_FDS"], "w") as f:
+        f.write(fds)
 if env.get("FAKE_SMBD_FAIL"):
     sys.exit(3)
 if os.fork():
@@ -210,6 +215,23 @@ def test_shutdown_kills_a_stubborn_smbd_and_its_session(samba: SambaRig) -> None
     assert result.status is ScriptStatus.OK
     assert "ignored SIGTERM" in result.output
     assert wait_dead(pid) and wait_dead(worker)
+
+
+def test_smbd_inherits_no_descriptors_from_the_event_daemon(samba: SambaRig) -> None:
+    # ctdb-eventd 4.17 leaks descriptors to scripts; the script must not pass them on to smbd.
+    fds = samba.argv_log.parent / "fds"
+    read_fd, write_fd = os.pipe()
+    try:
+        env = {**os.environ, **samba.env, "CTDB_BASE": str(samba.base),
+               "FAKE_SMBD_FDS": str(fds)}
+        proc = subprocess.run([str(samba.legacy / "50.samba.script"), "startup"], env=env,
+                              pass_fds=(read_fd, write_fd), capture_output=True, timeout=30)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert proc.returncode == 0, proc.stdout
+    # 0-2 plus the descriptor listdir() itself had open
+    assert fds.read_text().split() == ["0", "1", "2", "3"]
 
 
 def test_shutdown_without_smbd_is_fine(samba: SambaRig) -> None:
