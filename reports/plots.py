@@ -88,12 +88,17 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     return [png, svg]
 
 
+def _link_cap(params: dict) -> str:
+    bw = params.get("bw_mbit")
+    return "links uncapped" if bw is None else f"{bw:g} Mbit/s per node"
+
+
 def _params_line(datasets: list[Dataset]) -> str:
     parts = []
     for dataset in datasets:
         params = [f"N={dataset.params['nodes']}" if "nodes" in dataset.params else "",
                   f"tunables {dataset.params['tunables']}" if "tunables" in dataset.params else "",
-                  f"{dataset.params['bw_mbit']} Mbit/s per node" if "bw_mbit" in dataset.params else ""]
+                  _link_cap(dataset.params) if "bw_mbit" in dataset.params else ""]
         parts.append(f"{dataset.label}: " + ", ".join(p for p in params if p) if any(params)
                      else dataset.label)
     return "; ".join(parts)
@@ -184,7 +189,7 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
                               label=f"fault: {name}") for name in sorted(fault_names))
         handles.append(Line2D([], [], color="#999999", linewidth=6, alpha=0.5,
                               label="band: phase ending at the milestone of its colour"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
         return _save(fig, out_dir, TIMELINE)
 
 

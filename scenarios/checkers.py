@@ -1,8 +1,9 @@
 """Failover checkers: from one run's history events to the metrics of results.json.
 
-Every metric is seconds after ``t_cut`` (the instant the victim's switch ports went down), except
-``rejoin_s`` and ``failback_s``, which are seconds after power-on.  A metric that did not happen is
-None, and the checker says why in a note (returned alongside, written to the history).
+Every metric is seconds after ``t_cut`` (the instant the victim's switch ports went down), so all
+of them sit on one time axis; ``survivor_stall_s`` alone is a duration.  How long the victim took
+to rejoin once powered on is ``rejoin_s - power_on_s``.  A metric that did not happen is None,
+and the checker says why in a note (returned alongside, written to the history).
 
 =====================  =================================================================
 detect_s               first survivor log line declaring the victim dead (CTDB wording:
@@ -13,8 +14,9 @@ ping_s                 first ping reply from the vip after the kill finished
 reset_s                the client blocked in recv() on vip:445 (registered by smbd) gets ECONNRESET
 smb_resumed_s          first successful SMB connect+read through the vip (staggered retriers)
 survivor_stall_s       worst open+read+close latency through a surviving node's IP around the fault
-rejoin_s               power-on → a survivor sees the victim OK again
-failback_s             power-on → the victim hosts a public IP again
+power_on_s             the victim was powered on again (a fresh node, same identity)
+rejoin_s               a survivor sees the victim OK again
+failback_s             the victim hosts a public IP again
 unregistered_reset_s   a plain TCP connection nobody registered gets ECONNRESET (CTDB: never)
 tickled_reset_s        a plain TCP connection added with `ctdb addtickle` gets ECONNRESET
 smb_session_closed_s   the open SMB session (reads every 0.2 s) sees its connection closed
@@ -30,7 +32,7 @@ PLAIN_PORT = 7777      # a listener on the victim that nobody registers with the
 TICKLED_PORT = 7778    # the same, registered on every node with `ctdb addtickle`
 
 METRICS = ("detect_s", "takeover_s", "ping_s", "reset_s", "smb_resumed_s", "survivor_stall_s",
-           "rejoin_s", "failback_s", "unregistered_reset_s", "tickled_reset_s",
+           "power_on_s", "rejoin_s", "failback_s", "unregistered_reset_s", "tickled_reset_s",
            "smb_session_closed_s")
 
 WHY = {
@@ -40,6 +42,7 @@ WHY = {
     "reset_s": "the client blocked on vip:445 never got a reset",
     "smb_resumed_s": "no SMB operation through the public IP succeeded after the cut",
     "survivor_stall_s": "no SMB operation through a survivor ran during the fault",
+    "power_on_s": "the victim was not powered on again",
     "rejoin_s": "the victim never showed OK again after power-on",
     "failback_s": "the victim hosted no public IP again after power-on",
     "unregistered_reset_s": "the unregistered TCP connection was never reset (the daemon did "
@@ -57,9 +60,6 @@ def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed
 
     def since_cut(t: float | None) -> float | None:
         return None if t is None else round(t - t_cut, 4)
-
-    def since_on(t: float | None) -> float | None:
-        return None if t is None or t_power_on is None else round(t - t_power_on, 4)
 
     def first(predicate, pool=after_cut) -> float | None:
         times = [e["t"] for e in pool if predicate(e)]
@@ -91,12 +91,13 @@ def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed
              and e.get("latency_s") is not None
              and e["t"] >= t_cut and e["t"] - e["latency_s"] <= window_end]
     m["survivor_stall_s"] = round(max(stall), 4) if stall else None
+    m["power_on_s"] = since_cut(t_power_on)
     if t_power_on is not None:
         after_on = [e for e in events if e["t"] >= t_power_on]
-        m["rejoin_s"] = since_on(first(
+        m["rejoin_s"] = since_cut(first(
             lambda e: e["kind"] == "state" and e.get("what") == "node_state"
             and e.get("subject") == victim and e.get("value") == "OK", after_on))
-        m["failback_s"] = since_on(first(
+        m["failback_s"] = since_cut(first(
             lambda e: e["kind"] == "state" and e.get("what") == "ip_owner"
             and e.get("value") == victim, after_on))
     else:

@@ -87,7 +87,7 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
             for note in notes:
                 history.record("note", text=note)
             for name, value in metrics.items():
-                if value is not None and name not in ("rejoin_s", "failback_s"):
+                if value is not None and name != "survivor_stall_s":
                     history.record("milestone", t=run["t_cut"] + value, name=name[:-2])
             run.update(metrics)
             run["run"] = r
@@ -272,10 +272,10 @@ class StatePoller(threading.Thread):
         self._states: dict[int, str] = {}
         self._owners: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             t0 = time.time()
             try:
                 status = self.cluster.status(self.observer)
@@ -295,7 +295,7 @@ class StatePoller(threading.Thread):
                         self._owners[ip] = pnn
                         self.history.record("state", t=t, what="ip_owner", node=self.observer,
                                             ip=ip, value=pnn)
-            self._stop.wait(max(0.0, POLL_INTERVAL - (time.time() - t0)))
+            self._halt.wait(max(0.0, POLL_INTERVAL - (time.time() - t0)))
 
     def state(self, pnn: int) -> str | None:
         with self._lock:
@@ -310,5 +310,5 @@ class StatePoller(threading.Thread):
             return dict(self._owners)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)

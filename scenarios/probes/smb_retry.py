@@ -10,13 +10,15 @@ measured attempt pays no lazy imports or first-use costs) and reports ``ready``.
 until the **trigger**: a line ``go`` on stdin, or SIGUSR1 (both work; use whichever the
 orchestrator finds easier).  ``--start-now`` triggers at once.
 
-On the trigger it starts K loops (``--loops``), loop k at ``trigger + k·interval/K``.  Each loop
-repeats: fresh TCP connect (own timeout) + negotiate + session setup + tree connect + open + read
-+ close, everything under one deadline per attempt (``--deadline``); the connection is then
-dropped (no logoff), so nothing is shared or cached between attempts.  A loop starts its next
-attempt as soon as the previous one ended, but never sooner than ``interval`` after the previous
-one started (so a server that refuses at once does not make us spin); with the defaults the K
-loops together start an attempt every ``interval/K`` = 50 ms while the IP is dead.
+On the trigger it starts K loops (``--loops``); loop k owns the slots ``trigger + k·interval/K
++ n·interval``.  Each attempt: fresh TCP connect (own timeout) + negotiate + session setup + tree
+connect + open + read + close, everything under one deadline per attempt (``--deadline``); the
+connection is then dropped (no logoff), so nothing is shared or cached between attempts.  A
+loop starts its next attempt on its next slot, or at once when the previous attempt ran past
+it (so a server that refuses at once does not make us spin, and a slow one is retried at
+once).  The connect timeout is trimmed by a few ms to end on a slot (see
+:func:`aligned_connect_timeout`), so while the IP is dead the K loops together start an
+attempt every ``interval/K`` = 50 ms, and keep doing so over a long outage.
 
 An attempt that hits its deadline has its socket shut down by the watchdog, which unblocks the
 loop thread at once; no thread stays blocked.
@@ -36,6 +38,7 @@ are then aborted and reported as failed with ``aborted: true``.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -58,9 +61,33 @@ def stagger_offsets(loops: int, interval: float) -> list[float]:
     return [k * interval / loops for k in range(loops)]
 
 
-def next_start(prev_start: float, prev_end: float, interval: float) -> float:
-    """When a loop starts its next attempt: at once, but not sooner than interval after the last."""
-    return max(prev_end, prev_start + interval)
+def _slot_index(t: float, origin: float, interval: float) -> int:
+    # A loop never starts before its slot, so t is at or (by float noise) just below it.
+    return math.floor((t - origin) / interval + 1e-6)
+
+
+def next_start(prev_start: float, prev_end: float, interval: float, origin: float) -> float:
+    """When a loop starts its next attempt: on its next slot (origin + n·interval) after the
+    previous start, or at once if the previous attempt ran past that slot."""
+    return max(prev_end, origin + (_slot_index(prev_start, origin, interval) + 1) * interval)
+
+
+def aligned_connect_timeout(now: float, origin: float, interval: float,
+                            connect_timeout: float) -> float:
+    """The TCP connect timeout of an attempt starting at ``now``: ``connect_timeout`` moved to
+    end exactly on one of the loop's slots when that is within a factor 1.5 of it.
+
+    Against a dead server every attempt ends by this timeout.  Ending on a slot keeps the next
+    attempt on the loop's grid; a plain 0.5 s timeout plus a few ms of overhead would make
+    every loop drift by those ms per attempt, and the loops would drift apart over a long
+    outage, widening the gaps between attempt starts.
+    """
+    target = now + connect_timeout
+    slot = origin + round((target - origin) / interval) * interval
+    aligned = slot - now
+    if connect_timeout / 2 <= aligned <= connect_timeout * 1.5:
+        return aligned
+    return connect_timeout
 
 
 class Attempt:
@@ -72,14 +99,15 @@ class Attempt:
         self.client = SmbClient(probe.target, probe.watchdog)
         self.deadline = probe.watchdog.guard(self.client.conn, probe.args.deadline)
 
-    def run(self, record: bool = True) -> tuple[bool, dict[str, Any]]:
+    def run(self, record: bool = True, connect_timeout: float | None = None
+            ) -> tuple[bool, dict[str, Any]]:
         args = self.probe.args
         ops = self.probe.ops
         op_id = ops.invoke(loop=self.loop) if record else 0
         began = time.monotonic()
         try:
             with self.deadline:
-                self.client.connect(self.deadline, args.connect_timeout)
+                self.client.connect(self.deadline, connect_timeout or args.connect_timeout)
                 handle = self.client.open(args.file, self.deadline)
                 size = self.client.read(handle, 0, args.read_size, self.deadline)
                 self.client.close_file(handle, self.deadline)
@@ -115,14 +143,16 @@ class RetryLoop(threading.Thread):
 
     def run(self) -> None:
         probe = self.probe
-        start_at = self.first_start
+        interval = probe.args.interval
+        origin = start_at = self.first_start
         while not probe.stopping.wait(max(0.0, start_at - time.monotonic())):
             began = time.monotonic()
             self.current = Attempt(probe, self.index)
-            ok, _ = self.current.run()
+            ok, _ = self.current.run(connect_timeout=aligned_connect_timeout(
+                began, origin, interval, probe.args.connect_timeout))
             self.current = None
             probe.attempt_done(ok)
-            start_at = next_start(began, time.monotonic(), probe.args.interval)
+            start_at = next_start(began, time.monotonic(), interval, origin)
 
 
 class RetryProbe:
