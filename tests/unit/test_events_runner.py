@@ -345,7 +345,7 @@ def test_other_events_queue_in_order_and_never_overlap(sdir: Path, tmp_path: Pat
         "start ipreallocated", "end ipreallocated"]
 
 
-def test_monitor_queued_behind_a_cancelled_monitor_runs(sdir: Path, tmp_path: Path) -> None:
+def test_monitor_during_the_event_that_cancelled_a_monitor_is_dropped(sdir: Path, tmp_path: Path) -> None:
     # monitor A runs; takeip cancels it and is queued; monitor B arrives while takeip runs:
     # B is dropped (CTDB: "monitor requested while another event runs").
     script(sdir, "10.x.script", '[ "$1" = monitor ] && sleep 0.3\n[ "$1" = takeip ] && sleep 0.3\n'
