@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .eventd_protocol import (
-    EventCommand, EventdProtocolError, EventReply, EventRequest, PacketFramer, RunRequest,
+    EventdProtocolError, EventReply, EventRequest, PacketFramer, RunRequest,
     ScriptAction, ScriptRequest, StatusReply, StatusRequest, Timeval, WireScript, decode_reply,
     decode_request, encode_reply, encode_request,
 )
@@ -222,4 +222,4 @@ async def call_eventd(socket_path: str | os.PathLike[str], request: EventRequest
 
 
 __all__ = ["EventDaemonServer", "call_eventd", "eventd_socket_path", "run_reply_result",
-           "split_args", "status_body", "EventCommand"]
+           "split_args", "status_body"]
