@@ -124,9 +124,10 @@ class FailoverRun:
         cluster.wait_healthy(timeout=REJOIN_TIMEOUT_S)
         cluster.wait_until(lambda: all(cluster.smbd_listening(n) for n in cluster.nodes), 60,
                            "smbd listening on every node")
+        self.wait_ips_spread()
         leader = cluster.leader()
-        victim = self.choose_victim(leader)
         ips = cluster.ip_all()
+        victim = self.choose_victim(leader, ips)
         vip = min(ip for ip, pnn in ips.items() if pnn == victim)
         survivor_ip = min(ip for ip, pnn in ips.items() if pnn not in (victim, -1))
         observer = min(n.index for n in cluster.nodes if n.index != victim)
@@ -155,12 +156,30 @@ class FailoverRun:
                 "survivor_ip": survivor_ip, "t_cut": off["t_cut"], "t_killed": off["t_killed"],
                 "t_power_on": t_on, "window_end": window_end}
 
-    def choose_victim(self, leader: int) -> int:
+    def wait_ips_spread(self, timeout: float = 60.0) -> None:
+        """After a start or a rejoin the daemon may take a moment to give every node an IP."""
+        cluster = self.cluster
+        want = min(len(cluster.nodes), len(cluster.public_ips()))
+        try:
+            cluster.wait_until(lambda: len(set(cluster.ip_all().values()) - {-1}) >= want,
+                               timeout, "public IPs spread over the nodes")
+        except ClusterNotReady as e:
+            self.history.record("note", text=str(e))
+
+    def choose_victim(self, leader: int, ips: dict[str, int]) -> int:
+        hosting = {pnn for pnn in ips.values() if pnn >= 0}
         if self.victim_spec == "leader":
-            return leader
-        if self.victim_spec == "nonleader":
-            return max(n.index for n in self.cluster.nodes if n.index != leader)
-        return int(self.victim_spec)
+            victim = leader
+        elif self.victim_spec == "nonleader":
+            candidates = hosting - {leader}
+            if not candidates:
+                raise ClusterNotReady(f"no non-leader node hosts a public IP: {ips}")
+            victim = max(candidates)
+        else:
+            victim = int(self.victim_spec)
+        if victim not in hosting:
+            raise ClusterNotReady(f"the victim, node {victim}, hosts no public IP: {ips}")
+        return victim
 
     # -- probes -------------------------------------------------------------------------------------
     def start_probes(self, victim: int, vip: str, survivor_ip: str) -> None:
