@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from ctdblab.scenarios.probes import smb_hold, smb_retry, smb_stall
-from ctdblab.scenarios.probes.smb_retry import next_start, stagger_offsets
+from ctdblab.scenarios.probes.smb_retry import aligned_connect_timeout, next_start, stagger_offsets
 from ctdblab.scenarios.probes.smbops import SmbTarget, Watchdog, failure_text, smb_target_from_args
 
 
@@ -24,46 +24,66 @@ def test_stagger_offsets_default_is_every_50_ms():
         stagger_offsets(3, 0)
 
 
-def test_next_start_is_at_once_but_not_sooner_than_interval():
+def test_next_start_is_the_next_slot_or_at_once():
+    # Loop with origin 10.0 and interval 0.5: slots 10.0, 10.5, 11.0, ...
     # A refused connection fails at once: wait for the loop's next slot.
-    assert next_start(10.0, 10.001, 0.5) == 10.5
-    # A connect timeout (0.5 s + overhead): retry at once.
-    assert next_start(10.0, 10.52, 0.5) == 10.52
+    assert next_start(10.0, 10.001, 0.5, 10.0) == 10.5
+    # A connect timeout that ends a little after the slot: retry at once.
+    assert next_start(10.0, 10.52, 0.5, 10.0) == 10.52
+    # Started late (after a long attempt): the next slot is still on the grid.
+    assert next_start(12.3, 12.31, 0.5, 10.0) == pytest.approx(12.5)
     # A 2 s deadline: retry at once.
-    assert next_start(10.0, 12.0, 0.5) == 12.0
+    assert next_start(10.0, 12.0, 0.5, 10.0) == 12.0
+    # Float noise just below a slot does not count as the slot before.
+    assert next_start(10.5 - 1e-12, 10.6, 0.5, 10.0) == pytest.approx(11.0)
+
+
+def test_connect_timeout_is_trimmed_to_end_on_a_slot():
+    # On time: the full 0.5 s.
+    assert aligned_connect_timeout(10.5, 10.0, 0.5, 0.5) == pytest.approx(0.5)
+    # 7 ms late (the previous connect timed out): 7 ms shorter, ends on the next slot.
+    assert aligned_connect_timeout(10.507, 10.0, 0.5, 0.5) == pytest.approx(0.493)
+    # 0.3 s late (after a long attempt): realign on the slot nearest to 0.5 s from now.
+    assert aligned_connect_timeout(10.3, 10.0, 0.5, 0.5) == pytest.approx(0.7)
+    # A connect timeout much shorter than the interval is left alone.
+    assert aligned_connect_timeout(10.2, 10.0, 0.5, 0.1) == pytest.approx(0.1)
+    # A longer one is aligned too.
+    assert aligned_connect_timeout(10.01, 10.0, 0.5, 2.0) == pytest.approx(1.99)
 
 
 def simulated_starts(loops: int, interval: float, duration, horizon: float) -> list[float]:
-    """Attempt start times of all loops when every attempt lasts ``duration(start)``."""
+    """Attempt start times of all loops; ``duration(start, connect_timeout)`` says how long
+    each attempt lasts."""
     starts = []
     for offset in stagger_offsets(loops, interval):
         t = offset
         while t < horizon:
             starts.append(t)
-            t = next_start(t, t + duration(t), interval)
+            end = t + duration(t, aligned_connect_timeout(t, offset, interval, 0.5))
+            t = next_start(t, end, interval, offset)
     return sorted(starts)
 
 
-@pytest.mark.parametrize("duration", [
-    lambda t: 0.001,                 # refused at once
-    lambda t: 0.5,                   # connect timeout
-    lambda t: 0.5 + 0.003,           # connect timeout plus thread overhead
-    lambda t: 0.03,                  # a quick success or SMB-level failure
+@pytest.mark.parametrize("duration,worst_gap", [
+    (lambda t, ct: 0.001, 0.05),                        # refused at once
+    (lambda t, ct: 0.03, 0.05),                         # a quick success or SMB-level failure
+    (lambda t, ct: ct, 0.05),                           # dead server: the connect times out
+    (lambda t, ct: ct + 0.003, 0.053),                  # ... plus 3 ms of thread overhead
+    (lambda t, ct: ct + 0.010 * ((t * 7919) % 1), 0.06),  # ... plus 0..10 ms of jitter
 ])
-def test_resolution_of_the_schedule_is_interval_over_k(duration):
-    # Each loop runs with period p = max(interval, attempt duration); the loops are 50 ms
-    # apart, so the largest gap between starts is 50 ms plus whatever p exceeds the interval.
-    starts = simulated_starts(10, 0.5, duration, horizon=10.0)
+def test_resolution_of_the_schedule_is_interval_over_k(duration, worst_gap):
+    # Over a 30 s outage the loops stay 50 ms apart: the overhead of one attempt shows up in
+    # one gap at most, it does not accumulate.
+    starts = simulated_starts(10, 0.5, duration, horizon=30.0)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    excess = max(0.0, duration(0.0) - 0.5)
-    assert max(gaps) == pytest.approx(0.05 + excess)
-    assert min(gaps) == pytest.approx(0.05)
+    assert max(gaps) <= worst_gap + 1e-9
+    assert len(starts) >= 30 / 0.5 * 10 * 0.85
 
 
 def test_long_attempts_keep_the_loops_staggered():
     # Attempts that hang until the 2 s deadline (TCP up, SMB blocked): every loop restarts at
     # once, so 10 attempts are always in flight and their starts stay 50 ms apart.
-    starts = simulated_starts(10, 0.5, lambda t: 2.0, horizon=10.0)
+    starts = simulated_starts(10, 0.5, lambda t, ct: 2.0, horizon=10.0)
     phases = sorted({round(t % 2.0, 9) for t in starts})
     assert phases == pytest.approx(stagger_offsets(10, 0.5))
     assert len(starts) == 10 * 5
