@@ -5,7 +5,8 @@ keeps CTDB's packet layout. These SRVIDs sit in CTDB's reserved 0xF9.. range nex
 PUSH_NODE_FLAGS, in a sub-range CTDB does not use:
 
 =================  ==================  ======================================================
-HEARTBEAT          0xF9A1000000000000  u32 watch (1 = watch me, 0 = stop watching me)
+HEARTBEAT          0xF9A1000000000000  u32 kind: 1 watch me, 0 stop watching me, 2 heartbeat
+                                       (the TCP fallback when the UDP fast channel is missing)
 NODE_DEAD          0xF9A2000000000000  u32 dead pnn, u32 reporter pnn
 NODE_STATE         0xF9A3000000000000  u32 pnn, u32 flags, u32 runstate, u32 capabilities
 =================  ==================  ======================================================
@@ -22,20 +23,23 @@ HEARTBEAT = 0xF9A1000000000000
 NODE_DEAD = 0xF9A2000000000000
 NODE_STATE = 0xF9A3000000000000
 INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE})
+HEARTBEAT_UNWATCH = 0
+HEARTBEAT_WATCH = 1
+HEARTBEAT_BEAT = 2
 
 _U32 = struct.Struct("<I")
 _U32x2 = struct.Struct("<II")
 _U32x4 = struct.Struct("<IIII")
 
 
-def pack_heartbeat(watch: bool) -> bytes:
-    return _U32.pack(1 if watch else 0)
+def pack_heartbeat(kind: int) -> bytes:
+    return _U32.pack(kind)
 
 
-def unpack_heartbeat(data: bytes) -> bool:
+def unpack_heartbeat(data: bytes) -> int:
     if len(data) < 4:
         raise ProtocolError(f"heartbeat: need 4 bytes, got {len(data)}")
-    return _U32.unpack_from(data)[0] != 0
+    return _U32.unpack_from(data)[0]
 
 
 def pack_node_dead(dead: int, reporter: int) -> bytes:

@@ -11,6 +11,11 @@
 * Framing is strict (PacketReader in node mode): a bad length, magic or version drops the
   connection with a log line naming the peer.
 
+Beside the TCP mesh there is pyctdbd's *fast channel*: a UDP socket on the same address and port
+that carries only the millisecond heartbeats. It is deliberately not watched by the event loop:
+the daemon drains it on its own heartbeat tick (`drain_fast`), so a heartbeat costs its receiver
+no wakeup; the kernel's receive timestamp (SO_TIMESTAMPNS) tells when each one really arrived.
+
 Callbacks (all run on the event loop): `on_frame(pnn, frame)`, `on_peer_up(pnn)`,
 `on_peer_down(pnn, reason)`.
 """
@@ -20,11 +25,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, HEADER_SIZE, Operation
 from ..protocol.errors import ProtocolError
 from ..protocol.packets import PacketReader
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
+_TIMESPEC = struct.Struct("=qq")
+_HEAD = struct.Struct("<8I")
 
 RECONNECT_INTERVAL = 1.0          # s, as CTDB
 CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
@@ -138,6 +150,9 @@ class NodeTransport:
     _server: asyncio.base_events.Server | None = None
     _by_address: dict[str, int] = field(default_factory=dict)
     _closed: bool = False
+    _udp: socket.socket | None = None
+    _bad_fast: int = 0
+    _bad_fast_logged: float = 0.0
 
     def _log(self, text: str) -> None:
         self.log(text)
@@ -158,6 +173,16 @@ class NodeTransport:
         self._server = await loop.create_server(
             lambda: _Inbound(self), host=self.my_address, port=self.port, reuse_address=True,
             backlog=64)
+        try:
+            udp = socket.socket(_family(self.my_address), socket.SOCK_DGRAM)
+            udp.setblocking(False)
+            udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            udp.bind((self.my_address, self.port))
+            self._udp = udp
+        except OSError as exc:
+            self._log(f"fast heartbeat channel (udp {self.my_address}:{self.port}) unavailable: "
+                      f"{exc}; heartbeats go over TCP")
+            self._udp = None
         for peer in self._peers.values():
             peer.dial_task = loop.create_task(self._dial_loop(peer), name=f"dial-node-{peer.pnn}")
 
@@ -165,6 +190,9 @@ class NodeTransport:
         self._closed = True
         if self._server is not None:
             self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         tasks = []
         for peer in self._peers.values():
             if peer.dial_task is not None:
@@ -200,6 +228,63 @@ class NodeTransport:
                       f"{transport.get_write_buffer_size()} bytes queued; dropping the connection")
             transport.abort()
         return True
+
+    @property
+    def has_fast_channel(self) -> bool:
+        return self._udp is not None
+
+    def send_fast(self, pnn: int, frame: bytes) -> bool:
+        peer = self._peers.get(pnn)
+        if self._udp is None or peer is None:
+            return False
+        try:
+            self._udp.sendto(frame, (peer.address, self.port))
+        except OSError:
+            return False          # full buffer or no route: a lost heartbeat, nothing more
+        return True
+
+    def drain_fast(self, wall_to_loop: float) -> list[tuple[int, float]]:
+        """Read every queued heartbeat datagram: [(pnn, arrival time on the loop clock)].
+        Datagrams that are not a CTDB keepalive from the node their address belongs to are
+        dropped (and counted in an occasional log line)."""
+        if self._udp is None:
+            return []
+        out: list[tuple[int, float]] = []
+        for _ in range(4096):
+            try:
+                data, ancdata, _flags, source = self._udp.recvmsg(256, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            pnn = self._by_address.get(_canon(source[0]))
+            if pnn is None or not self._valid_heartbeat(data, pnn):
+                self._note_bad_fast(source[0])
+                continue
+            arrival = None
+            for level, kind, raw in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(raw)
+                    arrival = sec + nsec / 1e9 + wall_to_loop
+            out.append((pnn, arrival if arrival is not None else time.time() + wall_to_loop))
+        return out
+
+    @staticmethod
+    def _valid_heartbeat(data: bytes, pnn: int) -> bool:
+        if len(data) < HEADER_SIZE:
+            return False
+        length, magic, version, _gen, op, _dest, src, _reqid = _HEAD.unpack_from(data)
+        return (length == len(data) and magic == CTDB_MAGIC and version == CTDB_PROTOCOL_VERSION
+                and op == Operation.REQ_KEEPALIVE and src == pnn)
+
+    def _note_bad_fast(self, address: str) -> None:
+        self._bad_fast += 1
+        now = time.monotonic()
+        if now - self._bad_fast_logged > 10:
+            self._bad_fast_logged = now
+            self._log(f"dropped {self._bad_fast} bad or unknown heartbeat datagrams "
+                      f"(latest from {address})")
+            self._bad_fast = 0
 
     def is_connected(self, pnn: int) -> bool:
         peer = self._peers.get(pnn)

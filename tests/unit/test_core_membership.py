@@ -9,6 +9,7 @@ from ctdblab.daemon.core.membership import (
     PeerDead,
     SendHeartbeat,
     SendKeepalive,
+    SendWatch,
 )
 
 FAST = DetectorSettings(heartbeat_interval=0.05, dead_timeout=0.25, keepalive_interval=5.0,
@@ -38,10 +39,10 @@ def test_ring_watchers_and_rewatch():
         acts += det.peer_up(p, 0.0)
     assert det.my_watchers == [3, 4]
     # Unwatch messages went to nodes that stopped being watchers while connected.
-    assert SendHeartbeat(0, watch=False) in acts or SendHeartbeat(1, watch=False) in acts
+    assert SendWatch(0, watch=False) in acts or SendWatch(1, watch=False) in acts
     acts = det.peer_down(3, 0.1)
     assert det.my_watchers == [4, 0]
-    assert acts == [SendHeartbeat(0)]
+    assert acts == [SendWatch(0)]
     acts = det.tick(0.1)
     assert set(of(acts, SendHeartbeat)) == {SendHeartbeat(4), SendHeartbeat(0)}
 
@@ -49,9 +50,9 @@ def test_ring_watchers_and_rewatch():
 def test_watched_peer_declared_dead_after_dead_timeout():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)
-    det.heartbeat(1, True, 0.0)
+    det.watch_request(1, True, 0.0)
     # Heartbeats until t=1.0, then silence.
-    feed = lambda t: det.heartbeat(1, True, t) if t <= 1.0 + 1e-9 else None
+    feed = lambda t: det.fast_heartbeat(1, t) if t <= 1.0 + 1e-9 else None
     out = run(det, 0.05, 2.0, feed=feed)
     deaths = [(t, a) for t, a in out if isinstance(a, PeerDead)]
     assert len(deaths) == 1
@@ -68,11 +69,23 @@ def test_unwatched_peer_is_not_declared_by_fast_path():
     assert not of([a for _, a in out], PeerDead)
 
 
+def test_watch_starts_only_after_a_fast_heartbeat():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    det.traffic(1, 0.5)                 # TCP traffic, but its fast channel never delivers
+    assert det.watched_peers() == []
+    out = run(det, 0.05, 3.0)
+    assert not of([a for _, a in out], PeerDead)
+
+
 def test_unwatch_disarms():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)
-    det.heartbeat(1, True, 0.0)
-    det.heartbeat(1, False, 0.1)
+    det.watch_request(1, True, 0.0)
+    det.fast_heartbeat(1, 0.05)
+    assert det.watched_peers() == [1]
+    det.watch_request(1, False, 0.1)
     assert det.watched_peers() == []
     assert not of(det.tick(1.0), PeerDead)
 
@@ -80,10 +93,11 @@ def test_unwatch_disarms():
 def test_own_stall_does_not_blame_peers():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)
-    det.heartbeat(1, True, 0.0)
+    det.watch_request(1, True, 0.0)
+    det.fast_heartbeat(1, 0.0)
     acts = det.tick(2.0)                    # we were frozen for two seconds
     assert of(acts, LoopStalled) and not of(acts, PeerDead)
-    det.heartbeat(1, True, 2.01)
+    det.fast_heartbeat(1, 2.01)
     assert not of(det.tick(2.06), PeerDead)
 
 
@@ -93,6 +107,7 @@ def test_ctdb_keepalive_count():
     det = FailureDetector(0, slow, now=0.0)
     det.peer_up(1, 0.0)
     det.traffic(1, 0.5)
+    assert det.next_deadline() == pytest.approx(0.05)
     acts = det.tick(1.0)
     assert acts == [SendKeepalive(1)]       # traffic seen: count reset
     acts = det.tick(2.0)
@@ -111,9 +126,13 @@ def test_dead_report_credibility():
     assert det.dead_report_credible(7, 1.5)         # not connected to us anyway
 
 
-def test_next_deadline_and_settings_validation():
+def test_next_deadline_on_the_phase_grid_and_settings_validation():
     det = FailureDetector(0, FAST, now=10.0)
     assert det.next_deadline() == pytest.approx(10.05)
+    det = FailureDetector(0, DetectorSettings(heartbeat_interval=0.1, wall_offset=0.03), now=10.0)
+    assert det.next_deadline() == pytest.approx(10.03)     # on the grid 0.03 + k * 0.1
+    det = FailureDetector(0, DetectorSettings(heartbeat_interval=0.1, wall_offset=0.03), now=10.11)
+    assert det.next_deadline() == pytest.approx(10.23)     # 10.13 is too close: skip to the next
     with pytest.raises(ValueError):
         DetectorSettings(heartbeat_interval=0)
     with pytest.raises(ValueError):
@@ -124,3 +143,11 @@ def test_fast_path_disabled_sends_no_heartbeats():
     det = FailureDetector(0, DetectorSettings(dead_timeout=0), now=0.0)
     assert det.peer_up(1, 0.0) == []
     assert not of(det.tick(0.1), SendHeartbeat)
+
+
+def test_each_tick_heartbeats_the_watchers():
+    det = FailureDetector(0, FAST, now=0.0)
+    det.peer_up(1, 0.0)
+    det.peer_up(2, 0.0)
+    det.peer_up(3, 0.0)
+    assert set(of(det.tick(0.05), SendHeartbeat)) == {SendHeartbeat(1), SendHeartbeat(2)}

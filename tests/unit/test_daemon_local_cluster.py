@@ -1,0 +1,157 @@
+"""Three pyctdbd daemons on loopback addresses, driven by Debian's stock `ctdb` tool.
+
+No root needed: public IPs use --fake-ip-effects. Each test costs a few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+from pyctdbd_cluster import LocalCluster, have_ctdb_cli
+
+pytestmark = pytest.mark.skipif(not have_ctdb_cli(), reason="Debian's ctdb tool is not installed")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    c.start()
+    try:
+        c.wait_for("a healthy cluster with all IPs hosted", c.healthy, timeout=20)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_status_and_basic_commands(cluster):
+    out = cluster.ok(0, "status")
+    assert "Number of nodes:3" in out
+    assert re.search(r"^pnn:0 \S+\s+OK \(THIS NODE\)$", out, re.M)
+    assert "Recovery mode:NORMAL (0)" in out
+    assert re.search(r"^Generation:\d+$", out, re.M) and "Size:3" in out
+    leader = int(re.search(r"^Leader:(\d+)$", out, re.M).group(1))
+    assert cluster.ok(1, "leader").strip() == str(leader)
+    assert cluster.ok(2, "pnn").strip() == "2"
+    assert "RUNNING" in cluster.ok(1, "runstate")
+    assert "LEADER: YES" in cluster.ok(0, "getcapabilities")
+    assert re.match(r"response from 1 time=\d+\.\d+ sec  \(\d+ clients\)", cluster.ok(0, "-n", "1", "ping"))
+    assert cluster.ok(0, "listnodes").split() == cluster.addresses
+    assert "Ctdbd start time" in cluster.ok(0, "uptime")
+    machine = cluster.ok(0, "-X", "status").splitlines()
+    assert machine[0] == "|Node|IP|Disconnected|Unknown|Banned|Disabled|Unhealthy|Stopped|Inactive|PartiallyOnline|ThisNode|"
+    assert machine[1] == f"|0|{cluster.addresses[0]}|0|0|0|0|0|0|0|0|Y|"
+
+
+def test_ip_views_agree_and_moveip(cluster):
+    views = [cluster.ips(p) for p in range(3)]
+    assert views[0] == views[1] == views[2]
+    assert sorted(views[0].values()) == [0, 1, 2]
+    ip = cluster.public[0]
+    target = (views[0][ip] + 1) % 3
+    cluster.ok(0, "moveip", ip, str(target))
+    cluster.wait_for("moveip", lambda: all(cluster.ips(p)[ip] == target for p in range(3)))
+    own = cluster.ok(target, "ip")
+    assert f"{ip} {target}" in own
+
+
+def test_tunables(cluster):
+    names = [line.split()[0] for line in cluster.ok(0, "listvars").splitlines()]
+    assert names[0] == "SeqnumInterval" and "HeartbeatIntervalMs" in names
+    assert names.index("AllowMixedVersions") < names.index("HeartbeatIntervalMs")
+    cluster.ok(1, "setvar", "MonitorInterval", "9")
+    assert cluster.ok(1, "getvar", "monitorinterval").split() == ["monitorinterval", "=", "9"]
+    assert cluster.ok(0, "getvar", "MonitorInterval").split()[-1] == "15"   # per node, as CTDB
+    bad = cluster.ctdb(0, "getvar", "NoSuchThing")
+    assert bad.returncode != 0 and "No such tunable" in bad.stdout
+
+
+def test_disable_enable_stop_continue_ban_unban(cluster):
+    def flags_of(pnn):
+        return cluster.status_flags(0)[pnn]
+
+    cluster.ok(0, "-n", "1", "disable")
+    assert flags_of(1) == "DISABLED"
+    cluster.wait_for("IPs off the disabled node", lambda: 1 not in cluster.ips(0).values())
+    cluster.ok(0, "-n", "1", "enable")
+    cluster.wait_for("node 1 enabled and hosting again",
+                     lambda: flags_of(1) == "OK" and 1 in cluster.ips(0).values())
+    started = time.monotonic()
+    cluster.ok(2, "stop")
+    assert time.monotonic() - started < 5
+    assert flags_of(2) == "STOPPED|INACTIVE"
+    cluster.wait_for("IPs off the stopped node", lambda: 2 not in cluster.ips(0).values())
+    cluster.ok(2, "continue")
+    cluster.wait_for("node 2 back", lambda: flags_of(2) == "OK")
+    cluster.ok(1, "ban", "100")
+    assert flags_of(1) == "BANNED|INACTIVE"
+    cluster.wait_for("IPs off the banned node", lambda: 1 not in cluster.ips(0).values())
+    cluster.ok(1, "unban")
+    cluster.wait_for("node 1 unbanned", lambda: flags_of(1) == "OK")
+
+
+def test_leader_stop_hands_over_at_once(cluster):
+    leader = int(cluster.ok(0, "leader"))
+    started = time.monotonic()
+    cluster.ok(leader, "stop")
+    others = [p for p in range(3) if p != leader]
+    cluster.wait_for("a new leader", lambda: int(cluster.ok(others[0], "leader")) in others, timeout=5)
+    assert time.monotonic() - started < 3
+
+
+def test_tickles_replicate(cluster):
+    ip = cluster.public[1]
+    cluster.ok(0, "addtickle", "198.19.4.1:40000", f"{ip}:445")
+    cluster.ok(0, "addtickle", "198.19.4.2:40001", f"{ip}:139")
+
+    def listed(pnn, port=None):
+        args = ["gettickles", ip] + ([str(port)] if port else [])
+        return cluster.ok(pnn, *args)
+
+    cluster.wait_for("tickles on every node", lambda: all("Num connections: 2" in listed(p) for p in range(3)))
+    assert "SRC: 198.19.4.1:40000   DST: " + ip + ":445" in listed(2)
+    assert "Num connections: 1" in listed(1, 139)
+    cluster.ok(1, "deltickle", "198.19.4.1:40000", f"{ip}:445")
+    cluster.wait_for("removal everywhere", lambda: all("Num connections: 1" in listed(p) for p in range(3)))
+
+
+def test_sigstopped_node_is_declared_dead_and_comes_back(cluster):
+    victim = (int(cluster.ok(0, "leader")) + 1) % 3
+    watcher = (victim + 1) % 3
+    cluster.signal(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        took = cluster.wait_for("victim DISCONNECTED",
+                                lambda: cluster.status_flags(watcher)[victim].startswith("DISCONNECTED"),
+                                timeout=5, interval=0.02)
+        # DeadTimeoutMs=400 plus at most one 100 ms tick, plus polling.
+        assert took < 1.0, took
+        cluster.wait_for("victim's IP moved", lambda: victim not in cluster.ips(watcher).values())
+    finally:
+        cluster.signal(victim, signal.SIGCONT)
+    cluster.wait_for("victim back", lambda: cluster.healthy(), timeout=15)
+    assert time.monotonic() - stopped < 20
+
+
+def test_shutdown_leaves_cluster_consistent(cluster):
+    victim = 2
+    cluster.ok(victim, "shutdown")
+    assert cluster.procs[victim].wait(10) == 0
+    cluster.wait_for("node 2 disconnected and its IPs moved", lambda: (
+        cluster.status_flags(0)[victim].startswith("DISCONNECTED")
+        and set(cluster.ips(0).values()) <= {0, 1}))
+
+
+def test_malformed_client_bytes_are_logged_and_survived(cluster):
+    import socket as socketmod
+    s = socketmod.socket(socketmod.AF_UNIX)
+    s.connect(cluster.socket(0))
+    s.sendall(b"\x20\x00\x00\x00GARBAGE-GARBAGE-GARBAGE-GARBAGE!")
+    s.settimeout(2)
+    assert s.recv(100) == b""          # disconnected
+    s.close()
+    assert "malformed data" in cluster.log(0).read_text()
+    assert cluster.ok(0, "pnn").strip() == "0"
