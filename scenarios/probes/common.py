@@ -26,26 +26,31 @@ from typing import Any, Callable, Iterable, TextIO
 class Emitter:
     """Writes history events as JSON lines; thread-safe; survives a closed pipe."""
 
-    def __init__(self, probe: str, process: str, stream: TextIO | None = None):
+    def __init__(self, probe: str, process: str, stream: TextIO | None = None,
+                 on_broken: Callable[[], None] | None = None):
         self.probe = probe
         self.process = process
         self._stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
         self.broken = False
+        # Called once when stdout breaks: nobody can read us any more, so probes stop.
+        self.on_broken = on_broken
 
     def emit(self, kind: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
         event: dict[str, Any] = {"t": time.time() if t is None else t, "kind": kind}
         event.update(fields)
         line = json.dumps(event, sort_keys=True, default=str)
+        newly_broken = False
         with self._lock:
             if not self.broken:
                 try:
                     self._stream.write(line + "\n")
                     self._stream.flush()
                 except (BrokenPipeError, ValueError, OSError):
-                    # The orchestrator went away (or closed our stdout): keep running quietly
-                    # until we are told to stop; nobody can read us any more.
-                    self.broken = True
+                    # The orchestrator went away (or closed our stdout).
+                    self.broken = newly_broken = True
+        if newly_broken and self.on_broken is not None:
+            self.on_broken()
         return event
 
     def capture(self, what: str, t: float | None = None, **fields: Any) -> dict[str, Any]:

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    out.on_broken = lambda: on_signal(signal.SIGTERM, None)
 
     summary: dict[str, Any] = {}
     started = False

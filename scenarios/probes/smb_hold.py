@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Emitter("smb_hold", args.process)
     waker = Waker()
+    out = Emitter("smb_hold", args.process, on_broken=lambda: waker.post(STOP))
     install_stop_signals(waker)
     watchdog = Watchdog()
     holder = Holder(args, out, waker, watchdog)

@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Emitter("smb_retry", args.process)
     waker = Waker()
+    out = Emitter("smb_retry", args.process, on_broken=lambda: waker.post(STOP))
     install_stop_signals(waker)
     signal.signal(signal.SIGUSR1, lambda _s, _f: waker.post("go:sigusr1"))
     start_stdin_reader(waker)

@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Emitter("smb_stall", args.process)
     waker = Waker()
+    out = Emitter("smb_stall", args.process, on_broken=lambda: waker.post(STOP))
     install_stop_signals(waker)
     watchdog = Watchdog()
     staller = Staller(args, out, watchdog)

@@ -157,6 +157,7 @@ class Deadline:
             raise DeadlineExceeded(f"no answer within {self.seconds:g} s")
 
     def __enter__(self) -> "Deadline":
+        self.expires = time.monotonic() + self.seconds   # the clock starts when the step does
         self.watchdog._add(self)
         return self
 
@@ -176,6 +177,7 @@ class Watchdog:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._seq = itertools.count()
         self._closed = False
+        self._aborting = False   # after abort_all(), new steps are refused at once
         self._thread = threading.Thread(target=self._run, name="smb-watchdog", daemon=True)
         self._thread.start()
 
@@ -184,6 +186,9 @@ class Watchdog:
 
     def _add(self, deadline: Deadline) -> None:
         with self._cond:
+            if self._aborting:
+                deadline.fired = deadline.aborted = True
+                return
             heapq.heappush(self._heap, (deadline.expires, next(self._seq), deadline))
             self._cond.notify()
 
@@ -196,8 +201,9 @@ class Watchdog:
         shutdown_connection(deadline.conn)
 
     def abort_all(self) -> int:
-        """Fire every pending deadline now; returns how many there were."""
+        """Fire every pending deadline now, and refuse new ones; returns how many there were."""
         with self._cond:
+            self._aborting = True
             pending = [d for _, _, d in self._heap if not d.done and not d.fired]
             for d in pending:
                 d.fired = d.aborted = True
@@ -275,6 +281,7 @@ class SmbClient:
     def connect(self, deadline: Deadline, connect_timeout: float) -> None:
         """TCP connect (own timeout, at most the time left) + negotiate + session + tree."""
         self._enter("connect")
+        deadline.check()
         tcp_timeout = max(0.01, min(connect_timeout, deadline.remaining()))
         self.conn.connect(timeout=tcp_timeout)
         deadline.check()

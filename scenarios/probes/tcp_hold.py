@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.local_port) > len(args.targets):
         parser.error(f"{len(args.local_port)} --local-port values for {len(args.targets)} targets")
-    out = Emitter("tcp_hold", args.process)
     waker = Waker()
+    out = Emitter("tcp_hold", args.process, on_broken=lambda: waker.post(STOP))
     install_stop_signals(waker)
     conns = [HeldConnection(i, target, out, waker,
                             local_ip=args.local_ip,

@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Emitter("tcp_listener", args.process)
     waker = Waker()
+    out = Emitter("tcp_listener", args.process, on_broken=lambda: waker.post(STOP))
     install_stop_signals(waker)
     raise_fd_limit()
     listeners: list[socket.socket] = []

@@ -159,3 +159,11 @@ def test_bad_option_values_are_rejected_naming_the_value(func, text, named):
 def test_good_option_values():
     assert host_port("198.19.8.1:445") == ("198.19.8.1", 445)
     assert positive_float("0.02") == 0.02 and positive_int("10") == 10 and port_number("7777") == 7777
+
+
+def test_a_closed_pipe_calls_on_broken_once():
+    calls = []
+    out = Emitter("ping", "p", Broken(), on_broken=lambda: calls.append(1))
+    out.capture("reply", seq=1)
+    out.capture("reply", seq=2)
+    assert calls == [1]

@@ -201,3 +201,18 @@ def test_abort_all_wakes_every_pending_step_and_marks_it_aborted():
         for _, ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_after_abort_all_new_steps_are_refused():
+    watchdog = Watchdog()
+    conn, ours, theirs = fake_connection()
+    try:
+        watchdog.abort_all()
+        with watchdog.guard(conn, 60) as deadline:
+            assert deadline.fired and deadline.aborted
+            with pytest.raises(Exception, match="no answer"):
+                deadline.check()
+    finally:
+        watchdog.close()
+        ours.close()
+        theirs.close()

@@ -204,3 +204,26 @@ def test_listener_options_and_port_in_use():
         busy.close()
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def test_listener_process_stops_when_nobody_reads_its_output():
+    import subprocess
+    import sys
+
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()
+    proc = subprocess.Popen([sys.executable, "-m", "ctdblab.scenarios.probes.tcp_listener",
+                             "--bind", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert json.loads(proc.stdout.readline())["what"] == "listening"
+        proc.stdout.close()                       # the orchestrator went away
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            assert proc.wait(10) == 0             # its "accepted" line had nowhere to go
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
