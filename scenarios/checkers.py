@@ -88,6 +88,7 @@ def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed
         lambda e: e.get("probe") == "smb_hold" and e.get("what") == "closed"))
     stall = [e.get("latency_s") for e in events
              if e["kind"] == "op" and e.get("role") == "survivor" and e.get("type") in ("ok", "fail")
+             and not e.get("aborted")          # cut short because the probe was stopping
              and e.get("latency_s") is not None
              and e["t"] >= t_cut and e["t"] - e["latency_s"] <= window_end]
     m["survivor_stall_s"] = round(max(stall), 4) if stall else None
