@@ -205,11 +205,12 @@ class MininetCluster:
         with IPRoute() as ipr:
             indexes = [ipr.link_lookup(ifname=self.port_name(host, net))
                        for net in self._networks_of(host)]
-            t_cut = time.time()
             for idx in indexes:
                 if idx:
                     ipr.link("set", index=idx[0], state="down")
-        return t_cut
+            # The cut is complete when the kernel has acknowledged both ports down: a frame
+            # sent before this instant may still arrive; none sent after it can.
+            return time.time()
 
     def power_off(self, host: LabHost) -> dict[str, float]:
         """sysrq-b: cut the ports, SIGKILL everything in the node, delete its links."""
