@@ -1,7 +1,8 @@
 """The cluster lock, held by a helper process that speaks CTDB's mutex-helper protocol.
 
-`cluster lock = <file>` runs pyctdbd's own fcntl helper (`lock_helper.py`, or whatever
-CTDB_CLUSTER_MUTEX_HELPER names, as with ctdbd); `cluster lock = !command args` runs that command,
+`cluster lock = <file>` runs CTDB's fcntl helper if it is installed (or whatever
+CTDB_CLUSTER_MUTEX_HELPER names, as with ctdbd), else pyctdbd's own `lock_helper.py` (same
+protocol); `cluster lock = !command args` runs that command,
 so Debian's ctdb_mutex_fcntl_helper or ctdb_etcd_lock work unchanged. The helper writes one
 character: '0' held (it keeps running), '1' contention, '2' timeout, '3' error.
 
@@ -18,7 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .core.election import LockStatus
 
@@ -26,14 +27,16 @@ OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lock_help
 
 
 def helper_argv(lock_file: str | None, command: Sequence[str] | None,
-                env: dict[str, str] | None = None) -> list[str]:
-    """What to run for a cluster-lock setting (a file or a `!command`)."""
+                fcntl_helper: str | None = None) -> list[str]:
+    """What to run for a cluster-lock setting (a file or a `!command`). For a file: CTDB's
+    fcntl helper when it is installed (`fcntl_helper`, normally
+    /usr/libexec/ctdb/ctdb_mutex_fcntl_helper or $CTDB_CLUSTER_MUTEX_HELPER; a C program that
+    starts in a millisecond or two), else pyctdbd's own `lock_helper.py`."""
     if command:
         return list(command)
     assert lock_file is not None
-    override = (env if env is not None else os.environ).get("CTDB_CLUSTER_MUTEX_HELPER")
-    if override:
-        return [override, lock_file]
+    if fcntl_helper and os.access(fcntl_helper, os.X_OK):
+        return [fcntl_helper, lock_file]
     return [sys.executable, "-S", "-E", OWN_HELPER, lock_file]
 
 
@@ -47,7 +50,6 @@ class ClusterLock:
     _held: bool = False
     _watch: asyncio.Task | None = None
     _stderr_task: asyncio.Task | None = None
-    _releasing: set[asyncio.subprocess.Process] = field(default_factory=set)
 
     @property
     def held(self) -> bool:

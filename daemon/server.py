@@ -58,7 +58,9 @@ log = logging.getLogger("ctdblab.daemon")
 _U32 = struct.Struct("<I")
 _SRVID_LEN = struct.Struct("<QI")
 
-TICKLE_SCAN_INTERVAL = 1.0       # s between sock_diag scans of connections to held IPs
+TICKLE_SCAN_INTERVAL = 1.0       # s between sock_diag scans of connections to held IPs (at least)
+TICKLE_SCAN_MAX_INTERVAL = 3.0   # s (at most)
+SCAN_CPU_BUDGET = 0.001          # fraction of a core the scans may use
 TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried
 STARTUP_RETRY = 5.0              # s between failed "startup" events (as CTDB)
 BROADCASTS = (BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED)
@@ -249,10 +251,11 @@ class Daemon:
         notice("PNN is %u", self.my_pnn)
         lock_spec = self.options.config.cluster_lock
         if lock_spec is not None:
-            argv = helper_argv(lock_spec.lock_file, lock_spec.command)
+            argv = helper_argv(lock_spec.lock_file, lock_spec.command,
+                               self.options.config.paths.cluster_mutex_helper)
             self.cluster_lock = ClusterLock(argv, self._lock_lost, lambda m: log.error("%s", m),
                                             timeout=max(5.0, float(self.conf.leader_timeout)))
-            notice("Cluster lock: %s", lock_spec.setting)
+            notice("Cluster lock: %s (helper: %s)", lock_spec.setting, " ".join(argv))
         else:
             log.warning("No cluster lock configured: leader elections use CTDB's no-lock rules")
         if self.failover_disabled:
@@ -1256,16 +1259,24 @@ class Daemon:
             self._push_tickle_list(vnn.ip, dest)
 
     async def _tickle_loop(self) -> None:
+        """Find connections to the IPs we hold that nobody registered (sock_diag), and push
+        tickle lists. A scan walks the kernel's whole TCP hash table (2-3 ms on a host with
+        lots of memory), so the scan interval stretches to keep it under SCAN_CPU_BUDGET of a
+        core: 1 s where scans are cheap, at most TICKLE_SCAN_MAX_INTERVAL."""
         last_push = self.now
+        interval = TICKLE_SCAN_INTERVAL
         while not self._shutting_down:
-            await asyncio.sleep(TICKLE_SCAN_INTERVAL)
+            await asyncio.sleep(interval)
             held = [v.ip for v in self.public.held()]
             if held and not self.failover_disabled:
+                started = time.perf_counter()
                 try:
                     found = self.effects.established(held)
                 except Exception as exc:
                     log.debug("connection scan failed: %s", exc)
                     found = []
+                cost = time.perf_counter() - started
+                interval = min(TICKLE_SCAN_MAX_INTERVAL, max(TICKLE_SCAN_INTERVAL, cost / SCAN_CPU_BUDGET))
                 by_ip: dict[str, list[Connection]] = {ip: [] for ip in held}
                 for server, client in found:
                     conn = _conn_of(server, client)

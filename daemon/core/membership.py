@@ -181,14 +181,40 @@ class FailureDetector:
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        stalled = None
         if now >= self._next_fast:
+            late = now - self._next_fast
             actions += self._fast_tick(now)
+            if self.settings.fast_path and late > self.settings.dead_timeout / 2:
+                stalled = late
+        if stalled is None and self.settings.fast_path:
+            due = self._earliest_dead_deadline()
+            if due is not None and now - due > self.settings.dead_timeout / 2:
+                stalled = now - due
+        if stalled is not None:
+            # We were not running: whatever we did not receive is on us, not on them.
+            for peer in self._peers.values():
+                peer.last_rx = max(peer.last_rx, now)
+            actions.append(LoopStalled(stalled))
+        elif self.settings.fast_path:
+            actions += self._check_dead(now)
         if now >= self._next_slow:
             actions += self._slow_tick(now)
         return actions
 
     def next_deadline(self) -> float:
-        return min(self._next_fast, self._next_slow)
+        """When to call `tick` next: the next heartbeat or keepalive tick, or the moment a
+        watched peer's dead timeout runs out (so detection is not rounded up to a tick)."""
+        due = self._earliest_dead_deadline()
+        times = [self._next_fast, self._next_slow] + ([due + 0.0005] if due is not None else [])
+        return min(times)
+
+    def _earliest_dead_deadline(self) -> float | None:
+        if not self.settings.fast_path:
+            return None
+        due = [p.last_rx + self.settings.dead_timeout for p in self._peers.values()
+               if p.watched and p.fast_seen]
+        return min(due) if due else None
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -232,20 +258,16 @@ class FailureDetector:
 
     def _fast_tick(self, now: float) -> list[Action]:
         s = self.settings
-        actions: list[Action] = []
-        late = now - self._next_fast
         self._last_fast_tick = now
         # The next grid point after now, not after the missed deadline: no catch-up bursts.
         self._next_fast = self._grid_after(now, s.heartbeat_interval)
         if not s.fast_path:
-            return actions
-        actions += [SendHeartbeat(p) for p in self._my_watchers]
-        if late > s.dead_timeout / 2:
-            # We were not running: whatever we did not receive is on us, not on them.
-            for peer in self._peers.values():
-                peer.last_rx = max(peer.last_rx, now)
-            actions.append(LoopStalled(late))
-            return actions
+            return []
+        return [SendHeartbeat(p) for p in self._my_watchers]
+
+    def _check_dead(self, now: float) -> list[Action]:
+        s = self.settings
+        actions: list[Action] = []
         for pnn in sorted(self._peers):
             peer = self._peers[pnn]
             if peer.watched and peer.fast_seen and now - peer.last_rx > s.dead_timeout:
@@ -253,9 +275,8 @@ class FailureDetector:
                 actions.append(PeerDead(pnn, f"no traffic for {silent_ms:.0f} ms "
                                              f"(dead timeout {s.dead_timeout * 1000:.0f} ms)", True))
         for action in actions:
-            if isinstance(action, PeerDead):
-                self._peers.pop(action.pnn, None)
-        if any(isinstance(a, PeerDead) for a in actions):
+            self._peers.pop(action.pnn, None)
+        if actions:
             actions += self._rewatch()
         return actions
 

@@ -62,6 +62,19 @@ def test_watched_peer_declared_dead_after_dead_timeout():
     assert det.silence(1, 2.0) is None       # forgotten once dead
 
 
+def test_dead_deadline_is_a_timer_of_its_own():
+    """The shell calls tick() at next_deadline(): detection is not rounded up to a tick."""
+    det = FailureDetector(0, DetectorSettings(heartbeat_interval=0.1, dead_timeout=0.25), now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    det.fast_heartbeat(1, 0.01)              # the last heartbeat, 10 ms after a tick
+    t, deaths = 0.0, []
+    while not deaths and t < 2:
+        t = det.next_deadline()
+        deaths = of(det.tick(t), PeerDead)
+    assert deaths and t == pytest.approx(0.26, abs=0.002)
+
+
 def test_unwatched_peer_is_not_declared_by_fast_path():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)                     # connected, but it never asked us to watch it
