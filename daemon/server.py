@@ -63,6 +63,7 @@ TICKLE_SCAN_MAX_INTERVAL = 3.0   # s (at most)
 SCAN_CPU_BUDGET = 0.001          # fraction of a core the scans may use
 TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried
 STARTUP_RETRY = 5.0              # s between failed "startup" events (as CTDB)
+MONITOR_RETRY = 0.2              # s before a cancelled monitor event is tried again
 BROADCASTS = (BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED)
 
 
@@ -1177,7 +1178,10 @@ class Daemon:
             result = await self.run_event("monitor", timeout=self.tunables.get("EventScriptTimeout"))
             changed = None
             if result.cancelled:
+                # Another event ran; try again shortly rather than a whole interval later.
                 log.error("Monitoring event was cancelled")
+                await asyncio.sleep(MONITOR_RETRY)
+                continue
             elif result.timed_out:
                 self._monitor_timeouts += 1
                 limit = self.tunables.get("MonitorTimeoutCount")

@@ -1,0 +1,124 @@
+"""The node mesh on loopback addresses: pairing, framing, hostile bytes, strangers, fast channel."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+from ctdblab.daemon.net.transport import NodeTransport
+from ctdblab.daemon.protocol import ReqKeepalive, ReqMessage, decode_packet, encode_packet
+
+
+def _addresses(n=2):
+    a, b = random.randint(100, 250), random.randint(1, 250)
+    return [f"127.{a}.{b}.{i + 1}" for i in range(n)]
+
+
+class Node:
+    def __init__(self, pnn, addresses, port):
+        self.frames, self.up, self.down, self.logs = [], [], [], []
+        self.t = NodeTransport(pnn, addresses, port, lambda p, f: self.frames.append((p, f)),
+                               self.up.append, lambda p, r: self.down.append((p, r)), self.logs.append)
+
+
+async def until(cond, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_pair_connects_and_carries_frames():
+    async def main():
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        a, b = Node(0, addrs, port), Node(1, addrs, port)
+        await a.t.start()
+        await b.t.start()
+        try:
+            await until(lambda: a.up == [1] and b.up == [0])
+            frame = encode_packet(ReqMessage(0x1234, b"hello"), destnode=1, srcnode=0, reqid=7)
+            assert a.t.send(1, frame)
+            await until(lambda: b.frames)
+            pnn, got = b.frames[0]
+            assert pnn == 0 and decode_packet(got).body.data == b"hello"
+            # Fast channel: a keepalive datagram, drained with its arrival time.
+            beat = encode_packet(ReqKeepalive(1, 0), destnode=1, srcnode=0, reqid=0)
+            assert a.t.send_fast(1, beat)
+            await asyncio.sleep(0.05)
+            drained = b.t.drain_fast(asyncio.get_running_loop().time() - __import__("time").time())
+            assert [p for p, _ in drained] == [0]
+            # Tearing down marks the peer down on both sides; the dial loop brings it back.
+            a.t.drop_peer(1, "test")
+            await until(lambda: a.down and b.down)
+            await until(lambda: a.up == [1, 1] and b.up == [0, 0], timeout=5)
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
+
+
+def test_garbage_from_a_peer_drops_only_that_connection():
+    async def main():
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        b = Node(1, addrs, port)
+        await b.t.start()
+        try:
+            # Pretend to be node 0: dial from its address and send non-CTDB bytes.
+            loop = asyncio.get_running_loop()
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((addrs[0], 0))
+            await loop.sock_connect(s, (addrs[1], port))
+            await loop.sock_sendall(s, b"\x28\x00\x00\x00NOT-A-CTDB-PACKET-AT-ALL-REALLY-NOT-IT")
+            await until(lambda: any("malformed data" in m for m in b.logs))
+            assert any("node 0" in m for m in b.logs if "malformed" in m)
+            s.close()
+            # Wrong length alignment on the node transport is fatal too.
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((addrs[0], 0))
+            await loop.sock_connect(s, (addrs[1], port))
+            await loop.sock_sendall(s, b"\x21\x00\x00\x00BDTC")
+            await until(lambda: sum("malformed data" in m for m in b.logs) >= 2)
+            s.close()
+        finally:
+            await b.t.close()
+    run(main())
+
+
+def test_stranger_is_refused_and_bad_datagrams_are_dropped():
+    async def main():
+        addrs = _addresses(3)
+        port = random.randint(20000, 60000)
+        b = Node(1, addrs[:2], port)
+        await b.t.start()
+        try:
+            loop = asyncio.get_running_loop()
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((addrs[2], 0))          # not in b's nodes list
+            await loop.sock_connect(s, (addrs[1], port))
+            await until(lambda: any("not an address in the nodes list" in m for m in b.logs))
+            assert not b.up
+            s.close()
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((addrs[0], 0))
+            u.sendto(b"junk", (addrs[1], port))                   # from a node address, not CTDB
+            fake = encode_packet(ReqKeepalive(1, 0), destnode=1, srcnode=5, reqid=0)
+            u.sendto(fake, (addrs[1], port))                      # claims to be node 5
+            u.close()
+            await asyncio.sleep(0.05)
+            assert b.t.drain_fast(0.0) == []
+            assert any("bad or unknown heartbeat datagrams" in m for m in b.logs)
+        finally:
+            await b.t.close()
+    run(main())
