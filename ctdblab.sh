@@ -3,7 +3,8 @@
 #
 #   ./ctdblab.sh demo          3-node failover demo against pyctdbd and real CTDB; prints the
 #                              path of the report and the plot it wrote
-#   ./ctdblab.sh test [ARGS]   the test suite (unit tests and lab tests); ARGS go to pytest
+#   ./ctdblab.sh test [ARGS]   the test suite (unit tests and lab tests) on 2 pytest-xdist
+#                              workers; ARGS go to pytest (e.g. tests/unit, -k failover, -n 0)
 #   ./ctdblab.sh ARGS...       any other ctdblab command, e.g. ./ctdblab.sh up --nodes 3 --daemon ctdb
 #
 # Set-up is idempotent and quick when nothing changed: Debian packages are installed only if
@@ -72,7 +73,7 @@ case "$cmd" in
     test)
         shift
         cd "$here"
-        exec "$venv/bin/python" -m pytest "$@"
+        exec "$venv/bin/python" -m pytest -n 2 "$@"
         ;;
     help|-h|--help)
         exec "$venv/bin/ctdblab" --help

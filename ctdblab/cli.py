@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
     run.add_argument("--out", required=True, type=Path)
+    run.add_argument("--check", type=Path, metavar="THRESHOLDS.toml",
+                     help="exit with status 1 if a figure exceeds these limits (for CI)")
 
     rep = sub.add_parser("report", help="draw plots and report.md from a run directory")
     rep.add_argument("dir", type=Path)
@@ -220,11 +223,22 @@ def cmd_down(args, progress) -> int:
 def cmd_run(args, progress) -> int:
     from .scenarios import run_scenario
 
+    from . import thresholds
+
+    limits = thresholds.load(args.check) if args.check else None
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
                        repeat=args.repeat, tunables=args.tunables, victim=args.victim,
                        bw_mbit=args.bw, out=args.out, progress=progress)
     for path in out:
         print(path)
+    if limits is not None:
+        results = json.loads((args.out / "results.json").read_text())
+        violations = thresholds.check(results, limits)
+        for violation in violations:
+            print(f"REGRESSION: {violation}", file=sys.stderr)
+        if violations:
+            return 1
+        print(f"all figures within {args.check}", file=sys.stderr)
     return 0
 
 
