@@ -51,6 +51,19 @@ def parse_node_range(text: str) -> list[int]:
     return list(range(lo, hi + 1))
 
 
+def parse_link(items: list[str], bw: float | None) -> dict[str, str]:
+    """``["bw=100", "delay=5ms"]`` -> {"bw": "100", "delay": "5ms"}; validated by LinkSpec."""
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--link takes KEY=VALUE (e.g. bw=100), not {item!r}")
+        params[key.strip()] = value.strip()
+    if bw is not None:
+        params["bw"] = str(bw)
+    return params
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctdblab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--clients", type=int, default=1)
     up.add_argument("--bw", type=float, default=None, metavar="MBIT",
                     help="cap each node's public link (htb)")
+    up.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
+                    help="node public-link shaping, e.g. bw=100 (htb only: this kernel has no netem)")
     up.add_argument("--detach", action="store_true", help="leave it running; `ctdblab down` removes it")
 
     ex = sub.add_parser("exec", help="run a command inside a node (PNN) or client (cN)")
@@ -84,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tunables", default="default")
     run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
+    run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
+                     help="node public-link shaping, e.g. bw=100 (htb only: no netem here)")
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--check", type=Path, metavar="THRESHOLDS.toml",
                      help="exit with status 1 if a figure exceeds these limits (for CI)")
@@ -129,7 +146,8 @@ def cmd_up(args, progress) -> int:
     from .cluster.lab import LabCluster
 
     cluster = LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables,
-                         clients=args.clients, bw_mbit=args.bw, progress=progress)
+                         clients=args.clients, link_params=parse_link(args.link, args.bw),
+                         progress=progress)
     with cluster:
         print(describe_cluster(cluster))
         if args.detach:
@@ -181,17 +199,18 @@ def _find_cluster(prefix: str | None) -> dict:
 def cmd_exec(args, progress) -> int:
     from .cluster.procs import netns_of, node_env
 
-    state = _find_cluster(args.cluster)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise UserError("nothing to run: ctdblab exec PNN -- COMMAND ...")
     target = args.target
     if target.startswith("c") and target[1:].isdigit():
-        members, index, what = state["clients"], int(target[1:]), "client"
+        kind, index, what = "clients", int(target[1:]), "client"
     elif target.isdigit():
-        members, index, what = state["nodes"], int(target), "node"
+        kind, index, what = "nodes", int(target), "node"
     else:
         raise UserError(f"target must be a node PNN (e.g. 0) or a client (e.g. c0), not {target!r}")
+    state = _find_cluster(args.cluster)
+    members = state[kind]
     if not 0 <= index < len(members):
         raise UserError(f"no {what} {target} in cluster {state['prefix']} "
                         f"(it has {len(members)} {what}s, numbered from 0)")
@@ -228,7 +247,8 @@ def cmd_run(args, progress) -> int:
     limits = thresholds.load(args.check) if args.check else None
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
                        repeat=args.repeat, tunables=args.tunables, victim=args.victim,
-                       bw_mbit=args.bw, out=args.out, progress=progress)
+                       link_params=parse_link(args.link, args.bw), out=args.out,
+                       progress=progress)
     for path in out:
         print(path)
     if limits is not None:
@@ -261,8 +281,8 @@ def cmd_demo(args, progress) -> int:
             raise UserError(f"unknown daemon {daemon!r} in --daemons")
         progress(f"demo: 3-node failover with {daemon}, non-leader victim, aggressive tunables")
         run_scenario("failover", daemon=daemon, nodes=[3], repeat=args.repeat,
-                     tunables="aggressive", victim="nonleader", bw_mbit=None,
-                     out=out / daemon, progress=progress)
+                     tunables="aggressive", victim="nonleader", out=out / daemon,
+                     progress=progress)
     written = make_report(out)
     report = next((p for p in written if p.name == "report.md"), None)
     print(f"report: {report}")

@@ -17,9 +17,12 @@ SCENARIOS = ("failover", "scaling")
 
 
 def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
-                 victim: str, bw_mbit: float | None, out: Path,
+                 victim: str = "nonleader", bw_mbit: float | None = None,
+                 link_params: dict | None = None, out: Path,
                  progress: Callable[[str], None]) -> list[Path]:
+    """Validate everything first (nothing is created on bad input), then run and report."""
     from ctdblab.cluster.launchers import get_launcher
+    from ctdblab.cluster.mininet_backend import MAX_NODES, LinkSpec
     from ctdblab.cluster.profiles import get_profile
     from ctdblab.cluster.prereq import check_lab
 
@@ -27,9 +30,22 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
     if repeat < 1:
         raise UserError(f"--repeat must be at least 1, not {repeat}")
+    if not nodes or min(nodes) < 1 or max(nodes) > MAX_NODES:
+        raise UserError(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}")
+    if name == "failover":
+        from .failover import parse_victim
+        if len(nodes) != 1:
+            raise UserError("failover takes one node count (--nodes N), not a range")
+        if nodes[0] < 2:
+            raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
+        parse_victim(victim, nodes[0])
+    params = dict(link_params or {})
+    if bw_mbit is not None:
+        params["bw"] = bw_mbit
+    bw_mbit = LinkSpec.from_params(params).bw_mbit
     get_profile(tunables)
-    get_launcher(daemon).check_installed()
     check_lab()
+    get_launcher(daemon).check_installed()
     out = Path(out).resolve()
     if (out / "results.json").exists() or (out / "history.jsonl").exists():
         raise UserError(f"{out} already holds a run; choose a new --out directory")
@@ -37,8 +53,6 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
     t0 = time.time()
     if name == "failover":
         from .failover import run_failover
-        if len(nodes) != 1:
-            raise UserError("failover takes one node count (--nodes N), not a range")
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress)
     else:
