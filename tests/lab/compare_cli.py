@@ -1,0 +1,195 @@
+"""Differential check: Debian's stock `ctdb` tool against real ctdbd 4.17 and against pyctdbd,
+both as 3-node clusters in network namespaces with the same addresses and the same state
+changes. Prints every command's output from both (after normalising what differs by nature:
+generation numbers, times, pids) and a summary of mismatches.
+
+    python tests/lab/compare_cli.py [--keep]
+
+Real ctdbd runs in CTDB_TEST_MODE (CTDB_BASE per node) so that three of them can share a host;
+that mode changes no output format. Aggressive tunables make it start in ~15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pyctdbd_netns import NetnsCluster, sh  # noqa: E402
+
+AGGRESSIVE = {"KeepaliveInterval": 1, "KeepaliveLimit": 2, "ElectionTimeout": 1,
+              "RerecoveryTimeout": 1, "MonitorInterval": 1}
+
+
+class RealCluster(NetnsCluster):
+    """The same topology, running Debian's ctdbd in test mode."""
+
+    def configure(self) -> None:
+        (self.root / "shared").mkdir(parents=True, exist_ok=True)
+        for pnn in range(self.n):
+            d = self.node_dir(pnn)
+            for sub in ("run", "var", "db/volatile", "db/persistent", "db/state", "events/legacy"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / "nodes").write_text("".join(f"{ip}\n" for ip in self.node_ips))
+            (d / "public_addresses").write_text("".join(f"{ip}/24 eth0\n" for ip in self.public))
+            (d / "ctdb.tunables").write_text("".join(f"{k}={v}\n" for k, v in self.tunables.items()))
+            (d / "ctdb.conf").write_text(
+                f"[logging]\n location = file:{self.log(pnn)}\n log level = NOTICE\n"
+                f"[cluster]\n cluster lock = {self.root / 'shared' / 'reclock'}\n"
+                f"[database]\n volatile database directory = {d}/db/volatile\n"
+                f" persistent database directory = {d}/db/persistent\n"
+                f" state database directory = {d}/db/state\n"
+                "[legacy]\n realtime scheduling = false\n")
+
+    def start_node(self, pnn: int) -> None:
+        d = self.node_dir(pnn)
+        env = dict(os.environ, CTDB_TEST_MODE="1", CTDB_BASE=str(d),
+                   CTDB_TEST_HELPER_BINDIR="/usr/libexec/ctdb")
+        subprocess.run(["ip", "netns", "exec", self.ns(pnn), "ctdbd"], env=env, check=True)
+
+    def socket(self, pnn: int) -> str:
+        return str(self.node_dir(pnn) / "run" / "ctdbd.socket")
+
+    def ctdb(self, pnn: int, *args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, CTDB_TEST_MODE="1", CTDB_BASE=str(self.node_dir(pnn)),
+                   CTDB_SOCKET=self.socket(pnn))
+        return subprocess.run(["ctdb", *args], capture_output=True, text=True, env=env, timeout=60)
+
+    def stop(self) -> None:
+        for pnn in range(self.n):
+            pidfile = self.node_dir(pnn) / "run" / "ctdbd.pid"
+            try:
+                os.kill(int(pidfile.read_text()), 15)
+            except (OSError, ValueError):
+                pass
+        time.sleep(1)
+        super().stop()
+
+
+def same_topology(c: NetnsCluster, subnet: int) -> None:
+    c.subnet = subnet
+    c.node_ips = [f"198.18.{subnet}.{i + 1}" for i in range(c.n)]
+    c.public = [f"198.19.{subnet}.{k + 1}" for k in range(len(c.public))]
+    c.client_ip = f"198.19.{subnet}.200"
+
+
+NORMALISE = [
+    (re.compile(r"^Generation:\d+$", re.M), "Generation:<n>"),
+    (re.compile(r"time=\d+\.\d+ sec"), "time=<t> sec"),
+    (re.compile(r"\(\d{3} \d\d:\d\d:\d\d\) .*$", re.M), "(<duration>) <date>"),
+    (re.compile(r":\s+[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ \d\d:\d\d:\d\d \d{4}$", re.M), ": <date>"),
+    (re.compile(r"^Duration of last recovery/failover: \d+\.\d+ seconds$", re.M),
+     "Duration of last recovery/failover: <t> seconds"),
+]
+
+
+def normalise(text: str) -> str:
+    for rx, repl in NORMALISE:
+        text = rx.sub(repl, text)
+    return text
+
+
+def run_both(real: RealCluster, ours: NetnsCluster, pnn: int, args: list[str],
+             report: list[tuple[str, bool]]) -> None:
+    a = real.ctdb(pnn, *args)
+    b = ours.ctdb(pnn, *args)
+    ra = f"rc={a.returncode}\n{normalise(a.stdout)}{normalise(a.stderr)}"
+    rb = f"rc={b.returncode}\n{normalise(b.stdout)}{normalise(b.stderr)}"
+    label = f"node {pnn}: ctdb {' '.join(args)}"
+    same = ra == rb
+    report.append((label, same))
+    print(f"=== {label}: {'SAME' if same else 'DIFFERENT'}")
+    if same:
+        print(ra.rstrip())
+    else:
+        print("".join(difflib.unified_diff(ra.splitlines(True), rb.splitlines(True),
+                                           "real ctdbd", "pyctdbd")))
+
+
+def settle(c: NetnsCluster, check, timeout=30.0) -> None:
+    c.wait_for("state to settle", check, timeout=timeout)
+    time.sleep(1.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--keep", action="store_true", help="copy the node directories (logs) aside")
+    args = p.parse_args()
+    subnet = 77
+    keep_dir = Path(tempfile.mkdtemp(prefix="compare-cli-")) if args.keep else None
+    with tempfile.TemporaryDirectory() as t1, tempfile.TemporaryDirectory() as t2:
+        real = RealCluster(Path(t1), 3, tunables=AGGRESSIVE)
+        ours = NetnsCluster(Path(t2), 3, tunables=AGGRESSIVE)
+        same_topology(real, subnet)
+        same_topology(ours, subnet)
+        report: list[tuple[str, bool]] = []
+        try:
+            real.start()
+            ours.start()
+            settle(real, real.healthy, 90)
+            settle(ours, ours.healthy, 30)
+            basic = [["status"], ["-X", "status"], ["ip"], ["ip", "all"], ["-X", "ip", "all"],
+                     ["ping"], ["-n", "1", "ping"], ["pnn"], ["listnodes"], ["uptime"],
+                     ["leader"], ["runstate"], ["runstate", "RUNNING"], ["getcapabilities"],
+                     ["-X", "getcapabilities"], ["getvar", "KeepaliveInterval"],
+                     ["getvar", "NoSuchTunable"], ["gettickles", real.public[0]],
+                     ["-X", "gettickles", real.public[0]], ["getreclock"], ["getpid"]]
+            for cmd in basic:
+                run_both(real, ours, 0, cmd, report)
+            # listvars: ours lists pyctdbd's own tunables after CTDB's.
+            a = real.ctdb(0, "listvars").stdout.splitlines()
+            b = ours.ctdb(0, "listvars").stdout.splitlines()
+            names_a = [l.split()[0] for l in a]
+            names_b = [l.split()[0] for l in b]
+            same = names_b[:len(names_a)] == names_a
+            report.append(("listvars: CTDB's names in CTDB's order, then ours", same))
+            print(f"=== listvars: {len(names_a)} CTDB tunables, pyctdbd adds "
+                  f"{names_b[len(names_a):]}: {'SAME prefix' if same else 'DIFFERENT'}")
+            for cmd, check in [
+                (["-n", "1", "disable"], lambda c: c.flags(0)[1] == "DISABLED"),
+                (["-n", "1", "enable"], lambda c: c.flags(0)[1] == "OK"),
+                (["-n", "2", "stop"], lambda c: c.flags(0)[2] == "STOPPED|INACTIVE"),
+                (["-n", "2", "continue"], lambda c: c.flags(0)[2] == "OK"),
+                (["-n", "1", "ban", "60"], lambda c: c.flags(0)[1] == "BANNED|INACTIVE"),
+            ]:
+                for c in (real, ours):
+                    r = c.ctdb(0, *cmd)
+                    print(f"--- {type(c).__name__}: ctdb {' '.join(cmd)} -> rc={r.returncode} {r.stderr.strip()}")
+                    settle(c, lambda c=c, check=check: check(c))
+                run_both(real, ours, 0, ["status"], report)
+                run_both(real, ours, 0, ["-X", "status"], report)
+            for c in (real, ours):
+                c.ctdb(0, "-n", "1", "unban")
+                settle(c, c.healthy, 60)
+            run_both(real, ours, 0, ["status"], report)
+            for c in (real, ours):
+                c.ctdb(0, "addtickle", "198.19.77.200:40000", f"{c.public[0]}:445")
+                time.sleep(0.5)
+            run_both(real, ours, 0, ["gettickles", real.public[0]], report)
+            run_both(real, ours, 0, ["setvar", "MonitorInterval", "2"], report)
+            run_both(real, ours, 0, ["getvar", "MonitorInterval"], report)
+        finally:
+            real.stop()
+            ours.stop()
+            if keep_dir is not None:
+                import shutil
+                shutil.copytree(t1, keep_dir / "real", dirs_exist_ok=True, ignore_dangling_symlinks=True,
+                                ignore=shutil.ignore_patterns("*.socket", "*.tdb*"))
+                shutil.copytree(t2, keep_dir / "ours", dirs_exist_ok=True, ignore_dangling_symlinks=True,
+                                ignore=shutil.ignore_patterns("*.socket"))
+                print(f"logs kept in {keep_dir}")
+        print("\nSUMMARY")
+        for label, same in report:
+            print(f"  {'SAME     ' if same else 'DIFFERENT'} {label}")
+
+
+if __name__ == "__main__":
+    main()
