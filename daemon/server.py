@@ -1272,6 +1272,9 @@ class Daemon:
         while not self._shutting_down:
             await asyncio.sleep(interval)
             held = [v.ip for v in self.public.held()]
+            if not held:
+                interval = TICKLE_SCAN_MAX_INTERVAL     # nothing to scan: wake up less
+                continue
             if held and not self.failover_disabled:
                 started = time.perf_counter()
                 try:

@@ -109,6 +109,7 @@ class FailureDetector:
     now: float
     _peers: dict[int, _Peer] = field(default_factory=dict)   # connected peers only
     _my_watchers: list[int] = field(default_factory=list)
+    _heartbeats: list[SendHeartbeat] = field(default_factory=list)
     _next_fast: float = 0.0
     _next_slow: float = 0.0
     _last_fast_tick: float = 0.0
@@ -166,7 +167,9 @@ class FailureDetector:
         peer = self._peers.get(pnn)
         if peer is None:
             return
-        self.traffic(pnn, now)
+        peer.rx_count += 1
+        if now > peer.last_rx:
+            peer.last_rx = now
         if peer.watched:
             peer.fast_seen = True
 
@@ -180,24 +183,30 @@ class FailureDetector:
         return now - peer.last_rx > window
 
     def tick(self, now: float) -> list[Action]:
+        s = self.settings
         actions: list[Action] = []
         stalled = None
         if now >= self._next_fast:
             late = now - self._next_fast
-            actions += self._fast_tick(now)
-            if self.settings.fast_path and late > self.settings.dead_timeout / 2:
-                stalled = late
-        if stalled is None and self.settings.fast_path:
+            self._last_fast_tick = now
+            # The next grid point after now, not after the missed deadline: no catch-up bursts.
+            self._next_fast = self._grid_after(now, s.heartbeat_interval)
+            if s.fast_path:
+                actions += self._heartbeats
+                if late > s.dead_timeout / 2:
+                    stalled = late
+        if s.fast_path:
             due = self._earliest_dead_deadline()
-            if due is not None and now - due > self.settings.dead_timeout / 2:
+            if stalled is None and due is not None and now - due > s.dead_timeout / 2:
                 stalled = now - due
-        if stalled is not None:
-            # We were not running: whatever we did not receive is on us, not on them.
-            for peer in self._peers.values():
-                peer.last_rx = max(peer.last_rx, now)
-            actions.append(LoopStalled(stalled))
-        elif self.settings.fast_path:
-            actions += self._check_dead(now)
+            if stalled is not None:
+                # We were not running: whatever we did not receive is on us, not on them.
+                for peer in self._peers.values():
+                    if peer.last_rx < now:
+                        peer.last_rx = now
+                actions.append(LoopStalled(stalled))
+            elif due is not None and now > due:
+                actions += self._check_dead(now)
         if now >= self._next_slow:
             actions += self._slow_tick(now)
         return actions
@@ -205,16 +214,20 @@ class FailureDetector:
     def next_deadline(self) -> float:
         """When to call `tick` next: the next heartbeat or keepalive tick, or the moment a
         watched peer's dead timeout runs out (so detection is not rounded up to a tick)."""
+        when = self._next_fast if self._next_fast < self._next_slow else self._next_slow
         due = self._earliest_dead_deadline()
-        times = [self._next_fast, self._next_slow] + ([due + 0.0005] if due is not None else [])
-        return min(times)
+        if due is not None and due + 0.0005 < when:
+            return due + 0.0005
+        return when
 
     def _earliest_dead_deadline(self) -> float | None:
         if not self.settings.fast_path:
             return None
-        due = [p.last_rx + self.settings.dead_timeout for p in self._peers.values()
-               if p.watched and p.fast_seen]
-        return min(due) if due else None
+        earliest = None
+        for p in self._peers.values():
+            if p.watched and p.fast_seen and (earliest is None or p.last_rx < earliest):
+                earliest = p.last_rx
+        return None if earliest is None else earliest + self.settings.dead_timeout
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -248,22 +261,15 @@ class FailureDetector:
     def _rewatch(self) -> list[Action]:
         if not self.settings.fast_path:
             old, self._my_watchers = self._my_watchers, []
+            self._heartbeats = []
             return [SendWatch(p, watch=False) for p in old if p in self._peers]
         new = self._ring_successors()
         actions: list[Action] = [SendWatch(p, watch=False)
                                  for p in self._my_watchers if p not in new and p in self._peers]
         actions += [SendWatch(p) for p in new if p not in self._my_watchers]
         self._my_watchers = new
+        self._heartbeats = [SendHeartbeat(p) for p in new]
         return actions
-
-    def _fast_tick(self, now: float) -> list[Action]:
-        s = self.settings
-        self._last_fast_tick = now
-        # The next grid point after now, not after the missed deadline: no catch-up bursts.
-        self._next_fast = self._grid_after(now, s.heartbeat_interval)
-        if not s.fast_path:
-            return []
-        return [SendHeartbeat(p) for p in self._my_watchers]
 
     def _check_dead(self, now: float) -> list[Action]:
         s = self.settings

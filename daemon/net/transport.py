@@ -250,22 +250,26 @@ class NodeTransport:
         if self._udp is None:
             return []
         out: list[tuple[int, float]] = []
+        recvmsg = self._udp.recvmsg
+        by_address = self._by_address
         for _ in range(4096):
             try:
-                data, ancdata, _flags, source = self._udp.recvmsg(256, 64)
+                data, ancdata, _flags, source = recvmsg(256, 64)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break
-            pnn = self._by_address.get(_canon(source[0]))
+            pnn = by_address.get(source[0])
+            if pnn is None:
+                pnn = by_address.get(_canon(source[0]))
             if pnn is None or not self._valid_heartbeat(data, pnn):
                 self._note_bad_fast(source[0])
                 continue
             arrival = None
             for level, kind, raw in ancdata:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(raw) >= 16:
                     sec, nsec = _TIMESPEC.unpack_from(raw)
-                    arrival = sec + nsec / 1e9 + wall_to_loop
+                    arrival = sec + nsec * 1e-9 + wall_to_loop
             out.append((pnn, arrival if arrival is not None else time.time() + wall_to_loop))
         return out
 

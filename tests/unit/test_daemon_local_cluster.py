@@ -155,3 +155,76 @@ def test_malformed_client_bytes_are_logged_and_survived(cluster):
     s.close()
     assert "malformed data" in cluster.log(0).read_text()
     assert cluster.ok(0, "pnn").strip() == "0"
+
+
+class RawClient:
+    """Just enough of a CTDB client: controls and messages over the Unix socket."""
+
+    def __init__(self, path):
+        import socket as socketmod
+        from ctdblab.daemon.protocol import PacketReader
+        self.sock = socketmod.socket(socketmod.AF_UNIX)
+        self.sock.connect(path)
+        self.sock.settimeout(5)
+        self.reader = PacketReader()
+        self.pending = []
+        self.reqid = 100
+
+    def _next(self):
+        from ctdblab.daemon.protocol import decode_packet
+        while not self.pending:
+            self.pending += self.reader.feed(self.sock.recv(65536))
+        return decode_packet(self.pending.pop(0))
+
+    def control(self, opcode, srvid=0, data=b"", dest=None):
+        from ctdblab.daemon.protocol import CURRENT_NODE, ReqControl, encode_packet
+        self.reqid += 1
+        self.sock.sendall(encode_packet(ReqControl(opcode, srvid, 0, 0, data),
+                                        destnode=CURRENT_NODE if dest is None else dest,
+                                        srcnode=0xFFFFFFFF, reqid=self.reqid))
+        while True:
+            packet = self._next()
+            if packet.header.reqid == self.reqid and hasattr(packet.body, "errmsg"):
+                return packet.body
+
+    def message(self, dest, srvid, data):
+        from ctdblab.daemon.protocol import ReqMessage, encode_packet
+        self.sock.sendall(encode_packet(ReqMessage(srvid, data), destnode=dest, srcnode=0, reqid=0))
+
+    def receive(self):
+        return self._next()
+
+
+def test_messages_route_between_clients_on_different_nodes(cluster):
+    from ctdblab.daemon.protocol import BROADCAST_CONNECTED, Control
+    srvid, everyone = 0xAE00000000001234, 0xAE00000000005678
+    receivers = [RawClient(cluster.socket(p)) for p in range(3)]
+    for r in receivers:
+        assert r.control(Control.REGISTER_SRVID, everyone).status == 0
+    assert receivers[1].control(Control.REGISTER_SRVID, srvid).status == 0
+    sender = RawClient(cluster.socket(0))
+    sender.message(1, srvid, b"to node 1")                       # remote, one node
+    got = receivers[1].receive()
+    assert got.body.srvid == srvid and got.body.data == b"to node 1" and got.header.srcnode == 0
+    sender.message(BROADCAST_CONNECTED, everyone, b"to all")     # broadcast, this node included
+    for r in receivers:
+        got = r.receive()
+        assert got.body.srvid == everyone and got.body.data == b"to all"
+    # A control for another node is forwarded and its reply matched to our reqid.
+    reply = sender.control(Control.GET_PNN, dest=2)
+    assert reply.status == 2
+    assert receivers[1].control(Control.DEREGISTER_SRVID, srvid).status == 0
+    assert receivers[1].control(Control.DEREGISTER_SRVID, srvid).status != 0
+
+
+def test_reloadips_adds_and_drops_addresses(cluster):
+    extra = "198.19.15.77"
+    for pnn in range(3):
+        path = cluster.node_dir(pnn) / "public_addresses"
+        lines = path.read_text().splitlines()
+        dropped = lines[0].split("/")[0]
+        path.write_text("\n".join(lines[1:] + [f"{extra}/20 lo"]) + "\n")
+    cluster.ok(0, "reloadips", "all")
+    cluster.wait_for("new IP hosted, old one gone", lambda: (
+        extra in cluster.ips(0) and dropped not in cluster.ips(0)
+        and all(o in (0, 1, 2) for o in cluster.ips(0).values())))
