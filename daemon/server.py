@@ -161,6 +161,8 @@ class Daemon:
         self._takeover_disabled_until = 0.0
         self._recovery_disabled_until = 0.0
         self._takeover_runs = 0
+        self._retry_delay = 0.0
+        self._ban_credits: dict[int, tuple[int, float]] = {}
         # Announcement bursts per IP (so a release can stop them).
         self._bursts: dict[str, asyncio.Task] = {}
         self._monitor_wakeup: asyncio.Event | None = None
@@ -826,10 +828,16 @@ class Daemon:
                 elif result is False:
                     failed = True
             if failed and self.election.is_leader:
-                await asyncio.sleep(TAKEOVER_RETRY_DELAY)
+                # Retry soon (a node that just died will be declared dead within the dead
+                # timeout), backing off while the failure persists.
+                self._retry_delay = min(5.0, self._retry_delay * 2) if self._retry_delay else TAKEOVER_RETRY_DELAY
+                await asyncio.sleep(self._retry_delay)
                 self._need_recovery = True
                 self._need_takeover = True
                 self._leader_wakeup.set()
+            elif not failed:
+                self._retry_delay = 0.0
+                self._ban_credits.clear()
 
     async def _controls(self, pnns: Iterable[int], opcode: int, data: bytes = b"", *, flags: int = 0,
                         timeout: float) -> dict[int, ReplyControl | Exception]:
@@ -974,7 +982,40 @@ class Daemon:
             if exc is not None:
                 log.error("Takeover run: %s failed on node %u: %s", what, pnn, exc)
                 ok = False
+                # A node that is gone is not to blame; one that answers with a failure is.
+                if self.transport is None or pnn == self.my_pnn or self.transport.is_connected(pnn):
+                    self._add_ban_credit(pnn, f"{what} failed")
         return ok
+
+    def _add_ban_credit(self, pnn: int, why: str) -> None:
+        """CTDB's culprit counting: a node that keeps failing takeover runs gets banned
+        (2 x nodes credits, RecoveryBanPeriod seconds, unless EnableBans=0)."""
+        now = self.now
+        count, since = self._ban_credits.get(pnn, (0, now))
+        if now - since > self.tunables.get("RecoveryGracePeriod"):
+            count = 0
+            since = now
+        count += 1
+        self._ban_credits[pnn] = (count, since)
+        limit = 2 * len(self.nodemap.peers() + [self.nodemap.me])
+        if count < limit or not self.tunables.get("EnableBans"):
+            return
+        self._ban_credits.pop(pnn, None)
+        period = self.tunables.get("RecoveryBanPeriod")
+        log.error("Node %u reached %u banning credits (%s) - banning it for %u seconds",
+                  pnn, count, why, period)
+        if pnn == self.my_pnn:
+            self.set_ban(period)
+        else:
+            self.spawn(self._ban_remote(pnn, period), f"ban-node-{pnn}")
+
+    async def _ban_remote(self, pnn: int, period: int) -> None:
+        from .protocol import BanState
+        try:
+            await self.control(pnn, Control.SET_BAN_STATE,
+                               pack_request(Control.SET_BAN_STATE, BanState(pnn, period)), timeout=5)
+        except ControlError as exc:
+            log.error("Banning node %u failed: %s", pnn, exc)
 
     async def _ipreallocated_all(self, pnns: list[int], timeout: float) -> bool:
         jobs = [self._one_control(p, Control.IPREALLOCATED, b"", timeout) for p in pnns]

@@ -228,3 +228,32 @@ def test_reloadips_adds_and_drops_addresses(cluster):
     cluster.wait_for("new IP hosted, old one gone", lambda: (
         extra in cluster.ips(0) and dropped not in cluster.ips(0)
         and all(o in (0, 1, 2) for o in cluster.ips(0).values())))
+
+
+def test_node_failing_takeip_is_banned_and_monitor_failure_makes_unhealthy(tmp_path):
+    c = LocalCluster(tmp_path, 3)
+    c.configure()
+    bad = c.node_dir(2) / "events" / "legacy" / "20.failtake.script"
+    bad.write_text("#!/bin/sh\n[ \"$1\" = takeip ] && { echo 'cannot take'; exit 1; }\n"
+                   "[ \"$1\" = monitor ] && [ -e \"$CTDB_BASE/sick\" ] && { echo sick; exit 1; }\nexit 0\n")
+    bad.chmod(0o755)
+    for pnn in range(3):
+        c.start_node(pnn)
+    try:
+        # Node 2 fails every takeip: the leader gives it ban credits until it is banned.
+        c.wait_for("node 2 banned", lambda: c.status_flags(0)[2] == "BANNED|INACTIVE", timeout=40)
+        c.wait_for("IPs on nodes 0 and 1", lambda: set(c.ips(0).values()) <= {0, 1} and len(c.ips(0)) == 3)
+        assert "banning credits" in "".join(c.log(p).read_text() for p in range(3))
+        script = bad.read_text()
+        bad.unlink()
+        c.ok(2, "unban")
+        c.wait_for("node 2 back with an IP", lambda: 2 in c.ips(0).values())
+        # Monitor failure: node 1 turns UNHEALTHY and loses its IPs.
+        (c.node_dir(1) / "sick").write_text("")
+        (c.node_dir(1) / "events" / "legacy" / "20.failtake.script").write_text(script)
+        (c.node_dir(1) / "events" / "legacy" / "20.failtake.script").chmod(0o755)
+        c.ok(1, "setvar", "MonitorInterval", "1")
+        c.wait_for("node 1 unhealthy", lambda: c.status_flags(0)[1] == "UNHEALTHY", timeout=20)
+        c.wait_for("node 1 without IPs", lambda: 1 not in c.ips(0).values())
+    finally:
+        c.stop()
