@@ -257,3 +257,27 @@ def test_node_failing_takeip_is_banned_and_monitor_failure_makes_unhealthy(tmp_p
         c.wait_for("node 1 without IPs", lambda: 1 not in c.ips(0).values())
     finally:
         c.stop()
+
+
+def test_election_without_a_cluster_lock(tmp_path):
+    c = LocalCluster(tmp_path, 3, lock=False)
+    c.configure()
+    for pnn in range(3):            # staggered, so "longest running" is well defined
+        c.start_node(pnn)
+        time.sleep(0.7)
+    try:
+        c.wait_for("healthy", c.healthy, timeout=20)
+        leaders = {c.ok(p, "leader").strip() for p in range(3)}
+        assert len(leaders) == 1
+        leader = int(leaders.pop())
+        # CTDB's rule: the longest-running node wins; node 0 started first.
+        assert leader == 0, c.describe()
+        started = time.monotonic()
+        c.stop_node(leader, signal.SIGKILL)
+        others = [p for p in range(3) if p != leader]
+        c.wait_for("a new leader everywhere", lambda: len({c.ok(p, "leader").strip() for p in others}) == 1
+                   and int(c.ok(others[0], "leader")) in others, timeout=10)
+        assert time.monotonic() - started < 3
+        assert int(c.ok(others[0], "leader")) == min(others)      # the next oldest
+    finally:
+        c.stop()
