@@ -27,7 +27,7 @@ from ctdblab.errors import UserError
 
 from .addressing import PREFIXLEN, AddressPlan
 from .node import LabHost, NodeDirs, mount_script, start_holder
-from .procs import netns_of
+from .procs import mntns_of, netns_of
 from .registry import SlotLease, acquire_slot, cleanup_prefix, write_state
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,10 @@ class MininetCluster:
         host.holder = start_holder(mn_host.pid)
         host.pid = host.holder.pid
         host.netns = netns_of(mn_host.pid)
-        _wait_for(lambda: netns_of(host.pid) == host.netns, f"{host.name} holder", timeout=5)
+        # mnexec joins the network namespace first and the mount namespace second: wait for
+        # both, or a command entering through the holder could land in the host's mounts.
+        _wait_for(lambda: netns_of(host.pid) == host.netns
+                  and mntns_of(host.pid) == mntns_of(mn_host.pid), f"{host.name} holder", timeout=5)
         host.powered = True
         script = ["set -e", "ip link set lo up",
                   "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
@@ -193,9 +196,12 @@ class MininetCluster:
                        f"ip addr add {addr} dev {intf}", f"ip link set {intf} up"]
         if host.role == "node":
             script.append(mount_script(host.dirs))
-        result = host.run("\n".join(script), timeout=20)
+        script = "\n".join(script).replace("set -e", "set -ex", 1)   # trace: say what failed
+        result = host.run(script, timeout=20)
         if result.returncode != 0:
-            raise RuntimeError(f"configuring {host.name} failed: {result.stderr.strip()}")
+            trace = [l for l in result.stderr.strip().splitlines()][-3:]
+            raise RuntimeError(f"configuring {host.name} failed (exit {result.returncode}): "
+                               f"{' / '.join(trace) or result.stdout.strip()[-200:]}")
 
     # -- power ------------------------------------------------------------------------------------
     def cut(self, host: LabHost) -> float:

@@ -29,6 +29,13 @@ def netns_of(pid: int) -> str | None:
         return None
 
 
+def mntns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
 def pids_in_netns(netns: str) -> list[int]:
     """Every process whose network namespace is ``netns``."""
     found = []

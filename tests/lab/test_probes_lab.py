@@ -100,9 +100,12 @@ class NetnsPair:
         return time.time()
 
     def unsilence_server(self) -> float:
+        """Lift the silence; returns the instant just before, the earliest the server can
+        answer again (the rules vanish before `ip netns exec nft` has even exited)."""
+        t = time.time()
         run("ip", "netns", "exec", self.server, "nft", "delete", "table", "inet", "prbsilence")
         self.silenced = False
-        return time.time()
+        return t
 
     def kill_connections(self, client_port: int) -> float:
         """``ss -K`` the server side of one client connection: the client gets an RST."""

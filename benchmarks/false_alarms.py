@@ -1,0 +1,68 @@
+"""False DISCONNECTs of pyctdbd: an idle period, then one with both cores fully loaded.
+
+    .venv/bin/python -m benchmarks.false_alarms [--minutes 10] [--nodes 3] [--daemon pyctdbd]
+
+Nothing is broken during the run, so every "node X is dead" a daemon logs, and every non-OK
+state seen by a 1 Hz `ctdb -X status` poll, is a false alarm.  In the loaded phase one busy-loop
+process per core runs at normal priority on the host for the whole period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from ctdblab.cluster.daemonlog import find_events, read_log
+from ctdblab.cluster.lab import LabCluster
+
+from .common import progress, table
+
+
+def watch(cluster: LabCluster, seconds: float) -> tuple[int, int]:
+    """(log lines declaring a peer dead, status polls with a node not OK)."""
+    t_start = time.time()
+    bad_polls = 0
+    while time.time() < t_start + seconds:
+        try:
+            if not all(s.ok for s in cluster.status(0)):
+                bad_polls += 1
+        except Exception:     # noqa: BLE001 - a poll that fails counts too
+            bad_polls += 1
+        time.sleep(1.0)
+    dead = sum(len(find_events(read_log(cluster.launcher.log_path(n), since=t_start), "detect"))
+               for n in cluster.nodes)
+    return dead, bad_polls
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--daemon", default="pyctdbd")
+    p.add_argument("--tunables", default="default")
+    args = p.parse_args()
+    seconds = args.minutes * 60
+    rows = []
+    with LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables, clients=0,
+                    progress=progress) as cluster:
+        progress(f"idle for {args.minutes:g} min")
+        rows.append(["idle", args.minutes, *watch(cluster, seconds)])
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                   for _ in range(os.cpu_count() or 2)]
+        try:
+            progress(f"{len(burners)} busy loops for {args.minutes:g} min")
+            rows.append([f"{len(burners)} cores busy", args.minutes, *watch(cluster, seconds)])
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait()
+    print(f"\nfalse alarms, {args.daemon} ({args.tunables} tunables), {args.nodes} nodes")
+    print(table(["phase", "minutes", "'dead' log lines", "polls not all OK"], rows))
+    return 0 if all(r[2] == 0 and r[3] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
