@@ -819,6 +819,7 @@ class Daemon:
                 jobs.append(self._do_takeover_run(requests))
             if not jobs:
                 continue
+            connected_before = self.nodemap.connected_pnns()
             results = await asyncio.gather(*jobs, return_exceptions=True)
             failed = False
             for result in results:
@@ -828,10 +829,15 @@ class Daemon:
                 elif result is False:
                     failed = True
             if failed and self.election.is_leader:
-                # Retry soon (a node that just died will be declared dead within the dead
-                # timeout), backing off while the failure persists.
-                self._retry_delay = min(5.0, self._retry_delay * 2) if self._retry_delay else TAKEOVER_RETRY_DELAY
-                await asyncio.sleep(self._retry_delay)
+                if self.nodemap.connected_pnns() != connected_before:
+                    # A node dropped out during the run (a death being detected right now):
+                    # run again at once with the new membership.
+                    log.info("Membership changed during the run: running again at once")
+                else:
+                    # Retry soon, backing off while the failure persists.
+                    self._retry_delay = (min(5.0, self._retry_delay * 2) if self._retry_delay
+                                         else TAKEOVER_RETRY_DELAY)
+                    await asyncio.sleep(self._retry_delay)
                 self._need_recovery = True
                 self._need_takeover = True
                 self._leader_wakeup.set()

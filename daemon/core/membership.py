@@ -174,12 +174,16 @@ class FailureDetector:
             peer.fast_seen = True
 
     def dead_report_credible(self, pnn: int, now: float) -> bool:
-        """Another node declared `pnn` dead. Believe it unless we heard from `pnn` within the
-        dead timeout ourselves (then the reporter is the one cut off from it)."""
+        """Another node declared `pnn` dead. Believe it unless `pnn` is plainly alive from here:
+        we heard from it within one and a half heartbeat intervals (then the reporter is the
+        one cut off from it). Anything older proves nothing: heartbeats to different watchers
+        and other traffic arrive at different moments, so a dead node's last packets can reach
+        us a little later than the reporter."""
         peer = self._peers.get(pnn)
         if peer is None:
             return True
-        window = self.settings.dead_timeout if self.settings.fast_path else self.settings.keepalive_interval
+        window = 1.5 * self.settings.heartbeat_interval if self.settings.fast_path \
+            else self.settings.keepalive_interval
         return now - peer.last_rx > window
 
     def tick(self, now: float) -> list[Action]:

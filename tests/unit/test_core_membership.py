@@ -134,8 +134,8 @@ def test_dead_report_credibility():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)
     det.traffic(1, 1.0)
-    assert not det.dead_report_credible(1, 1.1)     # we heard from it 100 ms ago
-    assert det.dead_report_credible(1, 1.5)
+    assert not det.dead_report_credible(1, 1.05)    # we heard from it 50 ms ago
+    assert det.dead_report_credible(1, 1.2)         # 200 ms: its last packets just came later
     assert det.dead_report_credible(7, 1.5)         # not connected to us anyway
 
 
