@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -96,8 +97,8 @@ class LabCluster:
         t0 = time.monotonic()
         self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name}
         self.backend.build(configure=self._configure)
-        for node in self.nodes:
-            self.launcher.start(node)
+        with ThreadPoolExecutor(max_workers=8) as pool:    # pyctdbd takes ~0.5 s to daemonise
+            list(pool.map(self.launcher.start, self.nodes))
         self.progress(f"{self.launcher.name} started on {len(self.nodes)} nodes; waiting until "
                       f"every node is OK and every public IP is hosted")
         self.wait_healthy(timeout=timeout)
@@ -131,11 +132,14 @@ class LabCluster:
     def setup_samba(self, timeout: float = 60.0, nodes: list[LabHost] | None = None) -> None:
         """Add the SMB user (per node: passdb is per node unless smbd is clustered) and wait
         until smbd listens on 445 — the daemon's 50.samba event script starts it."""
-        for node in nodes or self.nodes:
+        def add_user(node: LabHost) -> None:
             result = node.run(add_user_command(), input=add_user_input(), timeout=30)
             if result.returncode != 0:
                 raise ClusterNotReady(f"smbpasswd failed on {node.name}: "
                                       f"{(result.stderr or result.stdout).strip()}")
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(add_user, nodes or self.nodes))
         self.wait_until(lambda: all(self.smbd_listening(n) for n in nodes or self.nodes),
                         timeout, "smbd listening on port 445 on every node")
 

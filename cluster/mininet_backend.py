@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -155,8 +156,12 @@ class MininetCluster:
                 name=name, index=c, role="client",
                 ips={f"{name}-eth0": f"{plan.client_ip(c)}/{PREFIXLEN}"},
                 macs={f"{name}-eth0": _mac(plan.slot, 3, c)}))
-        for host in self.nodes + self.clients:
-            self._create_host(host)
+        members = self.nodes + self.clients
+        for host in members:
+            self._make_mininet_host(host)
+        # The in-host configuration is independent per host and mostly waits on subprocesses.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._configure_inside, members))
         for switch in self._switches.values():
             switch.start([])
         self._save_state()
@@ -164,7 +169,12 @@ class MininetCluster:
                       f"in {time.monotonic() - t0:.2f} s (prefix {self.prefix})")
 
     def _create_host(self, host: LabHost) -> None:
-        """Make the Mininet host, its links, addresses, sysctls and (for nodes) mounts."""
+        """Make the Mininet host and its links, then configure it inside."""
+        self._make_mininet_host(host)
+        self._configure_inside(host)
+
+    def _make_mininet_host(self, host: LabHost) -> None:
+        """The Mininet host, its links and the holder process (Mininet is not thread-safe)."""
         from mininet.link import Link, TCLink
         from mininet.node import Host
 
@@ -187,6 +197,9 @@ class MininetCluster:
         _wait_for(lambda: netns_of(host.pid) == host.netns
                   and mntns_of(host.pid) == mntns_of(mn_host.pid), f"{host.name} holder", timeout=5)
         host.powered = True
+
+    def _configure_inside(self, host: LabHost) -> None:
+        """Addresses, sysctls and (for nodes) mounts, run inside the host with one command."""
         script = ["set -e", "ip link set lo up",
                   "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
                   "sysctl -qw net.ipv4.conf.all.promote_secondaries=1 "

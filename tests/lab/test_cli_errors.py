@@ -13,22 +13,20 @@ import pytest
 CTDBLAB = [sys.executable, "-m", "ctdblab"]
 
 
-def lab_links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()
-            if line.split(": ")[1].startswith("cx")}
-
-
-def run_cli(args, tmp_path, **kwargs):
-    before = lab_links()
+def run_cli(args, tmp_path, env=None):
+    # A private slot registry: building any network must take a slot there first, so an empty
+    # registry afterwards proves nothing was built (machine-wide link lists would race with
+    # other pytest-xdist workers that build clusters at the same time).
+    state = tmp_path / "state"
+    env = {**(env or os.environ), "CTDBLAB_STATE_DIR": str(state)}
     result = subprocess.run([*CTDBLAB, *args], capture_output=True, text=True, timeout=60,
-                            cwd=tmp_path, **kwargs)
+                            cwd=tmp_path, env=env)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("ctdblab: "), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists(), "an output directory was created for a bad run"
-    assert lab_links() <= before, "links were left behind"
+    assert not state.exists() or not any(state.iterdir()), "a lab slot was taken"
     return lines[0]
 
 
@@ -61,8 +59,8 @@ def test_missing_package_is_named(tmp_path):
     for tool in ("mnexec", "brctl", "ip", "tc", "nft", "ping", "tcpdump", "ss", "ctdb", "smbd",
                  "smbpasswd"):
         (bindir / tool).symlink_to(shutil.which(tool))
-    env = {**os.environ, "PATH": str(bindir)}
-    line = run_cli(["run", "failover", "--daemon", "ctdb", "--out", "out"], tmp_path, env=env)
+    line = run_cli(["run", "failover", "--daemon", "ctdb", "--out", "out"], tmp_path,
+                   env={**os.environ, "PATH": str(bindir)})
     assert "ctdbd" in line and "install" in line
 
 
