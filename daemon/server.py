@@ -58,9 +58,9 @@ log = logging.getLogger("ctdblab.daemon")
 _U32 = struct.Struct("<I")
 _SRVID_LEN = struct.Struct("<QI")
 
-TICKLE_SCAN_INTERVAL = 1.0       # s between sock_diag scans of connections to held IPs (at least)
-TICKLE_SCAN_MAX_INTERVAL = 3.0   # s (at most)
-SCAN_CPU_BUDGET = 0.001          # fraction of a core the scans may use
+TICKLE_POLL_INTERVAL = 0.5       # s between looks at the TCP counters (while holding IPs)
+TICKLE_SCAN_MAX_INTERVAL = 5.0   # s between full connection scans when the counters are quiet
+SCAN_CPU_BUDGET = 0.005          # fraction of a core the scans may use while connections churn
 TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried
 STARTUP_RETRY = 5.0              # s between failed "startup" events (as CTDB)
 MONITOR_RETRY = 0.2              # s before a cancelled monitor event is tried again
@@ -1311,18 +1311,27 @@ class Daemon:
 
     async def _tickle_loop(self) -> None:
         """Find connections to the IPs we hold that nobody registered (sock_diag), and push
-        tickle lists. A scan walks the kernel's whole TCP hash table (2-3 ms on a host with
-        lots of memory), so the scan interval stretches to keep it under SCAN_CPU_BUDGET of a
-        core: 1 s where scans are cheap, at most TICKLE_SCAN_MAX_INTERVAL."""
+        tickle lists. A full dump walks the kernel's whole TCP hash table (2-3 ms on a host with
+        a lot of memory), so it runs only when the namespace's TCP counters moved (checked every
+        TICKLE_POLL_INTERVAL) or TICKLE_SCAN_MAX_INTERVAL passed, and never more often than
+        keeps it under SCAN_CPU_BUDGET of a core."""
         last_push = self.now
-        interval = TICKLE_SCAN_INTERVAL
+        last_scan = 0.0
+        last_counter: tuple[int, ...] | None = None
+        min_gap = TICKLE_POLL_INTERVAL
         while not self._shutting_down:
-            await asyncio.sleep(interval)
             held = [v.ip for v in self.public.held()]
-            if not held:
-                interval = TICKLE_SCAN_MAX_INTERVAL     # nothing to scan: wake up less
+            await asyncio.sleep(TICKLE_POLL_INTERVAL if held else TICKLE_SCAN_MAX_INTERVAL)
+            held = [v.ip for v in self.public.held()]
+            if not held or self.failover_disabled:
                 continue
-            if held and not self.failover_disabled:
+            now = self.now
+            counter = self.effects.connection_counter()
+            due = (counter is None or counter != last_counter
+                   or now - last_scan >= TICKLE_SCAN_MAX_INTERVAL)
+            if due and now - last_scan >= min_gap:
+                last_counter = counter
+                last_scan = now
                 started = time.perf_counter()
                 try:
                     found = self.effects.established(held)
@@ -1330,21 +1339,24 @@ class Daemon:
                     log.debug("connection scan failed: %s", exc)
                     found = []
                 cost = time.perf_counter() - started
-                interval = min(TICKLE_SCAN_MAX_INTERVAL, max(TICKLE_SCAN_INTERVAL, cost / SCAN_CPU_BUDGET))
-                by_ip: dict[str, list[Connection]] = {ip: [] for ip in held}
-                for server, client in found:
-                    conn = _conn_of(server, client)
-                    by_ip.setdefault(conn.dst_ip, []).append(conn)
-                for ip, conns in by_ip.items():
-                    added, removed = self.tickles.sync_kernel(ip, conns)
-                    for conn in added:
-                        self.tickle_changed(conn, True)
-                    for conn in removed:
-                        self.tickle_changed(conn, False)
-            if self.now - last_push >= self.tunables.get("TickleUpdateInterval"):
-                last_push = self.now
+                min_gap = max(TICKLE_POLL_INTERVAL, cost / SCAN_CPU_BUDGET)
+                self._sync_kernel_connections(held, found)
+            if now - last_push >= self.tunables.get("TickleUpdateInterval"):
+                last_push = now
                 for ip in self.tickles.take_dirty(held):
                     self._push_tickle_list(ip, BROADCAST_CONNECTED)
+
+    def _sync_kernel_connections(self, held: list[str], found) -> None:
+        by_ip: dict[str, list[Connection]] = {ip: [] for ip in held}
+        for server, client in found:
+            conn = _conn_of(server, client)
+            by_ip.setdefault(conn.dst_ip, []).append(conn)
+        for ip, conns in by_ip.items():
+            added, removed = self.tickles.sync_kernel(ip, conns)
+            for conn in added:
+                self.tickle_changed(conn, True)
+            for conn in removed:
+                self.tickle_changed(conn, False)
 
     # ------------------------------------------------------------------------------------------
     # controls
