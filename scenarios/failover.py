@@ -97,13 +97,17 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
         history.run = None
     cpu1, wall1 = os.times(), time.monotonic()
     lab_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    # Reaped children: the probes and the `ctdb` status polls (run inside nodes and clients).
+    kids_cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     public_runs = [{k: v for k, v in run.items() if k != "window_end"} for run in runs]
     return {
         "scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
         "victim_spec": victim, "bw_mbit": bw_mbit, "runs": public_runs,
         "summary": {m: summarize(run.get(m) for run in runs) for m in METRICS},
         "lab_overhead": {"cpu_s": round(lab_cpu, 2), "wall_s": round(wall1 - wall0, 1),
-                         "cpu_pct_of_one_core": round(100 * lab_cpu / (wall1 - wall0), 2)},
+                         "cpu_pct_of_one_core": round(100 * lab_cpu / (wall1 - wall0), 2),
+                         "probes_and_polls_cpu_s": round(kids_cpu, 2),
+                         "probes_and_polls_cpu_pct": round(100 * kids_cpu / (wall1 - wall0), 2)},
     }
 
 
