@@ -58,11 +58,12 @@ log = logging.getLogger("ctdblab.daemon")
 _U32 = struct.Struct("<I")
 _SRVID_LEN = struct.Struct("<QI")
 
-TICKLE_POLL_INTERVAL = 0.5       # s between looks at the TCP counters (while holding IPs)
-TICKLE_SCAN_MAX_INTERVAL = 5.0   # s between full connection scans when the counters are quiet
+TICKLE_POLL_INTERVAL = 1.0       # s between looks at the TCP counters (while holding IPs)
+TICKLE_SCAN_MAX_INTERVAL = 30.0  # s between full connection scans when the counters are quiet
 SCAN_CPU_BUDGET = 0.005          # fraction of a core the scans may use while connections churn
 TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried
 STARTUP_RETRY = 5.0              # s between failed "startup" events (as CTDB)
+DRAIN_EVERY = 2                  # read the heartbeat socket every this many timer runs
 MONITOR_RETRY = 0.2              # s before a cancelled monitor event is tried again
 BROADCASTS = (BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED)
 
@@ -171,6 +172,8 @@ class Daemon:
         self._startup_done = False
         self._warned_no_scripts = False
         self._heartbeat_frames: dict[int, bytes] = {}
+        self._leader_frames: dict[tuple[int, int], bytes] = {}
+        self._ticks = 0
         from . import handlers
         self._handlers = handlers.HANDLERS
 
@@ -406,7 +409,11 @@ class Daemon:
     def _on_timer(self) -> None:
         self._timer = None
         now = self.now
-        if self.transport is not None and self.transport.has_fast_channel:
+        self._ticks += 1
+        # Queued heartbeats carry their arrival time, so they need reading only every few
+        # ticks, and always before a peer could be declared dead.
+        if self.transport is not None and self.transport.has_fast_channel and (
+                self._ticks % DRAIN_EVERY == 0 or self.detector.dead_deadline_due(now)):
             for pnn, arrival in self.transport.drain_fast(now - time.time()):
                 self.detector.fast_heartbeat(pnn, min(arrival, now))
         self._handle_detector(self.detector.tick(now))
@@ -719,7 +726,7 @@ class Daemon:
             return
         for action in actions:
             if isinstance(action, BroadcastLeader):
-                self._broadcast_message(Srvid.LEADER, pack_message(Srvid.LEADER, action.pnn))
+                self._broadcast_leader(action.pnn)
             elif isinstance(action, SendLeader):
                 self.send_message(action.to, Srvid.LEADER, pack_message(Srvid.LEADER, action.pnn))
             elif isinstance(action, BroadcastElection):
@@ -737,6 +744,22 @@ class Daemon:
                 log.error("Start election (%s)", action.reason)
             elif isinstance(action, LeaderChanged):
                 self._leader_changed(action)
+
+    def _broadcast_leader(self, leader: int) -> None:
+        """The 1 Hz leader broadcast, to every connected node and local clients; the frames
+        are built once per destination and reused."""
+        data = pack_message(Srvid.LEADER, leader)
+        for pnn in self.nodemap.connected_pnns():
+            if pnn == self.my_pnn:
+                self._on_message(self.my_pnn, Srvid.LEADER, data)
+                continue
+            key = (pnn, leader)
+            frame = self._leader_frames.get(key)
+            if frame is None:
+                frame = encode_packet(ReqMessage(Srvid.LEADER, data), destnode=pnn,
+                                      srcnode=self.my_pnn, reqid=0)
+                self._leader_frames[key] = frame
+            self.transport.send(pnn, frame)
 
     async def _take_lock(self) -> None:
         assert self.cluster_lock is not None
@@ -1321,7 +1344,7 @@ class Daemon:
         min_gap = TICKLE_POLL_INTERVAL
         while not self._shutting_down:
             held = [v.ip for v in self.public.held()]
-            await asyncio.sleep(TICKLE_POLL_INTERVAL if held else TICKLE_SCAN_MAX_INTERVAL)
+            await asyncio.sleep(TICKLE_POLL_INTERVAL if held else 5.0)
             held = [v.ip for v in self.public.held()]
             if not held or self.failover_disabled:
                 continue

@@ -224,6 +224,12 @@ class FailureDetector:
             return due + 0.0005
         return when
 
+    def dead_deadline_due(self, now: float) -> bool:
+        """True when some watched peer's dead timeout has run out (as far as we know): the
+        shell must read its queued heartbeats before calling `tick`."""
+        due = self._earliest_dead_deadline()
+        return due is not None and due <= now
+
     def _earliest_dead_deadline(self) -> float | None:
         if not self.settings.fast_path:
             return None
