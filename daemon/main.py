@@ -68,6 +68,18 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
+class QuietSysLogHandler(logging.handlers.SysLogHandler):
+    """syslog that, when there is no syslog daemon, says so once on stderr and then drops
+    records instead of printing a traceback per record."""
+
+    _complained = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._complained:
+            self._complained = True
+            sys.stderr.write(f"{PROGRAM}: cannot log to syslog ({self.address}); log lines are lost\n")
+
+
 def python_level(samba_level: int) -> int:
     if samba_level <= 0:
         return logging.ERROR
@@ -86,12 +98,11 @@ def setup_logging(location: LogLocation, level: int) -> logging.Handler:
         handler: logging.Handler = ReopenableFileHandler(location.path, delay=False)
         handler.setFormatter(CtdbFormatter())
     elif location.kind == "syslog":
+        facility = logging.handlers.SysLogHandler.LOG_DAEMON
         if location.syslog_method in ("udp", "udp-rfc5424"):
-            handler = logging.handlers.SysLogHandler(address=("localhost", 514),
-                                                     facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler = QuietSysLogHandler(address=("localhost", 514), facility=facility)
         else:
-            handler = logging.handlers.SysLogHandler(address="/dev/log",
-                                                     facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler = QuietSysLogHandler(address="/dev/log", facility=facility)
         handler.setFormatter(CtdbFormatter(with_time=False))
     else:
         handler = logging.StreamHandler(sys.stderr)
