@@ -41,6 +41,7 @@ _HEAD = struct.Struct("<8I")
 RECONNECT_INTERVAL = 1.0          # s, as CTDB
 CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
 MAX_WRITE_BUFFER = 32 * 1024 * 1024   # a peer that stops reading this much is dropped
+MAX_WAITING = 1000                    # frames held while our dial to a peer completes
 
 Log = Callable[[str], None]
 
@@ -53,6 +54,9 @@ class _Peer:
     inbound: _Inbound | None = None
     connected: bool = False                  # both directions up (as last reported)
     dial_task: asyncio.Task | None = None
+    # Frames for a peer whose connection to us is up while ours to it is still being set up
+    # (it can send us a control before our dial completes): held until our dial is done.
+    waiting: list[bytes] = field(default_factory=list)
     tx_packets: int = 0
     rx_packets: int = 0
 
@@ -212,7 +216,12 @@ class NodeTransport:
     def send(self, pnn: int, frame: bytes) -> bool:
         """Queue `frame` on our connection to `pnn`; False if there is none."""
         peer = self._peers.get(pnn)
-        if peer is None or peer.outbound is None or peer.outbound.transport is None:
+        if peer is None:
+            return False
+        if peer.outbound is None or peer.outbound.transport is None:
+            if peer.inbound is not None and not peer.inbound.closing and len(peer.waiting) < MAX_WAITING:
+                peer.waiting.append(frame)
+                return True
             return False
         transport = peer.outbound.transport
         if transport.is_closing():
@@ -301,6 +310,7 @@ class NodeTransport:
         if peer is None:
             return
         self._log(f"Tearing down connection to dead node :{pnn} ({reason})")
+        peer.waiting.clear()
         if peer.outbound is not None and peer.outbound.transport is not None:
             peer.outbound.transport.abort()
         if peer.inbound is not None:
@@ -351,6 +361,9 @@ class NodeTransport:
             last_error = ""
             assert isinstance(protocol, _Outbound)
             peer.outbound = protocol
+            waiting, peer.waiting = peer.waiting, []
+            for frame in waiting:
+                self.send(peer.pnn, frame)
             self._update(peer)
             await protocol.lost
             await asyncio.sleep(RECONNECT_INTERVAL if not self._closed else 0)
@@ -382,6 +395,7 @@ class NodeTransport:
         if peer is None or peer.inbound is not protocol:
             return
         peer.inbound = None
+        peer.waiting.clear()
         self._update(peer, f"inbound connection lost ({_describe(exc) if exc else 'closed'})")
 
 

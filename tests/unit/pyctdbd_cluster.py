@@ -158,6 +158,17 @@ class LocalCluster:
                 return False
         return True
 
+    def settled(self, pnns: list[int] | None = None, quiet: float = 1.0) -> bool:
+        """Healthy, one leader everywhere, and the IP allocation unchanged for `quiet` s
+        (startup moves IPs around while nodes turn healthy one after the other)."""
+        pnns = list(range(self.n)) if pnns is None else pnns
+        if not self.healthy(pnns):
+            return False
+        before = (self.ips(pnns[0]), {self.ok(p, "leader").strip() for p in pnns})
+        time.sleep(quiet)
+        after = (self.ips(pnns[0]), {self.ok(p, "leader").strip() for p in pnns})
+        return before == after and len(after[1]) == 1 and self.healthy(pnns)
+
     def describe(self) -> str:
         parts = []
         for pnn in range(self.n):

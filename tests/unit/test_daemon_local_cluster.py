@@ -21,7 +21,7 @@ def cluster(tmp_path):
     c = LocalCluster(tmp_path, 3)
     c.start()
     try:
-        c.wait_for("a healthy cluster with all IPs hosted", c.healthy, timeout=20)
+        c.wait_for("a settled cluster with all IPs hosted", c.settled, timeout=30)
         yield c
     finally:
         c.stop()
@@ -266,9 +266,9 @@ def test_election_without_a_cluster_lock(tmp_path):
         c.start_node(pnn)
         time.sleep(0.7)
     try:
-        c.wait_for("healthy", c.healthy, timeout=20)
+        c.wait_for("settled", c.settled, timeout=30)
         leaders = {c.ok(p, "leader").strip() for p in range(3)}
-        assert len(leaders) == 1
+        assert len(leaders) == 1, c.describe()
         leader = int(leaders.pop())
         # CTDB's rule: the longest-running node wins; node 0 started first.
         assert leader == 0, c.describe()
