@@ -167,6 +167,7 @@ class Daemon:
         # Announcement bursts per IP (so a release can stop them).
         self._bursts: dict[str, asyncio.Task] = {}
         self._monitor_wakeup: asyncio.Event | None = None
+        self._tickle_wakeup: asyncio.Event | None = None
         self._monitor_timeouts = 0
         self._ban_timer: asyncio.TimerHandle | None = None
         self._startup_done = False
@@ -252,6 +253,7 @@ class Daemon:
         self._stop = self.loop.create_future()
         self._leader_wakeup = asyncio.Event()
         self._monitor_wakeup = asyncio.Event()
+        self._tickle_wakeup = asyncio.Event()
         me = self.nodemap.me
         notice("CTDB starting on node %u (%s), pyctdbd pid %d", self.my_pnn, me.address, os.getpid())
         notice("PNN is %u", self.my_pnn)
@@ -1081,6 +1083,8 @@ class Daemon:
             self.public.assign(vnn, iface)
             notice("Takeover of IP %s/%u on interface %s", vnn.ip, vnn.prefixlen, iface)
             self._start_bursts(vnn, iface)
+            if self._tickle_wakeup is not None:
+                self._tickle_wakeup.set()      # start looking for connections to it now
             result = await self.run_event("takeip", [iface, vnn.ip, str(vnn.prefixlen)],
                                            timeout=self.tunables.get("EventScriptTimeout"))
             if result.timed_out:
@@ -1342,9 +1346,15 @@ class Daemon:
         last_scan = 0.0
         last_counter: tuple[int, ...] | None = None
         min_gap = TICKLE_POLL_INTERVAL
+        wakeup = self._tickle_wakeup
         while not self._shutting_down:
             held = [v.ip for v in self.public.held()]
-            await asyncio.sleep(TICKLE_POLL_INTERVAL if held else 5.0)
+            wakeup.clear()
+            try:
+                # Holding nothing: sleep until a takeover wakes us (or a while passes).
+                await asyncio.wait_for(wakeup.wait(), TICKLE_POLL_INTERVAL if held else 30.0)
+            except asyncio.TimeoutError:
+                pass
             held = [v.ip for v in self.public.held()]
             if not held or self.failover_disabled:
                 continue
