@@ -26,7 +26,8 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .server import Daemon, Request, Result
+    from .control import Request, Result
+    from .server import Daemon
 
 log = logging.getLogger("ctdblab.daemon")
 NOTICE = 25
@@ -52,7 +53,7 @@ def handles(*opcodes: int) -> Callable:
 
 
 def _result(*args, **kwargs) -> Result:
-    from .server import Result
+    from .control import Result
     return Result(*args, **kwargs)
 
 
@@ -533,7 +534,7 @@ def send_gratuitous_arp(d: Daemon, req: Request) -> Result:
 
 # -- TCP connection tracking ---------------------------------------------------------------------
 def _conn(req: Request):
-    from .server import conn_from_wire
+    from .convert import conn_from_wire
     return conn_from_wire(_value(req))
 
 
@@ -615,14 +616,14 @@ def get_tcp_tickle_list(d: Daemon, req: Request) -> Result:
     if ip is None or d.public.find(ip) is None:
         log.error("Could not get tcp tickle list, '%s' is not a public address", addr)
         return _result(1)
-    from .server import _wire_conn
-    conns = [_wire_conn(c) for c in d.tickles.connections(ip, addr.port)]
+    from .convert import wire_conn
+    conns = [wire_conn(c) for c in d.tickles.connections(ip, addr.port)]
     return _reply(req, TickleList(addr, conns))
 
 
 @handles(Control.SET_TCP_TICKLE_LIST)
 def set_tcp_tickle_list(d: Daemon, req: Request) -> Result:
-    from .server import conn_from_wire
+    from .convert import conn_from_wire
     tickles: TickleList = _value(req)
     ip = _addr_of(tickles.addr)
     vnn = d.public.find(ip) if ip else None

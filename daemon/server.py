@@ -14,7 +14,6 @@ import asyncio
 import errno
 import logging
 import os
-import random
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -29,25 +28,26 @@ from .core.membership import (
     DetectorSettings, FailureDetector, LoopStalled, PeerDead, SendHeartbeat, SendKeepalive,
     SendWatch,
 )
+from .control import Request, Result
 from .core.nodes import FlagChange, NodeMap, flags_text
-from .core.publicips import PublicIPs, Vnn
-from .core.takeover import IPReport, nodes_to_ask_available, plan_takeover_run
-from .core.tickles import KERNEL, REMOTE, Connection, TickleTable
+from .core.publicips import PublicIPs
+from .core.tickles import TickleTable
 from .effects import Effects
+from .ipactions import PublicIPActions
+from .leader import LeaderDuties
 from .lock import ClusterLock, helper_argv
 from .net import internal
 from .net.local import Client, LocalServer
 from .net.rpc import ControlClient, ControlError
 from .net.transport import NodeTransport
+from .tickling import TickleReplication
 from .protocol import (
     BROADCAST_ACTIVE, BROADCAST_ALL, BROADCAST_CONNECTED, CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER,
     CTDB_PORT, CURRENT_NODE, INVALID_GENERATION, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN, Control,
-    ControlFlag, NodeFlag, Operation, ProtocolError, PublicIp, PublicIpList, RecMode, ReplyControl,
-    ReplyError, ReqControl, ReqKeepalive, ReqMessage, Runstate, SockAddr, Srvid, TickleList,
-    Timeval, VnnMap, decode_packet, encode_packet, pack_message, pack_request, unpack_message,
-    unpack_reply,
+    ControlFlag, NodeFlag, Operation, ProtocolError, RecMode, ReplyControl, ReplyError, ReqControl,
+    ReqKeepalive, ReqMessage, Runstate, Srvid, Timeval, VnnMap, decode_packet, encode_packet,
+    pack_message, unpack_message,
 )
-from .protocol import Connection as WireConnection
 from .protocol import ElectionMessage as WireElectionMessage
 from .protocol.messages import pack_i32_reply
 
@@ -58,10 +58,6 @@ log = logging.getLogger("ctdblab.daemon")
 _U32 = struct.Struct("<I")
 _SRVID_LEN = struct.Struct("<QI")
 
-TICKLE_POLL_INTERVAL = 1.0       # s between looks at the TCP counters (while holding IPs)
-TICKLE_SCAN_MAX_INTERVAL = 30.0  # s between full connection scans when the counters are quiet
-SCAN_CPU_BUDGET = 0.005          # fraction of a core the scans may use while connections churn
-TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried
 STARTUP_RETRY = 5.0              # s between failed "startup" events (as CTDB)
 DRAIN_EVERY = 2                  # read the heartbeat socket every this many timer runs
 MONITOR_RETRY = 0.2              # s before a cancelled monitor event is tried again
@@ -81,32 +77,11 @@ class DaemonOptions:
     failover_disabled: bool = False
 
 
-@dataclass
-class Request:
-    """One control to answer: where it came from and its raw payload."""
-
-    opcode: int
-    flags: int
-    srvid: int
-    client_id: int
-    data: bytes
-    src: int                       # origin node (this node for local clients)
-    client: Client | None = None
-
-
-@dataclass
-class Result:
-    status: int = 0
-    data: bytes = b""
-    errmsg: str | None = None
-    after: Callable[[], None] | None = None     # run once the reply has been sent
-
-
 def notice(message: str, *args: object) -> None:
     log.log(NOTICE, message, *args)
 
 
-class Daemon:
+class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         cfg = options.config
@@ -802,422 +777,6 @@ class Daemon:
             self._force_rebalance.clear()
 
     # ------------------------------------------------------------------------------------------
-    # leader duties: recovery (vnnmap/generation/recmode) and takeover runs
-    # ------------------------------------------------------------------------------------------
-    def _schedule_leader_work(self, *, recovery: bool = False, takeover: bool = False, reason: str = "",
-                              reply_to: tuple[int, int] | None = None) -> None:
-        if recovery:
-            self._need_recovery = True
-        if takeover:
-            self._need_takeover = True
-        if reply_to is not None and reply_to[1] != 0:
-            self._takeover_requests.append(reply_to)
-        log.info("Leader work scheduled: recovery=%s takeover=%s (%s)", recovery, takeover, reason)
-        if self._leader_wakeup is not None:
-            self._leader_wakeup.set()
-
-    async def _leader_loop(self) -> None:
-        assert self._leader_wakeup is not None
-        while not self._shutting_down:
-            await self._leader_wakeup.wait()
-            self._leader_wakeup.clear()
-            if not self.election.is_leader:
-                self._need_recovery = self._need_takeover = False
-                continue
-            delay = self.ms("TakeoverRunDelayMs")
-            if delay:
-                await asyncio.sleep(delay)
-            now = self.now
-            jobs = []
-            if self._need_recovery and now >= self._recovery_disabled_until:
-                self._need_recovery = False
-                jobs.append(self._do_recovery())
-            run_takeover = self._need_takeover
-            if run_takeover and now < self._takeover_disabled_until:
-                wait = self._takeover_disabled_until - now
-                notice("Not running takeover run - disabled for %.1f more seconds", wait)
-                self.loop.call_later(wait, self._leader_wakeup.set)
-                run_takeover = False
-            if run_takeover:
-                self._need_takeover = False
-                requests, self._takeover_requests = self._takeover_requests, []
-                jobs.append(self._do_takeover_run(requests))
-            if not jobs:
-                continue
-            connected_before = self.nodemap.connected_pnns()
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-            failed = False
-            for result in results:
-                if isinstance(result, BaseException):
-                    log.error("Leader work failed: %r", result)
-                    failed = True
-                elif result is False:
-                    failed = True
-            if failed and self.election.is_leader:
-                if self.nodemap.connected_pnns() != connected_before:
-                    # A node dropped out during the run (a death being detected right now):
-                    # run again at once with the new membership.
-                    log.info("Membership changed during the run: running again at once")
-                else:
-                    # Retry soon, backing off while the failure persists.
-                    self._retry_delay = (min(5.0, self._retry_delay * 2) if self._retry_delay
-                                         else TAKEOVER_RETRY_DELAY)
-                    await asyncio.sleep(self._retry_delay)
-                self._need_recovery = True
-                self._need_takeover = True
-                self._leader_wakeup.set()
-            elif not failed:
-                self._retry_delay = 0.0
-                self._ban_credits.clear()
-
-    async def _controls(self, pnns: Iterable[int], opcode: int, data: bytes = b"", *, flags: int = 0,
-                        timeout: float) -> dict[int, ReplyControl | Exception]:
-        """The same control to several nodes at once (this node included, answered in-process)."""
-        pnns = list(pnns)
-
-        async def one(pnn: int) -> ReplyControl | Exception:
-            try:
-                return await self.control(pnn, opcode, data, flags=flags, timeout=timeout)
-            except ControlError as exc:
-                return exc
-
-        results = await asyncio.gather(*(one(p) for p in pnns))
-        return dict(zip(pnns, results))
-
-    async def control(self, pnn: int, opcode: int, data: bytes = b"", *, flags: int = 0,
-                      timeout: float = 10.0) -> ReplyControl:
-        """A control to any node; raises ControlError unless it succeeded."""
-        if pnn == self.my_pnn:
-            future = self.loop.create_future()
-            req = Request(opcode, flags, 0, 0, data, self.my_pnn)
-            self.dispatch_control(req, lambda res: future.done() or future.set_result(res))
-            res: Result = await asyncio.wait_for(future, timeout)
-            if res.after is not None:
-                res.after()
-            if res.status != 0:
-                raise ControlError(f"control {opcode} on this node failed with status {res.status}"
-                                   + (f": {res.errmsg}" if res.errmsg else ""), res.status)
-            return ReplyControl(res.status, res.data, res.errmsg)
-        return await self.rpc.call(pnn, opcode, data, flags=flags, timeout=timeout)
-
-    async def _do_recovery(self) -> bool:
-        generation = random.randint(2, 0xFFFFFFFE)
-        active = [p for p in self.nodemap.active_pnns()
-                  if (self.capabilities if p == self.my_pnn else self.peer_capabilities.get(p, CAP_DEFAULT))
-                  & CAP_LMASTER]
-        vnnmap = VnnMap(generation, active or [self.my_pnn])
-        targets = self.nodemap.active_pnns()
-        timeout = float(self.tunables.get("RecoverTimeout"))
-        notice("Recovery initiated: generation %u, vnnmap %s", generation, vnnmap.map)
-        stages = [
-            (Control.SET_RECMODE, pack_request(Control.SET_RECMODE, RecMode.ACTIVE)),
-            (Control.START_RECOVERY, b""),
-            (Control.SETVNNMAP, pack_request(Control.SETVNNMAP, vnnmap)),
-            (Control.SET_RECMODE, pack_request(Control.SET_RECMODE, RecMode.NORMAL)),
-            (Control.END_RECOVERY, b""),
-        ]
-        for opcode, data in stages:
-            replies = await self._controls(targets, opcode, data, timeout=timeout)
-            bad = {p: r for p, r in replies.items() if isinstance(r, Exception)}
-            if bad:
-                for pnn, exc in bad.items():
-                    log.error("Recovery: %s failed on node %u: %s", Control(opcode).name, pnn, exc)
-                return False
-        notice("Recovery complete: generation %u on nodes %s", generation, targets)
-        return True
-
-    async def _do_takeover_run(self, requests: list[tuple[int, int]]) -> bool:
-        started = self.now
-        ok = await self._takeover_run()
-        self._takeover_runs += 1
-        result = self.my_pnn if ok else -1
-        for pnn, srvid in requests:
-            self.send_message(pnn, srvid, pack_i32_reply(result))
-        if ok:
-            notice("Takeover run completed successfully (%.1f ms)", (self.now - started) * 1000)
-        else:
-            log.error("Takeover run unsuccessful")
-        return ok
-
-    async def _takeover_run(self) -> bool:
-        notice("Takeover run starting")
-        flags = [n.flags for n in self.nodemap.nodes]
-        connected = [p for p in self.nodemap.connected_pnns()]
-        timeout = 3.0 * self.tunables.get("TakeoverTimeout")
-        deadline = self.now + timeout
-
-        def left() -> float:
-            return max(0.05, deadline - self.now)
-
-        if self.failover_disabled:
-            return await self._ipreallocated_all(connected, left())
-        replies = await self._controls(connected, Control.GET_PUBLIC_IPS, timeout=left())
-        known: dict[int, IPReport] = {}
-        for pnn, reply in replies.items():
-            if isinstance(reply, Exception):
-                log.error("Takeover run: GET_PUBLIC_IPS failed on node %u: %s", pnn, reply)
-                return False
-            ips: PublicIpList = unpack_reply(Control.GET_PUBLIC_IPS, reply.data)
-            known[pnn] = IPReport(pnn, {str(ip.addr.canonical()): ip.pnn for ip in ips.ips})
-        ask = nodes_to_ask_available(flags, known)
-        replies = await self._controls(ask, Control.GET_PUBLIC_IPS, flags=ControlFlag.ONLY_AVAILABLE,
-                                       timeout=left())
-        available: dict[int, list[str]] = {}
-        for pnn, reply in replies.items():
-            if isinstance(reply, Exception):
-                log.error("Takeover run: GET_PUBLIC_IPS (available) failed on node %u: %s", pnn, reply)
-                return False
-            ips = unpack_reply(Control.GET_PUBLIC_IPS, reply.data)
-            available[pnn] = [str(ip.addr.canonical()) for ip in ips.ips]
-        force = sorted(self._force_rebalance)
-        self._force_rebalance.clear()
-        try:
-            plan = plan_takeover_run(
-                flags, known, available, algorithm=self.tunables.get("IPAllocAlgorithm"),
-                no_ip_failback=bool(self.tunables.get("NoIPFailback")),
-                no_ip_takeover=bool(self.tunables.get("NoIPTakeover")),
-                force_rebalance_nodes=force, log=self._ipalloc_log)
-        except ValueError as exc:
-            log.error("Takeover run: allocation failed: %s", exc)
-            return False
-        if plan.skipped_reason:
-            notice("%s", plan.skipped_reason)
-            return await self._ipreallocated_all(plan.ipreallocated, left())
-        for ip, old, new in plan.moves():
-            notice("Takeover run: %s moves from %s to %s", ip, _pnn_text(old), _pnn_text(new))
-        # RELEASE_IP to non-owners, then TAKEOVER_IP to owners, each stage in parallel.
-        release_jobs = [self._one_control(r.pnn, Control.RELEASE_IP,
-                                          pack_request(Control.RELEASE_IP, _public_ip(r.new_owner, r.ip)),
-                                          left()) for r in plan.releases]
-        if not await self._all_ok(release_jobs, "RELEASE_IP"):
-            return False
-        take_jobs = [self._one_control(t.pnn, Control.TAKEOVER_IP,
-                                       pack_request(Control.TAKEOVER_IP, _public_ip(t.pnn, t.ip)), left())
-                     for t in plan.takes]
-        if not await self._all_ok(take_jobs, "TAKEOVER_IP"):
-            return False
-        return await self._ipreallocated_all(plan.ipreallocated, left())
-
-    async def _one_control(self, pnn: int, opcode: int, data: bytes, timeout: float) -> tuple[int, Exception | None]:
-        try:
-            await self.control(pnn, opcode, data, timeout=timeout)
-            return pnn, None
-        except ControlError as exc:
-            return pnn, exc
-
-    async def _all_ok(self, jobs: list, what: str) -> bool:
-        if not jobs:
-            return True
-        ok = True
-        for pnn, exc in await asyncio.gather(*jobs):
-            if exc is not None:
-                log.error("Takeover run: %s failed on node %u: %s", what, pnn, exc)
-                ok = False
-                # A node that is gone is not to blame; one that answers with a failure is.
-                if self.transport is None or pnn == self.my_pnn or self.transport.is_connected(pnn):
-                    self._add_ban_credit(pnn, f"{what} failed")
-        return ok
-
-    def _add_ban_credit(self, pnn: int, why: str) -> None:
-        """CTDB's culprit counting: a node that keeps failing takeover runs gets banned
-        (2 x nodes credits, RecoveryBanPeriod seconds, unless EnableBans=0)."""
-        now = self.now
-        count, since = self._ban_credits.get(pnn, (0, now))
-        if now - since > self.tunables.get("RecoveryGracePeriod"):
-            count = 0
-            since = now
-        count += 1
-        self._ban_credits[pnn] = (count, since)
-        limit = 2 * len(self.nodemap.peers() + [self.nodemap.me])
-        if count < limit or not self.tunables.get("EnableBans"):
-            return
-        self._ban_credits.pop(pnn, None)
-        period = self.tunables.get("RecoveryBanPeriod")
-        log.error("Node %u reached %u banning credits (%s) - banning it for %u seconds",
-                  pnn, count, why, period)
-        if pnn == self.my_pnn:
-            self.set_ban(period)
-        else:
-            self.spawn(self._ban_remote(pnn, period), f"ban-node-{pnn}")
-
-    async def _ban_remote(self, pnn: int, period: int) -> None:
-        from .protocol import BanState
-        try:
-            await self.control(pnn, Control.SET_BAN_STATE,
-                               pack_request(Control.SET_BAN_STATE, BanState(pnn, period)), timeout=5)
-        except ControlError as exc:
-            log.error("Banning node %u failed: %s", pnn, exc)
-
-    async def _ipreallocated_all(self, pnns: list[int], timeout: float) -> bool:
-        jobs = [self._one_control(p, Control.IPREALLOCATED, b"", timeout) for p in pnns]
-        return await self._all_ok(jobs, "IPREALLOCATED")
-
-    @staticmethod
-    def _ipalloc_log(level: int, text: str) -> None:
-        if level <= 1:
-            log.warning("ipalloc: %s", text)
-        else:
-            log.debug("ipalloc: %s", text)
-
-    # ------------------------------------------------------------------------------------------
-    # this node's public IPs: take, release, announce
-    # ------------------------------------------------------------------------------------------
-    def node_can_host(self) -> bool:
-        return self.nodemap.can_host_ips()
-
-    async def take_ip(self, vnn: Vnn) -> Result:
-        """TAKEOVER_IP for this node (see handlers.takeover_ip for the checks before)."""
-        iface = self.public.best_iface(vnn)
-        if iface is None:
-            log.error("Takeover of IP %s/%u failed: no usable interface", vnn.ip, vnn.prefixlen)
-            return Result(-1, errmsg="no usable interface")
-        vnn.update_in_flight = True
-        try:
-            if not self.failover_disabled:
-                try:
-                    self.effects.add_ip(iface, vnn.ip, vnn.prefixlen)
-                except Exception as exc:
-                    log.error("Takeover of IP %s/%u on interface %s failed: %s", vnn.ip, vnn.prefixlen,
-                              iface, exc)
-                    return Result(-1, errmsg=f"cannot add address: {exc}")
-            self.public.assign(vnn, iface)
-            notice("Takeover of IP %s/%u on interface %s", vnn.ip, vnn.prefixlen, iface)
-            self._start_bursts(vnn, iface)
-            if self._tickle_wakeup is not None:
-                self._tickle_wakeup.set()      # start looking for connections to it now
-            result = await self.run_event("takeip", [iface, vnn.ip, str(vnn.prefixlen)],
-                                           timeout=self.tunables.get("EventScriptTimeout"))
-            if result.timed_out:
-                log.error("takeip event for %s timed out", vnn.ip)
-                self._ban_self("takeip event timed out")
-            elif not result.ok and not result.cancelled:
-                failed = result.failed_script
-                log.error("Failed to takeover IP %s on interface %s (takeip event: %s)", vnn.ip, iface,
-                          failed.output.strip()[:200] if failed else result.summary)
-                self._stop_bursts(vnn.ip)
-                if not self.failover_disabled:
-                    try:
-                        self.effects.delete_ip(iface, vnn.ip, vnn.prefixlen)
-                    except Exception as exc:
-                        log.error("Removing %s after the failed takeip: %s", vnn.ip, exc)
-                self.public.unassign(vnn)
-                return Result(-1, errmsg="takeip event failed")
-            self._local_message(Srvid.TAKE_IP, pack_message(Srvid.TAKE_IP, vnn.ip))
-            return Result()
-        finally:
-            vnn.update_in_flight = False
-
-    def _start_bursts(self, vnn: Vnn, iface: str) -> None:
-        self._stop_bursts(vnn.ip)
-        bursts = max(1, self.tunables.get("GratuitousArpBursts"))
-        repeat = self.ms("GratuitousArpRepeatMs")
-        # The first burst goes out right here, before anything else can run.
-        self._announce(vnn, iface, 1, bursts)
-        if bursts > 1:
-            self._bursts[vnn.ip] = self.spawn(self._more_bursts(vnn, iface, bursts, repeat),
-                                              f"announce-{vnn.ip}")
-        else:
-            self._after_bursts(vnn)
-
-    async def _more_bursts(self, vnn: Vnn, iface: str, bursts: int, repeat: float) -> None:
-        try:
-            for n in range(2, bursts + 1):
-                await asyncio.sleep(repeat)
-                if vnn.iface is None:
-                    return
-                self._announce(vnn, iface, n, bursts)
-            self._after_bursts(vnn)
-        finally:
-            if self._bursts.get(vnn.ip) is asyncio.current_task():
-                del self._bursts[vnn.ip]
-
-    def _announce(self, vnn: Vnn, iface: str, n: int, total: int) -> None:
-        if self.failover_disabled:
-            return
-        conns = self.tickles.connections(vnn.ip)
-        pairs = [((c.dst_ip, c.dst_port), (c.src_ip, c.src_port)) for c in conns]
-        try:
-            self.effects.announce(iface, vnn.ip)
-        except Exception as exc:
-            log.error("Gratuitous ARP for %s on %s failed: %s", vnn.ip, iface, exc)
-        sent = 0
-        if pairs:
-            try:
-                sent = self.effects.tickle(pairs)
-            except Exception as exc:
-                log.error("Tickle ACKs for %s failed: %s", vnn.ip, exc)
-        log.info("Sent gratuitous ARP %u/%u for %s on %s and %u tickle ACKs", n, total, vnn.ip, iface, sent)
-
-    def _after_bursts(self, vnn: Vnn) -> None:
-        """The tickle rounds are over: forget connections to this IP that are not ours."""
-        if self.failover_disabled or vnn.iface is None:
-            return
-        try:
-            alive = [_conn_of(server, client) for server, client in self.effects.established([vnn.ip])]
-        except Exception as exc:
-            log.debug("connection scan after takeover of %s failed: %s", vnn.ip, exc)
-            return
-        removed = self.tickles.prune_after_takeover(vnn.ip, alive)
-        if removed:
-            log.info("Forgot %u tickled connections to %s that did not survive the takeover",
-                     len(removed), vnn.ip)
-            self._push_tickle_list(vnn.ip, BROADCAST_CONNECTED)
-
-    def _stop_bursts(self, ip: str) -> None:
-        task = self._bursts.pop(ip, None)
-        if task is not None:
-            task.cancel()
-
-    async def release_ip(self, vnn: Vnn, new_owner: int, reason: str = "") -> Result:
-        self._stop_bursts(vnn.ip)
-        iface = vnn.iface or (vnn.ifaces[0] if vnn.ifaces else "")
-        vnn.update_in_flight = True
-        try:
-            notice("Release of IP %s/%u on interface %s  node:%d", vnn.ip, vnn.prefixlen, iface,
-                   new_owner if new_owner != UNKNOWN_PNN else -1)
-            if not self.failover_disabled:
-                try:
-                    killed = self.effects.kill_connections(vnn.ip)
-                    if killed:
-                        notice("Reset %u TCP connections to %s", killed, vnn.ip)
-                except Exception as exc:
-                    log.warning("Resetting connections to %s failed: %s", vnn.ip, exc)
-                try:
-                    self.effects.delete_ip(iface, vnn.ip, vnn.prefixlen)
-                except Exception as exc:
-                    log.error("Removing %s from %s failed: %s", vnn.ip, iface, exc)
-            result = await self.run_event("releaseip", [iface, vnn.ip, str(vnn.prefixlen)],
-                                           timeout=self.tunables.get("EventScriptTimeout"))
-            if result.timed_out:
-                self._ban_self("releaseip event timed out")
-            if not self.failover_disabled and self.effects.have_ip(vnn.ip):
-                log.error("IP %s still hosted during release IP callback, failing", vnn.ip)
-                return Result(-1, errmsg="IP still hosted")
-            self.public.unassign(vnn, new_owner)
-            self._local_message(Srvid.RELEASE_IP, pack_message(Srvid.RELEASE_IP, vnn.ip))
-            return Result()
-        finally:
-            vnn.update_in_flight = False
-
-    async def _release_all_ips(self, reason: str) -> None:
-        count = 0
-        for vnn in list(self.public.held()):
-            if vnn.update_in_flight:
-                log.warning("Not releasing IP %s/%u, an update is already in progress",
-                            vnn.ip, vnn.prefixlen)
-                continue
-            result = await self.release_ip(vnn, UNKNOWN_PNN, reason)
-            if result.status == 0:
-                count += 1
-        if count or reason != "shutdown":
-            notice("Released %d public IPs (%s)", count, reason)
-
-    def _local_message(self, srvid: int, data: bytes) -> None:
-        if self.local is not None:
-            self.local.deliver(srvid, encode_packet(ReqMessage(srvid, data), destnode=self.my_pnn,
-                                                    srcnode=self.my_pnn, reqid=0))
-
-    # ------------------------------------------------------------------------------------------
     # runstate, monitoring, bans
     # ------------------------------------------------------------------------------------------
     def recovery_finished(self) -> None:
@@ -1313,83 +872,6 @@ class Daemon:
         period = self.tunables.get("RecoveryBanPeriod")
         log.error("%s: banning this node for %u seconds", why, period)
         self.set_ban(period)
-
-    # ------------------------------------------------------------------------------------------
-    # tickles: replication and discovery
-    # ------------------------------------------------------------------------------------------
-    def tickle_changed(self, conn: Connection, added: bool) -> None:
-        """A connection learnt locally (client, tool, kernel): tell the other nodes at once."""
-        opcode = Control.TCP_ADD if added else Control.TCP_REMOVE
-        data = pack_request(opcode, _wire_conn(conn))
-        for pnn in self._connected_peers():
-            self.rpc.send_noreply(pnn, opcode, data)
-
-    def _push_tickle_list(self, ip: str, dest: int) -> None:
-        conns = self.tickles.connections(ip)
-        data = pack_request(Control.SET_TCP_TICKLE_LIST,
-                            TickleList(SockAddr(ip, 0), [_wire_conn(c) for c in conns]))
-        targets = self._connected_peers() if dest == BROADCAST_CONNECTED else [dest]
-        for pnn in targets:
-            self.rpc.send_noreply(pnn, Control.SET_TCP_TICKLE_LIST, data)
-
-    def _push_all_tickle_lists(self, dest: int) -> None:
-        for vnn in self.public.held():
-            self._push_tickle_list(vnn.ip, dest)
-
-    async def _tickle_loop(self) -> None:
-        """Find connections to the IPs we hold that nobody registered (sock_diag), and push
-        tickle lists. A full dump walks the kernel's whole TCP hash table (2-3 ms on a host with
-        a lot of memory), so it runs only when the namespace's TCP counters moved (checked every
-        TICKLE_POLL_INTERVAL) or TICKLE_SCAN_MAX_INTERVAL passed, and never more often than
-        keeps it under SCAN_CPU_BUDGET of a core."""
-        last_push = self.now
-        last_scan = 0.0
-        last_counter: tuple[int, ...] | None = None
-        min_gap = TICKLE_POLL_INTERVAL
-        wakeup = self._tickle_wakeup
-        while not self._shutting_down:
-            held = [v.ip for v in self.public.held()]
-            wakeup.clear()
-            try:
-                # Holding nothing: sleep until a takeover wakes us (or a while passes).
-                await asyncio.wait_for(wakeup.wait(), TICKLE_POLL_INTERVAL if held else 30.0)
-            except asyncio.TimeoutError:
-                pass
-            held = [v.ip for v in self.public.held()]
-            if not held or self.failover_disabled:
-                continue
-            now = self.now
-            counter = self.effects.connection_counter()
-            due = (counter is None or counter != last_counter
-                   or now - last_scan >= TICKLE_SCAN_MAX_INTERVAL)
-            if due and now - last_scan >= min_gap:
-                last_counter = counter
-                last_scan = now
-                started = time.perf_counter()
-                try:
-                    found = self.effects.established(held)
-                except Exception as exc:
-                    log.debug("connection scan failed: %s", exc)
-                    found = []
-                cost = time.perf_counter() - started
-                min_gap = max(TICKLE_POLL_INTERVAL, cost / SCAN_CPU_BUDGET)
-                self._sync_kernel_connections(held, found)
-            if now - last_push >= self.tunables.get("TickleUpdateInterval"):
-                last_push = now
-                for ip in self.tickles.take_dirty(held):
-                    self._push_tickle_list(ip, BROADCAST_CONNECTED)
-
-    def _sync_kernel_connections(self, held: list[str], found) -> None:
-        by_ip: dict[str, list[Connection]] = {ip: [] for ip in held}
-        for server, client in found:
-            conn = _conn_of(server, client)
-            by_ip.setdefault(conn.dst_ip, []).append(conn)
-        for ip, conns in by_ip.items():
-            added, removed = self.tickles.sync_kernel(ip, conns)
-            for conn in added:
-                self.tickle_changed(conn, True)
-            for conn in removed:
-                self.tickle_changed(conn, False)
 
     # ------------------------------------------------------------------------------------------
     # controls
@@ -1526,30 +1008,6 @@ class Daemon:
             vnn = self.public.find(conn.dst_ip)
             if vnn is not None and vnn.iface is not None:
                 self.tickle_changed(conn, False)
-
-
-# ----------------------------------------------------------------------------------------------
-def _public_ip(pnn: int, ip: str) -> PublicIp:
-    return PublicIp(pnn, SockAddr(ip, 0))
-
-
-def _wire_conn(conn: Connection) -> WireConnection:
-    return WireConnection(SockAddr(conn.src_ip, conn.src_port), SockAddr(conn.dst_ip, conn.dst_port))
-
-
-def _conn_of(server: tuple[str, int], client: tuple[str, int]) -> Connection:
-    return Connection.make(client[0], client[1], server[0], server[1])
-
-
-def conn_from_wire(conn: WireConnection) -> Connection | None:
-    c = conn.canonical()
-    if c.src.ip is None or c.dst.ip is None:
-        return None
-    return Connection.make(str(c.src.ip), c.src.port, str(c.dst.ip), c.dst.port)
-
-
-def _pnn_text(pnn: int) -> str:
-    return "nobody" if pnn == UNKNOWN_PNN else f"node {pnn}"
 
 
 def _control_name(opcode: int) -> str:

@@ -1,0 +1,97 @@
+"""TCP connection tracking across the cluster: replication of tickle-table changes (TCP_ADD /
+TCP_REMOVE at once, SET_TCP_TICKLE_LIST periodically and to nodes that connect), and discovery of
+connections to the IPs this node holds that no service registered (sock_diag)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .convert import conn_of, wire_conn
+from .core.tickles import Connection
+from .protocol import BROADCAST_CONNECTED, Control, SockAddr, TickleList, pack_request
+
+log = logging.getLogger("ctdblab.daemon")
+
+TICKLE_POLL_INTERVAL = 1.0       # s between looks at the TCP counters (while holding IPs)
+TICKLE_SCAN_MAX_INTERVAL = 30.0  # s between full connection scans when the counters are quiet
+SCAN_CPU_BUDGET = 0.005          # fraction of a core the scans may use while connections churn
+
+
+class TickleReplication:
+    """Mixed into Daemon; uses its tickle table, public-IP table, effects and control client."""
+
+    def tickle_changed(self, conn: Connection, added: bool) -> None:
+        """A connection learnt locally (client, tool, kernel): tell the other nodes at once."""
+        opcode = Control.TCP_ADD if added else Control.TCP_REMOVE
+        data = pack_request(opcode, wire_conn(conn))
+        for pnn in self._connected_peers():
+            self.rpc.send_noreply(pnn, opcode, data)
+
+    def _push_tickle_list(self, ip: str, dest: int) -> None:
+        conns = self.tickles.connections(ip)
+        data = pack_request(Control.SET_TCP_TICKLE_LIST,
+                            TickleList(SockAddr(ip, 0), [wire_conn(c) for c in conns]))
+        targets = self._connected_peers() if dest == BROADCAST_CONNECTED else [dest]
+        for pnn in targets:
+            self.rpc.send_noreply(pnn, Control.SET_TCP_TICKLE_LIST, data)
+
+    def _push_all_tickle_lists(self, dest: int) -> None:
+        for vnn in self.public.held():
+            self._push_tickle_list(vnn.ip, dest)
+
+    async def _tickle_loop(self) -> None:
+        """Find connections to the IPs we hold that nobody registered (sock_diag), and push
+        tickle lists. A full dump walks the kernel's whole TCP hash table (2-3 ms on a host with
+        a lot of memory), so it runs only when the namespace's TCP counters moved (checked every
+        TICKLE_POLL_INTERVAL) or TICKLE_SCAN_MAX_INTERVAL passed, and never more often than
+        keeps it under SCAN_CPU_BUDGET of a core."""
+        last_push = self.now
+        last_scan = 0.0
+        last_counter: tuple[int, ...] | None = None
+        min_gap = TICKLE_POLL_INTERVAL
+        wakeup = self._tickle_wakeup
+        while not self._shutting_down:
+            held = [v.ip for v in self.public.held()]
+            wakeup.clear()
+            try:
+                # Holding nothing: sleep until a takeover wakes us (or a while passes).
+                await asyncio.wait_for(wakeup.wait(), TICKLE_POLL_INTERVAL if held else 30.0)
+            except asyncio.TimeoutError:
+                pass
+            held = [v.ip for v in self.public.held()]
+            if not held or self.failover_disabled:
+                continue
+            now = self.now
+            counter = self.effects.connection_counter()
+            due = (counter is None or counter != last_counter
+                   or now - last_scan >= TICKLE_SCAN_MAX_INTERVAL)
+            if due and now - last_scan >= min_gap:
+                last_counter = counter
+                last_scan = now
+                started = time.perf_counter()
+                try:
+                    found = self.effects.established(held)
+                except Exception as exc:
+                    log.debug("connection scan failed: %s", exc)
+                    found = []
+                cost = time.perf_counter() - started
+                min_gap = max(TICKLE_POLL_INTERVAL, cost / SCAN_CPU_BUDGET)
+                self._sync_kernel_connections(held, found)
+            if now - last_push >= self.tunables.get("TickleUpdateInterval"):
+                last_push = now
+                for ip in self.tickles.take_dirty(held):
+                    self._push_tickle_list(ip, BROADCAST_CONNECTED)
+
+    def _sync_kernel_connections(self, held: list[str], found) -> None:
+        by_ip: dict[str, list[Connection]] = {ip: [] for ip in held}
+        for server, client in found:
+            conn = conn_of(server, client)
+            by_ip.setdefault(conn.dst_ip, []).append(conn)
+        for ip, conns in by_ip.items():
+            added, removed = self.tickles.sync_kernel(ip, conns)
+            for conn in added:
+                self.tickle_changed(conn, True)
+            for conn in removed:
+                self.tickle_changed(conn, False)
