@@ -52,10 +52,14 @@ def main() -> int:
           f"seconds after the cut; pyctdbd = its defaults, ctdb = aggressive tunables")
     print(table(["victim", "metric", "py p50", "py max", "py null", "ctdb p50", "ctdb max",
                  "ctdb null", "py/ctdb"], rows))
-    verdict = all(summarize(r.get("reset_s") for r in results["pyctdbd", role]["runs"])["p50"]
-                  is not None and summarize(r.get("reset_s") for r in results["pyctdbd", role]["runs"])["p50"] <= 0.5
-                  for role in ("nonleader", "leader"))
-    print(f"\ntarget pyctdbd client reset p50 <= 0.5 s for both roles: {'met' if verdict else 'NOT met'}")
+    # A run whose client was never reset counts against the target: p50 over the runs that
+    # did reset would hide it.
+    resets = {role: summarize(r.get("reset_s") for r in results["pyctdbd", role]["runs"])
+              for role in ("nonleader", "leader")}
+    verdict = all(s["missing"] == 0 and s["p50"] is not None and s["p50"] <= 0.5
+                  for s in resets.values())
+    print(f"\ntarget pyctdbd client reset p50 <= 0.5 s for both roles, in every run: "
+          f"{'met' if verdict else 'NOT met'}")
     print(f"report: {args.out / 'report.md'}")
     return 0 if verdict else 1
 
