@@ -145,6 +145,7 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         self._tickle_wakeup: asyncio.Event | None = None
         self._monitor_timeouts = 0
         self._ban_timer: asyncio.TimerHandle | None = None
+        self._leaderless_timer: asyncio.TimerHandle | None = None
         self._startup_done = False
         self._warned_no_scripts = False
         self._heartbeat_frames: dict[int, bytes] = {}
@@ -775,6 +776,22 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         if change.old == self.my_pnn and change.new != self.my_pnn:
             self._takeover_requests.clear()
             self._force_rebalance.clear()
+        # CTDB's RecoveryDropAllIPs: a node cut off from any leader (it cannot take the cluster
+        # lock, nobody broadcasts to it) must not keep serving public IPs the rest of the
+        # cluster has moved elsewhere.
+        if self._leaderless_timer is not None:
+            self._leaderless_timer.cancel()
+            self._leaderless_timer = None
+        if change.new == UNKNOWN_PNN and self.loop is not None:
+            self._leaderless_timer = self.loop.call_later(
+                max(1, self.tunables.get("RecoveryDropAllIPs")), self._leaderless_too_long)
+
+    def _leaderless_too_long(self) -> None:
+        self._leaderless_timer = None
+        if self.election.leader == UNKNOWN_PNN and self.public.held():
+            log.error("No leader for %u seconds (RecoveryDropAllIPs): dropping all public IPs",
+                      self.tunables.get("RecoveryDropAllIPs"))
+            self.spawn(self._release_all_ips("no leader"), "release-all-leaderless")
 
     # ------------------------------------------------------------------------------------------
     # runstate, monitoring, bans

@@ -281,3 +281,25 @@ def test_election_without_a_cluster_lock(tmp_path):
         assert int(c.ok(others[0], "leader")) == min(others)      # the next oldest
     finally:
         c.stop()
+
+
+def test_node_cut_off_from_every_leader_drops_its_ips(tmp_path):
+    c = LocalCluster(tmp_path, 2, public_ips=2, tunables={"RecoveryDropAllIPs": 2})
+    c.start()
+    try:
+        c.wait_for("settled", c.settled, timeout=30)
+        leader = int(c.ok(0, "leader"))
+        other = 1 - leader
+        assert other in c.ips(other).values()
+        # The leader freezes: its lock helper keeps the cluster lock, so `other` cannot lead.
+        c.signal(leader, signal.SIGSTOP)
+        try:
+            c.wait_for("leaderless node drops its IPs", lambda: "dropping all public IPs" in c.log(other).read_text(),
+                       timeout=15)
+            c.wait_for("its IPs gone", lambda: "Public IPs on node" in c.ok(other, "ip")
+                       and f" {other}" not in "".join(c.ok(other, "ip").splitlines()[1:]), timeout=5)
+        finally:
+            c.signal(leader, signal.SIGCONT)
+        c.wait_for("recovered", c.healthy, timeout=20)
+    finally:
+        c.stop()
