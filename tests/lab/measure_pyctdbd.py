@@ -100,9 +100,9 @@ def idle(sizes: list[int], seconds: float) -> None:
                 c.stop()
 
 
-def load(seconds: float) -> None:
+def load(seconds: float, realtime: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        c = started(3, Path(tmp))
+        c = started(3, Path(tmp), realtime=realtime)
         hogs = []
         try:
             time.sleep(2)
@@ -113,7 +113,8 @@ def load(seconds: float) -> None:
             false_alarms = []
             for pnn in range(c.n):
                 false_alarms += c.log_events(pnn, r"dead count reached|is dead:|Event loop stalled", t0)
-            print(f"{seconds:.0f} s with {len(hogs)} busy loops on {os.cpu_count()} cores: "
+            print(f"{seconds:.0f} s with {len(hogs)} busy loops on {os.cpu_count()} cores "
+                  f"({'SCHED_FIFO' if realtime else 'no real-time scheduling'}): "
                   f"{len(false_alarms)} false alarms")
             for t, line in false_alarms[:10]:
                 print(f"  +{t - t0:.1f}s {line}")
@@ -135,13 +136,14 @@ def main() -> None:
     i.add_argument("--seconds", type=float, default=30)
     lo = sub.add_parser("load")
     lo.add_argument("--seconds", type=float, default=120)
+    lo.add_argument("--no-realtime", action="store_true", help="daemons without SCHED_FIFO")
     args = p.parse_args()
     if args.what == "failover":
         failover(args.runs)
     elif args.what == "idle":
         idle(args.nodes, args.seconds)
     else:
-        load(args.seconds)
+        load(args.seconds, realtime=not args.no_realtime)
 
 
 if __name__ == "__main__":

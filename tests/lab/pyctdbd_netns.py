@@ -38,7 +38,7 @@ def sh(*args: str, check: bool = True, ns: str | None = None, **kw) -> subproces
 
 class NetnsCluster:
     def __init__(self, root: Path, n: int = 3, *, public_ips: int = 3, tunables: dict | None = None,
-                 lock: bool = True) -> None:
+                 lock: bool = True, realtime: bool = True) -> None:
         self.root = root
         self.n = n
         self.prefix = "p" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
@@ -48,6 +48,7 @@ class NetnsCluster:
         self.client_ip = f"198.19.{self.subnet}.200"
         self.tunables = tunables or {}
         self.lock = lock
+        self.realtime = realtime
         self.switch = f"{self.prefix}sw"
         self.procs: dict[str, subprocess.Popen] = {}
         self.namespaces: list[str] = []
@@ -111,6 +112,8 @@ class NetnsCluster:
                     "[cluster]"]
             if self.lock:
                 conf.append(f"  cluster lock = {self.root / 'shared' / 'reclock'}")
+            if not self.realtime:
+                conf += ["[legacy]", "  realtime scheduling = false"]
             (d / "ctdb.conf").write_text("\n".join(conf) + "\n")
 
     def start_node(self, pnn: int) -> None:
