@@ -202,6 +202,14 @@ def set_recmode(d: Daemon, req: Request) -> Result:
     if mode != d.recmode:
         d.recmode = RecMode(mode)
         log.log(NOTICE, "Recovery mode set to %s", "NORMAL" if mode == RecMode.NORMAL else "ACTIVE")
+    if mode == RecMode.ACTIVE and req.client is not None and d.election is not None:
+        # `ctdb recover`: as ctdb-recoverd, the leader recovers when a node is in recovery mode.
+        from .net import internal
+        leader = d.election.leader
+        if leader == d.my_pnn:
+            d._schedule_leader_work(recovery=True, reason="recovery mode set by a client")
+        elif leader != UNKNOWN_PNN:
+            d.send_message(leader, internal.RECOVERY_WANTED, internal.pack_node_dead(d.my_pnn, d.my_pnn)[:4])
     return _result(0)
 
 

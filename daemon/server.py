@@ -585,6 +585,9 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
                     else:
                         log.warning("Node %u reports node %u dead, but we heard from it within the "
                                     "dead timeout: keeping it", reporter, dead)
+            elif srvid == internal.RECOVERY_WANTED:
+                if self.election.is_leader:
+                    self._schedule_leader_work(recovery=True, reason=f"node {src} is in recovery mode")
             elif srvid == internal.NODE_STATE:
                 state = internal.NodeState.unpack(data)
                 if state.pnn != src:

@@ -9,6 +9,8 @@ HEARTBEAT          0xF9A1000000000000  u32 kind: 1 watch me, 0 stop watching me,
                                        (the TCP fallback when the UDP fast channel is missing)
 NODE_DEAD          0xF9A2000000000000  u32 dead pnn, u32 reporter pnn
 NODE_STATE         0xF9A3000000000000  u32 pnn, u32 flags, u32 runstate, u32 capabilities
+RECOVERY_WANTED    0xF9A4000000000000  u32 pnn: that node went into recovery mode on its own
+                                       (`ctdb recover`), so the leader must run a recovery
 =================  ==================  ======================================================
 """
 
@@ -22,7 +24,8 @@ from ..protocol.errors import ProtocolError
 HEARTBEAT = 0xF9A1000000000000
 NODE_DEAD = 0xF9A2000000000000
 NODE_STATE = 0xF9A3000000000000
-INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE})
+RECOVERY_WANTED = 0xF9A4000000000000
+INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE, RECOVERY_WANTED})
 HEARTBEAT_UNWATCH = 0
 HEARTBEAT_WATCH = 1
 HEARTBEAT_BEAT = 2
