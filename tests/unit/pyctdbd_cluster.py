@@ -29,7 +29,7 @@ def have_ctdb_cli() -> bool:
 class LocalCluster:
     def __init__(self, root: Path, n: int = 3, *, lock: bool = True,
                  tunables: dict[str, int] | None = None, public_ips: int = 3,
-                 extra_conf: str = "") -> None:
+                 extra_conf: str = "", lock_command: str | None = None) -> None:
         self.root = root
         self.n = n
         net = (random.randint(100, 250), random.randint(1, 250))
@@ -40,6 +40,7 @@ class LocalCluster:
         self.tunables = {"HeartbeatIntervalMs": 100, "DeadTimeoutMs": 400, **(tunables or {})}
         self.procs: dict[int, subprocess.Popen] = {}
         self.lock = lock
+        self.lock_command = lock_command
         self.extra_conf = extra_conf
 
     def node_dir(self, pnn: int) -> Path:
@@ -62,7 +63,9 @@ class LocalCluster:
             (d / "ctdb.tunables").write_text("".join(f"{k}={v}\n" for k, v in self.tunables.items()))
             conf = ["[logging]", f"  location = file:{self.log(pnn)}", "  log level = INFO",
                     "[cluster]", f"  node address = {self.addresses[pnn]}"]
-            if self.lock:
+            if self.lock_command:
+                conf.append(f"  cluster lock = !{self.lock_command}")
+            elif self.lock:
                 conf.append(f"  cluster lock = {self.lock_file}")
             conf += ["[legacy]", "  realtime scheduling = false", self.extra_conf]
             (d / "ctdb.conf").write_text("\n".join(conf) + "\n")

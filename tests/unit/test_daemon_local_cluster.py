@@ -303,3 +303,23 @@ def test_node_cut_off_from_every_leader_drops_its_ips(tmp_path):
         c.wait_for("recovered", c.healthy, timeout=20)
     finally:
         c.stop()
+
+
+def test_hung_lock_helper_is_logged_and_does_not_stall_the_daemon(tmp_path):
+    hang = tmp_path / "hanging-lock-helper"
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    c = LocalCluster(tmp_path, 1, public_ips=1, lock_command=str(hang))
+    c.start()
+    try:
+        # The daemon answers while its lock helper hangs...
+        c.wait_for("daemon up", lambda: c.ok(0, "pnn").strip() == "0", timeout=10)
+        started = time.monotonic()
+        assert c.ok(0, "runstate").strip() in ("FIRST_RECOVERY", "INIT", "SETUP")
+        assert time.monotonic() - started < 2
+        # ...and says why there is no leader.
+        c.wait_for("the hung helper logged", lambda: "did not answer within" in c.log(0).read_text(),
+                   timeout=20)
+        assert c.ok(0, "-t", "1", "leader").strip() == "UNKNOWN"
+    finally:
+        c.stop()
