@@ -16,14 +16,15 @@ from .convert import pnn_text, public_ip
 from .core.takeover import IPReport, nodes_to_ask_available, plan_takeover_run
 from .net.rpc import ControlError
 from .protocol import (
-    CAP_DEFAULT, CAP_LMASTER, Control, ControlFlag, PublicIpList, RecMode, ReplyControl, VnnMap,
-    pack_request, unpack_reply,
+    CAP_DEFAULT, CAP_LMASTER, UNKNOWN_PNN, Control, ControlFlag, NodeFlag, PublicIpList, RecMode,
+    ReplyControl, VnnMap, pack_request, unpack_reply,
 )
 from .protocol.messages import pack_i32_reply
 
 log = logging.getLogger("ctdblab.daemon")
 NOTICE = 25
 TAKEOVER_RETRY_DELAY = 0.2       # s before a failed takeover run is retried (doubling to 5 s)
+STARTUP_SETTLE = 3.0             # s a starting node is waited for before the first allocation
 
 
 def notice(message: str, *args: object) -> None:
@@ -155,7 +156,40 @@ class LeaderDuties:
         notice("Recovery complete: generation %u on nodes %s", generation, targets)
         return True
 
+    def _nodes_still_starting(self) -> list[int]:
+        """At a cluster's first start no IP is hosted yet and nodes turn healthy a few hundred
+        milliseconds apart: allocating at once would give every IP to the first healthy node
+        and then move them (resetting connections) as the others arrive. So while no IP is
+        hosted and this daemon started moments ago, the nodes of the nodes file that are not
+        connected yet, or still unhealthy, are waited for (each at most STARTUP_SETTLE).
+        (Real ctdbd brings a fresh cluster's IPs up together after ~15-20 s.)"""
+        if any(v.pnn != UNKNOWN_PNN for v in self.public):
+            return []
+        now = self.now
+        if now - self._started_at >= 2 * STARTUP_SETTLE:
+            return []
+        starting = []
+        connected = set(self.nodemap.connected_pnns())
+        for node in self.nodemap.nodes:
+            if node.deleted:
+                continue
+            if node.pnn not in connected:
+                if now - self._started_at < STARTUP_SETTLE:
+                    starting.append(node.pnn)          # not even connected yet
+                continue
+            seen = max(self._started_at, self._connected_at.get(node.pnn, self._started_at))
+            if node.flags & NodeFlag.UNHEALTHY and now - seen < STARTUP_SETTLE:
+                starting.append(node.pnn)
+        return starting
+
     async def _do_takeover_run(self, requests: list[tuple[int, int]]) -> bool:
+        starting = self._nodes_still_starting()
+        if starting:
+            notice("Takeover run deferred: node(s) %s are still starting", starting)
+            self._takeover_requests += requests
+            self._need_takeover = True
+            self.loop.call_later(0.2, self._leader_wakeup.set)
+            return True
         started = self.now
         ok = await self._takeover_run()
         self._takeover_runs += 1

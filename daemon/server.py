@@ -146,6 +146,8 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         self._monitor_timeouts = 0
         self._ban_timer: asyncio.TimerHandle | None = None
         self._leaderless_timer: asyncio.TimerHandle | None = None
+        self._connected_at: dict[int, float] = {}
+        self._started_at = 0.0
         self._startup_done = False
         self._warned_no_scripts = False
         self._heartbeat_frames: dict[int, bytes] = {}
@@ -227,6 +229,7 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         from .events import EventDaemonServer, EventRunner
         self.loop = asyncio.get_running_loop()
         self._stop = self.loop.create_future()
+        self._started_at = self.loop.time()
         self._leader_wakeup = asyncio.Event()
         self._monitor_wakeup = asyncio.Event()
         self._tickle_wakeup = asyncio.Event()
@@ -454,6 +457,7 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
             return
         now = self.now
         change = self.nodemap.mark_connected(pnn)
+        self._connected_at[pnn] = now
         node = self.nodemap.nodes[pnn]
         log.error("%s:%u: connected to %s:%u - %u connected", self.nodemap.me.address,
                   self.options.port, node.address, self.options.port, len(self.nodemap.connected_pnns()) - 1)
