@@ -178,16 +178,35 @@ def main() -> None:
                     settle(c, lambda c=c, check=check: check(c))
                 run_both(real, ours, 0, ["status"], report)
                 run_both(real, ours, 0, ["-X", "status"], report)
+                run_both(real, ours, 0, ["ip", "all"], report)
             for c in (real, ours):
                 c.ctdb(0, "-n", "1", "unban")
                 settle(c, c.healthy, 60)
             run_both(real, ours, 0, ["status"], report)
+            run_both(real, ours, 0, ["ip", "all"], report)
+            owner = real.ips(0)[real.public[0]]
+            target = (owner + 1) % 3
+            for c in (real, ours):
+                r = c.ctdb(0, "moveip", c.public[0], str(target))
+                print(f"--- {type(c).__name__}: ctdb moveip -> rc={r.returncode} {r.stderr.strip()}")
+                settle(c, lambda c=c: c.ips(0)[c.public[0]] == target)
+            run_both(real, ours, 0, ["ip", "all"], report)
+            run_both(real, ours, target, ["ip"], report)
             for c in (real, ours):
                 c.ctdb(0, "addtickle", "198.19.77.200:40000", f"{c.public[0]}:445")
                 time.sleep(0.5)
             run_both(real, ours, 0, ["gettickles", real.public[0]], report)
             run_both(real, ours, 0, ["setvar", "MonitorInterval", "2"], report)
             run_both(real, ours, 0, ["getvar", "MonitorInterval"], report)
+            run_both(real, ours, 0, ["deltickle", "198.19.77.200:40000", f"{real.public[0]}:445"], report)
+            run_both(real, ours, 0, ["gettickles", real.public[0]], report)
+            for c in (real, ours):
+                r = c.ctdb(2, "shutdown")
+                print(f"--- {type(c).__name__}: ctdb shutdown on node 2 -> rc={r.returncode}")
+                settle(c, lambda c=c: c.flags(0)[2].startswith("DISCONNECTED")
+                       and 2 not in c.ips(0).values(), 60)
+            run_both(real, ours, 0, ["status"], report)
+            run_both(real, ours, 0, ["-X", "status"], report)
         finally:
             real.stop()
             ours.stop()
