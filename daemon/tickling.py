@@ -14,9 +14,10 @@ from .protocol import BROADCAST_CONNECTED, Control, SockAddr, TickleList, pack_r
 
 log = logging.getLogger("ctdblab.daemon")
 
-TICKLE_POLL_INTERVAL = 1.0       # s between looks at the TCP counters (while holding IPs)
+TICKLE_POLL_INTERVAL = 0.1       # s between looks at the TCP counters (while holding IPs)
 TICKLE_SCAN_MAX_INTERVAL = 30.0  # s between full connection scans when the counters are quiet
-SCAN_CPU_BUDGET = 0.005          # fraction of a core the scans may use while connections churn
+SCAN_CPU_BUDGET = 0.005          # long-run fraction of a core the scans may use
+SCAN_BURST = 0.05                # s of scan CPU that may be spent at once (credit cap)
 
 
 class TickleReplication:
@@ -45,12 +46,15 @@ class TickleReplication:
         """Find connections to the IPs we hold that nobody registered (sock_diag), and push
         tickle lists. A full dump walks the kernel's whole TCP hash table (2-3 ms on a host with
         a lot of memory), so it runs only when the namespace's TCP counters moved (checked every
-        TICKLE_POLL_INTERVAL) or TICKLE_SCAN_MAX_INTERVAL passed, and never more often than
-        keeps it under SCAN_CPU_BUDGET of a core."""
+        TICKLE_POLL_INTERVAL, about 25 us a look) or TICKLE_SCAN_MAX_INTERVAL passed. Scans are
+        paid from a CPU credit that refills at SCAN_CPU_BUDGET of a core and holds at most
+        SCAN_BURST: a new connection is found within about one poll interval, while constant
+        churn cannot make the scans cost more than the budget."""
         last_push = self.now
         last_scan = 0.0
-        last_counter: tuple[int, ...] | None = None
-        min_gap = TICKLE_POLL_INTERVAL
+        last_counter: tuple[bytes, ...] | None = None
+        credit = SCAN_BURST
+        last_refill = self.now
         wakeup = self._tickle_wakeup
         while not self._shutting_down:
             held = [v.ip for v in self.public.held()]
@@ -64,10 +68,12 @@ class TickleReplication:
             if not held or self.failover_disabled:
                 continue
             now = self.now
+            credit = min(SCAN_BURST, credit + (now - last_refill) * SCAN_CPU_BUDGET)
+            last_refill = now
             counter = self.effects.connection_counter()
             due = (counter is None or counter != last_counter
                    or now - last_scan >= TICKLE_SCAN_MAX_INTERVAL)
-            if due and now - last_scan >= min_gap:
+            if due and credit > 0:
                 last_counter = counter
                 last_scan = now
                 started = time.perf_counter()
@@ -76,8 +82,7 @@ class TickleReplication:
                 except Exception as exc:
                     log.debug("connection scan failed: %s", exc)
                     found = []
-                cost = time.perf_counter() - started
-                min_gap = max(TICKLE_POLL_INTERVAL, cost / SCAN_CPU_BUDGET)
+                credit -= time.perf_counter() - started
                 self._sync_kernel_connections(held, found)
             if now - last_push >= self.tunables.get("TickleUpdateInterval"):
                 last_push = now

@@ -148,3 +148,25 @@ def test_state_masks():
     assert sockdiag.ESTABLISHED_ONLY == 1 << 1
     assert not sockdiag.CONNECTED_STATES & (1 << sockdiag.TCP_LISTEN)
     assert not sockdiag.CONNECTED_STATES & (1 << sockdiag.TCP_TIME_WAIT)
+
+
+def test_connection_counter_moves_when_a_connection_opens():
+    """The cheap /proc/net/snmp look the daemon polls before deciding to dump sockets."""
+    from ctdblab.daemon.effects import HostEffects
+
+    effects = HostEffects()
+    try:
+        before = effects.connection_counter()
+        assert before is not None and len(before) == 5
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            with socket.create_connection(listener.getsockname()) as client:
+                server, _ = listener.accept()
+                server.close()
+                assert client is not None
+        after = effects.connection_counter()
+        # ActiveOpens and PassiveOpens each went up by one (other processes may add more).
+        assert int(after[0]) >= int(before[0]) + 1 and int(after[1]) >= int(before[1]) + 1
+    finally:
+        effects.close()
