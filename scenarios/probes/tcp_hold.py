@@ -66,12 +66,14 @@ class HeldConnection(threading.Thread):
         return f"{self.target[0]}:{self.target[1]}"
 
     def finish(self, what: str, t: float | None = None, **fields: Any) -> bool:
-        """Emit the one final event of this connection; later calls do nothing."""
+        """Emit the one final event of this connection; later calls do nothing. The event is
+        written before `final` is set, under the lock: main() ends the process once every
+        connection has a final, and a final set before its line was written lost the line."""
         with self._final_lock:
             if self.final is not None:
                 return False
+            self.out.capture(what, t=t, conn=self.index, target=self.target_text, **fields)
             self.final = what
-        self.out.capture(what, t=t, conn=self.index, target=self.target_text, **fields)
         self.waker.post(f"done-{self.index}")
         return True
 

@@ -227,3 +227,27 @@ def test_listener_process_stops_when_nobody_reads_its_output():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_final_is_set_only_once_its_line_is_written():
+    """main() exits once every connection has a final; a final set before its event reached
+    stdout lost the line (three resets at once: 'finals' said reset x3, one reset line)."""
+    release = threading.Event()
+
+    class SlowStream(io.StringIO):
+        def write(self, text):
+            release.wait(5)
+            return super().write(text)
+
+    stream = SlowStream()
+    conn = HeldConnection(0, ("127.0.0.1", 9), Emitter("tcp_hold", "c1", stream), Waker(),
+                          local_ip=None, local_port=None, connect_timeout=1.0, greeting=False,
+                          greeting_timeout=1.0, hold_timeout=None, send_interval=None)
+    writer = threading.Thread(target=conn.finish, args=("reset",))
+    writer.start()
+    time.sleep(0.1)
+    assert conn.final is None            # its line is not out yet
+    release.set()
+    writer.join(5)
+    assert conn.final == "reset"
+    assert [e["what"] for e in events(stream)] == ["reset"]
