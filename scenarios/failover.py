@@ -237,6 +237,8 @@ class FailoverRun:
             hold = probes["tcp_hold"]
             smb445 = hold.find(lambda e: e.get("target") == f"{vip}:{SMB_PORT}"
                                and e.get("what") in ("reset", "eof", "error", "timeout"))
+            # A probe that stopped has nothing more to tell: waiting on it only burns the window.
+            smb445 = smb445 or hold.find(lambda e: e.get("what") == "stop")
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
             return moved and smb445 is not None and retried is not None
 
