@@ -3,7 +3,7 @@ both as 3-node clusters in network namespaces with the same addresses and the sa
 changes. Prints every command's output from both (after normalising what differs by nature:
 generation numbers, times, pids) and a summary of mismatches.
 
-    python tests/lab/compare_cli.py [--keep]
+    python tests/lab/compare_cli.py [--keep]      (tests/lab/test_compare_cli.py runs it in CI)
 
 Real ctdbd runs in CTDB_TEST_MODE (CTDB_BASE per node) so that three of them can share a host;
 that mode changes no output format. Aggressive tunables make it start in ~15 s.
@@ -123,12 +123,9 @@ def settle(c: NetnsCluster, check, timeout=30.0) -> None:
     time.sleep(1.5)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--keep", action="store_true", help="copy the node directories (logs) aside")
-    args = p.parse_args()
+def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
+    """Run both clusters through the same commands; return (command, same output) in order."""
     subnet = 77
-    keep_dir = Path(tempfile.mkdtemp(prefix="compare-cli-")) if args.keep else None
     with tempfile.TemporaryDirectory() as t1, tempfile.TemporaryDirectory() as t2:
         real = RealCluster(Path(t1), 3, tunables=AGGRESSIVE)
         ours = NetnsCluster(Path(t2), 3, tunables=AGGRESSIVE)
@@ -220,7 +217,16 @@ def main() -> None:
         print("\nSUMMARY")
         for label, same in report:
             print(f"  {'SAME     ' if same else 'DIFFERENT'} {label}")
+        return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--keep", action="store_true", help="copy the node directories (logs) aside")
+    args = p.parse_args()
+    report = compare(Path(tempfile.mkdtemp(prefix="compare-cli-")) if args.keep else None)
+    return 0 if report and all(same for _, same in report) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
