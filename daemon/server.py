@@ -143,6 +143,7 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         self._bursts: dict[str, asyncio.Task] = {}
         self._monitor_wakeup: asyncio.Event | None = None
         self._tickle_wakeup: asyncio.Event | None = None
+        self._unsupported_seen: set[int] = set()
         self._monitor_timeouts = 0
         self._ban_timer: asyncio.TimerHandle | None = None
         self._leaderless_timer: asyncio.TimerHandle | None = None
@@ -903,6 +904,10 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
     def dispatch_control(self, req: Request, reply: Callable[[Result], None]) -> None:
         handler = self._handlers.get(req.opcode)
         if handler is None:
+            if req.opcode not in self._unsupported_seen:      # once per opcode: no log flood
+                self._unsupported_seen.add(req.opcode)
+                log.warning("Unsupported control %s from %s; answered with an error",
+                            _control_name(req.opcode), _origin(req))
             reply(Result(-1, errmsg=_unsupported(req.opcode)))
             return
         try:
@@ -923,6 +928,8 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
             try:
                 res = await outcome
             except ProtocolError as exc:
+                log.warning("Malformed control %s from %s: %s", _control_name(req.opcode),
+                            _origin(req), exc)
                 res = Result(-1, errmsg=f"malformed request: {exc}")
             except Exception as exc:
                 log.exception("Control %s from %s failed", _control_name(req.opcode), _origin(req))

@@ -323,3 +323,58 @@ def test_hung_lock_helper_is_logged_and_does_not_stall_the_daemon(tmp_path):
         assert c.ok(0, "-t", "1", "leader").strip() == "UNKNOWN"
     finally:
         c.stop()
+
+
+def test_hostile_peer_and_stranger_are_logged_and_change_nothing(tmp_path):
+    """A peer listed in `nodes` that sends controls with hostile payloads, then bytes that are
+    not CTDB packets, and a host that is not in `nodes` at all: each gets a log line, the
+    daemon keeps serving and the cluster state (flags, IP owners, tickles) stays as it was."""
+    import socket as socketmod
+
+    from ctdblab.daemon.protocol import Control, ReqControl, encode_packet
+
+    c = LocalCluster(tmp_path, 4)          # node 3 is in the nodes file but never started
+    c.configure()
+    for pnn in range(3):
+        c.start_node(pnn)
+    try:
+        c.wait_for("three settled nodes", lambda: c.settled([0, 1, 2]), timeout=30)
+        before = (c.status_flags(0), c.ips(0), c.ok(0, "gettickles", c.public[0]))
+
+        peer = socketmod.socket()
+        peer.bind((c.addresses[3], 0))
+        peer.connect((c.addresses[0], c.port))
+        hostile = [(Control.SET_TCP_TICKLE_LIST, b"\xff" * 13),
+                   (Control.TCP_ADD, b"\x02\x00"),
+                   (Control.TAKEOVER_IP, b"\x00" * 7),
+                   (Control.RELEASE_IP, b""),
+                   (0xDEAD, b"junk")]
+        for reqid, (opcode, data) in enumerate(hostile, start=1):
+            peer.sendall(encode_packet(ReqControl(opcode, 0, 0, 0, data),
+                                       destnode=0, srcnode=3, reqid=reqid))
+        time.sleep(0.5)
+        peer.sendall(b"\x40\x00\x00\x00" + b"NOT-A-CTDB-PACKET" * 4)
+        peer.settimeout(3)
+        assert peer.recv(100) == b""            # the daemon dropped the connection
+        peer.close()
+
+        stranger = socketmod.socket()
+        stranger.bind((f"{c.addresses[0].rsplit('.', 1)[0]}.99", 0))
+        stranger.connect((c.addresses[0], c.port))
+        stranger.settimeout(3)
+        assert stranger.recv(100) == b""        # refused
+        stranger.close()
+
+        c.wait_for("the log lines", lambda: "refusing node connection" in c.log(0).read_text(),
+                   timeout=5)
+        log_text = c.log(0).read_text()
+        for name in ("SET_TCP_TICKLE_LIST", "TCP_ADD", "TAKEOVER_IP", "RELEASE_IP"):
+            assert f"Malformed control {name}" in log_text, name
+        assert "Unsupported control" in log_text
+        assert "malformed data: stream: bad magic" in log_text
+        assert f"refusing node connection from {c.addresses[0].rsplit('.', 1)[0]}.99" in log_text
+        assert c.procs[0].poll() is None        # still running
+        after = (c.status_flags(0), c.ips(0), c.ok(0, "gettickles", c.public[0]))
+        assert after == before
+    finally:
+        c.stop()
