@@ -38,11 +38,13 @@ logging.addLevelName(NOTICE, "NOTICE")
 
 
 class CtdbFormatter(logging.Formatter):
-    """`2026/11/23 21:52:40.999974 pyctdbd[1234]: message`, as ctdbd writes its log file."""
+    """`2026-11-23T21:52:40.999974+00:00 host pyctdbd[1234]: message`: the RFC 3339 stamp and
+    host name that ctdbd 4.17 writes to its log file, so tools that read CTDB logs read ours."""
 
     def __init__(self, with_time: bool = True) -> None:
         super().__init__()
         self.with_time = with_time
+        self.host = socket.gethostname().split(".")[0]
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -51,8 +53,8 @@ class CtdbFormatter(logging.Formatter):
         prefix = f"{PROGRAM}[{os.getpid()}]: "
         if not self.with_time:
             return prefix + message
-        stamp = datetime.fromtimestamp(record.created).strftime("%Y/%m/%d %H:%M:%S.%f")
-        return f"{stamp} {prefix}{message}"
+        stamp = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="microseconds")
+        return f"{stamp} {self.host} {prefix}{message}"
 
 
 class ReopenableFileHandler(logging.FileHandler):

@@ -23,10 +23,10 @@ import string
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
-LOG_TIME = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+) pyctdbd\[\d+\]: (.*)$")
+from ctdblab.cluster.daemonlog import parse_line
+
 
 
 def sh(*args: str, check: bool = True, ns: str | None = None, **kw) -> subprocess.CompletedProcess:
@@ -179,13 +179,11 @@ class NetnsCluster:
         except OSError:
             return found
         rx = re.compile(pattern)
-        for line in lines:
-            m = LOG_TIME.match(line)
-            if not m:
-                continue
-            t = datetime.strptime(m.group(1), "%Y/%m/%d %H:%M:%S.%f").timestamp()
-            if t >= since and rx.search(m.group(2)):
-                found.append((t, m.group(2)))
+        for text in lines:
+            line = parse_line(text)
+            if line is not None and line.program == "pyctdbd" and line.t >= since \
+                    and rx.search(line.message):
+                found.append((line.t, line.message))
         return found
 
     def describe(self) -> str:

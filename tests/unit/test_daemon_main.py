@@ -59,7 +59,9 @@ def test_daemonises_writes_pid_file_and_stops_cleanly(tmp_path):
         r2 = subprocess.run(pyctdbd(tmp_path), capture_output=True, text=True, timeout=30)
         assert r2.returncode == 1 and "pid file" in r2.stderr
         log = (tmp_path / "log").read_text()
-        assert re.search(rf"^\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{{6}} pyctdbd\[{pid}\]: ", log, re.M)
+        # ctdbd 4.17's file log: RFC 3339 stamp, host, program[pid].
+        assert re.search(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{6}}[+-]\d\d:\d\d \S+ "
+                         rf"pyctdbd\[{pid}\]: ", log, re.M)
     finally:
         os.kill(pid, signal.SIGTERM)
     for _ in range(100):
