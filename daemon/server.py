@@ -144,6 +144,7 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
         self._monitor_wakeup: asyncio.Event | None = None
         self._tickle_wakeup: asyncio.Event | None = None
         self._unsupported_seen: set[int] = set()
+        self._init_tickle_tracking()
         self._monitor_timeouts = 0
         self._ban_timer: asyncio.TimerHandle | None = None
         self._leaderless_timer: asyncio.TimerHandle | None = None
@@ -400,6 +401,10 @@ class Daemon(LeaderDuties, PublicIPActions, TickleReplication):
                 self.detector.fast_heartbeat(pnn, min(arrival, now))
         self._handle_detector(self.detector.tick(now))
         self._handle_election(self.election.tick(now))
+        try:
+            self.tickle_poll(now)
+        except Exception:       # never let connection tracking stop the heartbeat timer
+            log.exception("connection tracking failed")
         self._reschedule()
 
     # ------------------------------------------------------------------------------------------
