@@ -3,7 +3,7 @@
     private switch <prefix>sp  (198.18.x.0/20)   node eth0 — the CTDB node network
     public switch  <prefix>su  (198.19.x.0/20)   node eth1 (public IPs live here), clients
 
-Only Mininet's object model is used (Host, LinuxBridge, Link, TCLink); no Mininet() object, no
+Only Mininet's object model is used (Host, LinuxBridge, Link, TCIntf); no Mininet() object, no
 controller, no Open vSwitch.  After a host is built every command goes through ``mnexec -a``
 with a timeout (procs.py), never through Mininet's shell.
 
@@ -175,7 +175,7 @@ class MininetCluster:
 
     def _make_mininet_host(self, host: LabHost) -> None:
         """The Mininet host, its links and the holder process (Mininet is not thread-safe)."""
-        from mininet.link import Link, TCLink
+        from mininet.link import Link
         from mininet.node import Host
 
         mn_host = Host(host.name)
@@ -184,10 +184,12 @@ class MininetCluster:
             network = "private" if (host.role == "node" and intf.endswith("-eth0")) else "public"
             switch = self._switches[network]
             shaped = network == "public" and host.role == "node" and self.link.bw_mbit
-            cls, params = (TCLink, {"bw": self.link.bw_mbit}) if shaped else (Link, {})
-            links.append(cls(mn_host, switch, intfName1=intf, intfName2=self.port_name(host, network),
-                             addr1=host.macs[intf], addr2=_switch_port_mac(host.macs[intf]),
-                             **params))
+            shaping = ({"cls1": _quiet_tc_intf(), "cls2": _quiet_tc_intf(),
+                        "params1": {"bw": self.link.bw_mbit}, "params2": {"bw": self.link.bw_mbit}}
+                       if shaped else {})
+            links.append(Link(mn_host, switch, intfName1=intf, intfName2=self.port_name(host, network),
+                              addr1=host.macs[intf], addr2=_switch_port_mac(host.macs[intf]),
+                              **shaping))
         host.host = mn_host
         host.holder = start_holder(mn_host.pid)
         host.pid = host.holder.pid
@@ -350,3 +352,25 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.002)
+
+
+_QUIET_TC_INTF = None
+
+
+def _quiet_tc_intf():
+    """Mininet's TCIntf, minus one harmless tc warning: an htb class at 100 Mbit/s or more
+    makes tc say "quantum of class ... is big", which Mininet prints as "*** Error" once per
+    link. Other tc output still reaches Mininet's error report."""
+    global _QUIET_TC_INTF
+    if _QUIET_TC_INTF is None:
+        from mininet.link import TCIntf
+
+        class QuietTCIntf(TCIntf):
+            def tc(self, cmd, tc="tc"):
+                output = super().tc(cmd, tc)
+                return "".join(line for line in output.splitlines(True)
+                               if "quantum of class" not in line and line.strip())
+
+        _QUIET_TC_INTF = QuietTCIntf
+    return _QUIET_TC_INTF
+
