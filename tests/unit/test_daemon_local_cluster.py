@@ -378,3 +378,21 @@ def test_hostile_peer_and_stranger_are_logged_and_change_nothing(tmp_path):
         assert after == before
     finally:
         c.stop()
+
+
+def test_no_ip_failback_keeps_a_returning_node_empty(cluster):
+    """NoIPFailback=1 (on every node, as CTDB's docs ask): a node that comes back gets no IPs
+    until an admin moves some; with it off, the same return rebalances at once."""
+    for pnn in range(3):
+        cluster.ok(pnn, "setvar", "NoIPFailback", "1")
+    victim = 2
+    cluster.ok(victim, "disable")
+    cluster.wait_for("node 2 emptied", lambda: victim not in cluster.ips(0).values())
+    cluster.ok(victim, "enable")
+    cluster.wait_for("node 2 OK again", lambda: cluster.status_flags(0)[victim] == "OK")
+    time.sleep(2.0)                        # several takeover runs' worth
+    assert victim not in cluster.ips(0).values(), cluster.ips(0)
+    for pnn in range(3):
+        cluster.ok(pnn, "setvar", "NoIPFailback", "0")
+    cluster.ok(0, "ipreallocate")
+    cluster.wait_for("node 2 given an IP back", lambda: victim in cluster.ips(0).values())
