@@ -329,17 +329,22 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
     metrics = metric_names(failover)
     roles = roles_of(failover)
     colors = series_colors(failover)
-    width = 0.8 / len(failover)
+    # A panel shows only the datasets with runs of its role (a benchmark puts leader-victim and
+    # non-leader-victim runs in separate datasets: empty slots would halve every bar).
+    per_role = {role: [d for d in failover if runs_with_role(d, role)] or failover for role in roles}
+    most = max(len(present) for present in per_role.values())
 
     with matplotlib.rc_context(_STYLE):
-        fig = Figure(figsize=(max(9.0, 1.2 + 1.25 * len(metrics) * max(1, len(failover) / 2)),
+        fig = Figure(figsize=(max(9.0, 1.2 + 1.25 * len(metrics) * max(1, most / 2)),
                               1.2 + 3.7 * len(roles)), layout="constrained")
         axes = fig.subplots(len(roles), 1, squeeze=False)[:, 0]
         for ax, role in zip(axes, roles):
             top = 0.0
-            for index, dataset in enumerate(failover):
+            present = per_role[role]
+            width = 0.8 / len(present)
+            for index, dataset in enumerate(present):
                 runs = runs_with_role(dataset, role)
-                offset = (index - (len(failover) - 1) / 2) * width
+                offset = (index - (len(present) - 1) / 2) * width
                 for position, metric in enumerate(metrics):
                     x = position + offset
                     stats = metric_stats(runs, metric)
