@@ -8,6 +8,7 @@ datasets hold nothing it could draw).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Iterable
 
@@ -93,15 +94,18 @@ def _link_cap(params: dict) -> str:
     return "links uncapped" if bw is None else f"{bw:g} Mbit/s per node"
 
 
-def _params_line(datasets: list[Dataset]) -> str:
-    parts = []
+def _params_line(datasets: list[Dataset], width: int = 110) -> str:
+    """`label, label: N=3, tunables …; label: …` — datasets with the same parameters share one
+    entry — wrapped to `width` characters so a long comparison is not clipped."""
+    groups: dict[str, list[str]] = {}
     for dataset in datasets:
         params = [f"N={dataset.params['nodes']}" if "nodes" in dataset.params else "",
                   f"tunables {dataset.params['tunables']}" if "tunables" in dataset.params else "",
                   _link_cap(dataset.params) if "bw_mbit" in dataset.params else ""]
-        parts.append(f"{dataset.label}: " + ", ".join(p for p in params if p) if any(params)
-                     else dataset.label)
-    return "; ".join(parts)
+        groups.setdefault(", ".join(p for p in params if p), []).append(dataset.label)
+    parts = [f"{', '.join(labels)}: {params}" if params else ", ".join(labels)
+             for params, labels in groups.items()]
+    return textwrap.fill("; ".join(parts), width, break_on_hyphens=False)
 
 
 # -- failover timeline ---------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
         return _save(fig, out_dir, TIMELINE)
 
 
-_TEXT_AXES_FRACTION_PER_CHAR = 0.0066  # 8.5 pt italic on an ~10 inch wide axes
+_TEXT_AXES_FRACTION_PER_CHAR = 0.0088  # 8.5 pt italic on an ~9 inch wide axes
 _TEXT_PAD_FRACTION = 0.012
 
 
