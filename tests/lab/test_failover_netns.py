@@ -166,6 +166,19 @@ def lan6() -> Iterator[Lan]:
         yield net
 
 
+@pytest.fixture
+def node_b_effects(lan: Lan) -> Iterator[tuple[AddressManager, SockDiag]]:
+    """Node b's address manager and sock_diag socket, opened inside its namespace."""
+    with inside(lan.ns("b")):
+        am = AddressManager()
+        diag = SockDiag()
+    try:
+        yield am, diag
+    finally:
+        am.close()
+        diag.close()
+
+
 def listen(lan: Lan, node: str, addr: str, port: int, family: int = socket.AF_INET) -> socket.socket:
     with inside(lan.ns(node)):
         sock = lan.track(socket.socket(family, socket.SOCK_STREAM))
@@ -497,150 +510,126 @@ def test_tickle_without_garp_does_not_reset_then_garp_does(lan: Lan):
 # --- (d) kill_connections -----------------------------------------------------------------
 
 
-def test_kill_connections_resets_only_the_released_ip(lan: Lan):
-    with inside(lan.ns("b")):
-        am = AddressManager()
-        diag = SockDiag()
-    try:
-        am.add("eth0", PUBLIC_X, PLEN)
-        am.add("eth0", PUBLIC_Y, PLEN)
-        lx, ly = listen(lan, "b", PUBLIC_X, 5500), listen(lan, "b", PUBLIC_Y, 5500)
-        cx, cy = connect(lan, "c", PUBLIC_X, 5500), connect(lan, "c", PUBLIC_Y, 5500)
-        sx, sy = accept(lx, lan), accept(ly, lan)
+def test_kill_connections_resets_only_the_released_ip(lan: Lan, node_b_effects):
+    am, diag = node_b_effects
+    am.add("eth0", PUBLIC_X, PLEN)
+    am.add("eth0", PUBLIC_Y, PLEN)
+    lx, ly = listen(lan, "b", PUBLIC_X, 5500), listen(lan, "b", PUBLIC_Y, 5500)
+    cx, cy = connect(lan, "c", PUBLIC_X, 5500), connect(lan, "c", PUBLIC_Y, 5500)
+    sx, sy = accept(lx, lan), accept(ly, lan)
 
-        assert kill_connections(PUBLIC_Y, ports=[9999], diag=diag) == 0  # port filter
-        t0 = time.perf_counter()
-        killed = kill_connections(PUBLIC_X, diag=diag)
-        elapsed = time.perf_counter() - t0
-        print(f"\nkill_connections: {killed} socket(s) in {elapsed * 1e3:.3f} ms")
-        assert killed == 1
-        # The client was not reading (no thread competing for the GIL during the timing);
-        # its socket holds the reset: recv() raises at once.
-        cx.settimeout(2)
-        with pytest.raises(ConnectionResetError):
-            cx.recv(10)
-        sx.settimeout(1)
-        with pytest.raises(OSError) as aborted:
-            sx.recv(10)
-        assert aborted.value.errno == errno.ECONNABORTED
-        # The connection on the other public IP is untouched, both ways.
-        cy.sendall(b"ping")
-        sy.settimeout(2)
-        assert sy.recv(4) == b"ping"
-        sy.sendall(b"pong")
-        cy.settimeout(2)
-        assert cy.recv(4) == b"pong"
-        # The listener on X survives too: new clients are served.
-        again = connect(lan, "c", PUBLIC_X, 5500)
-        accept(lx, lan).sendall(b"ok")
-        assert again.recv(2) == b"ok"
-    finally:
-        am.close()
-        diag.close()
+    assert kill_connections(PUBLIC_Y, ports=[9999], diag=diag) == 0  # port filter
+    t0 = time.perf_counter()
+    killed = kill_connections(PUBLIC_X, diag=diag)
+    elapsed = time.perf_counter() - t0
+    print(f"\nkill_connections: {killed} socket(s) in {elapsed * 1e3:.3f} ms")
+    assert killed == 1
+    # The client was not reading (no thread competing for the GIL during the timing);
+    # its socket holds the reset: recv() raises at once.
+    cx.settimeout(2)
+    with pytest.raises(ConnectionResetError):
+        cx.recv(10)
+    sx.settimeout(1)
+    with pytest.raises(OSError) as aborted:
+        sx.recv(10)
+    assert aborted.value.errno == errno.ECONNABORTED
+    # The connection on the other public IP is untouched, both ways.
+    cy.sendall(b"ping")
+    sy.settimeout(2)
+    assert sy.recv(4) == b"ping"
+    sy.sendall(b"pong")
+    cy.settimeout(2)
+    assert cy.recv(4) == b"pong"
+    # The listener on X survives too: new clients are served.
+    again = connect(lan, "c", PUBLIC_X, 5500)
+    accept(lx, lan).sendall(b"ok")
+    assert again.recv(2) == b"ok"
 
 
-def test_release_order_matters(lan: Lan):
+def test_release_order_matters(lan: Lan, node_b_effects):
     """release_ip resets the client; killing only after the delete leaves the client hanging."""
-    with inside(lan.ns("b")):
-        am = AddressManager()
-        diag = SockDiag()
-    try:
-        results = {}
-        for name, ip_addr, port in (("release_ip", PUBLIC_X, 5510), ("delete-then-kill", PUBLIC_Y, 5511)):
-            am.add("eth0", ip_addr, PLEN)
-            listener = listen(lan, "b", ip_addr, port)
-            client = connect(lan, "c", ip_addr, port)
-            accept(listener, lan)
-            listener.close()
-            if name == "release_ip":
-                assert release_ip(am, "eth0", ip_addr, PLEN, diag=diag) == (1, True)
-            else:
-                assert am.delete("eth0", ip_addr, PLEN)
-                assert kill_connections(ip_addr, diag=diag) == 1  # the local socket still goes
-            client.settimeout(0.3)
-            try:
-                client.recv(10)
-                results[name] = "data"
-            except ConnectionResetError:
-                results[name] = "reset"
-            except TimeoutError:
-                results[name] = "hangs"
-        assert results == {"release_ip": "reset", "delete-then-kill": "hangs"}
-    finally:
-        am.close()
-        diag.close()
+    am, diag = node_b_effects
+    results = {}
+    for name, ip_addr, port in (("release_ip", PUBLIC_X, 5510), ("delete-then-kill", PUBLIC_Y, 5511)):
+        am.add("eth0", ip_addr, PLEN)
+        listener = listen(lan, "b", ip_addr, port)
+        client = connect(lan, "c", ip_addr, port)
+        accept(listener, lan)
+        listener.close()
+        if name == "release_ip":
+            assert release_ip(am, "eth0", ip_addr, PLEN, diag=diag) == (1, True)
+        else:
+            assert am.delete("eth0", ip_addr, PLEN)
+            assert kill_connections(ip_addr, diag=diag) == 1  # the local socket still goes
+        client.settimeout(0.3)
+        try:
+            client.recv(10)
+            results[name] = "data"
+        except ConnectionResetError:
+            results[name] = "reset"
+        except TimeoutError:
+            results[name] = "hangs"
+    assert results == {"release_ip": "reset", "delete-then-kill": "hangs"}
 
 
 # --- (e) established_connections --------------------------------------------------------
 
 
-def test_established_connections_lists_exactly_our_public_connections(lan: Lan):
+def test_established_connections_lists_exactly_our_public_connections(lan: Lan, node_b_effects):
+    am, diag = node_b_effects
+    am.add("eth0", PUBLIC_X, PLEN)
+    am.add("eth0", PUBLIC_Y, PLEN)
+    lx = listen(lan, "b", PUBLIC_X, 5600)
+    dual = listen(lan, "b", "::", 5601, family=socket.AF_INET6)  # v4-mapped sockets
+    own = listen(lan, "b", NODE_IP["b"], 5602)                   # not a public IP
+    clients = [connect(lan, "c", PUBLIC_X, 5600), connect(lan, "c", PUBLIC_X, 5600),
+               connect(lan, "c", PUBLIC_Y, 5601)]
+    for listener in (lx, lx, dual):
+        accept(listener, lan)
+    connect(lan, "c", NODE_IP["b"], 5602)
+    accept(own, lan)
+
+    expected = {(c.getpeername()[:2], c.getsockname()[:2]) for c in clients}
+    got = established_connections({PUBLIC_X, PUBLIC_Y}, diag=diag)
+    assert len(got) == len(set(got)) == 3
+    assert set(got) == expected
+    assert set(established_connections({PUBLIC_Y}, diag=diag)) == {e for e in expected if e[0][0] == PUBLIC_Y}
+    assert established_connections(set(), diag=diag) == []
+    # The per-family fallback (kernels without the older one-walk request) agrees.
+    fallback = SockDiag.__new__(SockDiag)
+    fallback.__dict__.update(diag.__dict__, _compat_dump=False)
+    assert set(established_connections({PUBLIC_X, PUBLIC_Y}, diag=fallback)) == expected
+    # Works without a long-lived SockDiag too (in the namespace of the caller).
     with inside(lan.ns("b")):
-        am = AddressManager()
-        diag = SockDiag()
-    try:
-        am.add("eth0", PUBLIC_X, PLEN)
-        am.add("eth0", PUBLIC_Y, PLEN)
-        lx = listen(lan, "b", PUBLIC_X, 5600)
-        dual = listen(lan, "b", "::", 5601, family=socket.AF_INET6)  # v4-mapped sockets
-        own = listen(lan, "b", NODE_IP["b"], 5602)                   # not a public IP
-        clients = [connect(lan, "c", PUBLIC_X, 5600), connect(lan, "c", PUBLIC_X, 5600),
-                   connect(lan, "c", PUBLIC_Y, 5601)]
-        for listener in (lx, lx, dual):
-            accept(listener, lan)
-        connect(lan, "c", NODE_IP["b"], 5602)
-        accept(own, lan)
-
-        expected = {(c.getpeername()[:2], c.getsockname()[:2]) for c in clients}
-        got = established_connections({PUBLIC_X, PUBLIC_Y}, diag=diag)
-        assert len(got) == len(set(got)) == 3
-        assert set(got) == expected
-        assert set(established_connections({PUBLIC_Y}, diag=diag)) == {e for e in expected if e[0][0] == PUBLIC_Y}
-        assert established_connections(set(), diag=diag) == []
-        # The per-family fallback (kernels without the older one-walk request) agrees.
-        fallback = SockDiag.__new__(SockDiag)
-        fallback.__dict__.update(diag.__dict__, _compat_dump=False)
-        assert set(established_connections({PUBLIC_X, PUBLIC_Y}, diag=fallback)) == expected
-        # Works without a long-lived SockDiag too (in the namespace of the caller).
-        with inside(lan.ns("b")):
-            assert set(established_connections([PUBLIC_X])) == {e for e in expected if e[0][0] == PUBLIC_X}
-    finally:
-        am.close()
-        diag.close()
+        assert set(established_connections([PUBLIC_X])) == {e for e in expected if e[0][0] == PUBLIC_X}
 
 
-def test_connection_poll_cost_with_thousands_of_sockets(lan: Lan):
+def test_connection_poll_cost_with_thousands_of_sockets(lan: Lan, node_b_effects):
     """~3000 unrelated sockets plus 50 on a public IP: time one poll."""
+    am, diag = node_b_effects
+    am.add("eth0", PUBLIC_X, PLEN)
+    busy = listen(lan, "b", "127.0.0.1", 5700)
     with inside(lan.ns("b")):
-        am = AddressManager()
-        diag = SockDiag()
-    try:
-        am.add("eth0", PUBLIC_X, PLEN)
-        busy = listen(lan, "b", "127.0.0.1", 5700)
-        with inside(lan.ns("b")):
-            for _ in range(1500):
-                lan.track(socket.create_connection(("127.0.0.1", 5700)))
-                lan.track(busy.accept()[0])
-        public = listen(lan, "b", PUBLIC_X, 5701)
-        for _ in range(50):
-            connect(lan, "c", PUBLIC_X, 5701)
-            accept(public, lan)
+        for _ in range(1500):
+            lan.track(socket.create_connection(("127.0.0.1", 5700)))
+            lan.track(busy.accept()[0])
+    public = listen(lan, "b", PUBLIC_X, 5701)
+    for _ in range(50):
+        connect(lan, "c", PUBLIC_X, 5701)
+        accept(public, lan)
 
-        samples = []
-        for _ in range(30):
-            t0 = time.perf_counter()
-            got = established_connections({PUBLIC_X}, diag=diag)
-            samples.append(time.perf_counter() - t0)
-        assert len(got) == 50
-        unfiltered = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            every = diag.tcp_sockets(None)
-            unfiltered.append(time.perf_counter() - t0)
-        assert len(every) >= 3050
-        print(f"\npoll of 50 public connections among {len(every)} sockets: {_median_ms(samples)}; "
-              f"unfiltered dump of all: {_median_ms(unfiltered)}")
-        assert statistics.median(samples) < 0.05
-    finally:
-        am.close()
-        diag.close()
+    samples = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        got = established_connections({PUBLIC_X}, diag=diag)
+        samples.append(time.perf_counter() - t0)
+    assert len(got) == 50
+    unfiltered = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        every = diag.tcp_sockets(None)
+        unfiltered.append(time.perf_counter() - t0)
+    assert len(every) >= 3050
+    print(f"\npoll of 50 public connections among {len(every)} sockets: {_median_ms(samples)}; "
+          f"unfiltered dump of all: {_median_ms(unfiltered)}")
+    assert statistics.median(samples) < 0.05
