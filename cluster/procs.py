@@ -29,6 +29,15 @@ def netns_of(pid: int) -> str | None:
         return None
 
 
+def named_netns(name: str) -> str | None:
+    """The identity (as `netns_of` gives it) of a namespace made with ``ip netns add NAME``;
+    None if there is no such namespace."""
+    try:
+        return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+    except OSError:
+        return None
+
+
 def mntns_of(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/mnt")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ctdblab.cluster.daemonlog import parse_line
+from ctdblab.cluster.procs import kill_netns, named_netns
 
 
 
@@ -197,26 +198,13 @@ class NetnsCluster:
         return "\n".join(out)
 
     # -- faults ------------------------------------------------------------------------------------
-    def ns_pids(self, ns: str) -> list[int]:
-        result = sh("ip", "netns", "pids", ns, check=False)
-        return [int(p) for p in result.stdout.split()]
-
     def hard_reset(self, pnn: int) -> float:
         """Cut the node's switch port, kill everything in its namespace, delete its link.
         Returns the wall-clock time of the cut."""
         port = f"{self.prefix}n{pnn + 1}b"
         t_cut = time.time()
         sh("ip", "link", "set", port, "down", ns=self.switch)
-        for _ in range(50):
-            pids = self.ns_pids(self.ns(pnn))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)
+        kill_netns(named_netns(self.ns(pnn)))
         sh("ip", "link", "del", port, ns=self.switch, check=False)
         return t_cut
 
@@ -235,14 +223,12 @@ class NetnsCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for ns in self.namespaces:
-            for pid in self.ns_pids(ns):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for ns in reversed(self.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
+        try:
+            for ident in filter(None, map(named_netns, self.namespaces)):
+                kill_netns(ident)
+        finally:
+            for ns in reversed(self.namespaces):
+                sh("ip", "netns", "del", ns, check=False)
 
 
 HOLD_SERVER = r"""

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import pytest
 
+from ctdblab.cluster.procs import kill_netns, named_netns
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 SERVER_IP = "198.19.240.1"
@@ -36,11 +38,6 @@ _serial = itertools.count()
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
-
-
-def netns_pids(ns: str) -> list[int]:
-    out = run("ip", "netns", "pids", ns, check=False).stdout
-    return [int(p) for p in out.split()]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,17 +74,12 @@ class NetnsPair:
 
     def destroy(self) -> None:
         for ns in (self.server, self.client):
-            for _ in range(50):
-                pids = netns_pids(ns)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.02)
-            run("ip", "netns", "del", ns, check=False)
+            try:
+                ident = named_netns(ns)
+                if ident is not None:
+                    kill_netns(ident)
+            finally:
+                run("ip", "netns", "del", ns, check=False)
 
     def silence_server(self) -> float:
         """Drop every packet in and out of the server: it looks powered off, sends no RST."""
@@ -181,11 +173,7 @@ force user = root
 
     def stop(self) -> None:
         """Kill smbd and its children (every process of the server namespace)."""
-        for pid in netns_pids(self.pair.server):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_netns(named_netns(self.pair.server))
         if self.process is not None:
             self.process.wait(10)
 
