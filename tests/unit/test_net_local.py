@@ -8,21 +8,13 @@ import socket
 
 import pytest
 
+from aio_helpers import until
 from ctdblab.daemon.net.local import LocalServer, LocalSocketError
 from ctdblab.daemon.protocol import ReqMessage, Srvid, decode_packet, encode_packet
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
-
-
-async def until(cond, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def test_credentials_registration_and_delivery(tmp_path):

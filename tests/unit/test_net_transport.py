@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 
+from aio_helpers import until
 from ctdblab.daemon.net.transport import NodeTransport
 from ctdblab.daemon.protocol import ReqKeepalive, ReqMessage, decode_packet, encode_packet
 
@@ -20,15 +21,6 @@ class Node:
         self.frames, self.up, self.down, self.logs = [], [], [], []
         self.t = NodeTransport(pnn, addresses, port, lambda p, f: self.frames.append((p, f)),
                                self.up.append, lambda p, r: self.down.append((p, r)), self.logs.append)
-
-
-async def until(cond, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def run(coro):
