@@ -95,13 +95,17 @@ class EventDaemonServer:
             result, status = errno.EIO, None
         return EventReply(request.reqid, request.cmd, result, status)
 
-    def _runner(self, component: str | None) -> EventRunner | None:
-        return None if component is None else self.components.get(component)
+    def _runner(self, component: str | None) -> EventRunner | int:
+        """The component's runner, or the errno ctdb-eventd answers: EINVAL when the request
+        names no component, ENOENT for an unknown one."""
+        if component is None:
+            return errno.EINVAL
+        return self.components.get(component, errno.ENOENT)
 
     async def _run(self, body: RunRequest) -> int:
         runner = self._runner(body.component)
-        if runner is None:
-            return errno.ENOENT if body.component is not None else errno.EINVAL
+        if isinstance(runner, int):
+            return runner
         if body.event is None:
             return errno.EINVAL
         try:
@@ -115,8 +119,8 @@ class EventDaemonServer:
 
     def _status(self, body: StatusRequest) -> tuple[int, StatusReply | None]:
         runner = self._runner(body.component)
-        if runner is None:
-            return (errno.ENOENT if body.component is not None else errno.EINVAL), None
+        if isinstance(runner, int):
+            return runner, None
         last = runner.last_result(body.event) if body.event is not None else None
         if last is None:
             return errno.EINVAL, None           # "Event X has never run in legacy"
@@ -124,8 +128,8 @@ class EventDaemonServer:
 
     def _script(self, body: ScriptRequest) -> int:
         runner = self._runner(body.component)
-        if runner is None:
-            return errno.ENOENT if body.component is not None else errno.EINVAL
+        if isinstance(runner, int):
+            return runner
         if body.script is None:
             return errno.EINVAL
         try:

@@ -55,17 +55,21 @@ def _is_enabled(path: Path) -> bool:
         return False
 
 
+def _read_dir(script_dir: Path) -> list[str]:
+    try:
+        return os.listdir(script_dir)
+    except OSError as exc:
+        raise EventScriptError(exc.errno or errno.EIO,
+                               f"cannot read event script directory {script_dir}: "
+                               f"{exc.strerror}") from None
+
+
 def list_scripts(script_dir: Path) -> list[ScriptInfo]:
     """Every event script in ``script_dir`` in run order.
 
     Raises ``EventScriptError`` (ENOENT, ENOTDIR, ...) when the directory cannot be read.
     """
-    try:
-        names = os.listdir(script_dir)
-    except OSError as exc:
-        raise EventScriptError(exc.errno or errno.EIO,
-                               f"cannot read event script directory {script_dir}: "
-                               f"{exc.strerror}") from None
+    names = _read_dir(script_dir)
     scripts = sorted((n for n in names if is_script_file_name(n)), key=os.fsencode)
     result = []
     for file_name in scripts:
@@ -84,12 +88,7 @@ def set_script_enabled(script_dir: Path, script: str, enable: bool) -> None:
         else script + SCRIPT_SUFFIX
     if "/" in file_name or "\0" in file_name:
         raise EventScriptError(errno.EINVAL, f"script {script!r} is not a valid script name")
-    try:
-        entries = os.listdir(script_dir)
-    except OSError as exc:
-        raise EventScriptError(exc.errno or errno.EIO,
-                               f"cannot read event script directory {script_dir}: "
-                               f"{exc.strerror}") from None
+    entries = _read_dir(script_dir)
     if file_name not in entries:
         raise EventScriptError(errno.ENOENT, f"script {script} does not exist in {script_dir}")
     if not is_script_file_name(file_name):
