@@ -304,6 +304,9 @@ def test_lcp2_imbalance_wraps_at_32_bits_like_ctdb():
     # 787 addresses of 192.168/16 on node 0 sum to an imbalance of 2**32 + 3847, which
     # CTDB's uint32_t holds as 3847: smaller than node 1's 15876, so CTDB 4.17.12's own
     # code (run on this very input) moves nothing. Exact arithmetic would move ~390 IPs.
+    # The addresses are allocation input only (never configured, nothing is sent): they stay
+    # outside the lab's 198.18.0.0/15 because the figures above were checked against CTDB on
+    # exactly these values.
     owners = {f"192.168.{1 + i // 100}.{1 + i % 100}": 0 for i in range(786)}
     owners |= {"192.168.4.128": 0, "10.0.0.1": 1, "10.0.0.2": 1}
     ips = ips_on(owners, range(2))
