@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ctdblab.reports import make_report
 from ctdblab.scenarios import run_scenario
-from ctdblab.scenarios.stats import summarize
+from ctdblab.stats import summarize
 
 from .common import progress, table
 

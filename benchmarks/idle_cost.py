@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 from ctdblab import chaos
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.stats import median
 
 from .common import progress, table
 
@@ -83,7 +83,7 @@ def main() -> int:
                             progress=progress) as cluster:
                 time.sleep(10)
                 rows = measure(cluster, args.window)
-            med = lambda key: statistics.median(r[key] for r in rows)
+            med = lambda key: median(r[key] for r in rows)
             mx = lambda key: max(r[key] for r in rows)
             out.append([daemon, n, med("cpu_pct"), mx("cpu_pct"), med("cpu_with_scripts_pct"),
                         med("rss_mib"), mx("rss_mib"), med("pss_mib"), rows[0]["procs"]])

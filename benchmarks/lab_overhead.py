@@ -11,13 +11,13 @@ results.json (``lab_overhead``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from ctdblab.cluster.lab import LabCluster
 from ctdblab.cluster.mininet_backend import MininetCluster
+from ctdblab.stats import median
 
 from .common import progress, table
 
@@ -51,7 +51,7 @@ def main() -> int:
                 cluster.stop()
                 stop = time.monotonic() - t1
             progress(f"{n} nodes: build {builds}, teardown {teardowns}, pyctdbd start {start:.1f}")
-            rows.append([n, statistics.median(builds), max(builds), statistics.median(teardowns),
+            rows.append([n, median(builds), max(builds), median(teardowns),
                          max(teardowns), start, stop])
     print("\nlab overhead (seconds)")
     print(table(["nodes", "build p50", "build max", "teardown p50", "teardown max",

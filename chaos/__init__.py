@@ -1,7 +1,11 @@
-"""Faults for the lab; each one is a timestamped event in the run's history."""
+"""Faults for the lab, as nemesis objects; ``Nemesis(cluster, history).inject(fault)`` applies
+one and records it in the run's history (begin, steps, end or fail)."""
 
-from .faults import (clear_loss, crash, daemon_processes, flap, freeze, heal, kill_smbd, loss,
-                     partition, power_off, power_on, thaw)
+from .nemesis import Fault, Nemesis, Outcome
+from .network import ClearLoss, Flap, Heal, Loss, Partition
+from .power import PowerOff, PowerOn
+from .processes import Crash, Freeze, KillSmbd, Thaw, daemon_processes, program_name
 
-__all__ = ["clear_loss", "crash", "daemon_processes", "flap", "freeze", "heal", "kill_smbd",
-           "loss", "partition", "power_off", "power_on", "thaw"]
+__all__ = ["ClearLoss", "Crash", "Fault", "Flap", "Freeze", "Heal", "KillSmbd", "Loss", "Nemesis",
+           "Outcome", "Partition", "PowerOff", "PowerOn", "Thaw", "daemon_processes",
+           "program_name"]

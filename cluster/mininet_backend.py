@@ -37,6 +37,7 @@ MAX_NODES = 64
 MAX_CLIENTS = 32
 MAX_BW_MBIT = 1000           # Mininet silently ignores htb rates above this
 NETEM_PARAMS = ("delay", "jitter", "loss", "max_queue_size")
+NETWORKS = ("private", "public")    # a node's eth0 and eth1; a client has only the public one
 
 
 @dataclass
@@ -102,7 +103,25 @@ class MininetCluster:
         return f"{self.prefix}s{'p' if network == 'private' else 'u'}"
 
     def port_name(self, host: LabHost, network: str) -> str:
+        """The switch-side end of the host's link on ``network`` (in the root namespace)."""
+        self._check_network(host, network)
         return f"{self.switch_name(network)}-{host.name[len(self.prefix):]}"
+
+    def iface(self, host: LabHost, network: str) -> str:
+        """The host's own interface on ``network`` ("private" or "public"), inside its namespace:
+        a node's eth0 is private and eth1 public; a client has only a public eth0."""
+        return _iface_name(host.name, self._check_network(host, network))
+
+    def networks_of(self, host: LabHost) -> list[str]:
+        return list(NETWORKS) if host.role == "node" else ["public"]
+
+    def _check_network(self, host: LabHost, network: str) -> int:
+        """The index of ``network`` among the host's networks (UserError if it has no such link)."""
+        networks = self.networks_of(host)
+        if network not in networks:
+            raise UserError(f"{host.name} has no link on network {network!r} "
+                            f"(it has: {', '.join(networks)})")
+        return networks.index(network)
 
     def node(self, pnn: int) -> LabHost:
         if not 0 <= pnn < len(self.nodes):
@@ -140,11 +159,12 @@ class MininetCluster:
         plan = self.plan
         for pnn in range(self.num_nodes):
             name = f"{self.prefix}n{pnn + 1}"
+            private, public = _iface_name(name, 0), _iface_name(name, 1)
             host = LabHost(
                 name=name, index=pnn, role="node",
-                ips={f"{name}-eth0": f"{plan.private_ip(pnn)}/{PREFIXLEN}",
-                     f"{name}-eth1": f"{plan.node_public_ip(pnn)}/{PREFIXLEN}"},
-                macs={f"{name}-eth0": _mac(plan.slot, 1, pnn), f"{name}-eth1": _mac(plan.slot, 2, pnn)},
+                ips={private: f"{plan.private_ip(pnn)}/{PREFIXLEN}",
+                     public: f"{plan.node_public_ip(pnn)}/{PREFIXLEN}"},
+                macs={private: _mac(plan.slot, 1, pnn), public: _mac(plan.slot, 2, pnn)},
                 dirs=NodeDirs(self.workdir / "nodes" / name))
             host.dirs.create()
             if configure:
@@ -152,10 +172,11 @@ class MininetCluster:
             self.nodes.append(host)
         for c in range(self.num_clients):
             name = f"{self.prefix}c{c + 1}"
+            public = _iface_name(name, 0)
             self.clients.append(LabHost(
                 name=name, index=c, role="client",
-                ips={f"{name}-eth0": f"{plan.client_ip(c)}/{PREFIXLEN}"},
-                macs={f"{name}-eth0": _mac(plan.slot, 3, c)}))
+                ips={public: f"{plan.client_ip(c)}/{PREFIXLEN}"},
+                macs={public: _mac(plan.slot, 3, c)}))
         members = self.nodes + self.clients
         for host in members:
             self._make_mininet_host(host)
@@ -180,8 +201,8 @@ class MininetCluster:
 
         mn_host = Host(host.name)
         links = []
-        for intf in host.ips:
-            network = "private" if (host.role == "node" and intf.endswith("-eth0")) else "public"
+        for network in self.networks_of(host):
+            intf = self.iface(host, network)
             switch = self._switches[network]
             shaped = network == "public" and host.role == "node" and self.link.bw_mbit
             shaping = ({"cls1": _quiet_tc_intf(), "cls2": _quiet_tc_intf(),
@@ -219,18 +240,28 @@ class MininetCluster:
                                f"{' / '.join(trace) or result.stdout.strip()[-200:]}")
 
     # -- power ------------------------------------------------------------------------------------
+    def set_link(self, host: LabHost, network: str, up: bool) -> float:
+        """Bring the switch-side port of the host's link on ``network`` up or down (the cable
+        pulled at the switch: the host keeps running).  Returns the instant the kernel
+        acknowledged it."""
+        return self._set_ports(host, [network], up)
+
     def cut(self, host: LabHost) -> float:
         """Take the host's switch-side ports down: nothing leaves or reaches it any more."""
+        return self._set_ports(host, self.networks_of(host), up=False)
+
+    def _set_ports(self, host: LabHost, networks: list[str], up: bool) -> float:
         from pyroute2 import IPRoute
 
+        ports = [self.port_name(host, network) for network in networks]
         with IPRoute() as ipr:
-            indexes = [ipr.link_lookup(ifname=self.port_name(host, net))
-                       for net in self._networks_of(host)]
-            for idx in indexes:
-                if idx:
-                    ipr.link("set", index=idx[0], state="down")
-            # The cut is complete when the kernel has acknowledged both ports down: a frame
-            # sent before this instant may still arrive; none sent after it can.
+            for port in ports:
+                index = ipr.link_lookup(ifname=port)
+                if not index:
+                    raise UserError(f"{host.name}: no switch port {port} (is it powered off?)")
+                ipr.link("set", index=index[0], state="up" if up else "down")
+            # Complete when the kernel has acknowledged every port: a frame sent before this
+            # instant may still arrive; none sent after it can.
             return time.time()
 
     def power_off(self, host: LabHost) -> dict[str, float]:
@@ -243,7 +274,7 @@ class MininetCluster:
         killed = host.kill_everything()
         t_killed = time.time()
         self._dispose_mininet_host(mn_host)
-        for network in self._networks_of(host):
+        for network in self.networks_of(host):
             _delete_link(self.port_name(host, network))
         host.host = None
         host.pid = None
@@ -258,15 +289,12 @@ class MininetCluster:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            for network in self._networks_of(host):
+            for network in self.networks_of(host):
                 (port,) = ipr.link_lookup(ifname=self.port_name(host, network))
                 (bridge,) = ipr.link_lookup(ifname=self.switch_name(network))
                 ipr.link("set", index=port, master=bridge, state="up")
         self._save_state()
         return time.time()
-
-    def _networks_of(self, host: LabHost) -> list[str]:
-        return ["private", "public"] if host.role == "node" else ["public"]
 
     @staticmethod
     def _dispose_mininet_host(mn_host) -> None:
@@ -322,6 +350,10 @@ class MininetCluster:
     def _save_state(self) -> None:
         if self.prefix:
             write_state(self.prefix, self.describe())
+
+
+def _iface_name(host_name: str, index: int) -> str:
+    return f"{host_name}-eth{index}"
 
 
 def _mac(slot: int, kind: int, index: int) -> str:

@@ -1,38 +1,42 @@
 """The run history: one JSON object per line, one clock for everything.
 
 Every fault, client operation, daemon state change and capture of a run lands in
-``history.jsonl``.  Checkers and reports read only this file (and ``results.json``), never
-the cluster, so a regression can be re-checked and a plot re-drawn without re-running it.
+``history.jsonl``; the events and their fields are defined once, in ``ctdblab.events``.
+Checkers and reports read only this file (and ``results.json``), never the cluster, so a
+regression can be re-checked and a plot re-drawn without re-running it.  What checkers derive
+(milestones, verdicts) goes to ``results.json``, never back into the history.
 
-All network namespaces share the kernel clock, so ``t`` (``time.time()``, seconds since the
-epoch) taken in the orchestrator, in a client probe or parsed from a daemon log is one clock.
-
-Each event has ``t`` and ``kind``; the rest depends on the kind:
-
-``run``        a repetition starts or ends (``event``: start|end, ``run``: index)
-``fault``      a fault was injected (``fault``: power_off|power_on|crash|freeze|thaw|
-               partition|heal|flap|loss, ``node``: pnn, ``phase``: begin|end)
-``op``         a client operation (``process``, ``f``, ``type``: invoke|ok|fail, ``value``/``error``)
-``state``      an observed daemon state change (``node``, ``what``, ``value``)
-``milestone``  a derived instant of a failover (``name``, ``run``)
-``capture``    a packet or probe observation (``probe``, ``what``, ...)
-``note``       free text, e.g. why a metric did not happen in a run
+``History`` writes; ``load_history`` / ``read_history`` is the one reader, used by the scenarios'
+checkers and by the reports.  It forgives exactly one kind of damage: a partial last line, which a
+run killed mid-write leaves behind.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-KINDS = ("run", "fault", "op", "state", "milestone", "capture", "note")
+from .errors import UserError
+from .events import KINDS, OP_TYPES, RETIRED_KINDS, RUN_START, Event
+
+__all__ = ["History", "HistoryError", "LoadedHistory", "load_history", "read_history",
+           "events_of_run", "run_indexes", "KINDS"]
+
+
+class HistoryError(UserError):
+    """A history file that cannot be read; the message names the file and the line."""
 
 
 class History:
-    """Append-only writer of ``history.jsonl``; safe to share between threads."""
+    """Append-only writer of ``history.jsonl``; safe to share between threads.
+
+    ``run`` (the current repetition) is stamped on every event that has none.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -41,25 +45,22 @@ class History:
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self.run: int | None = None
 
-    def record(self, kind: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
-        if kind not in KINDS:
-            raise ValueError(f"unknown history kind {kind!r}")
-        event: dict[str, Any] = {"t": time.time() if t is None else t, "kind": kind}
-        if self.run is not None and "run" not in fields:
-            event["run"] = self.run
-        event.update(fields)
-        line = json.dumps(event, sort_keys=True, default=str)
-        with self._lock:
-            self._file.write(line + "\n")
+    def record(self, event: Event) -> Event:
+        """Append one event built by a ``ctdblab.events`` constructor."""
+        self.extend([event])
         return event
 
-    def extend(self, events: Iterable[dict[str, Any]]) -> None:
-        """Append events gathered elsewhere (probe outputs), keeping their own ``t``."""
+    def extend(self, events: Iterable[Event]) -> None:
+        """Append events, e.g. those a probe printed, keeping their own ``t``."""
+        lines = []
+        for event in events:
+            if event.get("kind") not in KINDS:
+                raise ValueError(f"unknown history kind {event.get('kind')!r}")
+            if self.run is not None:
+                event.setdefault("run", self.run)
+            lines.append(json.dumps(event, sort_keys=True, default=str) + "\n")
         with self._lock:
-            for event in events:
-                if self.run is not None:
-                    event.setdefault("run", self.run)
-                self._file.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+            self._file.writelines(lines)
 
     def close(self) -> None:
         with self._lock:
@@ -73,23 +74,97 @@ class History:
         self.close()
 
 
-def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All events of a history file, ordered by time (stable for equal times)."""
-    events = list(iter_history(path))
-    events.sort(key=lambda e: e["t"])
-    return events
+@dataclass
+class LoadedHistory:
+    """A history's events ordered by time (stable: equal times keep file order)."""
+
+    path: Path
+    events: list[Event]
+    truncated_line: int | None = None      # a partial last line that was skipped
+    retired: int = 0                       # lines of kinds older histories held (milestone)
+    warnings: list[str] = field(default_factory=list)
 
 
-def iter_history(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def load_history(path: str | os.PathLike[str]) -> LoadedHistory:
+    """Read and check every line; raise HistoryError naming the file and line that is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HistoryError(f"{path}: cannot read: {e}") from None
+    lines = text.split("\n")
+    last_index = len(lines) - 1            # split leaves "" after a final newline
+    loaded = LoadedHistory(path=path, events=[])
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        lineno = index + 1
+        try:
+            event = _DECODER.decode(line)
+        except ValueError as e:
+            if index == last_index:        # no newline after it: the writer died mid-line
+                loaded.truncated_line = lineno
+                loaded.warnings.append(f"{path.name}: ignored truncated last line {lineno}")
                 continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON history line: {e}") from None
-            if "t" not in event or "kind" not in event:
-                raise ValueError(f"{path}:{lineno}: history line without 't' or 'kind'")
-            yield event
+            raise HistoryError(f"{path}:{lineno}: not a JSON history line: {e}") from None
+        _check_event(event, path, lineno)
+        if event["kind"] in RETIRED_KINDS:
+            loaded.retired += 1
+            continue
+        loaded.events.append(event)
+    loaded.events.sort(key=lambda e: e["t"])
+    return loaded
+
+
+def read_history(path: str | os.PathLike[str]) -> list[Event]:
+    """All events of a history file, ordered by time."""
+    return load_history(path).events
+
+
+def _check_event(event: Any, path: Path, lineno: int) -> None:
+    where = f"{path}:{lineno}"
+    if not isinstance(event, dict):
+        raise HistoryError(f"{where}: expected a JSON object, found {_json_type(event)}")
+    t = event.get("t")
+    if not _is_number(t):
+        raise HistoryError(f"{where}: 't' must be a number (epoch seconds), found {t!r}")
+    if not isinstance(event.get("kind"), str):
+        raise HistoryError(f"{where}: 'kind' must be a string, found {event.get('kind')!r}")
+    run = event.get("run")
+    if run is not None and (not isinstance(run, int) or isinstance(run, bool)):
+        raise HistoryError(f"{where}: 'run' must be an integer, found {run!r}")
+    if event["kind"] == "op":
+        if event.get("type") not in OP_TYPES:
+            raise HistoryError(f"{where}: op 'type' must be invoke, ok or fail, "
+                               f"found {event.get('type')!r}")
+        latency = event.get("latency_s")
+        if latency is not None and not (_is_number(latency) and latency >= 0):
+            raise HistoryError(f"{where}: op 'latency_s' must be a non-negative number, "
+                               f"found {latency!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+# -- selecting ----------------------------------------------------------------------------------------
+def events_of_run(events: Iterable[Event], run: int) -> list[Event]:
+    return [e for e in events if e.get("run") == run]
+
+
+def run_indexes(events: Iterable[Event]) -> list[int]:
+    """The repetitions that started, in the order they started."""
+    return [e["run"] for e in events
+            if e["kind"] == "run" and e.get("event") == RUN_START and isinstance(e.get("run"), int)]

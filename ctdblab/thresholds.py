@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .scenarios.stats import summarize
+from .stats import summarize
 
 STATS = ("p50", "p90", "max")
 

@@ -5,7 +5,16 @@ directory whose sub-directories (up to two levels down) are run directories, e.g
 ``out/`` with ``out/pyctdbd/`` and ``out/ctdb/``.  Anything missing or malformed raises
 ``UserError`` with one line that names the file (and the field or line) that is wrong.
 
-The reports read nothing else: never the cluster.
+The reports read nothing else: never the cluster.  Histories are read with the lab's one
+reader (``ctdblab.history.load_history``: a truncated last line is skipped with a warning, lines
+of the retired ``milestone`` kind in older histories are ignored).
+
+The failover milestones (detect, takeover, ...) come from ``results.json``, not from the history:
+they are the checker's verdict, written once when the run was checked.  Recomputing them here
+would let a plot disagree with the figures CI compared against its thresholds whenever the
+checker changed in between; re-checking an old history is the checker's job
+(``scenarios.checkers.check_failover``), not the report's.  The history gives the reports what
+no verdict holds: client operations, faults and the orchestrator's notes.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ctdblab.errors import UserError
+from ctdblab.history import load_history
 
 RESULTS = "results.json"
 HISTORY = "history.jsonl"
@@ -24,7 +34,7 @@ HISTORY = "history.jsonl"
 # Top-level fields that are data, not run parameters.
 _DATA_FIELDS = ("runs", "points", "summary")
 # Fields of a failover run that describe it rather than measure it.
-_RUN_DESCRIPTION_FIELDS = ("run", "victim", "victim_role", "t_cut")
+_RUN_DESCRIPTION_FIELDS = ("run", "victim", "victim_role", "t_cut", "notes")
 _SEARCH_DEPTH = 2
 
 
@@ -37,6 +47,7 @@ class FailoverRun:
     victim_role: str  # "leader", "nonleader" or "unknown"
     t_cut: float | None
     metrics: dict[str, float | None]
+    notes: tuple[str, ...] = ()  # the checker's: why a metric is null
 
 
 @dataclass(frozen=True)
@@ -178,9 +189,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder for every history line
-
-
 def _parse_results(data: dict[str, Any], path: Path, run_dir: Path) -> Dataset:
     scenario = _require(data, "scenario", str, path)
     daemon = _require(data, "daemon", str, path)
@@ -223,6 +231,9 @@ def _parse_failover_run(raw: Any, index: int, path: Path) -> FailoverRun:
     t_cut = raw.get("t_cut")
     if t_cut is not None and not _is_number(t_cut):
         raise UserError(f"{path}: {where}.t_cut: expected a number or null, found {t_cut!r}")
+    notes = raw.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise UserError(f"{path}: {where}.notes: expected an array of strings, found {notes!r}")
     metrics: dict[str, float | None] = {}
     for key, value in raw.items():
         if key in _RUN_DESCRIPTION_FIELDS or not key.endswith("_s"):
@@ -232,7 +243,8 @@ def _parse_failover_run(raw: Any, index: int, path: Path) -> FailoverRun:
                             f"found {value!r}")
         metrics[key] = None if value is None else float(value)
     return FailoverRun(run=run, victim=victim, victim_role=role,
-                       t_cut=None if t_cut is None else float(t_cut), metrics=metrics)
+                       t_cut=None if t_cut is None else float(t_cut), metrics=metrics,
+                       notes=tuple(notes))
 
 
 def _parse_point(raw: Any, index: int, path: Path) -> ScalingPoint:
@@ -265,51 +277,19 @@ def _require(data: dict[str, Any], key: str, kind: type, path: Path) -> Any:
 
 # -- history.jsonl -------------------------------------------------------------------------------
 def _read_history(path: Path, dataset: Dataset) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    lines = text.split("\n")
-    last_index = len(lines) - 1  # text.split leaves "" after a final newline
-    events: list[tuple[dict[str, Any], int]] = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        lineno = index + 1
-        try:
-            event = _DECODER.decode(line)
-        except ValueError as e:
-            if index == last_index:
-                # A run killed mid-write leaves a partial last line without its newline; keep the rest.
-                dataset.warnings.append(f"{path.name}: ignored truncated last line {lineno}")
-                continue
-            raise UserError(f"{path}:{lineno}: not a JSON history line: {e}") from None
-        _check_event(event, path, lineno)
-        events.append((event, lineno))
-    events.sort(key=lambda pair: pair[0]["t"])  # stable: equal times keep file order
-    dataset.events = [e for e, _ in events]
-    _index_events(events, path, dataset)
+    loaded = load_history(path)  # HistoryError is a UserError naming the file and line
+    dataset.warnings += loaded.warnings
+    dataset.events = loaded.events
+    _index_events(loaded.events, dataset)
 
 
-def _check_event(event: Any, path: Path, lineno: int) -> None:
-    if not isinstance(event, dict):
-        raise UserError(f"{path}:{lineno}: expected a JSON object, found {_json_type(event)}")
-    if not _is_number(event.get("t")):
-        raise UserError(f"{path}:{lineno}: 't' must be a number (epoch seconds), found {event.get('t')!r}")
-    if not isinstance(event.get("kind"), str):
-        raise UserError(f"{path}:{lineno}: 'kind' must be a string, found {event.get('kind')!r}")
-    run = event.get("run")
-    if run is not None and not _is_int(run):
-        raise UserError(f"{path}:{lineno}: 'run' must be an integer, found {run!r}")
-
-
-def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset: Dataset) -> None:
+def _index_events(events: list[dict[str, Any]], dataset: Dataset) -> None:
     """Pick out the events the reports use: completed ops, notes and faults."""
     invoked: dict[tuple[Any, Any, Any], float] = {}
-    for event, lineno in events:
+    for event in events:
         kind = event["kind"]
         if kind == "op":
-            op = _op_from_event(event, invoked, path, lineno)
+            op = _op_from_event(event, invoked)
             if op is not None:
                 dataset.ops.append(op)
         elif kind == "note":
@@ -322,30 +302,22 @@ def _index_events(events: list[tuple[dict[str, Any], int]], path: Path, dataset:
                                              phase=event.get("phase")))
 
 
-def _op_from_event(event: dict[str, Any], invoked: dict[tuple[Any, Any, Any], float], path: Path,
-                   lineno: int) -> ClientOp | None:
-    op_type = event.get("type")
+def _op_from_event(event: dict[str, Any], invoked: dict[tuple[Any, Any, Any], float]) -> ClientOp | None:
+    """An ok/fail op as a ClientOp (the reader has checked its type and latency)."""
     key = (_key_part(event.get("run")), _key_part(event.get("process")), _key_part(event.get("id")))
-    if op_type == "invoke":
+    if event["type"] == "invoke":
         invoked[key] = event["t"]
         return None
-    if op_type not in ("ok", "fail"):
-        raise UserError(f"{path}:{lineno}: op 'type' must be invoke, ok or fail, found {op_type!r}")
     latency = event.get("latency_s")
+    started = invoked.pop(key, None)
     if latency is None:
         # Older probes may omit latency_s; pair with the invoke of the same process and id.
-        started = invoked.pop(key, None)
         if started is None:
             return None
         latency = event["t"] - started
-    elif not _is_number(latency) or latency < 0:
-        raise UserError(f"{path}:{lineno}: op 'latency_s' must be a non-negative number, "
-                        f"found {latency!r}")
-    else:
-        invoked.pop(key, None)
     role = event.get("role")
     error = event.get("error")
-    return ClientOp(t=event["t"], latency_s=float(latency), ok=op_type == "ok",
+    return ClientOp(t=event["t"], latency_s=float(latency), ok=event["type"] == "ok",
                     role=role if isinstance(role, str) else "unknown", run=event.get("run"),
                     target=event.get("target"), error=None if error is None else str(error))
 

@@ -1,17 +1,16 @@
 """Numbers the plots and the summary share: metric names, percentiles, scaling efficiency.
 
-Percentiles use linear interpolation between the closest ranks (numpy's default, Excel's
-PERCENTILE.INC): with n=3 sorted values a ≤ b ≤ c, p50 = b and p90 = b + 0.8·(c − b).
-Statistics are always computed from the per-run values, so every figure in the report can be
-re-derived from ``results.json`` alone.
+Percentiles (and medians) are the lab's one ``ctdblab.stats.percentile``: linear interpolation
+between the closest ranks, as in results.json's summaries.  Statistics are always computed from
+the per-run values, so every figure in the report can be re-derived from ``results.json`` alone.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass
 from typing import Iterable
+
+from ctdblab.stats import median, percentile
 
 from .load import Dataset, FailoverRun, ScalingPoint
 
@@ -52,17 +51,6 @@ def metric_title(metric: str) -> str:
 
 def role_title(role: str) -> str:
     return ROLE_TITLES.get(role, f"{role} victim")
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass(frozen=True)
@@ -146,12 +134,12 @@ def scaling_rows(points: Iterable[ScalingPoint]) -> list[ScalingRow]:
     rows: list[ScalingRow] = []
     for client in sorted({c for c, _ in by_key}):
         one_node = by_key.get((client, 1))
-        base = statistics.median(one_node) if one_node else None
+        base = median(one_node) if one_node else None
         for nodes in sorted(n for c, n in by_key if c == client):
             values = by_key[(client, nodes)]
-            median = statistics.median(values)
+            middle = median(values)
             ideal = None if base is None else nodes * base
-            rows.append(ScalingRow(client=client, nodes=nodes, median=median, low=min(values),
+            rows.append(ScalingRow(client=client, nodes=nodes, median=middle, low=min(values),
                                    high=max(values), n=len(values), ideal=ideal,
-                                   efficiency=ratio(median, ideal)))
+                                   efficiency=ratio(middle, ideal)))
     return rows

@@ -1,7 +1,8 @@
 """``report.md``: parameters, metric tables, pyctdbd/ctdb ratios, scaling table, notes, plot links.
 
-Every number is computed from ``results.json`` (per-run values) and ``history.jsonl`` (notes, op
-counts); see ``stats`` for the percentile definition.  A metric that did not happen in a run is
+Every number is computed from ``results.json`` (per-run values, the checker's notes) and
+``history.jsonl`` (the orchestrator's notes, op counts); see ``stats`` for the percentile
+definition.  A metric that did not happen in a run is
 written "did not happen", never 0, and the run's notes say why.
 """
 
@@ -11,6 +12,8 @@ import datetime as dt
 import os
 from pathlib import Path
 from typing import Iterable
+
+from ctdblab.stats import median
 
 from .load import Dataset
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
@@ -246,7 +249,7 @@ def _client_ops(datasets: list[Dataset]) -> list[str]:
             failed = [op for op in ops if not op.ok]
             errors = sorted({op.error for op in failed if op.error})
             rows.append([name, role, str(len(ops)), str(len(failed)),
-                         f"{sorted(latencies)[len(latencies) // 2]:.3f}", f"{max(latencies):.3f}",
+                         f"{median(latencies):.3f}", f"{max(latencies):.3f}",
                          "; ".join(errors[:3]) + (" …" if len(errors) > 3 else "") or "–"])
     if not rows:
         return []
@@ -263,7 +266,8 @@ def _notes(datasets: list[Dataset]) -> list[str]:
         runs = {run.run: run for run in dataset.runs}
         for run in runs_with_role(dataset, None):
             missing = [m for m, v in run.metrics.items() if v is None]
-            notes = [n.text for n in dataset.notes if n.run == run.run]
+            # The history's notes (what the orchestrator saw), then the checker's verdicts.
+            notes = [n.text for n in dataset.notes if n.run == run.run] + list(run.notes)
             if missing:
                 lines.append(f"- **{name}, run {run.run}** ({run.victim_role} victim): "
                              + ", ".join(f"`{m}`" for m in missing) + f" {DID_NOT_HAPPEN}."

@@ -1,9 +1,21 @@
-"""Failover checkers: from one run's history events to the metrics of results.json.
+"""Failover checkers: from one run's history events to its record in results.json.
 
-Every metric is seconds after ``t_cut`` (the instant the victim's switch ports went down), so all
+A checker is ``check(history) -> verdict`` (Jepsen): it takes the events alone, never values
+from the orchestrator's memory, and its verdicts go to ``results.json``, never back into the
+history.  Everything it needs was recorded when it happened:
+
+=============  ==================================================================================
+victim, vip    the run's ``run``/``start`` event (also victim_role, leader, survivor_ip)
+cut, killed    the ``cut`` and ``killed`` steps of the victim's ``power_off`` fault
+power-on       the ``up`` step of the victim's ``power_on`` fault (absent: never powered on)
+window end     the run's ``run``/``window_end`` event (absent: a run cut short; no bound)
+=============  ==================================================================================
+
+Every metric is seconds after the cut (the instant the victim's switch ports went down), so all
 of them sit on one time axis; ``survivor_stall_s`` alone is a duration.  How long the victim took
 to rejoin once powered on is ``rejoin_s - power_on_s``.  A metric that did not happen is None,
-and the checker says why in a note (returned alongside, written to the history).
+and the checker says why in a note (returned alongside; results.json keeps it in the run's
+``notes``).
 
 =====================  =================================================================
 detect_s               first survivor log line declaring the victim dead (CTDB wording:
@@ -25,7 +37,11 @@ smb_session_closed_s   the open SMB session (reads every 0.2 s) sees its connect
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from ctdblab.events import RUN_START, RUN_WINDOW_END, Event
+from ctdblab.history import events_of_run, run_indexes
 
 SMB_PORT = 445
 PLAIN_PORT = 7777      # a listener on the victim that nobody registers with the daemon
@@ -52,16 +68,65 @@ WHY = {
 }
 
 
-def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed: float,
-                     victim: int, vip: str, t_power_on: float | None,
-                     window_end: float) -> tuple[dict[str, float | None], list[str]]:
+class IncompleteHistory(ValueError):
+    """The history lacks an event the checker cannot do without (e.g. a run killed before the cut)."""
+
+
+@dataclass(frozen=True)
+class FailoverFacts:
+    """What the run was, as its history recorded it."""
+
+    run: int | None
+    victim: int
+    vip: str
+    start: Event           # the run's start event, with all its parameters
+    t_cut: float
+    t_killed: float
+    t_power_on: float | None
+    window_end: float | None
+
+
+def failover_facts(events: Iterable[Event]) -> FailoverFacts:
+    """Victim, VIP, cut, kill, power-on and window end of one run, from its events."""
+    events = list(events)
+    starts = [e for e in events if e["kind"] == "run" and e.get("event") == RUN_START]
+    if len(starts) != 1:
+        raise IncompleteHistory(f"expected one run start event, found {len(starts)} "
+                                "(give one run's events: history.events_of_run)")
+    (start,) = starts
+    victim, vip = start.get("victim"), start.get("vip")
+    if not isinstance(victim, int) or not isinstance(vip, str):
+        raise IncompleteHistory(f"run {start.get('run')}: the start event names no victim and vip")
+
+    def step(fault: str, name: str) -> float | None:
+        times = [e["t"] for e in events if e["kind"] == "fault" and e.get("fault") == fault
+                 and e.get("node") == victim and e.get("phase") == "step" and e.get("step") == name]
+        return min(times) if times else None
+
+    t_cut, t_killed = step("power_off", "cut"), step("power_off", "killed")
+    if t_cut is None or t_killed is None:
+        raise IncompleteHistory(f"run {start.get('run')}: node {victim} was never powered off "
+                                "(no cut or kill step in the history)")
+    t_on = step("power_on", "up")
+    if t_on is not None and t_on < t_cut:
+        t_on = None
+    ends = [e["t"] for e in events if e["kind"] == "run" and e.get("event") == RUN_WINDOW_END]
+    return FailoverFacts(run=start.get("run"), victim=victim, vip=vip, start=start, t_cut=t_cut,
+                         t_killed=t_killed, t_power_on=t_on,
+                         window_end=min(ends) if ends else None)
+
+
+def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], list[str]]:
+    """Every metric of METRICS for one run, and a note for each one that did not happen."""
     events = [e for e in events if isinstance(e.get("t"), (int, float))]
+    facts = failover_facts(events)
+    t_cut, victim, vip = facts.t_cut, facts.victim, facts.vip
     after_cut = [e for e in events if e["t"] >= t_cut]
 
     def since_cut(t: float | None) -> float | None:
         return None if t is None else round(t - t_cut, 4)
 
-    def first(predicate, pool=after_cut) -> float | None:
+    def first(predicate: Callable[[Event], bool], pool: list[Event] = after_cut) -> float | None:
         times = [e["t"] for e in pool if predicate(e)]
         return min(times) if times else None
 
@@ -77,24 +142,25 @@ def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed
         or first(lambda e: e["kind"] == "state" and e.get("what") == "ip_owner"
                  and e.get("ip") == vip and e.get("value", -1) not in (-1, victim)))
     m["ping_s"] = since_cut(first(
-        lambda e: e.get("probe") == "ping" and e.get("what") == "reply" and e["t"] > t_killed))
+        lambda e: e.get("probe") == "ping" and e.get("what") == "reply"
+        and e["t"] > facts.t_killed))
     m["reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{SMB_PORT}")))
     m["unregistered_reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{PLAIN_PORT}")))
     m["tickled_reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{TICKLED_PORT}")))
     m["smb_resumed_s"] = since_cut(first(
-        lambda e: e["kind"] == "op" and e.get("process", "").startswith("smb-retry")
+        lambda e: e["kind"] == "op" and str(e.get("process", "")).startswith("smb-retry")
         and e.get("type") == "ok" and e["t"] - e.get("latency_s", 0) >= t_cut))
     m["smb_session_closed_s"] = since_cut(first(
         lambda e: e.get("probe") == "smb_hold" and e.get("what") == "closed"))
-    stall = [e.get("latency_s") for e in events
+    window_end = facts.window_end if facts.window_end is not None else float("inf")
+    stall = [e["latency_s"] for e in after_cut
              if e["kind"] == "op" and e.get("role") == "survivor" and e.get("type") in ("ok", "fail")
              and not e.get("aborted")          # cut short because the probe was stopping
-             and e.get("latency_s") is not None
-             and e["t"] >= t_cut and e["t"] - e["latency_s"] <= window_end]
+             and e.get("latency_s") is not None and e["t"] - e["latency_s"] <= window_end]
     m["survivor_stall_s"] = round(max(stall), 4) if stall else None
-    m["power_on_s"] = since_cut(t_power_on)
-    if t_power_on is not None:
-        after_on = [e for e in events if e["t"] >= t_power_on]
+    m["power_on_s"] = since_cut(facts.t_power_on)
+    if facts.t_power_on is not None:
+        after_on = [e for e in events if e["t"] >= facts.t_power_on]
         m["rejoin_s"] = since_cut(first(
             lambda e: e["kind"] == "state" and e.get("what") == "node_state"
             and e.get("subject") == victim and e.get("value") == "OK", after_on))
@@ -107,6 +173,25 @@ def failover_metrics(events: Iterable[dict[str, Any]], *, t_cut: float, t_killed
     return m, notes
 
 
-def _tcp_reset(event: dict[str, Any], target: str) -> bool:
+def failover_run_record(events: Iterable[Event]) -> dict[str, Any]:
+    """One run's entry of results.json ``runs``: what it was, its metrics and why some are null."""
+    events = list(events)
+    facts = failover_facts(events)
+    metrics, notes = failover_metrics(events)
+    start = facts.start
+    return {"run": facts.run, "victim": facts.victim, "victim_role": start.get("victim_role"),
+            "leader_before": start.get("leader"), "vip": facts.vip,
+            "survivor_ip": start.get("survivor_ip"), "t_cut": facts.t_cut,
+            "t_killed": facts.t_killed, "t_power_on": facts.t_power_on, **metrics,
+            "notes": notes}
+
+
+def check_failover(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """The results.json ``runs`` of a whole failover history, one record per started run."""
+    events = list(events)
+    return [failover_run_record(events_of_run(events, run)) for run in run_indexes(events)]
+
+
+def _tcp_reset(event: Event, target: str) -> bool:
     return (event.get("probe") == "tcp_hold" and event.get("target") == target
             and event.get("what") == "reset")

@@ -15,6 +15,11 @@ One cluster serves all repetitions.  Each repetition:
 5. powers the victim on and waits until it is OK again (rejoin) and hosts an IP (failback);
 6. reads the survivors' daemon logs for the internal steps, and computes the metrics
    (checkers.py) from the run's history alone.
+
+Everything the checker needs is recorded when it happens: the run's start event names the
+victim and the vip, the nemesis records the power-off's cut and kill and the power-on, and a
+``window_end`` event closes the observation.  The times the orchestrator keeps in memory only
+steer the run (deadlines); the metrics never see them.
 """
 
 from __future__ import annotations
@@ -25,16 +30,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ctdblab import chaos
+from ctdblab import events
+from ctdblab.chaos import Nemesis, PowerOff, PowerOn
 from ctdblab.cluster.daemonlog import EVENTS, read_log
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER, ensure_test_file
 from ctdblab.errors import UserError
-from ctdblab.history import History, read_history
+from ctdblab.history import History, events_of_run, read_history
+from ctdblab.stats import summarize
 
-from .checkers import METRICS, PLAIN_PORT, SMB_PORT, TICKLED_PORT, failover_metrics
+from .checkers import METRICS, PLAIN_PORT, SMB_PORT, TICKLED_PORT, failover_run_record
 from .proberun import ProbeProcess
-from .stats import summarize
 
 PROBE_FILE = "failover-probe.bin"
 PROBE_FILE_SIZE = 1 << 20
@@ -70,39 +76,30 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
     cpu0, wall0 = os.times(), time.monotonic()
     runs: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
+    params = {"scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
+              "bw_mbit": bw_mbit}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress) as cluster:
         ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
+        nemesis = Nemesis(cluster, history)
         for r in range(repeat):
             history.run = r
-            history.record("run", event="start")
             progress(f"failover run {r + 1}/{repeat}")
-            run = FailoverRun(cluster, history, victim_spec, window, progress).execute()
-            history.record("run", event="end")
-            events = [e for e in read_history(history_path) if e.get("run") == r]
-            metrics, notes = failover_metrics(
-                events, t_cut=run["t_cut"], t_killed=run["t_killed"], victim=run["victim"],
-                vip=run["vip"], t_power_on=run.get("t_power_on"), window_end=run["window_end"])
-            for note in notes:
-                history.record("note", text=note)
-            for name, value in metrics.items():
-                if value is not None and name != "survivor_stall_s":
-                    history.record("milestone", t=run["t_cut"] + value, name=name[:-2])
-            run.update(metrics)
-            run["run"] = r
+            FailoverRun(cluster, history, nemesis, victim_spec, window, progress).execute(r, params)
+            history.record(events.run_end(r))
+            # The checker sees the history alone; its verdict goes to results.json only.
+            run = failover_run_record(events_of_run(read_history(history_path), r))
             runs.append(run)
-            progress("  " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in metrics.items()
-                                      if v is not None and k in METRICS[:6]))
+            progress("  " + ", ".join(f"{k[:-2]} {run[k]:.2f}s" for k in METRICS[:6]
+                                      if run[k] is not None))
         history.run = None
     cpu1, wall1 = os.times(), time.monotonic()
     lab_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     # Reaped children: the probes and the `ctdb` status polls (run inside nodes and clients).
     kids_cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    public_runs = [{k: v for k, v in run.items() if k != "window_end"} for run in runs]
     return {
-        "scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
-        "victim_spec": victim, "bw_mbit": bw_mbit, "runs": public_runs,
+        **params, "victim_spec": victim, "runs": runs,
         "summary": {m: summarize(run.get(m) for run in runs) for m in METRICS},
         "lab_overhead": {"cpu_s": round(lab_cpu, 2), "wall_s": round(wall1 - wall0, 1),
                          "cpu_pct_of_one_core": round(100 * lab_cpu / (wall1 - wall0), 2),
@@ -112,10 +109,11 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
 
 
 class FailoverRun:
-    def __init__(self, cluster: LabCluster, history: History, victim_spec: str | int,
-                 window: float, progress: Callable[[str], None]):
+    def __init__(self, cluster: LabCluster, history: History, nemesis: Nemesis,
+                 victim_spec: str | int, window: float, progress: Callable[[str], None]):
         self.cluster = cluster
         self.history = history
+        self.nemesis = nemesis
         self.victim_spec = victim_spec
         self.window = window
         self.progress = progress
@@ -123,7 +121,8 @@ class FailoverRun:
         self.poller: StatePoller | None = None
 
     # -- the run --------------------------------------------------------------------------------------
-    def execute(self) -> dict[str, Any]:
+    def execute(self, run: int, params: dict[str, Any]) -> None:
+        """One repetition; everything it learns goes to the history."""
         cluster = self.cluster
         cluster.wait_healthy(timeout=REJOIN_TIMEOUT_S)
         cluster.wait_until(lambda: all(cluster.smbd_listening(n) for n in cluster.nodes), 60,
@@ -136,8 +135,9 @@ class FailoverRun:
         survivor_ip = min(ip for ip, pnn in ips.items() if pnn not in (victim, -1))
         observer = min(n.index for n in cluster.nodes if n.index != victim)
         role = "leader" if victim == leader else "nonleader"
-        self.history.record("state", what="setup", leader=leader, victim=victim, vip=vip,
-                            survivor_ip=survivor_ip, observer=observer, ip_owners=ips)
+        self.history.record(events.run_start(
+            run, **params, victim=victim, victim_role=role, vip=vip, leader=leader,
+            survivor_ip=survivor_ip, observer=observer, ip_owners=ips, window_s=self.window))
         self.progress(f"  victim node {victim} ({role}) holding {vip}; survivor IP {survivor_ip}")
         self.poller = StatePoller(cluster, observer, self.history)
         self.poller.start()
@@ -145,20 +145,17 @@ class FailoverRun:
             try:
                 self.start_probes(victim, vip, survivor_ip)
                 time.sleep(SETTLE_S)
-                off = chaos.power_off(cluster, victim, self.history)
+                off = self.nemesis.inject(PowerOff(victim))
                 self.retry.signal()
-                window_end = off["t_cut"] + self.window
-                self.wait_resolved(vip, victim, window_end)
+                self.wait_resolved(vip, victim, deadline=off["t_cut"] + self.window)
+                self.history.record(events.window_end())
             finally:
                 self.stop_probes()
             self.import_logs(off["t_cut"] - 1.0, victim)
-            t_on = chaos.power_on(cluster, victim, self.history)
+            self.nemesis.inject(PowerOn(victim))
             self.wait_rejoined(victim)
         finally:
             self.poller.stop()
-        return {"victim": victim, "victim_role": role, "leader_before": leader, "vip": vip,
-                "survivor_ip": survivor_ip, "t_cut": off["t_cut"], "t_killed": off["t_killed"],
-                "t_power_on": t_on, "window_end": window_end}
 
     def wait_ips_spread(self, timeout: float = 60.0) -> None:
         """After a start or a rejoin the daemon may take a moment to give every node an IP."""
@@ -168,7 +165,7 @@ class FailoverRun:
             cluster.wait_until(lambda: len(set(cluster.ip_all().values()) - {-1}) >= want,
                                timeout, "public IPs spread over the nodes")
         except ClusterNotReady as e:
-            self.history.record("note", text=str(e))
+            self.history.record(events.note(str(e)))
 
     def choose_victim(self, leader: int, ips: dict[str, int]) -> int:
         hosting = {pnn for pnn in ips.values() if pnn >= 0}
@@ -210,8 +207,8 @@ class FailoverRun:
         for node in cluster.nodes:
             result = node.run(["ctdb", "addtickle", client_end, f"{vip}:{TICKLED_PORT}"], timeout=10)
             if result.returncode != 0:
-                self.history.record("note", text=f"ctdb addtickle on node {node.index} failed: "
-                                                  f"{(result.stderr or result.stdout).strip()}")
+                self.history.record(events.note(f"ctdb addtickle on node {node.index} failed: "
+                                                f"{(result.stderr or result.stdout).strip()}"))
         if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
             raise ClusterNotReady(self.retry.describe_failure())
 
@@ -225,10 +222,10 @@ class FailoverRun:
             probe.stop()
             self.history.extend(probe.events)
             if probe.proc.returncode not in (0, None, -15) and probe.host.powered:
-                self.history.record("note", text=probe.describe_failure())
+                self.history.record(events.note(probe.describe_failure()))
         self.probes.clear()
 
-    def wait_resolved(self, vip: str, victim: int, window_end: float) -> None:
+    def wait_resolved(self, vip: str, victim: int, deadline: float) -> None:
         """Until the IP moved and every probe saw the outcome, or the window ends."""
         probes = {p.name: p for p in self.probes}
 
@@ -242,7 +239,7 @@ class FailoverRun:
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
             return moved and smb445 is not None and retried is not None
 
-        while time.time() < window_end:
+        while time.time() < deadline:
             if resolved():
                 time.sleep(AFTER_RESOLVED_S)
                 return
@@ -262,14 +259,14 @@ class FailoverRun:
                     if not m:
                         continue
                     groups = {k: v for k, v in m.groupdict().items() if v is not None}
-                    fields: dict[str, Any] = {"event": name, "message": line.message[:300],
-                                              "program": line.program}
+                    fields: dict[str, Any] = {}
                     if name == "detect":
                         dead = groups.get("pnn")
                         fields["dead_node"] = int(dead) if dead else addr_to_pnn.get(groups.get("addr"))
                     if "ip" in groups:
                         fields["ip"] = groups["ip"]
-                    self.history.record("state", t=line.t, what="log", node=node.index, **fields)
+                    self.history.record(events.log_line(node.index, name, line.message[:300],
+                                                        line.program, t=line.t, **fields))
 
     def wait_rejoined(self, victim: int) -> None:
         cluster = self.cluster
@@ -279,8 +276,8 @@ class FailoverRun:
                 break
             time.sleep(0.1)
         else:
-            self.history.record("note", text=f"node {victim} did not rejoin and get an IP back "
-                                             f"within {REJOIN_TIMEOUT_S:.0f} s of power-on")
+            self.history.record(events.note(f"node {victim} did not rejoin and get an IP back "
+                                            f"within {REJOIN_TIMEOUT_S:.0f} s of power-on"))
             return
         node = cluster.node(victim)
         cluster.wait_until(lambda: cluster.smbd_listening(node), 60, f"smbd on node {victim}")
@@ -313,13 +310,11 @@ class StatePoller(threading.Thread):
                     state = node.state()
                     if self._states.get(node.pnn) != state:
                         self._states[node.pnn] = state
-                        self.history.record("state", t=t, what="node_state", node=self.observer,
-                                            subject=node.pnn, value=state)
+                        self.history.record(events.node_state(self.observer, node.pnn, state, t=t))
                 for ip, pnn in (owners or {}).items():
                     if self._owners.get(ip) != pnn:
                         self._owners[ip] = pnn
-                        self.history.record("state", t=t, what="ip_owner", node=self.observer,
-                                            ip=ip, value=pnn)
+                        self.history.record(events.ip_owner(self.observer, ip, pnn, t=t))
             self._halt.wait(max(0.0, POLL_INTERVAL - (time.time() - t0)))
 
     def state(self, pnn: int) -> str | None:

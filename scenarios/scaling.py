@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ctdblab import events
 from ctdblab.cluster.lab import LabCluster
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER, ensure_test_file
 from ctdblab.errors import UserError
 from ctdblab.history import History
-
-from .stats import summarize
+from ctdblab.stats import summarize
 
 CLIENT_TOOLS = ("smbclient", "smbprotocol")
 READ_SECONDS = 10.0
@@ -59,11 +59,15 @@ def run_scaling(*, daemon: str, node_counts: list[int], bw_mbit: float | None, t
                 ips = _one_ip_per_node(cluster)
                 for run in range(repeat):
                     history.run = run
+                    history.record(events.run_start(run, scenario="scaling", daemon=daemon,
+                                                    nodes=n, bw_mbit=bw_mbit, tunables=tunables,
+                                                    file_bytes=size, ips=ips))
                     for tool in CLIENT_TOOLS:
                         mb_s = _measure(cluster, tool, ips, files, size, history)
                         results["points"].append({"nodes": n, "client": tool, "mb_s": mb_s,
                                                   "run": run})
                         progress(f"  N={n} run {run + 1}/{repeat} {tool}: {mb_s:.1f} MB/s")
+                    history.record(events.run_end(run))
                 history.run = None
                 for name in files:       # large and regenerated on demand: do not leave them
                     (cluster.shared_dir / "share" / name).unlink(missing_ok=True)
@@ -98,8 +102,8 @@ def _measure(cluster: LabCluster, tool: str, ips: list[str], files: list[str], s
         procs = []
         t0 = time.time()
         for k, (ip, name) in enumerate(zip(ips, files)):
-            history.record("op", process=f"smbclient-{k}", f="smb_get", type="invoke", id=k,
-                           target=ip, role="survivor")
+            history.record(events.op_invoke(f"smbclient-{k}", "smb_get", k, target=ip,
+                                            role="survivor"))
             procs.append(client.popen(
                 ["smbclient", f"//{ip}/{SHARE}", "-U", f"{SMB_USER}%{SMB_PASSWORD}", "-m", "SMB3",
                  "-c", f"get {name} /dev/null"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -108,11 +112,12 @@ def _measure(cluster: LabCluster, tool: str, ips: list[str], files: list[str], s
             output, _ = proc.communicate(timeout=600)
             t = time.time()
             if proc.returncode != 0:
-                history.record("op", process=f"smbclient-{k}", f="smb_get", type="fail", id=k,
-                               target=ips[k], error=output.strip()[-300:], latency_s=t - t0)
+                history.record(events.op_fail(f"smbclient-{k}", "smb_get", k, latency_s=t - t0,
+                                              error=output.strip()[-300:], target=ips[k],
+                                              role="survivor", t=t))
                 raise RuntimeError(f"smbclient from {ips[k]} failed: {output.strip()[-300:]}")
-            history.record("op", process=f"smbclient-{k}", f="smb_get", type="ok", id=k,
-                           target=ips[k], latency_s=t - t0, bytes=size)
+            history.record(events.op_ok(f"smbclient-{k}", "smb_get", k, latency_s=t - t0,
+                                        target=ips[k], role="survivor", t=t, bytes=size))
         makespan = time.time() - t0
         return len(ips) * size / makespan / 1e6
     # smbprotocol readers: common start time, fixed duration
@@ -129,9 +134,9 @@ def _measure(cluster: LabCluster, tool: str, ips: list[str], files: list[str], s
         report = json.loads(line)
         if "error" in report or proc.returncode != 0:
             raise RuntimeError(f"smbprotocol reader from {ips[k]} failed: {report.get('error')}")
-        history.record("op", t=report["t_end"], process=f"smbprotocol-{k}", f="smb_read_for",
-                       type="ok", id=k, target=ips[k], latency_s=report["t_end"] - report["t_start"],
-                       bytes=report["bytes"])
+        history.record(events.op_ok(f"smbprotocol-{k}", "smb_read_for", k,
+                                    latency_s=report["t_end"] - report["t_start"], target=ips[k],
+                                    role="survivor", t=report["t_end"], bytes=report["bytes"]))
         reports.append(report)
     span = max(r["t_end"] for r in reports) - min(r["t_start"] for r in reports)
     return sum(r["bytes"] for r in reports) / span / 1e6

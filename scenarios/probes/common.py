@@ -19,12 +19,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, Callable, Iterable, TextIO
+
+from ctdblab import events
+from ctdblab.events import Event
 
 
 class Emitter:
-    """Writes history events as JSON lines; thread-safe; survives a closed pipe."""
+    """Writes history events (built by ``ctdblab.events``) as JSON lines; thread-safe; survives
+    a closed pipe."""
 
     def __init__(self, probe: str, process: str, stream: TextIO | None = None,
                  on_broken: Callable[[], None] | None = None):
@@ -36,9 +39,7 @@ class Emitter:
         # Called once when stdout breaks: nobody can read us any more, so probes stop.
         self.on_broken = on_broken
 
-    def emit(self, kind: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
-        event: dict[str, Any] = {"t": time.time() if t is None else t, "kind": kind}
-        event.update(fields)
+    def write(self, event: Event) -> Event:
         line = json.dumps(event, sort_keys=True, default=str)
         newly_broken = False
         with self._lock:
@@ -53,12 +54,12 @@ class Emitter:
             self.on_broken()
         return event
 
-    def capture(self, what: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
+    def capture(self, what: str, t: float | None = None, **fields: Any) -> Event:
         """A ``capture`` event of this probe."""
-        return self.emit("capture", t=t, probe=self.probe, process=self.process, what=what, **fields)
+        return self.write(events.capture(self.probe, self.process, what, t=t, **fields))
 
-    def note(self, text: str, **fields: Any) -> dict[str, Any]:
-        return self.emit("note", probe=self.probe, process=self.process, text=text, **fields)
+    def note(self, text: str, **fields: Any) -> Event:
+        return self.write(events.note(text, probe=self.probe, process=self.process, **fields))
 
 
 class OpRecorder:
@@ -72,27 +73,25 @@ class OpRecorder:
         self._ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
 
-    def _base(self, op_id: int, op_type: str) -> dict[str, Any]:
-        base: dict[str, Any] = {"process": self.emitter.process, "probe": self.emitter.probe,
-                                "f": self.f, "type": op_type, "id": op_id, "target": self.target}
-        if self.role:
-            base["role"] = self.role
-        return base
+    def _common(self) -> dict[str, Any]:
+        return {"target": self.target, "role": self.role, "probe": self.emitter.probe}
 
     def invoke(self, t: float | None = None, **fields: Any) -> int:
         with self._lock:
             op_id = next(self._ids)
-        self.emitter.emit("op", t=t, **self._base(op_id, "invoke"), **fields)
+        self.emitter.write(events.op_invoke(self.emitter.process, self.f, op_id, t=t,
+                                            **self._common(), **fields))
         return op_id
 
     def ok(self, op_id: int, latency_s: float, t: float | None = None, **fields: Any) -> None:
-        self.emitter.emit("op", t=t, **self._base(op_id, "ok"), latency_s=round(latency_s, 6),
-                          **fields)
+        self.emitter.write(events.op_ok(self.emitter.process, self.f, op_id, latency_s=latency_s,
+                                        t=t, **self._common(), **fields))
 
     def fail(self, op_id: int, latency_s: float, error: str, t: float | None = None,
              **fields: Any) -> None:
-        self.emitter.emit("op", t=t, **self._base(op_id, "fail"), latency_s=round(latency_s, 6),
-                          error=error, **fields)
+        self.emitter.write(events.op_fail(self.emitter.process, self.f, op_id,
+                                          latency_s=latency_s, error=error, t=t,
+                                          **self._common(), **fields))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -80,12 +80,13 @@ def test_power_off_leaks_nothing_even_after_power_on(lab_network, tmp_path):
 
     net = lab_network(nodes=2, clients=1)
     victim, client = net.node(0), net.client(0)
-    victim_ip = victim.ips[f"{victim.name}-eth1"].split("/")[0]
-    client_ip = client.ips[f"{client.name}-eth0"].split("/")[0]
-    victim_mac = victim.macs[f"{victim.name}-eth1"]
+    victim_if, client_if = net.iface(victim, "public"), net.iface(client, "public")
+    victim_ip = victim.ips[victim_if].split("/")[0]
+    client_ip = client.ips[client_if].split("/")[0]
+    victim_mac = victim.macs[victim_if]
 
     pcap = tmp_path / "client.pcap"
-    capture = client.popen(["tcpdump", "-i", f"{client.name}-eth0", "--immediate-mode", "-n",
+    capture = client.popen(["tcpdump", "-i", client_if, "--immediate-mode", "-n",
                             "-U", "-w", str(pcap), "ether", "src", victim_mac])
     client_proc = _start(client, CLIENT_SETUP, victim_ip)
     _wait_line(client_proc, "listening")

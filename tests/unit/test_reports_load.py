@@ -11,7 +11,7 @@ from test_reports_synthetic import write_failover, write_scaling
 
 from ctdblab.errors import UserError
 from ctdblab.reports.load import find_run_dirs, load_datasets, load_run_dir
-from ctdblab.reports.stats import percentile, scaling_rows
+from ctdblab.reports.stats import scaling_rows
 from ctdblab.reports.summary import render_report
 
 
@@ -132,6 +132,24 @@ def test_truncated_last_history_line_is_skipped_with_a_warning(tmp_path):
     assert len(dataset.ops) == 4 * len(dataset.runs)
 
 
+def test_old_history_with_milestone_lines_loads_and_ignores_them(tmp_path):
+    run_dir = _failover_dir(tmp_path)
+    history = run_dir / "history.jsonl"
+    with history.open("a") as f:  # what histories held before milestones moved to results.json
+        f.write('{"t": 1763900000.4, "kind": "milestone", "name": "detect", "run": 0}\n')
+    dataset = load_run_dir(run_dir)
+    assert "milestone" not in {e["kind"] for e in dataset.events}
+    assert dataset.runs[0].metrics["detect_s"] == 2.85  # milestones come from results.json
+
+
+def test_checker_notes_in_results_must_be_strings(tmp_path):
+    run_dir = _failover_dir(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["runs"][0]["notes"] = "detect_s: no"
+    (run_dir / "results.json").write_text(json.dumps(results))
+    assert "runs[0].notes: expected an array of strings" in _error(run_dir)
+
+
 def test_latency_is_paired_from_invoke_when_missing(tmp_path):
     run_dir = _failover_dir(tmp_path)
     (run_dir / "history.jsonl").write_text(
@@ -139,21 +157,6 @@ def test_latency_is_paired_from_invoke_when_missing(tmp_path):
         '{"t": 10.25, "kind": "op", "type": "fail", "process": 1, "id": 7, "role": "victim", "error": "x"}\n')
     (op,) = load_run_dir(run_dir).ops
     assert op.latency_s == pytest.approx(0.25) and not op.ok and op.error == "x"
-
-
-def test_percentile_interpolates_between_closest_ranks():
-    assert percentile([2.95, 2.85, 2.80], 50) == 2.85
-    assert percentile([2.80, 2.85, 2.95], 90) == pytest.approx(2.85 + 0.8 * 0.10)
-    assert percentile([0.0, 10.0], 90) == 9.0
-    assert percentile([5.0], 90) == 5.0
-
-
-def test_percentile_agrees_with_the_scenarios_summary():
-    # results.json's summary and the report must not disagree on what p90 means.
-    scenario_stats = pytest.importorskip("ctdblab.scenarios.stats")
-    values = [3.1, 2.2, 5.9, 4.4, 0.3]
-    for q in (50, 90):
-        assert percentile(values, q) == pytest.approx(scenario_stats.percentile(sorted(values), q))
 
 
 def test_scaling_rows_efficiency_against_one_node_median(tmp_path):

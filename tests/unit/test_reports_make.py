@@ -11,6 +11,7 @@ from test_reports_synthetic import CTDB_RUNS, METRICS, NOTES, PYCTDBD_RUNS, SCAL
     write_scaling
 
 from ctdblab.reports import make_report
+from ctdblab.scenarios.checkers import WHY
 from ctdblab.reports.__main__ import main as reports_main
 from ctdblab.reports.load import load_datasets
 from ctdblab.reports.summary import brief_lines, render_report
@@ -88,7 +89,8 @@ def test_nulls_are_reported_as_did_not_happen_with_their_notes(combined):
     ctdb_note = [line for line in notes.splitlines() if line.startswith("- **ctdb failover, run 3**")]
     assert len(ctdb_note) == 1
     assert "`rejoin_s`, `failback_s` did not happen" in ctdb_note[0]
-    assert NOTES[("ctdb", 3)] in ctdb_note[0]
+    assert NOTES[("ctdb", 3)] in ctdb_note[0]                 # the history's note
+    assert f"rejoin_s: {WHY['rejoin_s']}" in ctdb_note[0]      # the checker's, from results.json
     assert NOTES[("pyctdbd", 1)] in notes
     # The timeline says so too, as text (not a point at zero).
     svg = (out / "failover_timeline.svg").read_text()

@@ -1,4 +1,5 @@
-"""Synthetic run directories for the reports tests (written with the project's History writer).
+"""Synthetic run directories for the reports tests (written with the lab's History writer and
+event constructors).
 
 The builders are imported by the other test_reports_* modules; the tests here check that what
 they write is a valid history and results file in the lab's format.
@@ -10,7 +11,9 @@ import json
 import random
 from pathlib import Path
 
+from ctdblab import events as ev
 from ctdblab.history import History, read_history
+from ctdblab.scenarios.checkers import WHY
 
 T0 = 1763900000.0
 METRICS = ("detect_s", "takeover_s", "ping_s", "reset_s", "smb_resumed_s", "survivor_stall_s",
@@ -49,15 +52,16 @@ def write_failover(directory: Path, daemon: str, runs=None, ops_per_run: int = 4
             history.run = index
             t_cut = T0 + 100.0 * index
             metrics = dict(zip(METRICS, values))
+            why_null = [f"{name}: {WHY[name]}" for name, value in metrics.items() if value is None]
             results_runs.append({"run": index, "victim": victim, "victim_role": role, "t_cut": t_cut,
-                                 **metrics})
-            history.record("run", t=t_cut - 5, event="start")
-            history.record("fault", t=t_cut, fault="power_off", node=victim, phase="begin")
-            history.record("fault", t=t_cut + 0.01, fault="power_off", node=victim, phase="end")
-            history.record("fault", t=t_cut + 5.0, fault="power_on", node=victim, phase="begin")
-            for name, value in metrics.items():
-                if value is not None and name != "survivor_stall_s":
-                    history.record("milestone", t=t_cut + value, name=name.removesuffix("_s"))
+                                 **metrics, "notes": why_null})
+            history.record(ev.run_start(index, scenario="failover", daemon=daemon, t=t_cut - 5,
+                                        victim=victim, victim_role=role, vip="198.19.8.2"))
+            history.record(ev.fault_begin("power_off", victim, t=t_cut - 0.01))
+            history.record(ev.fault_step("power_off", victim, "cut", t=t_cut))
+            history.record(ev.fault_step("power_off", victim, "killed", t=t_cut + 0.01))
+            history.record(ev.fault_end("power_off", victim, t=t_cut + 0.01))
+            history.record(ev.fault_begin("power_on", victim, t=t_cut + 5.0))
             stall = metrics["survivor_stall_s"] or 0.0
             for op_id in range(ops_per_run):
                 target_role = "survivor" if op_id % 2 else "victim"
@@ -68,16 +72,17 @@ def write_failover(directory: Path, daemon: str, runs=None, ops_per_run: int = 4
                     latency = stall  # the op caught in the cluster-wide freeze
                 if target_role == "victim" and 0 <= start - t_cut < 2:
                     latency, ok = 0.5, False  # connect timeout while the IP is nowhere
-                history.record("op", t=start, type="invoke", process=op_id % 4, f="read", id=op_id,
-                               target="198.19.8.2", role=target_role)
-                end = {"type": "ok" if ok else "fail", "latency_s": latency}
-                if not ok:
-                    end["error"] = "timed out"
-                history.record("op", t=start + latency, process=op_id % 4, f="read", id=op_id,
-                               target="198.19.8.2", role=target_role, **end)
+                op = dict(target="198.19.8.2", role=target_role)
+                history.record(ev.op_invoke(f"p{op_id % 4}", "read", op_id, t=start, **op))
+                if ok:
+                    history.record(ev.op_ok(f"p{op_id % 4}", "read", op_id, latency_s=latency,
+                                            t=start + latency, **op))
+                else:
+                    history.record(ev.op_fail(f"p{op_id % 4}", "read", op_id, latency_s=latency,
+                                              error="timed out", t=start + latency, **op))
             if (daemon, index) in NOTES:
-                history.record("note", t=t_cut + 30, text=NOTES[(daemon, index)])
-            history.record("run", t=t_cut + 40, event="end")
+                history.record(ev.note(NOTES[(daemon, index)], t=t_cut + 30))
+            history.record(ev.run_end(index, t=t_cut + 40))
     results = {"scenario": "failover", "daemon": daemon, "nodes": 3, "tunables": "aggressive",
                "runs": results_runs, "summary": {}}
     (directory / "results.json").write_text(json.dumps(results, indent=1))
@@ -100,7 +105,7 @@ def write_scaling(directory: Path, daemon: str = "ctdb", with_history: bool = Tr
         {"scenario": "scaling", "daemon": daemon, "bw_mbit": 100, "points": points}))
     if with_history:
         with History(directory / "history.jsonl") as history:
-            history.record("note", t=T0, text="files pre-read into the page cache")
+            history.record(ev.note("files pre-read into the page cache", t=T0))
     return directory
 
 
@@ -108,7 +113,7 @@ def test_synthetic_failover_history_is_in_the_lab_format(tmp_path):
     run_dir = write_failover(tmp_path / "ctdb", "ctdb", ops_per_run=4)
     events = read_history(run_dir / "history.jsonl")
     kinds = {e["kind"] for e in events}
-    assert kinds == {"run", "fault", "milestone", "op", "note"}
+    assert kinds == {"run", "fault", "op", "note"}
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["runs"]) == len(CTDB_RUNS)
     assert results["runs"][3]["rejoin_s"] is None

@@ -1,0 +1,126 @@
+"""Faults on a node's processes; the node itself stays up.
+
+crash         SIGKILL the daemon's main process only; the kernel still sends FIN/RST for it.
+freeze/thaw   SIGSTOP/SIGCONT every process of the daemon (not smbd).
+kill_smbd     SIGKILL smbd on a node (its monitor event must make the node UNHEALTHY).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ctdblab.cluster.lab import LabCluster
+from ctdblab.errors import UserError
+
+from .nemesis import Fault, Outcome
+
+DAEMON_PROGRAMS = {"ctdb": ("ctdbd", "ctdb-recoverd", "ctdb-eventd"), "pyctdbd": ("pyctdbd",)}
+
+
+def daemon_processes(cluster: LabCluster, pnn: int) -> dict[int, str]:
+    """PID -> program name of the daemon's processes on a node (main daemon first)."""
+    node = cluster.node(pnn)
+    programs = DAEMON_PROGRAMS[cluster.launcher.name]
+    found: dict[int, str] = {}
+    for pid in node.processes():
+        name = program_name(pid)
+        if name in programs:
+            found[pid] = name
+    return dict(sorted(found.items(), key=lambda kv: (programs.index(kv[1]), kv[0])))
+
+
+def program_name(pid: int) -> str:
+    """The program a process runs: ``ctdbd``/``pyctdbd`` even under an interpreter, else comm."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return ""
+    for arg in argv[:2]:            # "python .../pyctdbd" or "/usr/sbin/ctdbd"
+        name = os.path.basename(arg.decode(errors="replace"))
+        if name in ("ctdbd", "pyctdbd"):
+            return name
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _main_pid(cluster: LabCluster, pnn: int) -> int:
+    procs = daemon_processes(cluster, pnn)
+    main = [pid for pid, name in procs.items() if name in ("ctdbd", "pyctdbd")]
+    if not main:
+        raise UserError(f"no {cluster.launcher.name} daemon running on node {pnn}")
+    # ctdbd forks helpers that keep its name; the main daemon is the oldest (lowest start time).
+    return min(main, key=_start_time)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 1 << 62
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Crash(Fault):
+    node: int
+    name: ClassVar[str] = "crash"
+
+    def apply(self, cluster: LabCluster) -> Outcome:
+        pid = _main_pid(cluster, self.node)
+        os.kill(pid, signal.SIGKILL)
+        return Outcome(value=pid, fields={"pid": pid})
+
+
+@dataclass
+class Freeze(Fault):
+    node: int
+    name: ClassVar[str] = "freeze"
+
+    def apply(self, cluster: LabCluster) -> Outcome:
+        pids = list(daemon_processes(cluster, self.node))
+        if not pids:
+            raise UserError(f"no {cluster.launcher.name} daemon running on node {self.node}")
+        _signal_all(pids, signal.SIGSTOP)
+        return Outcome(value=pids, fields={"pids": pids})
+
+
+@dataclass
+class Thaw(Fault):
+    """SIGCONT ``pids`` (those Freeze returned), or every daemon process on the node."""
+
+    node: int
+    pids: list[int] | None = field(default=None)
+    name: ClassVar[str] = "thaw"
+
+    def apply(self, cluster: LabCluster) -> Outcome:
+        pids = list(self.pids if self.pids is not None else daemon_processes(cluster, self.node))
+        _signal_all(pids, signal.SIGCONT)
+        return Outcome(value=pids, fields={"pids": pids})
+
+
+@dataclass
+class KillSmbd(Fault):
+    node: int
+    name: ClassVar[str] = "kill_smbd"
+
+    def apply(self, cluster: LabCluster) -> Outcome:
+        pids = [pid for pid in cluster.node(self.node).processes() if program_name(pid) == "smbd"]
+        if not pids:
+            raise UserError(f"no smbd running on node {self.node}")
+        _signal_all(pids, signal.SIGKILL)
+        return Outcome(value=pids, fields={"pids": pids})
