@@ -1,0 +1,201 @@
+"""The daemon's databases: one ``Database`` per attached name, each open once for the daemon's life.
+
+``Store`` is the registry (what ctdbd's ``ctdb->db_list`` plus ``ctdb_local_attach`` are): it
+names the file (:mod:`.naming`), opens it with ctdbd's flags, and hands out ``Database`` objects
+by name or db_id. Policy — who may attach when, health, recovery, migration, vacuuming — belongs to
+the layers above; this is I/O only.
+
+A ``Database`` offers, all without blocking the event loop:
+
+- record locks: ``try_lock(key)`` (synchronous, None when contended) and ``await lock(key)``
+  (through the lock helper when contended), then the synchronous ``TdbFile`` calls on ``db.tdb``
+  while the lock is held (they nest inside it and cannot wait);
+- ``await lock_all()``: the all-record lock through the helper (freeze);
+- ``await fetch(key)`` / ``await fetch_ltdb(key)`` / ``await store_ltdb(key, header, data)``:
+  lock, one call, unlock;
+- ``await transaction(fn)``: ``fn(tdb)`` inside a TDB transaction in a forked child (persistent
+  commits fsync there);
+- ``traverse()``: an async iterator over the records, read in a forked child;
+- ``await run_in_child(fn)``: any other blocking work on the handle (a write traverse, a repack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+from ..protocol.constants import DbFlag, TdbFlag
+from ..protocol.types import LtdbHeader
+from . import child
+from .locks import ChainLocker, HeldLock
+from .naming import DATABASE_HASH_SIZE, DB_FILE_MODE, DbDirs, DbKind, db_id, tdb_flags
+from .tdbfile import TdbFile
+
+
+class Database:
+    """One attached database."""
+
+    def __init__(self, name: str, kind: DbKind, path: str, tdb: TdbFile, locker: ChainLocker) -> None:
+        self.name = name
+        self.kind = kind
+        self.path = path
+        self.db_id = db_id(name)
+        self.tdb = tdb
+        self.locker = locker
+        self.readonly = False  # SET_DB_READONLY (tracking database not handled here)
+        self.sticky = False  # SET_DB_STICKY
+
+    def __repr__(self) -> str:
+        return f"Database({self.name!r}, {self.kind.value}, {self.db_id:#010x}, {self.path!r})"
+
+    # --- what the controls report -----------------------------------------------------------
+
+    @property
+    def persistent(self) -> bool:
+        return self.kind is DbKind.PERSISTENT
+
+    @property
+    def open_flags(self) -> int:
+        """DB_OPEN_FLAGS: the file's current libtdb flags (0x1c41, 0x1cc1 after ENABLE_SEQNUM,
+        0x400 persistent)."""
+        return self.tdb.flags
+
+    @property
+    def db_flags(self) -> DbFlag:
+        """GET_DBMAP's flags."""
+        flags = self.kind.db_flags
+        if self.readonly:
+            flags |= DbFlag.READONLY
+        if self.sticky:
+            flags |= DbFlag.STICKY
+        return flags
+
+    @property
+    def seqnum_enabled(self) -> bool:
+        return bool(self.tdb.flags & TdbFlag.SEQNUM)
+
+    def enable_seqnum(self) -> None:
+        """ENABLE_SEQNUM."""
+        self.tdb.enable_seqnum()
+
+    @property
+    def seqnum(self) -> int:
+        """The TDB header's sequence number (what ctdbd polls every SeqnumInterval)."""
+        return self.tdb.seqnum
+
+    def increment_seqnum(self) -> None:
+        """UPDATE_SEQNUM from a peer."""
+        self.tdb.increment_seqnum_nonblock()
+
+    # --- locks ------------------------------------------------------------------------------
+
+    def try_lock(self, key: bytes) -> HeldLock | None:
+        return self.locker.try_record(key)
+
+    async def lock(self, key: bytes) -> HeldLock:
+        return await self.locker.record(key)
+
+    async def lock_all(self) -> HeldLock:
+        return await self.locker.database()
+
+    # --- one-call conveniences --------------------------------------------------------------
+
+    async def fetch(self, key: bytes) -> bytes | None:
+        async with await self.lock(key):
+            return self.tdb.fetch(key)
+
+    async def fetch_ltdb(self, key: bytes) -> tuple[LtdbHeader, bytes] | None:
+        async with await self.lock(key):
+            return self.tdb.fetch_ltdb(key)
+
+    async def store_ltdb(self, key: bytes, header: LtdbHeader, data: bytes = b"") -> None:
+        async with await self.lock(key):
+            self.tdb.store_ltdb(key, header, data)
+
+    # --- work in a child --------------------------------------------------------------------
+
+    async def run_in_child(self, fn: Callable[[TdbFile], Any]) -> Any:
+        """``fn(tdb)`` in a forked child (forked while no task holds a lock of this file)."""
+        async with self.locker.quiet():
+            started = child.start_call(lambda: fn(self.tdb))
+        return await child.call_result(started)
+
+    async def transaction(self, fn: Callable[[TdbFile], Any]) -> Any:
+        """``fn(tdb)`` inside a TDB transaction, committed (with fsync unless NOSYNC) in a forked
+        child; ChildError if ``fn`` raises (nothing written) or the commit fails."""
+        async with self.locker.quiet():
+            started = child.start_call(child.transaction_call(self.tdb, fn))
+        return await child.call_result(started)
+
+    async def traverse(self, read_only: bool = True) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Every (key, value) of the file (values include their ltdb header), from a child."""
+        async with self.locker.quiet():
+            started = child.start_traverse(self.tdb, read_only)
+        async for item in child.traverse_records(started):
+            yield item
+
+    def close(self) -> None:
+        self.tdb.close()
+
+
+class Store:
+    """The attached databases of one node."""
+
+    def __init__(self, dirs: DbDirs, pnn: int, *, hash_size: int = DATABASE_HASH_SIZE,
+                 mutexes: bool = True, helper_argv: list[str] | None = None,
+                 env: Mapping[str, str] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.dirs = dirs
+        self.pnn = pnn
+        self.hash_size = hash_size
+        self.mutexes = mutexes
+        self.helper_argv = helper_argv
+        self.env = env
+        self.log = log or (lambda message: None)
+        self._by_name: dict[str, Database] = {}
+        self._by_id: dict[int, Database] = {}
+
+    def attach(self, name: str, kind: DbKind) -> Database:
+        """Open ``name`` (creating the file) with ctdbd's flags, or return the open one. A name
+        already attached as another kind is refused (ValueError), as is a db_id collision."""
+        db = self._by_name.get(name)
+        if db is not None:
+            if db.kind is not kind:
+                raise ValueError(f"database {name} is attached as {db.kind.value}, not {kind.value}")
+            return db
+        ident = db_id(name)
+        other = self._by_id.get(ident)
+        if other is not None:
+            raise ValueError(f"db_id {ident:#x} hash collision. name1='{name}' name2='{other.name}'")
+        path = self.dirs.path(name, self.pnn, kind)
+        # Like ctdbd, no directory is created: a missing one fails the open (TdbError ENOENT).
+        tdb = TdbFile(path, self.hash_size, tdb_flags(kind, self.mutexes), mode=DB_FILE_MODE)
+        locker = ChainLocker(tdb, name, helper_argv=self.helper_argv, env=self.env, log=self.log)
+        db = Database(name, kind, path, tdb, locker)
+        self._by_name[name] = db
+        self._by_id[ident] = db
+        return db
+
+    def get(self, name: str) -> Database | None:
+        return self._by_name.get(name)
+
+    def by_id(self, ident: int) -> Database | None:
+        return self._by_id.get(ident)
+
+    def __iter__(self) -> Iterator[Database]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def detach(self, name: str) -> None:
+        """Close and forget one database (DB_DETACH; volatile files are then wiped by the next
+        first opener, as with ctdbd)."""
+        db = self._by_name.pop(name, None)
+        if db is not None:
+            del self._by_id[db.db_id]
+            db.close()
+
+    def close(self) -> None:
+        for name in list(self._by_name):
+            self.detach(name)

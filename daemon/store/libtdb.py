@@ -1,0 +1,174 @@
+"""ctypes binding of the system ``libtdb.so.1`` (Debian package libtdb1, 1.4.8 on Debian 12): the
+library clustered smbd links, so both sides agree on the file format, the hash and the locks.
+
+Why not python3-tdb: it has no chain locks, no ``tdb_parse_record``, no ``*_mark`` calls, no
+Jenkins hash and no mutex constant, and it only imports into Debian's own interpreter. Mixing it
+with this binding on one file in one process is refused by libtdb (EBUSY): libtdb keeps one open
+per (device, inode) per process.
+
+Only prototypes and error mapping live here; :mod:`.tdbfile` is the Python-facing class.
+Prototypes follow Samba 4.17's ``lib/tdb/include/tdb.h``; ``tdb_transaction_write_lock_mark`` /
+``_unmark`` are exported but not in tdb.h (ctdbd declares them itself, ``ctdb_lock.c``).
+
+Every foreign call releases the GIL (ctypes.CDLL). errno is captured per call (``use_errno``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import errno as errno_mod
+import os
+from ctypes import (
+    CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint, c_ubyte, c_void_p,
+)
+
+LIBTDB_SONAME = "libtdb.so.1"
+
+# tdb_store() flags (tdb.h).
+TDB_REPLACE = 1
+TDB_INSERT = 2
+TDB_MODIFY = 3
+
+
+class TdbErr(enum.IntEnum):
+    """``enum TDB_ERROR``."""
+
+    SUCCESS = 0
+    CORRUPT = 1
+    IO = 2
+    LOCK = 3
+    OOM = 4
+    EXISTS = 5
+    NOLOCK = 6
+    LOCK_TIMEOUT = 7
+    NOEXIST = 8
+    EINVAL = 9
+    RDONLY = 10
+    NESTING = 11
+
+
+class TdbError(OSError):
+    """A libtdb call failed. ``ecode`` is libtdb's TDB_ERROR, ``errno`` the C errno after the
+    call (0 if none), ``op`` the libtdb function, ``path`` the database file."""
+
+    def __init__(self, op: str, ecode: int, err: int, path: str | None = None,
+                 detail: str | None = None) -> None:
+        try:
+            ecode = TdbErr(ecode)
+            ename = ecode.name
+        except ValueError:
+            ename = str(ecode)
+        text = f"{op}: {ename}"
+        if err:
+            text += f" ({errno_mod.errorcode.get(err, err)}: {os.strerror(err)})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(err or None, text, path)
+        self.op = op
+        self.ecode = ecode
+        # OSError.errno is None when 0; keep the number the caller can compare.
+        self.c_errno = err
+
+    def __str__(self) -> str:
+        return f"{self.strerror} [{self.filename}]" if self.filename else str(self.strerror)
+
+
+class TDB_DATA(Structure):
+    """``TDB_DATA {unsigned char *dptr; size_t dsize;}`` — passed by value."""
+
+    _fields_ = [("dptr", POINTER(c_ubyte)), ("dsize", c_size_t)]
+
+
+TDB_DATA_P = POINTER(TDB_DATA)
+# int (*parser)(TDB_DATA key, TDB_DATA data, void *private_data)
+PARSER = CFUNCTYPE(c_int, TDB_DATA, TDB_DATA, c_void_p)
+# int (*tdb_traverse_func)(struct tdb_context *, TDB_DATA key, TDB_DATA dbuf, void *state)
+TRAVERSER = CFUNCTYPE(c_int, c_void_p, TDB_DATA, TDB_DATA, c_void_p)
+
+
+def _load() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL(LIBTDB_SONAME, use_errno=True)
+    except OSError:
+        found = ctypes.util.find_library("tdb")
+        if found is None:
+            raise OSError(f"{LIBTDB_SONAME} not found: install Debian's libtdb1") from None
+        return ctypes.CDLL(found, use_errno=True)
+
+
+lib = _load()
+
+
+def _proto(name: str, restype: object, *argtypes: object) -> None:
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+
+
+_CTX = c_void_p  # struct tdb_context *
+_INT_CTX = ("tdb_close", "tdb_error", "tdb_get_seqnum", "tdb_hash_size", "tdb_get_flags",
+            "tdb_fd", "tdb_lockall", "tdb_lockall_nonblock", "tdb_unlockall", "tdb_lockall_read",
+            "tdb_lockall_read_nonblock", "tdb_unlockall_read", "tdb_lockall_mark",
+            "tdb_lockall_unmark", "tdb_transaction_start", "tdb_transaction_start_nonblock",
+            "tdb_transaction_prepare_commit", "tdb_transaction_commit", "tdb_transaction_cancel",
+            "tdb_transaction_write_lock_mark", "tdb_transaction_write_lock_unmark",
+            "tdb_wipe_all", "tdb_repack", "tdb_freelist_size")
+_INT_CTX_KEY = ("tdb_chainlock", "tdb_chainlock_nonblock", "tdb_chainunlock", "tdb_chainlock_read",
+                "tdb_chainlock_read_nonblock", "tdb_chainunlock_read", "tdb_chainlock_mark",
+                "tdb_chainlock_unmark", "tdb_delete", "tdb_exists")
+
+# struct tdb_context *tdb_open_ex(name, hash_size, tdb_flags, open_flags, mode, log_ctx, hash_fn)
+_proto("tdb_open_ex", _CTX, c_char_p, c_int, c_int, c_int, c_uint, c_void_p, c_void_p)
+for _name in _INT_CTX:
+    _proto(_name, c_int, _CTX)
+for _name in _INT_CTX_KEY:
+    _proto(_name, c_int, _CTX, TDB_DATA)
+_proto("tdb_errorstr", c_char_p, _CTX)
+_proto("tdb_name", c_char_p, _CTX)
+_proto("tdb_fetch", TDB_DATA, _CTX, TDB_DATA)
+_proto("tdb_parse_record", c_int, _CTX, TDB_DATA, PARSER, c_void_p)
+_proto("tdb_store", c_int, _CTX, TDB_DATA, TDB_DATA, c_int)
+_proto("tdb_storev", c_int, _CTX, TDB_DATA, TDB_DATA_P, c_int, c_int)
+_proto("tdb_traverse", c_int, _CTX, TRAVERSER, c_void_p)
+_proto("tdb_traverse_read", c_int, _CTX, TRAVERSER, c_void_p)
+_proto("tdb_transaction_active", c_bool, _CTX)
+_proto("tdb_add_flags", None, _CTX, c_uint)
+_proto("tdb_remove_flags", None, _CTX, c_uint)
+_proto("tdb_enable_seqnum", None, _CTX)
+_proto("tdb_increment_seqnum_nonblock", None, _CTX)
+_proto("tdb_map_size", c_size_t, _CTX)
+_proto("tdb_jenkins_hash", c_uint, TDB_DATA_P)
+_proto("tdb_runtime_check_for_robust_mutexes", c_bool)
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.free.restype = None
+libc.free.argtypes = [c_void_p]
+
+
+def key_data(key: bytes) -> TDB_DATA:
+    """A TDB_DATA pointing into ``key`` (which must stay alive for the call). Empty is NULL/0."""
+    if not key:
+        return TDB_DATA(None, 0)
+    return TDB_DATA(ctypes.cast(ctypes.c_char_p(key), POINTER(c_ubyte)), len(key))
+
+
+def jenkins_hash(data: bytes) -> int:
+    """libtdb's ``tdb_jenkins_hash`` (lookup3 hashlittle, initval 0): ctdbd's db_id of
+    ``name + NUL``, and the hash of keys in TDB_INCOMPATIBLE_HASH files."""
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    td = TDB_DATA(ctypes.cast(buf, POINTER(c_ubyte)), len(data))
+    return int(lib.tdb_jenkins_hash(ctypes.byref(td)))
+
+
+_ROBUST: bool | None = None
+
+
+def robust_mutexes_available() -> bool:
+    """``tdb_runtime_check_for_robust_mutexes()``, cached: whether MUTEX_LOCKING can be used
+    (ctdbd adds the flag only when this says yes). The check forks a child once."""
+    global _ROBUST
+    if _ROBUST is None:
+        _ROBUST = bool(lib.tdb_runtime_check_for_robust_mutexes())
+    return _ROBUST
