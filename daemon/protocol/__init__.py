@@ -60,3 +60,14 @@ __all__ = [
     "unpack_datan", "unpack_i32_reply", "unpack_message", "unpack_reply", "unpack_request",
     "unpack_string", "unpack_stringn",
 ]
+
+# Records of CTDB's local TDB files and the Jenkins hash (db ids, lmaster).
+from .ltdb import (  # noqa: E402
+    LTDB_HEADER_SIZE, RECORD_FLAGS_4_17, db_id_of, is_empty_record, is_record, jenkins_hash,
+    pack_record, unpack_header, unpack_record,
+)
+
+__all__ += [
+    "LTDB_HEADER_SIZE", "RECORD_FLAGS_4_17", "db_id_of", "is_empty_record", "is_record",
+    "jenkins_hash", "pack_record", "unpack_header", "unpack_record",
+]
