@@ -2,7 +2,7 @@
 
 Each probe is a standalone program, ``python -m ctdblab.scenarios.probes.<name> ARGS``, started
 *before* the fault (imports done, sessions open).  It writes one JSON object per line to stdout,
-flushed at once, in the history format of ``ctdblab.history`` (``t`` = ``time.time()``, ``kind``),
+flushed at once, built by ``ctdblab.events`` (``t`` = ``time.time()``, ``kind``),
 and exits cleanly on SIGTERM or SIGINT.  The orchestrator collects the lines into the run's history.
 
 =============  ====================================================================================
