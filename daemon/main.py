@@ -31,10 +31,12 @@ from .config import (
     parse_debug_level, parse_log_location,
 )
 from .config.ctdbconf import LogLocation
+from .controls import registry
+from .failover.effects import HostEffects, RecordingEffects
+from .log import NOTICE, python_level
+from .server.daemon import Daemon, DaemonOptions
 
 PROGRAM = "pyctdbd"
-NOTICE = 25
-logging.addLevelName(NOTICE, "NOTICE")
 
 
 class CtdbFormatter(logging.Formatter):
@@ -80,18 +82,6 @@ class QuietSysLogHandler(logging.handlers.SysLogHandler):
         if not self._complained:
             self._complained = True
             sys.stderr.write(f"{PROGRAM}: cannot log to syslog ({self.address}); log lines are lost\n")
-
-
-def python_level(samba_level: int) -> int:
-    if samba_level <= 0:
-        return logging.ERROR
-    if samba_level == 1:
-        return logging.WARNING
-    if samba_level <= 3:
-        return NOTICE
-    if samba_level <= 5:
-        return logging.INFO
-    return logging.DEBUG
 
 
 def setup_logging(location: LogLocation, level: int) -> logging.Handler:
@@ -292,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str,
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
-    from .effects import HostEffects, RecordingEffects
-    from .server import Daemon, DaemonOptions
     log = logging.getLogger("ctdblab.daemon")
     fake = args.fake_ip_effects or os.environ.get("PYCTDBD_FAKE_IP_EFFECTS") == "1"
     if fake:
@@ -311,7 +299,7 @@ async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socke
     options = DaemonOptions(config=config, my_pnn=my_pnn, socket_path=socket_path, effects=effects,
                             event_dir=config.paths.event_scripts_dir, eventd_socket=eventd_socket,
                             port=args.port, script_env=env)
-    daemon = Daemon(options)
+    daemon = Daemon(options, registry())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_shutdown, f"signal {signal.Signals(sig).name}")

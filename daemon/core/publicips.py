@@ -19,6 +19,7 @@ from ..protocol.constants import UNKNOWN_PNN
 
 
 def canonical_ip(ip: str) -> str:
+    """Normalise an address (IPv4-mapped IPv6 becomes IPv4, as ctdbd canonicalises)."""
     addr = ipaddress.ip_address(ip)
     if addr.version == 6 and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)

@@ -16,9 +16,10 @@ Pure bookkeeping: no I/O.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .publicips import canonical_ip
 
 REMOTE = "remote"       # learnt from another node or from the ctdb tool
 KERNEL = "kernel"       # discovered in this host's socket table
@@ -44,14 +45,6 @@ class Connection:
 
     def __str__(self) -> str:
         return f"{_endpoint(self.src_ip, self.src_port)} -> {_endpoint(self.dst_ip, self.dst_port)}"
-
-
-def canonical_ip(ip: str) -> str:
-    """Normalise an address (IPv4-mapped IPv6 becomes IPv4, as ctdbd canonicalises)."""
-    addr = ipaddress.ip_address(ip)
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 def _endpoint(ip: str, port: int) -> str:

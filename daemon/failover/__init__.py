@@ -2,7 +2,7 @@
 
 Takeover, in this order and as fast as possible: ``AddressManager.add`` →
 ``ArpAnnouncer.announce`` (GARP request + reply, or IPv6 unsolicited NA) →
-``TickleSender.tickle`` for each known client connection; the caller repeats announce +
+``TcpSegmentSender.tickle`` for each known client connection; the caller repeats announce +
 tickle in bursts. Release: ``kill_connections`` (while the address is still there) →
 ``AddressManager.delete``, or ``release_ip`` which does both in that order. ``established_connections`` finds client connections on our
 public IPs that no service registered.
@@ -21,7 +21,7 @@ from .errors import FailoverError, InterfaceNotFound
 from .killtcp import kill_connections, release_ip
 from .packets import PacketError
 from .sockdiag import SockDiag, TcpSocketInfo
-from .tickle import TickleSender
+from .tcp_segments import TcpSegmentSender
 
 __all__ = [
     "AddressEntry",
@@ -33,7 +33,7 @@ __all__ = [
     "PacketError",
     "SockDiag",
     "TcpSocketInfo",
-    "TickleSender",
+    "TcpSegmentSender",
     "established_connections",
     "kill_connections",
     "release_ip",

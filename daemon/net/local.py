@@ -178,6 +178,9 @@ class LocalServer:
     def has_srvid(self, srvid: int) -> bool:
         return srvid in self._by_srvid
 
+    def has_pid(self, pid: int) -> bool:
+        return any(c.pid == pid for c in self.clients.values())
+
     def pid_has_srvid(self, pid: int, srvid: int) -> bool:
         return any(c.pid == pid for c in self._by_srvid.get(srvid, ()))
 

@@ -30,13 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, HEADER_SIZE, Operation
 from ..protocol.errors import ProtocolError
+from ..protocol.header import keepalive_source
 from ..protocol.packets import PacketReader
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
 _TIMESPEC = struct.Struct("=qq")
-_HEAD = struct.Struct("<8I")
 
 RECONNECT_INTERVAL = 1.0          # s, as CTDB
 CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
@@ -271,7 +270,7 @@ class NodeTransport:
             pnn = by_address.get(source[0])
             if pnn is None:
                 pnn = by_address.get(_canon(source[0]))
-            if pnn is None or not self._valid_heartbeat(data, pnn):
+            if pnn is None or keepalive_source(data) != pnn:
                 self._note_bad_fast(source[0])
                 continue
             arrival = None
@@ -281,14 +280,6 @@ class NodeTransport:
                     arrival = sec + nsec * 1e-9 + wall_to_loop
             out.append((pnn, arrival if arrival is not None else time.time() + wall_to_loop))
         return out
-
-    @staticmethod
-    def _valid_heartbeat(data: bytes, pnn: int) -> bool:
-        if len(data) < HEADER_SIZE:
-            return False
-        length, magic, version, _gen, op, _dest, src, _reqid = _HEAD.unpack_from(data)
-        return (length == len(data) and magic == CTDB_MAGIC and version == CTDB_PROTOCOL_VERSION
-                and op == Operation.REQ_KEEPALIVE and src == pnn)
 
     def _note_bad_fast(self, address: str) -> None:
         self._bad_fast += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, HEADER_SIZE
+from .constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, HEADER_SIZE, Operation
 from .errors import ProtocolError
 
 HEADER_STRUCT = struct.Struct("<8I")
@@ -56,3 +56,24 @@ class Header:
             raise ProtocolError(
                 f"header: unsupported protocol version {self.version} (expected {CTDB_PROTOCOL_VERSION})"
             )
+
+
+def keepalive_source(datagram: bytes) -> int | None:
+    """The sending node of a heartbeat datagram (a whole REQ_KEEPALIVE packet with a valid
+    header), or None for anything else. The fast channel reads many of these per second, so
+    this checks the header in place without building objects."""
+    if len(datagram) < HEADER_SIZE:
+        return None
+    length, magic, version, _gen, op, _dest, src, _reqid = HEADER_STRUCT.unpack_from(datagram)
+    if length != len(datagram) or magic != CTDB_MAGIC or version != CTDB_PROTOCOL_VERSION \
+            or op != Operation.REQ_KEEPALIVE:
+        return None
+    return src
+
+
+def peek_operation(frame: bytes) -> int:
+    """The operation of a whole framed packet, read in place (the framer checked the size)."""
+    return _OPERATION.unpack_from(frame, 16)[0]
+
+
+_OPERATION = struct.Struct("<I")

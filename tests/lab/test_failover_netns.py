@@ -33,7 +33,7 @@ from ctdblab.daemon.failover import (
     FailoverError,
     InterfaceNotFound,
     SockDiag,
-    TickleSender,
+    TcpSegmentSender,
     established_connections,
     kill_connections,
     release_ip,
@@ -403,7 +403,7 @@ def test_spoofed_reset_with_the_exact_seq_resets_the_peer(lan6: Lan, family: int
     listener = listen(lan, "c", loopback, 5800, family=family)
     with inside(lan.ns("c")):
         client = lan.track(socket.create_connection((loopback, 5800), timeout=5))
-        tickler = TickleSender()
+        tickler = TcpSegmentSender()
         tickler.prepare()
     try:
         server = accept(listener, lan)
@@ -432,7 +432,7 @@ class Takeover:
     client_addr: tuple[str, int]
     am: AddressManager
     announcer: ArpAnnouncer
-    tickler: TickleSender
+    tickler: TcpSegmentSender
 
 
 @contextlib.contextmanager
@@ -456,7 +456,7 @@ def served_then_orphaned(lan: Lan, port: int, b_knows_c: bool) -> Iterator[Takeo
     reader.start()
     ip("-n", lan.ns("a"), "link", "del", "eth0")  # takes the bridge port with it: A is gone
     with inside(lan.ns("b")):
-        am, announcer, tickler = AddressManager(), ArpAnnouncer(), TickleSender()
+        am, announcer, tickler = AddressManager(), ArpAnnouncer(), TcpSegmentSender()
         announcer.prepare("eth0")
         tickler.prepare()
     try:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ctdblab.daemon.core.election import LockStatus
-from ctdblab.daemon.lock import OWN_HELPER, ClusterLock, helper_argv
+from ctdblab.daemon.server.cluster_lock import OWN_HELPER, ClusterLock, helper_argv
 
 DEBIAN_HELPER = "/usr/libexec/ctdb/ctdb_mutex_fcntl_helper"
 

@@ -152,7 +152,7 @@ def test_state_masks():
 
 def test_connection_counter_moves_when_a_connection_opens():
     """The cheap /proc/net/snmp look the daemon polls before deciding to dump sockets."""
-    from ctdblab.daemon.effects import HostEffects
+    from ctdblab.daemon.failover.effects import HostEffects
 
     effects = HostEffects()
     try:

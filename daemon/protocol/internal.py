@@ -12,6 +12,9 @@ NODE_STATE         0xF9A3000000000000  u32 pnn, u32 flags, u32 runstate, u32 cap
 RECOVERY_WANTED    0xF9A4000000000000  u32 pnn: that node went into recovery mode on its own
                                        (`ctdb recover`), so the leader must run a recovery
 =================  ==================  ======================================================
+
+`peek_heartbeat` reads a heartbeat message straight from a frame: it is most of a node's idle
+traffic, so the packet router looks for it before decoding anything.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..protocol.errors import ProtocolError
+from .constants import HEADER_SIZE, Operation
+from .errors import ProtocolError
 
 HEARTBEAT = 0xF9A1000000000000
 NODE_DEAD = 0xF9A2000000000000
@@ -33,6 +37,10 @@ HEARTBEAT_BEAT = 2
 _U32 = struct.Struct("<I")
 _U32x2 = struct.Struct("<II")
 _U32x4 = struct.Struct("<IIII")
+# REQ_MESSAGE body after the header: u64 srvid, u32 datalen, then the data.
+_MESSAGE_HEAD = struct.Struct("<QI")
+_OPERATION_AT = 16
+_MESSAGE_DATA_AT = HEADER_SIZE + _MESSAGE_HEAD.size
 
 
 def pack_heartbeat(kind: int) -> bytes:
@@ -45,14 +53,32 @@ def unpack_heartbeat(data: bytes) -> int:
     return _U32.unpack_from(data)[0]
 
 
-def pack_node_dead(dead: int, reporter: int) -> bytes:
-    return _U32x2.pack(dead, reporter)
+def peek_heartbeat(frame: bytes) -> int | None:
+    """The heartbeat kind if `frame` (a whole, framed packet) is a HEARTBEAT message, else
+    None. Reads three fields in place; anything else is left to the full decoder."""
+    if len(frame) < _MESSAGE_DATA_AT + 4 or _U32.unpack_from(frame, _OPERATION_AT)[0] != Operation.REQ_MESSAGE:
+        return None
+    srvid, datalen = _MESSAGE_HEAD.unpack_from(frame, HEADER_SIZE)
+    if srvid != HEARTBEAT or datalen < 4:
+        return None
+    return _U32.unpack_from(frame, _MESSAGE_DATA_AT)[0]
 
 
-def unpack_node_dead(data: bytes) -> tuple[int, int]:
-    if len(data) < 8:
-        raise ProtocolError(f"node-dead report: need 8 bytes, got {len(data)}")
-    return _U32x2.unpack_from(data)
+@dataclass(frozen=True)
+class NodeDead:
+    """Node `reporter` declared node `dead` dead (its failure detector fired)."""
+
+    dead: int
+    reporter: int
+
+    def pack(self) -> bytes:
+        return _U32x2.pack(self.dead, self.reporter)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> NodeDead:
+        if len(data) < 8:
+            raise ProtocolError(f"node-dead report: need 8 bytes, got {len(data)}")
+        return cls(*_U32x2.unpack_from(data))
 
 
 @dataclass(frozen=True)
@@ -70,3 +96,19 @@ class NodeState:
         if len(data) < 16:
             raise ProtocolError(f"node state: need 16 bytes, got {len(data)}")
         return cls(*_U32x4.unpack_from(data))
+
+
+@dataclass(frozen=True)
+class RecoveryWanted:
+    """Node `pnn` is in recovery mode on its own and asks the leader for a recovery."""
+
+    pnn: int
+
+    def pack(self) -> bytes:
+        return _U32.pack(self.pnn)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RecoveryWanted:
+        if len(data) < 4:
+            raise ProtocolError(f"recovery request: need 4 bytes, got {len(data)}")
+        return cls(_U32.unpack_from(data)[0])

@@ -1,6 +1,7 @@
-"""What a takeover or release does to the host, behind one small interface.
+"""What a takeover or release does to the host, behind one small interface (the port the
+daemon's public-IP and connection services use).
 
-`HostEffects` uses the failover package (netlink addresses, persistent AF_PACKET and raw sockets,
+`HostEffects` uses this package (netlink addresses, persistent AF_PACKET and raw sockets,
 sock_diag); every call is synchronous and takes microseconds to a millisecond, so it runs on the
 event loop. `RecordingEffects` changes nothing on the host and only remembers what it would have
 done: for daemons run without root or without their own network namespace (tests, a laptop).
@@ -11,6 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .addresses import AddressManager
+from .arp import ArpAnnouncer
+from .conntrack import established_connections
+from .errors import InterfaceNotFound
+from .killtcp import kill_connections
+from .sockdiag import SockDiag
+from .tcp_segments import TcpSegmentSender
 
 Endpoint = tuple[str, int]
 ConnPair = tuple[Endpoint, Endpoint]      # (server = public ip:port, client ip:port)
@@ -34,17 +43,16 @@ class Effects:
 
 class HostEffects(Effects):
     def __init__(self) -> None:
-        from .failover import AddressManager, ArpAnnouncer, SockDiag, TickleSender
         self.addresses = AddressManager()
         self.arp = ArpAnnouncer()
-        self.tickles = TickleSender()
+        self.segments = TcpSegmentSender()
         self.diag = SockDiag()
         self._snmp_fd: int | None = None
 
     def prepare(self, ifaces: Iterable[str]) -> None:
         """Open the per-interface sockets and fix promote_secondaries before any takeover, so
         nothing slow is left for the failover path. Errors are the caller's to log."""
-        self.tickles.prepare()
+        self.segments.prepare()
         for iface in ifaces:
             self.addresses.ensure_promote_secondaries(iface)
             self.arp.prepare(iface)
@@ -65,14 +73,12 @@ class HostEffects(Effects):
         return self.arp.announce(iface, ip)
 
     def tickle(self, pairs: list[ConnPair]) -> int:
-        return self.tickles.tickle_all(pairs)
+        return self.segments.tickle_all(pairs)
 
     def kill_connections(self, ip: str) -> int:
-        from .failover import kill_connections
         return kill_connections(ip, diag=self.diag)
 
     def established(self, ips: Iterable[str]) -> list[ConnPair]:
-        from .failover import established_connections
         return established_connections(ips, self.diag)
 
     def connection_counter(self) -> tuple[bytes, ...] | None:
@@ -98,14 +104,13 @@ class HostEffects(Effects):
         return tuple(fields[4:9]) if len(fields) >= 9 else None
 
     def link_up(self, iface: str) -> bool | None:
-        from .failover import InterfaceNotFound
         try:
             return self.addresses.link_up(iface)
         except InterfaceNotFound:
             return None
 
     def close(self) -> None:
-        for part in (self.arp, self.tickles, self.diag, self.addresses):
+        for part in (self.arp, self.segments, self.diag, self.addresses):
             try:
                 part.close()
             except Exception:

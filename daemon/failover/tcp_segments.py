@@ -1,4 +1,4 @@
-"""Tickle ACKs and spoofed RSTs from persistent raw IP sockets.
+"""Hand-made TCP segments (tickle ACKs and spoofed RSTs) from persistent raw IP sockets.
 
 A tickle ACK goes from public-IP:port to the client (ACK only, seq 0, ack 0, window 1234,
 TTL 255). The client, whose connection was served by the old owner, answers with a
@@ -21,12 +21,12 @@ from .netns import NetnsGuard
 from .packets import Endpoint, parse_ip, tcp_reset, tickle_ack
 
 
-class TickleSender:
+class TcpSegmentSender:
     """Sends hand-made TCP segments (tickles and resets)."""
 
     def __init__(self) -> None:
         self._sockets: dict[int, socket.socket] = {}
-        self._netns = NetnsGuard("TickleSender")
+        self._netns = NetnsGuard("TcpSegmentSender")
 
     def _socket(self, version: int) -> socket.socket:
         sock = self._sockets.get(version)
@@ -91,7 +91,7 @@ class TickleSender:
             sock.close()
         self._sockets.clear()
 
-    def __enter__(self) -> TickleSender:
+    def __enter__(self) -> TcpSegmentSender:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .core.election import LockStatus
+from ..core.election import LockStatus
 
 OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lock_helper.py")
 

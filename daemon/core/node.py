@@ -1,0 +1,583 @@
+"""One node's view of the cluster as one state machine: the failure detector, the election and
+the node map behind a single entry, ``NodeCore.step(event, now) -> actions``.
+
+Everything that decides what a peer's arrival, silence or death *means* lives here, and only
+here: which peers are connected, when one is dead (our own detector, or a credible report from
+another node), who leads, this node's own flags (monitor health, admin changes, bans and their
+expiry), what the leader must do about a change (recover, run a takeover), and when a node cut
+off from every leader must drop its public IPs (CTDB's RecoveryDropAllIPs). The shell
+(`server/node.py`) turns the actions into packets, timers and calls on other services; a
+simulated cluster (tests/unit/simcluster.py) turns them into messages on a fake network.
+
+Conventions:
+
+* When the core decides a peer is dead it disconnects it itself (node map, detector, election)
+  and asks the shell to tear the connections down (`DropPeer`); the transport's own "peer down"
+  that follows finds the peer already disconnected and changes nothing.
+* Log lines the lab and operators grep for are produced here as `Log` actions, in CTDB's
+  wording, so the simulated cluster sees the same story as the daemon's log.
+
+Sans-I/O: `now` is the daemon's monotonic clock; `wall_offset` is that clock minus wall time
+(the election's priority time is a wall-clock time, as in CTDB).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..protocol.constants import (
+    BROADCAST_CONNECTED, CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, UNKNOWN_PNN, NodeFlag, Runstate,
+)
+from .election import (
+    BroadcastElection, BroadcastLeader, Election, ElectionMessage, ElectionSettings,
+    ElectionStarted, LeaderChanged, LockStatus, ReleaseLock, SendLeader, TakeLock,
+)
+from .membership import (
+    DetectorSettings, FailureDetector, LoopStalled, PeerDead, SendHeartbeat, SendKeepalive,
+    SendWatch,
+)
+from .nodes import FlagChange, NodeMap
+
+NOTICE = 25          # CTDB's NOTICE, as the daemon's log module defines it
+
+RUNSTATE_NAMES = {Runstate.INIT: "INIT", Runstate.SETUP: "SETUP",
+                  Runstate.FIRST_RECOVERY: "FIRST_RECOVERY", Runstate.STARTUP: "STARTUP",
+                  Runstate.RUNNING: "RUNNING", Runstate.SHUTDOWN: "SHUTDOWN"}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    detector: DetectorSettings
+    election: ElectionSettings
+    drop_all_ips_after: float = 120.0     # s without any leader (CTDB's RecoveryDropAllIPs)
+
+
+# -- events ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """The node mesh is about to start: failure detection and the election begin now."""
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    """Both connections to `pnn` are up."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
+class PeerDisconnected:
+    pnn: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Any packet from `pnn` (it is alive)."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
+class Heartbeats:
+    """Fast-channel heartbeats read from the socket: (pnn, arrival time) pairs."""
+
+    arrivals: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class HeartbeatMessage:
+    """A HEARTBEAT message on the reliable channel: watch (1), unwatch (0) or beat (2)."""
+
+    pnn: int
+    kind: int
+
+
+@dataclass(frozen=True)
+class DeathReport:
+    """Node `reporter` says node `dead` is dead."""
+
+    dead: int
+    reporter: int
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """A NODE_STATE message from `src` about node `pnn`."""
+
+    src: int
+    pnn: int
+    flags: int
+    runstate: int
+    capabilities: int
+
+
+@dataclass(frozen=True)
+class PeerFlags:
+    """CTDB's PUSH_NODE_FLAGS from `src` about node `pnn`."""
+
+    src: int
+    pnn: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class LeaderAnnounced:
+    """A LEADER message: node `src` says `pnn` leads (UNKNOWN_PNN: it calls an election)."""
+
+    src: int
+    pnn: int
+
+
+@dataclass(frozen=True)
+class ElectionVote:
+    src: int
+    message: ElectionMessage
+
+
+@dataclass(frozen=True)
+class LockAnswer:
+    status: LockStatus
+
+
+@dataclass(frozen=True)
+class LockLost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class SetHealth:
+    """The monitor decided this node is (un)healthy."""
+
+    healthy: bool
+    why: str = "monitor event"
+
+
+@dataclass(frozen=True)
+class Admin:
+    """`ctdb disable|enable|stop|continue` on this node."""
+
+    command: str
+
+
+@dataclass(frozen=True)
+class SetBan:
+    """Ban this node for `seconds` (0 lifts the ban)."""
+
+    seconds: int
+
+
+@dataclass(frozen=True)
+class SetRole:
+    """Leader (CAP_RECMASTER) or lmaster (CAP_LMASTER) capability on or off."""
+
+    capability: int
+    on: bool
+
+
+@dataclass(frozen=True)
+class SetRunstate:
+    runstate: int
+
+
+@dataclass(frozen=True)
+class NewSettings:
+    settings: NodeSettings
+
+
+Event = (Start | PeerConnected | PeerDisconnected | Traffic | Heartbeats | HeartbeatMessage | DeathReport
+         | PeerState | PeerFlags | LeaderAnnounced | ElectionVote | LockAnswer | LockLost | Tick
+         | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
+
+
+# -- actions (besides the detector's and the election's, passed through) ---------------------
+@dataclass(frozen=True)
+class DropPeer:
+    """Tear down both connections to `pnn`; the core already counts it as disconnected."""
+
+    pnn: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReportDeath:
+    """Tell every connected peer that our detector found `dead` dead."""
+
+    dead: int
+
+
+@dataclass(frozen=True)
+class SendState:
+    """Send this node's NODE_STATE to `dest` (a pnn, or BROADCAST_CONNECTED)."""
+
+    dest: int
+
+
+@dataclass(frozen=True)
+class FailControls:
+    """Controls waiting on `pnn` will never be answered (it disconnected)."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    """`pnn` connected: hand it what it must learn from us (our tickle lists)."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
+class LeaderWork:
+    """This node leads and the cluster changed: recover and/or run a takeover."""
+
+    recovery: bool
+    takeover: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnterRecoveryMode:
+    """This node became inactive: recovery mode ACTIVE and an invalid vnnmap generation."""
+
+
+@dataclass(frozen=True)
+class DropAllIPs:
+    reason: str
+
+
+@dataclass(frozen=True)
+class OwnFlagsChanged:
+    change: FlagChange
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    text: str
+
+
+Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
+          | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
+          | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
+          | OwnFlagsChanged | Log)
+
+_ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
+          "continue": NodeMap.cont}
+_ADMIN_LOG = {"disable": "Disable node", "enable": "Enable node", "stop": "Stopping node",
+              "continue": "Continue node"}
+
+
+@dataclass
+class NodeCore:
+    my_pnn: int
+    nodemap: NodeMap
+    settings: NodeSettings
+    now: float
+    wall_offset: float = 0.0              # monotonic clock minus wall clock
+    capabilities: int = CAP_DEFAULT
+    start_wall: float = 0.0               # wall-clock start (the election's priority time)
+    port: int = 4379                      # the node mesh's port, for log lines
+    peer_capabilities: dict[int, int] = field(default_factory=dict)
+    connected_at: dict[int, float] = field(default_factory=dict)
+    detector: FailureDetector = field(init=False)
+    election: Election = field(init=False)
+    _leaderless_deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
+        self.election = Election(self.my_pnn, self.settings.election, self.start_wall,
+                                 can_lead=self.can_lead)
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def leader(self) -> int:
+        return self.election.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.is_leader
+
+    @property
+    def can_lead(self) -> bool:
+        return bool(self.capabilities & CAP_RECMASTER) and not self.nodemap.inactive
+
+    def connected_peers(self) -> set[int]:
+        return {p for p in self.nodemap.connected_pnns() if p != self.my_pnn}
+
+    def capabilities_of(self, pnn: int) -> int:
+        return self.capabilities if pnn == self.my_pnn else self.peer_capabilities.get(pnn, CAP_DEFAULT)
+
+    def lmaster_pnns(self) -> list[int]:
+        """Active nodes with the lmaster capability (the vnnmap of the next recovery)."""
+        return [p for p in self.nodemap.active_pnns() if self.capabilities_of(p) & CAP_LMASTER]
+
+    def wants_heartbeats(self, now: float) -> bool:
+        """A watched peer's dead timeout ran out: read the queued heartbeats before the tick."""
+        return self.detector.dead_deadline_due(now)
+
+    def next_deadline(self) -> float:
+        when = self.detector.next_deadline()
+        for other in (self.election.next_deadline(), self._leaderless_deadline,
+                      self.nodemap.ban.expires_at() if self.nodemap.ban.banned else None):
+            if other is not None and other < when:
+                when = other
+        return when
+
+    # -- the one entry ---------------------------------------------------------------------------
+    def step(self, event: Event, now: float) -> list[Action]:
+        self.now = now
+        handler = _HANDLERS[type(event)]
+        return handler(self, event, now)
+
+    # -- connectivity ----------------------------------------------------------------------------
+    def _start(self, ev: Start, now: float) -> list[Action]:
+        """Clocks start at the mesh's start, not at the core's creation (the init and setup
+        events may run for a while before)."""
+        self.detector = FailureDetector(self.my_pnn, self.settings.detector, now)
+        return self._election(self.election.start(now), now)
+
+    def _peer_connected(self, ev: PeerConnected, now: float) -> list[Action]:
+        change = self.nodemap.mark_connected(ev.pnn)
+        self.connected_at[ev.pnn] = now
+        node = self.nodemap.nodes[ev.pnn]
+        actions: list[Action] = [Log(logging.ERROR, f"{self.nodemap.me.address}:{self.port}: connected to "
+                                                    f"{node.address}:{self.port} - "
+                                                    f"{len(self.connected_peers())} connected")]
+        actions += self.detector.peer_up(ev.pnn, now)
+        actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
+        actions += [SendState(ev.pnn), PeerJoined(ev.pnn)]
+        if change is not None:
+            actions += self._leader_work(True, True, f"node {ev.pnn} connected")
+        return actions
+
+    def _peer_disconnected(self, ev: PeerDisconnected, now: float) -> list[Action]:
+        return self._disconnect(ev.pnn, ev.reason, now)
+
+    def _disconnect(self, pnn: int, reason: str, now: float) -> list[Action]:
+        change = self.nodemap.mark_disconnected(pnn)
+        if change is None:
+            return []
+        node = self.nodemap.nodes[pnn]
+        actions: list[Action] = [
+            Log(logging.ERROR, f"{self.nodemap.me.address}:{self.port}: node {node.address}:{self.port} "
+                               f"is dead: {len(self.connected_peers())} connected ({reason})"),
+            FailControls(pnn)]
+        actions += self.detector.peer_down(pnn, now)
+        actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
+        actions += self._election(self.election.peer_dead(pnn, now), now)
+        actions += self._leader_work(True, True, f"node {pnn} disconnected")
+        return actions
+
+    def _declare_dead(self, pnn: int, reason: str, now: float) -> list[Action]:
+        return [DropPeer(pnn, reason)] + self._disconnect(pnn, reason, now)
+
+    # -- failure detection -----------------------------------------------------------------------
+    def _traffic(self, ev: Traffic, now: float) -> list[Action]:
+        self.detector.traffic(ev.pnn, now)
+        return []
+
+    def _heartbeats(self, ev: Heartbeats, now: float) -> list[Action]:
+        for pnn, arrival in ev.arrivals:
+            self.detector.fast_heartbeat(pnn, min(arrival, now))
+        return []
+
+    def _heartbeat_message(self, ev: HeartbeatMessage, now: float) -> list[Action]:
+        if ev.kind == 2:
+            self.detector.fast_heartbeat(ev.pnn, now)
+        else:
+            self.detector.watch_request(ev.pnn, ev.kind == 1, now)
+        return []
+
+    def _detector(self, actions: list, now: float) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, PeerDead):
+                out.append(Log(NOTICE, f"dead count reached for node {action.pnn} ({action.reason})"))
+                if action.fast:
+                    out.append(ReportDeath(action.pnn))
+                out += self._declare_dead(action.pnn, action.reason, now)
+            elif isinstance(action, LoopStalled):
+                out.append(Log(logging.WARNING, f"Event loop stalled: timer ran {action.late * 1000:.0f} ms "
+                                                "late; restarting failure-detection timeouts instead of "
+                                                "declaring peers dead"))
+            else:
+                out.append(action)
+        return out
+
+    def _death_report(self, ev: DeathReport, now: float) -> list[Action]:
+        if ev.dead == self.my_pnn:
+            return [Log(logging.WARNING, f"Node {ev.reporter} declared this node dead; our "
+                                         "connections will be re-made")]
+        node = self.nodemap.get(ev.dead)
+        if node is None or not node.connected or ev.dead == ev.reporter:
+            return []
+        if not self.detector.dead_report_credible(ev.dead, now):
+            return [Log(logging.WARNING, f"Node {ev.reporter} reports node {ev.dead} dead, but we heard "
+                                         "from it within the dead timeout: keeping it")]
+        return ([Log(NOTICE, f"dead count reached for node {ev.dead} (reported dead by node {ev.reporter})")]
+                + self._declare_dead(ev.dead, f"reported dead by node {ev.reporter}", now))
+
+    # -- peers' flags ----------------------------------------------------------------------------
+    def _peer_state(self, ev: PeerState, now: float) -> list[Action]:
+        if ev.pnn != ev.src:
+            return [Log(logging.WARNING, f"Node {ev.src} sent the state of node {ev.pnn}: ignored")]
+        if self.nodemap.get(ev.src) is None or ev.src == self.my_pnn:
+            return []
+        self.peer_capabilities[ev.src] = ev.capabilities
+        return self._apply_peer_flags(ev.src, ev.flags, ev.runstate)
+
+    def _peer_flags(self, ev: PeerFlags, now: float) -> list[Action]:
+        if ev.pnn != ev.src or ev.src == self.my_pnn:
+            return []
+        return self._apply_peer_flags(ev.src, ev.flags, None)
+
+    def _apply_peer_flags(self, pnn: int, flags: int, runstate: int | None) -> list[Action]:
+        change = self.nodemap.apply_pushed_state(pnn, flags, runstate)
+        if change is None:
+            return []
+        actions: list[Action] = [Log(NOTICE, f"Node {pnn} has changed flags - 0x{change.old_flags:x} -> "
+                                             f"0x{change.new_flags:x}")]
+        moved = change.old_flags ^ change.new_flags
+        if moved & (NodeFlag.INACTIVE | NodeFlag.DISABLED):
+            actions += self._leader_work(bool(moved & NodeFlag.INACTIVE), True, str(change))
+        return actions
+
+    # -- election --------------------------------------------------------------------------------
+    def _leader_announced(self, ev: LeaderAnnounced, now: float) -> list[Action]:
+        if ev.src == self.my_pnn:
+            return []
+        return self._election(self.election.leader_broadcast(ev.src, ev.pnn, now), now)
+
+    def _election_vote(self, ev: ElectionVote, now: float) -> list[Action]:
+        if ev.src == self.my_pnn:
+            return []
+        return self._election(self.election.election_message(ev.message, now), now)
+
+    def _lock_answer(self, ev: LockAnswer, now: float) -> list[Action]:
+        return self._election(self.election.lock_result(ev.status, now), now)
+
+    def _lock_lost(self, ev: LockLost, now: float) -> list[Action]:
+        return ([Log(logging.ERROR, f"Cluster lock lost: {ev.reason}")]
+                + self._election(self.election.lock_lost(now), now))
+
+    def _election(self, actions: list, now: float) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, ElectionStarted):
+                out.append(Log(logging.ERROR, f"Start election ({action.reason})"))
+            elif isinstance(action, LeaderChanged):
+                out.append(action)
+                out += self._leader_changed(action, now)
+            else:
+                out.append(action)
+        return out
+
+    def _leader_changed(self, change: LeaderChanged, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if change.new == self.my_pnn:
+            if self.settings.election.lock_enabled:
+                actions.append(Log(logging.WARNING, f"Took cluster lock, leader={change.new}"))
+            actions.append(Log(NOTICE, f"This node ({self.my_pnn}) is now the leader ({change.reason})"))
+        elif change.new == UNKNOWN_PNN:
+            actions.append(Log(NOTICE, f"Leader is unknown ({change.reason})"))
+        else:
+            actions.append(Log(NOTICE, f"Received leader broadcast, leader={change.new} ({change.reason})"))
+        # CTDB's RecoveryDropAllIPs: a node cut off from any leader (it cannot take the cluster
+        # lock, nobody broadcasts to it) must not keep serving IPs the cluster moved elsewhere.
+        if change.new == UNKNOWN_PNN:
+            self._leaderless_deadline = now + max(1.0, self.settings.drop_all_ips_after)
+        else:
+            self._leaderless_deadline = None
+        if change.new == self.my_pnn:
+            actions += self._leader_work(True, True, "became leader")
+        return actions
+
+    # -- this node's own flags -------------------------------------------------------------------
+    def _set_health(self, ev: SetHealth, now: float) -> list[Action]:
+        return self._own_flags(self.nodemap.set_healthy(ev.healthy), ev.why, now)
+
+    def _admin(self, ev: Admin, now: float) -> list[Action]:
+        try:
+            change = _ADMIN[ev.command](self.nodemap)
+        except KeyError:
+            raise ValueError(f"unknown admin command {ev.command!r}") from None
+        return [Log(logging.ERROR, _ADMIN_LOG[ev.command])] + self._own_flags(change, f"ctdb {ev.command}", now)
+
+    def _set_ban(self, ev: SetBan, now: float) -> list[Action]:
+        change = self.nodemap.set_ban(ev.seconds, now)
+        text = f"Banning this node for {ev.seconds} seconds" if ev.seconds else "Unbanning this node"
+        return [Log(NOTICE, text)] + self._own_flags(change, "ban" if ev.seconds else "unban", now)
+
+    def _set_role(self, ev: SetRole, now: float) -> list[Action]:
+        if ev.capability not in (CAP_LMASTER, CAP_RECMASTER):
+            raise ValueError(f"capability 0x{ev.capability:x} is not a role")
+        self.capabilities = (self.capabilities | ev.capability) if ev.on else (self.capabilities & ~ev.capability)
+        return [SendState(BROADCAST_CONNECTED)] + self._election(
+            self.election.set_can_lead(self.can_lead, now), now)
+
+    def _set_runstate(self, ev: SetRunstate, now: float) -> list[Action]:
+        if not self.nodemap.set_runstate(ev.runstate):
+            return []
+        name = RUNSTATE_NAMES.get(ev.runstate, str(ev.runstate))
+        actions: list[Action] = [Log(NOTICE, f"Set runstate to {name} ({int(ev.runstate)})")]
+        if ev.runstate == Runstate.RUNNING:
+            actions.append(SendState(BROADCAST_CONNECTED))
+        return actions
+
+    def _own_flags(self, change: FlagChange | None, why: str, now: float) -> list[Action]:
+        """This node's flags changed: tell everybody, step down or drop IPs as CTDB does."""
+        if change is None:
+            return []
+        actions: list[Action] = [Log(NOTICE, f"This node's flags changed ({why}): {change}"),
+                                 SendState(BROADCAST_CONNECTED)]
+        became_inactive = bool(change.new_flags & NodeFlag.INACTIVE) and not change.old_flags & NodeFlag.INACTIVE
+        now_active = not change.new_flags & NodeFlag.INACTIVE and bool(change.old_flags & NodeFlag.INACTIVE)
+        if became_inactive:
+            actions += [EnterRecoveryMode(), DropAllIPs("node became inactive")]
+        priority = now - self.wall_offset if became_inactive else None
+        actions += self._election(self.election.set_can_lead(self.can_lead, now, priority_time=priority), now)
+        actions += self._leader_work(became_inactive or now_active, True, why)
+        actions.append(OwnFlagsChanged(change))
+        return actions
+
+    def _leader_work(self, recovery: bool, takeover: bool, reason: str) -> list[Action]:
+        return [LeaderWork(recovery, takeover, reason)] if self.election.is_leader else []
+
+    # -- time and settings -----------------------------------------------------------------------
+    def _tick(self, ev: Tick, now: float) -> list[Action]:
+        actions = self._detector(self.detector.tick(now), now)
+        actions += self._election(self.election.tick(now), now)
+        if self.nodemap.ban.banned and now >= self.nodemap.ban.expires_at():
+            change = self.nodemap.expire_ban(now)
+            if change is not None:
+                actions += [Log(NOTICE, "Banning timed out")] + self._own_flags(change, "ban expired", now)
+        if self._leaderless_deadline is not None and now >= self._leaderless_deadline:
+            self._leaderless_deadline = None
+            if self.election.leader == UNKNOWN_PNN:
+                actions.append(DropAllIPs("no leader"))
+        return actions
+
+    def _new_settings(self, ev: NewSettings, now: float) -> list[Action]:
+        self.settings = ev.settings
+        self.election.settings = ev.settings.election
+        return self._detector(self.detector.update_settings(ev.settings.detector, now), now)
+
+
+_HANDLERS = {
+    Start: NodeCore._start, PeerConnected: NodeCore._peer_connected, PeerDisconnected: NodeCore._peer_disconnected,
+    Traffic: NodeCore._traffic, Heartbeats: NodeCore._heartbeats,
+    HeartbeatMessage: NodeCore._heartbeat_message, DeathReport: NodeCore._death_report,
+    PeerState: NodeCore._peer_state, PeerFlags: NodeCore._peer_flags,
+    LeaderAnnounced: NodeCore._leader_announced, ElectionVote: NodeCore._election_vote,
+    LockAnswer: NodeCore._lock_answer, LockLost: NodeCore._lock_lost, Tick: NodeCore._tick,
+    SetHealth: NodeCore._set_health, Admin: NodeCore._admin, SetBan: NodeCore._set_ban,
+    SetRole: NodeCore._set_role, SetRunstate: NodeCore._set_runstate,
+    NewSettings: NodeCore._new_settings,
+}

@@ -1,0 +1,1 @@
+"""The daemon object and its services (see daemon.py)."""

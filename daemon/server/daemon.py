@@ -1,0 +1,447 @@
+"""The pyctdbd daemon object: lifecycle, the packet routers (node mesh and local socket),
+message routing, the one loop timer, and control dispatch. Everything else is a service that
+owns its state (node.py, leader.py, public_ips.py, connections.py, monitor.py, recovery.py,
+scripts.py); decisions live in the cores (`daemon/core/`), control handlers in
+`daemon/controls/` (handed in as a registry).
+
+Roles CTDB splits between ctdbd and ctdb-recoverd live in one process here: the leader's
+duties run as a task of the daemon, so a node death goes from the failure detector to a
+takeover run without crossing a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import DaemonConfig
+from ..core.node import (
+    DeathReport, ElectionVote, HeartbeatMessage, LeaderAnnounced, NodeCore, PeerConnected,
+    PeerDisconnected, PeerFlags, PeerState, SetRunstate, Start,
+)
+from ..core.nodes import NodeMap
+from ..core.publicips import PublicIPs
+from ..core.tickles import TickleTable
+from ..core.election import ElectionMessage
+from ..failover.effects import Effects
+from ..log import log, notice, python_level
+from ..net.local import Client, LocalServer
+from ..net.rpc import ControlError
+from ..net.transport import NodeTransport
+from ..protocol import (
+    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, CURRENT_NODE, UNKNOWN_PNN, ControlFlag,
+    Operation, ProtocolError, ReplyControl, ReplyError, Runstate, Srvid, decode_packet,
+    encode_packet, internal, pack_message, unpack_message,
+)
+from ..protocol.header import peek_operation
+from .cluster_lock import ClusterLock, helper_argv
+from .connections import ConnectionTracker
+from .context import ControlContext
+from .dispatch import ControlDispatcher, Registry, Request, Result
+from .leader import LEADER_MESSAGES, LeaderService
+from .messenger import BROADCASTS, Messenger
+from .monitor import MonitorService
+from .node import NodeService, node_settings
+from .public_ips import PublicIPService
+from .recovery import RecoveryState
+from .scripts import ScriptEvents
+from .tasks import Tasks
+
+
+@dataclass
+class DaemonOptions:
+    config: DaemonConfig
+    my_pnn: int
+    socket_path: str
+    effects: Effects
+    event_dir: str
+    eventd_socket: str | None
+    port: int = CTDB_PORT
+    script_env: dict[str, str] = field(default_factory=dict)
+    failover_disabled: bool = False
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions, controls: Registry) -> None:
+        self.options = options
+        cfg = options.config
+        conf = cfg.conf
+        self.config = cfg
+        self.tunables = cfg.tunables.copy()
+        self.my_pnn = options.my_pnn
+        self.start_wall = time.time()
+        self.debug_level = conf.log_level
+        self.clock = time.monotonic                  # the event loop's clock
+        self.tasks = Tasks()
+        self.failover_disabled = options.failover_disabled or conf.failover_disabled
+        addresses = [None if n.deleted or n.address is None else str(n.address) for n in cfg.nodes]
+        nodemap = NodeMap.from_addresses(addresses, self.my_pnn, start_disabled=conf.start_as_disabled,
+                                         start_stopped=conf.start_as_stopped)
+        capabilities = CAP_DEFAULT
+        if not conf.leader_capability:
+            capabilities &= ~CAP_RECMASTER
+        if not conf.lmaster_capability:
+            capabilities &= ~CAP_LMASTER
+        lock_spec = cfg.cluster_lock
+        self.cluster_lock = None if lock_spec is None else ClusterLock(
+            helper_argv(lock_spec.lock_file, lock_spec.command, cfg.paths.cluster_mutex_helper),
+            lambda reason: self.node.lock_lost(reason), lambda m: log.error("%s", m),
+            timeout=max(5.0, float(conf.leader_timeout)))
+        now = self.clock()
+        core = NodeCore(self.my_pnn, nodemap, self._node_settings(), now, wall_offset=now - time.time(),
+                        capabilities=capabilities, start_wall=self.start_wall, port=options.port)
+        self.dispatcher = ControlDispatcher(controls, self.tasks.spawn)
+        self.messenger = Messenger(self.my_pnn, nodemap, self.dispatcher, self.route_message)
+        self.local = LocalServer(options.socket_path, self._on_client_frame, self._on_client_gone,
+                                 lambda m: log.warning("%s", m))
+        self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
+                                       self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m))
+        self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
+                                lock_setting=lock_spec.setting if lock_spec else "",
+                                start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
+                                reschedule=self._reschedule)
+        self.scripts = ScriptEvents(options.event_dir, options.script_env, conf.event_debug_script,
+                                    self.tunables)
+        public = PublicIPs.from_config(self.my_pnn, [(str(p.ip), p.prefixlen, p.ifaces)
+                                                     for p in cfg.public_addresses])
+        tickles = TickleTable()
+        tickles.set_public_ips(public.vnns)
+        self.connections = ConnectionTracker(tickles, self.messenger, options.effects, self.tunables,
+                                             self.tasks, held_ips=lambda: self.ips.held_ips(),
+                                             failover_disabled=self.failover_disabled, clock=self.clock)
+        self.monitor = MonitorService(core, self.node.step, self.scripts, self.messenger, self.tunables,
+                                      self.tasks)
+        self.ips = PublicIPService(public, nodemap, options.effects, self.connections, self.scripts,
+                                   self.messenger, self.tunables, self.tasks,
+                                   failover_disabled=self.failover_disabled, ban_self=self.monitor.ban_self)
+        self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
+                                    clock=self.clock, failover_disabled=self.failover_disabled,
+                                    ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban)
+        self.recovery = RecoveryState(nodemap, self.monitor.first_recovery_done)
+        self.dispatcher.context = ControlContext(
+            daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
+            leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
+            messenger=self.messenger)
+        self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
+            Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
+            Srvid.PUSH_NODE_FLAGS: self._push_node_flags,
+            **{srvid: self.leader.on_message for srvid in LEADER_MESSAGES}}
+        self._packet_handlers: dict[int, Callable] = {
+            Operation.REQ_MESSAGE: self._node_message, Operation.REQ_CONTROL: self._node_control,
+            Operation.REPLY_CONTROL: self._node_control_reply, Operation.REQ_KEEPALIVE: lambda *a: None}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._timer_armed = False          # from the mesh's start until shutdown
+        self._stop: asyncio.Future | None = None
+
+    # -- what controls may ask of the daemon itself ----------------------------------------------
+    def request_shutdown(self, reason: str, code: int = 0) -> None:
+        if self._stop is not None and not self._stop.done():
+            notice("Shutdown requested: %s", reason)
+            self._stop.set_result(code)
+
+    def set_debug_level(self, level: int) -> None:
+        self.debug_level = level
+        logging.getLogger("ctdblab").setLevel(python_level(level))
+
+    def apply_tunables(self) -> None:
+        """Timing tunables changed: push them into the running cores."""
+        self.node.settings_changed(self._node_settings())
+
+    def _node_settings(self):
+        return node_settings(self.tunables, self.config.conf, lock_enabled=self.cluster_lock is not None,
+                             wall_offset=self.clock() - time.time())
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self, ready: Callable[[], None] | None = None) -> int:
+        """Start, run until shutdown, clean up. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        me = self.node.nodemap.me
+        notice("CTDB starting on node %u (%s), pyctdbd pid %d", self.my_pnn, me.address, os.getpid())
+        notice("PNN is %u", self.my_pnn)
+        if self.cluster_lock is not None:
+            notice("Cluster lock: %s (helper: %s)", self.config.cluster_lock.setting, self.cluster_lock.description)
+        else:
+            log.warning("No cluster lock configured: leader elections use CTDB's no-lock rules")
+        if self.failover_disabled:
+            notice("Failover is disabled ([failover] disabled = true): public IPs are not managed")
+        self.ips.prepare()
+        self.node.step(SetRunstate(Runstate.INIT))
+        if not await self.scripts.run_fatal("init"):
+            return 1
+        await self.local.start()
+        self.messenger.local = self.local
+        notice("Listening on %s", self.options.socket_path)
+        if self.options.eventd_socket:
+            await self.scripts.serve_eventd(self.options.eventd_socket)
+        self.node.step(SetRunstate(Runstate.SETUP))
+        if not await self.scripts.run_fatal("setup"):
+            await self._close_sockets()
+            return 1
+        try:
+            await self.transport.start()
+        except OSError as exc:
+            log.error("Cannot listen on %s:%u: %s", me.address, self.options.port, exc.strerror or exc)
+            await self._close_sockets()
+            return 1
+        self.messenger.transport = self.transport
+        notice("Keepalive monitoring has been started")
+        self.node.step(SetRunstate(Runstate.FIRST_RECOVERY))
+        self._timer_armed = True
+        self.node.step(Start())
+        self.tasks.spawn(self.leader.run(), "leader-duties")
+        self.tasks.spawn(self.connections.run(), "tickles")
+        if ready is not None:
+            ready()
+        code = await self._stop
+        await self._shutdown()
+        return code
+
+    async def _shutdown(self) -> None:
+        self.tasks.shutting_down = True
+        self.node.step(SetRunstate(Runstate.SHUTDOWN))
+        self.node.stopped = True
+        await self.node.release_lock()
+        if self.node.is_leader:
+            self.messenger.broadcast(Srvid.LEADER, pack_message(Srvid.LEADER, UNKNOWN_PNN))
+        await self.ips.release_all("shutdown")
+        try:
+            await self.scripts.run("shutdown")
+        except Exception as exc:
+            log.warning("shutdown event: %s", exc)
+        self.tasks.cancel_all()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transport.close()
+        await self._close_sockets()
+        self.options.effects.close()
+        notice("Shutdown complete")
+
+    async def _close_sockets(self) -> None:
+        await self.local.close()
+        await self.scripts.close()
+
+    # -- the timer: failure detector, election, bans, connection tracking ------------------------
+    def _reschedule(self) -> None:
+        if self.tasks.shutting_down or not self._timer_armed:
+            return
+        when = self.node.core.next_deadline()
+        if self._timer is not None and not self._timer.cancelled() and self._timer_when == when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.clock()
+        self.node.tick(now)
+        try:
+            self.connections.poll(now)
+        except Exception:       # never let connection tracking stop the heartbeat timer
+            log.exception("connection tracking failed")
+        self._reschedule()
+
+    # -- the node mesh ---------------------------------------------------------------------------
+    def _on_peer_up(self, pnn: int) -> None:
+        self.node.step(PeerConnected(pnn))
+
+    def _on_peer_down(self, pnn: int, reason: str) -> None:
+        self.node.step(PeerDisconnected(pnn, reason))
+
+    def _on_node_frame(self, pnn: int, frame: bytes) -> None:
+        if self.tasks.shutting_down:
+            return
+        self.node.note_traffic(pnn, self.clock())
+        # Fast path for the two packets that make up nearly all idle traffic.
+        op = peek_operation(frame)
+        if op == Operation.REQ_KEEPALIVE:
+            return
+        kind = internal.peek_heartbeat(frame) if op == Operation.REQ_MESSAGE else None
+        if kind is not None:
+            self.node.step(HeartbeatMessage(pnn, kind))
+            return
+        try:
+            packet = decode_packet(frame)
+        except ProtocolError as exc:
+            log.error("Malformed packet from node %u: %s; dropping the connection", pnn, exc)
+            self.transport.drop_peer(pnn, "malformed packet")
+            return
+        handler = self._packet_handlers.get(packet.header.operation)
+        if handler is None:
+            log.info("Ignoring %s from node %u: clustered databases are not supported yet",
+                     Operation(packet.header.operation).name, pnn)
+            return
+        handler(pnn, packet.header, packet.body)
+
+    def _node_message(self, pnn: int, header, body) -> None:
+        self.route_message(pnn, body.srvid, body.data)
+
+    def _node_control(self, pnn: int, header, body) -> None:
+        req = Request(body.opcode, body.flags, body.srvid, body.client_id, body.data, pnn)
+        noreply = bool(body.flags & ControlFlag.NOREPLY)
+
+        def reply(res: Result) -> None:
+            if not noreply:
+                self.transport.send(pnn, encode_packet(
+                    ReplyControl(res.status, res.data if res.status == 0 else b"", res.errmsg),
+                    destnode=pnn, srcnode=self.my_pnn, reqid=header.reqid))
+            if res.after is not None:
+                res.after()
+
+        self.dispatcher.dispatch(req, reply)
+
+    def _node_control_reply(self, pnn: int, header, body) -> None:
+        if not self.messenger.rpc.reply_received(pnn, header.reqid, body):
+            log.debug("unexpected control reply from node %u (reqid %u)", pnn, header.reqid)
+
+    # -- messages --------------------------------------------------------------------------------
+    def route_message(self, src: int, srvid: int, data: bytes) -> None:
+        """A message for this node (from a peer, a local client or ourselves): the daemon's
+        own handlers first, then every local client that registered the srvid."""
+        if srvid in internal.INTERNAL:
+            if src != self.my_pnn:
+                self._internal_message(src, srvid, data)
+            return
+        handler = self._message_handlers.get(srvid)
+        if handler is not None:
+            try:
+                handler(src, srvid, data)
+            except ProtocolError as exc:
+                log.warning("Malformed message 0x%016x from node %u: %s", srvid, src, exc)
+        if self.local.has_srvid(srvid) or self.local.has_srvid(Srvid.ALL):
+            self.messenger.deliver_local(srvid, data, src)
+
+    def _internal_message(self, src: int, srvid: int, data: bytes) -> None:
+        try:
+            if srvid == internal.HEARTBEAT:
+                self.node.step(HeartbeatMessage(src, internal.unpack_heartbeat(data)))
+            elif srvid == internal.NODE_DEAD:
+                report = internal.NodeDead.unpack(data)
+                self.node.step(DeathReport(report.dead, report.reporter))
+            elif srvid == internal.NODE_STATE:
+                state = internal.NodeState.unpack(data)
+                self.node.step(PeerState(src, state.pnn, state.flags, state.runstate, state.capabilities))
+            elif srvid == internal.RECOVERY_WANTED:
+                self.leader.on_message(src, srvid, data)
+        except ProtocolError as exc:
+            log.warning("Malformed internal message 0x%016x from node %u: %s", srvid, src, exc)
+
+    def _leader_message(self, src: int, srvid: int, data: bytes) -> None:
+        if src != self.my_pnn:
+            self.node.step(LeaderAnnounced(src, unpack_message(srvid, data)))
+
+    def _election_message(self, src: int, srvid: int, data: bytes) -> None:
+        if src != self.my_pnn:
+            msg = unpack_message(srvid, data)
+            self.node.step(ElectionVote(src, ElectionMessage(msg.num_connected, msg.priority_time.to_seconds(),
+                                                             msg.pnn, msg.node_flags)))
+
+    def _push_node_flags(self, src: int, srvid: int, data: bytes) -> None:
+        change = unpack_message(srvid, data)
+        self.node.step(PeerFlags(src, change.pnn, change.new_flags))
+
+    # -- what the node core's decisions ask of the other services (NodeEvents) -------------------
+    def leader_changed(self, old: int, new: int) -> None:
+        self.leader.leader_changed(old, new)
+
+    def leader_work(self, recovery: bool, takeover: bool, reason: str) -> None:
+        self.leader.schedule(recovery=recovery, takeover=takeover, reason=reason)
+
+    def enter_recovery_mode(self) -> None:
+        self.recovery.enter_recovery_mode()
+
+    def drop_all_ips(self, reason: str) -> None:
+        self.ips.drop_all(reason)
+
+    def peer_joined(self, pnn: int) -> None:
+        self.connections.push_all(pnn)
+
+    def own_flags_changed(self) -> None:
+        self.monitor.wake()
+
+    # -- local clients ---------------------------------------------------------------------------
+    def _on_client_frame(self, client: Client, frame: bytes) -> None:
+        try:
+            packet = decode_packet(frame)
+        except ProtocolError as exc:
+            log.error("Malformed packet from client %u (pid %u): %s; disconnecting it",
+                      client.client_id, client.pid, exc)
+            client.close()
+            return
+        header, body = packet.header, packet.body
+        op = header.operation
+        if op == Operation.REQ_CONTROL:
+            self._client_control(client, header, body)
+        elif op == Operation.REQ_MESSAGE:
+            dest = self.my_pnn if header.destnode == CURRENT_NODE else header.destnode
+            if dest != self.my_pnn and dest not in BROADCASTS and self.node.nodemap.get(dest) is None:
+                log.warning("Client %u (pid %u) sent a message to unknown node %u", client.client_id,
+                            client.pid, dest)
+                return
+            self.messenger.send_message(dest, body.srvid, body.data)
+        elif op == Operation.REQ_CALL:
+            client.send(encode_packet(ReplyError(-1, b"clustered databases are not supported by pyctdbd yet\0"),
+                                      destnode=header.srcnode, srcnode=self.my_pnn, reqid=header.reqid))
+        else:
+            log.warning("Client %u (pid %u) sent unsupported operation %u; ignored",
+                        client.client_id, client.pid, op)
+
+    def _client_control(self, client: Client, header, body) -> None:
+        dest = self.my_pnn if header.destnode == CURRENT_NODE else header.destnode
+        noreply = bool(body.flags & ControlFlag.NOREPLY)
+
+        def answer(res: Result, srcnode: int = self.my_pnn) -> None:
+            if not noreply:
+                client.send(encode_packet(
+                    ReplyControl(res.status, res.data if res.status == 0 else b"", res.errmsg),
+                    destnode=header.srcnode, srcnode=srcnode, reqid=header.reqid))
+            if res.after is not None:
+                res.after()
+
+        def local_request() -> Request:
+            return Request(body.opcode, body.flags, body.srvid, client.client_id, body.data, self.my_pnn, client)
+
+        if dest == self.my_pnn:
+            self.dispatcher.dispatch(local_request(), answer)
+            return
+        if dest in BROADCASTS:
+            if not noreply:
+                answer(Result(-1, errmsg="Attempt to broadcast control without NOREPLY"))
+                return
+            for pnn in self.messenger.broadcast_targets(dest):
+                if pnn == self.my_pnn:
+                    self.dispatcher.dispatch(local_request(), answer)
+                else:
+                    self.messenger.send_noreply(pnn, body.opcode, body.data, srvid=body.srvid, flags=body.flags)
+            return
+        node = self.node.nodemap.get(dest)
+        if node is None or node.deleted:
+            answer(Result(-1, errmsg=f"node {dest} does not exist"))
+            return
+        if not self.transport.is_connected(dest):
+            answer(Result(-1, errmsg="ctdb_control to disconnected node"))
+            return
+        if noreply:
+            self.messenger.send_noreply(dest, body.opcode, body.data, srvid=body.srvid, flags=body.flags)
+            return
+
+        async def forward() -> None:
+            try:
+                reply = await self.messenger.rpc.request(
+                    dest, body.opcode, body.data, flags=body.flags, srvid=body.srvid,
+                    client_id=client.client_id, timeout=float(self.tunables.get("ControlTimeout")))
+                answer(Result(reply.status, reply.data, reply.errmsg), dest)
+            except ControlError as exc:
+                answer(Result(-1, errmsg=str(exc)))
+
+        self.tasks.spawn(forward(), f"forward-{body.opcode}-to-{dest}")
+
+    def _on_client_gone(self, client: Client) -> None:
+        self.connections.client_gone(client.client_id, self.ips.is_held)

@@ -1,0 +1,56 @@
+"""This node's recovery state: the vnnmap and generation, the recovery mode, and when the last
+recovery started and finished (`ctdb uptime`). The leader's recovery sets them through the
+SET_RECMODE, SETVNNMAP, START_RECOVERY and END_RECOVERY controls (controls/node.py); a node
+that becomes inactive enters recovery mode on its own and stays there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..core.nodes import NodeMap
+from ..log import log, notice
+from ..protocol import INVALID_GENERATION, RecMode, VnnMap
+
+
+class RecoveryState:
+    def __init__(self, nodemap: NodeMap, on_recovery_finished: Callable[[], None]) -> None:
+        self.nodemap = nodemap
+        self.on_recovery_finished = on_recovery_finished
+        self.vnnmap = VnnMap(INVALID_GENERATION, [])
+        self.recmode = RecMode.ACTIVE
+        self.last_started = 0.0          # wall clock
+        self.last_finished = 0.0
+
+    def set_vnnmap(self, vnnmap: VnnMap) -> str | None:
+        """SETVNNMAP; returns an error text if refused. An inactive node keeps the map but not
+        the generation (it takes no part in the cluster's database traffic)."""
+        if vnnmap.generation == INVALID_GENERATION and vnnmap.map:
+            return "refusing the invalid generation"
+        self.vnnmap = vnnmap if not self.nodemap.inactive else VnnMap(INVALID_GENERATION, vnnmap.map)
+        return None
+
+    def set_recmode(self, mode: int) -> str | None:
+        if mode not in (RecMode.NORMAL, RecMode.ACTIVE):
+            return f"invalid recovery mode {mode}"
+        if mode == RecMode.NORMAL and self.nodemap.inactive:
+            return None          # an inactive node stays in recovery mode
+        if mode != self.recmode:
+            self.recmode = RecMode(mode)
+            notice("Recovery mode set to %s", "NORMAL" if mode == RecMode.NORMAL else "ACTIVE")
+        return None
+
+    def recovery_started(self) -> None:
+        self.last_started = time.time()
+        log.error("Recovery has started")
+
+    def recovery_finished(self) -> None:
+        self.last_finished = time.time()
+        log.error("Recovery has finished")
+        self.on_recovery_finished()
+
+    def enter_recovery_mode(self) -> None:
+        """This node became inactive."""
+        self.recmode = RecMode.ACTIVE
+        self.vnnmap = VnnMap(INVALID_GENERATION, self.vnnmap.map)
