@@ -135,6 +135,9 @@ class Database:
             yield item
 
     def close(self) -> None:
+        """Release the locks still held, then tdb_close."""
+        if not self.tdb.closed:
+            self.locker.release_all()
         self.tdb.close()
 
 

@@ -233,6 +233,7 @@ class HeldLock:
         self.lost = False  # the helper exited while the lock was marked
         if helper is not None:
             helper.exited.add_done_callback(self._helper_gone)
+        locker._held.add(self)
 
     @property
     def via_helper(self) -> bool:
@@ -291,6 +292,7 @@ class ChainLocker:
         self.stats = LockStats()
         self._turn = _Turn()
         self._slots = asyncio.Semaphore(max_helpers)
+        self._held: set[HeldLock] = set()
 
     @property
     def busy(self) -> bool:
@@ -406,7 +408,17 @@ class ChainLocker:
     def _what(self, key: bytes | None) -> str:
         return f"database {self.name}" if key is None else f"key {key.hex()} of {self.name}"
 
+    def release_all(self) -> int:
+        """Release every lock still held (before the file is closed: libtdb's tdb_close does not
+        unlock chains, and a robust mutex left locked in an unmapped file leaves a dangling
+        entry in the thread's robust-mutex list — the next mutex operation crashed in tests)."""
+        held = list(self._held)
+        for lock in held:
+            lock.release()
+        return len(held)
+
     def _release(self, lock: HeldLock) -> None:
+        self._held.discard(lock)
         try:
             if lock.helper is None:
                 assert lock.key is not None

@@ -112,7 +112,10 @@ class TdbFile:
         return self._ctx is None
 
     def close(self) -> None:
-        """tdb_close. Drops every lock this process holds on the file."""
+        """tdb_close. Drops the fcntl locks this process holds on the file — but not chain
+        *mutexes*: closing a mutex file with a chain locked leaves the thread's robust-mutex list
+        pointing into the unmapped area, and the next mutex operation of the thread crashes.
+        Unlock first (``Database.close`` does)."""
         ctx, self._ctx = self._ctx, None
         if ctx:
             lib.tdb_close(ctx)
