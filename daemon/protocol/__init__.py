@@ -71,3 +71,6 @@ __all__ += [
     "LTDB_HEADER_SIZE", "RECORD_FLAGS_4_17", "db_id_of", "is_empty_record", "is_record",
     "jenkins_hash", "pack_record", "unpack_header", "unpack_record",
 ]
+from .ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum, unpack_seqnum  # noqa: E402
+
+__all__ += ["DB_SEQNUM_TDB_KEY", "pack_seqnum", "unpack_seqnum"]

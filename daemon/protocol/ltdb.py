@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import struct
 
-from ._wire import Buffer, need
-from .constants import RecordFlag
+from ._wire import U64, Buffer, need
+from .constants import DB_SEQNUM_KEY, RecordFlag
 from .errors import ProtocolError
 from .types import LtdbHeader
 
@@ -37,6 +37,26 @@ LTDB_HEADER_SIZE = LtdbHeader.SIZE
 #: The record flags a Samba 4.17 node may store or send (``RecordFlag`` also lists newer ones).
 RECORD_FLAGS_4_17 = (RecordFlag.MIGRATED_WITH_DATA | RecordFlag.VACUUM_MIGRATED
                      | RecordFlag.AUTOMATIC | RecordFlag.RO_FLAGS)
+
+
+#: The persistent databases' sequence-number record as a TDB key. ctdbd and smbd both include the
+#: NUL (``key.dsize = strlen(CTDB_DB_SEQNUM_KEY) + 1``; a real ctdbd's bar.0 shows key(23)), unlike
+#: ``DB_SEQNUM_KEY``, which is the bare name.
+DB_SEQNUM_TDB_KEY = DB_SEQNUM_KEY + b"\0"
+
+
+def pack_seqnum(seqnum: int) -> bytes:
+    """The data of the sequence-number record (after its header): a u64."""
+    try:
+        return U64.pack(seqnum)
+    except Exception as exc:  # struct.error, TypeError
+        raise ProtocolError(f"db seqnum {seqnum!r}: {exc}") from None
+
+
+def unpack_seqnum(data: Buffer) -> int:
+    """The u64 of the sequence-number record's data; 0 unless it is exactly 8 bytes, as
+    ctdbd's GET_DB_SEQNUM reads it (``ctdb_get_db_seqnum``)."""
+    return U64.unpack(data)[0] if len(data) == 8 else 0
 
 
 def unpack_header(record: Buffer) -> LtdbHeader:

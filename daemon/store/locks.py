@@ -31,6 +31,11 @@ the helper's real lock under the other. So each database has one *turn*: a task 
 holds any chain or database lock of that file, waiting for the helper happens without it. Hold
 record locks for short synchronous sections (fetch, decide, store, release), as ctdbd does.
 
+Measured here (``tests/unit/test_store_locks.py -s``): with Debian's helper a contended record
+lock is granted under 1 ms after the holder lets go (volatile, robust mutex; ~3.5 ms for fcntl
+files); a database lock through a freshly spawned helper takes ~3 ms (pyctdbd's Python helper
+~28 ms: interpreter start-up), and spawning blocks the loop for about a millisecond.
+
 Statistics follow ctdbd's ``locks`` counters (num_calls, num_current, num_pending, num_failed,
 latency buckets <1 ms, <10 ms, <100 ms, <1 s, <2, 4, 8, 16, 32, 64 s, more).
 """

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from ctdblab.daemon.protocol import (
-    LTDB_HEADER_SIZE, LtdbHeader, ProtocolError, RecordFlag, db_id_of, is_empty_record, is_record,
+    DB_SEQNUM_TDB_KEY, LTDB_HEADER_SIZE, pack_seqnum, unpack_seqnum, LtdbHeader, ProtocolError, RecordFlag, db_id_of, is_empty_record, is_record,
     jenkins_hash, pack_record, unpack_header, unpack_record,
 )
 from ctdblab.daemon.protocol.ltdb import RECORD_FLAGS_4_17
@@ -41,7 +41,20 @@ def test_header_layout_matches_real_ctdbd_records():
     header, data = unpack_record(REAL_BAR_PK)
     assert (header.rsn, header.dmaster, bytes(data)) == (1, 0, b"pv")
     header, data = unpack_record(REAL_BAR_SEQNUM)
-    assert int.from_bytes(data, "little") == 1
+    assert unpack_seqnum(data) == 1
+    assert pack_record(header, pack_seqnum(1)) == REAL_BAR_SEQNUM
+
+
+def test_seqnum_record():
+    # tdbdump of the real bar.0: key(23) = "__db_sequence_number__\00"
+    assert DB_SEQNUM_TDB_KEY == b"__db_sequence_number__\0" and len(DB_SEQNUM_TDB_KEY) == 23
+    assert unpack_seqnum(pack_seqnum(2**64 - 1)) == 2**64 - 1
+    assert unpack_seqnum(b"\1" * 7) == 0  # not 8 bytes: ctdbd reads 0
+    assert unpack_seqnum(b"") == 0
+    with pytest.raises(ProtocolError):
+        pack_seqnum(-1)
+    with pytest.raises(ProtocolError):
+        pack_seqnum(2**64)
 
 
 def test_field_offsets():

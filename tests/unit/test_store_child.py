@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ctdblab.daemon.protocol import DB_SEQNUM_KEY, LtdbHeader
+from ctdblab.daemon.protocol import DB_SEQNUM_TDB_KEY, LtdbHeader, pack_seqnum, unpack_seqnum
 from ctdblab.daemon.store import ChildError, DbDirs, DbKind, Store, libtdb
 
 pytestmark = pytest.mark.timeout(120, method="thread")
@@ -58,7 +58,7 @@ def persistent_write(seq: int):
     """What UPDATE_RECORD does for one smbd commit: a record and the sequence number."""
     def fn(tdb):
         tdb.store_ltdb(b"key%d" % (seq % 10), LtdbHeader(seq, 0), os.urandom(100))
-        tdb.store_ltdb(DB_SEQNUM_KEY, LtdbHeader(seq, 0), seq.to_bytes(8, "little"))
+        tdb.store_ltdb(DB_SEQNUM_TDB_KEY, LtdbHeader(seq, 0), pack_seqnum(seq))
         return os.getpid()
     return fn
 
@@ -69,8 +69,8 @@ def test_transaction_commits_in_a_child(store):
     async def main():
         pid = await db.transaction(persistent_write(1))
         assert pid != os.getpid()
-        header, data = db.tdb.fetch_ltdb(DB_SEQNUM_KEY)
-        assert header.rsn == 1 and int.from_bytes(data, "little") == 1
+        header, data = db.tdb.fetch_ltdb(DB_SEQNUM_TDB_KEY)
+        assert header.rsn == 1 and unpack_seqnum(data) == 1
         assert db.tdb.fetch_ltdb(b"key1")[0] == LtdbHeader(1, 0)
 
     asyncio.run(main())
@@ -275,8 +275,8 @@ def test_fsync_commits_keep_the_loop_ticking(store):
               f"10 ms timer: {ticks} ticks, lateness median {p50 * 1000:.1f} ms, "
               f"max {worst * 1000:.1f} ms")
         assert worst < 1.0
-        header, data = db.tdb.fetch_ltdb(DB_SEQNUM_KEY)
-        assert int.from_bytes(data, "little") == 100 and header.rsn == 100
+        header, data = db.tdb.fetch_ltdb(DB_SEQNUM_TDB_KEY)
+        assert unpack_seqnum(data) == 100 and header.rsn == 100
 
     asyncio.run(main())
 
