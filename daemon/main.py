@@ -67,7 +67,7 @@ class ReopenableFileHandler(logging.FileHandler):
         try:
             if self.stream is not None:
                 self.stream.close()
-            self.stream = self._open()
+            self.stream = open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors)
         finally:
             self.release()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol.types import TUNABLE_LISTVARS_ORDER, TUNABLE_NAMES
 from .clib import U32_MAX, ascii_lower, smb_strtoul_full
 from .errors import ConfigError, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
@@ -110,23 +111,6 @@ _CTDB_WIRE = (
     _ctdb("AllowMixedVersions", 0, "1 = allow nodes of different CTDB versions"),
 )
 
-# tunable_map order (ctdb/common/tunable.c): the order LIST_TUNABLES / `ctdb listvars` uses.
-_CTDB_MAP_ORDER = (
-    "MaxRedirectCount", "SeqnumInterval", "ControlTimeout", "TraverseTimeout", "KeepaliveInterval",
-    "KeepaliveLimit", "RecoverTimeout", "RecoverInterval", "ElectionTimeout", "TakeoverTimeout",
-    "MonitorInterval", "TickleUpdateInterval", "EventScriptTimeout", "MonitorTimeoutCount",
-    "EventScriptUnhealthyOnTimeout", "RecoveryGracePeriod", "RecoveryBanPeriod", "DatabaseHashSize",
-    "DatabaseMaxDead", "RerecoveryTimeout", "EnableBans", "DeterministicIPs", "LCP2PublicIPs",
-    "ReclockPingPeriod", "NoIPFailback", "DisableIPFailover", "VerboseMemoryNames",
-    "RecdPingTimeout", "RecdFailCount", "LogLatencyMs", "RecLockLatencyMs", "RecoveryDropAllIPs",
-    "VerifyRecoveryLock", "VacuumInterval", "VacuumMaxRunTime", "RepackLimit", "VacuumLimit",
-    "VacuumFastPathCount", "MaxQueueDropMsg", "AllowUnhealthyDBRead", "StatHistoryInterval",
-    "DeferredAttachTO", "AllowClientDBAttach", "RecoverPDBBySeqNum", "DeferredRebalanceOnNodeAdd",
-    "FetchCollapse", "HopcountMakeSticky", "StickyDuration", "StickyPindown", "NoIPTakeover",
-    "DBRecordCountWarn", "DBRecordSizeWarn", "DBSizeWarn", "PullDBPreallocation",
-    "NoIPHostOnAllDisabled", "Samba3AvoidDeadlocks", "TDBMutexEnabled", "LockProcessesPerDB",
-    "RecBufferSizeLimit", "QueueBufferSize", "IPAllocAlgorithm", "AllowMixedVersions",
-)
 
 # pyctdbd's own tunables, listed after CTDB's. Values are starting points; the daemon team tunes
 # them by measurement. A 0 means "behave like CTDB" where the description says so.
@@ -151,10 +135,12 @@ ALL_TUNABLES: tuple[TunableSpec, ...] = CTDB_TUNABLES + PYCTDBD_TUNABLES
 
 WIRE_COUNT = len(CTDB_TUNABLES)  # 62
 WIRE_ORDER: tuple[str, ...] = tuple(spec.name for spec in CTDB_TUNABLES)
+# The wire layout and ctdbd's listing order are the protocol's (one table each, there).
+assert WIRE_ORDER == TUNABLE_NAMES, "CTDB tunables here and in protocol.types disagree"
 _BY_FOLDED = {ascii_lower(spec.name): spec for spec in ALL_TUNABLES}
 _BY_NAME = {spec.name: spec for spec in ALL_TUNABLES}
 LISTING_ORDER: tuple[str, ...] = tuple(
-    name for name in _CTDB_MAP_ORDER if not _BY_NAME[name].obsolete) + tuple(
+    name for name in TUNABLE_LISTVARS_ORDER if not _BY_NAME[name].obsolete) + tuple(
     spec.name for spec in PYCTDBD_TUNABLES)
 
 

@@ -10,10 +10,9 @@ from ipaddress import ip_address
 from ..core.tickles import Connection
 from ..log import log
 from ..protocol import Control, SockAddr, TickleList
-from ..server.connections import conn_from_wire, wire_conn
 from ..server.context import ControlContext
 from ..server.dispatch import Request, Result
-from .ips import address_of
+from ..server.wire import address_of, conn_from_wire, wire_conn
 from .registry import Handlers, reply_with, value_of
 
 HANDLERS = Handlers()

@@ -12,21 +12,17 @@ from ..protocol import (
 )
 from ..server.context import ControlContext
 from ..server.dispatch import Request, Result
+from ..server.wire import address_of, public_ip
 from .registry import Handlers, reply_with, value_of
 
 HANDLERS = Handlers()
 handles = HANDLERS.handles
 
 
-def address_of(value: SockAddr) -> str | None:
-    c = value.canonical()
-    return str(c.ip) if c.ip is not None else None
-
-
 @handles(Control.GET_PUBLIC_IPS)
 def get_public_ips(ctx: ControlContext, req: Request) -> Result:
     vnns = ctx.ips.available() if req.flags & ControlFlag.ONLY_AVAILABLE else ctx.ips.all()
-    return reply_with(req, PublicIpList([PublicIp(v.pnn, SockAddr(v.ip, 0)) for v in vnns]))
+    return reply_with(req, PublicIpList([public_ip(v.pnn, v.ip) for v in vnns]))
 
 
 @handles(Control.GET_PUBLIC_IP_INFO)
@@ -39,7 +35,7 @@ def get_public_ip_info(ctx: ControlContext, req: Request) -> Result:
         return Result(-1, errmsg="not a public address")
     ifaces = ctx.ips.interfaces(vnn)
     active = next((i for i, iface in enumerate(ifaces) if iface.name == vnn.iface), 0xFFFFFFFF)
-    return reply_with(req, PublicIpInfo(PublicIp(vnn.pnn, SockAddr(vnn.ip, 0)), active,
+    return reply_with(req, PublicIpInfo(public_ip(vnn.pnn, vnn.ip), active,
                                         [Iface(i.name, 1 if i.link_up else 0, i.references) for i in ifaces]))
 
 

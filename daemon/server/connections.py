@@ -15,31 +15,15 @@ from ..core.tickles import REMOTE, Connection, TickleTable, client_source
 from ..failover.effects import ConnPair, Effects
 from ..log import log
 from ..protocol import BROADCAST_CONNECTED, Control, SockAddr, TickleList, pack_request
-from ..protocol import Connection as WireConnection
 from .messenger import Messenger
 from .tasks import Tasks, wait_for_wakeup
+from .wire import conn_of, wire_conn
 
 POLL_INTERVAL = 0.1          # s between looks at the TCP counters (while holding IPs)
 FALLBACK_INTERVAL = 1.0      # s; the loop's own pace when no heartbeat timer drives polls
 SCAN_MAX_INTERVAL = 30.0     # s between full connection scans when the counters are quiet
 SCAN_CPU_BUDGET = 0.005      # long-run fraction of a core the scans may use
 SCAN_BURST = 0.05            # s of scan CPU that may be spent at once (credit cap)
-
-
-def wire_conn(conn: Connection) -> WireConnection:
-    return WireConnection(SockAddr(conn.src_ip, conn.src_port), SockAddr(conn.dst_ip, conn.dst_port))
-
-
-def conn_from_wire(conn: WireConnection) -> Connection | None:
-    c = conn.canonical()
-    if c.src.ip is None or c.dst.ip is None:
-        return None
-    return Connection.make(str(c.src.ip), c.src.port, str(c.dst.ip), c.dst.port)
-
-
-def conn_of(pair: ConnPair) -> Connection:
-    (server_ip, server_port), (client_ip, client_port) = pair
-    return Connection.make(client_ip, client_port, server_ip, server_port)
 
 
 class ConnectionTracker:

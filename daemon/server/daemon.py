@@ -26,7 +26,6 @@ from ..core.node import (
 from ..core.nodes import NodeMap
 from ..core.publicips import PublicIPs
 from ..core.tickles import TickleTable
-from ..core.election import ElectionMessage
 from ..failover.effects import Effects
 from ..log import log, notice, python_level
 from ..net.local import Client, LocalServer
@@ -50,6 +49,7 @@ from .public_ips import PublicIPService
 from .recovery import RecoveryState
 from .scripts import ScriptEvents
 from .tasks import Tasks
+from .wire import election_from_wire
 
 
 @dataclass
@@ -339,9 +339,7 @@ class Daemon:
 
     def _election_message(self, src: int, srvid: int, data: bytes) -> None:
         if src != self.my_pnn:
-            msg = unpack_message(srvid, data)
-            self.node.step(ElectionVote(src, ElectionMessage(msg.num_connected, msg.priority_time.to_seconds(),
-                                                             msg.pnn, msg.node_flags)))
+            self.node.step(ElectionVote(src, election_from_wire(unpack_message(srvid, data))))
 
     def _push_node_flags(self, src: int, srvid: int, data: bytes) -> None:
         change = unpack_message(srvid, data)

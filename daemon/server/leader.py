@@ -23,11 +23,12 @@ from ..core.takeover import IPReport, nodes_to_ask_available, plan_takeover_run
 from ..log import log, notice
 from ..net.rpc import ControlError
 from ..protocol import (
-    UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIp, PublicIpList, SockAddr, Srvid,
+    UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid,
     internal, pack_i32_reply, pack_request, unpack_message, unpack_reply,
 )
 from .messenger import Messenger
 from .tasks import Tasks
+from .wire import public_ip
 
 #: The messages ctdb-recoverd handles, answered here.
 LEADER_MESSAGES = frozenset({Srvid.TAKEOVER_RUN, Srvid.REBALANCE_NODE, Srvid.DISABLE_IP_CHECK,
@@ -220,10 +221,10 @@ class LeaderService:
         for ip, old, new in plan.moves():
             notice("Takeover run: %s moves from %s to %s", ip, pnn_text(old), pnn_text(new))
         # RELEASE_IP to non-owners, then TAKEOVER_IP to owners, each stage in parallel.
-        if not await self._each([(r.pnn, pack_request(Control.RELEASE_IP, PublicIp(r.new_owner, SockAddr(r.ip, 0))))
+        if not await self._each([(r.pnn, pack_request(Control.RELEASE_IP, public_ip(r.new_owner, r.ip)))
                                  for r in plan.releases], Control.RELEASE_IP, left()):
             return False
-        if not await self._each([(t.pnn, pack_request(Control.TAKEOVER_IP, PublicIp(t.pnn, SockAddr(t.ip, 0))))
+        if not await self._each([(t.pnn, pack_request(Control.TAKEOVER_IP, public_ip(t.pnn, t.ip)))
                                  for t in plan.takes], Control.TAKEOVER_IP, left()):
             return False
         return await self._ipreallocated(plan.ipreallocated, left())

@@ -26,12 +26,12 @@ from ..core.nodes import NodeMap
 from ..log import log, notice
 from ..protocol import (
     BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, ReqKeepalive, ReqMessage, Srvid,
-    Timeval, encode_packet, pack_message,
+    encode_packet, pack_message,
 )
-from ..protocol import ElectionMessage as WireElectionMessage
 from ..protocol import internal
 from .cluster_lock import ClusterLock
 from .messenger import Messenger
+from .wire import election_to_wire
 
 DRAIN_EVERY = 2          # read the heartbeat socket every this many timer runs
 
@@ -202,9 +202,7 @@ class NodeService:
         self.messenger.send_message(action.to, Srvid.LEADER, pack_message(Srvid.LEADER, action.pnn))
 
     def _broadcast_election(self, action: BroadcastElection) -> None:
-        m = action.message
-        wire = WireElectionMessage(m.num_connected, Timeval.from_seconds(m.priority_time), m.pnn,
-                                   m.node_flags)
+        wire = election_to_wire(action.message)
         self.messenger.broadcast(Srvid.ELECTION, pack_message(Srvid.ELECTION, wire), BROADCAST_ALL,
                                  include_self=False)
 

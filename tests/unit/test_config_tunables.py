@@ -22,7 +22,7 @@ from ctdblab.daemon.config import (
     load_tunables_text,
     tunable_spec,
 )
-from ctdblab.daemon.config.tunables import _CTDB_MAP_ORDER
+from ctdblab.daemon.protocol import TUNABLE_LISTVARS_ORDER
 
 DEBIAN_TUNABLES = "/etc/ctdb/ctdb.tunables"
 
@@ -69,7 +69,7 @@ def test_listing_order_is_ctdbs_map_order_without_obsolete_then_ours():
     assert names[48] == "AllowMixedVersions"
     assert names[49:] == [spec.name for spec in PYCTDBD_TUNABLES]
     assert list(LISTING_ORDER) == names
-    assert sorted(_CTDB_MAP_ORDER) == sorted(WIRE_ORDER)
+    assert sorted(TUNABLE_LISTVARS_ORDER) == sorted(WIRE_ORDER)
 
 
 def test_pyctdbd_tunables():
