@@ -21,10 +21,12 @@ A ``Database`` offers, all without blocking the event loop:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ..protocol.constants import DbFlag, TdbFlag
+from ..protocol.ltdb import DB_SEQNUM_TDB_KEY, unpack_seqnum
 from ..protocol.types import LtdbHeader
 from . import child
 from .locks import ChainLocker, HeldLock
@@ -98,6 +100,15 @@ class Database:
     async def lock_all(self) -> HeldLock:
         return await self.locker.database()
 
+    @contextlib.asynccontextmanager
+    async def locked(self, key: bytes) -> AsyncIterator[HeldLock]:
+        """``async with db.locked(key) as lock:`` — the chain lock for the block."""
+        lock = await self.lock(key)
+        try:
+            yield lock
+        finally:
+            lock.release()
+
     # --- one-call conveniences --------------------------------------------------------------
 
     async def fetch(self, key: bytes) -> bytes | None:
@@ -111,6 +122,11 @@ class Database:
     async def store_ltdb(self, key: bytes, header: LtdbHeader, data: bytes = b"") -> None:
         async with await self.lock(key):
             self.tdb.store_ltdb(key, header, data)
+
+    async def db_seqnum(self) -> int:
+        """GET_DB_SEQNUM: the u64 in ``__db_sequence_number__\\0`` (0 if absent or not 8 bytes)."""
+        record = await self.fetch_ltdb(DB_SEQNUM_TDB_KEY)
+        return 0 if record is None else unpack_seqnum(record[1])
 
     # --- work in a child --------------------------------------------------------------------
 
@@ -142,7 +158,11 @@ class Database:
 
 
 class Store:
-    """The attached databases of one node."""
+    """The attached databases of one node.
+
+    Create it after the daemon has daemonized (forked): fcntl locks are not inherited, and the
+    ACTIVE lock a volatile file's first opener holds is what stops a later opener (smbd) from
+    wiping it under CLEAR_IF_FIRST."""
 
     def __init__(self, dirs: DbDirs, pnn: int, *, hash_size: int = DATABASE_HASH_SIZE,
                  mutexes: bool = True, helper_argv: list[str] | None = None,

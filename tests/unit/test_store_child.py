@@ -277,6 +277,7 @@ def test_fsync_commits_keep_the_loop_ticking(store):
         assert worst < 1.0
         header, data = db.tdb.fetch_ltdb(DB_SEQNUM_TDB_KEY)
         assert unpack_seqnum(data) == 100 and header.rsn == 100
+        assert await db.db_seqnum() == 100  # GET_DB_SEQNUM's reading
 
     asyncio.run(main())
 

@@ -137,8 +137,12 @@ def test_another_process_shares_the_file_with_the_reported_flags(dirs, kind):
         assert bytes.fromhex(out) == header.pack() + b"from the daemon"
 
         async def read():
-            return await db.fetch_ltdb(b"theirs")
-        assert asyncio.run(read()) == (header, b"from smbd")
+            async with db.locked(b"theirs") as lock:
+                assert not lock.via_helper and db.locker.busy
+                return db.tdb.fetch_ltdb(b"theirs"), lock
+        record, lock = asyncio.run(read())
+        assert record == (header, b"from smbd") and lock.released
+        assert asyncio.run(db.db_seqnum()) == 0  # no sequence-number record yet
     finally:
         store.close()
 
