@@ -372,7 +372,12 @@ class ChainLocker:
         locked = False
         warn = _Warner(self, key, start)
         try:
-            helper = _Helper(self.helper_argv, self.helper_args(key), self.env)
+            try:
+                helper = _Helper(self.helper_argv, self.helper_args(key), self.env)
+            except OSError as exc:
+                self.stats.record(time.monotonic() - start, False)
+                raise LockError(f"cannot run lock helper {self.helper_argv[0]}: "
+                                f"{exc.strerror or exc}") from None
             warn.arm()
             locked = await helper.answer()
             if not locked:

@@ -320,6 +320,19 @@ def test_helper_that_fails(make_store, tmp_path):
     asyncio.run(main())
 
 
+def test_helper_that_cannot_run(make_store):
+    store = make_store()
+    store.helper_argv = ["/nonexistent/ctdb_lock_helper"]
+    db = store.attach("foo.tdb", DbKind.VOLATILE)
+
+    async def main():
+        with pytest.raises(LockError, match="cannot run lock helper"):
+            await db.lock_all()
+        assert db.locker.stats.num_failed == 1 and db.locker.stats.num_current == 0
+
+    asyncio.run(main())
+
+
 def test_helper_cannot_open_the_database(make_store):
     db = make_store().attach("foo.tdb", DbKind.VOLATILE)
     db.locker.helper_args = lambda key: ["DB", "/nonexistent/x.tdb", "0x1c41"]
