@@ -1,7 +1,7 @@
 """The cluster lock, held by a helper process that speaks CTDB's mutex-helper protocol.
 
 `cluster lock = <file>` runs CTDB's fcntl helper if it is installed (or whatever
-CTDB_CLUSTER_MUTEX_HELPER names, as with ctdbd), else pyctdbd's own `lock_helper.py` (same
+CTDB_CLUSTER_MUTEX_HELPER names, as with ctdbd), else pyctdbd's own `cluster_lock_helper.py` (same
 protocol); `cluster lock = !command args` runs that command,
 so Debian's ctdb_mutex_fcntl_helper or ctdb_etcd_lock work unchanged. The helper writes one
 character: '0' held (it keeps running), '1' contention, '2' timeout, '3' error.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..core.election import LockStatus
 
-OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lock_helper.py")
+OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_lock_helper.py")
 
 
 def helper_argv(lock_file: str | None, command: Sequence[str] | None,
@@ -31,7 +31,7 @@ def helper_argv(lock_file: str | None, command: Sequence[str] | None,
     """What to run for a cluster-lock setting (a file or a `!command`). For a file: CTDB's
     fcntl helper when it is installed (`fcntl_helper`, normally
     /usr/libexec/ctdb/ctdb_mutex_fcntl_helper or $CTDB_CLUSTER_MUTEX_HELPER; a C program that
-    starts in a millisecond or two), else pyctdbd's own `lock_helper.py`."""
+    starts in a millisecond or two), else pyctdbd's own `cluster_lock_helper.py`."""
     if command:
         return list(command)
     assert lock_file is not None

@@ -1,7 +1,7 @@
 """pyctdbd's cluster-lock helper for `cluster lock = <file>`: CTDB's mutex-helper protocol
 (ctdb/doc/cluster_mutex_helper.txt) over an fcntl lock, like Debian's ctdb_mutex_fcntl_helper.
 
-    lock_helper.py FILE [RECHECK_SECONDS]
+    cluster_lock_helper.py FILE [RECHECK_SECONDS]
 
 Writes one character to stdout: '0' the lock is held, '1' contention, '3' error (with a line on
 stderr). While holding it, the helper exits and so releases the lock when it gets SIGTERM, when
@@ -25,7 +25,7 @@ import sys
 
 
 def _fail(message: str) -> int:
-    sys.stderr.write(f"lock_helper: {message}\n")
+    sys.stderr.write(f"cluster_lock_helper: {message}\n")
     sys.stderr.flush()
     _answer("3")
     return 1
@@ -37,7 +37,7 @@ def _answer(char: str) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
-        return _fail("usage: lock_helper.py FILE [RECHECK_SECONDS]")
+        return _fail("usage: cluster_lock_helper.py FILE [RECHECK_SECONDS]")
     path = argv[1]
     try:
         recheck = float(argv[2]) if len(argv) == 3 else 5.0
@@ -84,10 +84,10 @@ def main(argv: list[str]) -> int:
             try:
                 now = os.stat(path)
             except OSError:
-                sys.stderr.write(f"lock_helper: {path} disappeared; releasing the lock\n")
+                sys.stderr.write(f"cluster_lock_helper: {path} disappeared; releasing the lock\n")
                 return 2
             if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-                sys.stderr.write(f"lock_helper: {path} was replaced; releasing the lock\n")
+                sys.stderr.write(f"cluster_lock_helper: {path} was replaced; releasing the lock\n")
                 return 2
 
 if __name__ == "__main__":

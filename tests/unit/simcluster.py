@@ -1,0 +1,369 @@
+"""A simulated pyctdbd cluster: the daemon's real cores (NodeCore, LeaderScheduler, the recovery
+and takeover planners, the public-IP table) on a fake network with a fake clock. No processes,
+no sockets: a minute of cluster time runs in milliseconds.
+
+What is modelled, and how it maps to the daemon's shell (daemon/server/):
+
+* the network delivers each message after `delay` seconds unless the link between the two
+  nodes is cut (partition) or a node is powered off; every delivered message is also traffic
+  for the receiver's failure detector, as every frame is in the daemon;
+* a connection pair per two nodes: `DropPeer` tears it down (the other side hears of it only
+  if the link works, as a RST would reach it); both sides re-dial every second, and a side
+  that still thinks the pair is up hears nothing (the real transport replaces the inbound
+  connection without a "peer down");
+* the cluster lock is one owner variable; a powered-off holder loses it at once, as an fcntl
+  lock does (set `lock_lease` to model a lock service whose lease has to run out first);
+* the leader's jobs run instantly at `job_delay` after they are due; controls to a node the
+  leader cannot reach fail; a node with `fail_takeover` set fails every TAKEOVER_IP it gets;
+* a node's first recovery makes it RUNNING and healthy (its startup and monitor events pass).
+
+Every takeover plan a leader carries out is kept in `Sim.plans` for the tests to inspect.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctdblab.daemon.core.election import (
+    BroadcastElection, BroadcastLeader, ElectionSettings, LeaderChanged, LockStatus, ReleaseLock,
+    SendLeader, TakeLock,
+)
+from ctdblab.daemon.core.membership import DetectorSettings, SendHeartbeat, SendKeepalive, SendWatch
+from ctdblab.daemon.core.node import (
+    DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats,
+    LeaderAnnounced, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings, PeerConnected,
+    PeerDisconnected, PeerState, ReportDeath, SendState, SetBan, SetHealth, SetRunstate, Start, Tick,
+    Traffic,
+)
+from ctdblab.daemon.core.nodes import NodeMap
+from ctdblab.daemon.core.publicips import PublicIPs
+from ctdblab.daemon.core.recovery import plan_recovery
+from ctdblab.daemon.core.scheduler import LeaderScheduler, SchedulerSettings
+from ctdblab.daemon.core.takeover import IPReport, TakeoverPlan, nodes_to_ask_available, plan_takeover_run
+from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, Runstate
+
+RECONNECT = 1.0
+
+
+@dataclass
+class SimNode:
+    pnn: int
+    core: NodeCore
+    scheduler: LeaderScheduler
+    public: PublicIPs
+    generation: int = 0
+    fail_takeover: bool = False
+    log: list[tuple[float, int, str]] = field(default_factory=list)
+    job_due: float | None = None
+
+    @property
+    def leader(self) -> int:
+        return self.core.leader
+
+    def held(self) -> list[str]:
+        return sorted(v.ip for v in self.public.held())
+
+
+class Sim:
+    def __init__(self, n: int, *, lock: bool = True, ips_per_node: int = 2, delay: float = 0.001,
+                 heartbeat: float = 0.1, dead_timeout: float = 0.4, drop_all_ips_after: float = 5.0,
+                 no_ip_failback: bool = False, enable_bans: bool = True, lock_lease: float = 0.0,
+                 job_delay: float = 0.01, seed: int = 1) -> None:
+        self.n = n
+        self.now = 0.0
+        self.delay = delay
+        self.lock_enabled = lock
+        self.lock_owner: int | None = None
+        self.lock_lease = lock_lease
+        self.lock_free_at = 0.0
+        self.no_ip_failback = no_ip_failback
+        self.enable_bans = enable_bans
+        self.job_delay = job_delay
+        self.rng = random.Random(seed)
+        self.addresses = [f"198.18.0.{p + 1}" for p in range(n)]
+        self.ips = [f"198.19.8.{i + 1}" for i in range(n * ips_per_node)]
+        self.settings = NodeSettings(
+            DetectorSettings(heartbeat_interval=heartbeat, dead_timeout=dead_timeout,
+                             keepalive_interval=5.0, keepalive_limit=5),
+            ElectionSettings(lock_enabled=lock, leader_timeout=5.0, election_timeout=0.3,
+                             lock_retry=0.3, startup_grace=max(0.5, 2 * heartbeat + 0.3)),
+            drop_all_ips_after=drop_all_ips_after)
+        self.nodes: dict[int, SimNode] = {}
+        self.powered: set[int] = set()
+        self.pairs: set[frozenset[int]] = set()           # connection pairs that are up
+        self.groups: list[set[int]] | None = None          # a partition, or None
+        self.dropped: set[tuple[int, int]] = set()         # one-way links that drop everything
+        self.plans: list[tuple[float, int, TakeoverPlan]] = []
+        self._queue: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._next_dial = RECONNECT
+        for pnn in range(n):
+            self.power_on(pnn)
+
+    # -- the cluster -------------------------------------------------------------------------------
+    def power_on(self, pnn: int) -> None:
+        nodemap = NodeMap.from_addresses(list(self.addresses), pnn)
+        core = NodeCore(pnn, nodemap, self.settings, self.now, start_wall=1000.0 + self.now + pnn * 0.001)
+        table = PublicIPs.from_config(pnn, [(ip, 24, ["eth1"]) for ip in self.ips])
+        node = SimNode(pnn, core, LeaderScheduler(pnn, self.now, SchedulerSettings(
+            enable_bans=self.enable_bans, ban_period=300, grace_period=120.0)), table)
+        self.nodes[pnn] = node
+        self.powered.add(pnn)
+        self.step(pnn, SetRunstate(Runstate.FIRST_RECOVERY))
+        self.step(pnn, Start())
+
+    def power_off(self, pnn: int) -> None:
+        """A hard reset: the node is gone at once; nothing it had in flight arrives."""
+        self.powered.discard(pnn)
+        self.pairs = {p for p in self.pairs if pnn not in p}
+        self._queue = [q for q in self._queue if q[2] != pnn and q[3][0] != pnn]
+        heapq.heapify(self._queue)
+        if self.lock_owner == pnn:
+            self.lock_owner = None
+            self.lock_free_at = self.now + self.lock_lease
+
+    def partition(self, *groups: set[int]) -> None:
+        self.groups = [set(g) for g in groups]
+
+    def heal(self) -> None:
+        self.groups = None
+
+    def link_up(self, a: int, b: int) -> bool:
+        if a not in self.powered or b not in self.powered or (a, b) in self.dropped:
+            return False
+        if self.groups is None:
+            return True
+        return any(a in g and b in g for g in self.groups)
+
+    # -- time --------------------------------------------------------------------------------------
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            when, what = self._next_event()
+            if when > end:
+                self.now = end
+                return
+            self.now = max(self.now, when)
+            what()
+
+    def run_until(self, condition, timeout: float, step: float = 0.01) -> float:
+        """Run until `condition()` holds; returns the time it took. AssertionError on timeout."""
+        start = self.now
+        while not condition():
+            if self.now - start > timeout:
+                raise AssertionError(f"not reached within {timeout} s of simulated time")
+            self.run(step)
+        return self.now - start
+
+    def _next_event(self):
+        candidates = []
+        if self._queue:
+            when, _, dst, item = self._queue[0]
+            candidates.append((when, self._deliver))
+        candidates.append((self._next_dial, self._dial))
+        for pnn in sorted(self.powered):
+            node = self.nodes[pnn]
+            candidates.append((node.core.next_deadline(), lambda p=pnn: self.step(p, Tick())))
+            if node.job_due is not None:
+                candidates.append((node.job_due, lambda p=pnn: self._leader_job(p)))
+        return min(candidates, key=lambda c: c[0])
+
+    def _dial(self) -> None:
+        self._next_dial = self.now + RECONNECT
+        for a, b in itertools.combinations(sorted(self.powered), 2):
+            pair = frozenset((a, b))
+            if pair in self.pairs or not self.link_up(a, b) or not self.link_up(b, a):
+                continue
+            self.pairs.add(pair)
+            for me, peer in ((a, b), (b, a)):
+                if not self.nodes[me].core.nodemap.nodes[peer].connected:
+                    self.step(me, PeerConnected(peer))
+
+    # -- messages ----------------------------------------------------------------------------------
+    def send(self, src: int, dst: int, event: Any, traffic: bool = True) -> None:
+        if dst == src or frozenset((src, dst)) not in self.pairs:
+            return
+        heapq.heappush(self._queue, (self.now + self.delay, next(self._seq), dst, (src, event, traffic)))
+
+    def _deliver(self) -> None:
+        when, _, dst, (src, event, traffic) = heapq.heappop(self._queue)
+        if not self.link_up(src, dst) or frozenset((src, dst)) not in self.pairs:
+            return
+        if traffic:
+            self.nodes[dst].core.step(Traffic(src), self.now)
+        if event is not None:
+            self.step(dst, event)
+
+    def step(self, pnn: int, event: Any) -> None:
+        if pnn not in self.powered:
+            return
+        node = self.nodes[pnn]
+        for action in node.core.step(event, self.now):
+            self._act(node, action)
+
+    def _peers(self, node: SimNode) -> list[int]:
+        return sorted(node.core.connected_peers())
+
+    def _act(self, node: SimNode, a: Any) -> None:
+        src = node.pnn
+        if isinstance(a, Log):
+            node.log.append((self.now, a.level, a.text))
+        elif isinstance(a, SendHeartbeat):
+            self.send(src, a.pnn, Heartbeats(((src, self.now + self.delay),)))
+        elif isinstance(a, SendWatch):
+            self.send(src, a.pnn, HeartbeatMessage(src, 1 if a.watch else 0))
+        elif isinstance(a, SendKeepalive):
+            self.send(src, a.pnn, None)
+        elif isinstance(a, DropPeer):
+            pair = frozenset((src, a.pnn))
+            if pair in self.pairs:
+                self.pairs.discard(pair)
+                if self.link_up(src, a.pnn):        # the RST reaches it
+                    self.step(a.pnn, PeerDisconnected(src, "connection reset"))
+        elif isinstance(a, ReportDeath):
+            for p in self._peers(node):
+                self.send(src, p, DeathReport(a.dead, src))
+        elif isinstance(a, SendState):
+            me = node.core.nodemap.me
+            state = PeerState(src, src, me.flags, me.runstate, node.core.capabilities)
+            for p in (self._peers(node) if a.dest not in self.nodes else [a.dest]):
+                self.send(src, p, state)
+        elif isinstance(a, BroadcastLeader):
+            for p in self._peers(node):
+                self.send(src, p, LeaderAnnounced(src, a.pnn))
+        elif isinstance(a, SendLeader):
+            self.send(src, a.to, LeaderAnnounced(src, a.pnn))
+        elif isinstance(a, BroadcastElection):
+            for p in self._peers(node):
+                self.send(src, p, ElectionVote(src, a.message))
+        elif isinstance(a, TakeLock):
+            self._take_lock(src)
+        elif isinstance(a, ReleaseLock):
+            if self.lock_owner == src:
+                self.lock_owner = None
+        elif isinstance(a, LeaderChanged):
+            node.scheduler.leader_changed(a.old, a.new)
+        elif isinstance(a, LeaderWork):
+            node.scheduler.request(recovery=a.recovery, takeover=a.takeover)
+            self._job_soon(node)
+        elif isinstance(a, DropAllIPs):
+            for vnn in node.public.held():
+                node.public.unassign(vnn, UNKNOWN_PNN)
+        elif isinstance(a, EnterRecoveryMode):
+            node.generation = 0
+
+    def _take_lock(self, pnn: int) -> None:
+        if self.lock_owner is None and self.now >= self.lock_free_at:
+            self.lock_owner = pnn
+        status = LockStatus.HELD if self.lock_owner == pnn else LockStatus.CONTENTION
+        heapq.heappush(self._queue, (self.now + 0.002, next(self._seq), pnn, (pnn, LockAnswer(status), False)))
+        self.pairs.add(frozenset((pnn, pnn)))        # lets the answer "arrive" at pnn itself
+
+    # -- the leader's jobs -------------------------------------------------------------------------
+    def _job_soon(self, node: SimNode, delay: float | None = None) -> None:
+        due = self.now + (self.job_delay if delay is None else delay)
+        if node.job_due is None or due < node.job_due:
+            node.job_due = due
+
+    def _reachable(self, leader: SimNode, pnn: int) -> bool:
+        return pnn == leader.pnn or (frozenset((leader.pnn, pnn)) in self.pairs and self.link_up(leader.pnn, pnn)
+                                     and self.link_up(pnn, leader.pnn))
+
+    def _leader_job(self, pnn: int) -> None:
+        node = self.nodes[pnn]
+        node.job_due = None
+        job = node.scheduler.next_job(self.now, node.core.nodemap, node.core.connected_at,
+                                      any(v.pnn != UNKNOWN_PNN for v in node.public))
+        if job.wake_at is not None:
+            node.job_due = job.wake_at
+        if job.empty:
+            return
+        before = node.core.nodemap.connected_pnns()
+        ok = True
+        if job.recovery:
+            ok &= self._recover(node)
+        if job.takeover is not None:
+            ok &= self._takeover(node, job.takeover.force_rebalance)
+        retry = node.scheduler.finished(ok, node.core.nodemap.connected_pnns() != before)
+        if retry is not None:
+            self._job_soon(node, retry)
+
+    def _recover(self, leader: SimNode) -> bool:
+        plan = plan_recovery(leader.core.nodemap.active_pnns(), leader.core.lmaster_pnns(), leader.pnn,
+                             self.rng.randint(2, 0xFFFFFFFE))
+        if not all(self._reachable(leader, p) for p in plan.targets):
+            return False
+        for p in plan.targets:
+            target = self.nodes[p]
+            target.generation = plan.generation
+            if target.core.nodemap.me.runstate == Runstate.FIRST_RECOVERY:
+                self.step(p, SetRunstate(Runstate.STARTUP))
+                self.step(p, SetRunstate(Runstate.RUNNING))
+                self.step(p, SetHealth(True))
+        return True
+
+    def _takeover(self, leader: SimNode, force: tuple[int, ...]) -> bool:
+        flags = [n.flags for n in leader.core.nodemap.nodes]
+        connected = leader.core.nodemap.connected_pnns()
+        if not all(self._reachable(leader, p) for p in connected):
+            return False
+        known = {p: IPReport(p, {v.ip: v.pnn for v in self.nodes[p].public}) for p in connected}
+        available = {}
+        for p in nodes_to_ask_available(flags, known):
+            target = self.nodes[p]
+            can_host = target.core.nodemap.can_host_ips()
+            available[p] = [v.ip for v in target.public if target.public.available(v, can_host)]
+        plan = plan_takeover_run(flags, known, available, algorithm=2, no_ip_failback=self.no_ip_failback,
+                                 no_ip_takeover=False, force_rebalance_nodes=force)
+        self.plans.append((self.now, leader.pnn, plan))
+        if plan.skipped_reason:
+            return True
+        for r in plan.releases:
+            target = self.nodes[r.pnn]
+            vnn = target.public.find(r.ip)
+            target.public.unassign(vnn, r.new_owner)
+        ok = True
+        for t in plan.takes:
+            target = self.nodes[t.pnn]
+            if target.fail_takeover:
+                ok = False
+                ban = leader.scheduler.blame(t.pnn, "TAKEOVER_IP failed", self.now, self.n)
+                if ban is not None:
+                    if ban.pnn == leader.pnn:
+                        self.step(leader.pnn, SetBan(ban.seconds))
+                    elif self._reachable(leader, ban.pnn):
+                        self.step(ban.pnn, SetBan(ban.seconds))
+                continue
+            vnn = target.public.find(t.ip)
+            if vnn.iface is None:
+                target.public.assign(vnn, "eth1")
+            vnn.pnn = t.pnn
+        return ok
+
+    # -- what the tests look at --------------------------------------------------------------------
+    def leaders(self, among: set[int] | None = None) -> set[int]:
+        """The leaders the powered nodes (or `among`) believe in."""
+        return {self.nodes[p].leader for p in (among or self.powered) if p in self.powered}
+
+    def hosts(self) -> dict[str, list[int]]:
+        """Public IP -> the powered nodes that hold it."""
+        out: dict[str, list[int]] = {ip: [] for ip in self.ips}
+        for p in sorted(self.powered):
+            for ip in self.nodes[p].held():
+                out[ip].append(p)
+        return out
+
+    def settled(self, among: set[int] | None = None) -> bool:
+        """One agreed leader, and every public IP held by exactly one node of `among`."""
+        among = among or set(self.powered)
+        leaders = self.leaders(among)
+        if len(leaders) != 1 or UNKNOWN_PNN in leaders or leaders.pop() not in among:
+            return False
+        return all(len([p for p in h if p in among]) == 1 for h in self.hosts().values())
+
+    def logged(self, pnn: int, text: str) -> list[float]:
+        return [t for t, _, line in self.nodes[pnn].log if text in line]

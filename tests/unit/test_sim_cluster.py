@@ -1,0 +1,198 @@
+"""Cluster behaviour on the simulated cluster (simcluster.py): the daemon's real cores, a fake
+network and clock. Deaths, leader loss, partitions, bans, repeated takeover failures and
+returning nodes, checked through the takeover plans the leaders carried out."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, NodeFlag
+
+from simcluster import Sim
+
+
+def formed(n: int = 3, **kw) -> Sim:
+    sim = Sim(n, **kw)
+    sim.run_until(sim.settled, timeout=10)
+    return sim
+
+
+def ips_of(sim: Sim, pnn: int) -> list[str]:
+    return sim.nodes[pnn].held()
+
+
+def moves_away_from(sim: Sim, victim: int, since: float) -> set[str]:
+    """The IPs the takeover plans since `since` gave to live nodes other than `victim`, among
+    those that were not already theirs (a dead node's own claim is gone from the plan's input,
+    so its IPs show as unowned before the run)."""
+    return {ip for t, _, plan in sim.plans if t >= since
+            for ip, old, new in plan.moves()
+            if old in (victim, UNKNOWN_PNN) and new not in (victim, UNKNOWN_PNN)}
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_a_fresh_cluster_elects_one_leader_and_spreads_the_ips(lock):
+    sim = Sim(3, lock=lock)
+    took = sim.run_until(sim.settled, timeout=10)
+    assert took < 3.0
+    assert sorted(len(ips_of(sim, p)) for p in range(3)) == [2, 2, 2]
+    leader = sim.leaders().pop()
+    if not lock:
+        # CTDB's no-lock rule: the longest-running node (smallest priority time) wins.
+        assert leader == 0
+    for p in range(3):
+        assert sim.nodes[p].core.nodemap.me.flags == 0          # RUNNING, healthy, OK
+        assert sim.nodes[p].generation == sim.nodes[leader].generation != 0
+
+
+def test_a_non_leader_dies_and_its_ips_move_to_the_survivors():
+    sim = formed()
+    leader = sim.leaders().pop()
+    victim = next(p for p in range(3) if p != leader)
+    lost = ips_of(sim, victim)
+    cut = sim.now
+    sim.power_off(victim)
+    took = sim.run_until(lambda: sim.settled({0, 1, 2} - {victim}), timeout=5)
+    assert took < 0.6                      # 400 ms dead timeout, then the run
+    assert moves_away_from(sim, victim, cut) == set(lost)
+    survivors = {0, 1, 2} - {victim}
+    assert sorted(ip for p in survivors for ip in ips_of(sim, p)) == sorted(sim.ips)
+    assert sim.leaders(survivors) == {leader}                  # no election needed
+    for p in survivors:
+        assert sim.nodes[p].core.nodemap.nodes[victim].flags & NodeFlag.DISCONNECTED
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_the_leader_dies_a_new_one_is_elected_and_moves_its_ips(lock):
+    sim = formed(lock=lock)
+    leader = sim.leaders().pop()
+    lost = ips_of(sim, leader)
+    cut = sim.now
+    sim.power_off(leader)
+    survivors = {0, 1, 2} - {leader}
+    took = sim.run_until(lambda: sim.settled(survivors), timeout=5)
+    assert took < 1.0                      # no leader timeout on this path
+    new = sim.leaders(survivors).pop()
+    assert new in survivors
+    assert moves_away_from(sim, leader, cut) == set(lost)
+    assert all(p == new for _, p, _ in [x for x in sim.plans if x[0] >= cut])   # only the new leader ran
+    assert sim.logged(new, f"leader node {leader} is dead")
+
+
+def test_a_minority_partition_loses_its_ips_and_the_majority_serves_them_all():
+    sim = formed(5, drop_all_ips_after=3.0)
+    leader = sim.leaders().pop()
+    isolated = next(p for p in range(5) if p != leader)
+    majority = set(range(5)) - {isolated}
+    kept = ips_of(sim, isolated)
+    cut = sim.now
+    sim.partition({isolated}, majority)
+    sim.run_until(lambda: sim.settled(majority), timeout=5)
+    assert moves_away_from(sim, isolated, cut) == set(kept)
+    # The isolated node cannot take the lock the majority's leader holds: it stays without a
+    # leader and drops its IPs after drop_all_ips_after (RecoveryDropAllIPs).
+    assert ips_of(sim, isolated) == kept
+    sim.run(3.5)
+    assert sim.nodes[isolated].leader == UNKNOWN_PNN
+    assert ips_of(sim, isolated) == []
+    assert sim.logged(isolated, "Leader is unknown")
+    # Every IP on exactly one node cluster-wide, even counting the isolated one.
+    assert all(len(h) == 1 for h in sim.hosts().values())
+    # Healed: the node rejoins, follows the same leader and gets IPs again.
+    sim.heal()
+    sim.run_until(lambda: sim.settled() and ips_of(sim, isolated) != [], timeout=10)
+    assert sim.leaders() == {leader}
+
+
+def test_the_leader_partitioned_away_is_replaced_once_the_lock_is_free():
+    """With an fcntl-style lock the isolated leader keeps the lock: the majority cannot elect
+    anybody (the lab's known limit, see the safety issue). With a lock lease that ends when
+    the holder is unreachable (modelled as the holder's power-off) the majority takes over."""
+    sim = formed(3)
+    leader = sim.leaders().pop()
+    majority = {0, 1, 2} - {leader}
+    sim.power_off(leader)              # the lease holder is gone for the lock service
+    sim.run_until(lambda: sim.settled(majority), timeout=5)
+    assert sim.leaders(majority).pop() in majority
+
+
+def test_a_node_that_keeps_failing_takeovers_is_banned_and_left_without_ips():
+    sim = formed(3)
+    leader = sim.leaders().pop()
+    bad = next(p for p in range(3) if p != leader)
+    victim = next(p for p in range(3) if p not in (leader, bad))
+    sim.nodes[bad].fail_takeover = True
+    sim.power_off(victim)              # its IPs must go somewhere: some to the bad node
+    sim.run_until(lambda: bool(sim.nodes[bad].core.nodemap.me.flags & NodeFlag.BANNED), timeout=30)
+    # 2 x nodes credits (CTDB's rule) before the ban; retries back off between them.
+    assert sim.logged(bad, "Banning this node for 300 seconds")
+    sim.run_until(lambda: sim.settled({leader}), timeout=10)
+    assert ips_of(sim, bad) == []
+    assert sorted(ips_of(sim, leader)) == sorted(sim.ips)
+    # CTDB's culprit counting: each failed TAKEOVER_IP is a credit, 2 x nodes of them ban.
+    failed_takes = sum(1 for _, _, plan in sim.plans for tk in plan.takes if tk.pnn == bad)
+    assert failed_takes >= 2 * 3
+
+
+def test_bans_off_means_retries_but_no_ban():
+    sim = formed(3, enable_bans=False)
+    leader = sim.leaders().pop()
+    bad = next(p for p in range(3) if p != leader)
+    sim.nodes[bad].fail_takeover = True
+    sim.power_off(next(p for p in range(3) if p not in (leader, bad)))
+    sim.run(20)
+    assert not sim.nodes[bad].core.nodemap.me.flags & NodeFlag.BANNED
+    # Retries back off to 5 s: a handful of runs in 20 s, not hundreds.
+    assert 5 <= len(sim.plans) <= 20
+
+
+@pytest.mark.parametrize("no_ip_failback", [False, True])
+def test_a_returning_node_gets_ips_back_unless_no_ip_failback(no_ip_failback):
+    sim = formed(3, no_ip_failback=no_ip_failback)
+    leader = sim.leaders().pop()
+    victim = next(p for p in range(3) if p != leader)
+    sim.power_off(victim)
+    sim.run_until(lambda: sim.settled({0, 1, 2} - {victim}), timeout=5)
+    sim.run(1.0)
+    sim.power_on(victim)
+    sim.run_until(lambda: sim.nodes[victim].core.nodemap.me.flags == 0 and sim.settled(), timeout=10)
+    sim.run(2.0)
+    if no_ip_failback:
+        assert ips_of(sim, victim) == []
+    else:
+        assert len(ips_of(sim, victim)) == 2
+    assert all(len(h) == 1 for h in sim.hosts().values())
+
+
+def test_a_forged_death_report_about_a_live_node_is_not_believed():
+    sim = formed(3)
+    leader = sim.leaders().pop()
+    target = next(p for p in range(3) if p != leader)
+    reporter = next(p for p in range(3) if p not in (leader, target))
+    from ctdblab.daemon.core.node import DeathReport
+    sim.step(leader, DeathReport(target, reporter))
+    assert sim.nodes[leader].core.nodemap.nodes[target].connected
+    assert sim.logged(leader, f"reports node {target} dead, but we heard from it")
+
+
+def test_a_slow_network_below_the_dead_timeout_causes_no_death():
+    sim = Sim(3, delay=0.15)              # every message 150 ms late, dead timeout 400 ms
+    sim.run_until(sim.settled, timeout=10)
+    sim.run(30)
+    assert sim.settled()
+    assert not any(sim.logged(p, "dead count reached") for p in range(3))
+
+
+def test_a_one_way_cut_is_detected_by_the_side_that_hears_nothing():
+    sim = formed(3)
+    leader = sim.leaders().pop()
+    other = next(p for p in range(3) if p != leader)
+    sim.dropped.add((other, leader))      # the leader hears nothing from `other`
+    sim.run(2.0)
+    assert sim.logged(leader, f"dead count reached for node {other}")
+    # `other` no longer hears the leader (the leader dropped it) and cannot take the lock the
+    # leader holds: it drops its IPs after drop_all_ips_after; then each IP is on one node.
+    sim.run(12.0)
+    assert sim.nodes[other].leader == UNKNOWN_PNN
+    assert ips_of(sim, other) == []
+    assert all(len(h) == 1 for h in sim.hosts().values())
