@@ -17,7 +17,9 @@ from ctdblab.daemon.core.db.persistent import (
 from ctdblab.daemon.core.db.registry import ClientGone, DbInfo, ForceRecovery, SetRecoveryMode, Tick
 from ctdblab.daemon.protocol.constants import DbFlag
 from ctdblab.daemon.protocol.errors import ProtocolError
-from ctdblab.daemon.protocol.ltdb import DB_SEQNUM_TDB_KEY, db_id_of, pack_record, pack_seqnum, unpack_record, unpack_seqnum
+from ctdblab.daemon.protocol.ltdb import (
+    DB_SEQNUM_TDB_KEY, db_id_of, pack_record, pack_seqnum, unpack_record, unpack_seqnum,
+)
 from ctdblab.daemon.protocol.types import LtdbHeader, RecBuffer, RecData
 
 DB = db_id_of("secrets.tdb")

@@ -273,7 +273,8 @@ class Cluster:
                 self.killed.append((pnn, action.handle))
                 self.walking[pnn].remove(action.handle)
             elif isinstance(action, BroadcastTraverseKill):
-                self.network += [(other, TraverseKill(action.request)) for other in self.cores if other != pnn]
+                self.network += [(other, TraverseKill(action.request))
+                                 for other in self.cores if other != pnn]
             elif isinstance(action, MessageClient):
                 self.client.append(action)
 

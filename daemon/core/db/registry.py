@@ -519,7 +519,8 @@ class Registry:
         waiting = []
         due = []
         for deferred in self._deferred:
-            if deferred.retry_at is not None and deferred.retry_at <= now and deferred.retry_at <= deferred.deadline:
+            retry = deferred.retry_at
+            if retry is not None and retry <= now and retry <= deferred.deadline:
                 due.append(deferred)
             elif deferred.deadline <= now:
                 actions += [Log(logging.ERROR, f"DB Attach to database {deferred.event.name} timed out "

@@ -63,7 +63,9 @@ from typing import Hashable
 from ...config.tunables import Tunables
 from ...log import NOTICE
 from ...protocol.ltdb import LTDB_HEADER_SIZE
-from ...protocol.types import LtdbHeader, RecData, TraverseAll, TraverseAllExt, TraverseStart, TraverseStartExt
+from ...protocol.types import (
+    LtdbHeader, RecData, TraverseAll, TraverseAllExt, TraverseStart, TraverseStartExt,
+)
 from ..node import Log
 from .registry import ClientGone, DbInfo, Tick
 
