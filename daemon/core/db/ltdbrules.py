@@ -1,0 +1,143 @@
+"""ctdbd's rules for one record of a clustered database, as pure functions: where a key's lmaster
+is, what a read of a missing record yields, what a store by the daemon writes (or deletes), and
+the three built-in call functions. The migration core (:mod:`.migration`) is built on these.
+
+Facts (Samba 4.17 ``ctdb/common/ctdb_ltdb.c``, ``ctdb/common/common.c``,
+``ctdb/server/ctdb_ltdb_server.c``, ``ctdb/server/ctdb_client.c``):
+
+- ``ctdb_lmaster``: ``vnnmap.map[ctdb_hash(key) % vnnmap.size]``; ``ctdb_hash`` is
+  ``tdb_jenkins_hash`` (lookup3 ``hashlittle`` with initval 0) of the key bytes as stored, i.e.
+  :func:`~ctdblab.daemon.protocol.ltdb.jenkins_hash`;
+- ``ctdb_ltdb_fetch`` of a record that is missing (or shorter than its 24-byte header) returns an
+  initial header ``{rsn 0, dmaster = lmaster, flags AUTOMATIC}`` and empty data; when that makes
+  this node the dmaster (it is the lmaster) it also *stores* the initial header, which goes through
+  the store rules below (so the lmaster ends up holding an empty record with rsn 1);
+- ``ctdb_ltdb_store_server`` keeps the record if it has data, carries read-only flags, belongs to a
+  persistent database, is AUTOMATIC, was MIGRATED_WITH_DATA, or this node is the lmaster (unless the
+  record came back by a vacuum migration for another dmaster... see ``store``) or its dmaster;
+  otherwise it *deletes* it. A kept record of a non-persistent database whose dmaster is this node
+  and that has no read-only flags gets ``rsn + 1``; an empty one of those is scheduled for deletion
+  (vacuuming). The flags VACUUM_MIGRATED and AUTOMATIC never reach the file;
+- the call functions: NULL_FUNC replies nothing, FETCH_FUNC replies the data, FETCH_WITH_HEADER
+  replies the 24-byte header (as it was *before* the call's own store) followed by the data;
+  ``ctdb_call_local`` then stores the record through the rules above (another ``rsn + 1`` on the
+  dmaster). An unknown call id fails before any store.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ...protocol.constants import CallFunc, RecordFlag
+from ...protocol.ltdb import jenkins_hash
+from ...protocol.types import LtdbHeader
+
+AUTOMATIC = int(RecordFlag.AUTOMATIC)
+MIGRATED_WITH_DATA = int(RecordFlag.MIGRATED_WITH_DATA)
+VACUUM_MIGRATED = int(RecordFlag.VACUUM_MIGRATED)
+RO_FLAGS = int(RecordFlag.RO_FLAGS)
+
+#: (header, data) of a record as the shell read it under the chain lock; None when missing.
+Record = tuple[LtdbHeader, bytes]
+
+
+def lmaster_of(key: bytes, lmasters: Sequence[int]) -> int | None:
+    """The key's lmaster in a vnnmap whose pnn list is `lmasters` (None if the map is empty)."""
+    if not lmasters:
+        return None
+    return lmasters[jenkins_hash(key) % len(lmasters)]
+
+
+def initial_header(lmaster: int) -> LtdbHeader:
+    """``ltdb_initial_header``: a missing record's dmaster is its lmaster."""
+    return LtdbHeader(rsn=0, dmaster=lmaster, reserved1=0, flags=AUTOMATIC)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a daemon store does: write `header` + data (keep) or delete the key; whether the
+    record goes on the vacuum queue."""
+
+    keep: bool
+    header: LtdbHeader
+    schedule_for_deletion: bool
+
+
+def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
+          persistent: bool) -> Stored:
+    """``ctdb_ltdb_store_server``. Returns the header as stored (the caller's header is not
+    changed; ctdbd changes it in place, so callers continue with ``Stored.header``)."""
+    flags = header.flags
+    rsn = header.rsn
+    keep = False
+    schedule = False
+    if lmaster is None:                     # no vnnmap: ctdbd stores as is
+        keep = True
+    else:
+        if data:
+            keep = True
+        elif flags & RO_FLAGS:
+            keep = True
+        elif persistent:
+            keep = True
+        elif flags & AUTOMATIC:
+            keep = True
+            schedule = True
+        elif flags & MIGRATED_WITH_DATA:
+            keep = True
+        elif pnn == lmaster:
+            if flags & VACUUM_MIGRATED and pnn == header.dmaster:
+                keep = True
+                schedule = True
+            if not flags & VACUUM_MIGRATED:
+                keep = True
+            elif pnn != header.dmaster:
+                keep = True
+        elif pnn == header.dmaster:
+            keep = True
+        if keep and not persistent and pnn == header.dmaster and not flags & RO_FLAGS:
+            rsn += 1
+            if not data:
+                schedule = True
+    flags &= ~(VACUUM_MIGRATED | AUTOMATIC)
+    return Stored(keep, replace(header, rsn=rsn, flags=flags), schedule and keep)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A record as ``ctdb_ltdb_fetch`` returns it, and the initial store it made, if any."""
+
+    header: LtdbHeader
+    data: bytes
+    initial_store: Stored | None
+
+
+def fetch(record: Record | None, key: bytes, *, pnn: int, lmasters: Sequence[int],
+          persistent: bool) -> Fetched:
+    """``ctdb_ltdb_fetch``: the record, or an initial header (stored at once when this node is
+    the lmaster, or the database persistent)."""
+    if record is not None:
+        header, data = record
+        return Fetched(replace(header), bytes(data), None)
+    lmaster = lmaster_of(key, lmasters)
+    if lmaster is None:
+        raise ValueError("no vnnmap: a missing record has no lmaster")
+    header = initial_header(lmaster)
+    if persistent or header.dmaster == pnn:
+        stored = store(header, b"", pnn=pnn, lmaster=lmaster, persistent=persistent)
+        return Fetched(stored.header, b"", stored)
+    return Fetched(header, b"", None)
+
+
+def call_function(callid: int, header: LtdbHeader, data: bytes) -> tuple[int, bytes] | None:
+    """The built-in call functions: (status, reply data), or None for an unknown call id."""
+    if callid == CallFunc.NULL_FUNC:
+        return 0, b""
+    if callid == CallFunc.FETCH_FUNC:
+        return 0, bytes(data)
+    if callid == CallFunc.FETCH_WITH_HEADER_FUNC:
+        return 0, header.pack() + bytes(data)
+    return None

@@ -1,0 +1,187 @@
+"""Inputs and outputs of the record-migration core (:mod:`.migration`): settings, events and
+actions, as frozen dataclasses. Packet bodies are the codecs of
+:mod:`ctdblab.daemon.protocol.packets`, so what the core sends is what goes on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Union
+
+from ...protocol.packets import ReplyCall, ReplyDmaster, ReplyError, ReqCall, ReqDmaster
+from ...protocol.types import LtdbHeader, VnnMap
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    pnn: int
+    #: s: after a record lands for waiting local clients, peers' calls for it wait this long so
+    #: the clients can take the chain lock first (pyctdbd; see the core's docstring).
+    local_grace: float = 0.002
+    #: s: a migration not finished after this long is sent again and its collapsed callers are
+    #: released (ctdbd's 30 s deferred-fetch timeout, ``dfq_timeout``).
+    collapse_timeout: float = 30.0
+
+
+# -- events ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DbAttached:
+    """A database this node knows (attached locally or by a peer's broadcast)."""
+
+    db_id: int
+    name: str = ""
+    persistent: bool = False
+
+
+@dataclass(frozen=True)
+class DbDetached:
+    db_id: int
+
+
+@dataclass(frozen=True)
+class VnnMapChanged:
+    """The vnnmap set by a recovery (generation + the lmaster-capable pnns, in map order)."""
+
+    vnnmap: VnnMap
+
+
+@dataclass(frozen=True)
+class SetBanned:
+    """A banned node drops every REQ_CALL, REPLY_CALL, REQ_DMASTER and REPLY_DMASTER."""
+
+    banned: bool
+
+
+@dataclass(frozen=True)
+class LocalCall:
+    """A REQ_CALL from a local client (smbd's migrate or fetch), or from the daemon itself.
+
+    `client` is the shell's token for whoever gets the reply (`ReplyToClient.client`), `reqid`
+    the client's own reqid, echoed in the reply. `requeued` marks a call the core sent back
+    through `Requeue` (not counted again); `started` keeps its original arrival time."""
+
+    client: Hashable
+    reqid: int
+    db_id: int
+    key: bytes
+    callid: int
+    flags: int = 0
+    calldata: bytes = b""
+    requeued: bool = False
+    started: float | None = None
+
+
+NodeBody = Union[ReqCall, ReplyCall, ReqDmaster, ReplyDmaster, ReplyError]
+
+
+@dataclass(frozen=True)
+class PeerPacket:
+    """A REQ_CALL, REPLY_CALL, REQ_DMASTER, REPLY_DMASTER or REPLY_ERROR from the node transport,
+    with the header fields that matter (srcnode is the *origin* of a forwarded REQ_CALL)."""
+
+    srcnode: int
+    reqid: int
+    generation: int
+    body: NodeBody
+
+
+@dataclass(frozen=True)
+class Reissue:
+    """Send the migration under way for (db_id, key) again (emitted by the core via Requeue)."""
+
+    db_id: int
+    key: bytes
+
+
+@dataclass(frozen=True)
+class ClientGone:
+    """A local client disconnected: its waiting calls get no reply."""
+
+    client: Hashable
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes (collapse timeouts, expired pins). About once a second is enough."""
+
+
+Event = Union[DbAttached, DbDetached, VnnMapChanged, SetBanned, LocalCall, PeerPacket, Reissue,
+              ClientGone, Tick]
+
+
+# -- actions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreRecord:
+    """Write header + data for the key of the event being handled (under its chain lock)."""
+
+    db_id: int
+    key: bytes
+    header: LtdbHeader
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DeleteRecord:
+    """Delete the key of the event being handled (ctdbd's store of an empty, never-migrated-with-
+    data record by a node that is neither its lmaster nor its dmaster)."""
+
+    db_id: int
+    key: bytes
+
+
+@dataclass(frozen=True)
+class ScheduleForDeletion:
+    """ctdbd would put this empty record on the vacuum queue (ctdb_local_schedule_for_deletion);
+    for the vacuum engine, ignorable without it."""
+
+    db_id: int
+    key: bytes
+    header: LtdbHeader
+
+
+@dataclass(frozen=True)
+class SendPacket:
+    """Send `body` to node `dest` with this header (srcnode is not always this node: a
+    redirected REQ_CALL keeps its origin)."""
+
+    dest: int
+    srcnode: int
+    reqid: int
+    generation: int
+    body: NodeBody
+
+
+@dataclass(frozen=True)
+class ReplyToClient:
+    """Answer a local call: REPLY_CALL (status, data) or REPLY_ERROR, with the client's reqid."""
+
+    client: Hashable
+    reqid: int
+    body: Union[ReplyCall, ReplyError]
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Feed `event` to the core again, `delay` seconds from now, through the normal path (take
+    the key's chain lock, read the record, step). Keep the order of Requeues with equal delays."""
+
+    event: Event
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ForceRecovery:
+    """ctdbd sets recovery mode ACTIVE here (a REQ_DMASTER from a node that is not the dmaster)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    text: str
+
+
+Action = Union[StoreRecord, DeleteRecord, ScheduleForDeletion, SendPacket, ReplyToClient, Requeue,
+               ForceRecovery, Log]
