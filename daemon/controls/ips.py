@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..config import ConfigError, load_public_addresses
 from ..log import log
 from ..protocol import (
-    UNKNOWN_PNN, Control, ControlFlag, Iface, IfaceList, PublicIp, PublicIpInfo, PublicIpList,
+    UNKNOWN_PNN, AddrInfo, Control, ControlFlag, Iface, IfaceList, PublicIp, PublicIpInfo, PublicIpList,
     SockAddr, Srvid, SrvidMessage, pack_message,
 )
 from ..server.context import ControlContext
@@ -117,5 +117,17 @@ def send_gratuitous_arp(ctx: ControlContext, req: Request) -> Result:
 
 @handles(Control.ADD_PUBLIC_IP, Control.DEL_PUBLIC_IP)
 def add_del_public_ip(ctx: ControlContext, req: Request) -> Result:
-    return Result(-1, errmsg="edit public_addresses and run `ctdb reloadips` instead")
+    info: AddrInfo = value_of(req)
+    # As ctdbd: the payload must be exactly the address, mask, length and interface name.
+    expected = 36 + (len(info.iface.encode()) + 1 if info.iface else 0)
+    if len(req.data) != expected:
+        log.error("Wrong size of indata for %s: %u bytes, expected %u", Control(req.opcode).name,
+                  len(req.data), expected)
+        return Result(-1, errmsg="wrong size of indata")
+    ip = address_of(info.addr)
+    if ip is None:
+        return Result(-1, errmsg="not an IP address")
+    if req.opcode == Control.DEL_PUBLIC_IP:
+        return ctx.ips.delete_ip(ip)
+    return ctx.ips.add_ip(ip, info.mask, info.iface or "")
 

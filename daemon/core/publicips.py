@@ -34,6 +34,7 @@ class Vnn:
     pnn: int = UNKNOWN_PNN          # who this node believes hosts it
     iface: str | None = None        # where it sits while this node holds it
     update_in_flight: bool = False  # a take or release of this IP is running
+    delete_pending: bool = False    # `ctdb delip` while held: goes at its next release
 
     @property
     def version(self) -> int:
@@ -83,6 +84,30 @@ class PublicIPs:
         self._drop_orphaned_ifaces()
         return added, removed
 
+    def add(self, ip: str, prefixlen: int, ifaces: Iterable[str]) -> bool:
+        """`ctdb addip`: a new IP, owner unknown until a takeover run places it. False if
+        the IP is already configured."""
+        ip = canonical_ip(ip)
+        if ip in self.vnns:
+            return False
+        self.vnns[ip] = Vnn(ip, prefixlen, list(ifaces))
+        for name in ifaces:
+            self.ifaces.setdefault(name, Interface(name))
+        return True
+
+    def delete(self, ip: str) -> str:
+        """`ctdb delip`, as ctdbd: an IP this node hosts is only marked (it is released, then
+        forgotten, at the next takeover run: "pending"); any other goes now ("deleted").
+        "unknown" if the IP is not configured."""
+        vnn = self.find(ip)
+        if vnn is None:
+            return "unknown"
+        if vnn.pnn == self.my_pnn:
+            vnn.delete_pending = True
+            return "pending"
+        self.forget(vnn.ip)
+        return "deleted"
+
     def forget(self, ip: str) -> None:
         """Drop an IP that is no longer configured (after it was released)."""
         vnn = self.vnns.pop(canonical_ip(ip), None)
@@ -125,7 +150,7 @@ class PublicIPs:
 
     def available(self, vnn: Vnn, node_can_host: bool) -> bool:
         """CTDB's ctdb_vnn_available: the node may host IPs and some interface has link."""
-        if not node_can_host:
+        if not node_can_host or vnn.delete_pending:
             return False
         if vnn.iface is not None and self.ifaces[vnn.iface].link_up:
             return True

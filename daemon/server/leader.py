@@ -88,9 +88,11 @@ class LeaderService:
                 log.info("Leader work scheduled: takeover (requested by node %u)", src)
                 self._wakeup.set()
         elif srvid == Srvid.REBALANCE_NODE:
+            # pyctdbd: the run starts at once; ctdb-recoverd only notes the node and waits for
+            # the node's own allocation check to ask for a run (1-2 s later).
             pnn = unpack_message(srvid, data)
             if self.scheduler.rebalance(pnn):
-                log.info("Leader work scheduled: takeover (rebalance onto node %u)", pnn)
+                notice("Setting up rebalance of IPs to node %u", pnn)
                 self._wakeup.set()
         elif srvid == Srvid.DISABLE_IP_CHECK:
             timeout = unpack_message(srvid, data)
@@ -218,6 +220,8 @@ class LeaderService:
         if plan.skipped_reason:
             notice("%s", plan.skipped_reason)
             return await self._ipreallocated(plan.ipreallocated, left())
+        for pnn in force_rebalance:
+            notice("Forcing rebalancing of IPs to node %u", pnn)
         for ip, old, new in plan.moves():
             notice("Takeover run: %s moves from %s to %s", ip, pnn_text(old), pnn_text(new))
         # RELEASE_IP to non-owners, then TAKEOVER_IP to owners, each stage in parallel.

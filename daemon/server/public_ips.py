@@ -15,12 +15,14 @@ from ..core.nodes import NodeMap
 from ..core.publicips import Interface, PublicIPs, Vnn
 from ..failover.effects import Effects
 from ..log import log, notice
-from ..protocol import UNKNOWN_PNN, Srvid, pack_message
+from ..protocol import UNKNOWN_PNN, Srvid, SrvidMessage, pack_message
 from .connections import ConnectionTracker
 from .dispatch import Result
 from .messenger import Messenger
 from .scripts import ScriptEvents
 from .tasks import Tasks
+
+VERIFY_WAIT = 10.0           # s to wait for a requested takeover run before asking again
 
 
 class PublicIPService:
@@ -38,6 +40,8 @@ class PublicIPService:
         self.failover_disabled = failover_disabled
         self.ban_self = ban_self
         self._bursts: dict[str, asyncio.Task] = {}
+        self._next_verify = 0.0
+        self._asked_until = 0.0            # a takeover run we asked for is still awaited
 
     # -- queries ---------------------------------------------------------------------------------
     def find(self, ip: str) -> Vnn | None:
@@ -108,6 +112,7 @@ class PublicIPService:
         if not self.holds_on_host(vnn):
             log.debug("Redundant release of IP %s/%u (ip not held)", vnn.ip, vnn.prefixlen)
             self.table.unassign(vnn, new_owner)
+            self._forget_if_deleted(vnn)
             return Result(0)
         if vnn.update_in_flight:
             notice("Release of IP %s/%u rejected update for this IP already in flight", vnn.ip, vnn.prefixlen)
@@ -230,6 +235,7 @@ class PublicIPService:
                 log.error("IP %s still hosted during release IP callback, failing", vnn.ip)
                 return Result(-1, errmsg="IP still hosted")
             self.table.unassign(vnn, new_owner)
+            self._forget_if_deleted(vnn)
             self.messenger.deliver_local(Srvid.RELEASE_IP, pack_message(Srvid.RELEASE_IP, vnn.ip))
             return Result()
         finally:
@@ -259,8 +265,29 @@ class PublicIPService:
                       self.tunables.get("RecoveryDropAllIPs"))
         self.release_all_soon(reason)
 
+    def verify(self, now: float, leader: int) -> None:
+        """ctdb-recoverd's check of this node's allocation, once a second: an IP nobody hosts
+        that this node could serve (a fresh `ctdb addip`, or one a failed run left behind)
+        asks the leader for a takeover run. One request per run: the next waits for the
+        IPREALLOCATED that ends it (or 10 s)."""
+        if now < self._next_verify or now < self._asked_until:
+            return
+        self._next_verify = now + max(1, self.tunables.get("RecoverInterval"))
+        if self.failover_disabled or leader == UNKNOWN_PNN or self.nodemap.me.flags:
+            return
+        unassigned = [v for v in self.available() if v.pnn == UNKNOWN_PNN]
+        if not unassigned:
+            return
+        for vnn in unassigned:
+            log.warning("Unassigned IP %s can be served by this node", vnn.ip)
+        notice("Trigger takeoverrun")
+        self._asked_until = now + VERIFY_WAIT
+        self.messenger.send_message(leader, Srvid.TAKEOVER_RUN,
+                                    pack_message(Srvid.TAKEOVER_RUN, SrvidMessage(self.nodemap.my_pnn, 0)))
+
     async def ipreallocated(self) -> Result:
         """The takeover run is over everywhere: the ipreallocated event, then tell clients."""
+        self._asked_until = 0.0
         result = await self.scripts.run("ipreallocated")
         if result.timed_out:
             self.ban_self("ipreallocated event timed out")
@@ -280,6 +307,52 @@ class PublicIPService:
             self.effects.tickle([((c.dst_ip, c.dst_port), (c.src_ip, c.src_port)) for c in conns])
 
     # -- the configured list ---------------------------------------------------------------------
+    def add_ip(self, ip: str, prefixlen: int, iface_list: str) -> Result:
+        """ADD_PUBLIC_IP (`ctdb addip`): runtime only, as ctdbd (public_addresses is not
+        written). The new IP has no owner until a takeover run places it; the tool asks the
+        leader for one with a REBALANCE_NODE message."""
+        notice("Add IP %s", ip)
+        version = 6 if ":" in ip else 4
+        if not 0 < prefixlen <= (128 if version == 6 else 32):
+            # pyctdbd: ctdbd accepts any mask and then fails every takeip, which gets the node
+            # banned; refusing it here is the clear error.
+            log.error("Invalid prefix length %u for public address %s", prefixlen, ip)
+            return Result(-1, errmsg=f"invalid prefix length {prefixlen}")
+        ifaces = [name for name in iface_list.split(",") if name]
+        if not ifaces:
+            log.error("No interface given for public address %s", ip)
+            return Result(-1, errmsg="no interface")
+        if not self.failover_disabled:
+            for name in ifaces:
+                if self.effects.link_up(name) is None:
+                    log.error("Unknown interface %s for public address %s", name, ip)
+                    log.error("Failed to add public address")
+                    return Result(-1, errmsg=f"unknown interface {name}")
+        if not self.table.add(ip, prefixlen, ifaces):
+            log.error("Duplicate public IP address '%s'", ip)
+            return Result(-1, errmsg="duplicate public IP address")
+        self.connections.set_public_ips(self.table.vnns)
+        if not self.failover_disabled:
+            self.prepare()
+        return Result(0)
+
+    def delete_ip(self, ip: str) -> Result:
+        """DEL_PUBLIC_IP (`ctdb delip`): an IP this node hosts stays until the next takeover
+        run releases it (ctdbd's "delete pending"); any other is forgotten now."""
+        notice("Delete IP %s", ip)
+        outcome = self.table.delete(ip)
+        if outcome == "unknown":
+            log.error("Delete IP of unknown public IP address %s", ip)
+            return Result(-1, errmsg="not a public address")
+        if outcome == "deleted":
+            self.connections.set_public_ips(self.table.vnns)
+        return Result(0)
+
+    def _forget_if_deleted(self, vnn: Vnn) -> None:
+        if vnn.delete_pending and vnn.iface is None:
+            self.table.forget(vnn.ip)
+            self.connections.set_public_ips(self.table.vnns)
+
     async def reload(self, entries: Iterable[tuple[str, int, Iterable[str]]], source: str) -> None:
         added, removed = self.table.reload(entries)
         notice("Reloaded public addresses from %s: %u added, %u removed", source, len(added), len(removed))
