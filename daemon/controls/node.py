@@ -20,6 +20,7 @@ from ..protocol import (
 )
 from ..server.context import ControlContext
 from ..server.dispatch import Request, Result
+from ..server.memory import memory_report
 from .registry import Handlers, reply_with, value_of
 
 HANDLERS = Handlers()
@@ -81,6 +82,12 @@ def get_debug(ctx: ControlContext, req: Request) -> Result:
 def set_debug(ctx: ControlContext, req: Request) -> Result:
     ctx.daemon.set_debug_level(value_of(req))
     return Result(0)
+
+
+@handles(Control.DUMP_MEMORY)
+def dump_memory(ctx: ControlContext, req: Request) -> Result:
+    # ctdbd sends the report without its trailing NUL; the tool prints it as it is.
+    return Result(0, memory_report().encode())
 
 
 @handles(Control.GET_RECLOCK_FILE)

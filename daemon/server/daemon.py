@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..config import DaemonConfig
 from ..core.node import (
     DeathReport, ElectionVote, HeartbeatMessage, LeaderAnnounced, NodeCore, PeerConnected,
-    PeerDisconnected, PeerFlags, PeerState, SetRunstate, Start,
+    PeerDisconnected, PeerFlags, PeerKeepalive, PeerState, SetRunstate, Start,
 )
 from ..core.nodes import NodeMap
 from ..core.publicips import PublicIPs
@@ -42,12 +42,13 @@ from .connections import ConnectionTracker
 from .context import ControlContext
 from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
+from .memory import memory_report
 from .messenger import BROADCASTS, Messenger
 from .monitor import MonitorService
 from .node import NodeService, node_settings
 from .public_ips import PublicIPService
 from .recovery import RecoveryState
-from .scripts import ScriptEvents
+from .scripts import ScriptEvents, debug_script_path
 from .tasks import Tasks
 from .wire import election_from_wire
 
@@ -104,7 +105,8 @@ class Daemon:
                                 lock_setting=lock_spec.setting if lock_spec else "",
                                 start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
                                 reschedule=self._reschedule)
-        self.scripts = ScriptEvents(options.event_dir, options.script_env, conf.event_debug_script,
+        self.scripts = ScriptEvents(options.event_dir, options.script_env,
+                                    debug_script_path(conf.event_debug_script, cfg.paths.etc_dir),
                                     self.tunables)
         public = PublicIPs.from_config(self.my_pnn, [(str(p.ip), p.prefixlen, p.ifaces)
                                                      for p in cfg.public_addresses])
@@ -128,11 +130,11 @@ class Daemon:
             messenger=self.messenger)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
-            Srvid.PUSH_NODE_FLAGS: self._push_node_flags,
+            Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,
             **{srvid: self.leader.on_message for srvid in LEADER_MESSAGES}}
         self._packet_handlers: dict[int, Callable] = {
             Operation.REQ_MESSAGE: self._node_message, Operation.REQ_CONTROL: self._node_control,
-            Operation.REPLY_CONTROL: self._node_control_reply, Operation.REQ_KEEPALIVE: lambda *a: None}
+            Operation.REPLY_CONTROL: self._node_control_reply, Operation.REQ_KEEPALIVE: self._keepalive}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._timer_armed = False          # from the mesh's start until shutdown
@@ -244,8 +246,9 @@ class Daemon:
         self.node.tick(now)
         try:
             self.connections.poll(now)
-        except Exception:       # never let connection tracking stop the heartbeat timer
-            log.exception("connection tracking failed")
+            self.ips.verify(now, self.node.leader)
+        except Exception:       # never let these checks stop the heartbeat timer
+            log.exception("connection tracking or IP allocation check failed")
         self._reschedule()
 
     # -- the node mesh ---------------------------------------------------------------------------
@@ -259,10 +262,8 @@ class Daemon:
         if self.tasks.shutting_down:
             return
         self.node.note_traffic(pnn, self.clock())
-        # Fast path for the two packets that make up nearly all idle traffic.
+        # Fast path for the heartbeat messages that make up nearly all idle traffic.
         op = peek_operation(frame)
-        if op == Operation.REQ_KEEPALIVE:
-            return
         kind = internal.peek_heartbeat(frame) if op == Operation.REQ_MESSAGE else None
         if kind is not None:
             self.node.step(HeartbeatMessage(pnn, kind))
@@ -296,6 +297,9 @@ class Daemon:
                 res.after()
 
         self.dispatcher.dispatch(req, reply)
+
+    def _keepalive(self, pnn: int, header, body) -> None:
+        self.node.step(PeerKeepalive(pnn, None if body.legacy else body.version, body.uptime))
 
     def _node_control_reply(self, pnn: int, header, body) -> None:
         if not self.messenger.rpc.reply_received(pnn, header.reqid, body):
@@ -340,6 +344,16 @@ class Daemon:
     def _election_message(self, src: int, srvid: int, data: bytes) -> None:
         if src != self.my_pnn:
             self.node.step(ElectionVote(src, election_from_wire(unpack_message(srvid, data))))
+
+    def _memory_dump(self, src: int, srvid: int, data: bytes) -> None:
+        """`ctdb rddumpmemory`: what ctdb-recoverd answers; the leader duties live in this
+        process, so its report is this process's."""
+        if len(data) != 16:
+            log.error("Wrong size of return address.")
+            return
+        reply_to = unpack_message(srvid, data)
+        log.error("mem_dump_handler: recovery daemon memory dump")
+        self.messenger.send_message(reply_to.pnn, reply_to.srvid, memory_report().encode())
 
     def _push_node_flags(self, src: int, srvid: int, data: bytes) -> None:
         change = unpack_message(srvid, data)

@@ -14,6 +14,16 @@ from ..events import EventDaemonServer, EventResult, EventRunner, EventScriptErr
 from ..log import log
 
 
+def debug_script_path(setting: str | None, etc_dir: str) -> str | None:
+    """`[event] debug script`: the file of that name in the configuration directory. As CTDB's
+    manual says, a directory prefix is ignored. (ctdbd 4.17 itself validates the basename but
+    runs `<etc dir>/<value>`, so an absolute setting never runs there; pyctdbd runs what the
+    manual and `ctdb-config validate` describe.)"""
+    if not setting:
+        return None
+    return os.path.join(etc_dir, os.path.basename(setting))
+
+
 class ScriptEvents:
     def __init__(self, event_dir: str, env: dict[str, str], debug_script: str | None,
                  tunables: Tunables) -> None:
