@@ -27,7 +27,7 @@ import time
 from datetime import datetime
 
 from .config import (
-    ConfigError, DaemonConfig, check_ctdb_conf_paths, find_my_node, load_config,
+    ConfigError, DaemonConfig, check_ctdb_conf_paths, debug_level_name, find_my_node, load_config,
     parse_debug_level, parse_log_location,
 )
 from .config.ctdbconf import LogLocation
@@ -225,8 +225,21 @@ def daemonise() -> int:
     return write_fd
 
 
+def name_process(name: str = "ctdbd") -> None:
+    """Give the process ctdbd's name (/proc/PID/comm), so tools that look for the daemon by
+    name (`pgrep -x ctdbd`, `ps -C ctdbd`, `killall ctdbd`, `ctdb_diagnostics`) find it; its
+    command line still says pyctdbd. What systemd, Debian's init script and CTDB's helpers rely
+    on is the pid file and `ctdb getpid`, which match ctdbd's already."""
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as comm:
+            comm.write(name)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    name_process()
     try:
         config, location, level = load(args)
         my_address = find_my_address(config, args.node_address)
@@ -269,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if config.conf.realtime_scheduling and not args.no_realtime:
             set_realtime(log)
-        code = asyncio.run(_run(config, my_pnn, socket_path, eventd_socket, args, handler, report))
+        script_env = {"CTDB_BASE": config.paths.base_dir, "CTDB_SOCKET": socket_path,
+                      # What ctdbd puts in its environment for event and debug scripts.
+                      "CTDB_LOGGING": args.logging or config.conf.log_location,
+                      "CTDB_DEBUGLEVEL": debug_level_name(level)}
+        code = asyncio.run(_run(config, my_pnn, socket_path, eventd_socket, script_env, args, handler,
+                                report))
     except Exception as exc:
         log.exception("pyctdbd failed: %s", exc)
         report(f"x{PROGRAM}: {exc}\n")
@@ -280,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str,
+async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str, env: dict[str, str],
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
     log = logging.getLogger("ctdblab.daemon")
     fake = args.fake_ip_effects or os.environ.get("PYCTDBD_FAKE_IP_EFFECTS") == "1"
@@ -295,7 +313,6 @@ async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socke
                 effects = RecordingEffects()
             else:
                 raise RuntimeError(f"cannot open the sockets failover needs (root?): {exc}") from exc
-    env = {"CTDB_BASE": config.paths.base_dir, "CTDB_SOCKET": socket_path}
     options = DaemonOptions(config=config, my_pnn=my_pnn, socket_path=socket_path, effects=effects,
                             event_dir=config.paths.event_scripts_dir, eventd_socket=eventd_socket,
                             port=args.port, script_env=env)

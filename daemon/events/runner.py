@@ -200,6 +200,14 @@ class _OutputCollector:
         self.close()
         return self.text()
 
+    def snapshot(self) -> str:
+        """What the script wrote so far, leaving the pipe open and read: a timed-out script
+        must not die of SIGPIPE on its next write (its shell reports a killed child on stderr)
+        before its SIGTERM trap runs, as it would if the pipe were closed; ctdb-eventd keeps
+        reading too."""
+        self._read_available()
+        return self.text()
+
     def text(self) -> str:
         return self._data.decode("utf-8", errors="replace").replace("\0", "")
 
@@ -440,10 +448,9 @@ class EventRunner:
             _killpg(proc.pid, signal.SIGKILL)   # as CTDB's proc_destructor
             collector.close()
             return None
-        output = collector.finish()
-        script = finished(-errno.ETIMEDOUT, output)
+        script = finished(-errno.ETIMEDOUT, collector.snapshot())
         self._log_output(script)
-        self._keep(loop.create_task(self._stop_timed_out(proc.pid, request.event)))
+        self._keep(loop.create_task(self._stop_timed_out(proc.pid, request.event, collector)))
         return script
 
     def _log_output(self, script: ScriptResult) -> None:
@@ -451,8 +458,9 @@ class EventRunner:
         for line in script.output.splitlines():
             log.log(level, "%s: %s", script.name, line)
 
-    async def _stop_timed_out(self, pgid: int, event: str) -> None:
-        """Debug script (if any), then SIGTERM the group, then SIGKILL after the grace."""
+    async def _stop_timed_out(self, pgid: int, event: str, output: _OutputCollector) -> None:
+        """Debug script (if any), then SIGTERM the group, then SIGKILL after the grace; the
+        group's output pipe is drained until then."""
         self._live_groups.add(pgid)
         try:
             if self.debug_script is not None:
@@ -462,6 +470,7 @@ class EventRunner:
                 _killpg(pgid, signal.SIGKILL)
         finally:
             self._live_groups.discard(pgid)
+            output.close()
 
     async def _run_debug_script(self, pid: int, event: str) -> None:
         try:

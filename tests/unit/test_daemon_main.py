@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,17 @@ def test_daemonises_writes_pid_file_and_stops_cleanly(tmp_path):
         # ctdbd 4.17's file log: RFC 3339 stamp, host, program[pid].
         assert re.search(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{6}}[+-]\d\d:\d\d \S+ "
                          rf"pyctdbd\[{pid}\]: ", log, re.M)
+        # Recognised as ctdbd is (reference/ctdbd-gaps-spec.md §5, measured on ctdbd 4.17): the
+        # pid file holds "<pid>\n", `ctdb getpid` answers that pid, and the process is named
+        # ctdbd for pgrep -x / ps -C / killall; its command line still names pyctdbd.
+        assert pidfile.read_text() == f"{pid}\n"
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "ctdbd"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        assert "pyctdbd" in cmdline or "ctdblab.daemon.main" in cmdline
+        assert str(pid) in subprocess.run(["pgrep", "-x", "ctdbd"], capture_output=True, text=True).stdout.split()
+        getpid = subprocess.run(["ctdb", "getpid"], capture_output=True, text=True, timeout=30,
+                                env=dict(os.environ, CTDB_SOCKET=str(tmp_path / "run" / "ctdbd.socket")))
+        assert getpid.stdout.strip() == str(pid), getpid
     finally:
         os.kill(pid, signal.SIGTERM)
     for _ in range(100):

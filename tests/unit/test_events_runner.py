@@ -483,3 +483,36 @@ def test_format_status_matches_ctdb_event_layout(sdir: Path) -> None:
     assert format_status(None, "takeip") == "Event takeip has never run in legacy\n"
     canned = EventResult("monitor", (), -1, (), 0.0, 0.0)
     assert format_status(canned, "monitor") == ""
+
+
+def test_a_timed_out_script_gets_its_debug_script_then_a_sigterm_it_can_trap(sdir: Path, tmp_path: Path) -> None:
+    """As ctdb-eventd 4.17 (docs/ctdbd-gaps-spec.md §3.2): the debug script gets (path, pid,
+    event) while the hung script still runs, and the hung script's SIGTERM comes after it; the
+    output pipe stays open, so the hung shell's report of its killed child on stderr does not
+    kill it with SIGPIPE before its trap runs."""
+    marks = tmp_path / "marks"
+    script(sdir, "10.hang.script",
+           f'echo "start $$" >> {marks}\n'
+           f"trap 'echo TERM >> {marks}; exit 0' TERM\n"
+           "echo hanging\nwhile :; do sleep 0.05; done\n")
+    debug = tmp_path / "debug.sh"
+    debug.write_text(f'#!/bin/sh\necho "debug $# $1 $2" >> {marks}\nsleep 0.3\necho "debug done" >> {marks}\n'
+                     "echo from the debug script\n")
+    debug.chmod(0o755)
+
+    async def scenario() -> str:
+        runner = EventRunner(sdir, debug_script=debug)
+        result = await runner.run("monitor", timeout=0.5)
+        assert result.timed_out
+        text = ""
+        for _ in range(200):
+            text = marks.read_text()
+            if "TERM" in text:
+                break
+            await asyncio.sleep(0.02)
+        await runner.close()
+        return text
+
+    lines = run(scenario()).splitlines()
+    pid = lines[0].split()[1]
+    assert lines == [f"start {pid}", f"debug 2 {pid} monitor", "debug done", "TERM"]
