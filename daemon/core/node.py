@@ -27,7 +27,8 @@ import logging
 from dataclasses import dataclass, field
 
 from ..protocol.constants import (
-    BROADCAST_CONNECTED, CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, UNKNOWN_PNN, NodeFlag, Runstate,
+    BROADCAST_CONNECTED, CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN,
+    NodeFlag, Runstate,
 )
 from .election import (
     BroadcastElection, BroadcastLeader, Election, ElectionMessage, ElectionSettings,
@@ -51,6 +52,8 @@ class NodeSettings:
     detector: DetectorSettings
     election: ElectionSettings
     drop_all_ips_after: float = 120.0     # s without any leader (CTDB's RecoveryDropAllIPs)
+    allow_mixed_versions: bool = False    # CTDB's AllowMixedVersions
+    keepalive_version: int = KEEPALIVE_VERSION_4_17   # what this node sends, (major << 16) | minor
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -84,6 +87,16 @@ class Heartbeats:
     """Fast-channel heartbeats read from the socket: (pnn, arrival time) pairs."""
 
     arrivals: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class PeerKeepalive:
+    """CTDB's REQ_KEEPALIVE from `pnn`: its software version and uptime (version None: the
+    header-only form of CTDB before 4.x carried neither)."""
+
+    pnn: int
+    version: int | None
+    uptime: int
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,7 @@ class NewSettings:
     settings: NodeSettings
 
 
-Event = (Start | PeerConnected | PeerDisconnected | Traffic | Heartbeats | HeartbeatMessage | DeathReport
+Event = (Start | PeerConnected | PeerDisconnected | Traffic | PeerKeepalive | Heartbeats | HeartbeatMessage | DeathReport
          | PeerState | PeerFlags | LeaderAnnounced | ElectionVote | LockAnswer | LockLost | Tick
          | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
 
@@ -258,6 +271,13 @@ class OwnFlagsChanged:
 
 
 @dataclass(frozen=True)
+class Shutdown:
+    """This node must stop (a peer runs another CTDB version and has been up longer)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Log:
     level: int
     text: str
@@ -266,7 +286,7 @@ class Log:
 Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
           | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
-          | OwnFlagsChanged | Log)
+          | OwnFlagsChanged | Shutdown | Log)
 
 _ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
           "continue": NodeMap.cont}
@@ -382,6 +402,28 @@ class NodeCore:
     def _traffic(self, ev: Traffic, now: float) -> list[Action]:
         self.detector.traffic(ev.pnn, now)
         return []
+
+    def _peer_keepalive(self, ev: PeerKeepalive, now: float) -> list[Action]:
+        """ctdbd's version rule (ctdb_keepalive.c): of two nodes running different versions,
+        the one that has been up for less time shuts itself down (at equal uptimes, the lower
+        version), so a node that joins with another build leaves again; AllowMixedVersions
+        turns the check off. Traffic counts either way."""
+        self.detector.traffic(ev.pnn, now)
+        if self.settings.allow_mixed_versions:
+            return []
+        mine = self.settings.keepalive_version
+        if ev.version is None:
+            text = f"Keepalive version missing from node {ev.pnn}"
+        elif ev.version == mine:
+            return []
+        else:
+            my_uptime = int(now - self.wall_offset - self.start_wall)
+            if ev.uptime < my_uptime or (ev.uptime == my_uptime and ev.version < mine):
+                return []          # the peer is the newcomer: it will shut itself down
+            text = f"Keepalive version mismatch 0x{mine:08x} != 0x{ev.version:08x} from node {ev.pnn}"
+        return [Log(logging.ERROR, text),
+                Log(logging.ERROR, "CTDB Cluster with mixed versions, cannot continue"),
+                Shutdown("a peer runs another CTDB version")]
 
     def _heartbeats(self, ev: Heartbeats, now: float) -> list[Action]:
         for pnn, arrival in ev.arrivals:
@@ -572,7 +614,7 @@ class NodeCore:
 
 _HANDLERS = {
     Start: NodeCore._start, PeerConnected: NodeCore._peer_connected, PeerDisconnected: NodeCore._peer_disconnected,
-    Traffic: NodeCore._traffic, Heartbeats: NodeCore._heartbeats,
+    Traffic: NodeCore._traffic, Heartbeats: NodeCore._heartbeats, PeerKeepalive: NodeCore._peer_keepalive,
     HeartbeatMessage: NodeCore._heartbeat_message, DeathReport: NodeCore._death_report,
     PeerState: NodeCore._peer_state, PeerFlags: NodeCore._peer_flags,
     LeaderAnnounced: NodeCore._leader_announced, ElectionVote: NodeCore._election_vote,

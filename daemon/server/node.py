@@ -20,7 +20,7 @@ from ..core.membership import DetectorSettings
 from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, LeaderWork,
     LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
-    ReportDeath, SendState, SetBan, SetRole, Tick,
+    ReportDeath, SendState, SetBan, SetRole, Shutdown, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
@@ -45,6 +45,7 @@ class NodeEvents(Protocol):
     def drop_all_ips(self, reason: str) -> None: ...
     def peer_joined(self, pnn: int) -> None: ...
     def own_flags_changed(self) -> None: ...
+    def request_shutdown(self, reason: str, code: int = 0) -> None: ...
 
 
 class NodeService:
@@ -231,6 +232,9 @@ class NodeService:
     def _own_flags_changed(self, action: OwnFlagsChanged) -> None:
         self.events.own_flags_changed()
 
+    def _shutdown(self, action: Shutdown) -> None:
+        self.events.request_shutdown(action.reason)
+
     _ACTIONS: dict[type, Callable] = {
         Log: _log, SendHeartbeat: _send_heartbeat, SendWatch: _send_watch,
         SendKeepalive: _send_keepalive, DropPeer: _drop_peer, ReportDeath: _report_death,
@@ -238,7 +242,7 @@ class NodeService:
         SendLeader: _send_leader, BroadcastElection: _broadcast_election, TakeLock: _take_lock,
         ReleaseLock: _release_lock, LeaderChanged: _leader_changed, LeaderWork: _leader_work,
         EnterRecoveryMode: _enter_recovery_mode, DropAllIPs: _drop_all_ips,
-        PeerJoined: _peer_joined, OwnFlagsChanged: _own_flags_changed,
+        PeerJoined: _peer_joined, OwnFlagsChanged: _own_flags_changed, Shutdown: _shutdown,
     }
 
     # -- the cluster lock ------------------------------------------------------------------------
@@ -287,4 +291,5 @@ def node_settings(tunables: Tunables, conf: CtdbConf, *, lock_enabled: bool, wal
         election_timeout=election_ms / 1000.0,
         lock_retry=max(0.2, election_ms / 1000.0),
         startup_grace=max(0.5, 2 * heartbeat + 0.3))
-    return NodeSettings(detector, election, drop_all_ips_after=float(tunables.get("RecoveryDropAllIPs")))
+    return NodeSettings(detector, election, drop_all_ips_after=float(tunables.get("RecoveryDropAllIPs")),
+                        allow_mixed_versions=bool(tunables.get("AllowMixedVersions")))

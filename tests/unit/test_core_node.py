@@ -1,0 +1,170 @@
+"""NodeCore alone: what single events mean for one node (the cluster-level behaviour is in
+test_sim_cluster.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ctdblab.daemon.core.election import ElectionSettings, LeaderChanged
+from ctdblab.daemon.core.membership import DetectorSettings
+from ctdblab.daemon.core.node import (
+    Admin, DeathReport, DropAllIPs, DropPeer, EnterRecoveryMode, FailControls, LeaderWork, Log,
+    NodeCore, NodeSettings, OwnFlagsChanged, PeerConnected, PeerDisconnected, PeerKeepalive,
+    PeerState, SendState, SetBan, SetRunstate, Shutdown, Start, Tick,
+)
+from ctdblab.daemon.core.nodes import NodeMap
+from ctdblab.daemon.protocol.constants import (
+    BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN, NodeFlag, Runstate, keepalive_version,
+)
+
+START_WALL = 1_000_000.0
+
+
+def core(pnn: int = 0, n: int = 3, *, mixed: bool = False, lock: bool = True) -> NodeCore:
+    settings = NodeSettings(DetectorSettings(heartbeat_interval=0.1, dead_timeout=0.4),
+                            ElectionSettings(lock_enabled=lock), drop_all_ips_after=3.0,
+                            allow_mixed_versions=mixed)
+    c = NodeCore(pnn, NodeMap.from_addresses([f"198.18.0.{i + 1}" for i in range(n)], pnn), settings,
+                 now=0.0, wall_offset=-START_WALL, start_wall=START_WALL)
+    c.step(Start(), 0.0)
+    return c
+
+
+def kinds(actions) -> list[type]:
+    return [type(a) for a in actions]
+
+
+def texts(actions) -> list[str]:
+    return [a.text for a in actions if isinstance(a, Log)]
+
+
+def test_connect_and_disconnect_are_logged_in_ctdbs_words_and_fail_pending_controls():
+    c = core()
+    up = c.step(PeerConnected(1), 1.0)
+    assert "198.18.0.1:4379: connected to 198.18.0.2:4379 - 1 connected" in texts(up)
+    assert SendState(1) in up
+    down = c.step(PeerDisconnected(1, "connection reset"), 2.0)
+    assert "198.18.0.1:4379: node 198.18.0.2:4379 is dead: 0 connected (connection reset)" in texts(down)
+    assert FailControls(1) in down
+    assert c.nodemap.nodes[1].flags & NodeFlag.DISCONNECTED
+    # The transport's own "down" after the core dropped a peer changes nothing.
+    assert c.step(PeerDisconnected(1, "again"), 2.1) == []
+
+
+def test_a_silent_watched_peer_is_declared_dead_dropped_and_reported():
+    c = core()
+    c.step(PeerConnected(1), 0.0)
+    from ctdblab.daemon.core.node import HeartbeatMessage, Heartbeats
+    c.step(HeartbeatMessage(1, 1), 0.0)           # node 1 asks us to watch it
+    c.step(Heartbeats(((1, 0.05),)), 0.05)        # one heartbeat starts its clock
+    actions = []
+    t = 0.1
+    while t < 1.0 and not any(isinstance(a, DropPeer) for a in actions):
+        actions += c.step(Tick(), t)
+        t += 0.05
+    assert any(isinstance(a, DropPeer) and a.pnn == 1 for a in actions)
+    assert any("dead count reached for node 1" in x for x in texts(actions))
+    assert not c.nodemap.nodes[1].connected
+
+
+def test_a_death_report_is_believed_only_without_recent_traffic():
+    c = core()
+    c.step(PeerConnected(1), 0.0)
+    c.step(PeerConnected(2), 0.0)
+    from ctdblab.daemon.core.node import Traffic
+    c.step(Traffic(1), 1.0)
+    kept = c.step(DeathReport(1, 2), 1.1)          # heard from node 1 100 ms ago
+    assert DropPeer not in kinds(kept) and c.nodemap.nodes[1].connected
+    believed = c.step(DeathReport(1, 2), 1.5)      # 500 ms of silence
+    assert DropPeer in kinds(believed) and not c.nodemap.nodes[1].connected
+    assert c.step(DeathReport(0, 2), 1.6)[0].text.startswith("Node 2 declared this node dead")
+
+
+def test_becoming_inactive_enters_recovery_mode_and_drops_ips():
+    c = core()
+    actions = c.step(SetBan(60), 1.0)
+    assert texts(actions)[0] == "Banning this node for 60 seconds"
+    assert EnterRecoveryMode() in actions and DropAllIPs("node became inactive") in actions
+    assert SendState(BROADCAST_CONNECTED) in actions and OwnFlagsChanged in kinds(actions)
+    # The ban runs out on the core's own clock.
+    assert c.next_deadline() <= 61.0
+    expired = c.step(Tick(), 61.0)
+    assert "Banning timed out" in texts(expired)
+    assert not c.nodemap.me.flags & NodeFlag.BANNED
+
+
+def test_the_leader_is_asked_to_act_on_flag_changes_only_while_leading():
+    c = core(lock=False)
+    c.step(PeerConnected(1), 0.0)
+    assert LeaderWork not in kinds(c.step(PeerState(1, 1, NodeFlag.PERMANENTLY_DISABLED, Runstate.RUNNING, 0), 0.1))
+    c.election.leader = 0                          # as if elected
+    work = c.step(PeerState(1, 1, 0, Runstate.RUNNING, 0), 0.2)
+    assert LeaderWork(False, True, "node 1 flags 0x4 (DISABLED) -> 0x0 (OK)") in work
+    assert c.step(PeerState(2, 1, 0, 0, 0), 0.3) == [Log(logging.WARNING, "Node 2 sent the state of node 1: ignored")]
+
+
+def test_admin_commands_change_own_flags_with_ctdbs_log_lines():
+    c = core()
+    assert texts(c.step(Admin("disable"), 0.0))[0] == "Disable node"
+    assert c.nodemap.me.flags & NodeFlag.PERMANENTLY_DISABLED
+    assert texts(c.step(Admin("enable"), 0.1))[0] == "Enable node"
+    with pytest.raises(ValueError):
+        c.step(Admin("explode"), 0.2)
+
+
+def test_runstates_are_logged_and_running_is_announced():
+    c = core()
+    assert texts(c.step(SetRunstate(Runstate.STARTUP), 0.0)) == ["Set runstate to STARTUP (4)"]
+    running = c.step(SetRunstate(Runstate.RUNNING), 0.1)
+    assert texts(running) == ["Set runstate to RUNNING (5)"] and SendState(BROADCAST_CONNECTED) in running
+    assert c.step(SetRunstate(Runstate.RUNNING), 0.2) == []
+
+
+def test_no_leader_for_drop_all_ips_after_seconds_drops_the_ips():
+    from ctdblab.daemon.core.node import LeaderAnnounced
+    c = core()
+    c.step(PeerConnected(1), 0.0)
+    c.step(LeaderAnnounced(1, 1), 0.1)
+    assert c.leader == 1
+    lost = c.step(PeerDisconnected(1, "connection reset"), 1.0)
+    assert LeaderChanged(1, UNKNOWN_PNN, "leader node 1 is dead") in lost
+    # The lock attempt of the election never answers: nobody leads for 3 s.
+    actions = []
+    for t in (2.0, 3.0, 3.9):
+        actions += c.step(Tick(), t)
+    assert DropAllIPs("no leader") not in actions
+    actions = c.step(Tick(), 4.05)
+    assert DropAllIPs("no leader") in actions
+
+
+# -- CTDB's keepalive version rule (docs/ctdbd-gaps-spec.md §4.1, measured on ctdbd 4.17) ------
+NEWER = keepalive_version(4, 18)
+
+
+def test_a_peer_of_another_version_that_has_been_up_longer_shuts_this_node_down():
+    c = core()
+    my_uptime = 10                                 # seconds since START_WALL at now=10
+    actions = c.step(PeerKeepalive(2, NEWER, my_uptime + 600), 10.0)
+    assert texts(actions) == ["Keepalive version mismatch 0x00040011 != 0x00040012 from node 2",
+                              "CTDB Cluster with mixed versions, cannot continue"]
+    assert Shutdown in kinds(actions)
+
+
+def test_a_younger_peer_of_another_version_is_ignored_it_leaves_itself():
+    c = core()
+    assert c.step(PeerKeepalive(2, NEWER, 0), 10.0) == []
+    # Equal uptimes: the lower version leaves.
+    assert c.step(PeerKeepalive(2, keepalive_version(4, 16), 10), 10.0) == []
+    assert Shutdown in kinds(c.step(PeerKeepalive(2, NEWER, 10), 10.0))
+
+
+def test_a_header_only_keepalive_is_a_missing_version():
+    actions = core().step(PeerKeepalive(1, None, 0), 5.0)
+    assert texts(actions)[0] == "Keepalive version missing from node 1" and Shutdown in kinds(actions)
+
+
+def test_allow_mixed_versions_turns_the_check_off_and_the_same_version_passes():
+    assert core(mixed=True).step(PeerKeepalive(2, NEWER, 10_000), 10.0) == []
+    assert core().step(PeerKeepalive(2, KEEPALIVE_VERSION_4_17, 10_000), 10.0) == []
