@@ -61,7 +61,8 @@ class RealCluster(NetnsCluster):
     def ctdb(self, pnn: int, *args: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, CTDB_TEST_MODE="1", CTDB_BASE=str(self.node_dir(pnn)),
                    CTDB_SOCKET=self.socket(pnn))
-        return subprocess.run(["ctdb", *args], capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(["ctdb", *args], capture_output=True, text=True, env=env, timeout=60,
+                              start_new_session=True)
 
     def stop(self) -> None:
         for pnn in range(self.n):
@@ -98,6 +99,64 @@ def normalise(text: str) -> str:
     return text
 
 
+TALLOC_HEADER = re.compile(r"full talloc report on '[^']*' \(total +\d+ bytes in +\d+ blocks\)")
+TALLOC_LINE = re.compile(r" +(\S.* contains +\d+ bytes in +\d+ blocks \(ref \d+\).*|reference to: .*)")
+
+
+def talloc_shape(text: str) -> str:
+    """A memory dump's contents differ by nature; its shape (a talloc report) must not."""
+    lines = text.splitlines()
+    if not lines or not TALLOC_HEADER.fullmatch(lines[0]):
+        return text
+    bad = [line for line in lines[1:] if not TALLOC_LINE.fullmatch(line)]
+    return f"<talloc report, {'every line well-formed' if not bad else f'bad lines: {bad[:3]}'}>\n"
+
+
+HANG_SCRIPT = """#!/bin/sh
+# Hangs in "monitor" while $CTDB_BASE/hang exists; notes its pid and the SIGTERM it gets.
+[ "$1" = monitor ] && [ -e "$CTDB_BASE/hang" ] || exit 0
+echo "hang script output before hanging"
+trap 'echo TERM >> "$CTDB_BASE/hang.log"; exit 0' TERM
+echo "start $$" >> "$CTDB_BASE/hang.log"
+while :; do sleep 0.1; done
+"""
+
+DEBUG_SCRIPT = """#!/bin/sh
+# [event] debug script: notes how it was called, then takes a moment, as a real one would.
+echo "argc=$# arg0=$(basename "$0") pid=$1 event=$2 base=${CTDB_BASE:+set}" > "$CTDB_BASE/debug.log"
+sleep 1
+echo "debug done" >> "$CTDB_BASE/debug.log"
+echo "debug stdout line"
+"""
+
+
+def install_hang_and_debug_scripts(c: NetnsCluster) -> None:
+    for pnn in range(c.n):
+        d = c.node_dir(pnn)
+        for path, text in ((d / "events" / "legacy" / "99.hang.script", HANG_SCRIPT),
+                           (d / "debug.sh", DEBUG_SCRIPT)):
+            path.write_text(text)
+            path.chmod(0o755)
+        with open(d / "ctdb.conf", "a") as conf:
+            conf.write("[event]\n  debug script = debug.sh\n")
+
+
+def debug_script_story(c: NetnsCluster, pnn: int) -> str:
+    """What the debug script saw and what happened to the hung script, with the pid replaced by
+    what it must be (the hung script's)."""
+    d = c.node_dir(pnn)
+    hang = (d / "hang.log").read_text().split()
+    debug = (d / "debug.log").read_text()
+    hung_pid = hang[1] if len(hang) > 1 and hang[0] == "start" else "?"
+    debug = debug.replace(f"pid={hung_pid} ", "pid=<the hung script> ")
+    logged = [l.split("event_debug: ", 1)[1] for l in c.log(pnn).read_text().splitlines()
+              if "event_debug: " in l]
+    # Later monitor runs may start (and hang) again before the first one's SIGTERM: only
+    # whether a hung script got its SIGTERM after the debug script is compared.
+    term = "the hung script got SIGTERM" if "TERM" in hang else "no SIGTERM"
+    return f"{debug}{term}\nlogged: {logged}\n"
+
+
 def run_both(real: RealCluster, ours: NetnsCluster, pnn: int, args: list[str],
              report: list[tuple[str, bool]]) -> None:
     a = real.ctdb(pnn, *args)
@@ -105,6 +164,8 @@ def run_both(real: RealCluster, ours: NetnsCluster, pnn: int, args: list[str],
     if args == ["getpid"]:                  # a pid is a pid: only its form is compared
         a.stdout = re.sub(r"^\d+$", "<pid>", a.stdout, flags=re.M)
         b.stdout = re.sub(r"^\d+$", "<pid>", b.stdout, flags=re.M)
+    if args[-1] in ("dumpmemory", "rddumpmemory"):
+        a.stdout, b.stdout = talloc_shape(a.stdout), talloc_shape(b.stdout)
     ra = f"rc={a.returncode}\n{normalise(a.stdout)}{normalise(a.stderr)}"
     rb = f"rc={b.returncode}\n{normalise(b.stdout)}{normalise(b.stderr)}"
     label = f"node {pnn}: ctdb {' '.join(args)}"
@@ -116,6 +177,21 @@ def run_both(real: RealCluster, ours: NetnsCluster, pnn: int, args: list[str],
     else:
         print("".join(difflib.unified_diff(ra.splitlines(True), rb.splitlines(True),
                                            "real ctdbd", "pyctdbd")))
+
+
+def run_both_at_once(real: RealCluster, ours: NetnsCluster, pnn: int, args: list[str],
+                     report: list[tuple[str, bool]]) -> None:
+    """run_both for a command that takes long by design (the tool's retries), in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda c: c.ctdb(pnn, *args), (real, ours))
+    ra = f"rc={a.returncode}\n{normalise(a.stdout)}{normalise(a.stderr)}"
+    rb = f"rc={b.returncode}\n{normalise(b.stdout)}{normalise(b.stderr)}"
+    label = f"node {pnn}: ctdb {' '.join(args)}"
+    report.append((label, ra == rb))
+    print(f"=== {label}: {'SAME' if ra == rb else 'DIFFERENT'}")
+    print(ra.rstrip() if ra == rb else "".join(difflib.unified_diff(
+        ra.splitlines(True), rb.splitlines(True), "real ctdbd", "pyctdbd")))
 
 
 def settle(c: NetnsCluster, check, timeout=30.0) -> None:
@@ -138,6 +214,7 @@ def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
             for c in (real, ours):
                 c.build_network()
                 c.configure()
+                install_hang_and_debug_scripts(c)
                 c.start_node(0)
             time.sleep(2)
             for c in (real, ours):
@@ -181,6 +258,28 @@ def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
                 settle(c, c.healthy, 60)
             run_both(real, ours, 0, ["status"], report)
             run_both(real, ours, 0, ["ip", "all"], report)
+            # Memory dumps: the daemon's (DUMP_MEMORY) and the recovery daemon's (a MEM_DUMP
+            # message answered on the tool's own srvid).
+            run_both(real, ours, 0, ["dumpmemory"], report)
+            run_both(real, ours, 0, ["-T", "10", "rddumpmemory"], report)
+            run_both(real, ours, 1, ["-n", "2", "-T", "10", "rddumpmemory"], report)
+            # addip / delip: runtime changes; the tool asks the leader to rebalance onto the node.
+            extra = f"198.19.{subnet}.50"
+            run_both(real, ours, 0, ["addip", f"{extra}/24", "eth0"], report)
+            for c in (real, ours):
+                settle(c, lambda c=c: c.ips(0).get(extra) == 0)
+            run_both(real, ours, 0, ["ip", "all"], report)
+            run_both(real, ours, 0, ["addip", f"{extra}/24", "eth0"], report)
+            run_both(real, ours, 0, ["addip", f"198.19.{subnet}.51", "eth0"], report)
+            run_both_at_once(real, ours, 0, ["addip", f"198.19.{subnet}.52/24", "nosuchif0"], report)
+            run_both(real, ours, 0, ["delip", f"198.19.{subnet}.77"], report)
+            run_both(real, ours, 0, ["delip", f"{extra}/24"], report)
+            run_both(real, ours, 0, ["delip", extra], report)
+            run_both(real, ours, 0, ["ip", "all"], report)          # hosted until the next run
+            run_both(real, ours, 0, ["ipreallocate"], report)
+            for c in (real, ours):
+                settle(c, lambda c=c: extra not in c.ips(0))
+            run_both(real, ours, 0, ["ip", "all"], report)
             owner = real.ips(0)[real.public[0]]
             target = (owner + 1) % 3
             for c in (real, ours):
@@ -197,6 +296,23 @@ def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
             run_both(real, ours, 0, ["getvar", "MonitorInterval"], report)
             run_both(real, ours, 0, ["deltickle", "198.19.77.200:40000", f"{real.public[0]}:445"], report)
             run_both(real, ours, 0, ["gettickles", real.public[0]], report)
+            # [event] debug script: a monitor script on node 2 hangs past EventScriptTimeout.
+            for c in (real, ours):
+                c.ctdb(2, "setvar", "EventScriptTimeout", "3")
+                (c.node_dir(2) / "hang").touch()
+            for c in (real, ours):
+                c.wait_for("the debug script and the hung script's SIGTERM",
+                           lambda c=c: "TERM" in (c.node_dir(2) / "hang.log").read_text()
+                           and "event_debug: debug stdout line" in c.log(2).read_text(), timeout=30)
+                (c.node_dir(2) / "hang").unlink()
+            stories = [debug_script_story(c, 2) for c in (real, ours)]
+            same = stories[0] == stories[1]
+            report.append(("[event] debug script on a hung monitor event", same))
+            print(f"=== [event] debug script: {'SAME' if same else 'DIFFERENT'}\n" + (
+                stories[0] if same else "".join(difflib.unified_diff(
+                    stories[0].splitlines(True), stories[1].splitlines(True), "real ctdbd", "pyctdbd"))))
+            for c in (real, ours):
+                c.ctdb(2, "setvar", "EventScriptTimeout", "30")
             for c in (real, ours):
                 r = c.ctdb(2, "shutdown")
                 print(f"--- {type(c).__name__}: ctdb shutdown on node 2 -> rc={r.returncode}")

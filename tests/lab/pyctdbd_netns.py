@@ -139,7 +139,9 @@ class NetnsCluster:
     # -- queries ----------------------------------------------------------------------------------
     def ctdb(self, pnn: int, *args: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, CTDB_SOCKET=self.socket(pnn), CTDB_BASE=str(self.node_dir(pnn)))
-        return subprocess.run(["ctdb", *args], capture_output=True, text=True, env=env, timeout=30)
+        # Its own session: a tool that runs out of time SIGTERMs its whole process group.
+        return subprocess.run(["ctdb", *args], capture_output=True, text=True, env=env, timeout=30,
+                              start_new_session=True)
 
     def ips(self, pnn: int) -> dict[str, int]:
         out = self.ctdb(pnn, "ip", "all").stdout
