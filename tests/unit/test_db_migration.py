@@ -211,7 +211,8 @@ class Sim:
                     raise Violation(f"node {p}: record landed with rsn {a.header.rsn}, cluster has {top}")
                 self.landings.append((self.now, p, a.key, a.header.rsn))
             elif a.header.rsn <= prev[0].rsn:
-                raise Violation(f"node {p}: dmaster store without rsn increase ({prev[0].rsn} -> {a.header.rsn})")
+                raise Violation(f"node {p}: dmaster store without rsn increase "
+                                f"({prev[0].rsn} -> {a.header.rsn})")
             others = [n.pnn for n in self.nodes
                       if n.pnn != p and a.key in n.tdb and n.tdb[a.key][0].dmaster == n.pnn]
             if others:
@@ -729,13 +730,18 @@ def test_collapse_timeout_resends_the_call_and_releases_held_calls():
     held = PeerPacket(2, 40, 5, ReqCall(MIGRATE, DB, NULL, 0, key))
     core.step(held, None, 1.0)
     assert core.step(Tick(), None, 29.0) == []
-    actions = core.step(Tick(), None, 30.5)
-    events = [a.event for a in actions if isinstance(a, Requeue)]
-    assert events[0] == held and events[1].key == key
-    resend = core.step(events[1], None, 30.5)
+    (requeue,) = core.step(Tick(), None, 30.5)
+    assert requeue.event.key == key
+    assert core.step(Tick(), None, 31.0) == []              # not again before the next timeout
+    resend = core.step(requeue.event, None, 30.5)
     (again,) = [a for a in resend if isinstance(a, SendPacket)]
     assert again.reqid != send.reqid and again.dest == 1 and again.body.hopcount == 1
     assert core.stats.reissued_calls == 1
+    assert core.in_flight(DB, key).deferred_calls == 1       # the held call waits on
+    # The record lands for the re-sent call: the client is answered, the held call let in.
+    landed = core.step(PeerPacket(1, again.reqid, 5, ReplyDmaster(DB, 8, key, b"v", 0)), None, 31.0)
+    assert ReplyToClient("c", 1, ReplyCall(0, b"")) in landed
+    assert Requeue(held, core.settings.local_grace) in landed
 
 
 def test_client_gone_and_detach():

@@ -13,11 +13,13 @@ Facts (Samba 4.17 ``ctdb/common/ctdb_ltdb.c``, ``ctdb/common/common.c``,
   this node the dmaster (it is the lmaster) it also *stores* the initial header, which goes through
   the store rules below (so the lmaster ends up holding an empty record with rsn 1);
 - ``ctdb_ltdb_store_server`` keeps the record if it has data, carries read-only flags, belongs to a
-  persistent database, is AUTOMATIC, was MIGRATED_WITH_DATA, or this node is the lmaster (unless the
-  record came back by a vacuum migration for another dmaster... see ``store``) or its dmaster;
-  otherwise it *deletes* it. A kept record of a non-persistent database whose dmaster is this node
-  and that has no read-only flags gets ``rsn + 1``; an empty one of those is scheduled for deletion
-  (vacuuming). The flags VACUUM_MIGRATED and AUTOMATIC never reach the file;
+  persistent database, is AUTOMATIC, was MIGRATED_WITH_DATA, or this node is its lmaster (an empty
+  record that came back to its lmaster by VACUUM_MIGRATION is also queued for deletion) or its
+  dmaster; otherwise it *deletes* it: an empty, never-migrated-with-data record given away by a
+  node that is not its lmaster is gone from that node. A kept record of a non-persistent
+  database whose dmaster is this node and that has no read-only flags gets ``rsn + 1``; an empty
+  one of those is scheduled for deletion (vacuuming). The flags VACUUM_MIGRATED and AUTOMATIC
+  never reach the file;
 - the call functions: NULL_FUNC replies nothing, FETCH_FUNC replies the data, FETCH_WITH_HEADER
   replies the 24-byte header (as it was *before* the call's own store) followed by the data;
   ``ctdb_call_local`` then stores the record through the rules above (another ``rsn + 1`` on the
