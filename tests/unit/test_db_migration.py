@@ -73,7 +73,7 @@ class Node:
 
 class Sim:
     def __init__(self, n: int, *, seed: int = 1, delay: float = 0.0005, jitter: float = 0.0005,
-                 generation: int = 7, grace: float = 0.002, attach=None) -> None:
+                 generation: int = 7, grace: float | None = None, attach=None) -> None:
         self.n = n
         self.now = 0.0
         self.rng = random.Random(seed)
@@ -81,7 +81,8 @@ class Sim:
         self.heap: list = []
         self.seq = itertools.count()
         self.vnnmap = VnnMap(generation, list(range(n)))
-        settings = [MigrationSettings(pnn=p, local_grace=grace) for p in range(n)]
+        settings = [MigrationSettings(pnn=p) if grace is None else MigrationSettings(pnn=p, local_grace=grace)
+                    for p in range(n)]
         self.nodes = [Node(p, MigrationCore(settings[p], self.vnnmap)) for p in range(n)]
         for node in self.nodes:
             if attach is None or node.pnn in attach:
@@ -344,14 +345,16 @@ def all_idle(sim: Sim) -> bool:
 # =============================================================================================
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_contending_fetch_lock_loops_converge_with_one_dmaster(seed):
-    n, per_node, ops = 4, 3, 8
+@pytest.mark.parametrize("per_node,think", [(3, 0.0003), (1, 0.0), (1, 0.003)])
+def test_contending_fetch_lock_loops_converge_with_one_dmaster(seed, per_node, think):
+    n, ops = 4, 8
     sim = Sim(n, seed=seed)
     key = b"share-mode:" + str(seed).encode()
-    clients = [FetchLockClient(sim, p, c, key, ops) for p in range(n) for c in range(per_node)]
+    clients = [FetchLockClient(sim, p, c, key, ops, think=think)
+               for p in range(n) for c in range(per_node)]
     for i, c in enumerate(clients):
         c.start(sim.rng.uniform(0, 0.002))
-    sim.run(until=30.0)
+    sim.run(until=1.0)            # it takes a few simulated milliseconds
     assert all(c.done == ops for c in clients), [(c.token, c.done) for c in clients]
     assert not any(c.errors for c in clients)
     assert all_idle(sim) and not sim.heap
@@ -486,6 +489,25 @@ def test_the_lmaster_routes_calls_even_while_it_waits_for_the_record_itself():
     assert sim.nodes[L].core.stats.deferred_calls == 0
 
 
+def test_a_record_landing_for_local_clients_is_pinned_for_the_local_grace():
+    core = MigrationCore(MigrationSettings(pnn=0), VnnMap(5, [0, 1, 2]))
+    core.step(DbAttached(DB, "locking.tdb"))
+    grace = core.settings.local_grace
+    assert grace > 0
+    key = key_with_lmaster(1, 3)
+    (send,) = [a for a in core.step(LocalCall("c", 1, DB, key, NULL, MIGRATE), None, 0.0)
+               if isinstance(a, SendPacket)]
+    landed = core.step(PeerPacket(1, send.reqid, 5, ReplyDmaster(DB, 8, key, b"v", 0)), None, 1.0)
+    (store,) = [a for a in landed if isinstance(a, StoreRecord) and a.header.rsn == 10]
+    record = (store.header, store.data)
+    peer = PeerPacket(2, 31, 5, ReqCall(MIGRATE, DB, NULL, 0, key))
+    (wait,) = core.step(peer, record, 1.0 + grace / 2)
+    assert wait == Requeue(peer, pytest.approx(grace / 2))
+    given = core.step(peer, record, 1.0 + grace)
+    (req,) = [a for a in given if isinstance(a, SendPacket)]
+    assert isinstance(req.body, ReqDmaster) and req.body.dmaster == 2 and req.dest == 1
+
+
 def test_stale_dmaster_is_reached_through_redirects_via_the_lmaster():
     sim = Sim(4, seed=6, jitter=0.0)
     A, B, C, L = 0, 1, 2, 3
@@ -517,6 +539,12 @@ def test_redirect_at_the_lmaster_goes_to_the_dmaster_it_knows():
     (send,) = core.step(pkt, record, 0.0)
     assert isinstance(send, SendPacket)
     assert (send.dest, send.srcnode, send.reqid, send.body.hopcount) == (2, 0, 77, 4)
+    # ctdbd warns when hopcount % 100 > 95.
+    hot = core.step(replace(pkt, body=replace(pkt.body, hopcount=95)), record, 0.0)
+    (warning,) = [a for a in hot if isinstance(a, Log)]
+    assert warning.level == logging.WARNING and warning.text.startswith("High hopcount 96 ")
+    assert not any(isinstance(a, Log) for a in core.step(replace(pkt, body=replace(pkt.body, hopcount=99)),
+                                                          record, 0.0))
 
 
 # =============================================================================================
@@ -752,6 +780,19 @@ def test_client_gone_and_detach():
     core.step(LocalCall("c", 3, DB, key, NULL, MIGRATE), None, 0.0)
     core.step(ClientGone("b"))
     assert core.in_flight(DB, key).waiting_clients == 2 and core.stats.pending_calls == 2
+    other = key_with_lmaster(2, 3)
+    (send,) = [a for a in core.step(LocalCall("d", 5, DB, other, FETCH), None, 0.0)
+               if isinstance(a, SendPacket)]
+    core.step(LocalCall("e", 6, DB, other, FETCH), None, 0.0)
+    core.step(ClientGone("d"))                  # the client whose call went out
+    assert core.stats.pending_calls == 3
+    landed = core.step(PeerPacket(2, send.reqid, 5, ReplyDmaster(DB, 3, other, b"w", 0)), None, 0.5)
+    assert not any(isinstance(a, ReplyToClient) for a in landed)    # nobody to answer ...
+    (rerun,) = [a.event for a in landed if isinstance(a, Requeue)]  # ... but "e" runs again
+    assert rerun.client == "e" and rerun.requeued
+    assert StoreRecord(DB, other, LtdbHeader(rsn=4, dmaster=0, reserved1=0, flags=0), b"w") in landed
+    done = core.step(rerun, (LtdbHeader(rsn=4, dmaster=0, reserved1=0, flags=0), b"w"), 0.6)
+    assert ReplyToClient("e", 6, ReplyCall(0, b"w")) in done and core.stats.pending_calls == 2
     actions = core.step(DbDetached(DB))
     replies = [(a.client, type(a.body)) for a in actions if isinstance(a, ReplyToClient)]
     assert replies == [("a", ReplyError), ("c", ReplyError)]
