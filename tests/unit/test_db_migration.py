@@ -803,11 +803,18 @@ def test_client_gone_and_detach():
 def test_calls_wait_for_a_vnnmap():
     core = MigrationCore(MigrationSettings(pnn=0))
     core.step(DbAttached(DB, "locking.tdb"))
+    mine = (LtdbHeader(rsn=2, dmaster=0, reserved1=0, flags=0), b"m")
     assert core.step(LocalCall("a", 1, DB, b"k", FETCH), None, 0.0) == []
-    actions = core.step(VnnMapChanged(VnnMap(3, [0, 1])), None, 0.1)
-    (requeue,) = actions
-    sent = core.step(requeue.event, None, 0.1)
-    assert any(isinstance(a, (SendPacket, ReplyToClient)) for a in sent)
+    assert core.step(LocalCall("b", 2, DB, b"m", FETCH), mine, 0.0) == []
+    assert core.step(PeerPacket(1, 9, 1, ReqCall(0, DB, FETCH, 0, b"m")), mine, 0.0) == []
+    actions = core.step(VnnMapChanged(VnnMap(3, [1, 1])), None, 0.1)
+    reissue = {a.event.key: a.event for a in actions}
+    assert sorted(reissue) == [b"k", b"m"]
+    sent = core.step(reissue[b"k"], None, 0.1)
+    (send,) = [a for a in sent if isinstance(a, SendPacket)]
+    assert send.dest == 1 and send.body.hopcount == 1          # re-sent as ctdb_call_resend does
+    served = core.step(reissue[b"m"], mine, 0.1)
+    assert ReplyToClient("b", 2, ReplyCall(0, b"m")) in served
 
 
 def test_own_call_reaching_a_node_that_became_dmaster_completes_it_locally():

@@ -567,7 +567,9 @@ class MigrationCore:
                 SendPacket(pkt.srcnode, self.pnn, pkt.reqid, self.generation, error)]
 
     def _fetch(self, db: DbAttached, key: bytes, record: Record | None) -> Fetched | None:
-        if record is None and not self.lmasters:
+        """The record as ctdbd reads it; None without a vnnmap (no lmaster, nothing to decide:
+        calls wait for the first vnnmap, peers' packets cannot pass the generation check)."""
+        if not self.lmasters:
             return None
         return fetch(record, key, pnn=self.pnn, lmasters=self.lmasters, persistent=db.persistent)
 
