@@ -1,27 +1,83 @@
-"""Database controls. Clustered databases are the next milestone: until then the database map
-is empty and attaching is refused with a text that says so (smbd then runs non-clustered)."""
+"""Database controls without record traffic: attach and detach, the database map, a database's
+path, name and open flags, health, read-only/sticky flags and sequence numbers.
+
+As ctdbd 4.17: an attach answers a u32 db_id; GETDBPATH and GET_DBNAME a string; DB_OPEN_FLAGS an
+i32 (the file's libtdb flags, what smbd opens it with); DB_GET_HEALTH the unhealthy reason or
+nothing; an unknown db_id is -1.
+"""
 
 from __future__ import annotations
 
-from ..protocol import Control, DbMap
+from ..protocol import Control, ControlFlag, DbFlag, DbId, DbMap
 from ..server.context import ControlContext
 from ..server.dispatch import Request, Result
-from .registry import Handlers, reply_with
+from .registry import Handlers, reply_with, value_of
 
 HANDLERS = Handlers()
 handles = HANDLERS.handles
 
 
+@handles(Control.DB_ATTACH, Control.DB_ATTACH_PERSISTENT, Control.DB_ATTACH_REPLICATED)
+async def db_attach(ctx: ControlContext, req: Request) -> Result:
+    client_id = req.client_id if req.client is not None else None
+    return await ctx.databases.attach(value_of(req), req.opcode, client_id,
+                                      bool(req.flags & ControlFlag.ATTACH_RECOVERY))
+
+
+@handles(Control.DB_DETACH)
+async def db_detach(ctx: ControlContext, req: Request) -> Result:
+    client_id = req.client_id if req.client is not None else None
+    return await ctx.databases.detach(value_of(req), client_id)
+
+
 @handles(Control.GET_DBMAP)
 def get_dbmap(ctx: ControlContext, req: Request) -> Result:
-    return reply_with(req, DbMap([]))
+    return reply_with(req, DbMap([DbId(info.db_id, int(ctx.databases.flags_of(info)))
+                                  for info in ctx.databases.databases()]))
 
 
-@handles(Control.DB_ATTACH, Control.DB_ATTACH_PERSISTENT, Control.DB_ATTACH_REPLICATED)
-def db_attach(ctx: ControlContext, req: Request) -> Result:
-    return Result(-1, errmsg="clustered databases are not supported by pyctdbd yet")
+@handles(Control.GETDBPATH)
+def getdbpath(ctx: ControlContext, req: Request) -> Result:
+    db = ctx.databases.database(value_of(req))
+    return Result(-1, errmsg="unknown database") if db is None else reply_with(req, db.path)
 
 
-@handles(Control.STATISTICS, Control.GET_STAT_HISTORY, Control.GET_DB_STATISTICS)
-def statistics(ctx: ControlContext, req: Request) -> Result:
-    return Result(-1, errmsg="statistics are not supported by pyctdbd yet")
+@handles(Control.GET_DBNAME)
+def get_dbname(ctx: ControlContext, req: Request) -> Result:
+    info = ctx.databases.info(value_of(req))
+    return Result(-1, errmsg="unknown database") if info is None else reply_with(req, info.name)
+
+
+@handles(Control.DB_OPEN_FLAGS)
+def db_open_flags(ctx: ControlContext, req: Request) -> Result:
+    db = ctx.databases.database(value_of(req))
+    return Result(-1, errmsg="unknown database") if db is None else reply_with(req, db.open_flags)
+
+
+@handles(Control.DB_GET_HEALTH)
+def db_get_health(ctx: ControlContext, req: Request) -> Result:
+    status, reason = ctx.databases.health(value_of(req))
+    if status:
+        return Result(status, errmsg="unknown database")
+    return reply_with(req, reason)
+
+
+@handles(Control.DB_SET_HEALTHY)
+async def db_set_healthy(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.databases.set_healthy(value_of(req))
+
+
+@handles(Control.SET_DB_READONLY, Control.SET_DB_STICKY)
+async def set_db_flag(ctx: ControlContext, req: Request) -> Result:
+    flag = DbFlag.READONLY if req.opcode == Control.SET_DB_READONLY else DbFlag.STICKY
+    return await ctx.databases.set_flag(value_of(req), flag)
+
+
+@handles(Control.ENABLE_SEQNUM)
+async def enable_seqnum(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.databases.enable_seqnum(value_of(req))
+
+
+@handles(Control.UPDATE_SEQNUM)
+async def update_seqnum(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.databases.update_seqnum(value_of(req), req.src)

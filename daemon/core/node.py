@@ -271,6 +271,11 @@ class OwnFlagsChanged:
 
 
 @dataclass(frozen=True)
+class RunstateChanged:
+    runstate: int
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """This node must stop (a peer runs another CTDB version and has been up longer)."""
 
@@ -286,7 +291,7 @@ class Log:
 Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
           | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
-          | OwnFlagsChanged | Shutdown | Log)
+          | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
 
 _ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
           "continue": NodeMap.cont}
@@ -568,7 +573,8 @@ class NodeCore:
         if not self.nodemap.set_runstate(ev.runstate):
             return []
         name = RUNSTATE_NAMES.get(ev.runstate, str(ev.runstate))
-        actions: list[Action] = [Log(NOTICE, f"Set runstate to {name} ({int(ev.runstate)})")]
+        actions: list[Action] = [Log(NOTICE, f"Set runstate to {name} ({int(ev.runstate)})"),
+                                 RunstateChanged(ev.runstate)]
         if ev.runstate == Runstate.RUNNING:
             actions.append(SendState(BROADCAST_CONNECTED))
         return actions

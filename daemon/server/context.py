@@ -12,6 +12,7 @@ from typing import Protocol
 from ..config import DaemonConfig, Tunables
 from ..net.local import LocalServer
 from .connections import ConnectionTracker
+from .databases import DatabaseService
 from .leader import LeaderService
 from .messenger import Messenger
 from .node import NodeService
@@ -42,6 +43,7 @@ class ControlContext:
     connections: ConnectionTracker
     clients: LocalServer
     messenger: Messenger
+    databases: DatabaseService
 
     @property
     def pnn(self) -> int:

@@ -33,13 +33,14 @@ from ..net.rpc import ControlError
 from ..net.transport import NodeTransport
 from ..protocol import (
     CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, CURRENT_NODE, UNKNOWN_PNN, ControlFlag,
-    Operation, ProtocolError, ReplyControl, ReplyError, Runstate, Srvid, decode_packet,
+    NodeFlag, Operation, ProtocolError, RecMode, ReplyControl, ReplyError, Runstate, Srvid, decode_packet,
     encode_packet, internal, pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
 from .cluster_lock import ClusterLock, helper_argv
 from .connections import ConnectionTracker
 from .context import ControlContext
+from .databases import DatabaseService
 from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
 from .memory import memory_report
@@ -123,11 +124,15 @@ class Daemon:
         self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
                                     clock=self.clock, failover_disabled=self.failover_disabled,
                                     ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban)
-        self.recovery = RecoveryState(nodemap, self.monitor.first_recovery_done)
+        self.databases = DatabaseService(self.my_pnn, conf, self.messenger, self.tunables, self.tasks,
+                                         clock=self.clock, force_recovery=self.force_recovery,
+                                         env=options.script_env)
+        self.recovery = RecoveryState(nodemap, self.monitor.first_recovery_done,
+                                      self.databases.recovery_mode)
         self.dispatcher.context = ControlContext(
             daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
-            messenger=self.messenger)
+            messenger=self.messenger, databases=self.databases)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,
@@ -153,6 +158,14 @@ class Daemon:
     def apply_tunables(self) -> None:
         """Timing tunables changed: push them into the running cores."""
         self.node.settings_changed(self._node_settings())
+        self.databases.tunables_changed()
+
+    def force_recovery(self, reason: str) -> None:
+        """A service found the databases inconsistent: recovery mode ACTIVE, as ctdbd does, and
+        the leader is asked to recover."""
+        log.error("Forcing recovery: %s", reason)
+        self.recovery.set_recmode(RecMode.ACTIVE)
+        self.leader.recovery_wanted()
 
     def _node_settings(self):
         return node_settings(self.tunables, self.config.conf, lock_enabled=self.cluster_lock is not None,
@@ -221,6 +234,7 @@ class Daemon:
             self._timer.cancel()
         await self.transport.close()
         await self._close_sockets()
+        self.databases.close()
         self.options.effects.close()
         notice("Shutdown complete")
 
@@ -375,8 +389,12 @@ class Daemon:
     def peer_joined(self, pnn: int) -> None:
         self.connections.push_all(pnn)
 
-    def own_flags_changed(self) -> None:
+    def own_flags_changed(self, flags: int) -> None:
         self.monitor.wake()
+        self.databases.inactive(bool(flags & NodeFlag.INACTIVE))
+
+    def runstate_changed(self, runstate: int) -> None:
+        self.databases.runstate(Runstate(runstate))
 
     # -- local clients ---------------------------------------------------------------------------
     def _on_client_frame(self, client: Client, frame: bytes) -> None:
@@ -457,3 +475,4 @@ class Daemon:
 
     def _on_client_gone(self, client: Client) -> None:
         self.connections.client_gone(client.client_id, self.ips.is_held)
+        self.databases.client_gone(client.client_id)

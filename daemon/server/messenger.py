@@ -68,6 +68,9 @@ class Messenger:
     def connected_peers(self) -> list[int]:
         return [p for p in self.nodemap.connected_pnns() if p != self.my_pnn]
 
+    def active_peers(self) -> list[int]:
+        return [p for p in self.nodemap.active_pnns() if p != self.my_pnn]
+
     def deliver_local(self, srvid: int, data: bytes, src: int | None = None) -> int:
         """Hand a message to this node's clients that registered `srvid` (or every srvid)."""
         if self.local is None:

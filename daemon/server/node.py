@@ -20,7 +20,7 @@ from ..core.membership import DetectorSettings
 from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, LeaderWork,
     LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
-    ReportDeath, SendState, SetBan, SetRole, Shutdown, Tick,
+    ReportDeath, RunstateChanged, SendState, SetBan, SetRole, Shutdown, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
@@ -44,7 +44,8 @@ class NodeEvents(Protocol):
     def enter_recovery_mode(self) -> None: ...
     def drop_all_ips(self, reason: str) -> None: ...
     def peer_joined(self, pnn: int) -> None: ...
-    def own_flags_changed(self) -> None: ...
+    def own_flags_changed(self, flags: int) -> None: ...
+    def runstate_changed(self, runstate: int) -> None: ...
     def request_shutdown(self, reason: str, code: int = 0) -> None: ...
 
 
@@ -230,7 +231,10 @@ class NodeService:
         self.events.peer_joined(action.pnn)
 
     def _own_flags_changed(self, action: OwnFlagsChanged) -> None:
-        self.events.own_flags_changed()
+        self.events.own_flags_changed(action.change.new_flags)
+
+    def _runstate_changed(self, action: RunstateChanged) -> None:
+        self.events.runstate_changed(action.runstate)
 
     def _shutdown(self, action: Shutdown) -> None:
         self.events.request_shutdown(action.reason)
@@ -243,6 +247,7 @@ class NodeService:
         ReleaseLock: _release_lock, LeaderChanged: _leader_changed, LeaderWork: _leader_work,
         EnterRecoveryMode: _enter_recovery_mode, DropAllIPs: _drop_all_ips,
         PeerJoined: _peer_joined, OwnFlagsChanged: _own_flags_changed, Shutdown: _shutdown,
+        RunstateChanged: _runstate_changed,
     }
 
     # -- the cluster lock ------------------------------------------------------------------------

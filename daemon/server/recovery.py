@@ -15,9 +15,11 @@ from ..protocol import INVALID_GENERATION, RecMode, VnnMap
 
 
 class RecoveryState:
-    def __init__(self, nodemap: NodeMap, on_recovery_finished: Callable[[], None]) -> None:
+    def __init__(self, nodemap: NodeMap, on_recovery_finished: Callable[[], None],
+                 on_recmode: Callable[[bool], None] = lambda active: None) -> None:
         self.nodemap = nodemap
         self.on_recovery_finished = on_recovery_finished
+        self.on_recmode = on_recmode             # told of every change: True = recovery active
         self.vnnmap = VnnMap(INVALID_GENERATION, [])
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
@@ -39,6 +41,7 @@ class RecoveryState:
         if mode != self.recmode:
             self.recmode = RecMode(mode)
             notice("Recovery mode set to %s", "NORMAL" if mode == RecMode.NORMAL else "ACTIVE")
+            self.on_recmode(mode == RecMode.ACTIVE)
         return None
 
     def recovery_started(self) -> None:
@@ -52,5 +55,7 @@ class RecoveryState:
 
     def enter_recovery_mode(self) -> None:
         """This node became inactive."""
-        self.recmode = RecMode.ACTIVE
+        if self.recmode != RecMode.ACTIVE:
+            self.recmode = RecMode.ACTIVE
+            self.on_recmode(True)
         self.vnnmap = VnnMap(INVALID_GENERATION, self.vnnmap.map)

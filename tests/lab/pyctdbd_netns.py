@@ -106,10 +106,14 @@ class NetnsCluster:
             d = self.node_dir(pnn)
             (d / "run").mkdir(parents=True, exist_ok=True)
             (d / "events" / "legacy").mkdir(parents=True, exist_ok=True)
+            for kind in ("volatile", "persistent", "state"):
+                (d / "db" / kind).mkdir(parents=True, exist_ok=True)
             (d / "nodes").write_text("".join(f"{ip}\n" for ip in self.node_ips))
             (d / "public_addresses").write_text("".join(f"{ip}/24 eth0\n" for ip in self.public))
             (d / "ctdb.tunables").write_text("".join(f"{k}={v}\n" for k, v in self.tunables.items()))
             conf = ["[logging]", f"  location = file:{self.log(pnn)}", "  log level = NOTICE",
+                    "[database]", *(f"  {kind} database directory = {d / 'db' / kind}"
+                                    for kind in ("volatile", "persistent", "state")),
                     "[cluster]"]
             if self.lock:
                 conf.append(f"  cluster lock = {self.root / 'shared' / 'reclock'}")

@@ -58,6 +58,8 @@ class LocalCluster:
             d = self.node_dir(pnn)
             (d / "run").mkdir(parents=True, exist_ok=True)
             (d / "events" / "legacy").mkdir(parents=True, exist_ok=True)
+            for kind in ("volatile", "persistent", "state"):
+                (d / "db" / kind).mkdir(parents=True, exist_ok=True)
             (d / "nodes").write_text("".join(f"{a}\n" for a in self.addresses))
             (d / "public_addresses").write_text("".join(f"{ip}/20 lo\n" for ip in self.public))
             (d / "ctdb.tunables").write_text("".join(f"{k}={v}\n" for k, v in self.tunables.items()))
@@ -67,7 +69,9 @@ class LocalCluster:
                 conf.append(f"  cluster lock = !{self.lock_command}")
             elif self.lock:
                 conf.append(f"  cluster lock = {self.lock_file}")
-            conf += ["[legacy]", "  realtime scheduling = false", self.extra_conf]
+            conf += ["[database]", *(f"  {kind} database directory = {d / 'db' / kind}"
+                                     for kind in ("volatile", "persistent", "state")),
+                     "[legacy]", "  realtime scheduling = false", self.extra_conf]
             (d / "ctdb.conf").write_text("\n".join(conf) + "\n")
 
     def start_node(self, pnn: int) -> None:

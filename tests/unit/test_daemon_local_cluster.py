@@ -127,8 +127,10 @@ def test_sigstopped_node_is_declared_dead_and_comes_back(cluster):
         took = cluster.wait_for("victim DISCONNECTED",
                                 lambda: cluster.status_flags(watcher)[victim].startswith("DISCONNECTED"),
                                 timeout=5, interval=0.02)
-        # DeadTimeoutMs=400 plus at most one 100 ms tick, plus polling.
-        assert took < 1.0, took
+        # DeadTimeoutMs=400 plus at most one 100 ms tick, plus polling: well under a second on
+        # an idle machine (the simulated-cluster tests pin the logic; this bound only tells the
+        # millisecond path from CTDB's 25 s keepalive count on a loaded one).
+        assert took < 2.0, took
         cluster.wait_for("victim's IP moved", lambda: victim not in cluster.ips(watcher).values())
     finally:
         cluster.signal(victim, signal.SIGCONT)
