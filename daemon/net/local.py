@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.constants import Srvid
 from ..protocol.errors import ProtocolError
+from ..protocol.header import peek_operation
 from ..protocol.packets import PacketReader
 
 MAX_CLIENT_QUEUE = 64 * 1024 * 1024
@@ -74,8 +75,11 @@ class Client(asyncio.Protocol):
                             "disconnecting it")
             self.close()
             return
+        received = self.server._received_ops
         for frame in frames:
             self.packets_in += 1
+            op = peek_operation(frame)
+            received[op] = received.get(op, 0) + 1
             self.server.on_frame(self, frame)
             if self.closing:
                 break
@@ -89,6 +93,9 @@ class Client(asyncio.Protocol):
         except (RuntimeError, OSError):
             self.close()
             return False
+        sent = self.server._sent_ops
+        op = peek_operation(frame)
+        sent[op] = sent.get(op, 0) + 1
         if transport.get_write_buffer_size() > self.server.max_queue:
             self.server.log(f"client {self.client_id} (pid {self.pid}) is not reading its messages "
                             f"({transport.get_write_buffer_size()} bytes queued); disconnecting it")
@@ -117,6 +124,8 @@ class LocalServer:
     _by_srvid: dict[int, set[Client]] = field(default_factory=dict)
     _next_id: int = 1
     _server: asyncio.base_events.Server | None = None
+    _sent_ops: dict[int, int] = field(default_factory=dict)        # frames by operation
+    _received_ops: dict[int, int] = field(default_factory=dict)
 
     async def start(self) -> None:
         _clear_stale_socket(self.path)
@@ -193,6 +202,10 @@ class LocalServer:
             if client.send(frame):
                 sent += 1
         return sent
+
+    def traffic(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Frames sent to and received from clients since start, by operation (for statistics)."""
+        return dict(self._sent_ops), dict(self._received_ops)
 
     def __len__(self) -> int:
         return len(self.clients)

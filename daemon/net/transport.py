@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..protocol.constants import Operation
 from ..protocol.errors import ProtocolError
-from ..protocol.header import keepalive_source
+from ..protocol.header import keepalive_source, peek_operation
 from ..protocol.packets import PacketReader
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
@@ -117,8 +118,11 @@ class _Inbound(asyncio.Protocol):
             self.close()
             return
         on_frame = self.mesh.on_frame
+        received = self.mesh._received_ops
         for frame in frames:
             peer.rx_packets += 1
+            op = peek_operation(frame)
+            received[op] = received.get(op, 0) + 1
             on_frame(peer.pnn, frame)
             if self.closing:
                 break
@@ -156,6 +160,10 @@ class NodeTransport:
     _udp: socket.socket | None = None
     _bad_fast: int = 0
     _bad_fast_logged: float = 0.0
+    _sent_ops: dict[int, int] = field(default_factory=dict)        # frames by operation
+    _received_ops: dict[int, int] = field(default_factory=dict)
+    _fast_sent: int = 0
+    _fast_received: int = 0
 
     def _log(self, text: str) -> None:
         self.log(text)
@@ -231,6 +239,8 @@ class NodeTransport:
             self._log(f"write to node {pnn} ({peer.address}) failed: {exc}")
             return False
         peer.tx_packets += 1
+        op = peek_operation(frame)
+        self._sent_ops[op] = self._sent_ops.get(op, 0) + 1
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self._log(f"node {pnn} ({peer.address}) is not reading: "
                       f"{transport.get_write_buffer_size()} bytes queued; dropping the connection")
@@ -249,6 +259,7 @@ class NodeTransport:
             self._udp.sendto(frame, (peer.address, self.port))
         except OSError:
             return False          # full buffer or no route: a lost heartbeat, nothing more
+        self._fast_sent += 1
         return True
 
     def drain_fast(self, wall_to_loop: float) -> list[tuple[int, float]]:
@@ -279,6 +290,7 @@ class NodeTransport:
                     sec, nsec = _TIMESPEC.unpack_from(raw)
                     arrival = sec + nsec * 1e-9 + wall_to_loop
             out.append((pnn, arrival if arrival is not None else time.time() + wall_to_loop))
+        self._fast_received += len(out)
         return out
 
     def _note_bad_fast(self, address: str) -> None:
@@ -311,6 +323,17 @@ class NodeTransport:
     def stats(self, pnn: int) -> tuple[int, int]:
         peer = self._peers.get(pnn)
         return (peer.tx_packets, peer.rx_packets) if peer else (0, 0)
+
+    def traffic(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Frames sent and received since start, all peers, by operation (for statistics).
+        The fast channel's heartbeats are REQ_KEEPALIVE packets and count as such."""
+        sent, received = dict(self._sent_ops), dict(self._received_ops)
+        keepalive = int(Operation.REQ_KEEPALIVE)
+        if self._fast_sent:
+            sent[keepalive] = sent.get(keepalive, 0) + self._fast_sent
+        if self._fast_received:
+            received[keepalive] = received.get(keepalive, 0) + self._fast_received
+        return sent, received
 
     # -- connection bookkeeping ------------------------------------------------------------------
     def _update(self, peer: _Peer, reason: str = "") -> None:
