@@ -4,6 +4,9 @@
         cluster.node(0).run("ctdb status")
         cluster.leader()
 
+``clustered_smbd`` (None: the daemon's default — clustered with ctdb, standalone with pyctdbd for
+now) chooses whether smbd runs with ``clustering = yes``.
+
 ``start()`` builds the network, writes each node's configuration, starts the daemon everywhere,
 waits until every node is OK and every public IP is hosted, adds the SMB user and waits until smbd
 listens on every node.  Leaving the ``with`` block (also by an exception or Ctrl-C) tears
@@ -38,8 +41,14 @@ class LabCluster:
     def __init__(self, nodes: int, *, daemon: str | DaemonLauncher = "ctdb",
                  tunables: str = "default", clients: int = 1, bw_mbit: float | None = None,
                  link_params: dict | None = None, workdir: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None):
-        self.launcher = get_launcher(daemon) if isinstance(daemon, str) else daemon
+                 progress: Callable[[str], None] | None = None,
+                 clustered_smbd: bool | None = None):
+        if isinstance(daemon, str):
+            self.launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+        else:
+            self.launcher = daemon
+            if clustered_smbd is not None and bool(clustered_smbd) != daemon.smb_clustered:
+                raise ValueError("clustered_smbd contradicts the launcher passed as daemon")
         self.profile = get_profile(tunables)
         params = dict(link_params or {})
         if bw_mbit is not None:
@@ -95,7 +104,8 @@ class LabCluster:
         check_lab()
         self.launcher.check_installed()
         t0 = time.monotonic()
-        self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name}
+        self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name,
+                                    "smb_clustered": self.launcher.smb_clustered}
         self.backend.build(configure=self._configure)
         with ThreadPoolExecutor(max_workers=8) as pool:    # pyctdbd takes ~0.5 s to daemonise
             list(pool.map(self.launcher.start, self.nodes))

@@ -5,7 +5,14 @@
              00.ctdb, 01.reclock, 05.system, 10.interface plus our systemd-free 50.samba, and a
              clustered smbd.
 ``pyctdbd``  this project's daemon, on the very same files, with our 10.interface and 50.samba
-             scripts; smbd runs non-clustered against it for now.
+             scripts; smbd runs non-clustered against it by default for now.
+
+``smb_clustered`` (a launcher argument; ``ctdblab up --clustered-smbd``, ``LabCluster(...,
+clustered_smbd=True)``) overrides the daemon's default.  With clustered smbd a pyctdbd node also
+runs Debian's stock 00.ctdb, as a real ctdbd node does: its ``init`` checks the persistent
+databases with tdbtool (refusing to start on a corrupt one) and its ``startup`` attaches the
+persistent ``ctdb.tdb`` (``ctdb attach ctdb.tdb persistent``), the sixteenth database of a
+clustered Samba node.  Non-clustered pyctdbd nodes keep their scripts as before.
 
 A launcher writes a node's configuration (before the node's mounts exist, so straight into the
 overlay's upper layer on the host) and starts the daemon inside the node.
@@ -30,9 +37,16 @@ LOG_FILE = "/var/log/ctdb/log.ctdb"          # inside the node; node.dirs.log / 
 
 class DaemonLauncher:
     name = ""
-    smb_clustered = False
+    smb_clustered = False            # the daemon's default; an instance may override it
     stock_scripts: tuple[str, ...] = ()
     shipped_scripts: tuple[str, ...] = ()
+
+    def __init__(self, smb_clustered: bool | None = None):
+        if smb_clustered is not None:
+            self.smb_clustered = bool(smb_clustered)
+
+    def enabled_stock_scripts(self) -> tuple[str, ...]:
+        return self.stock_scripts
 
     def check_installed(self) -> None:
         raise NotImplementedError
@@ -66,7 +80,7 @@ class DaemonLauncher:
     def _enable_scripts(self, events_dir: Path) -> None:
         for old in events_dir.iterdir():
             old.unlink()
-        for name in self.stock_scripts:
+        for name in self.enabled_stock_scripts():
             (events_dir / f"{name}.script").symlink_to(STOCK_EVENTS / f"{name}.script")
         for name in self.shipped_scripts:
             source = SHIPPED_EVENTS / f"{name}.script"
@@ -99,7 +113,7 @@ class CtdbLauncher(DaemonLauncher):
             if shutil.which(tool) is None:
                 raise UserError(f"`{tool}` not found: install Debian's ctdb and samba packages "
                                 "(./ctdblab.sh does it)")
-        for name in self.stock_scripts:
+        for name in self.enabled_stock_scripts():
             if not (STOCK_EVENTS / f"{name}.script").exists():
                 raise UserError(f"{STOCK_EVENTS}/{name}.script missing: is the ctdb package complete?")
 
@@ -111,8 +125,12 @@ class PyctdbdLauncher(DaemonLauncher):
     """This project's daemon."""
 
     name = "pyctdbd"
-    smb_clustered = False
+    smb_clustered = False            # flips to True once database recovery exists
     shipped_scripts = ("10.interface", "50.samba")
+    clustered_stock_scripts = ("00.ctdb",)     # what a clustered smbd node gets from stock CTDB
+
+    def enabled_stock_scripts(self) -> tuple[str, ...]:
+        return self.clustered_stock_scripts if self.smb_clustered else ()
 
     def executable(self) -> str:
         candidate = Path(sys.executable).parent / "pyctdbd"
@@ -129,6 +147,9 @@ class PyctdbdLauncher(DaemonLauncher):
             if shutil.which(tool) is None:
                 raise UserError(f"`{tool}` not found: install Debian's ctdb and samba packages "
                                 "(./ctdblab.sh does it)")
+        for name in self.enabled_stock_scripts():
+            if not (STOCK_EVENTS / f"{name}.script").exists():
+                raise UserError(f"{STOCK_EVENTS}/{name}.script missing: is the ctdb package complete?")
 
     def start_command(self) -> list[str]:
         return [self.executable()]
@@ -137,8 +158,9 @@ class PyctdbdLauncher(DaemonLauncher):
 LAUNCHERS = {"ctdb": CtdbLauncher, "pyctdbd": PyctdbdLauncher}
 
 
-def get_launcher(name: str) -> DaemonLauncher:
+def get_launcher(name: str, *, smb_clustered: bool | None = None) -> DaemonLauncher:
+    """The launcher of daemon ``name``; ``smb_clustered`` None keeps the daemon's default."""
     try:
-        return LAUNCHERS[name]()
+        return LAUNCHERS[name](smb_clustered=smb_clustered)
     except KeyError:
         raise UserError(f"unknown daemon {name!r}; choose one of {', '.join(LAUNCHERS)}") from None

@@ -1,8 +1,11 @@
 """Samba in the lab: the per-node smb.conf, the SMB user, the shared test files.
 
-Every node exports the same host directory (the "cluster filesystem") as ``[share]``.  With the
-real ctdbd smbd runs clustered (its databases live in CTDB); against pyctdbd it runs standalone
-for now (clustered databases are a later pyctdbd milestone), each node with its own passdb.
+Every node exports the same host directory (the "cluster filesystem") as ``[share]``, and the
+same directory once more as ``[nolock]`` with ``posix locking = no``: there a byte-range lock
+lives in brlock.tdb only (no fcntl lock on the file), so a conflict between two nodes can only
+come from the clustered database.  With the real ctdbd smbd runs clustered (its databases live
+in CTDB); against pyctdbd it runs standalone by default for now (``clustered_smbd=True`` turns
+clustering on), each node with its own passdb.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 SMB_USER = "root"
 SMB_PASSWORD = "ctdblab-Pass1"
 SHARE = "share"
+SHARE_NO_POSIX_LOCKING = "nolock"      # [share]'s directory, byte-range locks in brlock.tdb only
 NETBIOS_NAME = "CTDBLAB"
 WORKGROUP = "CTDBLAB"
 
@@ -45,6 +49,13 @@ def smb_conf(share_path: Path, *, clustered: bool) -> str:
     read only = no
     guest ok = yes
     create mask = 0644
+
+[{SHARE_NO_POSIX_LOCKING}]
+    path = {share_path}
+    read only = no
+    guest ok = yes
+    create mask = 0644
+    posix locking = no
 """
 
 

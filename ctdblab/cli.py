@@ -1,6 +1,7 @@
 """ctdblab: bring lab clusters up, run failover and scaling scenarios, draw reports.
 
   ctdblab up --nodes 3 --daemon ctdb [--detach]     a cluster to play with
+  ctdblab up --daemon pyctdbd --clustered-smbd       ... with smbd clustered (databases in pyctdbd)
   ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
   ctdblab down                                       remove detached clusters
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cap each node's public link (htb)")
     up.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
                     help="node public-link shaping, e.g. bw=100 (htb only: this kernel has no netem)")
+    up.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
+                    help="run smbd with `clustering = yes` (its databases in the daemon) or not; "
+                         "default: clustered with ctdb, standalone with pyctdbd for now")
     up.add_argument("--detach", action="store_true", help="leave it running; `ctdblab down` removes it")
 
     ex = sub.add_parser("exec", help="run a command inside a node (PNN) or client (cN)")
@@ -147,7 +151,7 @@ def cmd_up(args, progress) -> int:
 
     cluster = LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables,
                          clients=args.clients, link_params=parse_link(args.link, args.bw),
-                         progress=progress)
+                         progress=progress, clustered_smbd=args.clustered_smbd)
     with cluster:
         print(describe_cluster(cluster))
         if args.detach:
@@ -161,8 +165,10 @@ def cmd_up(args, progress) -> int:
 
 def describe_cluster(cluster) -> str:
     ips = cluster.ip_all()
+    smbd = "clustered smbd" if cluster.launcher.smb_clustered else "standalone smbd"
     lines = [f"cluster {cluster.backend.prefix}: {len(cluster.nodes)} nodes running "
-             f"{cluster.launcher.name} (tunables {cluster.profile.name}), work dir {cluster.workdir}",
+             f"{cluster.launcher.name} with {smbd} (tunables {cluster.profile.name}), "
+             f"work dir {cluster.workdir}",
              "  PNN  node      private         public-if       public IPs hosted"]
     for node in cluster.nodes:
         hosted = " ".join(ip for ip, pnn in ips.items() if pnn == node.index)

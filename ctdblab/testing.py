@@ -6,7 +6,9 @@ Loaded automatically where ctdblab is installed (entry point ``pytest11``).  It 
                             machine cannot run the lab (not root, no Mininet).
 ``lab_cluster`` fixture     a factory: ``lab_cluster(nodes=3, daemon="ctdb",
                             tunables="aggressive")`` returns a started LabCluster and tears it
-                            down after the test, also when the test fails.
+                            down after the test, also when the test fails (or fails to start).
+                            Further keywords go to LabCluster, e.g. ``clustered_smbd=True``
+                            (smbd with ``clustering = yes`` also on pyctdbd).
 ``lab_network`` fixture     the same for a bare network without daemons (MininetCluster).
 ``assert_thresholds``       fail a test when a scenario's figures exceed a thresholds table.
 
