@@ -5,9 +5,9 @@ wait on event scripts or other nodes), `ctx` being the services' public face
 from __future__ import annotations
 
 from ..server.dispatch import Handler
-from . import connections, databases, ips, messaging, node
+from . import connections, databases, ips, messaging, node, persistent, traverse
 
-DOMAINS = (node, messaging, ips, connections, databases)
+DOMAINS = (node, messaging, ips, connections, databases, persistent, traverse)
 
 
 def registry() -> dict[int, Handler]:

@@ -16,8 +16,10 @@ from .databases import DatabaseService
 from .leader import LeaderService
 from .messenger import Messenger
 from .node import NodeService
+from .persistent_commits import PersistentCommitService
 from .public_ips import PublicIPService
 from .recovery import RecoveryState
+from .traverses import TraverseService
 
 
 class Lifecycle(Protocol):
@@ -44,6 +46,8 @@ class ControlContext:
     clients: LocalServer
     messenger: Messenger
     databases: DatabaseService
+    persistent: PersistentCommitService
+    traverses: TraverseService
 
     @property
     def pnn(self) -> int:

@@ -41,6 +41,8 @@ from .cluster_lock import ClusterLock, helper_argv
 from .connections import ConnectionTracker
 from .context import ControlContext
 from .databases import DatabaseService
+from .persistent_commits import PersistentCommitService
+from .traverses import TraverseService
 from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
 from .memory import memory_report
@@ -127,12 +129,19 @@ class Daemon:
         self.databases = DatabaseService(self.my_pnn, conf, self.messenger, self.tunables, self.tasks,
                                          clock=self.clock, force_recovery=self.force_recovery,
                                          env=options.script_env)
-        self.recovery = RecoveryState(nodemap, self.monitor.first_recovery_done,
-                                      self.databases.recovery_mode)
+        db_lookups = dict(lookup=self.databases.database, registry_info=self.databases.info,
+                          vnnmap=lambda: self.recovery.vnnmap.map, active_nodes=nodemap.active_pnns,
+                          tunables=self.tunables, spawn=self.tasks.spawn, clock=self.clock)
+        self.persistent = PersistentCommitService(self.my_pnn, self.messenger, force_recovery=self.force_recovery,
+                                                  **db_lookups)
+        self.traverses = TraverseService(self.my_pnn, self.messenger, **db_lookups)
+        self.databases.listeners.append(self._database_changed)
+        self.recovery = RecoveryState(nodemap, self._recovery_finished, self._recovery_mode_changed)
         self.dispatcher.context = ControlContext(
             daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
-            messenger=self.messenger, databases=self.databases)
+            messenger=self.messenger, databases=self.databases, persistent=self.persistent,
+            traverses=self.traverses)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,
@@ -234,6 +243,8 @@ class Daemon:
             self._timer.cancel()
         await self.transport.close()
         await self._close_sockets()
+        self.persistent.close()
+        self.traverses.close()
         self.databases.close()
         self.options.effects.close()
         notice("Shutdown complete")
@@ -396,6 +407,25 @@ class Daemon:
     def runstate_changed(self, runstate: int) -> None:
         self.databases.runstate(Runstate(runstate))
 
+    def peer_gone(self, pnn: int) -> None:
+        self.persistent.node_gone(pnn)
+        self.traverses.node_gone(pnn)
+
+    # -- recovery and databases ------------------------------------------------------------------
+    def _recovery_mode_changed(self, active: bool) -> None:
+        self.databases.recovery_mode(active)
+        self.persistent.set_recovery_mode(active)
+
+    def _recovery_finished(self) -> None:
+        """END_RECOVERY: commits cut short by the recovery get their answer; the first one
+        moves this node on to STARTUP."""
+        self.persistent.recovery_ended()
+        self.monitor.first_recovery_done()
+
+    def _database_changed(self, info, attached: bool) -> None:
+        if not attached:
+            self.traverses.database_gone(info.db_id)
+
     # -- local clients ---------------------------------------------------------------------------
     def _on_client_frame(self, client: Client, frame: bytes) -> None:
         try:
@@ -476,3 +506,5 @@ class Daemon:
     def _on_client_gone(self, client: Client) -> None:
         self.connections.client_gone(client.client_id, self.ips.is_held)
         self.databases.client_gone(client.client_id)
+        self.persistent.client_gone(client.client_id)
+        self.traverses.client_gone(client.client_id)
