@@ -19,6 +19,7 @@ from .node import NodeService
 from .persistent_commits import PersistentCommitService
 from .public_ips import PublicIPService
 from .recovery import RecoveryState
+from .statistics import Statistics
 from .traverses import TraverseService
 
 
@@ -48,6 +49,7 @@ class ControlContext:
     databases: DatabaseService
     persistent: PersistentCommitService
     traverses: TraverseService
+    statistics: Statistics
 
     @property
     def pnn(self) -> int:

@@ -29,24 +29,23 @@ from ..core.tickles import TickleTable
 from ..failover.effects import Effects
 from ..log import log, notice, python_level
 from ..net.local import Client, LocalServer
-from ..net.rpc import ControlError
 from ..net.transport import NodeTransport
 from ..protocol import (
-    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, CURRENT_NODE, UNKNOWN_PNN, ControlFlag,
-    NodeFlag, Operation, ProtocolError, RecMode, ReplyControl, ReplyError, Runstate, Srvid, decode_packet,
-    encode_packet, internal, pack_message, unpack_message,
+    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, UNKNOWN_PNN, ControlFlag, Operation,
+    ProtocolError, RecMode, ReplyControl, Runstate, Srvid, decode_packet, encode_packet, internal,
+    pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
 from .cluster_lock import ClusterLock, helper_argv
 from .connections import ConnectionTracker
 from .context import ControlContext
-from .databases import DatabaseService
-from .persistent_commits import PersistentCommitService
-from .traverses import TraverseService
+from .client_requests import ClientRequests
+from .db_services import DatabaseServices
+from .statistics import Statistics
 from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
 from .memory import memory_report
-from .messenger import BROADCASTS, Messenger
+from .messenger import Messenger
 from .monitor import MonitorService
 from .node import NodeService, node_settings
 from .public_ips import PublicIPService
@@ -100,8 +99,8 @@ class Daemon:
                         capabilities=capabilities, start_wall=self.start_wall, port=options.port)
         self.dispatcher = ControlDispatcher(controls, self.tasks.spawn)
         self.messenger = Messenger(self.my_pnn, nodemap, self.dispatcher, self.route_message)
-        self.local = LocalServer(options.socket_path, self._on_client_frame, self._on_client_gone,
-                                 lambda m: log.warning("%s", m))
+        self.local = LocalServer(options.socket_path, lambda client, frame: self.clients.on_frame(client, frame),
+                                 self._on_client_gone, lambda m: log.warning("%s", m))
         self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
                                        self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m))
         self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
@@ -126,29 +125,36 @@ class Daemon:
         self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
                                     clock=self.clock, failover_disabled=self.failover_disabled,
                                     ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban)
-        self.databases = DatabaseService(self.my_pnn, conf, self.messenger, self.tunables, self.tasks,
-                                         clock=self.clock, force_recovery=self.force_recovery,
-                                         env=options.script_env)
-        db_lookups = dict(lookup=self.databases.database, registry_info=self.databases.info,
-                          vnnmap=lambda: self.recovery.vnnmap.map, active_nodes=nodemap.active_pnns,
-                          tunables=self.tunables, spawn=self.tasks.spawn, clock=self.clock)
-        self.persistent = PersistentCommitService(self.my_pnn, self.messenger, force_recovery=self.force_recovery,
-                                                  **db_lookups)
-        self.traverses = TraverseService(self.my_pnn, self.messenger, **db_lookups)
-        self.databases.listeners.append(self._database_changed)
-        self.recovery = RecoveryState(nodemap, self._recovery_finished, self._recovery_mode_changed)
+        self.db = DatabaseServices(self.my_pnn, conf, self.messenger, self.tunables, self.tasks, nodemap,
+                                   clock=self.clock, force_recovery=self.force_recovery,
+                                   vnnmap=lambda: self.recovery.vnnmap, env=options.script_env)
+        self.recovery = RecoveryState(nodemap, self._recovery_finished, self.db.recovery_mode_changed,
+                                      self.db.vnnmap_changed)
+        self.statistics = Statistics(
+            self.tunables, call_stats=lambda: self.db.record_calls.stats,
+            db_call_stats=lambda db_id: self.db.record_calls.db_stats.get(db_id),
+            lock_stats=lambda: {d.db_id: d.locker.stats for d in self.db.databases.store},
+            node_traffic=self.transport.traffic, client_traffic=self.local.traffic,
+            num_clients=lambda: len(self.local),
+            recovering=lambda: self.recovery.recmode == RecMode.ACTIVE)
+        self.clients = ClientRequests(self.my_pnn, nodemap, self.dispatcher, self.messenger,
+                                      self.db.record_calls, self.tasks,
+                                      lambda: float(self.tunables.get("ControlTimeout")))
         self.dispatcher.context = ControlContext(
             daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
-            messenger=self.messenger, databases=self.databases, persistent=self.persistent,
-            traverses=self.traverses)
+            messenger=self.messenger, databases=self.db.databases, persistent=self.db.persistent,
+            traverses=self.db.traverses, statistics=self.statistics)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,
             **{srvid: self.leader.on_message for srvid in LEADER_MESSAGES}}
         self._packet_handlers: dict[int, Callable] = {
             Operation.REQ_MESSAGE: self._node_message, Operation.REQ_CONTROL: self._node_control,
-            Operation.REPLY_CONTROL: self._node_control_reply, Operation.REQ_KEEPALIVE: self._keepalive}
+            Operation.REPLY_CONTROL: self._node_control_reply, Operation.REQ_KEEPALIVE: self._keepalive,
+            **{op: self.db.record_calls.node_packet for op in (
+                Operation.REQ_CALL, Operation.REPLY_CALL, Operation.REQ_DMASTER, Operation.REPLY_DMASTER,
+                Operation.REPLY_ERROR)}}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._timer_armed = False          # from the mesh's start until shutdown
@@ -167,7 +173,7 @@ class Daemon:
     def apply_tunables(self) -> None:
         """Timing tunables changed: push them into the running cores."""
         self.node.settings_changed(self._node_settings())
-        self.databases.tunables_changed()
+        self.db.tunables_changed()
 
     def force_recovery(self, reason: str) -> None:
         """A service found the databases inconsistent: recovery mode ACTIVE, as ctdbd does, and
@@ -220,6 +226,7 @@ class Daemon:
         self.node.step(Start())
         self.tasks.spawn(self.leader.run(), "leader-duties")
         self.tasks.spawn(self.connections.run(), "tickles")
+        self.tasks.spawn(self.statistics.run(), "stat-history")
         if ready is not None:
             ready()
         code = await self._stop
@@ -243,9 +250,7 @@ class Daemon:
             self._timer.cancel()
         await self.transport.close()
         await self._close_sockets()
-        self.persistent.close()
-        self.traverses.close()
-        self.databases.close()
+        self.db.close()
         self.options.effects.close()
         notice("Shutdown complete")
 
@@ -270,6 +275,7 @@ class Daemon:
         now = self.clock()
         self.node.tick(now)
         try:
+            self.db.tick(now)
             self.connections.poll(now)
             self.ips.verify(now, self.node.leader)
         except Exception:       # never let these checks stop the heartbeat timer
@@ -301,8 +307,7 @@ class Daemon:
             return
         handler = self._packet_handlers.get(packet.header.operation)
         if handler is None:
-            log.info("Ignoring %s from node %u: clustered databases are not supported yet",
-                     Operation(packet.header.operation).name, pnn)
+            log.info("Ignoring %s from node %u", Operation(packet.header.operation).name, pnn)
             return
         handler(pnn, packet.header, packet.body)
 
@@ -402,109 +407,21 @@ class Daemon:
 
     def own_flags_changed(self, flags: int) -> None:
         self.monitor.wake()
-        self.databases.inactive(bool(flags & NodeFlag.INACTIVE))
+        self.db.own_flags_changed(flags)
 
     def runstate_changed(self, runstate: int) -> None:
-        self.databases.runstate(Runstate(runstate))
+        self.db.runstate_changed(runstate)
 
     def peer_gone(self, pnn: int) -> None:
-        self.persistent.node_gone(pnn)
-        self.traverses.node_gone(pnn)
-
-    # -- recovery and databases ------------------------------------------------------------------
-    def _recovery_mode_changed(self, active: bool) -> None:
-        self.databases.recovery_mode(active)
-        self.persistent.set_recovery_mode(active)
+        self.db.peer_gone(pnn)
 
     def _recovery_finished(self) -> None:
         """END_RECOVERY: commits cut short by the recovery get their answer; the first one
         moves this node on to STARTUP."""
-        self.persistent.recovery_ended()
+        self.db.recovery_finished()
         self.monitor.first_recovery_done()
 
-    def _database_changed(self, info, attached: bool) -> None:
-        if not attached:
-            self.traverses.database_gone(info.db_id)
-
     # -- local clients ---------------------------------------------------------------------------
-    def _on_client_frame(self, client: Client, frame: bytes) -> None:
-        try:
-            packet = decode_packet(frame)
-        except ProtocolError as exc:
-            log.error("Malformed packet from client %u (pid %u): %s; disconnecting it",
-                      client.client_id, client.pid, exc)
-            client.close()
-            return
-        header, body = packet.header, packet.body
-        op = header.operation
-        if op == Operation.REQ_CONTROL:
-            self._client_control(client, header, body)
-        elif op == Operation.REQ_MESSAGE:
-            dest = self.my_pnn if header.destnode == CURRENT_NODE else header.destnode
-            if dest != self.my_pnn and dest not in BROADCASTS and self.node.nodemap.get(dest) is None:
-                log.warning("Client %u (pid %u) sent a message to unknown node %u", client.client_id,
-                            client.pid, dest)
-                return
-            self.messenger.send_message(dest, body.srvid, body.data)
-        elif op == Operation.REQ_CALL:
-            client.send(encode_packet(ReplyError(-1, b"clustered databases are not supported by pyctdbd yet\0"),
-                                      destnode=header.srcnode, srcnode=self.my_pnn, reqid=header.reqid))
-        else:
-            log.warning("Client %u (pid %u) sent unsupported operation %u; ignored",
-                        client.client_id, client.pid, op)
-
-    def _client_control(self, client: Client, header, body) -> None:
-        dest = self.my_pnn if header.destnode == CURRENT_NODE else header.destnode
-        noreply = bool(body.flags & ControlFlag.NOREPLY)
-
-        def answer(res: Result, srcnode: int = self.my_pnn) -> None:
-            if not noreply:
-                client.send(encode_packet(
-                    ReplyControl(res.status, res.data if res.status == 0 else b"", res.errmsg),
-                    destnode=header.srcnode, srcnode=srcnode, reqid=header.reqid))
-            if res.after is not None:
-                res.after()
-
-        def local_request() -> Request:
-            return Request(body.opcode, body.flags, body.srvid, client.client_id, body.data, self.my_pnn, client)
-
-        if dest == self.my_pnn:
-            self.dispatcher.dispatch(local_request(), answer)
-            return
-        if dest in BROADCASTS:
-            if not noreply:
-                answer(Result(-1, errmsg="Attempt to broadcast control without NOREPLY"))
-                return
-            for pnn in self.messenger.broadcast_targets(dest):
-                if pnn == self.my_pnn:
-                    self.dispatcher.dispatch(local_request(), answer)
-                else:
-                    self.messenger.send_noreply(pnn, body.opcode, body.data, srvid=body.srvid, flags=body.flags)
-            return
-        node = self.node.nodemap.get(dest)
-        if node is None or node.deleted:
-            answer(Result(-1, errmsg=f"node {dest} does not exist"))
-            return
-        if not self.transport.is_connected(dest):
-            answer(Result(-1, errmsg="ctdb_control to disconnected node"))
-            return
-        if noreply:
-            self.messenger.send_noreply(dest, body.opcode, body.data, srvid=body.srvid, flags=body.flags)
-            return
-
-        async def forward() -> None:
-            try:
-                reply = await self.messenger.rpc.request(
-                    dest, body.opcode, body.data, flags=body.flags, srvid=body.srvid,
-                    client_id=client.client_id, timeout=float(self.tunables.get("ControlTimeout")))
-                answer(Result(reply.status, reply.data, reply.errmsg), dest)
-            except ControlError as exc:
-                answer(Result(-1, errmsg=str(exc)))
-
-        self.tasks.spawn(forward(), f"forward-{body.opcode}-to-{dest}")
-
     def _on_client_gone(self, client: Client) -> None:
         self.connections.client_gone(client.client_id, self.ips.is_held)
-        self.databases.client_gone(client.client_id)
-        self.persistent.client_gone(client.client_id)
-        self.traverses.client_gone(client.client_id)
+        self.db.client_gone(client)

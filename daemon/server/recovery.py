@@ -16,10 +16,12 @@ from ..protocol import INVALID_GENERATION, RecMode, VnnMap
 
 class RecoveryState:
     def __init__(self, nodemap: NodeMap, on_recovery_finished: Callable[[], None],
-                 on_recmode: Callable[[bool], None] = lambda active: None) -> None:
+                 on_recmode: Callable[[bool], None] = lambda active: None,
+                 on_vnnmap: Callable[[VnnMap], None] = lambda vnnmap: None) -> None:
         self.nodemap = nodemap
         self.on_recovery_finished = on_recovery_finished
         self.on_recmode = on_recmode             # told of every change: True = recovery active
+        self.on_vnnmap = on_vnnmap               # told of every vnnmap installed
         self.vnnmap = VnnMap(INVALID_GENERATION, [])
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
@@ -31,6 +33,7 @@ class RecoveryState:
         if vnnmap.generation == INVALID_GENERATION and vnnmap.map:
             return "refusing the invalid generation"
         self.vnnmap = vnnmap if not self.nodemap.inactive else VnnMap(INVALID_GENERATION, vnnmap.map)
+        self.on_vnnmap(self.vnnmap)
         return None
 
     def set_recmode(self, mode: int) -> str | None:

@@ -1,0 +1,95 @@
+"""The clustered-database services of one node, built and wired together in one place: the
+database registry over the TDB files (databases.py), record migration (record_calls.py),
+persistent commits (persistent_commits.py) and traverses (traverses.py), and what each of them
+must hear of the rest of the daemon (recovery mode and vnnmap, this node's flags and runstate,
+peers and clients that went away, time)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import CtdbConf, Tunables
+from ..core.db.migration import MigrationCore, MigrationSettings
+from ..core.db.registry import DbInfo
+from ..core.nodes import NodeMap
+from ..net.local import Client
+from ..protocol import NodeFlag, Runstate, VnnMap
+from .databases import DatabaseService
+from .messenger import Messenger
+from .persistent_commits import PersistentCommitService
+from .record_calls import RecordCalls
+from .tasks import Tasks
+from .traverses import TraverseService
+
+TICK_EVERY = 1.0          # s between the migration core's ticks (collapse timeouts, pins)
+
+
+class DatabaseServices:
+    def __init__(self, my_pnn: int, conf: CtdbConf, messenger: Messenger, tunables: Tunables, tasks: Tasks,
+                 nodemap: NodeMap, *, clock: Callable[[], float], force_recovery: Callable[[str], None],
+                 vnnmap: Callable[[], VnnMap], env: dict[str, str] | None = None) -> None:
+        self.databases = DatabaseService(my_pnn, conf, messenger, tunables, tasks, clock=clock,
+                                         force_recovery=force_recovery, env=env)
+        self.record_calls = RecordCalls(MigrationCore(MigrationSettings(my_pnn)), self.databases.database,
+                                        messenger.send_frame, tasks, clock, force_recovery)
+        shared = dict(lookup=self.databases.database, registry_info=self.databases.info,
+                      vnnmap=lambda: vnnmap().map, active_nodes=nodemap.active_pnns, tunables=tunables,
+                      spawn=tasks.spawn, clock=clock)
+        self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery, **shared)
+        self.traverses = TraverseService(my_pnn, messenger, **shared)
+        self.databases.listeners.append(self._database_changed)
+        self._banned = False
+        self._next_tick = 0.0
+
+    # -- what the rest of the daemon tells them ---------------------------------------------------
+    def recovery_mode_changed(self, active: bool) -> None:
+        self.databases.recovery_mode(active)
+        self.persistent.set_recovery_mode(active)
+
+    def recovery_finished(self) -> None:
+        """END_RECOVERY: commits cut short by the recovery get their answer."""
+        self.persistent.recovery_ended()
+
+    def vnnmap_changed(self, vnnmap: VnnMap) -> None:
+        self.record_calls.vnnmap_changed(vnnmap)
+
+    def own_flags_changed(self, flags: int) -> None:
+        self.databases.inactive(bool(flags & NodeFlag.INACTIVE))
+        banned = bool(flags & NodeFlag.BANNED)
+        if banned != self._banned:
+            self._banned = banned
+            self.record_calls.set_banned(banned)
+
+    def runstate_changed(self, runstate: int) -> None:
+        self.databases.runstate(Runstate(runstate))
+
+    def peer_gone(self, pnn: int) -> None:
+        self.persistent.node_gone(pnn)
+        self.traverses.node_gone(pnn)
+
+    def client_gone(self, client: Client) -> None:
+        self.databases.client_gone(client.client_id)
+        self.record_calls.client_gone(client)
+        self.persistent.client_gone(client.client_id)
+        self.traverses.client_gone(client.client_id)
+
+    def tick(self, now: float) -> None:
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_EVERY
+            self.record_calls.tick(now)
+
+    def tunables_changed(self) -> None:
+        self.databases.tunables_changed()
+
+    def close(self) -> None:
+        self.record_calls.close()
+        self.persistent.close()
+        self.traverses.close()
+        self.databases.close()
+
+    def _database_changed(self, info: DbInfo, attached: bool) -> None:
+        if attached:
+            self.record_calls.db_attached(info.db_id, info.name, not info.volatile)
+        else:
+            self.record_calls.db_detached(info.db_id)
+            self.traverses.database_gone(info.db_id)
