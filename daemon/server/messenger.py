@@ -3,7 +3,9 @@ itself or to its local clients, and controls to any node, this one included (ans
 in-process through the control dispatcher, so a leader's run treats itself like any peer).
 
 Incoming messages are routed by the daemon (`route(src, srvid, data)`); a message this node
-sends to itself takes the same route.
+sends to itself takes the same route. Services that receive message streams of their own (the
+record buffers of a database recovery's pulls and pushes) register a handler for a srvid
+(`add_handler`); the daemon's router hands every message to `handle_message` first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .dispatch import ControlDispatcher, Request, Result
 
 BROADCASTS = (BROADCAST_ALL, BROADCAST_ACTIVE, BROADCAST_CONNECTED)
 Route = Callable[[int, int, bytes], None]
+#: A service's handler of messages on one srvid: (src, srvid, data).
+MessageHandler = Callable[[int, int, bytes], None]
 
 
 class Messenger:
@@ -35,6 +39,7 @@ class Messenger:
         self.transport: NodeTransport | None = None      # set once the mesh is up
         self.local: LocalServer | None = None            # set once the socket is up
         self.rpc = ControlClient(my_pnn, self._send_frame)
+        self._handlers: dict[int, MessageHandler] = {}
 
     # -- messages --------------------------------------------------------------------------------
     def send_message(self, dest: int, srvid: int, data: bytes) -> None:
@@ -85,6 +90,32 @@ class Messenger:
 
     def is_connected(self, pnn: int) -> bool:
         return self.transport is not None and self.transport.is_connected(pnn)
+
+    # -- message handlers of the daemon's services -----------------------------------------------
+    def add_handler(self, srvid: int, handler: MessageHandler) -> None:
+        """Hand messages for `srvid` that reach this node to `handler` (ValueError if the srvid
+        already has one)."""
+        if srvid in self._handlers:
+            raise ValueError(f"srvid 0x{srvid:016x} already has a handler")
+        self._handlers[srvid] = handler
+
+    def remove_handler(self, srvid: int) -> None:
+        self._handlers.pop(srvid, None)
+
+    def has_handler(self, srvid: int) -> bool:
+        return srvid in self._handlers
+
+    def handle_message(self, src: int, srvid: int, data: bytes) -> bool:
+        """Run the handler registered for `srvid`, if any (the daemon's router calls this for
+        every message for this node); True if there was one. A failing handler is logged."""
+        handler = self._handlers.get(srvid)
+        if handler is None:
+            return False
+        try:
+            handler(src, srvid, data)
+        except Exception:
+            log.exception("handler of messages 0x%016x from node %u failed", srvid, src)
+        return True
 
     # -- controls --------------------------------------------------------------------------------
     def _send_frame(self, pnn: int, frame: bytes) -> bool:

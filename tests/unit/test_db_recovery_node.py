@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from ctdblab.daemon.core.db import recovery_node as rn
-from ctdblab.daemon.protocol import INVALID_GENERATION, DbFlag, LtdbHeader, RecBuffer, RecData
+from ctdblab.daemon.protocol import INVALID_GENERATION, DbFlag, LtdbHeader, RecData
 from ctdblab.daemon.protocol.constants import RecordFlag
 
 ME = 1
@@ -49,8 +49,8 @@ def rec(key: bytes, rsn: int, dmaster: int, value: bytes, flags: int = 0) -> Rec
     return RecData(0, key, LtdbHeader(rsn=rsn, dmaster=dmaster, flags=flags).pack() + value)
 
 
-def push(core, srvid, *records, db_id=VOL, lmasters=(0, 1, 2)):
-    return core.step(rn.PushData(srvid, RecBuffer(db_id, list(records)).pack(), lmasters))
+def push(core, srvid, *records, lmasters=(0, 1, 2), last=True):
+    return core.step(rn.PushData(srvid, tuple(records), lmasters, last))
 
 
 def test_unknown_database_is_minus_one_for_every_control():
@@ -178,7 +178,7 @@ def test_persistent_push_stores_records_as_they_are():
     core = node()
     in_transaction(core, PERS)
     core.step(rn.PushStart("p", PERS, 600))
-    push(core, 600, rec(b"k", 5, ME, b"v"), rec(b"e", 1, 0, b""), db_id=PERS)
+    push(core, 600, rec(b"k", 5, ME, b"v"), rec(b"e", 1, 0, b""))
     assert core.state(PERS).transaction.writes == {
         b"k": LtdbHeader(5, ME).pack() + b"v", b"e": LtdbHeader(1, 0).pack()}
 
@@ -195,8 +195,21 @@ def test_a_bad_record_fails_the_push_and_its_count_stops():
     assert ask(core, lambda t: rn.PushConfirm(t, VOL)) == (0, 1)
     # garbage instead of a buffer fails a push too
     core.step(rn.PushStart("p2", VOL, 501))
-    core.step(rn.PushData(501, b"\x01\x02", ()))
+    core.step(rn.PushInvalid(501, "rec_buffer: too short"))
     assert core.state(VOL).push.failed
+
+
+def test_a_buffer_in_slices_counts_once_whole():
+    core = node()
+    in_transaction(core)
+    core.step(rn.PushStart("p", VOL, 500))
+    push(core, 500, rec(b"a", 1, 2, b"v"), last=False)
+    assert core.state(VOL).push.count == 0
+    push(core, 500, rec(b"b", 1, 2, b"v"))
+    assert core.state(VOL).push.count == 2
+    push(core, 500, rec(b"c", 1, 2, b"v"), last=False)         # a buffer whose second slice
+    push(core, 500, RecData(0, b"d", b"bad"))                    # has a bad record: not counted
+    assert ask(core, lambda t: rn.PushConfirm(t, VOL)) == (0, 2)
 
 
 def test_push_needs_frozen_and_a_transaction_and_confirm_needs_a_push():

@@ -63,14 +63,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from ...log import NOTICE
 from ...protocol.constants import INVALID_GENERATION, RecordFlag
-from ...protocol.errors import ProtocolError
 from ...protocol.ltdb import LTDB_HEADER_SIZE
-from ...protocol.types import LtdbHeader, RecBuffer
+from ...protocol.types import LtdbHeader, RecData
 from . import ltdbrules
 from .registry import is_volatile
 
@@ -191,12 +190,23 @@ class PushStart:
 
 @dataclass(frozen=True)
 class PushData:
-    """A message on a srvid this node listens to: `payload` a ctdb_rec_buffer; `lmasters` the
-    current vnnmap (ctdbd's store rules look up the lmaster of an empty record)."""
+    """Records of a buffer that arrived on a srvid this node listens to, in slices (the shell
+    cuts big buffers so that the loop is yielded to between slices): `last` marks the buffer's
+    last slice, when its records count. `lmasters`: the current vnnmap (ctdbd's store rules
+    look up the lmaster of an empty record)."""
 
     srvid: int
-    payload: bytes
+    records: tuple[RecData, ...]
     lmasters: tuple[int, ...] = ()
+    last: bool = True
+
+
+@dataclass(frozen=True)
+class PushInvalid:
+    """A message on a push srvid that is not a ctdb_rec_buffer."""
+
+    srvid: int
+    error: str
 
 
 @dataclass(frozen=True)
@@ -220,7 +230,7 @@ class Inactive:
 
 Event = (Attached | Detached | Freeze | FreezeLocked | FreezeLost | Thaw | TransactionStart
          | TransactionCancel | TransactionCommit | CommitDone | Wipe | Pull | PullDone | PushStart
-         | PushData | PushConfirm | RecmodeNormal | Inactive)
+         | PushData | PushInvalid | PushConfirm | RecmodeNormal | Inactive)
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -309,7 +319,8 @@ class Transaction:
 @dataclass
 class Push:
     srvid: int
-    count: int = 0
+    count: int = 0              # records of the buffers stored whole
+    in_buffer: int = 0          # records of the buffer being stored
     failed: bool = False
 
 
@@ -590,43 +601,51 @@ class NodeRecovery:
             self._emit(Listen(ev.srvid))
         self._reply(ev.ticket, 0)
 
-    def on_PushData(self, ev: PushData) -> None:
-        targets = [db for db in self.dbs.values()
-                   if db.push is not None and db.push.srvid == ev.srvid and not db.push.failed]
-        if not targets:
-            return
-        try:
-            buffer = RecBuffer.unpack(ev.payload)
-        except ProtocolError as exc:
-            for db in targets:
-                db.push.failed = True    # type: ignore[union-attr]
-                self._log(logging.ERROR, f"Invalid records pushed for {db.name}: {exc}")
-            return
-        for db in targets:
-            self._store_pushed(db, buffer, ev.lmasters)
+    def _pushing(self, srvid: int) -> list[DbState]:
+        return [db for db in self.dbs.values()
+                if db.push is not None and db.push.srvid == srvid and not db.push.failed]
 
-    def _store_pushed(self, db: DbState, buffer: RecBuffer, lmasters: tuple[int, ...]) -> None:
+    def on_PushInvalid(self, ev: PushInvalid) -> None:
+        for db in self._pushing(ev.srvid):
+            db.push.failed = True    # type: ignore[union-attr]
+            self._log(logging.ERROR, f"Invalid records pushed for {db.name}: {ev.error}")
+
+    def on_PushData(self, ev: PushData) -> None:
+        for db in self._pushing(ev.srvid):
+            push = db.push
+            assert push is not None
+            if self._store_pushed(db, ev.records, ev.lmasters):
+                push.in_buffer += len(ev.records)
+                if ev.last:
+                    push.count += push.in_buffer
+                    push.in_buffer = 0
+
+    def _store_pushed(self, db: DbState, records: tuple[RecData, ...],
+                      lmasters: tuple[int, ...]) -> bool:
         push, trans = db.push, db.transaction
         assert push is not None
         if trans is None:
             push.failed = True
             self._log(logging.ERROR, f"Records pushed for {db.name} outside a transaction")
-            return
-        for rec in buffer.records:
+            return False
+        for rec in records:
             if len(rec.data) < LTDB_HEADER_SIZE:
                 self._log(logging.CRITICAL, f"bad ltdb record pushed for {db.name}")
                 push.failed = True
-                return
+                return False
             header, value = LtdbHeader.split(rec.data)
-            header = replace(header, flags=header.flags & ~RO_FLAGS)
+            header.flags &= ~RO_FLAGS
             if db.volatile:
-                stored = ltdbrules.store(header, value, pnn=self.my_pnn,
-                                         lmaster=ltdbrules.lmaster_of(rec.key, lmasters),
+                # ctdbd's rule looks at the lmaster only for an empty record (hashing every key
+                # would cost more than the rest of the store together)
+                lmaster = (ltdbrules.lmaster_of(rec.key, lmasters) if not value
+                           else lmasters[0] if lmasters else None)
+                stored = ltdbrules.store(header, value, pnn=self.my_pnn, lmaster=lmaster,
                                          persistent=False)
                 trans.writes[rec.key] = stored.header.pack() + value if stored.keep else None
             else:
                 trans.writes[rec.key] = header.pack() + value
-        push.count += len(buffer.records)
+        return True
 
     def on_PushConfirm(self, ev: PushConfirm) -> None:
         db = self._known(ev.ticket, ev.db_id, "Push confirm")

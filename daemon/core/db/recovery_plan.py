@@ -187,24 +187,52 @@ class RecordSet:
         return len(buffer.records)
 
     def push_buffers(self, *, volatile: bool, limit: int) -> Iterator[tuple[bytes, int]]:
-        """The DB_PUSH messages: (ctdb_rec_buffer payload, records in it). Empty records are
-        dropped; volatile records get dmaster = leader and MIGRATED_WITH_DATA."""
-        batch: list[RecData] = []
-        size = 8
+        """The DB_PUSH messages: (ctdb_rec_buffer payload, records in it)."""
+        batcher = PushBatcher(self.db_id, limit)
         for key, data in self.records.items():
-            if len(data) <= LTDB_HEADER_SIZE:
-                continue
-            if volatile:
-                header, value = LtdbHeader.split(data)
-                header.dmaster = self.leader
-                header.flags |= MIGRATED_WITH_DATA
-                data = header.pack() + value
-            batch.append(RecData(0, key, data))
-            size += RecData.HEAD_SIZE + len(key) + len(data)
-            if size > limit:
-                yield RecBuffer(self.db_id, batch).pack(), len(batch)
-                batch, size = [], 8
-        yield RecBuffer(self.db_id, batch).pack(), len(batch)
+            rec = push_record(key, data, volatile=volatile, leader=self.leader)
+            if rec is not None:
+                full = batcher.add(rec)
+                if full is not None:
+                    yield full
+        yield batcher.finish()
+
+
+def push_record(key: bytes, data: bytes, *, volatile: bool, leader: int) -> RecData | None:
+    """``recbuf_filter_add``: None for a record without a value; a volatile record gets
+    dmaster = leader and MIGRATED_WITH_DATA."""
+    if len(data) <= LTDB_HEADER_SIZE:
+        return None
+    if volatile:
+        header, value = LtdbHeader.split(data)
+        header.dmaster = leader
+        header.flags |= MIGRATED_WITH_DATA
+        data = header.pack() + value
+    return RecData(0, key, data)
+
+
+class PushBatcher:
+    """Cuts the pushed records into buffers: one is full once its length exceeds `limit`; the
+    last one always goes (``recdb_file``)."""
+
+    def __init__(self, db_id: int, limit: int) -> None:
+        self.db_id = db_id
+        self.limit = limit
+        self.batch: list[RecData] = []
+        self.size = 8
+
+    def add(self, rec: RecData) -> tuple[bytes, int] | None:
+        """Add a record; a full buffer (payload, records) to send, or None."""
+        self.batch.append(rec)
+        self.size += RecData.HEAD_SIZE + len(rec.key) + len(rec.data)
+        if self.size > self.limit:
+            return self.finish()
+        return None
+
+    def finish(self) -> tuple[bytes, int]:
+        """The buffer as it is (perhaps empty), and a fresh one started."""
+        batch, self.batch, self.size = self.batch, [], 8
+        return RecBuffer(self.db_id, batch).pack(), len(batch)
 
 
 class SrvidPool:

@@ -1,0 +1,289 @@
+"""Database recovery on in-process nodes with real TDB files (tests/unit/recovery_mesh.py): the
+node side driven through its controls, and pyctdbd's own leader-side driver merging three nodes'
+databases by CTDB's rules."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctdblab.daemon.config import Tunables
+from ctdblab.daemon.protocol import (
+    Control, ControlFlag, DbFlag, LtdbHeader, PullDbExt, RecBuffer, RecData, TransDb, pack_reply,
+    pack_request, unpack_reply,
+)
+from ctdblab.daemon.protocol.constants import RecordFlag
+from ctdblab.daemon.protocol.ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum
+from ctdblab.daemon.server.dispatch import Result
+from ctdblab.daemon.store import libtdb
+
+from recovery_mesh import Mesh
+
+MWD = int(RecordFlag.MIGRATED_WITH_DATA)
+LIBDIR = os.path.dirname(libtdb.__file__)
+
+# Opens PATH with FLAGS as smbd does and takes the chain lock of "k1" (blocking), then prints
+# how long that took.
+SMBD_LOCK = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1]); import libtdb
+ctx = libtdb.lib.tdb_open_ex(sys.argv[2].encode(), 0, int(sys.argv[3], 0), os.O_RDWR, 0o600, None, None)
+print("open", flush=True)
+t = time.monotonic(); assert libtdb.lib.tdb_chainlock(ctx, libtdb.key_data(b"k1")) == 0
+print(round(time.monotonic() - t, 3), flush=True)
+"""
+
+
+def on_mesh(tmp_path, body, *args, tunables=None):
+    """Run `await body(mesh, *args)` on a fresh 3-node mesh in tmp_path."""
+    async def main():
+        mesh = Mesh(tmp_path, tunables=tunables)
+        try:
+            await body(mesh, *args)
+        finally:
+            mesh.close()
+    asyncio.run(main())
+
+
+async def control(mesh, pnn, opcode, value=None, *, flags=0):
+    data = b"" if value is None else pack_request(opcode, value)
+    return await mesh.nodes[0].messenger.control(pnn, opcode, data, flags=flags)
+
+
+def header(rsn, dmaster, flags=0):
+    return LtdbHeader(rsn=rsn, dmaster=dmaster, flags=flags)
+
+
+def test_a_frozen_database_keeps_smbd_out_until_thawed(tmp_path):
+    on_mesh(tmp_path, _a_frozen_database_keeps_smbd_out_until_thawed)
+
+
+async def _a_frozen_database_keeps_smbd_out_until_thawed(mesh):
+    node = mesh.nodes[1]
+    db = node.databases.attach("locking.tdb")
+    await control(mesh, 1, Control.DB_FREEZE, db.db_id)
+    assert node.service.freeze_state(db.db_id) == (True, False)
+    smbd = subprocess.Popen([sys.executable, "-c", SMBD_LOCK, LIBDIR, db.path, hex(db.open_flags)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert smbd.stdout.readline().strip() == "open"
+        await asyncio.sleep(0.3)
+        assert smbd.poll() is None, "smbd got the chain lock of a frozen database"
+        await control(mesh, 1, Control.DB_THAW, db.db_id)
+        waited = float(await asyncio.to_thread(smbd.stdout.readline))
+        assert waited >= 0.3
+    finally:
+        smbd.kill()
+        smbd.wait()
+    assert node.service.freeze_state(db.db_id) == (False, False)
+
+
+def test_a_recovery_transaction_through_the_controls(tmp_path):
+    on_mesh(tmp_path, _a_recovery_transaction_through_the_controls, tmp_path)
+
+
+async def _a_recovery_transaction_through_the_controls(mesh, tmp_path):
+    """What `ctdb restoredb` / the helper do on one node: freeze, transaction, pull, wipe,
+    push, confirm, commit, thaw — persistent, so the commit is on disk at once."""
+    node = mesh.nodes[2]
+    db = node.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
+    for i in range(50):
+        node.store_record("secrets.tdb", b"old%d" % i, i, 2, b"o")
+    db_id, tid = db.db_id, 4242
+    got = []
+    mesh.nodes[0].messenger.add_handler(0xF001000000000777, lambda s, i, d: got.append(RecBuffer.unpack(d)))
+    with pytest.raises(Exception):      # not frozen
+        await control(mesh, 2, Control.DB_PULL, PullDbExt(db_id, 0, 0xF001000000000777))
+    await control(mesh, 2, Control.DB_FREEZE, db_id)
+    await control(mesh, 2, Control.DB_TRANSACTION_START, TransDb(db_id, tid))
+    reply = await control(mesh, 2, Control.DB_PULL, PullDbExt(db_id, 0, 0xF001000000000777))
+    assert unpack_reply(Control.DB_PULL, reply.data) == 50 == sum(len(b.records) for b in got)
+    assert {r.key for b in got for r in b.records} == {b"old%d" % i for i in range(50)}
+    await control(mesh, 2, Control.WIPE_DATABASE, TransDb(db_id, tid))
+    await control(mesh, 2, Control.DB_PUSH_START, PullDbExt(db_id, 0, 0xF00100000000AAAA))
+    new = RecBuffer(db_id, [RecData(0, b"new%d" % i, header(7, 0).pack() + b"n") for i in range(30)])
+    mesh.nodes[0].messenger.send_message(2, 0xF00100000000AAAA, new.pack())
+    reply = await control(mesh, 2, Control.DB_PUSH_CONFIRM, db_id)
+    assert unpack_reply(Control.DB_PUSH_CONFIRM, reply.data) == 30
+    assert len(node.records("secrets.tdb")) == 50           # nothing written before the commit
+    with pytest.raises(Exception):                          # another transaction id
+        await control(mesh, 2, Control.DB_TRANSACTION_COMMIT, TransDb(db_id, tid + 1))
+    await control(mesh, 2, Control.DB_TRANSACTION_COMMIT, TransDb(db_id, tid))
+    assert node.service.core.state(db_id).generation == tid
+    await control(mesh, 2, Control.DB_THAW, db_id)
+    # on disk: a fresh process reads the committed file
+    out = subprocess.run([sys.executable, "-c", (
+        "import os,sys; sys.path.insert(0, sys.argv[1]); import libtdb, ctypes\n"
+        "ctx = libtdb.lib.tdb_open_ex(sys.argv[2].encode(), 0, 0x400, os.O_RDONLY, 0, None, None)\n"
+        "n = [0]\n"
+        "cb = libtdb.TRAVERSER(lambda t, k, d, p: n.__setitem__(0, n[0] + 1) or 0)\n"
+        "libtdb.lib.tdb_traverse_read(ctx, cb, None); print(n[0])"), LIBDIR, db.path],
+        capture_output=True, text=True, check=True).stdout
+    assert int(out) == 30
+    assert set(node.records("secrets.tdb")) == {b"new%d" % i for i in range(30)}
+
+
+def test_pulls_stream_in_buffers_of_rec_buffer_size_limit(tmp_path):
+    tunables = Tunables()
+    tunables.set("RecBufferSizeLimit", 2000)
+    asyncio.run(pull_in_buffers(tmp_path, tunables))
+
+
+async def pull_in_buffers(tmp_path, tunables):
+    mesh = Mesh(tmp_path, tunables=tunables)
+    try:
+        node = mesh.nodes[1]
+        db = node.databases.attach("big.tdb")
+        for i in range(500):
+            node.store_record("big.tdb", b"key%04d" % i, 1, 1, b"x" * 40)
+        got = []
+        mesh.nodes[0].messenger.add_handler(0xF0010000000000BB, lambda s, i, d: got.append(RecBuffer.unpack(d)))
+        await control(mesh, 1, Control.DB_FREEZE, db.db_id)
+        reply = await control(mesh, 1, Control.DB_PULL, PullDbExt(db.db_id, 0, 0xF0010000000000BB))
+        assert unpack_reply(Control.DB_PULL, reply.data) == 500
+        sizes = [len(b.pack()) for b in got]
+        assert len(got) > 10 and all(s >= 2000 for s in sizes[:-1]) and max(sizes) < 2000 + 100
+        assert sum(len(b.records) for b in got) == 500
+        await control(mesh, 1, Control.DB_THAW, db.db_id)
+    finally:
+        mesh.close()
+
+
+def seed_cluster(mesh):
+    """Three nodes with diverging copies: a volatile database everywhere, a persistent one on
+    nodes 0 and 2 with different seqnums, a volatile one only on node 1."""
+    n0, n1, n2 = (mesh.nodes[p] for p in range(3))
+    for node in (n0, n1, n2):
+        node.databases.attach("locking.tdb")
+    n0.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
+    n2.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
+    n1.databases.attach("only1.tdb")
+    # volatile: "a" highest rsn on node 2; "b" tie between nodes 1 and 2 (node 1 pulled first
+    # keeps it); "c" tie where the leader's copy is held first (node 2's replaces it);
+    # "empty" has no value anywhere; "ro" carries read-only flags
+    n0.store_record("locking.tdb", b"a", 3, 0, b"a@0")
+    n1.store_record("locking.tdb", b"a", 5, 1, b"a@1")
+    n2.store_record("locking.tdb", b"a", 9, 2, b"a@2")
+    n1.store_record("locking.tdb", b"b", 4, 1, b"b@1")
+    n2.store_record("locking.tdb", b"b", 4, 2, b"b@2")
+    n0.store_record("locking.tdb", b"c", 6, 0, b"c@0")
+    n2.store_record("locking.tdb", b"c", 6, 2, b"c@2")
+    n1.store_record("locking.tdb", b"empty", 8, 1, b"")
+    n2.store_record("locking.tdb", b"ro", 2, 2, b"ro@2", int(RecordFlag.RO_HAVE_DELEGATIONS))
+    # persistent: node 2 has the higher seqnum; node 0 has a key node 2 does not
+    n0.set_seqnum("secrets.tdb", 4)
+    n0.store_record("secrets.tdb", b"s", 4, 0, b"s@0")
+    n0.store_record("secrets.tdb", b"stale", 2, 0, b"stale@0")
+    n2.set_seqnum("secrets.tdb", 6)
+    n2.store_record("secrets.tdb", b"s", 6, 2, b"s@2")
+    n1.store_record("only1.tdb", b"x", 1, 1, b"x@1")
+
+
+def test_the_driver_merges_three_nodes_by_ctdbs_rules(tmp_path):
+    on_mesh(tmp_path, _the_driver_merges_three_nodes_by_ctdbs_rules)
+
+
+async def _the_driver_merges_three_nodes_by_ctdbs_rules(mesh):
+    seed_cluster(mesh)
+    generation = 0x5EED
+    mesh.vnnmap = type(mesh.vnnmap)(generation, [0, 1, 2])
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], generation)
+    assert outcome.ok and (outcome.recovered, outcome.total) == (3, 3), outcome
+    # missing databases were created with the recovery flag
+    assert mesh.nodes[1].attaches == [("secrets.tdb", int(ControlFlag.ATTACH_RECOVERY))]
+    assert sorted(mesh.nodes[0].attaches) == [("only1.tdb", int(ControlFlag.ATTACH_RECOVERY))]
+    for pnn, node in mesh.nodes.items():
+        assert {i.name for i in node.databases.databases()} == {"locking.tdb", "secrets.tdb", "only1.tdb"}
+        bump = 1 if pnn == 0 else 0       # the leader is the dmaster: its store bumps the rsn
+        vol = node.records("locking.tdb")
+        assert vol == {
+            b"a": (header(9 + bump, 0, MWD), b"a@2"),
+            b"b": (header(4 + bump, 0, MWD), b"b@1"),
+            b"c": (header(6 + bump, 0, MWD), b"c@2"),
+            b"ro": (header(2 + bump, 0, MWD), b"ro@2"),          # read-only flags stripped
+        }, pnn
+        pers = node.records("secrets.tdb")
+        assert pers == {DB_SEQNUM_TDB_KEY: (header(6, 2), pack_seqnum(6)),
+                        b"s": (header(6, 2), b"s@2")}, pnn
+        assert node.records("only1.tdb") == {b"x": (header(1 + bump, 0, MWD), b"x@1")}
+        # every database thawed, on the new generation: SET_RECMODE NORMAL passes
+        assert node.service.frozen_databases() == []
+        assert node.service.set_recmode_normal(generation) is None
+        assert "Inconsistent DB generation" in node.service.set_recmode_normal(generation + 1)
+
+
+def test_a_failing_node_fails_the_database_and_earns_ban_credits(tmp_path, monkeypatch):
+    on_mesh(tmp_path, _a_failing_node_fails_the_database_and_earns_ban_credits, monkeypatch)
+
+
+async def _a_failing_node_fails_the_database_and_earns_ban_credits(mesh, monkeypatch):
+    seed_cluster(mesh)
+    bad = mesh.nodes[2]
+    # node 2 answers DB_PULL of the persistent database with a count its buffers do not make
+    real = bad.service.pull
+    secrets = bad.store.get("secrets.tdb").db_id
+
+    async def lying_pull(pulldb, src):
+        result = await real(pulldb, src)
+        if pulldb.db_id != secrets:
+            return result
+        return Result(0, pack_reply(Control.DB_PULL, unpack_reply(Control.DB_PULL, result.data) + 1))
+
+    monkeypatch.setattr(bad.service, "pull", lying_pull)
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 77)
+    assert not outcome.ok
+    assert outcome.ban_credits == {2: 3}             # pulled from node 2 (highest seqnum), 3 tries
+    assert (outcome.recovered, outcome.total) == (2, 3)
+    for node in mesh.nodes.values():
+        # the failed database stays frozen, with no transaction left open; the others thawed
+        assert node.service.frozen_databases() == [secrets]
+        assert node.service.freeze_state(secrets) == (True, False)
+        assert "Inconsistent DB generation" in node.service.set_recmode_normal(77)
+    # node 2 mends: the next recovery thaws everything
+    monkeypatch.setattr(bad.service, "pull", real)
+    mesh.vnnmap = type(mesh.vnnmap)(78, [0, 1, 2])
+    assert (await mesh.nodes[0].driver.recover([0, 1, 2], 78)).ok
+    assert all(node.service.frozen_databases() == [] for node in mesh.nodes.values())
+    assert all(node.service.set_recmode_normal(78) is None for node in mesh.nodes.values())
+
+
+def test_ten_thousand_records_on_three_nodes_without_stalling_the_loop(tmp_path):
+    on_mesh(tmp_path, _ten_thousand_records_on_three_nodes_without_stalling_the_loop)
+
+
+async def _ten_thousand_records_on_three_nodes_without_stalling_the_loop(mesh):
+    per_node = 10_000
+    for node in mesh.nodes.values():
+        db = node.databases.attach("big.tdb")
+        for i in range(per_node):          # half the keys shared, half node-private
+            key = b"shared%05d" % i if i % 2 else b"n%d-%05d" % (node.pnn, i)
+            db.tdb.store_ltdb(key, header(node.pnn + 1, node.pnn), b"v" * 64)
+    lags = []
+
+    async def ticker():
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.005)
+            lags.append(time.monotonic() - t - 0.005)
+
+    tick = asyncio.create_task(ticker())
+    started = time.monotonic()
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 99)
+    took = time.monotonic() - started
+    tick.cancel()
+    assert outcome.ok
+    expected = per_node // 2 + 3 * (per_node // 2)
+    assert outcome.records_pushed == expected
+    for node in mesh.nodes.values():
+        records = node.records("big.tdb")
+        assert len(records) == expected
+        assert records[b"shared00001"][0].dmaster == 0          # node 2's rsn 3 copy won
+        assert records[b"shared00001"][0].rsn == 3 + (1 if node.pnn == 0 else 0)
+    print(f"\n10^4 records x 3 nodes (in process): {took:.2f} s, max loop lag "
+          f"{max(lags) * 1000:.0f} ms over {len(lags)} ticks")
+    assert max(lags) < 0.25
