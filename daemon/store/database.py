@@ -31,6 +31,7 @@ from ..protocol.types import LtdbHeader
 from . import child
 from .locks import ChainLocker, HeldLock
 from .naming import DATABASE_HASH_SIZE, DB_FILE_MODE, DbDirs, DbKind, db_id, tdb_flags
+from .residency import release_mapped_pages
 from .tdbfile import TdbFile
 
 
@@ -193,6 +194,7 @@ class Store:
         path = self.dirs.path(name, self.pnn, kind)
         # Like ctdbd, no directory is created: a missing one fails the open (TdbError ENOENT).
         tdb = TdbFile(path, self.hash_size, tdb_flags(kind, self.mutexes), mode=DB_FILE_MODE)
+        release_mapped_pages(path)       # see residency.py: the mutex area need not stay resident
         locker = ChainLocker(tdb, name, helper_argv=self.helper_argv, env=self.env, log=self.log)
         db = Database(name, kind, path, tdb, locker)
         self._by_name[name] = db
