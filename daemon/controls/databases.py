@@ -32,8 +32,11 @@ async def db_detach(ctx: ControlContext, req: Request) -> Result:
 
 @handles(Control.GET_DBMAP)
 def get_dbmap(ctx: ControlContext, req: Request) -> Result:
+    # Newest first, as ctdbd: an attach puts the database at the head of ctdb->db_list
+    # (DLIST_ADD in ctdb_local_attach) and GET_DBMAP walks that list; `ctdb getdbmap` prints it
+    # in that order. The registry keeps attach order, oldest first.
     return reply_with(req, DbMap([DbId(info.db_id, int(ctx.databases.flags_of(info)))
-                                  for info in ctx.databases.databases()]))
+                                  for info in reversed(ctx.databases.databases())]))
 
 
 @handles(Control.GETDBPATH)
