@@ -125,7 +125,8 @@ class DatabaseRecoveryDriver:
             if attempt > 1:
                 notice("recover database 0x%08x, attempt %d", db.db_id, attempt)
             try:
-                outcome.records_pushed += await self._attempt(plan)
+                pushed = await self._attempt(plan)
+                outcome.records_pushed += pushed
                 return True
             except StepFailed as exc:
                 log.error("Recovery of database 0x%08x failed: %s", db.db_id, exc)

@@ -194,6 +194,7 @@ async def _the_driver_merges_three_nodes_by_ctdbs_rules(mesh):
     mesh.vnnmap = type(mesh.vnnmap)(generation, [0, 1, 2])
     outcome = await mesh.nodes[0].driver.recover([0, 1, 2], generation)
     assert outcome.ok and (outcome.recovered, outcome.total) == (3, 3), outcome
+    assert outcome.records_pushed == 4 + 2 + 1         # locking a b c ro, secrets seqnum s, only1 x
     # missing databases were created with the recovery flag
     assert mesh.nodes[1].attaches == [("secrets.tdb", int(ControlFlag.ATTACH_RECOVERY))]
     assert sorted(mesh.nodes[0].attaches) == [("only1.tdb", int(ControlFlag.ATTACH_RECOVERY))]
