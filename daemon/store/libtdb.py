@@ -19,9 +19,14 @@ import ctypes
 import ctypes.util
 import enum
 import errno as errno_mod
+import itertools
 import os
+import platform
+import re
+from collections.abc import Callable
 from ctypes import (
-    CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint, c_ubyte, c_void_p,
+    CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_uint, c_uint64, c_ubyte,
+    c_void_p,
 )
 
 LIBTDB_SONAME = "libtdb.so.1"
@@ -140,6 +145,7 @@ _proto("tdb_enable_seqnum", None, _CTX)
 _proto("tdb_increment_seqnum_nonblock", None, _CTX)
 _proto("tdb_map_size", c_size_t, _CTX)
 _proto("tdb_jenkins_hash", c_uint, TDB_DATA_P)
+_proto("tdb_check", c_int, _CTX, c_void_p, c_void_p)
 _proto("tdb_runtime_check_for_robust_mutexes", c_bool)
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -172,3 +178,116 @@ def robust_mutexes_available() -> bool:
     if _ROBUST is None:
         _ROBUST = bool(lib.tdb_runtime_check_for_robust_mutexes())
     return _ROBUST
+
+
+# --- libtdb's log messages ------------------------------------------------------------------------
+#
+# ``tdb_open_ex`` takes a ``struct tdb_logging_context {log_fn, log_private}``; without one libtdb
+# drops its messages, among them the only report of a corrupt file: ``tdb_parse_record`` and
+# ``tdb_fetch`` answer NOEXIST when the hash chain leads to a record with a bad magic, so the
+# record looks missing. ctdbd passes a log function (``tdb_wrap``: ``tdb(<path>): <message>``); so
+# does pyctdbd.
+#
+# The log function is variadic: ``void log_fn(struct tdb_context *, enum tdb_debug_level, const
+# char *fmt, ...)``. ctypes cannot receive ``...``, so the callback is declared with the format
+# followed by a few word-sized arguments. On x86-64 (System V) and aarch64 Linux, integer and
+# pointer arguments of a variadic call travel exactly as those of a fixed call, so the words are
+# the caller's arguments; the format (checked by the compiler against them, PRINTF_ATTRIBUTE)
+# says how many there are and of what kind. Only integer, character, string and pointer
+# conversions are rendered, and only as many words as the format names are used (a %s is read
+# only when the format says the caller passed one); anything else — floating point, '*' widths,
+# more arguments than words, another architecture — is logged as the bare format.
+
+TDB_DEBUG_FATAL, TDB_DEBUG_ERROR, TDB_DEBUG_WARNING, TDB_DEBUG_TRACE = range(4)
+
+_LOG_WORDS = 6
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int, c_char_p, *([c_uint64] * _LOG_WORDS))
+
+
+class TDB_LOGGING_CONTEXT(Structure):
+    _fields_ = [("log_fn", LOG_FN), ("log_private", c_void_p)]
+
+
+_CONVERSION = re.compile(r"%([-+ #0]*)(\d+|\*)?(?:\.(\d+|\*))?(hh|h|ll|l|z|j|t|L|q)?([diouxXcspn%aAeEfFgG])")
+_WORD_ARGS = platform.system() == "Linux" and platform.machine() in ("x86_64", "amd64", "aarch64", "arm64")
+_WIDE = ("l", "ll", "z", "j", "t", "q")
+
+
+def format_log(fmt: bytes, words: tuple[int, ...], word_args: bool = _WORD_ARGS) -> str:
+    """A libtdb message: ``fmt`` rendered with the caller's argument words where that is safe
+    (see above), else the bare format. Never raises."""
+    text = fmt.decode("utf-8", "replace")
+    try:
+        specs = list(_CONVERSION.finditer(text))
+        wanted = [m for m in specs if m.group(5) != "%"]
+        if not word_args or len(wanted) > len(words) or any(
+                m.group(5) in "naAeEfFgG" or "*" in (m.group(2) or "") + (m.group(3) or "")
+                for m in wanted):
+            return text.rstrip("\n")
+        args = iter(words)
+        out = []
+        last = 0
+        for m in specs:
+            out.append(text[last:m.start()])
+            last = m.end()
+            flags, width, precision, length, conv = m.groups()
+            if conv == "%":
+                out.append("%")
+                continue
+            word = next(args)
+            spec = "%" + flags + (width or "") + (f".{precision}" if precision is not None else "")
+            if conv in "di":
+                value = word if length in _WIDE else word & 0xFFFFFFFF
+                bits = 64 if length in _WIDE else 32
+                if value >= 1 << (bits - 1):
+                    value -= 1 << bits
+                out.append((spec + "d") % value)
+            elif conv in "ouxX":
+                value = word if length in _WIDE else word & 0xFFFFFFFF
+                out.append((spec + conv) % value)
+            elif conv == "c":
+                out.append((spec + "c") % chr(word & 0xFF))
+            elif conv == "s":
+                value = ctypes.string_at(word).decode("utf-8", "replace") if word else "(null)"
+                out.append((spec + "s") % value)
+            else:                                                   # p
+                out.append(f"0x{word:x}")
+        out.append(text[last:])
+        return "".join(out).rstrip("\n")
+    except Exception:                                               # never into libtdb
+        return text.rstrip("\n")
+
+
+#: log_private token -> sink(level, message); a file's sink is removed when it is closed.
+_SINKS: dict[int, Callable[[int, str], None]] = {}
+_TOKENS = itertools.count(1)
+
+
+@LOG_FN
+def _log_fn(tdb: int, level: int, fmt: bytes, *words: int) -> None:
+    try:
+        if level >= TDB_DEBUG_TRACE or fmt is None:
+            return
+        private = lib.tdb_get_logging_private(tdb) if tdb else None
+        sink = _SINKS.get(private or 0)
+        if sink is not None:
+            sink(level, format_log(fmt, words))
+    except Exception:                                               # never into libtdb
+        pass
+
+
+_proto("tdb_get_logging_private", c_void_p, _CTX)
+
+
+def logging_context(sink: Callable[[int, str], None] | None) -> tuple[TDB_LOGGING_CONTEXT | None, int]:
+    """A logging context for ``tdb_open_ex`` that hands libtdb's messages (TRACE excluded) to
+    ``sink(level, text)``, and its token (release it with :func:`drop_logging`)."""
+    if sink is None:
+        return None, 0
+    token = next(_TOKENS)
+    _SINKS[token] = sink
+    return TDB_LOGGING_CONTEXT(_log_fn, token), token
+
+
+def drop_logging(token: int) -> None:
+    _SINKS.pop(token, None)

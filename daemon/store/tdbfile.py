@@ -20,14 +20,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..protocol.ltdb import LTDB_HEADER_SIZE
 from ..protocol.types import LtdbHeader
 from .libtdb import (
-    PARSER, TDB_DATA, TDB_INSERT, TDB_MODIFY, TDB_REPLACE, TRAVERSER, TdbErr, TdbError, key_data,
-    lib, libc,
+    PARSER, TDB_DATA, TDB_INSERT, TDB_MODIFY, TDB_REPLACE, TRAVERSER, TdbErr, TdbError,
+    TDB_DEBUG_ERROR, drop_logging, key_data, lib, libc, logging_context,
 )
 
 T = TypeVar("T")
@@ -88,22 +89,59 @@ def _traverser(_tdb: int, key: TDB_DATA, data: TDB_DATA, private: int) -> int:
     return 1 if stop else 0
 
 
+class _Sink:
+    """libtdb's messages about one file, to the TdbFile (held weakly: the table of sinks must not
+    keep a file nobody closed alive)."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: TdbFile) -> None:
+        self.file = weakref.ref(file)
+
+    def __call__(self, level: int, text: str) -> None:
+        file = self.file()
+        if file is not None:
+            file.heard(level, text)
+
+
 class TdbFile:
     """An open TDB file. ``tdb_flags`` are libtdb's (``TdbFlag``); ``hash_size`` applies only
-    when the file is created; ``open_flags`` get O_CLOEXEC added, as in Samba's tdb_wrap."""
+    when the file is created; ``open_flags`` get O_CLOEXEC added, as in Samba's tdb_wrap.
+
+    ``log(level, text)``, if given, receives libtdb's own messages about this file (level
+    ``TDB_DEBUG_FATAL``..``WARNING``; see :func:`.libtdb.format_log`): the only report libtdb
+    gives of a corrupt record, which its lookups answer as "no such record".
+    ``on_short_record(key, size)``, if set, hears of every value shorter than the ltdb header
+    that :meth:`fetch_ltdb` / :meth:`fetch_header` meet (they answer None for it, as ctdbd's
+    ``ctdb_ltdb_fetch`` treats it as no record)."""
 
     def __init__(self, path: str, hash_size: int, tdb_flags: int,
-                 open_flags: int = os.O_RDWR | os.O_CREAT, mode: int = 0o600) -> None:
+                 open_flags: int = os.O_RDWR | os.O_CREAT, mode: int = 0o600,
+                 log: Callable[[int, str], None] | None = None) -> None:
         self.path = path
+        self.on_short_record: Callable[[bytes, int], None] | None = None
+        self.log = log
+        self.complaints = 0              # libtdb messages at FATAL/ERROR level so far
+        self.last_complaint: str | None = None
+        log_ctx, self._log_token = logging_context(_Sink(self))
         ctypes.set_errno(0)
         ctx = lib.tdb_open_ex(os.fsencode(path), hash_size, tdb_flags, open_flags | os.O_CLOEXEC,
-                              mode, None, None)
+                              mode, ctypes.addressof(log_ctx), None)
         if not ctx:
             err = ctypes.get_errno()
+            drop_logging(self._log_token)
             raise TdbError("tdb_open_ex", TdbErr.IO, err, path,
                            f"hash_size {hash_size}, tdb_flags {tdb_flags:#x}")
         self._ctx: int | None = ctx
         self.open_tdb_flags = tdb_flags
+
+    def heard(self, level: int, text: str) -> None:
+        """A libtdb message about this file (the logging context's sink)."""
+        if level <= TDB_DEBUG_ERROR:
+            self.complaints += 1
+            self.last_complaint = text
+        if self.log is not None:
+            self.log(level, text)
 
     # --- life --------------------------------------------------------------------------------
 
@@ -119,6 +157,7 @@ class TdbFile:
         ctx, self._ctx = self._ctx, None
         if ctx:
             lib.tdb_close(ctx)
+            drop_logging(self._log_token)
 
     def __enter__(self) -> TdbFile:
         return self
@@ -192,12 +231,18 @@ class TdbFile:
         slices of it are not — copy what you keep with ``bytes()``. Returns what ``fn`` returns,
         or ``default`` if there is no record."""
         call = _Call(fn)  # alive until the call returns; the callback finds it by address
+        complaints = self.complaints
         ctypes.set_errno(0)
         ret = lib.tdb_parse_record(self._h(), key_data(key), _parser, id(call))
         if call.error is not None:
             raise call.error
         if ret != 0:
             if lib.tdb_error(self._ctx) == TdbErr.NOEXIST:
+                if self.complaints != complaints:
+                    # libtdb answers NOEXIST for any failed lookup, a corrupt chain included
+                    # (tdb_parse_record); only its log says why. Not "no record", then.
+                    raise TdbError("tdb_parse_record", TdbErr.CORRUPT, 0, self.path,
+                                   self.last_complaint)
                 return default
             raise self._fail("tdb_parse_record")
         return call.result  # type: ignore[return-value]
@@ -230,20 +275,31 @@ class TdbFile:
 
     def fetch_ltdb(self, key: bytes) -> tuple[LtdbHeader, bytes] | None:
         """(header, data) as ctdbd reads it; None if missing or shorter than the header
-        (``ctdb_ltdb_fetch`` treats both as no record). Copies only the data."""
-        def split(view: memoryview) -> tuple[LtdbHeader, bytes] | None:
+        (``ctdb_ltdb_fetch`` treats both as no record; a short one is reported to
+        ``on_short_record``). Copies only the data."""
+        def split(view: memoryview) -> tuple[LtdbHeader, bytes] | int:
             if len(view) < LTDB_HEADER_SIZE:
-                return None
+                return len(view)
             return LtdbHeader.unpack_from(view, 0)[0], bytes(view[LTDB_HEADER_SIZE:])
-        return self.parse(key, split)
+        return self._ltdb(key, self.parse(key, split))
 
     def fetch_header(self, key: bytes) -> LtdbHeader | None:
         """Only the header (e.g. to look at dmaster); the data is not copied."""
-        def head(view: memoryview) -> LtdbHeader | None:
+        def head(view: memoryview) -> LtdbHeader | int:
             if len(view) < LTDB_HEADER_SIZE:
-                return None
+                return len(view)
             return LtdbHeader.unpack_from(view, 0)[0]
-        return self.parse(key, head)
+        return self._ltdb(key, self.parse(key, head))
+
+    def _ltdb(self, key: bytes, found: T | int | None) -> T | None:
+        if not isinstance(found, int):
+            return found
+        if self.on_short_record is not None:     # after libtdb returned: no callback under its lock
+            try:
+                self.on_short_record(key, found)
+            except Exception:
+                pass
+        return None
 
     def store_ltdb(self, key: bytes, header: LtdbHeader, data: bytes = b"") -> None:
         """Header + data in one tdb_storev, as ``ctdb_ltdb_store`` does."""
@@ -371,6 +427,21 @@ class TdbFile:
         out: list[tuple[bytes, bytes]] = []
         self.traverse_read(lambda k, v: out.append((k, v)))
         return out
+
+    def check(self) -> str | None:
+        """tdb_check: None if the file's structure is sound, else what libtdb said (its log
+        messages reach ``log``). Takes the all-record read lock: callers that must not wait
+        take it without blocking first (``lockall_read_nonblock``), which tdb_check then uses."""
+        ctypes.set_errno(0)
+        if lib.tdb_check(self._h(), None, None) == 0:
+            return None
+        return str(self._fail("tdb_check"))
+
+    def lockall_read_nonblock(self) -> bool:
+        return self._try("tdb_lockall_read_nonblock", lib.tdb_lockall_read_nonblock(self._h()))
+
+    def unlockall_read(self) -> None:
+        self._check("tdb_unlockall_read", lib.tdb_unlockall_read(self._h()))
 
     # --- sequence number, maintenance ------------------------------------------------------------
 
