@@ -86,7 +86,9 @@ def commit_in_child(tdb: TdbFile, wiped: bool,
                     writes: Iterable[tuple[bytes, bytes | None]]) -> Callable[[], int]:
     """The child's work for a recovery commit (``tdb`` frozen and marked by the daemon): drop
     the child's copy of the marks (a transaction cannot start over them), then, with TDB_NOLOCK
-    as ctdbd's db_transaction_*_handler: transaction, wipe, writes, commit. Returns the writes."""
+    as ctdbd's db_transaction_*_handler: transaction, wipe, writes, commit. Returns the writes.
+    TDB_NOLOCK is added to the open handle only: a CLEAR_IF_FIRST file *opened* with it would be
+    wiped (the ACTIVE lock that tells the first opener apart is not taken then)."""
     def work() -> int:
         tdb.transaction_write_lock_unmark()
         tdb.lockall_unmark()
