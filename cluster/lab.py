@@ -203,6 +203,21 @@ class LabCluster:
         except (ClusterNotReady, ValueError, subprocess.TimeoutExpired, KeyError):
             return False
 
+    def ip_per_node(self, timeout: float = 60.0) -> dict[int, str]:
+        """Wait until every node hosts a public IP (a node that became healthy last may get its
+        share only at the next takeover run); then {pnn: the first IP it hosts}."""
+        def spread() -> dict[int, str]:
+            try:
+                owners = self.ip_all()
+            except (ClusterNotReady, subprocess.TimeoutExpired):
+                return {}
+            return {n.index: min(ip for ip, pnn in owners.items() if pnn == n.index)
+                    for n in self.nodes if n.index in owners.values()}
+
+        self.wait_until(lambda: len(spread()) == len(self.nodes), timeout,
+                        "every node hosting a public IP", interval=0.5)
+        return spread()
+
     def wait_healthy(self, timeout: float = 180.0) -> float:
         return self.wait_until(self.healthy, timeout, "every node OK and every public IP hosted")
 
