@@ -412,6 +412,7 @@ class DatabaseRecoveryService:
     # -- pull, commit ------------------------------------------------------------------------------
     async def _stream_pull(self, action: rn.StreamPull) -> None:
         error: str | None = None
+        corrupt: str | None = None
         batch = _Batch(action.db_id, max(1, int(self.tunables.get("RecBufferSizeLimit"))),
                        lambda data: self._send(action.dest, action.srvid, data))
         try:
@@ -421,19 +422,27 @@ class DatabaseRecoveryService:
             async with self._busy_lock(action.db_id):
                 self._usable_lock(action.db_id)
                 if action.from_file:
-                    seen = 0
-                    async for key, value in traverse_in_child(db.tdb):
-                        if key not in action.skip:
-                            batch.add(key, value)
-                        seen += 1
-                        if seen % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
+                    try:
+                        await self._stream_file(db, action.skip, batch)
+                    except ChildError as exc:
+                        if "CORRUPT" not in str(exc):
+                            raise
+                        corrupt = str(exc)          # the core decides what that means
                 for key, value in action.extra:
                     batch.add(key, value)
                 batch.flush()
         except (PullStreamError, ChildError, TdbError, OSError) as exc:
             error = str(exc)
-        self._feed(rn.PullDone(action.ticket, batch.sent, error))
+        self._feed(rn.PullDone(action.ticket, action.db_id, batch.sent, error, corrupt))
+
+    async def _stream_file(self, db: Database, skip: frozenset[bytes], batch: _Batch) -> None:
+        seen = 0
+        async for key, value in traverse_in_child(db.tdb):
+            if key not in skip:
+                batch.add(key, value)
+            seen += 1
+            if seen % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     def _send(self, dest: int, srvid: int, data: bytes) -> None:
         if dest != self.my_pnn and not self.messenger.is_connected(dest):

@@ -195,11 +195,15 @@ class DatabaseRecoveryDriver:
                 raise StepFailed(f"control DB_PULL failed for {name} on node {pnn}: {exc}",
                                  pnn) from None
             count = unpack_reply(Control.DB_PULL, reply.data)
+            dropped = records.dropped
             await merge.drained()
             if count != merge.received:
                 raise StepFailed(f"mismatch ({count} != {merge.received}) in DB_PULL records for "
                                  f"db {name}", pnn)
             log.info("Pulled %d records for db %s from node %d", merge.received, name, pnn)
+            if records.dropped > dropped:
+                log.warning("Dropped %d records shorter than their header pulled from node %d "
+                            "for db %s", records.dropped - dropped, pnn, name)
         finally:
             self.messenger.remove_handler(srvid)
             merge.stop()
@@ -289,7 +293,7 @@ class _PullMerge:
                         part = buffer.records[start:start + YIELD_EVERY]
                         self.received += self.records.add_buffer(RecBuffer(buffer.db_id, part))
                         await asyncio.sleep(0)
-                except (ProtocolError, PlanError, ValueError) as exc:
+                except (ProtocolError, PlanError) as exc:
                     self.broken = str(exc)
                     log.error("Invalid data received for DB_PULL messages for %s: %s",
                               self.name, exc)

@@ -288,3 +288,60 @@ async def _ten_thousand_records_on_three_nodes_without_stalling_the_loop(mesh):
     print(f"\n10^4 records x 3 nodes (in process): {took:.2f} s, max loop lag "
           f"{max(lags) * 1000:.0f} ms over {len(lags)} ticks")
     assert max(lags) < 0.25
+
+
+def test_a_record_shorter_than_its_header_is_dropped_not_fatal(tmp_path):
+    on_mesh(tmp_path, _a_record_shorter_than_its_header_is_dropped_not_fatal)
+
+
+async def _a_record_shorter_than_its_header_is_dropped_not_fatal(mesh):
+    for node in mesh.nodes.values():
+        node.databases.attach("g.tdb")
+    mesh.nodes[1].store.get("g.tdb").tdb.store(b"garbage", b"xyz")        # no ltdb header
+    mesh.nodes[2].store_record("g.tdb", b"ok", 1, 2, b"fine")
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 5)
+    assert outcome.ok and outcome.records_pushed == 1
+    for node in mesh.nodes.values():
+        assert set(node.records("g.tdb")) == {b"ok"}
+
+
+# Overwrites the 24 bytes before KEY in PATH with 0xaa (a record header), from another process:
+# opening and closing the file in the daemon's process would drop its fcntl locks.
+CORRUPT_BEFORE = r"""
+import sys
+path, key = sys.argv[1], sys.argv[2].encode()
+data = open(path, "rb").read()
+at = data.find(key)
+assert at > 24
+with open(path, "r+b") as f:
+    f.seek(at - 24)
+    f.write(b"\xaa" * 24)
+"""
+
+
+def test_a_corrupt_volatile_file_sends_what_it_can_and_is_rewritten(tmp_path):
+    on_mesh(tmp_path, _a_corrupt_volatile_file_sends_what_it_can_and_is_rewritten)
+
+
+async def _a_corrupt_volatile_file_sends_what_it_can_and_is_rewritten(mesh):
+    for node in mesh.nodes.values():
+        node.databases.attach("cv.tdb")
+        node.databases.attach("cp.tdb", int(DbFlag.PERSISTENT))
+    for i in range(1, 6):
+        mesh.nodes[1].store_record("cv.tdb", b"rkey%d" % i, 1, 1, b"value%d" % i)
+    mesh.nodes[2].store_record("cv.tdb", b"rkey3", 1, 2, b"from-2")
+    path = mesh.nodes[1].store.get("cv.tdb").path
+    subprocess.run([sys.executable, "-c", CORRUPT_BEFORE, path, "rkey3"], check=True)
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 5)
+    assert outcome.ok, outcome
+    for node in mesh.nodes.values():                  # node 1's file is whole again
+        assert {k: v for k, (h, v) in node.records("cv.tdb").items()} == {
+            b"rkey1": b"value1", b"rkey2": b"value2", b"rkey3": b"from-2", b"rkey4": b"value4",
+            b"rkey5": b"value5"}
+    # a persistent file that is corrupt fails its pull, as in ctdbd
+    mesh.nodes[1].set_seqnum("cp.tdb", 9)
+    mesh.nodes[1].store_record("cp.tdb", b"pkey", 9, 1, b"precious")
+    subprocess.run([sys.executable, "-c", CORRUPT_BEFORE, mesh.nodes[1].store.get("cp.tdb").path,
+                    "pkey"], check=True)
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 6)
+    assert not outcome.ok and outcome.ban_credits == {1: 3}

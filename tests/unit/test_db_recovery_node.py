@@ -242,8 +242,12 @@ def test_pull_answers_by_state():
     frozen(core)
     [stream] = core.step(rn.Pull("p", VOL, 77, 0))
     assert stream == rn.StreamPull("p", VOL, 0, 77, True, frozenset(), ())
-    assert replies(core.step(rn.PullDone("p", 12))) == [rn.Reply("p", 0, 12)]
-    [failed] = replies(core.step(rn.PullDone("q", 3, "node 0 is not connected")))
+    assert replies(core.step(rn.PullDone("p", VOL, 12))) == [rn.Reply("p", 0, 12)]
+    [failed] = replies(core.step(rn.PullDone("q", VOL, 3, "node 0 is not connected")))
+    assert failed.status == -1
+    # a corrupt file: a volatile database sends what could be read, a persistent one fails
+    assert replies(core.step(rn.PullDone("r", VOL, 4, corrupt="CORRUPT"))) == [rn.Reply("r", 0, 4)]
+    [failed] = replies(core.step(rn.PullDone("s", PERS, 4, corrupt="CORRUPT")))
     assert failed.status == -1
     # inside a transaction a pull sees the transaction's view
     core.step(rn.TransactionStart("t", VOL, 9))

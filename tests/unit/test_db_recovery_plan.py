@@ -70,18 +70,17 @@ def test_merge_highest_rsn_wins_and_ties_replace_only_the_leaders_copy():
     records.add(b"c", value(5, 2, b"n2"))          # tie, held copy is the leader's: replaced
     assert records.records == {b"a": value(6, 2, b"n2'"), b"b": value(5, 1, b"n1"),
                                b"c": value(5, 2, b"n2")}
-    with pytest.raises(ValueError):
-        records.add(b"d", b"short")
+    records.add(b"d", b"short")                    # shorter than a header: dropped, counted
+    assert b"d" not in records.records and records.dropped == 1
 
 
-def test_a_pulled_buffer_of_another_database_or_with_a_short_record_fails():
+def test_a_pulled_buffer_of_another_database_fails_and_short_records_are_dropped():
     records = RecordSet(9, LEADER)
     with pytest.raises(PlanError):
         records.add_buffer(RecBuffer(8, [RecData(0, b"a", value(1, 1))]))
-    with pytest.raises(ValueError):
-        records.add_buffer(RecBuffer(9, [RecData(0, b"a", value(1, 1)), RecData(0, b"b", b"x")]))
-    assert set(records.records) == {b"a"}          # what came before the bad record stays
-    assert records.add_buffer(RecBuffer(9, [RecData(0, b"c", value(1, 1))])) == 1
+    received = records.add_buffer(RecBuffer(9, [RecData(0, b"a", value(1, 1)),
+                                                RecData(0, b"b", b"x"), RecData(0, b"c", value(1, 1))]))
+    assert received == 3 and set(records.records) == {b"a", b"c"} and records.dropped == 1
 
 
 def unpack_all(buffers):

@@ -47,6 +47,11 @@ CTDB's rules, Samba 4.17.12 (``ctdb/server/ctdb_freeze.c`` unless named otherwis
 
 Deviations, marked:
 
+* **pyctdbd:** a DB_PULL of a *volatile* database whose file libtdb finds corrupt part-way sends
+  the records read before the damage and answers their count (logged); ctdbd answers -1, the
+  helper retries and then bans the node. A volatile database is a cache, the damaged records
+  cannot be read anyway, and the recovery's wipe and push rewrite the file. A corrupt
+  persistent database still fails the pull.
 * **pyctdbd:** the transaction is kept here, as its contents (wiped or not, and the records
   written since), and written to the file in one TDB transaction at commit, in a forked child;
   ctdbd keeps a libtdb transaction open in the daemon from DB_TRANSACTION_START on. A pull after
@@ -174,11 +179,14 @@ class Pull:
 
 @dataclass(frozen=True)
 class PullDone:
-    """The shell's answer to StreamPull: the records sent, or an error."""
+    """The shell's answer to StreamPull: the records sent, or an error. `corrupt`: libtdb found
+    the file corrupt part-way; `count` records were read and sent before that."""
 
     ticket: Ticket
+    db_id: int
     count: int
     error: str | None = None
+    corrupt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -578,8 +586,16 @@ class NodeRecovery:
     def on_PullDone(self, ev: PullDone) -> None:
         if ev.error is not None:
             self._reply(ev.ticket, -1, error=f"DB_PULL failed: {ev.error}")
-        else:
-            self._reply(ev.ticket, 0, count=ev.count)
+            return
+        if ev.corrupt is not None:
+            db = self.dbs.get(ev.db_id)
+            if db is None or not db.volatile:
+                self._reply(ev.ticket, -1, error=f"DB_PULL failed: {ev.corrupt}")
+                return
+            self._log(logging.ERROR, f"DB_PULL of {db.name}: the file is corrupt ({ev.corrupt}); "
+                                     f"sent the {ev.count} records read before it, the "
+                                     "recovery's wipe rewrites the file")
+        self._reply(ev.ticket, 0, count=ev.count)
 
     # -- push ------------------------------------------------------------------------------------
     def on_PushStart(self, ev: PushStart) -> None:

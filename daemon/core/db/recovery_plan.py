@@ -17,7 +17,7 @@ CTDB's rules, Samba 4.17.12 ``ctdb/server/ctdb_recovery_helper.c``:
 * **Collect, volatile** (``collect_all_db_send``, ``recdb_add_traverse``): DB_PULL from every node
   in node order into one record set. A pulled record replaces the one held if its rsn is higher,
   or equal and the held copy's dmaster is the leader (the node running the recovery). A record
-  shorter than its 24-byte header fails that pull. **Persistent and replicated**
+  shorter than its 24-byte header fails that pull (pyctdbd: see below). **Persistent and replicated**
   (``collect_highseqnum_db_send``): GET_DB_SEQNUM on every node; the first node with the highest
   ``__db_sequence_number__`` (comparison starts at 0 with the first node) is the only one pulled.
   A pull whose reply count differs from the records received fails (EIO); the failing node earns
@@ -38,6 +38,10 @@ Deviations, marked:
   database.
 * **pyctdbd:** the ban credits are returned to the caller (the leader's scheduler); the helper
   bans the node with NUM_RETRIES credits itself.
+* **pyctdbd:** a pulled record shorter than its ltdb header is dropped and counted
+  (``RecordSet.dropped``); the helper fails the pull, so one such record — only a misbehaving
+  client writes one — fails every recovery until the node holding it is banned. Nodes still
+  send such records in DB_PULL, as ctdbd does, and refuse them in a push.
 """
 
 from __future__ import annotations
@@ -159,14 +163,16 @@ class RecordSet:
         self.db_id = db_id
         self.leader = leader
         self.records: dict[bytes, bytes] = {}      # key -> header + value
+        self.dropped = 0                           # records shorter than their header
 
     def __len__(self) -> int:
         return len(self.records)
 
     def add(self, key: bytes, data: bytes) -> None:
-        """One pulled record (ValueError if shorter than its header)."""
+        """One pulled record (one shorter than its header is dropped and counted)."""
         if len(data) < LTDB_HEADER_SIZE:
-            raise ValueError(f"record {key.hex()} is shorter than its header")
+            self.dropped += 1
+            return
         prev = self.records.get(key)
         if prev is not None:
             rsn = unpack_header(data).rsn
@@ -176,9 +182,8 @@ class RecordSet:
         self.records[key] = data
 
     def add_buffer(self, buffer: RecBuffer) -> int:
-        """A DB_PULL message's records; PlanError for another database's records, ValueError for
-        a record shorter than its header (the records before it are kept, as in the helper).
-        Returns the number of records in the buffer."""
+        """A DB_PULL message's records; PlanError for another database's records. Returns the
+        number of records in the buffer (dropped ones included: they were received)."""
         if buffer.db_id != self.db_id:
             raise PlanError(f"Invalid dbid:{buffer.db_id:08x} for DB_PULL messages for "
                             f"0x{self.db_id:08x}")
