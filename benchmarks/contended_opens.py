@@ -1,0 +1,151 @@
+"""Contended opens on clustered Samba: smbtorture's smb2.bench.path-contention-shared through one
+node, then spread over all nodes, for real ctdbd and pyctdbd (clustered smbd) side by side.
+
+    .venv/bin/python -m benchmarks.contended_opens                      # both daemons
+    .venv/bin/python -m benchmarks.contended_opens --daemons ctdb       # real ctdbd alone
+    .venv/bin/python -m benchmarks.contended_opens --repeat 3 --nprocs 6 --seconds 10
+
+The bench opens and closes the share's root directory in a loop on ``--nprocs`` connections
+(``--qdepth`` requests in flight on each) for ``--seconds``, and prints opens/s averaged over the
+run.  Every open and close updates the same locking.tdb record, so through one node it stays on
+that node, and spread over the nodes (``--option=torture:unclist=FILE`` with one public IP per
+node: smbtorture takes the next line for each connection) it migrates between them through the
+cluster daemon on every open.  smbtorture runs in the lab client; each daemon gets its own
+3-node cluster (clustered smbd, aggressive tunables), torn down at the end.
+
+A short uncounted warm-up run per mode comes first (``--warmup``; the first run on a fresh
+cluster was about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the spread/one-node ratio
+per daemon, and pyctdbd/ctdbd per mode when both ran.  A daemon whose cluster does not come up
+is reported as not measured (the other is still measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+
+from ctdblab.cluster.lab import ClusterNotReady, LabCluster
+from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
+from ctdblab.stats import median
+
+from .common import progress, table
+
+DAEMONS = ("ctdb", "pyctdbd")
+SUMMARY = re.compile(r"open\[num/s=(\d+),avslat=([0-9.]+),minlat=([0-9.]+),maxlat=([0-9.]+)\]")
+
+
+def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
+          seconds: int | None = None) -> dict:
+    """One smbtorture bench run with its connections spread round-robin over ``ips``."""
+    seconds = args.seconds if seconds is None else seconds
+    unclist = cluster.workdir / f"unclist-{len(ips)}"
+    unclist.write_text("".join(f"//{ip}/{SHARE}\n" for ip in ips))
+    conf = cluster.workdir / "smbtorture.conf"
+    conf.write_text("[global]\n")
+    argv = ["smbtorture", f"//{ips[0]}/{SHARE}", "-U", f"{SMB_USER}%{SMB_PASSWORD}",
+            "-s", str(conf), f"--option=torture:unclist={unclist}",
+            f"--option=torture:nprocs={args.nprocs}", f"--option=torture:qdepth={args.qdepth}",
+            f"--option=torture:timelimit={seconds}", "--option=torture:progress=no",
+            "smb2.bench.path-contention-shared"]
+    done = cluster.client(0).run(argv, timeout=seconds + 120)
+    found = SUMMARY.findall(done.stderr + done.stdout)    # comments go to stderr, verdicts to stdout
+    if done.returncode != 0 or not found or "success: path-contention-shared" not in done.stdout:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise RuntimeError(f"smbtorture bench failed (exit {done.returncode}): {' / '.join(tail)}")
+    opens, avg, low, high = found[-1]
+    return {"opens_s": int(opens), "avg_latency_ms": float(avg) * 1e3,
+            "max_latency_ms": float(high) * 1e3}
+
+
+def measure(daemon: str, args: argparse.Namespace) -> dict:
+    """{"one": [runs], "spread": [runs]} for one daemon, on its own cluster."""
+    progress(f"{daemon}: starting a {args.nodes}-node cluster with clustered smbd")
+    with LabCluster(args.nodes, daemon=daemon, tunables=args.tunables, clients=1,
+                    clustered_smbd=True, progress=progress) as cluster:
+        per_node = cluster.ip_per_node()
+        spread_ips = [per_node[n.index] for n in cluster.nodes]
+        # The main connection takes line 1 and stays idle; the bench's connections take the
+        # next ones, so with nprocs a multiple of the node count they spread evenly.
+        counts = [0] * len(spread_ips)
+        for i in range(1, args.nprocs + 1):
+            counts[i % len(spread_ips)] += 1
+        progress(f"{daemon}: spread run puts {counts} bench connections on nodes "
+                 f"{list(range(len(spread_ips)))}")
+        runs: dict[str, list[dict]] = {"one": [], "spread": []}
+        if args.warmup:
+            for ips in (spread_ips[:1], spread_ips):
+                bench(cluster, ips, args, seconds=args.warmup)
+            progress(f"{daemon}: warm-up runs ({args.warmup} s per mode, not counted) done")
+        for r in range(args.repeat):
+            for mode, ips in (("one", spread_ips[:1]), ("spread", spread_ips)):
+                result = bench(cluster, ips, args)
+                runs[mode].append(result)
+                progress(f"{daemon} run {r + 1}/{args.repeat} {mode}: {result['opens_s']} opens/s, "
+                         f"avg latency {result['avg_latency_ms']:.2f} ms")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.contended_opens", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--daemons", default="ctdb,pyctdbd",
+                   help="comma-separated: ctdb, pyctdbd (default both; ctdb is the reference)")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--nprocs", type=int, default=6, help="bench connections (default 6)")
+    p.add_argument("--qdepth", type=int, default=1, help="requests in flight per connection")
+    p.add_argument("--seconds", type=int, default=10, help="bench time per run (default 10)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="seconds of one uncounted run per mode first (0: none; default 3)")
+    p.add_argument("--tunables", default="aggressive")
+    args = p.parse_args(argv)
+    daemons = [d.strip() for d in args.daemons.split(",") if d.strip()]
+    bad = [d for d in daemons if d not in DAEMONS]
+    if bad or not daemons:
+        p.error(f"--daemons takes {', '.join(DAEMONS)}, not {args.daemons!r}")
+    if args.nodes < 2:
+        p.error("--nodes must be at least 2 (one node against several)")
+
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    for daemon in daemons:
+        try:
+            results[daemon] = measure(daemon, args)
+        except (ClusterNotReady, RuntimeError, subprocess.TimeoutExpired) as e:
+            failures[daemon] = str(e).splitlines()[0]
+            progress(f"{daemon}: not measured: {failures[daemon]}")
+
+    print(f"\nsmb2.bench.path-contention-shared: {args.nprocs} connections x qdepth "
+          f"{args.qdepth}, {args.seconds} s per run, {args.repeat} runs per mode; "
+          f"{args.nodes} nodes, clustered smbd, tunables {args.tunables}; median opens/s (runs)\n")
+    rows = []
+    medians: dict[str, dict[str, float]] = {}
+    for daemon in daemons:
+        if daemon in failures:
+            rows.append([daemon, "not measured", "", "", ""])
+            continue
+        runs = results[daemon]
+        m = {mode: median([r["opens_s"] for r in runs[mode]]) for mode in runs}
+        lat = {mode: median([r["avg_latency_ms"] for r in runs[mode]]) for mode in runs}
+        medians[daemon] = m
+        rows.append([daemon,
+                     f"{m['one']:.0f} ({', '.join(str(r['opens_s']) for r in runs['one'])})",
+                     f"{m['spread']:.0f} ({', '.join(str(r['opens_s']) for r in runs['spread'])})",
+                     f"{m['spread'] / m['one']:.2f}" if m["one"] else "-",
+                     f"{lat['one']:.2f} / {lat['spread']:.2f}"])
+    print(table(["daemon", "through 1 node", f"spread over {args.nodes}", "spread/one",
+                 "avg latency ms (one / spread)"], rows))
+    if "ctdb" in medians and "pyctdbd" in medians:
+        ref, py = medians["ctdb"], medians["pyctdbd"]
+        print("\npyctdbd / ctdbd: " + ", ".join(
+            f"{mode} {py[mode] / ref[mode]:.2f}x" if ref[mode] else f"{mode} -"
+            for mode in ("one", "spread")))
+    for daemon, reason in failures.items():
+        print(f"\n{daemon} not measured: {reason}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
