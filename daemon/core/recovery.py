@@ -1,12 +1,15 @@
-"""The leader's recovery of the cluster's shape, as data: a new generation and vnnmap, and the
-controls every active node gets, in order (CTDB's recovery without databases; the database
-stages of the clustered-database work slot in between START_RECOVERY and SET_RECMODE NORMAL).
+"""The leader's recovery of the cluster, as data: a new generation and vnnmap, and what every
+active node gets, in order:
 
 1. SET_RECMODE ACTIVE        every active node stops serving records and notes the recovery
 2. START_RECOVERY            ("Recovery has started"; the start time `ctdb uptime` shows)
 3. SETVNNMAP                 the new generation and the lmaster nodes
-4. SET_RECMODE NORMAL        back to serving
-5. END_RECOVERY              ("Recovery has finished"; a starting node moves on to STARTUP)
+4. the databases             every database of every node recovered into the new generation
+                             (server/db_recovery_driver.py: freeze, pull, merge, push, commit).
+                             After SETVNNMAP, as CTDB does: the thaw lets record traffic run
+                             again, and it must find the new lmasters holding the merged copy
+5. SET_RECMODE NORMAL        back to serving (refused while a database is on another generation)
+6. END_RECOVERY              ("Recovery has finished"; a starting node moves on to STARTUP)
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from ..protocol.types import VnnMap
 
 @dataclass(frozen=True)
 class RecoveryStage:
-    opcode: Control
+    opcode: Control | None        # None: the database stage, not one control
     value: object = None          # the control's request value (None: empty payload)
+
+    @property
+    def databases(self) -> bool:
+        return self.opcode is None
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,6 @@ def plan_recovery(active: list[int], lmasters: list[int], my_pnn: int, generatio
     lmaster capability. With no lmaster at all the leader serves as one, as CTDB does."""
     vnnmap = VnnMap(generation, list(lmasters) or [my_pnn])
     stages = (RecoveryStage(Control.SET_RECMODE, RecMode.ACTIVE), RecoveryStage(Control.START_RECOVERY),
-              RecoveryStage(Control.SETVNNMAP, vnnmap), RecoveryStage(Control.SET_RECMODE, RecMode.NORMAL),
-              RecoveryStage(Control.END_RECOVERY))
+              RecoveryStage(Control.SETVNNMAP, vnnmap), RecoveryStage(None),
+              RecoveryStage(Control.SET_RECMODE, RecMode.NORMAL), RecoveryStage(Control.END_RECOVERY))
     return RecoveryPlan(generation, vnnmap, tuple(active), stages)

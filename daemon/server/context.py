@@ -13,6 +13,7 @@ from ..config import DaemonConfig, Tunables
 from ..net.local import LocalServer
 from .connections import ConnectionTracker
 from .databases import DatabaseService
+from .db_recovery import DatabaseRecoveryService
 from .leader import LeaderService
 from .messenger import Messenger
 from .node import NodeService
@@ -50,6 +51,7 @@ class ControlContext:
     persistent: PersistentCommitService
     traverses: TraverseService
     statistics: Statistics
+    db_recovery: DatabaseRecoveryService
 
     @property
     def pnn(self) -> int:

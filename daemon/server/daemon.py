@@ -129,7 +129,7 @@ class Daemon:
                                    clock=self.clock, force_recovery=self.force_recovery,
                                    vnnmap=lambda: self.recovery.vnnmap, env=options.script_env)
         self.recovery = RecoveryState(nodemap, self._recovery_finished, self.db.recovery_mode_changed,
-                                      self.db.vnnmap_changed)
+                                      self.db.vnnmap_changed, self.db.may_leave_recovery)
         self.statistics = Statistics(
             self.tunables, call_stats=lambda: self.db.record_calls.stats,
             db_call_stats=lambda db_id: self.db.record_calls.db_stats.get(db_id),
@@ -144,7 +144,7 @@ class Daemon:
             daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
             messenger=self.messenger, databases=self.db.databases, persistent=self.db.persistent,
-            traverses=self.db.traverses, statistics=self.statistics)
+            traverses=self.db.traverses, statistics=self.statistics, db_recovery=self.db.recovery)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,
@@ -342,6 +342,8 @@ class Daemon:
         if srvid in internal.INTERNAL:
             if src != self.my_pnn:
                 self._internal_message(src, srvid, data)
+            return
+        if self.messenger.handle_message(src, srvid, data):
             return
         handler = self._message_handlers.get(srvid)
         if handler is not None:

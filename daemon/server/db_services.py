@@ -15,6 +15,7 @@ from ..core.nodes import NodeMap
 from ..net.local import Client
 from ..protocol import NodeFlag, Runstate, VnnMap
 from .databases import DatabaseService
+from .db_recovery import DatabaseRecoveryService
 from .messenger import Messenger
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
@@ -35,8 +36,12 @@ class DatabaseServices:
         shared = dict(lookup=self.databases.database, registry_info=self.databases.info,
                       vnnmap=lambda: vnnmap().map, active_nodes=nodemap.active_pnns, tunables=tunables,
                       spawn=tasks.spawn, clock=clock)
-        self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery, **shared)
+        self.recovery = DatabaseRecoveryService(my_pnn, self.databases, messenger, tunables, tasks,
+                                                vnnmap=vnnmap)
+        self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
+                                                  freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)
+        self._inactive = False
         self.databases.listeners.append(self._database_changed)
         self._banned = False
         self._next_tick = 0.0
@@ -54,7 +59,11 @@ class DatabaseServices:
         self.record_calls.vnnmap_changed(vnnmap)
 
     def own_flags_changed(self, flags: int) -> None:
-        self.databases.inactive(bool(flags & NodeFlag.INACTIVE))
+        inactive = bool(flags & NodeFlag.INACTIVE)
+        self.databases.inactive(inactive)
+        if inactive and not self._inactive:
+            self.recovery.node_inactive()
+        self._inactive = inactive
         banned = bool(flags & NodeFlag.BANNED)
         if banned != self._banned:
             self._banned = banned
@@ -81,7 +90,12 @@ class DatabaseServices:
     def tunables_changed(self) -> None:
         self.databases.tunables_changed()
 
+    def may_leave_recovery(self, generation: int) -> str | None:
+        """SET_RECMODE NORMAL: why not (a database is still on another generation), or None."""
+        return self.recovery.set_recmode_normal(generation)
+
     def close(self) -> None:
+        self.recovery.close()
         self.record_calls.close()
         self.persistent.close()
         self.traverses.close()

@@ -26,6 +26,7 @@ from ..protocol import (
     UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid,
     internal, pack_i32_reply, pack_request, unpack_message, unpack_reply,
 )
+from .db_recovery_driver import DatabaseRecoveryDriver
 from .messenger import Messenger
 from .tasks import Tasks
 from .wire import public_ip
@@ -53,6 +54,7 @@ class LeaderService:
         self.ips_hosted = ips_hosted
         self.ban_this_node = ban_this_node
         self.scheduler = LeaderScheduler(node.my_pnn, started_at)
+        self.db_recovery = DatabaseRecoveryDriver(node.my_pnn, messenger, tunables, clock=clock)
         self.takeover_runs = 0
         self._wakeup = asyncio.Event()
 
@@ -162,6 +164,14 @@ class LeaderService:
         timeout = float(self.tunables.get("RecoverTimeout"))
         notice("Recovery initiated: generation %u, vnnmap %s", plan.generation, plan.vnnmap.map)
         for stage in plan.stages:
+            if stage.databases:
+                outcome = await self.db_recovery.recover(plan.targets, plan.generation)
+                for pnn, credits in outcome.ban_credits.items():
+                    for _ in range(credits):
+                        self._blame(pnn, "database recovery failed")
+                if not outcome:
+                    return False
+                continue
             data = b"" if stage.value is None else pack_request(stage.opcode, stage.value)
             replies = await self.messenger.controls(plan.targets, stage.opcode, data, timeout=timeout)
             bad = {p: r for p, r in replies.items() if isinstance(r, Exception)}
@@ -265,11 +275,13 @@ class LeaderService:
             ok = False
             # A node that is gone is not to blame; one that answers with a failure is.
             if pnn == self.node.my_pnn or self.messenger.is_connected(pnn):
-                ban = self.scheduler.blame(pnn, f"{opcode.name} failed", self.clock(),
-                                           len(self.node.nodemap.peers()) + 1)
-                if ban is not None:
-                    self._ban(ban)
+                self._blame(pnn, f"{opcode.name} failed")
         return ok
+
+    def _blame(self, pnn: int, why: str) -> None:
+        ban = self.scheduler.blame(pnn, why, self.clock(), len(self.node.nodemap.peers()) + 1)
+        if ban is not None:
+            self._ban(ban)
 
     def _ban(self, ban: Ban) -> None:
         log.error("Node %u reached %u banning credits (%s) - banning it for %u seconds",

@@ -17,11 +17,13 @@ from ..protocol import INVALID_GENERATION, RecMode, VnnMap
 class RecoveryState:
     def __init__(self, nodemap: NodeMap, on_recovery_finished: Callable[[], None],
                  on_recmode: Callable[[bool], None] = lambda active: None,
-                 on_vnnmap: Callable[[VnnMap], None] = lambda vnnmap: None) -> None:
+                 on_vnnmap: Callable[[VnnMap], None] = lambda vnnmap: None,
+                 may_leave: Callable[[int], str | None] = lambda generation: None) -> None:
         self.nodemap = nodemap
         self.on_recovery_finished = on_recovery_finished
         self.on_recmode = on_recmode             # told of every change: True = recovery active
         self.on_vnnmap = on_vnnmap               # told of every vnnmap installed
+        self.may_leave = may_leave               # SET_RECMODE NORMAL: a reason to refuse, or None
         self.vnnmap = VnnMap(INVALID_GENERATION, [])
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
@@ -41,6 +43,11 @@ class RecoveryState:
             return f"invalid recovery mode {mode}"
         if mode == RecMode.NORMAL and self.nodemap.inactive:
             return None          # an inactive node stays in recovery mode
+        if mode == RecMode.NORMAL and self.recmode == RecMode.ACTIVE:
+            refused = self.may_leave(self.vnnmap.generation)
+            if refused:
+                log.error("Refusing to leave recovery mode: %s", refused)
+                return refused
         if mode != self.recmode:
             self.recmode = RecMode(mode)
             notice("Recovery mode set to %s", "NORMAL" if mode == RecMode.NORMAL else "ACTIVE")

@@ -25,9 +25,8 @@ import time
 
 import pytest
 
-from ctdblab.daemon.controls import registry as control_registry
 from ctdblab.daemon.protocol import (
-    Control, DisableMessage, LtdbHeader, ReqMessage, Srvid, TdbFlag, encode_packet, pack_message,
+    DisableMessage, LtdbHeader, ReqMessage, Srvid, TdbFlag, encode_packet, pack_message,
 )
 from ctdblab.daemon.protocol.constants import RecordFlag
 from ctdblab.daemon.protocol.ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum
@@ -50,14 +49,9 @@ sys.stdin.read()
 MWD = int(RecordFlag.MIGRATED_WITH_DATA)
 
 
-def _wired() -> bool:
-    return Control.DB_FREEZE in control_registry()
-
-
 pytestmark = [
     pytest.mark.skipif(not have_ctdb_cli() or not os.access(HELPER, os.X_OK),
                        reason="Debian's ctdb tool and recovery helper are not installed"),
-    pytest.mark.skipif(not _wired(), reason="the daemon does not route the recovery controls yet"),
 ]
 
 
