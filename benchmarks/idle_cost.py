@@ -1,27 +1,49 @@
 """Idle CPU and memory per daemon at 3, 8 and 16 nodes, pyctdbd next to real CTDB.
 
     .venv/bin/python -m benchmarks.idle_cost [--nodes 3,8,16] [--daemons pyctdbd,ctdb] [--window 30]
+    .venv/bin/python -m benchmarks.idle_cost --clustered-smbd --nodes 3    # with Samba's 16 databases
 
 For each size a cluster starts (default tunables, smbd on every node), settles for 10 s, then the
 CPU time of every daemon process is sampled from /proc over --window seconds.  Printed per node:
 CPU of the daemon's own processes (% of one core), the same including the event scripts it ran
 (children it reaped), RSS and PSS summed over the daemon's processes.  smbd is not counted.
 Target for pyctdbd: ≤ 0.5 % of a core and ≤ 60 MiB per daemon.
+
+``--clustered-smbd``: smbd runs with ``clustering = yes`` (the lab's ``ctdblab up
+--clustered-smbd``), and before the window every node must have the databases a clustered Samba
+has attached (reference/clustered-db.md §1: 9 volatile — smbXsrv_{open,tcon,session,client,
+version}_global, leases, locking, brlock, g_lock — and 7 persistent — secrets, passdb,
+account_policy, group_mapping, share_info, registry, ctdb): one SMB session per node
+(smbclient on the node itself) attaches the per-session ones; the names attached are printed.
+``--profile SECONDS`` then records each pyctdbd with py-spy for that long after the window
+(`py-spy record --format raw`; the files are named in the output).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 from ctdblab import chaos
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.stats import median
 
 from .common import progress, table
 
 TICK = os.sysconf("SC_CLK_TCK")
+#: The databases of a running clustered Samba 4.17 (reference/clustered-db.md §1).
+SAMBA_DATABASES = (
+    [f"smbXsrv_{x}_global.tdb" for x in ("open", "tcon", "session", "client", "version")]
+    + ["leases.tdb", "locking.tdb", "brlock.tdb", "g_lock.tdb"]
+    + [f"{x}.tdb" for x in ("secrets", "passdb", "account_policy", "group_mapping", "share_info",
+                            "registry", "ctdb")])
+PY_SPY = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -68,28 +90,97 @@ def measure(cluster: LabCluster, window: float) -> list[dict]:
     return rows
 
 
+def attached_databases(cluster: LabCluster, pnn: int) -> list[str]:
+    result = cluster.ctdb(pnn, "getdbmap", timeout=30)
+    return re.findall(r"^dbid:0x[0-9a-f]+ name:(\S+) ", result.stdout, re.M)
+
+
+def attach_samba_databases(cluster: LabCluster, timeout: float = 90.0) -> dict[int, list[str]]:
+    """Wait until every node has the databases a clustered Samba attaches; one SMB session per
+    node (smbclient on the node, to its own smbd) brings the per-session ones. Returns each
+    node's attached names (the wait ends after `timeout` either way: what is missing shows)."""
+    for node in cluster.nodes:
+        node.run(["smbclient", f"//127.0.0.1/{SHARE}", "-U", f"{SMB_USER}%{SMB_PASSWORD}",
+                  "-c", "ls"], timeout=60)
+    deadline = time.monotonic() + timeout
+    while True:
+        names = {n.index: attached_databases(cluster, n.index) for n in cluster.nodes}
+        if all(set(SAMBA_DATABASES) <= set(v) for v in names.values()) or time.monotonic() > deadline:
+            return names
+        time.sleep(1)
+
+
+def profile(cluster: LabCluster, seconds: float, out_dir: Path) -> list[Path]:
+    """py-spy record (raw, --idle) of each node's pyctdbd for `seconds`; the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs, files = [], []
+    for node in cluster.nodes:
+        for pid in chaos.daemon_processes(cluster, node.index):
+            path = out_dir / f"pyctdbd-node{node.index}-{pid}.txt"
+            procs.append(subprocess.Popen(
+                [PY_SPY, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "1000",
+                 "--idle", "--format", "raw", "--output", str(path), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            files.append(path)
+    for proc in procs:
+        try:
+            proc.wait(seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return [f for f in files if f.exists()]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="3,8,16")
     p.add_argument("--daemons", default="pyctdbd,ctdb")
     p.add_argument("--window", type=float, default=30.0)
     p.add_argument("--tunables", default="default")
+    p.add_argument("--clustered-smbd", action="store_true",
+                   help="clustered smbd with its 16 databases attached on every node")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="py-spy each pyctdbd for SECONDS after the window")
+    p.add_argument("--profile-dir", type=Path, default=Path("results") / time.strftime("idle-profile-%Y%m%d-%H%M%S"))
     args = p.parse_args()
     out = []
+    notes = []
     for daemon in args.daemons.split(","):
         for n in (int(x) for x in args.nodes.split(",")):
-            progress(f"{daemon}: {n} nodes")
-            with LabCluster(n, daemon=daemon, tunables=args.tunables, clients=0,
-                            progress=progress) as cluster:
+            progress(f"{daemon}: {n} nodes{' with clustered smbd' if args.clustered_smbd else ''}")
+            with LabCluster(n, daemon=daemon, tunables=args.tunables, clients=0, progress=progress,
+                            clustered_smbd=True if args.clustered_smbd else None) as cluster:
+                dbs = None
+                if args.clustered_smbd:
+                    names = attach_samba_databases(cluster)
+                    dbs = min(len(v) for v in names.values())
+                    missing = sorted(set(SAMBA_DATABASES) - set.intersection(*map(set, names.values())))
+                    extra = sorted(set.union(*map(set, names.values())) - set(SAMBA_DATABASES))
+                    notes.append(f"{daemon} {n} nodes: {dbs}..{max(len(v) for v in names.values())} "
+                                 f"databases per node; missing {missing or 'none'}; others {extra or 'none'}")
+                    progress(notes[-1])
                 time.sleep(10)
                 rows = measure(cluster, args.window)
+                if args.profile and daemon == "pyctdbd":
+                    files = profile(cluster, args.profile, args.profile_dir / f"{n}-nodes")
+                    notes.append(f"py-spy profiles ({args.profile:.0f} s each): "
+                                 + ", ".join(map(str, files)))
             med = lambda key: median(r[key] for r in rows)
             mx = lambda key: max(r[key] for r in rows)
-            out.append([daemon, n, med("cpu_pct"), mx("cpu_pct"), med("cpu_with_scripts_pct"),
+            out.append([daemon, n, dbs, med("cpu_pct"), mx("cpu_pct"), med("cpu_with_scripts_pct"),
                         med("rss_mib"), mx("rss_mib"), med("pss_mib"), rows[0]["procs"]])
-    print(f"\nidle cost per node over {args.window:.0f} s ({args.tunables} tunables; smbd not counted)")
-    print(table(["daemon", "nodes", "cpu% p50", "cpu% max", "cpu%+scripts", "RSS MiB p50",
+    for n in (int(x) for x in args.nodes.split(",")):      # pyctdbd / ctdbd, same run
+        py = next((r for r in out if r[0] == "pyctdbd" and r[1] == n), None)
+        ref = next((r for r in out if r[0] == "ctdb" and r[1] == n), None)
+        if py and ref:
+            out.append(["ratio py/ctdb", n, None] + [a / b if b else None for a, b in zip(py[3:9], ref[3:9])]
+                       + [None])
+    smbd = "clustered smbd, not counted" if args.clustered_smbd else "smbd not counted"
+    print(f"\nidle cost per node over {args.window:.0f} s ({args.tunables} tunables; {smbd})")
+    print(table(["daemon", "nodes", "dbs", "cpu% p50", "cpu% max", "cpu%+scripts", "RSS MiB p50",
                  "RSS MiB max", "PSS MiB p50", "procs/node"], out))
+    for note in notes:
+        print(f"  {note}")
     return 0
 
 
