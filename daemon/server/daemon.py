@@ -135,7 +135,7 @@ class Daemon:
             db_call_stats=lambda db_id: self.db.record_calls.db_stats.get(db_id),
             lock_stats=lambda: {d.db_id: d.locker.stats for d in self.db.databases.store},
             node_traffic=self.transport.traffic, client_traffic=self.local.traffic,
-            num_clients=lambda: len(self.local),
+            num_clients=lambda: len(self.local), childwrites=lambda: self.db.persistent.childwrites,
             recovering=lambda: self.recovery.recmode == RecMode.ACTIVE)
         self.clients = ClientRequests(self.my_pnn, nodemap, self.dispatcher, self.messenger,
                                       self.db.record_calls, self.tasks,

@@ -38,6 +38,8 @@ from ..core.db.persistent import (
     PersistentCommits, PersistentSettings, RecoveryEnded, Reply, SendUpdateRecord, Start,
     db_seqnum_refusal, parse_commit, plan_update, update_record_refusal,
 )
+from ..core.db.callstats import ChildWrites
+from ..core.db.ltdbrules import fetch as ltdb_fetch
 from ..core.db.registry import ClientGone, DbInfo, ForceRecovery, SetRecoveryMode, Tick
 from ..core.node import Log
 from ..log import log
@@ -86,6 +88,7 @@ class PersistentCommitService:
         self.spawn = spawn
         self.clock = clock
         self.freeze_state = freeze_state
+        self.childwrites = ChildWrites()           # for STATISTICS (ctdbd's childwrite_*)
         self.core = PersistentCommits(my_pnn, PersistentSettings.from_tunables(tunables))
         self._waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
         self._next_commit = 1
@@ -137,9 +140,24 @@ class PersistentCommitService:
             raise SeqnumRefused(why)
         assert db is not None
         if frozen:
-            record = db.tdb.fetch_ltdb(DB_SEQNUM_TDB_KEY)
-            return 0 if record is None else unpack_seqnum(record[1])
-        return await db.db_seqnum()
+            return self._read_seqnum(db)
+        async with db.locked(DB_SEQNUM_TDB_KEY):
+            return self._read_seqnum(db)
+
+    def _read_seqnum(self, db: Database) -> int:
+        """The seqnum record, read as ctdb_ltdb_fetch reads it: a missing one gets its initial
+        header stored where ctdbd stores it (always in a persistent database, AUTOMATIC kept;
+        on the key's lmaster in a volatile one), so the file looks as ctdbd would leave it."""
+        record = db.tdb.fetch_ltdb(DB_SEQNUM_TDB_KEY)
+        if record is not None:
+            return unpack_seqnum(record[1])
+        lmasters = tuple(self.vnnmap())
+        if lmasters:
+            fetched = ltdb_fetch(None, DB_SEQNUM_TDB_KEY, pnn=self.my_pnn, lmasters=lmasters,
+                                 persistent=db.persistent)
+            if fetched.initial_store is not None and fetched.initial_store.keep:
+                db.tdb.store_ltdb(DB_SEQNUM_TDB_KEY, fetched.initial_store.header, b"")
+        return 0
 
     async def apply(self, payload: bytes) -> tuple[int, str | None]:
         """One UPDATE_RECORD on this node: (status, error). 0 applied, -1 refused at once, 1 the
@@ -167,6 +185,9 @@ class PersistentCommitService:
                 tdb.store(key, value)
             return len(writes)
 
+        self.childwrites.calls += 1
+        self.childwrites.pending += 1
+        started = self.clock()
         try:
             await db.transaction(write)
         except ChildError as exc:          # an rsn regression (UpdateRefused) or a TDB failure
@@ -175,6 +196,9 @@ class PersistentCommitService:
         except Exception as exc:
             log.exception("Failed to write persistent data for db 0x%08x", db_id)
             return UPDATE_FAILED, str(exc)
+        finally:
+            self.childwrites.pending -= 1
+            self.childwrites.latency.add(max(0.0, self.clock() - started))
         return 0, None
 
     # -- inputs ----------------------------------------------------------------------------------

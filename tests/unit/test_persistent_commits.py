@@ -192,6 +192,10 @@ def test_commit_of_several_records_lands_on_every_node(tmp_path):
             assert node.read(b"c") == (LtdbHeader(2, 0), b"")
             assert node.seqnum() == 2
         assert n0.service.in_flight() == [] and not any(n.recoveries for n in cluster.nodes)
+        # ctdbd's childwrite statistics: every node wrote each commit once, in a child.
+        for node in cluster.nodes:
+            writes = node.service.childwrites
+            assert (writes.calls, writes.pending, writes.latency.num) == (2, 0, 2)
     run(tmp_path, scenario)
     # The files on disk, opened afresh after the daemon let go of them.
     for pnn in range(3):

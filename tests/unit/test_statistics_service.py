@@ -80,7 +80,8 @@ class Sources:
         self.calls.total_calls += 1
         self.calls.call_latency.add(seconds)
         self.calls.count_hops(hops)
-        self.db_calls[db_id].count_hops(key, hops)
+        self.db_calls[db_id].count_hops(hops)
+        self.db_calls[db_id].note_hot_key(key, hops)    # a hot-key count, as the core reports
 
     def lock(self, seconds: float, db_id: int = DB, ok: bool = True) -> None:
         self.locks[db_id].record(seconds, ok)
@@ -140,7 +141,7 @@ def test_counters_come_from_every_source(src):
     assert (s.client_packets_recv, s.client_packets_sent) == (4, 1)
     assert (s.client.req_call, s.client.req_message, s.client.req_control, s.client.req_tunnel) == (4, 1, 1, 1)
     assert (s.total_calls, s.pending_calls, s.max_hop_count) == (4, 4, 17)
-    assert s.hop_count_bucket[:4] == [1, 1, 1, 1]       # 0 | 2 | 5 | 17
+    assert s.hop_count_bucket[:6] == [1, 0, 1, 1, 0, 1]       # 0 | 2 | 5 | 17
     assert s.call_latency == Latency(4, 0.001, 0.004, pytest.approx(0.010))
     assert (s.locks.num_calls, s.locks.num_failed, s.locks.num_current, s.locks.num_pending) == (3, 1, 1, 2)
     assert s.locks.buckets == [1, 0, 1] + [0] * 13      # <1 ms, <100 ms; the failure is not bucketed
@@ -200,13 +201,13 @@ def test_extremes_after_a_reset_enclose_the_truth_and_are_exact_on_a_new_record(
     assert s.call_latency.num == 2 and s.call_latency.total == pytest.approx(0.007)
     assert s.call_latency.min <= 0.003 and s.call_latency.max >= 0.004
     assert s.call_latency.max <= s.call_latency.total      # no more than the window's total
-    assert 6 <= s.max_hop_count <= 15            # bucket 2 (4..15), below the all-time 40
+    assert 6 <= s.max_hop_count <= 7             # bucket 3 (4..7), below the all-time 40
     src.client_call(0.900, 50)                   # new all-time records: exact
     s = stats.statistics()
     assert (s.call_latency.max, s.max_hop_count) == (0.900, 50)
 
 
-@pytest.mark.parametrize("hops,expected", [(0, 0), (3, 3), (4, 15), (16, 63), (63, 63)])
+@pytest.mark.parametrize("hops,expected", [(0, 0), (3, 3), (4, 7), (16, 31), (63, 63)])
 def test_window_max_hop_count_from_buckets(hops, expected):
     calls = CallStatistics()
     calls.count_hops(100)
@@ -214,7 +215,7 @@ def test_window_max_hop_count_from_buckets(hops, expected):
     calls.count_hops(hops)
     delta = window_delta(before, service_module.call_reading(calls))
     assert delta.maxima["max_hop_count"] == expected
-    assert [bucket_top(b) for b in range(4)] == [0, 3, 15, 63]
+    assert [bucket_top(b) for b in range(4)] == [0, 1, 3, 7]
 
 
 def test_a_replaced_or_vanished_source_never_counts_backwards(src):
@@ -307,8 +308,8 @@ def test_db_statistics(src):
     src.lock(0.5, OTHER_DB)
     src.locks[DB].num_current = 1
     db = stats.db_statistics(DB)
-    assert db.hop_count_bucket[:4] == [0, 1, 0, 1]
-    assert db.hot_keys == [HotKey(20, b"b"), HotKey(3, b"a")]
+    assert db.hop_count_bucket[:6] == [0, 0, 1, 0, 0, 1]       # 3 -> bucket 2, 20 -> bucket 5
+    assert db.hot_keys == [HotKey(3, b"a"), HotKey(20, b"b")]     # smallest first, as ctdbd
     assert (db.locks.num_calls, db.locks.num_current, db.locks.buckets[1]) == (1, 1, 1)
     assert db.locks.latency == Latency(1, 0.003, 0.003, 0.003)
     other = stats.db_statistics(OTHER_DB)        # lock figures only: no migration core entry
@@ -329,8 +330,8 @@ def test_db_statistics_after_a_reset(src):
     src.client_call(0.001, 5, key=b"b")          # below its old 20: not known to be hot since
     src.lock(0.02)
     db = stats.db_statistics(DB)
-    assert db.hot_keys == [HotKey(9, b"a"), HotKey(2, b"c")]
-    assert db.hop_count_bucket[:3] == [0, 1, 2]
+    assert db.hot_keys == [HotKey(2, b"c"), HotKey(9, b"a")]
+    assert db.hop_count_bucket[:5] == [0, 0, 1, 1, 1]          # 2, 5 and 9 hops
     assert db.locks.num_calls == 1 and db.locks.latency.num == 1
 
 
@@ -410,7 +411,7 @@ def test_the_stock_tool_prints_what_the_service_counted(src):
         out = server.run("-X", "stats").stdout.splitlines()
         assert len(out) == 2 and dict(zip(out[0].split("|"), out[1].split("|")))["total_calls"] == "2"
         out = server.run("dbstatistics", "locking.tdb").stdout
-        assert " hop_count_buckets: 0 1 1" + " 0" * 13 + "\n" in out
+        assert " hop_count_buckets: 0 1 0 1" + " 0" * 12 + "\n" in out       # 1 and 4 hops
         assert "     Count:4 Key:686f74\n" in out and out.count("Count:") == 10
     finally:
         server.close()

@@ -12,9 +12,14 @@ delegation totals, which stay 0 because pyctdbd hands out no delegations). How c
 - ``node.<op>`` counts a node packet of that operation that passed the ban and generation checks
   (REPLY_ERROR is counted without them); a requeued packet is counted again, as in ctdbd;
 - ``hop_count_bucket[b]`` and ``max_hop_count`` are counted by the dmaster that serves a REQ_CALL
-  (not by the nodes that redirect it); ``b`` is the number of base-4 digits of the hop count,
-  capped at 15 (:func:`hop_bucket`); the database's own buckets and its ten "hot keys" (the keys
-  seen with the highest hop counts) are kept the same way;
+  (not by the nodes that redirect it); ``b`` is the number of binary digits of the hop count,
+  capped at 15 (:func:`hop_bucket`; base 2 since Samba 4.10); the database keeps its own buckets;
+- a volatile database's ten "hot keys" are the keys migrated *into* this node most often: each
+  landing for this node's own call counts the key in a one-second window (``hash_count`` with a
+  1 s interval: within the window the count grows, after it the key starts again at 1), and the
+  count updates the list, kept smallest first (``ctdb_become_dmaster``,
+  ``ctdb_migration_count_handler``, ``ctdb_update_db_stat_hot_keys``; checked at
+  samba-4.17.12);
 - ``total_calls`` and ``client.req_call`` count client REQ_CALLs, ``pending_calls`` those still
   waiting for their reply; ``call_latency`` is the time from a client's request to its reply.
 
@@ -31,14 +36,16 @@ from dataclasses import dataclass, field
 #: ``MAX_COUNT_BUCKETS`` and ``MAX_HOT_KEYS`` of protocol.h.
 MAX_COUNT_BUCKETS = 16
 MAX_HOT_KEYS = 10
+#: s: ctdbd counts a key's migrations within this window (ctdb_migration_init's hash_count).
+MIGRATION_WINDOW = 1.0
 
 
 def hop_bucket(hopcount: int) -> int:
-    """The bucket ctdbd counts a hop count in: shift right by 2 until zero, counting the shifts
-    (0 -> 0, 1..3 -> 1, 4..15 -> 2, 16..63 -> 3, ...), at most ``MAX_COUNT_BUCKETS - 1``."""
+    """The bucket ctdbd counts a hop count in: shift right by 1 until zero, counting the shifts
+    (0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ...), at most ``MAX_COUNT_BUCKETS - 1``."""
     bucket = 0
     while hopcount:
-        hopcount >>= 2
+        hopcount >>= 1
         bucket += 1
     return min(bucket, MAX_COUNT_BUCKETS - 1)
 
@@ -60,6 +67,16 @@ class LatencyCounter:
             self.min = seconds
         self.total += seconds
         self.num += 1
+
+
+@dataclass
+class ChildWrites:
+    """UPDATE_RECORDs applied in a child process (``childwrite_calls`` and its latency, and the
+    ones still being written, ``pending_childwrite_calls``)."""
+
+    calls: int = 0
+    pending: int = 0
+    latency: LatencyCounter = field(default_factory=LatencyCounter)
 
 
 @dataclass
@@ -114,26 +131,40 @@ class DbCallStatistics:
     db_ro_delegations: int = 0
     db_ro_revokes: int = 0
     hop_count_bucket: list[int] = field(default_factory=lambda: [0] * MAX_COUNT_BUCKETS)
-    hot_keys: list[tuple[int, bytes]] = field(default_factory=list)   # (hop count, key), highest first
+    hot_keys: list[tuple[int, bytes]] = field(default_factory=list)   # (count, key), smallest first
+    #: key -> (window start, migrations in the window): ctdbd's hash_count of migrations.
+    migrations: dict[bytes, tuple[float, int]] = field(default_factory=dict)
 
-    def count_hops(self, key: bytes, hopcount: int) -> None:
+    def count_hops(self, hopcount: int) -> None:
         self.hop_count_bucket[hop_bucket(hopcount)] += 1
-        self.note_hot_key(key, hopcount)
 
-    def note_hot_key(self, key: bytes, hopcount: int) -> None:
-        """ctdb_update_db_stat_hot_keys: keep the MAX_HOT_KEYS keys seen with the highest hop
-        count (a known key only moves up; a full table drops its lowest entry)."""
-        if hopcount <= 0:
+    def count_migration(self, key: bytes, now: float) -> None:
+        """The record landed here for this node's own call (hash_count_increment, 1 s interval)."""
+        start, count = self.migrations.get(key, (now, 0))
+        if now >= start + MIGRATION_WINDOW:
+            start, count = now, 0
+        self.migrations[key] = (start, count + 1)
+        self.note_hot_key(key, count + 1)
+
+    def expire_migrations(self, now: float) -> None:
+        """hash_count_expire: forget keys whose window has ended."""
+        for key in [k for k, (start, _) in self.migrations.items() if now >= start + MIGRATION_WINDOW]:
+            del self.migrations[key]
+
+    def note_hot_key(self, key: bytes, count: int) -> None:
+        """ctdb_update_db_stat_hot_keys: a full list takes a key only above its smallest count
+        (which it replaces); a known key only moves up; the list stays sorted smallest first."""
+        if len(self.hot_keys) >= MAX_HOT_KEYS and count <= self.hot_keys[0][0]:
             return
-        for i, (count, known) in enumerate(self.hot_keys):
+        for i, (known_count, known) in enumerate(self.hot_keys):
             if known == key:
-                if hopcount > count:
-                    self.hot_keys[i] = (hopcount, key)
-                    self.hot_keys.sort(key=lambda e: -e[0])
-                return
-        if len(self.hot_keys) >= MAX_HOT_KEYS:
-            if hopcount <= self.hot_keys[-1][0]:
-                return
-            self.hot_keys.pop()
-        self.hot_keys.append((hopcount, key))
-        self.hot_keys.sort(key=lambda e: -e[0])
+                if count <= known_count:
+                    return
+                self.hot_keys[i] = (count, key)
+                break
+        else:
+            if len(self.hot_keys) < MAX_HOT_KEYS:
+                self.hot_keys.append((count, key))
+            else:
+                self.hot_keys[0] = (count, key)
+        self.hot_keys.sort(key=lambda e: e[0])

@@ -104,7 +104,9 @@ def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
             rsn += 1
             if not data:
                 schedule = True
-    flags &= ~(VACUUM_MIGRATED | AUTOMATIC)
+    if not persistent:
+        # ctdbd stores a persistent record's header as given (an initial AUTOMATIC one too).
+        flags &= ~(VACUUM_MIGRATED | AUTOMATIC)
     return Stored(keep, replace(header, rsn=rsn, flags=flags), schedule and keep)
 
 

@@ -413,6 +413,8 @@ class MigrationCore:
         stored = self._store(db, key, header, data)
         actions = self._write(db, key, stored, data)
         self.stats.migrations_in += 1
+        if flight is not None and flight.reqid == reqid and not db.persistent:
+            self.db_stats.setdefault(db.db_id, DbCallStatistics()).count_migration(key, now)
         if flight is None:
             return actions + [Log(logging.ERROR,
                                   f"pnn {self.pnn} Invalid reqid {reqid} in ctdb_become_dmaster")]
@@ -521,6 +523,8 @@ class MigrationCore:
         for pin, until in list(self.pins.items()):
             if until <= now:
                 del self.pins[pin]
+        for stats in self.db_stats.values():
+            stats.expire_migrations(now)
         actions: list[Action] = []
         for flight in self.flights:
             if now - flight.sent_at < self.settings.collapse_timeout:
@@ -609,7 +613,7 @@ class MigrationCore:
 
     def _count_hops(self, db: DbAttached, key: bytes, hopcount: int) -> None:
         self.stats.count_hops(hopcount)
-        self.db_stats.setdefault(db.db_id, DbCallStatistics()).count_hops(key, hopcount)
+        self.db_stats.setdefault(db.db_id, DbCallStatistics()).count_hops(hopcount)
 
     def _pin_left(self, db_id: int, key: bytes, now: float) -> float:
         until = self.pins.get((db_id, key))
