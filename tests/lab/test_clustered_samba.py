@@ -41,15 +41,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 CLIENT = Path(__file__).with_name("clustered_smb_client.py")
 
-# The lead removes this skip once pyctdbd serves clustered smbd (record migration, persistent
-# commits, traverses, messaging between nodes' smbd); see the report of the lab-side work.
-PYCTDBD_PENDING = ("pyctdbd does not yet serve clustered smbd (record migration, persistent "
-                   "commits, traverse): smbd exits at its first migration")
-
 DAEMONS = [
     pytest.param(("ctdb", None), id="ctdb"),
-    pytest.param(("pyctdbd", True), id="pyctdbd-clustered",
-                 marks=pytest.mark.skip(reason=PYCTDBD_PENDING)),
+    pytest.param(("pyctdbd", True), id="pyctdbd-clustered"),
 ]
 
 # clustered-db.md §1: the databases of a running clustered Samba node (name -> persistent).

