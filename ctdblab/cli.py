@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
                      help="node public-link shaping, e.g. bw=100 (htb only: no netem here)")
     run.add_argument("--out", required=True, type=Path)
+    run.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
+                     help="failover: smbd with clustering = yes (its databases in the daemon) or "
+                          "standalone; default: the daemon's (see `up`)")
     run.add_argument("--check", type=Path, metavar="THRESHOLDS.toml",
                      help="exit with status 1 if a figure exceeds these limits (for CI)")
 
@@ -254,7 +257,7 @@ def cmd_run(args, progress) -> int:
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
                        repeat=args.repeat, tunables=args.tunables, victim=args.victim,
                        link_params=parse_link(args.link, args.bw), out=args.out,
-                       progress=progress)
+                       progress=progress, clustered_smbd=args.clustered_smbd)
     for path in out:
         print(path)
     if limits is not None:

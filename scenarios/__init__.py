@@ -19,8 +19,9 @@ SCENARIOS = ("failover", "scaling")
 def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
                  victim: str = "nonleader", bw_mbit: float | None = None,
                  link_params: dict | None = None, out: Path,
-                 progress: Callable[[str], None]) -> list[Path]:
-    """Validate everything first (nothing is created on bad input), then run and report."""
+                 progress: Callable[[str], None], clustered_smbd: bool | None = None) -> list[Path]:
+    """Validate everything first (nothing is created on bad input), then run and report.
+    `clustered_smbd`: None runs smbd as the daemon's launcher does by default."""
     from ctdblab.cluster.launchers import get_launcher
     from ctdblab.cluster.mininet_backend import MAX_NODES, LinkSpec
     from ctdblab.cluster.profiles import get_profile
@@ -54,7 +55,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
     if name == "failover":
         from .failover import run_failover
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
-                               victim=victim, bw_mbit=bw_mbit, out=out, progress=progress)
+                               victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
+                               clustered_smbd=clustered_smbd)
     else:
         from .scaling import run_scaling
         results = run_scaling(daemon=daemon, node_counts=nodes, bw_mbit=bw_mbit,

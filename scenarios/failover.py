@@ -68,7 +68,8 @@ def observation_window(tunables: str) -> float:
 
 
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
-                 bw_mbit: float | None, out: Path, progress: Callable[[str], None]) -> dict:
+                 bw_mbit: float | None, out: Path, progress: Callable[[str], None],
+                 clustered_smbd: bool | None = None) -> dict:
     if nodes < 2:
         raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
     victim_spec = parse_victim(victim, nodes)
@@ -80,7 +81,8 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
               "bw_mbit": bw_mbit}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
-                       workdir=out / "cluster", progress=progress) as cluster:
+                       workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd) as cluster:
+        params["clustered_smbd"] = cluster.launcher.smb_clustered
         ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
         nemesis = Nemesis(cluster, history)
         for r in range(repeat):
