@@ -11,10 +11,11 @@ run.  Every open and close updates the same locking.tdb record, so through one n
 that node, and spread over the nodes (``--option=torture:unclist=FILE`` with one public IP per
 node: smbtorture takes the next line for each connection) it migrates between them through the
 cluster daemon on every open.  smbtorture runs in the lab client; each daemon gets its own
-3-node cluster (clustered smbd, aggressive tunables), torn down at the end.
+3-node cluster (clustered smbd, aggressive tunables), all up at once and torn down at the end;
+the runs alternate between the daemons, so load from elsewhere on the machine hits both alike.
 
-A short uncounted warm-up run per mode comes first (``--warmup``; the first run on a fresh
-cluster was about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the spread/one-node ratio
+A short uncounted warm-up round comes first (``--warmup``; the first run on a fresh cluster was
+about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the spread/one-node ratio
 per daemon, and pyctdbd/ctdbd per mode when both ran.  A daemon whose cluster does not come up
 is reported as not measured (the other is still measured).
 """
@@ -25,6 +26,7 @@ import argparse
 import re
 import subprocess
 import sys
+from contextlib import ExitStack
 
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
@@ -59,32 +61,13 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
             "max_latency_ms": float(high) * 1e3}
 
 
-def measure(daemon: str, args: argparse.Namespace) -> dict:
-    """{"one": [runs], "spread": [runs]} for one daemon, on its own cluster."""
+def start_cluster(daemon: str, args: argparse.Namespace, stack: ExitStack) -> tuple:
+    """A cluster of ``daemon`` (torn down with ``stack``) and its public IPs, one per node."""
     progress(f"{daemon}: starting a {args.nodes}-node cluster with clustered smbd")
-    with LabCluster(args.nodes, daemon=daemon, tunables=args.tunables, clients=1,
-                    clustered_smbd=True, progress=progress) as cluster:
-        per_node = cluster.ip_per_node()
-        spread_ips = [per_node[n.index] for n in cluster.nodes]
-        # The main connection takes line 1 and stays idle; the bench's connections take the
-        # next ones, so with nprocs a multiple of the node count they spread evenly.
-        counts = [0] * len(spread_ips)
-        for i in range(1, args.nprocs + 1):
-            counts[i % len(spread_ips)] += 1
-        progress(f"{daemon}: spread run puts {counts} bench connections on nodes "
-                 f"{list(range(len(spread_ips)))}")
-        runs: dict[str, list[dict]] = {"one": [], "spread": []}
-        if args.warmup:
-            for ips in (spread_ips[:1], spread_ips):
-                bench(cluster, ips, args, seconds=args.warmup)
-            progress(f"{daemon}: warm-up runs ({args.warmup} s per mode, not counted) done")
-        for r in range(args.repeat):
-            for mode, ips in (("one", spread_ips[:1]), ("spread", spread_ips)):
-                result = bench(cluster, ips, args)
-                runs[mode].append(result)
-                progress(f"{daemon} run {r + 1}/{args.repeat} {mode}: {result['opens_s']} opens/s, "
-                         f"avg latency {result['avg_latency_ms']:.2f} ms")
-    return runs
+    cluster = stack.enter_context(LabCluster(args.nodes, daemon=daemon, tunables=args.tunables,
+                                             clients=1, clustered_smbd=True, progress=progress))
+    per_node = cluster.ip_per_node()
+    return cluster, [per_node[n.index] for n in cluster.nodes]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=10, help="bench time per run (default 10)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3,
-                   help="seconds of one uncounted run per mode first (0: none; default 3)")
+                   help="seconds of an uncounted run per mode and daemon first (0: none; default 3)")
     p.add_argument("--tunables", default="aggressive")
     args = p.parse_args(argv)
     daemons = [d.strip() for d in args.daemons.split(",") if d.strip()]
@@ -108,14 +91,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 2:
         p.error("--nodes must be at least 2 (one node against several)")
 
-    results: dict[str, dict] = {}
+    # The main connection takes unclist line 1 and stays idle; the bench's connections take
+    # the next ones, so with nprocs a multiple of the node count they spread evenly.
+    counts = [0] * args.nodes
+    for i in range(1, args.nprocs + 1):
+        counts[i % args.nodes] += 1
+    progress(f"spread runs put {counts} bench connections on nodes {list(range(args.nodes))}")
+    results: dict[str, dict[str, list[dict]]] = {}
     failures: dict[str, str] = {}
-    for daemon in daemons:
-        try:
-            results[daemon] = measure(daemon, args)
-        except (ClusterNotReady, RuntimeError, subprocess.TimeoutExpired) as e:
-            failures[daemon] = str(e).splitlines()[0]
-            progress(f"{daemon}: not measured: {failures[daemon]}")
+    with ExitStack() as stack:
+        clusters = {}
+        for daemon in daemons:
+            try:
+                clusters[daemon] = start_cluster(daemon, args, stack)
+            except (ClusterNotReady, subprocess.TimeoutExpired) as e:
+                failures[daemon] = str(e).splitlines()[0]
+                progress(f"{daemon}: not measured: {failures[daemon]}")
+        modes = {d: {"one": ips[:1], "spread": ips} for d, (_, ips) in clusters.items()}
+        # Interleaved (daemon by daemon within each mode and repetition), so that load from
+        # elsewhere on the machine falls on both daemons alike.
+        rounds = [("warm-up", args.warmup)] * bool(args.warmup) + [
+            (f"run {r + 1}/{args.repeat}", args.seconds) for r in range(args.repeat)]
+        for label, seconds in rounds:
+            for mode in ("one", "spread"):
+                for daemon, (cluster, _) in clusters.items():
+                    if daemon in failures:
+                        continue
+                    try:
+                        result = bench(cluster, modes[daemon][mode], args, seconds=seconds)
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        failures[daemon] = str(e).splitlines()[0]
+                        progress(f"{daemon}: not measured: {failures[daemon]}")
+                        continue
+                    progress(f"{daemon} {label} {mode}: {result['opens_s']} opens/s, "
+                             f"avg latency {result['avg_latency_ms']:.2f} ms")
+                    if label != "warm-up":
+                        results.setdefault(daemon, {"one": [], "spread": []})[mode].append(result)
 
     print(f"\nsmb2.bench.path-contention-shared: {args.nprocs} connections x qdepth "
           f"{args.qdepth}, {args.seconds} s per run, {args.repeat} runs per mode; "
