@@ -47,7 +47,7 @@ class DatabaseService:
         self.force_recovery = force_recovery
         self.dirs = DbDirs.from_conf(conf)
         self.store = Store(self.dirs, my_pnn, mutexes=conf.tdb_mutexes, env=env,
-                           log=lambda m: log.warning("%s", m))
+                           log=lambda m: log.warning("%s", m), on_corrupt=self._store_corrupt)
         self.registry = Registry(my_pnn, RegistrySettings.from_tunables(tunables))
         self.listeners: list[Listener] = []
         self._pending: dict[int, asyncio.Future] = {}
@@ -99,6 +99,21 @@ class DatabaseService:
 
     def mark_unhealthy(self, db_id: int, reason: str) -> None:
         self._step(reg.MarkUnhealthy(db_id, reason))
+
+    def _store_corrupt(self, name: str, reason: str) -> None:
+        """The store found a database's file damaged: at attach (it kept a backup and created an
+        empty file), or libtdb reported it since. Marked unhealthy on the next loop turn, when
+        an attach that found it has been stepped and the registry knows the database."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon(self._mark_corrupt, name, reason)
+
+    def _mark_corrupt(self, name: str, reason: str) -> None:
+        info = self.registry.by_name(name)
+        if info is not None:
+            self.mark_unhealthy(info.db_id, reason)
 
     # -- what the rest of the daemon tells it -----------------------------------------------------
     def recovery_mode(self, active: bool) -> None:

@@ -227,7 +227,7 @@ class DatabaseRecoveryDriver:
             sent += count
             unsynced += len(payload)
             if unsynced >= SYNC_BYTES and peers:
-                await self._all(peers, Control.GET_PNN, b"", "GET_PNN (push flow control)")
+                await self._all(peers, Control.GET_RUNSTATE, b"", "GET_RUNSTATE (push flow control)")
                 unsynced = 0
 
         for key, data in records.records.items():

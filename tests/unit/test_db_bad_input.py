@@ -401,8 +401,7 @@ def test_persistent_file_of_garbage_is_kept_and_logged(alive):
     reaches it. libtdb, opened with O_CREAT as ctdbd opens, takes a file without TDB magic for a
     new one and wipes it. Expected: the garbage is kept (ctdbd's backup
     `<path>.corrupted.<time>.0Z`), node 1 logs it, the other nodes and the other databases serve
-    on. (That node 1 then reports the database unhealthy, DB_GET_HEALTH, needs the server to act
-    on `Database.corruption`: not yet.)"""
+    on, and node 1 reports the database unhealthy (DB_GET_HEALTH)."""
     cluster = alive
     name = "garbage_p.tdb"
     other = "healthy_p.tdb"
@@ -422,6 +421,8 @@ def test_persistent_file_of_garbage_is_kept_and_logged(alive):
     assert copies[0].name.startswith(f"{name}.1.corrupted.") and copies[0].name.endswith(".0Z")
     assert cs[0].health(ident) is None
     wait_log(cluster, mark, 1, name, "corrupt", "Backup of corrupted TDB")
+    cluster.wait_for("node 1 to report it unhealthy", lambda: cs[1].health(ident), timeout=5)
+    assert "Backup of corrupted TDB" in cs[1].health(ident)
     # The other databases, on node 1 too.
     assert pfetch(cluster, 1, other, "k") == "acknowledged"
     pstore(cluster, 1, other, "k2", "v2")
@@ -453,6 +454,7 @@ def test_persistent_file_with_a_corrupt_record_is_kept_and_logged(alive):
     kept = [p for p in path.parent.iterdir() if p.name.startswith(name) and p.read_bytes() == corrupted]
     assert kept, "the corrupt file was changed without a copy"
     wait_log(cluster, mark, 2, name, "corrupt", "Bad magic")
+    cluster.wait_for("node 2 to report it unhealthy", lambda: cs[2].health(ident), timeout=5)
     for c in cs:
         c.close()
 
@@ -463,7 +465,7 @@ def test_volatile_file_corrupted_while_attached_is_logged_and_never_read_as_miss
     why); read so, the record would be re-created empty and its value silently replaced.
     Expected: a migration of that record is answered with an error (no hang, no crash, no
     silent replacement), a traverse ends, node 1 logs the corruption, the other records and the
-    other databases serve on. (Reporting the database unhealthy needs the server: not yet.)"""
+    other databases serve on, node 1 reports the database unhealthy."""
     cluster = alive
     name = "corrupt_v.tdb"
     other = "healthy_v.tdb"
@@ -490,6 +492,8 @@ def test_volatile_file_corrupted_while_attached_is_logged_and_never_read_as_miss
         assert f"Data: size:6 ptr:[value{i}]" in cluster.ok(2, "readkey", name, f"rkey{i}")
     assert "Data: size:1 ptr:[v]" in cluster.ok(0, "readkey", other, "k")
     wait_log(cluster, mark, 1, name, "corrupt", "bad magic")
+    cluster.wait_for("node 1 to report it unhealthy", lambda: cs[1].health(ident), timeout=5)
+    assert "bad magic" in cs[1].health(ident)
     for c in cs:
         c.close()
 
@@ -685,5 +689,31 @@ def test_client_gone_mid_traverse_stops_the_walks_and_loses_nothing(alive):
     assert len(records) == total
     assert len({r.key for r in records}) == total
     c.close()
+    for c in cs:
+        c.close()
+
+
+# =============================================================================================
+# (9) a recovery of a volatile database bigger than one push "sync"
+# =============================================================================================
+
+def test_recovery_of_a_volatile_database_of_9_mb_completes_and_keeps_every_record(alive):
+    """Found by the mid-traverse test under load (a recovery came while its 9 MB database was
+    there): the recovery driver's push flow control (a GET_PNN to every peer after each 8 MiB)
+    took GET_PNN's status, which is the answering node's PNN, for a failure, so every recovery
+    of such a database failed and was retried for ever: recovery mode ACTIVE for good."""
+    cluster = alive
+    name = "bigrecover.tdb"
+    cs = clients(cluster)
+    ident = cs[0].attach(name)
+    total = fill_volatile(cluster, cs, ident, per_node=3000, size=1000)
+    env = dict(os.environ, CTDB_SOCKET=cluster.socket(0), CTDB_BASE=str(cluster.node_dir(0)))
+    # Its own session: the tool SIGTERMs its process group when its runtime is exceeded.
+    result = subprocess.run(["ctdb", "-T", "60", "recover"], env=env, capture_output=True, text=True,
+                            timeout=90, start_new_session=True)
+    assert result.returncode == 0, result.stderr
+    check_alive(cluster)
+    records = traverse_all(Client(cluster.socket(2)), ident, 0xF00D000000000009)
+    assert len({r.key for r in records}) == total
     for c in cs:
         c.close()
