@@ -55,6 +55,12 @@ class DetectorSettings:
         return self.dead_timeout > 0
 
 
+def grid_point_after(when: float, phase: float, interval: float) -> float:
+    """The first point of the grid `phase + k * interval` after `when` (computed the same way
+    everywhere, so that timers meant to coincide get the same float)."""
+    return phase + ((when - phase) // interval + 1) * interval
+
+
 # -- actions -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SendHeartbeat:
@@ -254,9 +260,7 @@ class FailureDetector:
 
     # -- internals -------------------------------------------------------------------------------
     def _grid_after(self, now: float, interval: float) -> float:
-        phase = self.settings.wall_offset
-        steps = (now - phase) // interval + 1
-        t = phase + steps * interval
+        t = grid_point_after(now, self.settings.wall_offset, interval)
         if t - now < interval / 4:          # too close: a tick right now would be a waste
             t += interval
         return t

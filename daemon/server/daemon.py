@@ -127,7 +127,8 @@ class Daemon:
                                     ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban)
         self.db = DatabaseServices(self.my_pnn, conf, self.messenger, self.tunables, self.tasks, nodemap,
                                    clock=self.clock, force_recovery=self.force_recovery,
-                                   vnnmap=lambda: self.recovery.vnnmap, env=options.script_env)
+                                   vnnmap=lambda: self.recovery.vnnmap, env=options.script_env,
+                                   align=self.node.on_tick_grid)
         self.recovery = RecoveryState(nodemap, self._recovery_finished, self.db.recovery_mode_changed,
                                       self.db.vnnmap_changed, self.db.may_leave_recovery)
         self.statistics = Statistics(
@@ -136,7 +137,7 @@ class Daemon:
             lock_stats=lambda: {d.db_id: d.locker.stats for d in self.db.databases.store},
             node_traffic=self.transport.traffic, client_traffic=self.local.traffic,
             num_clients=lambda: len(self.local), childwrites=lambda: self.db.persistent.childwrites,
-            recovering=lambda: self.recovery.recmode == RecMode.ACTIVE)
+            recovering=lambda: self.recovery.recmode == RecMode.ACTIVE, align=self.node.on_tick_grid)
         self.clients = ClientRequests(self.my_pnn, nodemap, self.dispatcher, self.messenger,
                                       self.db.record_calls, self.tasks,
                                       lambda: float(self.tunables.get("ControlTimeout")))

@@ -38,13 +38,15 @@ def kind_of(flags: int) -> DbKind:
 class DatabaseService:
     def __init__(self, my_pnn: int, conf: CtdbConf, messenger: Messenger, tunables: Tunables,
                  tasks: Tasks, *, clock: Callable[[], float], force_recovery: Callable[[str], None],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 align: Callable[[float], float] = lambda when: when) -> None:
         self.my_pnn = my_pnn
         self.messenger = messenger
         self.tunables = tunables
         self.tasks = tasks
         self.clock = clock
         self.force_recovery = force_recovery
+        self.align = align           # puts the registry's timer on the heartbeat ticks
         self.dirs = DbDirs.from_conf(conf)
         self.store = Store(self.dirs, my_pnn, mutexes=conf.tdb_mutexes, env=env,
                            log=lambda m: log.warning("%s", m), on_corrupt=self._store_corrupt)
@@ -234,7 +236,7 @@ class DatabaseService:
             self._timer = None
         if when is not None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(max(when, loop.time()), self._tick)
+            self._timer = loop.call_at(self.align(max(when, loop.time())), self._tick)
 
     def _tick(self) -> None:
         self._timer = None

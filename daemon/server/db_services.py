@@ -28,9 +28,10 @@ TICK_EVERY = 1.0          # s between the migration core's ticks (collapse timeo
 class DatabaseServices:
     def __init__(self, my_pnn: int, conf: CtdbConf, messenger: Messenger, tunables: Tunables, tasks: Tasks,
                  nodemap: NodeMap, *, clock: Callable[[], float], force_recovery: Callable[[str], None],
-                 vnnmap: Callable[[], VnnMap], env: dict[str, str] | None = None) -> None:
+                 vnnmap: Callable[[], VnnMap], env: dict[str, str] | None = None,
+                 align: Callable[[float], float] = lambda when: when) -> None:
         self.databases = DatabaseService(my_pnn, conf, messenger, tunables, tasks, clock=clock,
-                                         force_recovery=force_recovery, env=env)
+                                         force_recovery=force_recovery, env=env, align=align)
         self.record_calls = RecordCalls(MigrationCore(MigrationSettings(my_pnn)), self.databases.database,
                                         messenger.send_frame, tasks, clock, force_recovery)
         shared = dict(lookup=self.databases.database, registry_info=self.databases.info,

@@ -16,7 +16,7 @@ from ..core.election import (
 from ..core.membership import SendHeartbeat, SendKeepalive, SendWatch
 from ..config import CtdbConf, Tunables
 from ..core.election import ElectionSettings
-from ..core.membership import DetectorSettings
+from ..core.membership import DetectorSettings, grid_point_after
 from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, LeaderWork,
     LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
@@ -92,6 +92,13 @@ class NodeService:
     @property
     def runstate(self) -> int:
         return self.core.nodemap.me.runstate
+
+    def on_tick_grid(self, when: float) -> float:
+        """The first heartbeat tick at or after `when` (the detector's grid, to the bit): a
+        service timer set there fires in the same loop turn as the tick, so periodic work
+        costs the daemon no wake-up of its own."""
+        detector = self.core.settings.detector
+        return grid_point_after(when, detector.wall_offset, detector.heartbeat_interval)
 
     # -- what controls ask -----------------------------------------------------------------------
     def admin(self, command: str) -> None:

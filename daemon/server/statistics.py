@@ -157,10 +157,12 @@ def window_delta(prev: Reading | None, cur: Reading) -> Reading:
         return Reading(dict(cur.counters), {k: list(v) for k, v in cur.buckets.items()},
                        {k: v for k, v in cur.latencies.items() if v[0] > 0}, dict(cur.maxima))
     out = Reading()
-    out.counters = {k: v - prev.counters.get(k, 0) for k, v in cur.counters.items()}
+    # Only what moved: an idle source's delta is empty, and adding it to a window costs nothing.
+    out.counters = {k: moved for k, v in cur.counters.items() if (moved := v - prev.counters.get(k, 0))}
     for name, values in cur.buckets.items():
         before = prev.buckets.get(name, [])
-        out.buckets[name] = [v - (before[i] if i < len(before) else 0) for i, v in enumerate(values)]
+        if values != before:
+            out.buckets[name] = [v - (before[i] if i < len(before) else 0) for i, v in enumerate(values)]
     for name, (num, low, high, total) in cur.latencies.items():
         p_num, p_low, p_high, p_total = prev.latencies.get(name, (0, 0.0, 0.0, 0.0))
         if num <= p_num:
@@ -218,11 +220,17 @@ def _set(stats: object, name: str, value: object) -> None:
     setattr(stats, last, value)
 
 
+_statm_fd: int | None = None
+
+
 def resident_memory() -> int:
-    """This process's resident memory in bytes (0 if unknown)."""
+    """This process's resident memory in bytes (0 if unknown). The file stays open: the history
+    reads it every second, and one pread is a third of the system calls of an open-read-close."""
+    global _statm_fd
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if _statm_fd is None:
+            _statm_fd = os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm_fd, 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 
@@ -252,7 +260,8 @@ class Statistics:
                  frozen: Callable[[], bool] = lambda: False,
                  recovering: Callable[[], bool] = lambda: False,
                  memory_used: Callable[[], int] = resident_memory,
-                 childwrites: Callable[[], ChildWrites | None] = lambda: None) -> None:
+                 childwrites: Callable[[], ChildWrites | None] = lambda: None,
+                 align: Callable[[float], float] = lambda when: when) -> None:
         self.tunables = tunables
         self.clock = clock
         self.call_stats = call_stats
@@ -267,6 +276,7 @@ class Statistics:
         self.recovering = recovering
         self.memory_used = memory_used
         self.childwrites = childwrites
+        self.align = align           # history slots close on the daemon's heartbeat ticks
         now = clock()
         self._total = Window(now)                    # since start or STATISTICS_RESET
         self._current = Window(now)                  # since the last history tick
@@ -335,9 +345,15 @@ class Statistics:
 
     async def run(self) -> None:
         """Close a history slot every StatHistoryInterval seconds, for the daemon's life."""
+        loop = asyncio.get_running_loop()
         while True:
             interval = max(MIN_HISTORY_INTERVAL, float(self.tunables.get("StatHistoryInterval")))
-            await asyncio.sleep(interval)
+            due = loop.create_future()
+            timer = loop.call_at(self.align(loop.time() + interval), due.set_result, None)
+            try:
+                await due
+            finally:
+                timer.cancel()
             try:
                 self.snapshot()
             except Exception:           # a failing source must not end the history
@@ -354,6 +370,8 @@ class Statistics:
         readings = self._read_sources()
         for key, (source, cur) in readings.items():
             seen = self._seen.get(key)
+            if seen is not None and seen[1] is cur:
+                continue                        # an unchanged source (see _read_sources)
             prev = None
             if seen is not None and seen[0] is source and not went_back(seen[1], cur):
                 prev = seen[1]
@@ -366,7 +384,14 @@ class Statistics:
         if calls is not None:
             out[("call",)] = (calls, call_reading(calls))
         for db_id, locks in self.lock_stats().items():
-            out[("lock", db_id)] = (locks, lock_reading(locks))
+            key = ("lock", db_id)
+            seen = self._seen.get(key)
+            # Every change to a LockStats counts a call: same object, same count, same figures.
+            if (seen is not None and seen[0] is locks
+                    and seen[1].counters["locks.num_calls"] == locks.num_calls):
+                out[key] = seen
+            else:
+                out[key] = (locks, lock_reading(locks))
         if self.node_traffic is not None:
             out[("node",)] = (None, node_traffic_reading(*self.node_traffic()))
         if self.client_traffic is not None:
@@ -419,21 +444,21 @@ class Statistics:
             prev = base.lock if base is not None and base.lock_source is locks else None
             cur = lock_reading(locks)
             delta = window_delta(None if prev is None or went_back(prev, cur) else prev, cur)
-            out.locks.num_calls = delta.counters["locks.num_calls"]
-            out.locks.num_failed = delta.counters["locks.num_failed"]
+            out.locks.num_calls = delta.counters.get("locks.num_calls", 0)
+            out.locks.num_failed = delta.counters.get("locks.num_failed", 0)
             out.locks.num_current = locks.num_current
             out.locks.num_pending = locks.num_pending
             num, low, high, total = delta.latencies.get("locks.latency", (0, 0.0, 0.0, 0.0))
             out.locks.latency = Latency(num, low, high, total) if num else Latency()
-            out.locks.buckets = delta.buckets["locks.buckets"]
+            out.locks.buckets = delta.buckets.get("locks.buckets", [0] * MAX_COUNT_BUCKETS)
         if calls is not None:
             same = base is not None and base.call_source is calls
             prev = base.call if same and base is not None else None
             cur = db_call_reading(calls)
             delta = window_delta(None if prev is None or went_back(prev, cur) else prev, cur)
-            out.db_ro_delegations = delta.counters["db_ro_delegations"]
-            out.db_ro_revokes = delta.counters["db_ro_revokes"]
-            out.hop_count_bucket = delta.buckets["hop_count_bucket"]
+            out.db_ro_delegations = delta.counters.get("db_ro_delegations", 0)
+            out.db_ro_revokes = delta.counters.get("db_ro_revokes", 0)
+            out.hop_count_bucket = delta.buckets.get("hop_count_bucket", [0] * MAX_COUNT_BUCKETS)
             before = base.hot_keys if same and base is not None else {}
             out.hot_keys = [HotKey(count, bytes(key)) for count, key in calls.hot_keys
                             if count > before.get(bytes(key), 0)][:MAX_HOT_KEYS]

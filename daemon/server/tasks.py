@@ -37,10 +37,22 @@ class Tasks:
 
 
 async def wait_for_wakeup(event: asyncio.Event, timeout: float) -> bool:
-    """Wait until `event` is set or `timeout` passes; True if it was set. Clears it first."""
+    """Wait until `event` is set or `timeout` passes; True if it was set. Clears it first.
+
+    A plain timer that sets the event, rather than asyncio.wait_for: that wraps the wait in a
+    task of its own and costs several loop turns each time it times out, which an idle daemon
+    paid every second."""
     event.clear()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        event.set()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
+        await event.wait()
+    finally:
+        timer.cancel()
+    return not expired
