@@ -8,6 +8,8 @@ nothing; an unknown db_id is -1.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ..protocol import Control, ControlFlag, DbFlag, DbId, DbMap
 from ..server.context import ControlContext
 from ..server.dispatch import Request, Result
@@ -18,10 +20,13 @@ handles = HANDLERS.handles
 
 
 @handles(Control.DB_ATTACH, Control.DB_ATTACH_PERSISTENT, Control.DB_ATTACH_REPLICATED)
-async def db_attach(ctx: ControlContext, req: Request) -> Result:
+def db_attach(ctx: ControlContext, req: Request) -> Result | Awaitable[Result]:
     client_id = req.client_id if req.client is not None else None
-    return await ctx.databases.attach(value_of(req), req.opcode, client_id,
-                                      bool(req.flags & ControlFlag.ATTACH_RECOVERY))
+    answer = ctx.databases.attach(value_of(req), req.opcode, client_id,
+                                  bool(req.flags & ControlFlag.ATTACH_RECOVERY))
+    # Answered in this turn when the attach was not deferred: the node's next packets (record
+    # calls for the database) are handled after it, as they arrived.
+    return answer.result() if answer.done() else answer
 
 
 @handles(Control.DB_DETACH)

@@ -76,10 +76,16 @@ class DatabaseService:
         return DbFlag(info.flags)
 
     # -- controls --------------------------------------------------------------------------------
-    async def attach(self, name: str | None, opcode: int, client_id: int | None, recovery: bool) -> Result:
-        """DB_ATTACH / DB_ATTACH_PERSISTENT / DB_ATTACH_REPLICATED; answers the db_id (u32)."""
-        return await self._ask(lambda ticket: reg.Attach(ticket, name, reg.attach_flags(opcode),
-                                                         client_id, recovery))
+    def attach(self, name: str | None, opcode: int, client_id: int | None,
+               recovery: bool) -> asyncio.Future[Result]:
+        """DB_ATTACH / DB_ATTACH_PERSISTENT / DB_ATTACH_REPLICATED; answers the db_id (u32).
+
+        Stepped at once, not from a task: a peer's attach and the record calls it sends right
+        after arrive in one read, and the calls must find the database (as ctdbd, which handles
+        a connection's packets in order). The answer is done unless the attach is deferred
+        (a client's, during recovery or before startup)."""
+        return self._start(lambda ticket: reg.Attach(ticket, name, reg.attach_flags(opcode),
+                                                     client_id, recovery))
 
     async def detach(self, db_id: int, client_id: int | None) -> Result:
         return await self._ask(lambda ticket: reg.Detach(ticket, db_id, client_id))
@@ -152,6 +158,14 @@ class DatabaseService:
             return await future
         finally:
             self._pending.pop(ticket, None)
+
+    def _start(self, make: Callable[[int], reg.Event]) -> asyncio.Future[Result]:
+        ticket = next(self._tickets)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[ticket] = future
+        future.add_done_callback(lambda _done: self._pending.pop(ticket, None))
+        self._step(make(ticket))
+        return future
 
     def _step(self, event: reg.Event) -> None:
         pending = [event]

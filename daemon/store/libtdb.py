@@ -86,6 +86,14 @@ class TDB_DATA(Structure):
     _fields_ = [("dptr", POINTER(c_ubyte)), ("dsize", c_size_t)]
 
 
+class TDB_KEY(Structure):
+    """A TDB_DATA the caller passes in (keys, values to store): the same layout with ``dptr`` as
+    ``char *``, so Python bytes go in without a ctypes cast (a third of the cost of a record
+    lookup on the migration path, which makes a dozen of them per call)."""
+
+    _fields_ = [("dptr", c_char_p), ("dsize", c_size_t)]
+
+
 TDB_DATA_P = POINTER(TDB_DATA)
 # int (*parser)(TDB_DATA key, TDB_DATA data, void *private_data)
 PARSER = CFUNCTYPE(c_int, TDB_DATA, TDB_DATA, c_void_p)
@@ -129,13 +137,13 @@ _proto("tdb_open_ex", _CTX, c_char_p, c_int, c_int, c_int, c_uint, c_void_p, c_v
 for _name in _INT_CTX:
     _proto(_name, c_int, _CTX)
 for _name in _INT_CTX_KEY:
-    _proto(_name, c_int, _CTX, TDB_DATA)
+    _proto(_name, c_int, _CTX, TDB_KEY)
 _proto("tdb_errorstr", c_char_p, _CTX)
 _proto("tdb_name", c_char_p, _CTX)
-_proto("tdb_fetch", TDB_DATA, _CTX, TDB_DATA)
-_proto("tdb_parse_record", c_int, _CTX, TDB_DATA, PARSER, c_void_p)
-_proto("tdb_store", c_int, _CTX, TDB_DATA, TDB_DATA, c_int)
-_proto("tdb_storev", c_int, _CTX, TDB_DATA, TDB_DATA_P, c_int, c_int)
+_proto("tdb_fetch", TDB_DATA, _CTX, TDB_KEY)
+_proto("tdb_parse_record", c_int, _CTX, TDB_KEY, PARSER, c_void_p)
+_proto("tdb_store", c_int, _CTX, TDB_KEY, TDB_KEY, c_int)
+_proto("tdb_storev", c_int, _CTX, TDB_KEY, POINTER(TDB_KEY), c_int, c_int)
 _proto("tdb_traverse", c_int, _CTX, TRAVERSER, c_void_p)
 _proto("tdb_traverse_read", c_int, _CTX, TRAVERSER, c_void_p)
 _proto("tdb_transaction_active", c_bool, _CTX)
@@ -153,11 +161,13 @@ libc.free.restype = None
 libc.free.argtypes = [c_void_p]
 
 
-def key_data(key: bytes) -> TDB_DATA:
-    """A TDB_DATA pointing into ``key`` (which must stay alive for the call). Empty is NULL/0."""
+def key_data(key: bytes) -> TDB_KEY:
+    """A TDB_KEY pointing into ``key`` (kept alive by the structure). Empty is NULL/0."""
     if not key:
-        return TDB_DATA(None, 0)
-    return TDB_DATA(ctypes.cast(ctypes.c_char_p(key), POINTER(c_ubyte)), len(key))
+        return TDB_KEY(None, 0)
+    if type(key) is not bytes:
+        key = bytes(key)
+    return TDB_KEY(key, len(key))
 
 
 def jenkins_hash(data: bytes) -> int:

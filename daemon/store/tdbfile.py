@@ -27,7 +27,7 @@ from typing import TypeVar
 from ..protocol.ltdb import LTDB_HEADER_SIZE
 from ..protocol.types import LtdbHeader
 from .libtdb import (
-    PARSER, TDB_DATA, TDB_INSERT, TDB_MODIFY, TDB_REPLACE, TRAVERSER, TdbErr, TdbError,
+    PARSER, TDB_DATA, TDB_INSERT, TDB_KEY, TDB_MODIFY, TDB_REPLACE, TRAVERSER, TdbErr, TdbError,
     TDB_DEBUG_ERROR, drop_logging, key_data, lib, libc, logging_context,
 )
 
@@ -258,7 +258,7 @@ class TdbFile:
 
     def storev(self, key: bytes, parts: Sequence[bytes], flag: int = TDB_REPLACE) -> None:
         """tdb_storev: store the concatenation of ``parts`` without joining them first."""
-        array = (TDB_DATA * len(parts))(*[key_data(p) for p in parts])
+        array = (TDB_KEY * len(parts))(*[key_data(p) for p in parts])
         ctypes.set_errno(0)
         self._check("tdb_storev", lib.tdb_storev(self._h(), key_data(key), array, len(parts), flag))
 

@@ -98,15 +98,18 @@ def status(cluster, pnn) -> tuple[int, str]:
 
 
 def disable_recoveries(cluster, seconds: int) -> None:
-    """SRVID_DISABLE_RECOVERIES to the leader, as ctdb-recoverd takes it: pyctdbd's own recovery
-    must not run alongside the helper (the helper's SET_RECMODE ACTIVE asks for one)."""
-    leader = int(cluster.ok(0, "leader"))
+    """SRVID_DISABLE_RECOVERIES, as ctdb-recoverd takes it: pyctdbd's own recovery must not run
+    alongside the helper (the helper's SET_RECMODE ACTIVE asks for one). Sent to every node, not
+    only the leader: a node the helper bans may be the leader, and the next one must hold off too
+    (with the message to the leader alone, a loaded machine saw the new leader recover the
+    databases while the test read them)."""
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(cluster.socket(0))
     try:
         data = pack_message(Srvid.DISABLE_RECOVERIES, DisableMessage(0, 0, seconds))
-        sock.sendall(encode_packet(ReqMessage(Srvid.DISABLE_RECOVERIES, data), destnode=leader,
-                                   srcnode=0, reqid=1))
+        for pnn in range(3):
+            sock.sendall(encode_packet(ReqMessage(Srvid.DISABLE_RECOVERIES, data), destnode=pnn,
+                                       srcnode=0, reqid=1))
         time.sleep(0.2)
     finally:
         sock.close()

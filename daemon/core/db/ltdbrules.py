@@ -30,6 +30,7 @@ Pure functions, no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -50,7 +51,14 @@ def lmaster_of(key: bytes, lmasters: Sequence[int]) -> int | None:
     """The key's lmaster in a vnnmap whose pnn list is `lmasters` (None if the map is empty)."""
     if not lmasters:
         return None
-    return lmasters[jenkins_hash(key) % len(lmasters)]
+    return lmasters[key_hash(bytes(key)) % len(lmasters)]
+
+
+@functools.lru_cache(maxsize=4096)
+def key_hash(key: bytes) -> int:
+    """jenkins_hash of a record key, remembered: one migration asks for its key's lmaster two
+    or three times on each node it passes, and the hash in Python costs several microseconds."""
+    return jenkins_hash(key)
 
 
 def initial_header(lmaster: int) -> LtdbHeader:
