@@ -141,13 +141,15 @@ class DatabaseRecoveryService:
     messages to any node and handlers of srvids; `vnnmap()`: the current vnnmap."""
 
     def __init__(self, my_pnn: int, databases: DatabasesPort, messenger: MessagesPort,
-                 tunables: Tunables, tasks: Tasks, *, vnnmap: Callable[[], VnnMap]) -> None:
+                 tunables: Tunables, tasks: Tasks, *, vnnmap: Callable[[], VnnMap],
+                 on_thawed: Callable[[int], None] = lambda db_id: None) -> None:
         self.my_pnn = my_pnn
         self.databases = databases
         self.messenger = messenger
         self.tunables = tunables
         self.tasks = tasks
         self.vnnmap = vnnmap
+        self.on_thawed = on_thawed          # after a DB_THAW that succeeded, the lock given back
         self.core = rn.NodeRecovery(my_pnn)
         self._tickets = count(1)
         self._pending: dict[int, asyncio.Future[Result]] = {}
@@ -174,6 +176,8 @@ class DatabaseRecoveryService:
         releasing = self._releasing.get(db_id)
         if releasing is not None:
             await asyncio.shield(releasing)
+        if result.status == 0:
+            self.on_thawed(db_id)
         return result
 
     def transaction_start(self, transdb: TransDb) -> Result:

@@ -38,7 +38,7 @@ class DatabaseServices:
                       vnnmap=lambda: vnnmap().map, active_nodes=nodemap.active_pnns, tunables=tunables,
                       spawn=tasks.spawn, clock=clock)
         self.recovery = DatabaseRecoveryService(my_pnn, self.databases, messenger, tunables, tasks,
-                                                vnnmap=vnnmap)
+                                                vnnmap=vnnmap, on_thawed=self.record_calls.db_thawed)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)
@@ -51,6 +51,7 @@ class DatabaseServices:
     def recovery_mode_changed(self, active: bool) -> None:
         self.databases.recovery_mode(active)
         self.persistent.set_recovery_mode(active)
+        self.record_calls.recovery_mode(active)
 
     def recovery_finished(self) -> None:
         """END_RECOVERY: commits cut short by the recovery get their answer."""

@@ -19,9 +19,12 @@ API (``RecordCalls``)
     REQ_CALL, REPLY_CALL, REQ_DMASTER, REPLY_DMASTER or REPLY_ERROR from a peer (decoded).
 ``db_attached(db_id, name, persistent)`` / ``db_detached(db_id)``
     after the Store has opened the database / once it is detached (waiting calls get REPLY_ERROR).
-``vnnmap_changed(vnnmap)``, ``set_banned(banned)``, ``client_gone(client)``, ``tick(now)``
-    a recovery installed a vnnmap (calls under way are sent again); this node's ban; a local
-    client disconnected; about once a second (collapse timeouts, pins, error summaries).
+``vnnmap_changed(vnnmap)``, ``recovery_mode(active)``, ``db_thawed(db_id)``
+    a recovery installed a vnnmap; this node's recovery mode changed (leaving it sends the calls
+    held back); a recovery thawed a database (its calls under way are sent again).
+``set_banned(banned)``, ``client_gone(client)``, ``tick(now)``
+    this node's ban; a local client disconnected; about once a second (collapse timeouts, pins,
+    error summaries).
 ``stats`` / ``db_stats`` / ``counters``
     the core's ``CallStatistics`` and ``{db_id: DbCallStatistics}`` (for STATISTICS and
     GET_DB_STATISTICS), and this shell's own :class:`ShellCounters`.
@@ -70,9 +73,9 @@ from dataclasses import dataclass, field
 
 from ..core.db.callstats import CallStatistics, DbCallStatistics
 from ..core.db.migration import (
-    Action, ClientGone, DbAttached, DbDetached, DeleteRecord, Event, ForceRecovery, LocalCall, Log,
-    MigrationCore, PeerPacket, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket,
-    SetBanned, StoreRecord, Tick, VnnMapChanged,
+    Action, ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, Event, ForceRecovery,
+    LocalCall, Log, MigrationCore, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
+    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
 )
 from ..log import log
 from ..net.local import Client
@@ -235,6 +238,12 @@ class RecordCalls:
 
     def vnnmap_changed(self, vnnmap: VnnMap) -> None:
         self._run_unlocked(VnnMapChanged(vnnmap))
+
+    def recovery_mode(self, active: bool) -> None:
+        self._run_unlocked(RecoveryMode(active))
+
+    def db_thawed(self, db_id: int) -> None:
+        self._run_unlocked(DbThawed(db_id))
 
     def set_banned(self, banned: bool) -> None:
         self._run_unlocked(SetBanned(banned))

@@ -21,13 +21,14 @@ class RecoveryState:
                  may_leave: Callable[[int], str | None] = lambda generation: None) -> None:
         self.nodemap = nodemap
         self.on_recovery_finished = on_recovery_finished
-        self.on_recmode = on_recmode             # told of every change: True = recovery active
+        self.on_recmode = on_recmode             # told of the first mode and every change: True = active
         self.on_vnnmap = on_vnnmap               # told of every vnnmap installed
         self.may_leave = may_leave               # SET_RECMODE NORMAL: a reason to refuse, or None
         self.vnnmap = VnnMap(INVALID_GENERATION, [])
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
         self.last_finished = 0.0
+        on_recmode(True)
 
     def set_vnnmap(self, vnnmap: VnnMap) -> str | None:
         """SETVNNMAP; returns an error text if refused. An inactive node keeps the map but not

@@ -31,9 +31,9 @@ from ctdblab.daemon.core.db.callstats import MAX_COUNT_BUCKETS, DbCallStatistics
 from ctdblab.daemon.core.db.ltdbrules import fetch as ltdb_fetch
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of, store as ltdb_store
 from ctdblab.daemon.core.db.migration import (
-    ClientGone, DbAttached, DbDetached, DeleteRecord, ForceRecovery, LocalCall, Log,
-    MigrationCore, MigrationSettings, PeerPacket, ReplyToClient, Requeue, ScheduleForDeletion,
-    SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
+    ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, ForceRecovery, LocalCall, Log,
+    MigrationCore, MigrationSettings, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
+    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
 )
 from ctdblab.daemon.protocol.constants import CallFlag, CallFunc, RecordFlag
 from ctdblab.daemon.protocol.ltdb import db_id_of, jenkins_hash
@@ -751,6 +751,51 @@ def test_peer_req_call_for_unknown_database_gets_reply_error_to_its_origin():
     assert (send.dest, send.reqid) == (2, 99) and isinstance(send.body, ReplyError)
     frame = encode_packet(send.body, destnode=send.dest, srcnode=1, reqid=send.reqid)
     assert decode_packet(frame).body.msg == b"Unknown database in request. db_id==0x00001234\0"
+
+
+def _sends(actions):
+    return [a for a in actions if isinstance(a, SendPacket)]
+
+
+def _reissues(actions):
+    return [a.event for a in actions if isinstance(a, Requeue) and isinstance(a.event, Reissue)]
+
+
+def test_in_recovery_a_call_waits_for_its_database_thaw_then_goes_with_the_new_generation():
+    """The leader's order: recovery mode everywhere, the new vnnmap everywhere, then each
+    database frozen, recovered and thawed. A call sent between this node's vnnmap change and a
+    peer's would be dropped there (other generation) and wait 30 s for the collapse timeout."""
+    core = _core(pnn=0, generation=5)
+    other = db_id_of("brlock.tdb")
+    core.step(DbAttached(other, "brlock.tdb"))
+    key = key_with_lmaster(1, 3)
+    (old,) = _sends(core.step(LocalCall("a", 1, DB, key, NULL, MIGRATE), None, 0.0))
+    assert old.generation == 5
+    core.step(RecoveryMode(True))
+    assert core.step(VnnMapChanged(VnnMap(6, [0, 1, 2])), None, 0.1) == []   # nothing re-sent yet
+    held = core.step(LocalCall("b", 2, other, key, NULL, MIGRATE), None, 0.2)
+    assert _sends(held) == []                           # a new call waits too
+    for timed_out in _reissues(core.step(Tick(), None, 40.0)):   # the collapse timeout
+        assert _sends(core.step(timed_out, None, 40.0)) == []     # sends nothing either
+    (again,) = _reissues(core.step(DbThawed(DB)))       # only the thawed database's call
+    assert (again.db_id, again.key) == (DB, key)
+    (sent,) = _sends(core.step(again, None, 0.3))
+    assert sent.generation == 6 and sent.reqid != old.reqid
+    thawed_key = key_with_lmaster(2, 3, prefix=b"thawed")
+    assert _sends(core.step(LocalCall("c", 3, DB, thawed_key, NULL, MIGRATE), None, 0.3))
+    (rest,) = _reissues(core.step(RecoveryMode(False)))
+    assert (rest.db_id, rest.key) == (other, key)
+    (sent,) = _sends(core.step(rest, None, 0.4))
+    assert sent.generation == 6
+    assert _reissues(core.step(RecoveryMode(False))) == []       # nothing stale is left
+
+
+def test_a_vnnmap_change_outside_recovery_mode_resends_at_once():
+    core = _core(pnn=0, generation=5)
+    key = key_with_lmaster(1, 3)
+    _sends(core.step(LocalCall("a", 1, DB, key, NULL, MIGRATE), None, 0.0))
+    (again,) = _reissues(core.step(VnnMapChanged(VnnMap(6, [0, 1, 2])), None, 0.1))
+    assert _sends(core.step(again, None, 0.1))[0].generation == 6
 
 
 def test_collapse_timeout_resends_the_call_and_releases_held_calls():

@@ -71,9 +71,10 @@ What ctdbd does, and this core too (``ctdb/server/ctdb_call.c``, ``ctdb_daemon.c
   its client. The rsn therefore grows with every landing and every daemon-side use.
 * Node packets are dropped when this node is banned and when their generation is not the
   vnnmap's (REPLY_ERROR is neither checked nor counted, as in ``ctdb_input_pkt``); a REPLY_CALL
-  must also carry its call's generation. When the generation changes, every call under way is
-  sent again with a new reqid, routed as if it had arrived here from this node
-  (``ctdb_call_resend``), and held peer calls are dropped (their origins re-send them).
+  must also carry its call's generation. When the generation changes, held peer calls are
+  dropped (their origins re-send them), and when a recovery thaws a database (DB_THAW) every
+  call of that database under way is sent again with a new reqid, routed as if it had arrived
+  here from this node (``ctdb_call_resend_db``).
 * A REQ_CALL or REQ_DMASTER for a database this node does not know gets REPLY_ERROR(-1,
   "Unknown database in request. db_id==0x%08x") to its srcnode; a REPLY_DMASTER for one is
   dropped.
@@ -114,6 +115,12 @@ Deviations from CTDB
 * [pyctdbd] **A record seen local while a call for it is under way completes that call at
   once** (e.g. a recovery made this node the dmaster before the call was re-sent); ctdbd waits
   for its own REQ_CALL to come back to it.
+* [pyctdbd] **No call leaves a node in recovery mode before its database is thawed**: it waits
+  and goes with the thaw's re-sends (or when recovery mode ends; at once when the vnnmap
+  changes outside recovery mode). The leader installs the new vnnmap on every node before it
+  thaws any database, so a call sent after the thaw finds its generation everywhere; one sent
+  earlier could reach a node still on the old generation, be dropped there, and wait 30 s for
+  the collapse timeout (seen in the lab: a survivor's smbd stalled 30 s after a leader died).
 * [pyctdbd] **No read-only delegations, no sticky records.** WANT_READONLY is dropped and the
   call runs as a normal one (what ctdbd does for a database without the READONLY flag); the
   READONLY and STICKY database flags are for the registry to keep. Records carrying RO flags are
@@ -145,15 +152,15 @@ from .ltdbrules import (
     lmaster_of, store,
 )
 from .migration_events import (
-    Action, ClientGone, DbAttached, DbDetached, DeleteRecord, Event, ForceRecovery, LocalCall,
-    Log, MigrationSettings, PeerPacket, Reissue, ReplyToClient, Requeue, ScheduleForDeletion,
-    SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
+    Action, ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, Event, ForceRecovery,
+    LocalCall, Log, MigrationSettings, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
+    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
 )
 
 __all__ = [
-    "Action", "ClientGone", "DbAttached", "DbDetached", "DeleteRecord", "Event", "FlightView",
-    "ForceRecovery", "LocalCall", "Log", "MigrationCore", "MigrationSettings", "PeerPacket",
-    "Reissue", "ReplyToClient", "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned",
+    "Action", "ClientGone", "DbAttached", "DbDetached", "DbThawed", "DeleteRecord", "Event",
+    "FlightView", "ForceRecovery", "LocalCall", "Log", "MigrationCore", "MigrationSettings",
+    "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient", "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned",
     "StoreRecord", "Tick", "VnnMapChanged",
 ]
 
@@ -171,6 +178,8 @@ class MigrationCore:
         self.pnn = settings.pnn
         self.vnnmap = vnnmap
         self.banned = False
+        self.recovering = False          # this node's recovery mode is ACTIVE
+        self.thawed: set[int] = set()    # databases thawed since the vnnmap last changed
         self.databases: dict[int, DbAttached] = {}
         self.stats = CallStatistics()
         self.db_stats: dict[int, DbCallStatistics] = {}
@@ -225,6 +234,11 @@ class MigrationCore:
             return self._reissue(event, record, now)
         if isinstance(event, VnnMapChanged):
             return self._vnnmap_changed(event)
+        if isinstance(event, RecoveryMode):
+            return self._recovery_mode(event.active)
+        if isinstance(event, DbThawed):
+            self.thawed.add(event.db_id)
+            return self._resend_held(event.db_id)
         if isinstance(event, Tick):
             return self._tick(now)
         if isinstance(event, DbAttached):
@@ -269,7 +283,8 @@ class MigrationCore:
             return actions + stores + [self._answer(waiter, ReplyCall(status, reply), now)]
         flight = Flight(db.db_id, key, self._new_reqid(), self.generation, now, waiter, waiter)
         self.flights.add(flight)
-        if fetched is None:               # no vnnmap yet: sent when one arrives
+        if fetched is None or not self._may_send(db.db_id):
+            flight.generation = INVALID_GENERATION      # held back: sent by _resend_held
             return actions
         return actions + [SendPacket(fetched.header.dmaster, self.pnn, flight.reqid, self.generation,
                                      self._call_packet(flight, hopcount=0))]
@@ -494,14 +509,37 @@ class MigrationCore:
         if old == ev.vnnmap.generation:
             return []
         self.pins.clear()
+        self.thawed.clear()
         actions: list[Action] = []
         for flight in self.flights:
             if flight.deferred:
                 actions.append(Log(logging.INFO, f"dropping {len(flight.deferred)} held calls of "
                                                  f"generation {flight.generation}"))
                 flight.deferred.clear()
-            actions.append(Requeue(Reissue(flight.db_id, flight.key)))
+        if not self.recovering:          # no thaw will follow: send them now
+            actions += self._resend_held(None)
         return actions
+
+    def _recovery_mode(self, active: bool) -> list[Action]:
+        self.recovering = active
+        if active:
+            self.thawed.clear()
+            return []
+        return self._resend_held(None)
+
+    def _resend_held(self, db_id: int | None) -> list[Action]:
+        """ctdb_call_resend_db / _all at DB_THAW (and here also when recovery mode ends): every
+        call of `db_id` (None: of every database) not on the current generation goes again."""
+        return [Requeue(Reissue(f.db_id, f.key)) for f in self.flights
+                if f.generation != self.generation and (db_id is None or f.db_id == db_id)]
+
+    def _may_send(self, db_id: int) -> bool:
+        """A call goes on the wire outside recovery mode, or once its database was thawed in
+        this recovery: only then does every node have the recovery's generation (the leader
+        installs the vnnmap everywhere before it thaws anything); a packet reaching a node still
+        on the old generation would be dropped, and its call would wait for the collapse
+        timeout."""
+        return not self.recovering or db_id in self.thawed
 
     def _reissue(self, ev: Reissue, record: Record | None, now: float) -> list[Action]:
         """ctdb_call_resend: a new reqid and generation, then route it as a REQ_CALL arriving
@@ -510,6 +548,9 @@ class MigrationCore:
         flight = self.flights.get(ev.db_id, key)
         db = self.databases.get(ev.db_id)
         if flight is None or db is None or not self.lmasters:
+            return []
+        if not self._may_send(db.db_id):
+            flight.generation = INVALID_GENERATION      # held back until the thaw
             return []
         self.flights.set_reqid(flight, self._new_reqid())
         flight.generation = self.generation

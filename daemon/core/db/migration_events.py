@@ -47,6 +47,20 @@ class VnnMapChanged:
 
 
 @dataclass(frozen=True)
+class RecoveryMode:
+    """This node's recovery mode (ACTIVE: ``active``). Leaving it sends the calls held back."""
+
+    active: bool
+
+
+@dataclass(frozen=True)
+class DbThawed:
+    """A recovery thawed this database (DB_THAW): its held-back calls are sent."""
+
+    db_id: int
+
+
+@dataclass(frozen=True)
 class SetBanned:
     """A banned node drops every REQ_CALL, REPLY_CALL, REQ_DMASTER and REPLY_DMASTER."""
 
@@ -106,8 +120,8 @@ class Tick:
     """Time passes (collapse timeouts, expired pins). About once a second is enough."""
 
 
-Event = Union[DbAttached, DbDetached, VnnMapChanged, SetBanned, LocalCall, PeerPacket, Reissue,
-              ClientGone, Tick]
+Event = Union[DbAttached, DbDetached, VnnMapChanged, RecoveryMode, DbThawed, SetBanned, LocalCall,
+              PeerPacket, Reissue, ClientGone, Tick]
 
 
 # -- actions ---------------------------------------------------------------------------------
