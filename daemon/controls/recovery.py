@@ -4,7 +4,8 @@ WIPE_DATABASE, DB_PULL, DB_PUSH_START, DB_PUSH_CONFIRM — what ctdbd 4.17's rec
 `ctdb wipedb` / `restoredb`) send, and what pyctdbd's own leader sends. Payloads as ctdbd: a u32
 db_id, a `ctdb_transdb` {db_id, tid} or a `ctdb_pulldb_ext` {db_id, lmaster, srvid}; DB_PULL and
 DB_PUSH_CONFIRM answer a u32 record count; the others only a status. GET_DB_SEQNUM is the
-persistent-commit domain's (`controls/persistent.py`).
+persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own PYCTDB_RECOVERY_SCAN,
+_FETCH and _APPLY (`server/loss_recovery.py`), the recovery after a node loss that freezes nothing.
 """
 
 from __future__ import annotations
@@ -61,3 +62,18 @@ def db_push_start(ctx: ControlContext, req: Request) -> Result:
 @handles(Control.DB_PUSH_CONFIRM)
 async def db_push_confirm(ctx: ControlContext, req: Request) -> Result:
     return await ctx.db_recovery.push_confirm(value_of(req))
+
+
+@handles(Control.PYCTDB_RECOVERY_SCAN)
+async def pyctdb_recovery_scan(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.loss_recovery.scan(value_of(req))
+
+
+@handles(Control.PYCTDB_RECOVERY_APPLY)
+async def pyctdb_recovery_apply(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.loss_recovery.apply(value_of(req))
+
+
+@handles(Control.PYCTDB_RECOVERY_FETCH)
+async def pyctdb_recovery_fetch(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.loss_recovery.fetch(value_of(req))

@@ -14,9 +14,11 @@ active node gets, in order:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..protocol.constants import Control, RecMode
+from .db.partial_recovery import slot_stable_vnnmap
 from ..protocol.types import VnnMap
 
 
@@ -38,10 +40,14 @@ class RecoveryPlan:
     stages: tuple[RecoveryStage, ...]
 
 
-def plan_recovery(active: list[int], lmasters: list[int], my_pnn: int, generation: int) -> RecoveryPlan:
+def plan_recovery(active: list[int], lmasters: list[int], my_pnn: int, generation: int,
+                  previous_map: Sequence[int] = ()) -> RecoveryPlan:
     """`active`: connected active nodes (this one included); `lmasters`: those of them with the
-    lmaster capability. With no lmaster at all the leader serves as one, as CTDB does."""
-    vnnmap = VnnMap(generation, list(lmasters) or [my_pnn])
+    lmaster capability. With no lmaster at all the leader serves as one, as CTDB does.
+    [pyctdbd] The map keeps the slots of `previous_map` (the vnnmap in force) when nodes were
+    only lost: their slots go to survivors (`slot_stable_vnnmap`), so only the keys of those
+    slots change lmaster; CTDB rebuilds it from the live nodes."""
+    vnnmap = VnnMap(generation, slot_stable_vnnmap(previous_map, lmasters) or [my_pnn])
     stages = (RecoveryStage(Control.SET_RECMODE, RecMode.ACTIVE), RecoveryStage(Control.START_RECOVERY),
               RecoveryStage(Control.SETVNNMAP, vnnmap), RecoveryStage(None),
               RecoveryStage(Control.SET_RECMODE, RecMode.NORMAL), RecoveryStage(Control.END_RECOVERY))

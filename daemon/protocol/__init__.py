@@ -74,3 +74,6 @@ __all__ += [
 from .ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum, unpack_seqnum  # noqa: E402
 
 __all__ += ["DB_SEQNUM_TDB_KEY", "pack_seqnum", "unpack_seqnum"]
+from .partial_recovery import RecBufferList, RecoveryApply, RecoveryScan, ScanResult  # noqa: E402
+
+__all__ += ["RecBufferList", "RecoveryApply", "RecoveryScan", "ScanResult"]

@@ -173,6 +173,11 @@ class Control(IntEnum):
     TCP_CLIENT_PASSED = 160  # >= 4.20
     START_IPREALLOCATE = 161  # >= 4.21
     PUSH_RECORD = 162  # master only
+    # pyctdbd's own, between pyctdbd nodes only (protocol/partial_recovery.py): the recovery
+    # after a node loss that freezes nothing. A real ctdbd answers them as unknown controls.
+    PYCTDB_RECOVERY_SCAN = 0x70790001
+    PYCTDB_RECOVERY_APPLY = 0x70790002
+    PYCTDB_RECOVERY_FETCH = 0x70790003
 
 
 #: Opcodes CTDB still defines but marks obsolete; a daemon answers them with an error.

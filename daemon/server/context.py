@@ -15,6 +15,7 @@ from .connections import ConnectionTracker
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
 from .leader import LeaderService
+from .loss_recovery import LossRecoveryNode
 from .messenger import Messenger
 from .node import NodeService
 from .persistent_commits import PersistentCommitService
@@ -52,6 +53,7 @@ class ControlContext:
     traverses: TraverseService
     statistics: Statistics
     db_recovery: DatabaseRecoveryService
+    loss_recovery: LossRecoveryNode
 
     @property
     def pnn(self) -> int:

@@ -124,10 +124,12 @@ class Daemon:
                                    failover_disabled=self.failover_disabled, ban_self=self.monitor.ban_self)
         self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
                                     clock=self.clock, failover_disabled=self.failover_disabled,
-                                    ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban)
+                                    ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban,
+                                    vnnmap=lambda: self.recovery.vnnmap)
         self.db = DatabaseServices(self.my_pnn, conf, self.messenger, self.tunables, self.tasks, nodemap,
                                    clock=self.clock, force_recovery=self.force_recovery,
-                                   vnnmap=lambda: self.recovery.vnnmap, env=options.script_env,
+                                   vnnmap=lambda: self.recovery.vnnmap,
+                                   recovery_view=lambda: self.recovery.view(), env=options.script_env,
                                    align=self.node.on_tick_grid)
         self.recovery = RecoveryState(nodemap, self._recovery_finished, self.db.recovery_mode_changed,
                                       self.db.vnnmap_changed, self.db.may_leave_recovery)
@@ -145,7 +147,8 @@ class Daemon:
             daemon=self, config=cfg, tunables=self.tunables, node=self.node, recovery=self.recovery,
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
             messenger=self.messenger, databases=self.db.databases, persistent=self.db.persistent,
-            traverses=self.db.traverses, statistics=self.statistics, db_recovery=self.db.recovery)
+            traverses=self.db.traverses, statistics=self.statistics, db_recovery=self.db.recovery,
+            loss_recovery=self.db.loss_recovery)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,

@@ -217,6 +217,11 @@ class DatabaseRecoveryService:
         result = self._ask_now(lambda t: rn.RecmodeNormal(t, generation))
         return None if result.status == 0 else (result.errmsg or "refused")
 
+    def set_generation(self, db_id: int, generation: int) -> Result:
+        """The database was repaired without a freeze (server/loss_recovery.py): its generation
+        becomes `generation`, unless it is frozen or in a recovery transaction."""
+        return self._ask_now(lambda t: rn.GenerationSet(t, db_id, generation))
+
     def node_inactive(self) -> None:
         """This node became INACTIVE: freeze everything, generations invalid, volatile records
         invalid (ctdb_node_become_inactive)."""

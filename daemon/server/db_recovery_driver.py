@@ -23,7 +23,8 @@ peer waits until the peer has read them, so a big database never piles up in a s
 A database that fails all its attempts keeps its freeze and has its transaction cancelled; the
 caller retries the recovery.
 
-Cost: every record of every node travels to the leader and back to every node, as in CTDB.
+Cost: every record of every node travels to the leader and back to every node, as in CTDB —
+except after a node loss, when `LossRecoveryDriver` settles first what it can without a freeze.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..protocol import (
     LMASTER_ANY, Control, ControlFlag, ProtocolError, PullDbExt, RecBuffer, ReplyControl,
     pack_request, unpack_reply,
 )
+from .loss_recovery_driver import LossRecoveryDriver
 from .messenger import Messenger
 
 #: Bytes of pushed buffers after which the driver waits for every peer to have read them.
@@ -70,6 +72,7 @@ class RecoveryOutcome:
     total: int = 0
     ban_credits: dict[int, int] = field(default_factory=dict)
     records_pushed: int = 0
+    settled: int = 0              # of `recovered`: settled without a freeze after a node loss
     seconds: float = 0.0
     error: str | None = None
 
@@ -85,14 +88,17 @@ class DatabaseRecoveryDriver:
         self.tunables = tunables
         self.clock = clock
         self.srvids = SrvidPool(random.randrange(1 << 40))
+        self.after_loss = LossRecoveryDriver(messenger, lambda: self.timeout, clock=clock)
 
     @property
     def timeout(self) -> float:
         return float(self.tunables.get("RecoverTimeout"))
 
-    async def recover(self, nodes: Sequence[int], generation: int) -> RecoveryOutcome:
+    async def recover(self, nodes: Sequence[int], generation: int, *, old_map: Sequence[int] = (),
+                      new_map: Sequence[int] = ()) -> RecoveryOutcome:
         """Recover every database of `nodes` (this one among them) into transaction `generation`
-        (the recovery's new generation)."""
+        (the recovery's new generation). With the vnnmaps before and after it, a recovery after
+        a node loss first settles what it can without a freeze (`LossRecoveryDriver`)."""
         started = self.clock()
         nodes = tuple(nodes)
         outcome = RecoveryOutcome(False)
@@ -106,9 +112,11 @@ class DatabaseRecoveryDriver:
             log.error("Database recovery failed: %s", exc)
             return outcome
         outcome.total = len(dbs)
+        settled = await self.after_loss.recover(dbs, nodes, generation, old_map, new_map)
         results = await asyncio.gather(*(self._recover_db(db, nodes, generation, outcome)
-                                         for db in dbs))
-        outcome.recovered = sum(results)
+                                         for db in dbs if db.db_id not in settled))
+        outcome.settled = len(settled)
+        outcome.recovered = len(settled) + sum(results)
         outcome.ok = outcome.recovered == outcome.total
         outcome.seconds = self.clock() - started
         level = logging.INFO if outcome.ok else logging.ERROR

@@ -16,6 +16,7 @@ from ..net.local import Client
 from ..protocol import NodeFlag, Runstate, VnnMap
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
+from .loss_recovery import LossRecoveryNode, RecoveryView
 from .messenger import Messenger
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
@@ -28,7 +29,8 @@ TICK_EVERY = 1.0          # s between the migration core's ticks (collapse timeo
 class DatabaseServices:
     def __init__(self, my_pnn: int, conf: CtdbConf, messenger: Messenger, tunables: Tunables, tasks: Tasks,
                  nodemap: NodeMap, *, clock: Callable[[], float], force_recovery: Callable[[str], None],
-                 vnnmap: Callable[[], VnnMap], env: dict[str, str] | None = None,
+                 vnnmap: Callable[[], VnnMap], recovery_view: Callable[[], RecoveryView],
+                 env: dict[str, str] | None = None,
                  align: Callable[[float], float] = lambda when: when) -> None:
         self.databases = DatabaseService(my_pnn, conf, messenger, tunables, tasks, clock=clock,
                                          force_recovery=force_recovery, env=env, align=align)
@@ -39,6 +41,9 @@ class DatabaseServices:
                       spawn=tasks.spawn, clock=clock)
         self.recovery = DatabaseRecoveryService(my_pnn, self.databases, messenger, tunables, tasks,
                                                 vnnmap=vnnmap, on_thawed=self.record_calls.db_thawed)
+        self.loss_recovery = LossRecoveryNode(self.databases.database, recovery_view,
+                                              self.recovery.set_generation,
+                                              self.record_calls.handed_off)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)

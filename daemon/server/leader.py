@@ -23,8 +23,8 @@ from ..core.takeover import IPReport, nodes_to_ask_available, plan_takeover_run
 from ..log import log, notice
 from ..net.rpc import ControlError
 from ..protocol import (
-    UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid,
-    internal, pack_i32_reply, pack_request, unpack_message, unpack_reply,
+    INVALID_GENERATION, UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid,
+    internal, pack_i32_reply, pack_request, unpack_message, unpack_reply, VnnMap,
 )
 from .db_recovery_driver import DatabaseRecoveryDriver
 from .messenger import Messenger
@@ -44,8 +44,10 @@ def pnn_text(pnn: int) -> str:
 class LeaderService:
     def __init__(self, node: NodeCore, messenger: Messenger, tunables: Tunables, tasks: Tasks, *,
                  started_at: float, clock: Callable[[], float], failover_disabled: bool,
-                 ips_hosted: Callable[[], bool], ban_this_node: Callable[[int], None]) -> None:
+                 ips_hosted: Callable[[], bool], ban_this_node: Callable[[int], None],
+                 vnnmap: Callable[[], VnnMap] = lambda: VnnMap(INVALID_GENERATION, [])) -> None:
         self.node = node
+        self.vnnmap = vnnmap                # this node's vnnmap in force
         self.messenger = messenger
         self.tunables = tunables
         self.tasks = tasks
@@ -159,13 +161,17 @@ class LeaderService:
 
     # -- recovery --------------------------------------------------------------------------------
     async def _recover(self) -> bool:
+        current = self.vnnmap()
+        previous_map = current.map if current.generation != INVALID_GENERATION else []
         plan = plan_recovery(self.node.nodemap.active_pnns(), self.node.lmaster_pnns(),
-                             self.node.my_pnn, random.randint(2, 0xFFFFFFFE))
+                             self.node.my_pnn, random.randint(2, 0xFFFFFFFE), previous_map)
         timeout = float(self.tunables.get("RecoverTimeout"))
         notice("Recovery initiated: generation %u, vnnmap %s", plan.generation, plan.vnnmap.map)
         for stage in plan.stages:
             if stage.databases:
-                outcome = await self.db_recovery.recover(plan.targets, plan.generation)
+                outcome = await self.db_recovery.recover(plan.targets, plan.generation,
+                                                         old_map=previous_map,
+                                                         new_map=plan.vnnmap.map)
                 for pnn, credits in outcome.ban_credits.items():
                     for _ in range(credits):
                         self._blame(pnn, "database recovery failed")

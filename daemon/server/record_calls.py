@@ -239,6 +239,11 @@ class RecordCalls:
     def vnnmap_changed(self, vnnmap: VnnMap) -> None:
         self._run_unlocked(VnnMapChanged(vnnmap))
 
+    def handed_off(self, db_id: int) -> tuple[set[bytes], bool]:
+        """For the recovery scan: the keys of `db_id` this node gave away lately or whose
+        hand-off to it was cut off by the generation change, and whether the log overflowed."""
+        return self.core.handoffs.take(db_id, self.clock()), self.core.handoffs.overflowed
+
     def recovery_mode(self, active: bool) -> None:
         self._run_unlocked(RecoveryMode(active))
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ..core.nodes import NodeMap
 from ..log import log, notice
 from ..protocol import INVALID_GENERATION, RecMode, VnnMap
+from .loss_recovery import RecoveryView
 
 
 class RecoveryState:
@@ -28,6 +29,13 @@ class RecoveryState:
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
         self.last_finished = 0.0
+        # For pyctdbd's recovery after a node loss (core/db/partial_recovery.py): the generation
+        # this node left recovery mode in (its databases all recovered into it), and, once a new
+        # vnnmap arrives, that generation if the node served in it up to then (else INVALID)
+        # and the map it served with.
+        self.served_generation = INVALID_GENERATION
+        self.came_from = INVALID_GENERATION
+        self.previous_map: list[int] = []
         on_recmode(True)
 
     def set_vnnmap(self, vnnmap: VnnMap) -> str | None:
@@ -35,6 +43,11 @@ class RecoveryState:
         the generation (it takes no part in the cluster's database traffic)."""
         if vnnmap.generation == INVALID_GENERATION and vnnmap.map:
             return "refusing the invalid generation"
+        if vnnmap.generation != self.vnnmap.generation:
+            served = self.served_generation == self.vnnmap.generation != INVALID_GENERATION
+            self.came_from = self.vnnmap.generation if served else INVALID_GENERATION
+            self.previous_map = list(self.vnnmap.map)
+            self.served_generation = INVALID_GENERATION
         self.vnnmap = vnnmap if not self.nodemap.inactive else VnnMap(INVALID_GENERATION, vnnmap.map)
         self.on_vnnmap(self.vnnmap)
         return None
@@ -49,11 +62,16 @@ class RecoveryState:
             if refused:
                 log.error("Refusing to leave recovery mode: %s", refused)
                 return refused
+        if mode == RecMode.NORMAL:
+            self.served_generation = self.vnnmap.generation
         if mode != self.recmode:
             self.recmode = RecMode(mode)
             notice("Recovery mode set to %s", "NORMAL" if mode == RecMode.NORMAL else "ACTIVE")
             self.on_recmode(mode == RecMode.ACTIVE)
         return None
+
+    def view(self) -> RecoveryView:
+        return RecoveryView(self.recmode == RecMode.ACTIVE, self.came_from, tuple(self.previous_map))
 
     def recovery_started(self) -> None:
         self.last_started = time.time()
@@ -66,6 +84,7 @@ class RecoveryState:
 
     def enter_recovery_mode(self) -> None:
         """This node became inactive."""
+        self.served_generation = self.came_from = INVALID_GENERATION
         if self.recmode != RecMode.ACTIVE:
             self.recmode = RecMode.ACTIVE
             self.on_recmode(True)

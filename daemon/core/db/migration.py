@@ -147,6 +147,7 @@ from ...protocol.packets import ReplyCall, ReplyDmaster, ReplyError, ReqCall, Re
 from ...protocol.types import LtdbHeader, VnnMap
 from .callstats import CallStatistics, DbCallStatistics
 from .flights import Flight, FlightTable, FlightView, Waiter
+from .recovery_gate import RecoveryGate
 from .ltdbrules import (
     MIGRATED_WITH_DATA, VACUUM_MIGRATED, Fetched, Record, Stored, call_function, fetch,
     lmaster_of, store,
@@ -178,8 +179,8 @@ class MigrationCore:
         self.pnn = settings.pnn
         self.vnnmap = vnnmap
         self.banned = False
-        self.recovering = False          # this node's recovery mode is ACTIVE
-        self.thawed: set[int] = set()    # databases thawed since the vnnmap last changed
+        self.gate = RecoveryGate()
+        self.handoffs = self.gate.handoffs      # for the recovery after a node loss
         self.databases: dict[int, DbAttached] = {}
         self.stats = CallStatistics()
         self.db_stats: dict[int, DbCallStatistics] = {}
@@ -237,7 +238,7 @@ class MigrationCore:
         if isinstance(event, RecoveryMode):
             return self._recovery_mode(event.active)
         if isinstance(event, DbThawed):
-            self.thawed.add(event.db_id)
+            self.gate.thawed_db(event.db_id)
             return self._resend_held(event.db_id)
         if isinstance(event, Tick):
             return self._tick(now)
@@ -283,7 +284,7 @@ class MigrationCore:
             return actions + stores + [self._answer(waiter, ReplyCall(status, reply), now)]
         flight = Flight(db.db_id, key, self._new_reqid(), self.generation, now, waiter, waiter)
         self.flights.add(flight)
-        if fetched is None or not self._may_send(db.db_id):
+        if fetched is None or not self.gate.may_send(db.db_id):
             flight.generation = INVALID_GENERATION      # held back: sent by _resend_held
             return actions
         return actions + [SendPacket(fetched.header.dmaster, self.pnn, flight.reqid, self.generation,
@@ -326,7 +327,7 @@ class MigrationCore:
             return actions + [Requeue(pkt, self._pin_left(db.db_id, key, now))]
         self._count_hops(db, key, body.hopcount)
         if not from_here:
-            return actions + self._send_dmaster(db, key, fetched, pkt)
+            return actions + self._send_dmaster(db, key, fetched, pkt, now)
         # Our own call came back to us: ctdbd runs it and sends REPLY_CALL to itself, which
         # finds no waiting call (a stale one; the current one was completed above).
         _status, _reply, stores = self._call_local(db, key, fetched, body.callid)
@@ -349,7 +350,7 @@ class MigrationCore:
         return actions
 
     def _send_dmaster(self, db: DbAttached, key: bytes, fetched: Fetched,
-                      pkt: PeerPacket) -> list[Action]:
+                      pkt: PeerPacket, now: float) -> list[Action]:
         """ctdb_call_send_dmaster: give the record to the call's origin."""
         header, data = fetched.header, fetched.data
         if data:
@@ -357,15 +358,17 @@ class MigrationCore:
         self.stats.migrations_out += 1
         lmaster = self.lmaster(key)
         if lmaster == self.pnn:
-            return self._dmaster_reply(db, key, header, data, pkt.srcnode, pkt.reqid)
+            return self._dmaster_reply(db, key, header, data, pkt.srcnode, pkt.reqid, now)
+        self.handoffs.gave(db.db_id, key, now)
         packet = ReqDmaster(db.db_id, header.rsn, pkt.srcnode, key, data, header.flags)
         stored = self._store(db, key, replace(header, dmaster=pkt.srcnode), data)
         return self._write(db, key, stored, data) + [
             SendPacket(lmaster, self.pnn, pkt.reqid, self.generation, packet)]
 
     def _dmaster_reply(self, db: DbAttached, key: bytes, header: LtdbHeader, data: bytes,
-                       new_dmaster: int, reqid: int) -> list[Action]:
+                       new_dmaster: int, reqid: int, now: float) -> list[Action]:
         """ctdb_send_dmaster_reply (the lmaster): record the new dmaster, pass the record on."""
+        self.handoffs.gave(db.db_id, key, now)
         stored = self._store(db, key, replace(header, dmaster=new_dmaster), data)
         packet = ReplyDmaster(db.db_id, stored.header.rsn, key, data, stored.header.flags)
         return self._write(db, key, stored, data) + [
@@ -378,7 +381,7 @@ class MigrationCore:
         if db is None:
             return self._unknown_db(pkt, now)
         if not self._accept(pkt):
-            return []
+            return self._handoff_dropped(pkt)
         self.stats.node_req_dmaster += 1
         key = bytes(body.key)
         if self.lmaster(key) != self.pnn:
@@ -404,7 +407,8 @@ class MigrationCore:
         if body.dmaster == self.pnn:
             return actions + self._land(db, key, body.data, body.rsn, flags, pkt.reqid, now)
         header = replace(header, rsn=body.rsn, flags=flags)
-        return actions + self._dmaster_reply(db, key, header, bytes(body.data), body.dmaster, pkt.reqid)
+        return actions + self._dmaster_reply(db, key, header, bytes(body.data), body.dmaster,
+                                             pkt.reqid, now)
 
     def _reply_dmaster(self, pkt: PeerPacket, now: float) -> list[Action]:
         body = pkt.body
@@ -412,7 +416,7 @@ class MigrationCore:
         if db is None:
             return [Log(logging.ERROR, f"Unknown db_id 0x{body.db_id:x} in ctdb_reply_dmaster")]
         if not self._accept(pkt):
-            return []
+            return self._handoff_dropped(pkt)
         self.stats.node_reply_dmaster += 1
         return self._land(db, bytes(body.key), body.data, body.rsn, body.record_flags or 0,
                           pkt.reqid, now)
@@ -509,37 +513,34 @@ class MigrationCore:
         if old == ev.vnnmap.generation:
             return []
         self.pins.clear()
-        self.thawed.clear()
+        self.gate.vnnmap_changed(old)
         actions: list[Action] = []
         for flight in self.flights:
             if flight.deferred:
                 actions.append(Log(logging.INFO, f"dropping {len(flight.deferred)} held calls of "
                                                  f"generation {flight.generation}"))
                 flight.deferred.clear()
-        if not self.recovering:          # no thaw will follow: send them now
+        if not self.gate.recovering:     # no thaw will follow: send them now
             actions += self._resend_held(None)
         return actions
 
     def _recovery_mode(self, active: bool) -> list[Action]:
-        self.recovering = active
-        if active:
-            self.thawed.clear()
-            return []
-        return self._resend_held(None)
+        late = self.gate.mode(active)
+        return [] if active else self._resend_held(None) + self._late_drop(late, "after the scan")
+
+    def _handoff_dropped(self, pkt: PeerPacket) -> list[Action]:
+        late = self.gate.dropped(pkt.body.db_id, bytes(pkt.body.key), pkt.generation, self.banned)
+        return self._late_drop(late, f"reqid {pkt.reqid} from node {pkt.srcnode}")
+
+    def _late_drop(self, late: bool, what: str) -> list[Action]:
+        text = self.gate.late_drop_text(self.generation, what) if late else None
+        return [] if text is None else [Log(logging.ERROR, text), ForceRecovery(text)]
 
     def _resend_held(self, db_id: int | None) -> list[Action]:
         """ctdb_call_resend_db / _all at DB_THAW (and here also when recovery mode ends): every
         call of `db_id` (None: of every database) not on the current generation goes again."""
         return [Requeue(Reissue(f.db_id, f.key)) for f in self.flights
                 if f.generation != self.generation and (db_id is None or f.db_id == db_id)]
-
-    def _may_send(self, db_id: int) -> bool:
-        """A call goes on the wire outside recovery mode, or once its database was thawed in
-        this recovery: only then does every node have the recovery's generation (the leader
-        installs the vnnmap everywhere before it thaws anything); a packet reaching a node still
-        on the old generation would be dropped, and its call would wait for the collapse
-        timeout."""
-        return not self.recovering or db_id in self.thawed
 
     def _reissue(self, ev: Reissue, record: Record | None, now: float) -> list[Action]:
         """ctdb_call_resend: a new reqid and generation, then route it as a REQ_CALL arriving
@@ -549,7 +550,7 @@ class MigrationCore:
         db = self.databases.get(ev.db_id)
         if flight is None or db is None or not self.lmasters:
             return []
-        if not self._may_send(db.db_id):
+        if not self.gate.may_send(db.db_id):
             flight.generation = INVALID_GENERATION      # held back until the thaw
             return []
         self.flights.set_reqid(flight, self._new_reqid())
@@ -575,6 +576,7 @@ class MigrationCore:
         return actions
 
     def _detach(self, db_id: int, now: float) -> list[Action]:
+        self.handoffs.forget_database(db_id)
         actions: list[Action] = []
         for flight in self.flights:
             if flight.db_id != db_id:
@@ -658,9 +660,7 @@ class MigrationCore:
 
     def _pin_left(self, db_id: int, key: bytes, now: float) -> float:
         until = self.pins.get((db_id, key))
-        if until is None or until <= now:
-            return 0.0
-        return until - now
+        return 0.0 if until is None or until <= now else until - now
 
     def _call_packet(self, flight: Flight, hopcount: int) -> ReqCall:
         call = flight.call

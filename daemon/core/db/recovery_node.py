@@ -232,13 +232,24 @@ class RecmodeNormal:
 
 
 @dataclass(frozen=True)
+class GenerationSet:
+    """pyctdbd's recovery after a node loss repaired this database without a freeze or a
+    transaction (``core/db/partial_recovery.py``): it is now on `generation`. Refused (-1) for
+    an unknown database and one that is frozen, freezing or in a recovery transaction."""
+
+    ticket: Hashable
+    db_id: int
+    generation: int
+
+
+@dataclass(frozen=True)
 class Inactive:
     """This node became INACTIVE (banned or stopped)."""
 
 
 Event = (Attached | Detached | Freeze | FreezeLocked | FreezeLost | Thaw | TransactionStart
          | TransactionCancel | TransactionCommit | CommitDone | Wipe | Pull | PullDone | PushStart
-         | PushData | PushInvalid | PushConfirm | RecmodeNormal | Inactive)
+         | PushData | PushInvalid | PushConfirm | RecmodeNormal | GenerationSet | Inactive)
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -678,6 +689,16 @@ class NodeRecovery:
         self._reply(ev.ticket, 0, count=count)
 
     # -- recovery mode, inactivity ---------------------------------------------------------------
+    def on_GenerationSet(self, ev: GenerationSet) -> None:
+        db = self.dbs.get(ev.db_id)
+        if db is None:
+            self._reply(ev.ticket, -1, error=f"Unknown db 0x{ev.db_id:08x}")
+        elif db.freeze is not FreezeMode.NONE or db.transaction is not None or self.all_frozen:
+            self._reply(ev.ticket, -1, error=f"db {db.name} is frozen")
+        else:
+            db.generation = ev.generation
+            self._reply(ev.ticket, 0)
+
     def on_RecmodeNormal(self, ev: RecmodeNormal) -> None:
         for db in self.dbs.values():
             if db.generation != ev.generation:

@@ -1,0 +1,119 @@
+"""Payloads of pyctdbd's own recovery controls, sent only between pyctdbd nodes (a real ctdbd
+answers them as unknown controls). They let the leader recover the databases after a node was
+lost without freezing them: each survivor reports the records the lost nodes may have held the
+newest copy of, or were the lmaster of (`RecoveryScan` -> `ScanResult`), and stores the repaired
+records the leader sends back (`RecoveryApply`). Decisions are in `core/db/partial_recovery.py`.
+
+Layouts (little-endian, as CTDB's own payloads):
+
+* `RecoveryScan`: u32 nnodes, u32 ndbs, nnodes × u32 pnn (the nodes being recovered: every
+  other node counts as lost), ndbs × u32 db_id (the volatile databases to scan).
+* `ScanResult`: u32 came_from (the generation this node was recovered into and served in last,
+  0xFFFFFFFF-style INVALID if none), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per scanned
+  database; records with their ltdb header).
+* `RecBufferList`: u32 nbuf, nbuf × `ctdb_rec_buffer` — PYCTDB_RECOVERY_FETCH's request (the
+  keys whose copies the leader wants, with empty data) and reply (the copies this node has,
+  with their ltdb headers; keys it does not have are left out).
+* `RecoveryApply`: u32 generation (the recovery's), u32 nbuf, nbuf × `ctdb_rec_buffer` (the
+  records to store in each database, with their ltdb headers; one buffer for every database
+  this recovery covers, empty when nothing changes there: each database's generation becomes
+  the recovery's).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ._wire import Buffer, need, pack_or_raise
+from .errors import ProtocolError
+from .types import RecBuffer, WireType
+
+_U32x2 = struct.Struct("<II")
+#: At most this many nodes or databases in one request (the fields are u32; a larger count is a
+#: malformed payload, not a reason to allocate).
+MAX_ITEMS = 1 << 16
+
+
+def _u32_list(buf: Buffer, offset: int, count: int, what: str) -> tuple[list[int], int]:
+    need(buf, offset, 4 * count, what)
+    return list(struct.unpack_from(f"<{count}I", buf, offset)), offset + 4 * count
+
+
+def _buffers(buf: Buffer, offset: int, count: int, what: str) -> tuple[list[RecBuffer], int]:
+    if count > MAX_ITEMS or count * 8 > len(buf) - offset:
+        raise ProtocolError(f"{what}: {count} buffers cannot fit in {len(buf) - offset} bytes")
+    buffers = []
+    for _ in range(count):
+        rb, offset = RecBuffer.unpack_from(buf, offset)
+        buffers.append(rb)
+    return buffers, offset
+
+
+@dataclass(slots=True)
+class RecoveryScan(WireType):
+    nodes: list[int] = field(default_factory=list)
+    db_ids: list[int] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return (pack_or_raise(_U32x2, "recovery_scan", len(self.nodes), len(self.db_ids))
+                + struct.pack(f"<{len(self.nodes)}I{len(self.db_ids)}I", *self.nodes, *self.db_ids))
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecoveryScan, int]:
+        need(buf, offset, 8, "recovery_scan")
+        nnodes, ndbs = _U32x2.unpack_from(buf, offset)
+        if nnodes > MAX_ITEMS or ndbs > MAX_ITEMS:
+            raise ProtocolError(f"recovery_scan: {nnodes} nodes, {ndbs} databases")
+        nodes, offset = _u32_list(buf, offset + 8, nnodes, "recovery_scan nodes")
+        db_ids, offset = _u32_list(buf, offset, ndbs, "recovery_scan db_ids")
+        return cls(nodes, db_ids), offset
+
+
+@dataclass(slots=True)
+class ScanResult(WireType):
+    came_from: int
+    buffers: list[RecBuffer] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return (pack_or_raise(_U32x2, "scan_result", self.came_from, len(self.buffers))
+                + b"".join(b.pack() for b in self.buffers))
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[ScanResult, int]:
+        need(buf, offset, 8, "scan_result")
+        came_from, count = _U32x2.unpack_from(buf, offset)
+        buffers, offset = _buffers(buf, offset + 8, count, "scan_result")
+        return cls(came_from, buffers), offset
+
+
+@dataclass(slots=True)
+class RecoveryApply(WireType):
+    generation: int
+    buffers: list[RecBuffer] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return (pack_or_raise(_U32x2, "recovery_apply", self.generation, len(self.buffers))
+                + b"".join(b.pack() for b in self.buffers))
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecoveryApply, int]:
+        need(buf, offset, 8, "recovery_apply")
+        generation, count = _U32x2.unpack_from(buf, offset)
+        buffers, offset = _buffers(buf, offset + 8, count, "recovery_apply")
+        return cls(generation, buffers), offset
+
+
+@dataclass(slots=True)
+class RecBufferList(WireType):
+    buffers: list[RecBuffer] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return struct.pack("<I", len(self.buffers)) + b"".join(b.pack() for b in self.buffers)
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecBufferList, int]:
+        need(buf, offset, 4, "rec_buffer_list")
+        (count,) = struct.unpack_from("<I", buf, offset)
+        buffers, offset = _buffers(buf, offset + 4, count, "rec_buffer_list")
+        return cls(buffers), offset

@@ -1,0 +1,155 @@
+"""This node's side of pyctdbd's recovery after a node loss, which freezes nothing (rules in
+`core/db/partial_recovery.py`, the leader's side in `server/loss_recovery_driver.py`):
+
+* **PYCTDB_RECOVERY_SCAN** {nodes, db_ids}: only in recovery mode, after the new vnnmap (so no
+  daemon moves a record meanwhile). Each listed volatile database is read by `tdb_traverse_read`
+  in a forked child (it may wait for smbd's chain locks there, never in the loop) keeping the
+  records whose dmaster, or whose lmaster in the map this node served with, is not among
+  `nodes`, and those of the keys it handed off lately (`core/db/handoffs.py`; refused if that
+  log overflowed). Answer: this node's `came_from` generation and one record buffer per
+  database.
+* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read in a child
+  per database, as the scan).
+* **PYCTDB_RECOVERY_APPLY** {generation, buffers}: each record is stored under its chain lock
+  (header and value as sent); then each listed database's generation becomes the recovery's
+  (refused for a frozen one), so SET_RECMODE NORMAL accepts it. Calls held during the recovery
+  go out when recovery mode ends, when every node has applied its repairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.db.partial_recovery import is_affected
+from ..log import log
+from ..protocol import (
+    LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
+    RecoveryScan, ScanResult, pack_reply,
+)
+from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash
+from .dispatch import Result
+
+
+@dataclass(frozen=True)
+class RecoveryView:
+    """What the node's recovery state says: recovery mode, the generation it came from, the
+    map it served with."""
+
+    recovering: bool
+    came_from: int
+    previous_map: tuple[int, ...]
+
+
+def affected_records(old_map: tuple[int, ...], live: frozenset[int], handed_off: set[bytes]
+                     ) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
+    """The child's scan: the records a loss of every node outside `live` may have touched, and
+    those of the keys in `handed_off`."""
+    size = len(old_map)
+
+    def scan(tdb: TdbFile) -> list[tuple[bytes, bytes]]:
+        found: list[tuple[bytes, bytes]] = []
+
+        def visit(key: bytes, value: bytes) -> None:
+            if len(value) < LTDB_HEADER_SIZE:
+                return
+            dmaster = int.from_bytes(value[8:12], "little")
+            lmaster = old_map[jenkins_hash(key) % size] if size else None
+            if is_affected(dmaster, lmaster, live) or key in handed_off:
+                found.append((bytes(key), bytes(value)))
+
+        tdb.traverse_read(visit)
+        return found
+    return scan
+
+
+def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
+    def fetch(tdb: TdbFile) -> list[tuple[bytes, bytes]]:
+        found = []
+        for key in keys:
+            value = tdb.fetch(key)
+            if value is not None and len(value) >= LTDB_HEADER_SIZE:
+                found.append((key, value))
+        return found
+    return fetch
+
+
+class LossRecoveryNode:
+    def __init__(self, lookup: Callable[[int], Database | None], view: Callable[[], RecoveryView],
+                 set_generation: Callable[[int, int], Result],
+                 handed_off: Callable[[int], tuple[set[bytes], bool]]) -> None:
+        self.lookup = lookup
+        self.view = view
+        self.set_generation = set_generation
+        self.handed_off = handed_off        # db_id -> (keys, whether the log overflowed)
+
+    async def scan(self, request: RecoveryScan) -> Result:
+        view = self.view()
+        if not view.recovering:
+            return Result(-1, errmsg="not in recovery mode")
+        dbs = []
+        for db_id in request.db_ids:
+            db = self.lookup(db_id)
+            if db is None or db.persistent:
+                return Result(-1, errmsg=f"no volatile database 0x{db_id:08x} here")
+            dbs.append(db)
+        live = frozenset(request.nodes)
+        scans = []
+        for db in dbs:
+            keys, overflowed = self.handed_off(db.db_id)
+            if overflowed:
+                return Result(-1, errmsg="too many records handed off lately to list them")
+            scans.append(affected_records(view.previous_map, live, keys))
+        try:
+            found = await asyncio.gather(*(db.run_in_child(scan) for db, scan in zip(dbs, scans)))
+        except (ChildError, TdbError) as exc:
+            log.error("Recovery scan failed: %s", exc)
+            return Result(-1, errmsg=f"scan failed: {exc}")
+        buffers = [RecBuffer(db.db_id, [RecData(0, k, v) for k, v in records])
+                   for db, records in zip(dbs, found)]
+        log.info("Recovery scan: %d records of %d databases for nodes %s",
+                 sum(len(b.records) for b in buffers), len(buffers), request.nodes)
+        return Result(0, pack_reply(Control.PYCTDB_RECOVERY_SCAN, ScanResult(view.came_from, buffers)))
+
+    async def fetch(self, request: RecBufferList) -> Result:
+        if not self.view().recovering:
+            return Result(-1, errmsg="not in recovery mode")
+        dbs = []
+        for buffer in request.buffers:
+            db = self.lookup(buffer.db_id)
+            if db is None or db.persistent:
+                return Result(-1, errmsg=f"no volatile database 0x{buffer.db_id:08x} here")
+            dbs.append((db, [bytes(rec.key) for rec in buffer.records]))
+        try:
+            found = await asyncio.gather(*(db.run_in_child(copies_of(keys)) for db, keys in dbs))
+        except (ChildError, TdbError) as exc:
+            log.error("Recovery fetch failed: %s", exc)
+            return Result(-1, errmsg=f"fetch failed: {exc}")
+        reply = RecBufferList([RecBuffer(db.db_id, [RecData(0, k, v) for k, v in records])
+                               for (db, _), records in zip(dbs, found)])
+        return Result(0, pack_reply(Control.PYCTDB_RECOVERY_FETCH, reply))
+
+    async def apply(self, request: RecoveryApply) -> Result:
+        if not self.view().recovering:
+            return Result(-1, errmsg="not in recovery mode")
+        stored = 0
+        for buffer in request.buffers:
+            db = self.lookup(buffer.db_id)
+            if db is None:
+                return Result(-1, errmsg=f"Unknown db 0x{buffer.db_id:08x}")
+            for rec in buffer.records:
+                if len(rec.data) < LTDB_HEADER_SIZE:
+                    return Result(-1, errmsg=f"a record for {db.name} is shorter than its header")
+                header, value = LtdbHeader.split(rec.data)
+                try:
+                    await db.store_ltdb(rec.key, header, value)
+                except TdbError as exc:
+                    return Result(-1, errmsg=f"storing a record of {db.name} failed: {exc}")
+                stored += 1
+        for buffer in request.buffers:
+            result = self.set_generation(buffer.db_id, request.generation)
+            if result.status != 0:
+                return result
+        log.info("Recovery repairs: %d records stored in %d databases", stored, len(request.buffers))
+        return Result(0)

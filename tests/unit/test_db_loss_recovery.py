@@ -1,0 +1,281 @@
+"""pyctdbd's recovery after a node loss (core/db/partial_recovery.py): the vnnmap keeps its slots,
+the survivors report only the records a lost node touched, and the repairs leave every key with
+one dmaster its lmaster knows, holding the newest surviving copy — checked on the migration
+core's own simulation (smbd-like clients on every node, a node lost mid-run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctdblab.daemon.core.db.ltdbrules import lmaster_of
+from ctdblab.daemon.core.db.migration import RecoveryMode, VnnMapChanged
+from ctdblab.daemon.core.db.partial_recovery import (
+    Copy, came_from_all, is_affected, plan_repairs, slot_stable_vnnmap,
+)
+from ctdblab.daemon.core.recovery import plan_recovery
+from ctdblab.daemon.protocol import (
+    INVALID_GENERATION, Control, LtdbHeader, RecBuffer, RecData, RecoveryApply, RecoveryScan,
+    ScanResult, pack_reply, pack_request, unpack_reply, unpack_request,
+)
+from ctdblab.daemon.protocol.types import VnnMap
+from test_db_migration import COUNTER, DB, FetchLockClient, Sim, key_with_lmaster
+
+
+def H(rsn: int, dmaster: int) -> LtdbHeader:
+    return LtdbHeader(rsn=rsn, dmaster=dmaster, reserved1=0, flags=0)
+
+
+# -- the vnnmap -------------------------------------------------------------------------------
+
+def test_slot_stable_vnnmap_gives_only_the_lost_slots_away():
+    assert slot_stable_vnnmap([0, 1, 2], [0, 1]) == [0, 1, 0]
+    assert slot_stable_vnnmap([0, 1, 2, 3], [0, 2, 3]) == [0, 0, 2, 3]
+    assert slot_stable_vnnmap([0, 1, 0], [0]) == [0, 0, 0]
+    assert slot_stable_vnnmap([0, 1, 2, 3], [1, 3]) == [1, 1, 3, 3]
+
+
+def test_a_joining_node_or_no_previous_map_gives_a_fresh_map():
+    assert slot_stable_vnnmap([0, 1, 0], [0, 1, 2]) == [0, 1, 2]
+    assert slot_stable_vnnmap([], [2, 0]) == [0, 2]
+    assert slot_stable_vnnmap([0, 1], []) == []
+    plan = plan_recovery([0, 1], [0, 1], 0, 99, previous_map=[0, 1, 2])
+    assert plan.vnnmap == VnnMap(99, [0, 1, 0])
+    assert plan_recovery([0, 1, 2], [0, 1, 2], 0, 99).vnnmap.map == [0, 1, 2]
+
+
+def test_only_keys_of_the_lost_slots_change_lmaster():
+    keys = [b"k%d" % i for i in range(3000)]
+    old, new = [0, 1, 2, 3], slot_stable_vnnmap([0, 1, 2, 3], [0, 1, 3])
+    moved = [k for k in keys if lmaster_of(k, old) != lmaster_of(k, new)]
+    assert moved and all(lmaster_of(k, old) == 2 for k in moved)
+    rebuilt = [k for k in keys if lmaster_of(k, old) != lmaster_of(k, [0, 1, 3])]
+    assert len(rebuilt) > 2 * len(moved)          # what CTDB's rebuilt map would move
+
+
+# -- what is reported, and agreement ----------------------------------------------------------
+
+def test_a_copy_is_reported_when_its_dmaster_or_lmaster_was_lost():
+    live = {0, 1}
+    assert not is_affected(0, 1, live)
+    assert is_affected(2, 1, live)
+    assert is_affected(0, 2, live)
+    assert is_affected(0, None, live)
+
+
+def test_nodes_must_have_served_in_the_same_generation():
+    assert came_from_all({0: 7, 1: 7}, INVALID_GENERATION) == 7
+    assert came_from_all({0: 7, 1: 8}, INVALID_GENERATION) is None
+    assert came_from_all({0: INVALID_GENERATION, 1: INVALID_GENERATION}, INVALID_GENERATION) is None
+
+
+# -- repairs, case by case --------------------------------------------------------------------
+
+NEW = [0, 1, 0]                      # node 2 was lost from [0, 1, 2]
+
+
+def _repairs(key, *copies):
+    return plan_repairs(NEW, {key: [Copy(p, h, d) for p, h, d in copies]})
+
+
+def test_a_key_whose_copies_agree_needs_nothing():
+    key = key_with_lmaster(1, 3)
+    assert _repairs(key, (1, H(6, 0), b"lm"), (0, H(7, 0), b"mine")) == {}
+
+
+def test_a_copy_pointing_at_the_lost_node_is_pointed_at_the_dmaster():
+    key = key_with_lmaster(1, 3)
+    repairs = _repairs(key, (0, H(7, 0), b"mine"), (1, H(5, 2), b"old"))
+    assert [(r.header.dmaster, r.header.rsn) for r in repairs[1]] == [(0, 5)]
+    assert 0 not in repairs
+
+
+def test_a_key_whose_dmaster_was_lost_gets_the_newest_surviving_copy_at_its_lmaster():
+    key = key_with_lmaster(1, 3)
+    repairs = _repairs(key, (1, H(5, 2), b"lm"), (0, H(9, 2), b"newest"))
+    (at_lmaster,) = repairs[1]
+    assert (at_lmaster.header.dmaster, at_lmaster.header.rsn, at_lmaster.data) == (1, 10, b"newest")
+    assert [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"newest")]
+
+
+def test_a_lost_lmaster_is_replaced_and_learns_the_live_dmaster():
+    key = key_with_lmaster(2, 3)                           # now node 0's slot
+    repairs = _repairs(key, (1, H(7, 1), b"mine"), (0, H(3, 2), b"stale"))
+    assert 1 not in repairs                                # the dmaster keeps its record
+    (pointer,) = repairs[0]
+    assert (pointer.header.dmaster, pointer.header.rsn) == (1, 3)
+
+
+def test_a_new_lmaster_without_a_copy_gets_a_pointer():
+    key = key_with_lmaster(2, 3)
+    repairs = _repairs(key, (1, H(7, 1), b"mine"))
+    (pointer,) = repairs[0]
+    assert (pointer.header.dmaster, pointer.data) == (1, b"mine")
+
+
+def test_a_hand_off_cut_off_between_survivors_is_completed_at_the_lmaster():
+    key = key_with_lmaster(1, 3)
+    # node 0 gave the record to node 2 at rsn 30 (its copy names 2); the lmaster 1 never heard
+    repairs = _repairs(key, (0, H(30, 1), b"newest"), (1, H(28, 0), b"lm"))
+    (kept,) = repairs[1]
+    assert (kept.header.dmaster, kept.header.rsn, kept.data) == (1, 31, b"newest")
+
+
+def test_two_self_claims_keep_the_newer():
+    key = key_with_lmaster(0, 3)
+    repairs = _repairs(key, (0, H(4, 0), b"older"), (1, H(9, 1), b"newer"))
+    assert [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"older")]
+    assert 1 not in repairs
+
+
+# -- the payloads -----------------------------------------------------------------------------
+
+def test_scan_and_apply_payloads_round_trip():
+    scan = RecoveryScan([0, 1], [0x7A19D84D, 0x4E66C2B2])
+    assert unpack_request(Control.PYCTDB_RECOVERY_SCAN, pack_request(Control.PYCTDB_RECOVERY_SCAN, scan)) == scan
+    result = ScanResult(42, [RecBuffer(1, [RecData.with_header(0, b"k", H(3, 2), b"v")]), RecBuffer(2, [])])
+    assert unpack_reply(Control.PYCTDB_RECOVERY_SCAN, pack_reply(Control.PYCTDB_RECOVERY_SCAN, result)) == result
+    apply = RecoveryApply(9, [RecBuffer(1, [])])
+    assert unpack_request(Control.PYCTDB_RECOVERY_APPLY, pack_request(Control.PYCTDB_RECOVERY_APPLY, apply)) == apply
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x01\x00\x00\x00",
+                                     b"\x01\x00\x00\x00\x01\x00\x00\x00\x05"])
+def test_malformed_payloads_are_refused(payload):
+    from ctdblab.daemon.protocol import ProtocolError
+    for decode in (lambda d: unpack_request(Control.PYCTDB_RECOVERY_SCAN, d),
+                   lambda d: unpack_request(Control.PYCTDB_RECOVERY_APPLY, d),
+                   lambda d: unpack_reply(Control.PYCTDB_RECOVERY_SCAN, d)):
+        with pytest.raises(ProtocolError):
+            decode(payload)
+    with pytest.raises(ProtocolError):            # absurd counts are refused, not allocated
+        unpack_request(Control.PYCTDB_RECOVERY_SCAN, b"\xff\xff\xff\xff\x00\x00\x00\x00")
+
+
+# -- on the migration simulation --------------------------------------------------------------
+
+def _lose_node_and_recover(sim: Sim, lost: int, generation: int, clients: list
+                           ) -> tuple[dict[bytes, int], dict[int, int]]:
+    """`lost` dies; the survivors go through pyctdbd's loss recovery: recovery mode, the new
+    slot-stable vnnmap, scan, repairs (under each key's chain lock), recovery mode off. Returns
+    per key the counter of the copy the recovery kept, and each client's uses at that moment."""
+    survivors = [n.pnn for n in sim.nodes if n.pnn != lost]
+    plain_input = sim.input
+    sim.input = lambda p, e: None if p == lost else plain_input(p, e)     # noqa: E731
+    sim.drop = lambda s, d, pkt: lost in (s, d)
+    sim.nodes[lost].tdb.clear()
+    old_map = list(sim.vnnmap.map)
+    for p in survivors:
+        sim.apply(p, sim.nodes[p].core.step(RecoveryMode(True)), None)
+    sim.vnnmap = VnnMap(generation, slot_stable_vnnmap(old_map, survivors))
+    for p in survivors:
+        sim.apply(p, sim.nodes[p].core.step(VnnMapChanged(sim.vnnmap), None, sim.now), None)
+    sim.run(until=sim.now + 0.01)            # old packets in flight arrive and are dropped
+    handed_off = {p: sim.nodes[p].core.handoffs.take(DB, sim.now) for p in survivors}
+    suspects = {k for p in survivors for k, (h, _) in sim.nodes[p].tdb.items()
+                if is_affected(h.dmaster, lmaster_of(k, old_map), set(survivors)) or k in handed_off[p]}
+    copies = {k: [Copy(p, *sim.nodes[p].tdb[k]) for p in survivors if k in sim.nodes[p].tdb]
+              for k in suspects}
+    kept = {}
+    for key, found in copies.items():
+        winner = max(sorted(found, key=lambda c: c.pnn),
+                     key=lambda c: (c.header.rsn, c.header.dmaster == c.pnn))
+        kept[key] = COUNTER.unpack(winner.data)[0] if winner.data else 0
+    done_at_scan = {id(c): c.done for c in clients}
+    for p, repairs in plan_repairs(sim.vnnmap.map, copies).items():
+        for r in repairs:
+            sim.acquire(p, r.key, "recovery", lambda p=p, r=r: (
+                sim.nodes[p].tdb.__setitem__(r.key, (r.header, r.data)), sim.release(p, r.key)))
+    sim.run(until=sim.now + 0.01)
+    for p in survivors:
+        sim.apply(p, sim.nodes[p].core.step(RecoveryMode(False)), None)
+    return kept, done_at_scan
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_clients_on_the_survivors_finish_and_lose_nothing_after_the_loss(seed):
+    n, lost = 4, seed % 4
+    sim = Sim(n, seed=seed)
+    keys = [key_with_lmaster(i % n, n, prefix=b"s%d-" % seed) for i in range(8)]
+    clients = [FetchLockClient(sim, p, 10 * p + i, keys[(p + i) % len(keys)], ops=60)
+               for p in range(n) for i in range(4)]
+    for c in clients:
+        c.start(sim.rng.random() * 0.001)
+    sim.run(until=0.03 + 0.02 * sim.rng.random())
+    kept, done_before = _lose_node_and_recover(sim, lost, 8, clients)
+    sim.run(until=sim.now + 2.0)        # far less than the 30 s collapse timeout
+    alive = [c for c in clients if c.pnn != lost]
+    assert all(c.done == c.ops and not c.errors for c in alive), [
+        (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
+    for key in keys:
+        holders = sim.dmasters(key)
+        assert len(holders) == 1, (key, holders)
+        after = sum(c.done - done_before[id(c)] for c in alive if c.key == key)
+        value = sim.nodes[holders[0]].tdb[key][1]
+        # every use after the recovery counted on top of the copy the recovery kept (a key no
+        # survivor reported was intact: its dmaster lived, and so did its counter)
+        if key in kept:
+            assert COUNTER.unpack(value)[0] == kept[key] + after
+        lmaster = lmaster_of(key, sim.vnnmap.map)
+        assert sim.nodes[lmaster].tdb[key][0].dmaster == holders[0]
+        for node in sim.nodes:
+            if node.pnn != lost and key in node.tdb:
+                assert node.tdb[key][0].dmaster != lost
+
+
+# -- hand-offs cut off by the generation change -----------------------------------------------
+
+def _core_on_generation_6():
+    from ctdblab.daemon.core.db.migration import DbAttached, MigrationCore, MigrationSettings
+    core = MigrationCore(MigrationSettings(pnn=0), VnnMap(5, [0, 1, 2]))
+    core.step(DbAttached(DB, "locking.tdb"))
+    core.step(VnnMapChanged(VnnMap(6, [0, 1, 0])), None, 0.0)
+    return core
+
+
+def _reply_dmaster(generation: int, key: bytes):
+    from ctdblab.daemon.core.db.migration import PeerPacket
+    from ctdblab.daemon.protocol import ReplyDmaster
+    return PeerPacket(1, 77, generation, ReplyDmaster(DB, 9, key, b"v", 0))
+
+
+def test_a_hand_off_of_the_previous_generation_dropped_after_recovery_forces_one_recovery():
+    from ctdblab.daemon.core.db.migration import ForceRecovery
+    core = _core_on_generation_6()
+    forced = [a for a in core.step(_reply_dmaster(5, b"k1"), None, 0.1) if isinstance(a, ForceRecovery)]
+    assert len(forced) == 1 and "generation 5" in forced[0].reason
+    assert not [a for a in core.step(_reply_dmaster(5, b"k2"), None, 0.2) if isinstance(a, ForceRecovery)]
+    assert core.handoffs.take(DB, 0.3) == {b"k1", b"k2"}     # the next recovery looks at both
+
+
+def test_hand_offs_of_other_generations_are_not_believed():
+    core = _core_on_generation_6()
+    assert core.step(_reply_dmaster(1234, b"k"), None, 0.1) == []
+    assert core.handoffs.take(DB, 0.2) == set()
+
+
+def test_a_drop_during_recovery_is_reported_by_the_scan_or_forces_a_recovery_after_it():
+    from ctdblab.daemon.core.db.migration import DbThawed, ForceRecovery
+    core = _core_on_generation_6()
+    core.step(RecoveryMode(True))
+    assert core.step(_reply_dmaster(5, b"early"), None, 0.1) == []
+    assert core.handoffs.take(DB, 0.1) == {b"early"}                  # the scan has it
+    core.step(_reply_dmaster(5, b"late"), None, 0.2)                    # after the scan
+    assert [a for a in core.step(RecoveryMode(False)) if isinstance(a, ForceRecovery)]
+    merged = _core_on_generation_6()                                    # a full recovery merged
+    merged.step(RecoveryMode(True))
+    merged.step(_reply_dmaster(5, b"k"), None, 0.1)
+    merged.step(DbThawed(DB))
+    assert not [a for a in merged.step(RecoveryMode(False)) if isinstance(a, ForceRecovery)]
+
+
+def test_the_hand_off_log_forgets_old_entries_and_says_when_it_overflowed():
+    from ctdblab.daemon.core.db.handoffs import HandoffLog
+    log = HandoffLog(window=5.0, limit=3)
+    log.gave(DB, b"a", 0.0)
+    log.gave(DB, b"b", 4.0)
+    assert log.take(DB, 6.0) == {b"b"} and not log.overflowed
+    for i, key in enumerate([b"c", b"d", b"e", b"f"]):
+        log.gave(DB, key, 6.0 + i * 0.1)
+    assert log.overflowed                       # "b" or "c" was evicted inside the window
+    log.reset_overflow()
+    assert not log.overflowed
