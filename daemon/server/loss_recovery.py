@@ -2,14 +2,16 @@
 `core/db/partial_recovery.py`, the leader's side in `server/loss_recovery_driver.py`):
 
 * **PYCTDB_RECOVERY_SCAN** {nodes, db_ids}: only in recovery mode, after the new vnnmap (so no
-  daemon moves a record meanwhile). Each listed volatile database is read by `tdb_traverse_read`
-  in a forked child (it may wait for smbd's chain locks there, never in the loop) keeping the
+  daemon moves a record meanwhile). The listed volatile databases are read by `tdb_traverse_read`
+  — in the loop under an all-record lock taken without waiting when the file is small and no
+  lock of it is held, else in one forked child (which may wait for smbd's chain locks: the loop
+  never does) — keeping the
   records whose dmaster, or whose lmaster in the map this node served with, is not among
   `nodes`, and those of the keys it handed off lately (`core/db/handoffs.py`; refused if that
   log overflowed). Answer: this node's `came_from` generation and one record buffer per
   database.
-* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read in a child
-  per database, as the scan).
+* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read in one
+  child, as the scan).
 * **PYCTDB_RECOVERY_APPLY** {generation, buffers}: each record is stored under its chain lock
   (header and value as sent); then each listed database's generation becomes the recovery's
   (refused for a frozen one), so SET_RECMODE NORMAL accepts it. Calls held during the recovery
@@ -28,7 +30,7 @@ from ..protocol import (
     LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
     RecoveryScan, ScanResult, pack_reply,
 )
-from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash
+from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash, run_in_child_over
 from .dispatch import Result
 
 
@@ -75,6 +77,30 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
     return fetch
 
 
+#: Files up to this size are read in the loop when no lock of theirs is held (well under a
+#: millisecond for smbd's usual databases); larger ones, and busy ones, in a forked child.
+IN_LOOP_BYTES = 1 << 20
+
+
+async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], list]]) -> list[list]:
+    """`work[i](dbs[i].tdb)` for every database: small and idle ones in the loop under an
+    all-record lock taken without waiting, the rest in one forked child."""
+    results: list[list | None] = [None] * len(dbs)
+    for i, (db, fn) in enumerate(zip(dbs, work)):
+        if db.tdb.map_size <= IN_LOOP_BYTES:
+            done, value = db.locker.try_whole(fn)
+            if done:
+                results[i] = value
+            await asyncio.sleep(0)       # one database at a time (a walk of 100001 chains: ~3 ms)
+    rest = [i for i, value in enumerate(results) if value is None]
+    if rest:
+        found = await run_in_child_over([dbs[i] for i in rest],
+                                        lambda tdbs: [work[i](t) for i, t in zip(rest, tdbs)])
+        for i, value in zip(rest, found):
+            results[i] = value
+    return results          # type: ignore[return-value]
+
+
 class LossRecoveryNode:
     def __init__(self, lookup: Callable[[int], Database | None], view: Callable[[], RecoveryView],
                  set_generation: Callable[[int, int], Result],
@@ -102,7 +128,7 @@ class LossRecoveryNode:
                 return Result(-1, errmsg="too many records handed off lately to list them")
             scans.append(affected_records(view.previous_map, live, keys))
         try:
-            found = await asyncio.gather(*(db.run_in_child(scan) for db, scan in zip(dbs, scans)))
+            found = await read_databases(dbs, scans)
         except (ChildError, TdbError) as exc:
             log.error("Recovery scan failed: %s", exc)
             return Result(-1, errmsg=f"scan failed: {exc}")
@@ -122,7 +148,7 @@ class LossRecoveryNode:
                 return Result(-1, errmsg=f"no volatile database 0x{buffer.db_id:08x} here")
             dbs.append((db, [bytes(rec.key) for rec in buffer.records]))
         try:
-            found = await asyncio.gather(*(db.run_in_child(copies_of(keys)) for db, keys in dbs))
+            found = await read_databases([db for db, _ in dbs], [copies_of(keys) for _, keys in dbs])
         except (ChildError, TdbError) as exc:
             log.error("Recovery fetch failed: %s", exc)
             return Result(-1, errmsg=f"fetch failed: {exc}")

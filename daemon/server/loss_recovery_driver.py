@@ -51,6 +51,7 @@ class LossRecoveryDriver:
         if any(p in nodes and p not in new_map for p in old_map):
             return set()
         started = self.clock()
+        self.phases: list[str] = []
         try:
             settled, repaired = await self._run(dbs, tuple(nodes), generation, new_map)
         except _Abandon as exc:
@@ -58,23 +59,33 @@ class LossRecoveryDriver:
                         "in full", lost, exc)
             return set()
         notice("Recovery after the loss of node(s) %s: %d of %d databases settled without a "
-               "freeze, %d records repaired (%.1f ms)", lost, len(settled), len(dbs), repaired,
-               (self.clock() - started) * 1000)
+               "freeze, %d records repaired (%.1f ms: %s)", lost, len(settled), len(dbs), repaired,
+               (self.clock() - started) * 1000, ", ".join(self.phases))
         return settled
 
     async def _run(self, dbs: Sequence[DbToRecover], nodes: tuple[int, ...], generation: int,
                    new_map: Sequence[int]) -> tuple[set[int], int]:
+        mark = self.clock()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = self.clock()
+            self.phases.append(f"{name} {(now - mark) * 1000:.1f}")
+            mark = now
+
         volatile = [db for db in dbs if not db.by_seqnum]
         persistent = [db for db in dbs if db.by_seqnum and not db.flags & DbFlag.REPLICATED]
         scans = await self._all(nodes, Control.PYCTDB_RECOVERY_SCAN,
                                 RecoveryScan(list(nodes), [db.db_id for db in volatile]))
         if came_from_all({p: s.came_from for p, s in scans.items()}, INVALID_GENERATION) is None:
             raise _Abandon("the nodes were not all serving in the same generation")
+        phase("scan")
         settled = {db.db_id for db in volatile}
         seqnums = await asyncio.gather(*(self._all(nodes, Control.GET_DB_SEQNUM, db.db_id)
                                          for db in persistent))
         settled |= {db.db_id for db, per_node in zip(persistent, seqnums)
                     if len(set(per_node.values())) == 1}
+        phase("seqnums")
         suspects = {db.db_id: sorted({bytes(rec.key) for pnn in nodes
                                       for rec in _buffer(scans[pnn].buffers, db.db_id).records})
                     for db in volatile}
@@ -84,6 +95,7 @@ class LossRecoveryDriver:
             request = RecBufferList([RecBuffer(db_id, [RecData(0, k, b"") for k in suspects[db_id]])
                                      for db_id in wanted])
             copies = await self._all(nodes, Control.PYCTDB_RECOVERY_FETCH, request)
+            phase("fetch")
         repairs: dict[int, list[RecBuffer]] = {pnn: [] for pnn in nodes}
         total = 0
         for db_id in wanted:
@@ -101,6 +113,7 @@ class LossRecoveryDriver:
             listed = {b.db_id for b in repairs[pnn]}
             repairs[pnn] += [RecBuffer(db_id, []) for db_id in sorted(settled - listed)]
         await self._apply(nodes, generation, repairs)
+        phase("apply")
         return settled, total
 
     async def _apply(self, nodes: tuple[int, ...], generation: int,

@@ -11,7 +11,7 @@ forked child), :mod:`.database` (the registry of attached databases). The record
 from __future__ import annotations
 
 from .child import ChildError, run_in_child, transaction_in_child, traverse_in_child
-from .database import Database, Store
+from .database import Database, Store, run_in_child_over
 from .libtdb import (
     TDB_INSERT, TDB_MODIFY, TDB_REPLACE, TdbErr, TdbError, jenkins_hash, robust_mutexes_available,
 )
@@ -26,6 +26,6 @@ __all__ = [
     "DATABASE_HASH_SIZE", "DB_FILE_MODE", "LOCK_PROCESSES_PER_DB", "STOCK_LOCK_HELPER",
     "TDB_INSERT", "TDB_MODIFY", "TDB_REPLACE", "ChainLocker", "ChildError", "Database", "DbDirs",
     "DbKind", "HeldLock", "LockError", "LockStats", "Store", "TdbErr", "TdbError", "TdbFile",
-    "check_db_name", "db_id", "jenkins_hash", "lock_helper_argv", "robust_mutexes_available",
+    "check_db_name", "db_id", "run_in_child_over", "jenkins_hash", "lock_helper_argv", "robust_mutexes_available",
     "run_in_child", "tdb_flags", "transaction_in_child", "traverse_in_child",
 ]
