@@ -5,7 +5,7 @@ WIPE_DATABASE, DB_PULL, DB_PUSH_START, DB_PUSH_CONFIRM — what ctdbd 4.17's rec
 db_id, a `ctdb_transdb` {db_id, tid} or a `ctdb_pulldb_ext` {db_id, lmaster, srvid}; DB_PULL and
 DB_PUSH_CONFIRM answer a u32 record count; the others only a status. GET_DB_SEQNUM is the
 persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own PYCTDB_RECOVERY_SCAN,
-_FETCH and _APPLY (`server/loss_recovery.py`), the recovery after a node loss that freezes nothing.
+_FETCH and _APPLY (`server/partial_recovery.py`), the recovery after a node loss that freezes nothing.
 """
 
 from __future__ import annotations
@@ -66,14 +66,14 @@ async def db_push_confirm(ctx: ControlContext, req: Request) -> Result:
 
 @handles(Control.PYCTDB_RECOVERY_SCAN)
 async def pyctdb_recovery_scan(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.loss_recovery.scan(value_of(req))
+    return await ctx.partial_recovery.scan(value_of(req))
 
 
 @handles(Control.PYCTDB_RECOVERY_APPLY)
 async def pyctdb_recovery_apply(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.loss_recovery.apply(value_of(req))
+    return await ctx.partial_recovery.apply(value_of(req))
 
 
 @handles(Control.PYCTDB_RECOVERY_FETCH)
 async def pyctdb_recovery_fetch(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.loss_recovery.fetch(value_of(req))
+    return await ctx.partial_recovery.fetch(value_of(req))

@@ -9,7 +9,7 @@ Layouts (little-endian, as CTDB's own payloads):
 * `RecoveryScan`: u32 nnodes, u32 ndbs, nnodes × u32 pnn (the nodes being recovered: every
   other node counts as lost), ndbs × u32 db_id (the volatile databases to scan).
 * `ScanResult`: u32 came_from (the generation this node was recovered into and served in last,
-  0xFFFFFFFF-style INVALID if none), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per scanned
+  INVALID_GENERATION if none), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per scanned
   database; records with their ltdb header).
 * `RecBufferList`: u32 nbuf, nbuf × `ctdb_rec_buffer` — PYCTDB_RECOVERY_FETCH's request (the
   keys whose copies the leader wants, with empty data) and reply (the copies this node has,

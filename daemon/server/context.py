@@ -15,7 +15,7 @@ from .connections import ConnectionTracker
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
 from .leader import LeaderService
-from .loss_recovery import LossRecoveryNode
+from .partial_recovery import PartialRecoveryNode
 from .messenger import Messenger
 from .node import NodeService
 from .persistent_commits import PersistentCommitService
@@ -53,7 +53,7 @@ class ControlContext:
     traverses: TraverseService
     statistics: Statistics
     db_recovery: DatabaseRecoveryService
-    loss_recovery: LossRecoveryNode
+    partial_recovery: PartialRecoveryNode
 
     @property
     def pnn(self) -> int:

@@ -218,7 +218,7 @@ class DatabaseRecoveryService:
         return None if result.status == 0 else (result.errmsg or "refused")
 
     def set_generation(self, db_id: int, generation: int) -> Result:
-        """The database was repaired without a freeze (server/loss_recovery.py): its generation
+        """The database was repaired without a freeze (server/partial_recovery.py): its generation
         becomes `generation`, unless it is frozen or in a recovery transaction."""
         return self._ask_now(lambda t: rn.GenerationSet(t, db_id, generation))
 

@@ -24,7 +24,8 @@ A database that fails all its attempts keeps its freeze and has its transaction 
 caller retries the recovery.
 
 Cost: every record of every node travels to the leader and back to every node, as in CTDB —
-except after a node loss, when `LossRecoveryDriver` settles first what it can without a freeze.
+except after nodes were lost or joined, when `PartialRecoveryDriver` settles first what it can
+without a freeze.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..protocol import (
     LMASTER_ANY, Control, ControlFlag, ProtocolError, PullDbExt, RecBuffer, ReplyControl,
     pack_request, unpack_reply,
 )
-from .loss_recovery_driver import LossRecoveryDriver
+from .partial_recovery_driver import PartialRecoveryDriver
 from .messenger import Messenger
 
 #: Bytes of pushed buffers after which the driver waits for every peer to have read them.
@@ -72,7 +73,7 @@ class RecoveryOutcome:
     total: int = 0
     ban_credits: dict[int, int] = field(default_factory=dict)
     records_pushed: int = 0
-    settled: int = 0              # of `recovered`: settled without a freeze after a node loss
+    settled: int = 0              # of `recovered`: settled without a freeze (partial recovery)
     seconds: float = 0.0
     error: str | None = None
 
@@ -88,7 +89,7 @@ class DatabaseRecoveryDriver:
         self.tunables = tunables
         self.clock = clock
         self.srvids = SrvidPool(random.randrange(1 << 40))
-        self.after_loss = LossRecoveryDriver(messenger, lambda: self.timeout, clock=clock)
+        self.partial = PartialRecoveryDriver(messenger, lambda: self.timeout, clock=clock)
 
     @property
     def timeout(self) -> float:
@@ -98,7 +99,8 @@ class DatabaseRecoveryDriver:
                       new_map: Sequence[int] = ()) -> RecoveryOutcome:
         """Recover every database of `nodes` (this one among them) into transaction `generation`
         (the recovery's new generation). With the vnnmaps before and after it, a recovery after
-        a node loss first settles what it can without a freeze (`LossRecoveryDriver`)."""
+        nodes were lost or joined first settles what it can without a freeze, and narrows the
+        rest to the nodes that need it (`PartialRecoveryDriver`)."""
         started = self.clock()
         nodes = tuple(nodes)
         outcome = RecoveryOutcome(False)
@@ -112,11 +114,12 @@ class DatabaseRecoveryDriver:
             log.error("Database recovery failed: %s", exc)
             return outcome
         outcome.total = len(dbs)
-        settled = await self.after_loss.recover(dbs, nodes, generation, old_map, new_map)
-        results = await asyncio.gather(*(self._recover_db(db, nodes, generation, outcome)
-                                         for db in dbs if db.db_id not in settled))
-        outcome.settled = len(settled)
-        outcome.recovered = len(settled) + sum(results)
+        partial = await self.partial.recover(dbs, nodes, generation, old_map, new_map)
+        full = [(db, on) for db in dbs if (on := partial.nodes_for(db.db_id, nodes)) is not None]
+        results = await asyncio.gather(*(self._recover_db(db, on, generation, outcome)
+                                         for db, on in full))
+        outcome.settled = len(dbs) - len(full)
+        outcome.recovered = outcome.settled + sum(results)
         outcome.ok = outcome.recovered == outcome.total
         outcome.seconds = self.clock() - started
         level = logging.INFO if outcome.ok else logging.ERROR

@@ -16,7 +16,7 @@ from ..net.local import Client
 from ..protocol import NodeFlag, Runstate, VnnMap
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
-from .loss_recovery import LossRecoveryNode, RecoveryView
+from .partial_recovery import PartialRecoveryNode, RecoveryView
 from .messenger import Messenger
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
@@ -41,7 +41,7 @@ class DatabaseServices:
                       spawn=tasks.spawn, clock=clock)
         self.recovery = DatabaseRecoveryService(my_pnn, self.databases, messenger, tunables, tasks,
                                                 vnnmap=vnnmap, on_thawed=self.record_calls.db_thawed)
-        self.loss_recovery = LossRecoveryNode(self.databases.database, recovery_view,
+        self.partial_recovery = PartialRecoveryNode(self.databases.database, recovery_view,
                                               self.recovery.set_generation,
                                               self.record_calls.handed_off)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,

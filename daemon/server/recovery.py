@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ..core.nodes import NodeMap
 from ..log import log, notice
 from ..protocol import INVALID_GENERATION, RecMode, VnnMap
-from .loss_recovery import RecoveryView
+from .partial_recovery import RecoveryView
 
 
 class RecoveryState:
@@ -29,7 +29,7 @@ class RecoveryState:
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
         self.last_finished = 0.0
-        # For pyctdbd's recovery after a node loss (core/db/partial_recovery.py): the generation
+        # For pyctdbd's recovery after nodes were lost or joined (core/db/partial_recovery.py): the generation
         # this node left recovery mode in (its databases all recovered into it), and, once a new
         # vnnmap arrives, that generation if the node served in it up to then (else INVALID)
         # and the map it served with.
@@ -71,7 +71,8 @@ class RecoveryState:
         return None
 
     def view(self) -> RecoveryView:
-        return RecoveryView(self.recmode == RecMode.ACTIVE, self.came_from, tuple(self.previous_map))
+        return RecoveryView(self.recmode == RecMode.ACTIVE, self.came_from, tuple(self.previous_map),
+                            tuple(self.vnnmap.map))
 
     def recovery_started(self) -> None:
         self.last_started = time.time()

@@ -93,10 +93,21 @@ NORMALISE = [
 ]
 
 
+VNNMAP = re.compile(r"^Size:\d+\n((?:hash:\d+ lmaster:\d+\n)*)", re.M)
+
+
+def lmaster_set(match: re.Match) -> str:
+    """pyctdbd keeps a lost node's vnnmap slots and gives them to survivors (slot-stable map,
+    core/db/partial_recovery.py), where ctdbd rebuilds the map from the live nodes: after a loss
+    the two print different slots. Compared: which nodes are lmasters."""
+    pnns = sorted({int(p) for p in re.findall(r"lmaster:(\d+)", match.group(1))})
+    return f"lmasters:{pnns}\n"
+
+
 def normalise(text: str) -> str:
     for rx, repl in NORMALISE:
         text = rx.sub(repl, text)
-    return text
+    return VNNMAP.sub(lmaster_set, text)
 
 
 TALLOC_HEADER = re.compile(r"full talloc report on '[^']*' \(total +\d+ bytes in +\d+ blocks\)")

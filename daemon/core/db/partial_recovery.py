@@ -24,8 +24,10 @@ the keys of those slots change lmaster (CTDB rebuilds the map from the live node
 change lmaster, which is one reason it must move every record).
 
 Which keys: a survivor reports (`is_affected`) its copies whose dmaster, or whose lmaster in
-the old map, was lost, and the keys it handed to another node shortly before the generation
-changed (`core/db/handoffs.py`): a REQ_DMASTER or REPLY_DMASTER of the old generation is dropped
+the old map, was lost, or whose lmaster changes with the new map (the slots of a lost node, or
+of a joining node, which takes its slots back); a node that joined reports everything it holds
+(it started afresh: nothing); and each node the keys it handed to another node shortly before
+the generation changed (`core/db/handoffs.py`): a REQ_DMASTER or REPLY_DMASTER of the old generation is dropped
 where it arrives, so such a record may have been given away by one survivor and not yet taken by
 another. For each of those keys the leader fetches every survivor's copy and `plan_repairs`
 merges them as CTDB's recovery merges every key.
@@ -82,9 +84,12 @@ def slot_stable_vnnmap(previous: Sequence[int], lmasters: Sequence[int]) -> list
     return slots                    # type: ignore[return-value]
 
 
-def is_affected(dmaster: int, lmaster: int | None, live: Collection[int]) -> bool:
-    """Does a survivor report this copy (`lmaster`: the key's lmaster in the old map)?"""
-    return dmaster not in live or lmaster is None or lmaster not in live
+def is_affected(dmaster: int, old_lmaster: int | None, new_lmaster: int | None,
+                live: Collection[int]) -> bool:
+    """Does a node report this copy? Its dmaster or its old lmaster is gone, or its key changed
+    lmaster (a lost node's slot given away, a joining node's slot given back)."""
+    return (dmaster not in live or old_lmaster is None or old_lmaster not in live
+            or old_lmaster != new_lmaster)
 
 
 def came_from_all(came_from: Mapping[int, int], invalid: int) -> int | None:

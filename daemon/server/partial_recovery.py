@@ -1,5 +1,5 @@
-"""This node's side of pyctdbd's recovery after a node loss, which freezes nothing (rules in
-`core/db/partial_recovery.py`, the leader's side in `server/loss_recovery_driver.py`):
+"""This node's side of pyctdbd's recovery after nodes were lost or joined, which freezes nothing
+(rules in `core/db/partial_recovery.py`, the leader's side in `server/partial_recovery_driver.py`):
 
 * **PYCTDB_RECOVERY_SCAN** {nodes, db_ids}: only in recovery mode, after the new vnnmap (so no
   daemon moves a record meanwhile). The listed volatile databases are read by `tdb_traverse_read`
@@ -7,7 +7,7 @@
   lock of it is held, else in one forked child (which may wait for smbd's chain locks: the loop
   never does) — keeping the
   records whose dmaster, or whose lmaster in the map this node served with, is not among
-  `nodes`, and those of the keys it handed off lately (`core/db/handoffs.py`; refused if that
+  `nodes`, or whose lmaster the new map changes, and those of the keys it handed off lately (`core/db/handoffs.py`; refused if that
   log overflowed). Answer: this node's `came_from` generation and one record buffer per
   database.
 * **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read in one
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..core.db.partial_recovery import is_affected
 from ..log import log
 from ..protocol import (
-    LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
+    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
     RecoveryScan, ScanResult, pack_reply,
 )
 from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash, run_in_child_over
@@ -37,18 +37,19 @@ from .dispatch import Result
 @dataclass(frozen=True)
 class RecoveryView:
     """What the node's recovery state says: recovery mode, the generation it came from, the
-    map it served with."""
+    map it served with, the map it has now."""
 
     recovering: bool
     came_from: int
     previous_map: tuple[int, ...]
+    current_map: tuple[int, ...] = ()
 
 
-def affected_records(old_map: tuple[int, ...], live: frozenset[int], handed_off: set[bytes]
-                     ) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
-    """The child's scan: the records a loss of every node outside `live` may have touched, and
-    those of the keys in `handed_off`."""
-    size = len(old_map)
+def affected_records(old_map: tuple[int, ...], new_map: tuple[int, ...], live: frozenset[int],
+                     handed_off: set[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
+    """The scan: the records a membership change to `live` (and the map change) may have
+    touched, and those of the keys in `handed_off`."""
+    size, new_size = len(old_map), len(new_map)
 
     def scan(tdb: TdbFile) -> list[tuple[bytes, bytes]]:
         found: list[tuple[bytes, bytes]] = []
@@ -57,8 +58,10 @@ def affected_records(old_map: tuple[int, ...], live: frozenset[int], handed_off:
             if len(value) < LTDB_HEADER_SIZE:
                 return
             dmaster = int.from_bytes(value[8:12], "little")
-            lmaster = old_map[jenkins_hash(key) % size] if size else None
-            if is_affected(dmaster, lmaster, live) or key in handed_off:
+            hashed = jenkins_hash(key)
+            old_lmaster = old_map[hashed % size] if size else None
+            new_lmaster = new_map[hashed % new_size] if new_size else None
+            if is_affected(dmaster, old_lmaster, new_lmaster, live) or key in handed_off:
                 found.append((bytes(key), bytes(value)))
 
         tdb.traverse_read(visit)
@@ -101,7 +104,7 @@ async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], lis
     return results          # type: ignore[return-value]
 
 
-class LossRecoveryNode:
+class PartialRecoveryNode:
     def __init__(self, lookup: Callable[[int], Database | None], view: Callable[[], RecoveryView],
                  set_generation: Callable[[int, int], Result],
                  handed_off: Callable[[int], tuple[set[bytes], bool]]) -> None:
@@ -114,6 +117,10 @@ class LossRecoveryNode:
         view = self.view()
         if not view.recovering:
             return Result(-1, errmsg="not in recovery mode")
+        if view.came_from == INVALID_GENERATION and view.previous_map:
+            # Not a node that started afresh: one whose last recovery did not finish. What it
+            # holds is for CTDB's full merge.
+            return Result(-1, errmsg="this node's last recovery did not finish")
         dbs = []
         for db_id in request.db_ids:
             db = self.lookup(db_id)
@@ -126,7 +133,7 @@ class LossRecoveryNode:
             keys, overflowed = self.handed_off(db.db_id)
             if overflowed:
                 return Result(-1, errmsg="too many records handed off lately to list them")
-            scans.append(affected_records(view.previous_map, live, keys))
+            scans.append(affected_records(view.previous_map, view.current_map, live, keys))
         try:
             found = await read_databases(dbs, scans)
         except (ChildError, TdbError) as exc:

@@ -1,4 +1,4 @@
-"""The node's side of the recovery after a node loss (server/loss_recovery.py) on real TDB files:
+"""The node's side of the recovery after a node loss (server/partial_recovery.py) on real TDB files:
 the scan reports what the lost node touched and what this node handed off, read in the loop when
 the file is idle and in a forked child when a lock of it is held; fetch returns this node's
 copies; apply stores the repairs and moves each database to the recovery's generation."""
@@ -11,15 +11,17 @@ import pytest
 
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of
 from ctdblab.daemon.protocol import (
+    INVALID_GENERATION,
     Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply, RecoveryScan,
     unpack_reply,
 )
-from ctdblab.daemon.server import loss_recovery
+from ctdblab.daemon.server import partial_recovery
 from ctdblab.daemon.server.dispatch import Result
-from ctdblab.daemon.server.loss_recovery import LossRecoveryNode, RecoveryView
+from ctdblab.daemon.server.partial_recovery import PartialRecoveryNode, RecoveryView
 from ctdblab.daemon.store import DbDirs, DbKind, Store
 
 OLD_MAP = (0, 1, 2)
+NEW_MAP = (0, 1, 0)                 # node 2 lost
 
 
 def H(rsn, dmaster):
@@ -48,7 +50,8 @@ def node(tmp_path):
         return Result(0)
 
     handed_off = {db.db_id: {b"given"}}
-    recovery = LossRecoveryNode(store.by_id, lambda: RecoveryView(True, 41, OLD_MAP), set_generation,
+    recovery = PartialRecoveryNode(store.by_id, lambda: RecoveryView(True, 41, OLD_MAP, NEW_MAP),
+                                   set_generation,
                                 lambda db_id: (handed_off.get(db_id, set()), False))
     yield recovery, db, generations
     store.close()
@@ -80,7 +83,7 @@ def _scan(recovery, db):
 
 @pytest.mark.parametrize("in_loop_bytes", [1 << 20, 0], ids=["in-loop", "child"])
 def test_scan_reports_what_the_loss_touched_and_what_was_handed_off(node, monkeypatch, in_loop_bytes):
-    monkeypatch.setattr(loss_recovery, "IN_LOOP_BYTES", in_loop_bytes)
+    monkeypatch.setattr(partial_recovery, "IN_LOOP_BYTES", in_loop_bytes)
     recovery, db, _ = node
     keys = _fill(db)
     assert _scan(recovery, db) == sorted([keys["dm_lost"], keys["lm_lost"], b"given"])
@@ -118,5 +121,17 @@ def test_outside_recovery_mode_and_for_unknown_databases_it_refuses(node):
     assert asyncio.run(recovery.apply(RecoveryApply(1, [RecBuffer(0x1234, [])]))).status == -1
     short = RecData(0, b"k", b"short")
     assert asyncio.run(recovery.apply(RecoveryApply(1, [RecBuffer(db.db_id, [short])]))).status == -1
-    recovery.view = lambda: RecoveryView(False, 41, OLD_MAP)
+    recovery.view = lambda: RecoveryView(False, 41, OLD_MAP, NEW_MAP)
     assert asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id]))).status == -1
+    # in recovery mode, but its own last recovery never finished: not a fresh node
+    recovery.view = lambda: RecoveryView(True, INVALID_GENERATION, OLD_MAP, NEW_MAP)
+    assert "did not finish" in asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id]))).errmsg
+
+
+def test_a_node_that_started_afresh_reports_everything_it_holds(node):
+    recovery, db, _ = node
+    _fill(db)
+    recovery.view = lambda: RecoveryView(True, INVALID_GENERATION, (), (0, 1, 2))
+    result = asyncio.run(recovery.scan(RecoveryScan([0, 1, 2], [db.db_id])))
+    scan = unpack_reply(Control.PYCTDB_RECOVERY_SCAN, result.data)
+    assert scan.came_from == INVALID_GENERATION and len(scan.buffers[0].records) == 4

@@ -18,7 +18,8 @@ from ctdblab.daemon.protocol import (
     ScanResult, pack_reply, pack_request, unpack_reply, unpack_request,
 )
 from ctdblab.daemon.protocol.types import VnnMap
-from test_db_migration import COUNTER, DB, FetchLockClient, Sim, key_with_lmaster
+from ctdblab.daemon.core.db.migration import DbAttached, MigrationCore, MigrationSettings
+from test_db_migration import COUNTER, DB, FetchLockClient, Node, Sim, key_with_lmaster
 
 
 def H(rsn: int, dmaster: int) -> LtdbHeader:
@@ -54,12 +55,13 @@ def test_only_keys_of_the_lost_slots_change_lmaster():
 
 # -- what is reported, and agreement ----------------------------------------------------------
 
-def test_a_copy_is_reported_when_its_dmaster_or_lmaster_was_lost():
+def test_a_copy_is_reported_when_its_dmaster_or_lmaster_was_lost_or_its_lmaster_moves():
     live = {0, 1}
-    assert not is_affected(0, 1, live)
-    assert is_affected(2, 1, live)
-    assert is_affected(0, 2, live)
-    assert is_affected(0, None, live)
+    assert not is_affected(0, 1, 1, live)
+    assert is_affected(2, 1, 1, live)            # dmaster lost
+    assert is_affected(0, 2, 0, live)            # lmaster lost
+    assert is_affected(0, None, 1, live)         # a node that started afresh reports everything
+    assert is_affected(0, 0, 2, {0, 1, 2})       # a joining node takes its slot back
 
 
 def test_nodes_must_have_served_in_the_same_generation():
@@ -153,49 +155,88 @@ def test_malformed_payloads_are_refused(payload):
 
 # -- on the migration simulation --------------------------------------------------------------
 
-def _lose_node_and_recover(sim: Sim, lost: int, generation: int, clients: list
-                           ) -> tuple[dict[bytes, int], dict[int, int]]:
-    """`lost` dies; the survivors go through pyctdbd's loss recovery: recovery mode, the new
-    slot-stable vnnmap, scan, repairs (under each key's chain lock), recovery mode off. Returns
-    per key the counter of the copy the recovery kept, and each client's uses at that moment."""
-    survivors = [n.pnn for n in sim.nodes if n.pnn != lost]
-    plain_input = sim.input
-    sim.input = lambda p, e: None if p == lost else plain_input(p, e)     # noqa: E731
-    sim.drop = lambda s, d, pkt: lost in (s, d)
-    sim.nodes[lost].tdb.clear()
+def _partial_recovery(sim: Sim, members: list[int], generation: int, clients: list
+                      ) -> tuple[dict[bytes, int], dict[int, int]]:
+    """pyctdbd's partial recovery of `members`: recovery mode, the new slot-stable vnnmap, scan,
+    fetch, repairs (under each key's chain lock), recovery mode off. Returns per key the
+    counter of the copy the recovery kept, and each client's uses at that moment."""
     old_map = list(sim.vnnmap.map)
-    for p in survivors:
+    for p in members:
         sim.apply(p, sim.nodes[p].core.step(RecoveryMode(True)), None)
-    sim.vnnmap = VnnMap(generation, slot_stable_vnnmap(old_map, survivors))
-    for p in survivors:
+    sim.vnnmap = VnnMap(generation, slot_stable_vnnmap(old_map, members))
+    for p in members:
         sim.apply(p, sim.nodes[p].core.step(VnnMapChanged(sim.vnnmap), None, sim.now), None)
     sim.run(until=sim.now + 0.01)            # old packets in flight arrive and are dropped
-    handed_off = {p: sim.nodes[p].core.handoffs.take(DB, sim.now) for p in survivors}
-    suspects = {k for p in survivors for k, (h, _) in sim.nodes[p].tdb.items()
-                if is_affected(h.dmaster, lmaster_of(k, old_map), set(survivors)) or k in handed_off[p]}
-    copies = {k: [Copy(p, *sim.nodes[p].tdb[k]) for p in survivors if k in sim.nodes[p].tdb]
+    handed_off = {p: sim.nodes[p].core.handoffs.take(DB, sim.now) for p in members}
+    suspects = {k for p in members for k, (h, _) in sim.nodes[p].tdb.items()
+                if is_affected(h.dmaster, lmaster_of(k, old_map), lmaster_of(k, sim.vnnmap.map),
+                               set(members)) or k in handed_off[p]}
+    copies = {k: [Copy(p, *sim.nodes[p].tdb[k]) for p in members if k in sim.nodes[p].tdb]
               for k in suspects}
     kept = {}
     for key, found in copies.items():
         winner = max(sorted(found, key=lambda c: c.pnn),
                      key=lambda c: (c.header.rsn, c.header.dmaster == c.pnn))
         kept[key] = COUNTER.unpack(winner.data)[0] if winner.data else 0
+    for key in {k for p in members for k in sim.nodes[p].tdb} - suspects:
+        # not reported: intact, its one dmaster's copy is the one to keep
+        (data,) = [sim.nodes[p].tdb[key][1] for p in members
+                   if key in sim.nodes[p].tdb and sim.nodes[p].tdb[key][0].dmaster == p]
+        kept[key] = COUNTER.unpack(data)[0] if data else 0
     done_at_scan = {id(c): c.done for c in clients}
     for p, repairs in plan_repairs(sim.vnnmap.map, copies).items():
         for r in repairs:
             sim.acquire(p, r.key, "recovery", lambda p=p, r=r: (
                 sim.nodes[p].tdb.__setitem__(r.key, (r.header, r.data)), sim.release(p, r.key)))
     sim.run(until=sim.now + 0.01)
-    for p in survivors:
+    for p in members:
         sim.apply(p, sim.nodes[p].core.step(RecoveryMode(False)), None)
     return kept, done_at_scan
 
 
+def _lose_node_and_recover(sim: Sim, lost: int, generation: int, clients: list):
+    """`lost` dies (its records with it); the survivors recover."""
+    plain_input = sim.input
+    sim.input = lambda p, e: None if p == lost else plain_input(p, e)     # noqa: E731
+    sim.drop = lambda s, d, pkt: lost in (s, d)
+    sim.nodes[lost].tdb.clear()
+    sim.restore_input = plain_input
+    return _partial_recovery(sim, [n.pnn for n in sim.nodes if n.pnn != lost], generation, clients)
+
+
+def _rejoin(sim: Sim, node: int, generation: int, clients: list):
+    """`node` starts afresh (empty databases, a new daemon) and every node recovers together."""
+    sim.input = sim.restore_input
+    sim.drop = lambda s, d, pkt: False
+    fresh = MigrationCore(MigrationSettings(pnn=node), sim.vnnmap)
+    fresh.step(DbAttached(DB, "locking.tdb"))
+    sim.nodes[node] = Node(node, fresh)
+    return _partial_recovery(sim, [n.pnn for n in sim.nodes], generation, clients)
+
+
+def _check_keys(sim: Sim, keys, kept, done_before, clients, gone=()) -> None:
+    for key in keys:
+        if not any(key in n.tdb for n in sim.nodes if n.pnn not in gone):
+            continue                     # only the lost node ever had it
+        holders = sim.dmasters(key)
+        assert len(holders) == 1, (key, holders)
+        after = sum(c.done - done_before[id(c)] for c in clients if c.key == key)
+        value = sim.nodes[holders[0]].tdb[key][1]
+        # every use after the recovery counted on top of the copy the recovery kept
+        assert (COUNTER.unpack(value)[0] if value else 0) == kept.get(key, 0) + after
+        lmaster = lmaster_of(key, sim.vnnmap.map)
+        assert sim.nodes[lmaster].tdb[key][0].dmaster == holders[0]
+        for node in sim.nodes:
+            if node.pnn not in gone and key in node.tdb:
+                assert node.tdb[key][0].dmaster not in gone
+    assert not [(n.pnn, f.reason) for n in sim.nodes for f in n.forced]
+
+
 @pytest.mark.parametrize("seed", range(12))
-def test_clients_on_the_survivors_finish_and_lose_nothing_after_the_loss(seed):
+def test_clients_finish_and_lose_nothing_after_a_loss_and_a_rejoin(seed):
     n, lost = 4, seed % 4
     sim = Sim(n, seed=seed)
-    keys = [key_with_lmaster(i % n, n, prefix=b"s%d-" % seed) for i in range(8)]
+    keys = [key_with_lmaster(i % n, n, prefix=b"s%d-%d-" % (seed, i)) for i in range(8)]
     clients = [FetchLockClient(sim, p, 10 * p + i, keys[(p + i) % len(keys)], ops=60)
                for p in range(n) for i in range(4)]
     for c in clients:
@@ -206,20 +247,26 @@ def test_clients_on_the_survivors_finish_and_lose_nothing_after_the_loss(seed):
     alive = [c for c in clients if c.pnn != lost]
     assert all(c.done == c.ops and not c.errors for c in alive), [
         (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
-    for key in keys:
-        holders = sim.dmasters(key)
-        assert len(holders) == 1, (key, holders)
-        after = sum(c.done - done_before[id(c)] for c in alive if c.key == key)
-        value = sim.nodes[holders[0]].tdb[key][1]
-        # every use after the recovery counted on top of the copy the recovery kept (a key no
-        # survivor reported was intact: its dmaster lived, and so did its counter)
-        if key in kept:
-            assert COUNTER.unpack(value)[0] == kept[key] + after
-        lmaster = lmaster_of(key, sim.vnnmap.map)
-        assert sim.nodes[lmaster].tdb[key][0].dmaster == holders[0]
-        for node in sim.nodes:
-            if node.pnn != lost and key in node.tdb:
-                assert node.tdb[key][0].dmaster != lost
+    _check_keys(sim, keys, kept, done_before, alive, gone=(lost,))
+    sim.run(until=sim.now + 6.0)        # past the hand-off log's window: only the map tells
+
+    # the node comes back afresh while new clients on the others are busy; its own clients
+    # start once it is back (smbd starts after the node's first recovery)
+    more = [FetchLockClient(sim, p, 100 + 10 * p + i, keys[(p + 2 * i) % len(keys)], ops=40)
+            for p in range(n) for i in range(3)]
+    for c in more:
+        if c.pnn != lost:
+            c.start(sim.now + sim.rng.random() * 0.001)
+    sim.run(until=sim.now + 0.005 + 0.01 * sim.rng.random())
+    kept, done_before = _rejoin(sim, lost, 9, more)
+    assert sim.vnnmap.map == list(range(n))           # the node took its slot back
+    for c in more:
+        if c.pnn == lost:
+            c.start(sim.now)
+    sim.run(until=sim.now + 2.0)
+    assert all(c.done == c.ops and not c.errors for c in more), [
+        (c.pnn, c.key, c.done, c.errors) for c in more if c.done < c.ops]
+    _check_keys(sim, keys, kept, done_before, more)
 
 
 # -- hand-offs cut off by the generation change -----------------------------------------------
