@@ -3,14 +3,14 @@
     .venv/bin/python -m benchmarks.idle_cost [--nodes 3,8,16] [--daemons pyctdbd,ctdb] [--window 30]
     .venv/bin/python -m benchmarks.idle_cost --clustered-smbd --nodes 3    # with Samba's 16 databases
 
-For each size a cluster starts (default tunables, smbd on every node), settles for 10 s, then the
+For each size a cluster starts (default tunables, a standalone smbd on every node unless
+``--clustered-smbd``), settles for 10 s, then the
 CPU time of every daemon process is sampled from /proc over --window seconds.  Printed per node:
 CPU of the daemon's own processes (% of one core), the same including the event scripts it ran
 (children it reaped), RSS and PSS summed over the daemon's processes.  smbd is not counted.
 Target for pyctdbd: ≤ 0.5 % of a core and ≤ 60 MiB per daemon.
 
-``--clustered-smbd``: smbd runs with ``clustering = yes`` (the lab's ``ctdblab up
---clustered-smbd``), and before the window every node must have the databases a clustered Samba
+``--clustered-smbd``: smbd runs with ``clustering = yes`` (the lab's default), and before the window every node must have the databases a clustered Samba
 has attached (reference/clustered-db.md §1: 9 volatile — smbXsrv_{open,tcon,session,client,
 version}_global, leases, locking, brlock, g_lock — and 7 persistent — secrets, passdb,
 account_policy, group_mapping, share_info, registry, ctdb): one SMB session per node
@@ -149,7 +149,7 @@ def main() -> int:
         for n in (int(x) for x in args.nodes.split(",")):
             progress(f"{daemon}: {n} nodes{' with clustered smbd' if args.clustered_smbd else ''}")
             with LabCluster(n, daemon=daemon, tunables=args.tunables, clients=0, progress=progress,
-                            clustered_smbd=True if args.clustered_smbd else None) as cluster:
+                            clustered_smbd=bool(args.clustered_smbd)) as cluster:
                 dbs = None
                 if args.clustered_smbd:
                     names = attach_samba_databases(cluster)

@@ -4,8 +4,8 @@
         cluster.node(0).run("ctdb status")
         cluster.leader()
 
-``clustered_smbd`` (None: the daemon's default — clustered with ctdb, standalone with pyctdbd for
-now) chooses whether smbd runs with ``clustering = yes``.
+``clustered_smbd`` (None: the default, clustered with either daemon) chooses whether smbd runs
+with ``clustering = yes``.
 
 ``start()`` builds the network, writes each node's configuration, starts the daemon everywhere,
 waits until every node is OK and every public IP is hosted, adds the SMB user and waits until smbd

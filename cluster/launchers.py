@@ -5,10 +5,10 @@
              00.ctdb, 01.reclock, 05.system, 10.interface plus our systemd-free 50.samba, and a
              clustered smbd.
 ``pyctdbd``  this project's daemon, on the very same files, with our 10.interface and 50.samba
-             scripts; smbd runs non-clustered against it by default for now.
+             scripts and Debian's 00.ctdb, and a clustered smbd.
 
-``smb_clustered`` (a launcher argument; ``ctdblab up --clustered-smbd``, ``LabCluster(...,
-clustered_smbd=True)``) overrides the daemon's default.  With clustered smbd a pyctdbd node also
+``smb_clustered`` (a launcher argument; ``ctdblab up --no-clustered-smbd``, ``LabCluster(...,
+clustered_smbd=False)``) overrides the default (clustered).  With clustered smbd a pyctdbd node also
 runs Debian's stock 00.ctdb, as a real ctdbd node does: its ``init`` checks the persistent
 databases with tdbtool (refusing to start on a corrupt one) and its ``startup`` attaches the
 persistent ``ctdb.tdb`` (``ctdb attach ctdb.tdb persistent``), the sixteenth database of a
@@ -125,7 +125,7 @@ class PyctdbdLauncher(DaemonLauncher):
     """This project's daemon."""
 
     name = "pyctdbd"
-    smb_clustered = False            # flips to True once database recovery exists
+    smb_clustered = True             # as with ctdbd: both daemons serve the same clustered Samba
     shipped_scripts = ("10.interface", "50.samba")
     clustered_stock_scripts = ("00.ctdb",)     # what a clustered smbd node gets from stock CTDB
 

@@ -3,9 +3,9 @@
 Every node exports the same host directory (the "cluster filesystem") as ``[share]``, and the
 same directory once more as ``[nolock]`` with ``posix locking = no``: there a byte-range lock
 lives in brlock.tdb only (no fcntl lock on the file), so a conflict between two nodes can only
-come from the clustered database.  With the real ctdbd smbd runs clustered (its databases live
-in CTDB); against pyctdbd it runs standalone by default for now (``clustered_smbd=True`` turns
-clustering on), each node with its own passdb.
+come from the clustered database.  smbd runs clustered by default with either daemon (its
+databases live in the daemon); ``clustered_smbd=False`` runs it standalone, each node with its
+own passdb.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ctdblab: bring lab clusters up, run failover and scaling scenarios, draw reports.
 
   ctdblab up --nodes 3 --daemon ctdb [--detach]     a cluster to play with
-  ctdblab up --daemon pyctdbd --clustered-smbd       ... with smbd clustered (databases in pyctdbd)
+  ctdblab up --daemon pyctdbd --no-clustered-smbd    ... with a standalone smbd (no databases in the daemon)
   ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
   ctdblab down                                       remove detached clusters
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="node public-link shaping, e.g. bw=100 (htb only: this kernel has no netem)")
     up.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
                     help="run smbd with `clustering = yes` (its databases in the daemon) or not; "
-                         "default: clustered with ctdb, standalone with pyctdbd for now")
+                         "default: clustered, with either daemon")
     up.add_argument("--detach", action="store_true", help="leave it running; `ctdblab down` removes it")
 
     ex = sub.add_parser("exec", help="run a command inside a node (PNN) or client (cN)")
