@@ -14,7 +14,9 @@ from ctdblab.history import History, read_history
 
 @pytest.fixture
 def cluster(lab_cluster):
-    return lab_cluster(3, daemon="pyctdbd", tunables="aggressive")
+    # A standalone smbd: these tests check what each fault itself kills or stops, and a clustered
+    # smbd exits by itself once its daemon is gone ("cluster fatal event", as with ctdbd).
+    return lab_cluster(3, daemon="pyctdbd", tunables="aggressive", clustered_smbd=False)
 
 
 @pytest.fixture
