@@ -66,7 +66,7 @@ for i in range(count):
 print(written)
 """ % VALUE_SIZE
 
-#: Reads one record in a loop; prints the monotonic... wall time of each completed read.
+#: Reads one record in a loop; prints the wall-clock time of each completed read.
 READER = r"""
 import subprocess, sys, time
 end = time.time() + float(sys.argv[1])
@@ -101,7 +101,7 @@ def fill(cluster: LabCluster, count: int) -> float:
         raise ClusterNotReady(f"ctdb attach {DB}: {out.stderr.strip()}")
     status = cluster.ctdb(0, "getdbstatus", DB).stdout
     path = re.search(r"^path: (\S+)$", status, re.M).group(1).rsplit(".", 1)[0]
-    vnnmap = cluster.ctdb(0, "getvnnmap").stdout
+    vnnmap = cluster.ctdb(0, "status").stdout
     lmasters = ",".join(re.findall(r"lmaster:(\d+)", vnnmap))
     procs = []
     for node in cluster.nodes:
@@ -124,7 +124,7 @@ def one(daemon: str, count: int, workdir: Path) -> dict:
         victim = next(n.index for n in cluster.nodes if n.index != leader)
         survivors = [n.index for n in cluster.nodes if n.index != victim]
         cluster.ctdb(survivors[0], "writekey", DB, "hot", "x")
-        readers = [cluster.node(p).popen([sys.executable, "-c", READER, "40"], stdout=subprocess.PIPE,
+        readers = [cluster.node(p).popen([sys.executable, "-c", READER, "3600"], stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True) for p in survivors]
         time.sleep(3.0)
         progress(f"{daemon} {count}: filled in {filled:.1f} s; power off node {victim}")
@@ -140,8 +140,10 @@ def one(daemon: str, count: int, workdir: Path) -> dict:
             if finished is not None:
                 break
             time.sleep(0.5)
+        time.sleep(2.0)                     # reads after the recovery, to close the last gap
         reads = []
         for proc in readers:
+            proc.terminate()
             out, _ = proc.communicate(timeout=120)
             reads += [float(x) for x in out.split()]
         reads = sorted(t for t in reads if t >= cut - 1.0)
@@ -162,7 +164,7 @@ def plot(results: list[dict], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for daemon, style in (("ctdb", "o-"), ("pyctdbd", "s-")):
         points = sorted((r["records"], r["recovery_s"]) for r in results
-                        if r["daemon"] == daemon and r["recovery_s"])
+                        if r["daemon"] == daemon and r.get("recovery_s"))
         if points:
             ax.plot(*zip(*points), style, label={"ctdb": "real ctdbd 4.17", "pyctdbd": "pyctdbd"}[daemon])
     ax.set_xscale("log")

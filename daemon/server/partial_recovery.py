@@ -83,6 +83,8 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
 #: Files up to this size are read in the loop when no lock of theirs is held (well under a
 #: millisecond for smbd's usual databases); larger ones, and busy ones, in a forked child.
 IN_LOOP_BYTES = 1 << 20
+#: Records stored between two yields to the loop.
+YIELD_EVERY = 500
 
 
 async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], list]]) -> list[list]:
@@ -180,6 +182,8 @@ class PartialRecoveryNode:
                 except TdbError as exc:
                     return Result(-1, errmsg=f"storing a record of {db.name} failed: {exc}")
                 stored += 1
+                if stored % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)     # heartbeats go on during a big repair
         for buffer in request.buffers:
             result = self.set_generation(buffer.db_id, request.generation)
             if result.status != 0:

@@ -41,6 +41,9 @@ from ..protocol import (
 )
 from .messenger import Messenger
 
+#: Records merged or planned between two yields to the loop.
+YIELD_EVERY = 2000
+
 
 @dataclass
 class PartialOutcome:
@@ -156,14 +159,23 @@ class PartialRecoveryDriver:
         for db_id in wanted:
             by_key: dict[bytes, list[Copy]] = {key: [] for key in suspects[db_id]}
             for pnn in nodes:
-                for rec in _buffer(copies[pnn].buffers, db_id).records:
+                for i, rec in enumerate(_buffer(copies[pnn].buffers, db_id).records):
                     key, header, value = _split(rec)
                     if key in by_key:
                         by_key[key].append(Copy(pnn, header, value))
-            for pnn, records in plan_repairs(new_map, by_key).items():
-                repairs[pnn].append(RecBuffer(db_id, [RecData.with_header(0, r.key, r.header, r.data)
-                                                      for r in records]))
-                total += len(records)
+                    if i % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)      # a big merge must not stop heartbeats
+            planned: dict[int, list[RecData]] = {pnn: [] for pnn in nodes}
+            keys = list(by_key)
+            for start in range(0, len(keys), YIELD_EVERY):
+                chunk = {k: by_key[k] for k in keys[start:start + YIELD_EVERY]}
+                for pnn, records in plan_repairs(new_map, chunk).items():
+                    planned[pnn] += [RecData.with_header(0, r.key, r.header, r.data) for r in records]
+                await asyncio.sleep(0)
+            for pnn, records in planned.items():
+                if records:
+                    repairs[pnn].append(RecBuffer(db_id, records))
+                    total += len(records)
         return repairs, total
 
     async def _apply(self, nodes: tuple[int, ...], generation: int,
