@@ -11,8 +11,9 @@ node holds the new vnnmap; the databases it does not settle get CTDB's full reco
 2. PYCTDB_RECOVERY_SCAN to every node: the volatile databases' suspect records and the
    generation each node came from. The nodes that came from one must all have come from the
    same one, and every other node must be new (started since: nothing to merge but what it
-   reports); else everything is recovered in full. Then PYCTDB_RECOVERY_FETCH: every node's
-   copy of every suspect key.
+   reports); else everything is recovered in full. Most keys are settled from the reports
+   alone (`plan_from_reports`); PYCTDB_RECOVERY_FETCH brings every node's copy of the few
+   others (records handed off as the generation changed).
 3. GET_DB_SEQNUM of every persistent database on every node: equal everywhere means nothing
    to do; otherwise the database is recovered CTDB's way on the node with the highest sequence
    number and the nodes behind it only (a rejoining node), the others keep serving it.
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.db.partial_recovery import Copy, came_from_all, plan_repairs
+from ..core.db.partial_recovery import Copy, came_from_all, plan_from_reports, plan_repairs
 from ..core.db.recovery_plan import DbToRecover
 from ..core.db.registry import attach_opcode
 from ..log import log, notice
@@ -41,8 +42,6 @@ from ..protocol import (
 )
 from .messenger import Messenger
 
-#: Records merged or planned between two yields to the loop.
-YIELD_EVERY = 2000
 
 
 @dataclass
@@ -79,7 +78,7 @@ class PartialRecoveryDriver:
         started = self.clock()
         self.phases = []
         try:
-            outcome, repaired = await self._run(dbs, nodes, generation, new_map)
+            outcome, repaired = await self._run(dbs, nodes, generation, old_map, new_map)
         except _Abandon as exc:
             log.warning("Recovery after the %s: %s; recovering every database in full", what, exc)
             return PartialOutcome()
@@ -96,7 +95,7 @@ class PartialRecoveryDriver:
         return now
 
     async def _run(self, dbs: Sequence[DbToRecover], nodes: tuple[int, ...], generation: int,
-                   new_map: Sequence[int]) -> tuple[PartialOutcome, int]:
+                   old_map: Sequence[int], new_map: Sequence[int]) -> tuple[PartialOutcome, int]:
         mark = self.clock()
         await self._attach_missing(dbs, nodes)
         volatile = [db for db in dbs if not db.by_seqnum]
@@ -119,8 +118,8 @@ class PartialRecoveryDriver:
                 source = next(p for p in nodes if per_node[p] == highest)
                 outcome.narrowed[db.db_id] = (source, *behind)
         mark = self._phase("seqnums", mark)
-        repairs, total = await self._repairs(scans, volatile, nodes, new_map)
-        mark = self._phase("fetch", mark)
+        repairs, total = await self._repairs(scans, volatile, nodes, old_map, new_map)
+        mark = self._phase("plan", mark)
         for pnn in nodes:               # each database moves to the new generation here, unless
             listed = {b.db_id for b in repairs[pnn]}     # its full recovery on this node does
             covered = outcome.settled | {d for d, on in outcome.narrowed.items() if pnn not in on}
@@ -144,38 +143,43 @@ class PartialRecoveryDriver:
                     raise _Abandon(f"node {pnn} attached {name} under another db_id")
 
     async def _repairs(self, scans: dict, volatile: Sequence[DbToRecover], nodes: tuple[int, ...],
-                       new_map: Sequence[int]) -> tuple[dict[int, list[RecBuffer]], int]:
-        suspects = {db.db_id: sorted({bytes(rec.key) for pnn in nodes
-                                      for rec in _buffer(scans[pnn].buffers, db.db_id).records})
-                    for db in volatile}
-        wanted = [db_id for db_id, keys in suspects.items() if keys]
+                       old_map: Sequence[int], new_map: Sequence[int]
+                       ) -> tuple[dict[int, list[RecBuffer]], int]:
         repairs: dict[int, list[RecBuffer]] = {pnn: [] for pnn in nodes}
-        if not wanted:
-            return repairs, 0
-        request = RecBufferList([RecBuffer(db_id, [RecData(0, k, b"") for k in suspects[db_id]])
-                                 for db_id in wanted])
-        copies = await self._all(nodes, Control.PYCTDB_RECOVERY_FETCH, request)
-        total = 0
-        for db_id in wanted:
-            by_key: dict[bytes, list[Copy]] = {key: [] for key in suspects[db_id]}
+        planned: dict[int, dict[int, list]] = {db.db_id: {pnn: [] for pnn in nodes} for db in volatile}
+        to_fetch: dict[int, list[bytes]] = {}
+        for db in volatile:
+            reports = {}
             for pnn in nodes:
-                for i, rec in enumerate(_buffer(copies[pnn].buffers, db_id).records):
-                    key, header, value = _split(rec)
-                    if key in by_key:
-                        by_key[key].append(Copy(pnn, header, value))
-                    if i % YIELD_EVERY == YIELD_EVERY - 1:
-                        await asyncio.sleep(0)      # a big merge must not stop heartbeats
-            planned: dict[int, list[RecData]] = {pnn: [] for pnn in nodes}
-            keys = list(by_key)
-            for start in range(0, len(keys), YIELD_EVERY):
-                chunk = {k: by_key[k] for k in keys[start:start + YIELD_EVERY]}
-                for pnn, records in plan_repairs(new_map, chunk).items():
-                    planned[pnn] += [RecData.with_header(0, r.key, r.header, r.data) for r in records]
+                reports[pnn] = [_split(rec) for rec in _buffer(scans[pnn].buffers, db.db_id).records]
                 await asyncio.sleep(0)
-            for pnn, records in planned.items():
+            decided, fetch = plan_from_reports(old_map, new_map, nodes, reports)
+            for pnn, records in decided.items():
+                planned[db.db_id][pnn] += records
+            if fetch:
+                to_fetch[db.db_id] = sorted(fetch)
+            await asyncio.sleep(0)
+        if to_fetch:
+            request = RecBufferList([RecBuffer(db_id, [RecData(0, k, b"") for k in keys])
+                                     for db_id, keys in to_fetch.items()])
+            copies = await self._all(nodes, Control.PYCTDB_RECOVERY_FETCH, request)
+            for db_id, keys in to_fetch.items():
+                by_key: dict[bytes, list[Copy]] = {key: [] for key in keys}
+                for pnn in nodes:
+                    for rec in _buffer(copies[pnn].buffers, db_id).records:
+                        key, header, value = _split(rec)
+                        if key in by_key:
+                            by_key[key].append(Copy(pnn, header, value))
+                for pnn, records in plan_repairs(new_map, by_key).items():
+                    planned[db_id][pnn] += records
+        total = 0
+        for db_id, per_node in planned.items():
+            for pnn, records in per_node.items():
                 if records:
-                    repairs[pnn].append(RecBuffer(db_id, records))
+                    repairs[pnn].append(RecBuffer(db_id, [RecData.with_header(0, r.key, r.header, r.data)
+                                                          for r in records]))
                     total += len(records)
+            await asyncio.sleep(0)
         return repairs, total
 
     async def _apply(self, nodes: tuple[int, ...], generation: int,

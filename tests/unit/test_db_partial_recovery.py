@@ -10,7 +10,7 @@ import pytest
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of
 from ctdblab.daemon.core.db.migration import RecoveryMode, VnnMapChanged
 from ctdblab.daemon.core.db.partial_recovery import (
-    Copy, came_from_all, is_affected, plan_repairs, slot_stable_vnnmap,
+    Copy, came_from_all, is_affected, plan_from_reports, plan_repairs, slot_stable_vnnmap,
 )
 from ctdblab.daemon.core.recovery import plan_recovery
 from ctdblab.daemon.protocol import (
@@ -129,6 +129,48 @@ def test_two_self_claims_keep_the_newer():
     assert 1 not in repairs
 
 
+# -- what the scan's reports settle on their own ------------------------------------------------
+
+OLD = [0, 1, 2]
+
+
+def _from_reports(reports, new_map=NEW, live=(0, 1), old_map=OLD):
+    return plan_from_reports(old_map, new_map, live, reports)
+
+
+def test_a_lmaster_that_did_not_report_knows_a_live_dmaster_so_stale_copies_point_at_it():
+    key = key_with_lmaster(1, 3)
+    repairs, fetch = _from_reports({0: [(key, H(5, 2), b"stale")]})
+    assert fetch == set() and [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"stale")]
+
+
+def test_a_lmaster_that_reported_a_lost_dmaster_adopts_the_newest_copy():
+    key = key_with_lmaster(1, 3)
+    repairs, fetch = _from_reports({1: [(key, H(5, 2), b"lm")], 0: [(key, H(9, 2), b"newest")]})
+    assert fetch == set()
+    assert [(r.header.dmaster, r.header.rsn, r.data) for r in repairs[1]] == [(1, 10, b"newest")]
+
+
+def test_a_lost_lmaster_passes_to_a_survivor_pointing_at_the_live_dmaster():
+    key = key_with_lmaster(2, 3)
+    repairs, fetch = _from_reports({1: [(key, H(7, 1), b"mine")]})
+    assert fetch == set() and 1 not in repairs
+    assert [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"mine")]
+
+
+def test_a_key_reported_as_a_hand_off_is_fetched_from_every_node():
+    key = key_with_lmaster(1, 3)
+    repairs, fetch = _from_reports({0: [(key, H(9, 1), b"given")]})     # nothing lost about it
+    assert fetch == {key} and repairs == {}
+
+
+def test_a_slot_moving_away_from_a_silent_live_lmaster_is_fetched():
+    key = key_with_lmaster(2, 3)
+    # a node joined: the key's slot goes from node 0 back to node 2; node 0 has no copy
+    repairs, fetch = plan_from_reports([0, 1, 0], [0, 1, 2], [0, 1, 2], {1: [(key, H(4, 1), b"m")]})
+    assert fetch == {key}
+
+
 # -- the payloads -----------------------------------------------------------------------------
 
 def test_scan_and_apply_payloads_round_trip():
@@ -184,7 +226,16 @@ def _partial_recovery(sim: Sim, members: list[int], generation: int, clients: li
                    if key in sim.nodes[p].tdb and sim.nodes[p].tdb[key][0].dmaster == p]
         kept[key] = COUNTER.unpack(data)[0] if data else 0
     done_at_scan = {id(c): c.done for c in clients}
-    for p, repairs in plan_repairs(sim.vnnmap.map, copies).items():
+    # as the leader does it: what the reports settle, then every copy of the keys they do not
+    reports = {p: [(k, *sim.nodes[p].tdb[k]) for k in suspects if k in sim.nodes[p].tdb
+                   and (k in handed_off[p] or is_affected(sim.nodes[p].tdb[k][0].dmaster,
+                                                          lmaster_of(k, old_map),
+                                                          lmaster_of(k, sim.vnnmap.map), set(members)))]
+               for p in members}
+    planned, fetch = plan_from_reports(old_map, sim.vnnmap.map, members, reports)
+    for p, repairs in plan_repairs(sim.vnnmap.map, {k: copies[k] for k in fetch}).items():
+        planned.setdefault(p, []).extend(repairs)
+    for p, repairs in planned.items():
         for r in repairs:
             sim.acquire(p, r.key, "recovery", lambda p=p, r=r: (
                 sim.nodes[p].tdb.__setitem__(r.key, (r.header, r.data)), sim.release(p, r.key)))

@@ -29,8 +29,9 @@ of a joining node, which takes its slots back); a node that joined reports every
 (it started afresh: nothing); and each node the keys it handed to another node shortly before
 the generation changed (`core/db/handoffs.py`): a REQ_DMASTER or REPLY_DMASTER of the old generation is dropped
 where it arrives, so such a record may have been given away by one survivor and not yet taken by
-another. For each of those keys the leader fetches every survivor's copy and `plan_repairs`
-merges them as CTDB's recovery merges every key.
+another. Most keys are settled from the reports alone (`plan_from_reports`); for the few that
+may be held unreported (a hand-off's new dmaster) the leader fetches every survivor's copy, and
+`plan_repairs` merges copies as CTDB's recovery merges every key.
 
 The result is what CTDB's recovery would leave in terms of data (the newest surviving copy of
 every key), with the dmasters where the survivors already had them instead of all on the leader.
@@ -132,6 +133,49 @@ def plan_repairs(new_map: Sequence[int], copies: Mapping[bytes, Iterable[Copy]]
             pointer = _with_dmaster(winner.header, dmaster)
             repairs[lmaster].append(Repair(key, pointer, winner.data))
     return dict(repairs)
+
+
+def plan_from_reports(old_map: Sequence[int], new_map: Sequence[int], live: Collection[int],
+                      reports: Mapping[int, Iterable[tuple[bytes, LtdbHeader, bytes]]]
+                      ) -> tuple[dict[int, list[Repair]], set[bytes]]:
+    """The repairs the scan's reports alone decide, and the keys whose every copy must be
+    fetched first. `reports[pnn]`: what node `pnn` reported, as (key, header, value).
+
+    A key reported only because a lost node touched it, or because its slot moved, needs no
+    more: every holder reports such a copy (its dmaster or lmaster is gone, or its lmaster
+    changes), except copies pointing at live nodes, which are older than the ones pointing at
+    the lost node, and — when the key's lmaster lives — the lmaster's own copy if it names a
+    live dmaster. So: if the live lmaster did not report the key, it knows a live dmaster and
+    the copies naming a lost node are pointed at it; otherwise the reported copies are merged
+    (`plan_repairs`). A key some node reported as a hand-off (not for those reasons), or whose
+    slot moved away from a live lmaster that did not report it, is fetched from every node:
+    the new dmaster of a cut-off hand-off may hold it without reporting it."""
+    by_key: dict[bytes, list[Copy]] = defaultdict(list)
+    for pnn in sorted(reports):
+        for key, header, data in reports[pnn]:
+            by_key[bytes(key)].append(Copy(pnn, header, bytes(data)))
+    live = frozenset(live)
+    repairs: dict[int, list[Repair]] = defaultdict(list)
+    fetch: set[bytes] = set()
+    mergeable: dict[bytes, list[Copy]] = {}
+    for key, copies in by_key.items():
+        old_lmaster, new_lmaster = lmaster_of(key, old_map), lmaster_of(key, new_map)
+        if new_lmaster is None:
+            continue
+        if any(not is_affected(c.header.dmaster, old_lmaster, new_lmaster, live) for c in copies):
+            fetch.add(key)
+        elif old_lmaster in live and all(c.pnn != old_lmaster for c in copies):
+            if old_lmaster != new_lmaster:
+                fetch.add(key)
+                continue
+            for c in copies:
+                if c.header.dmaster not in live:
+                    repairs[c.pnn].append(Repair(key, _with_dmaster(c.header, old_lmaster), c.data))
+        else:
+            mergeable[key] = copies
+    for pnn, planned in plan_repairs(new_map, mergeable).items():
+        repairs[pnn] += planned
+    return dict(repairs), fetch
 
 
 def _with_dmaster(header: LtdbHeader, dmaster: int) -> LtdbHeader:
