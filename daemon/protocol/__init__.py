@@ -74,6 +74,9 @@ __all__ += [
 from .ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum, unpack_seqnum  # noqa: E402
 
 __all__ += ["DB_SEQNUM_TDB_KEY", "pack_seqnum", "unpack_seqnum"]
-from .partial_recovery import RecBufferList, RecoveryApply, RecoveryScan, ScanResult  # noqa: E402
+from .partial_recovery import (  # noqa: E402
+    RecBufferList, RecoveryApply, RecoveryScan, ScanResult, iter_scan_result, pack_scan_result,
+)
 
-__all__ += ["RecBufferList", "RecoveryApply", "RecoveryScan", "ScanResult"]
+__all__ += ["RecBufferList", "RecoveryApply", "RecoveryScan", "ScanResult", "iter_scan_result",
+            "pack_scan_result"]

@@ -117,3 +117,33 @@ class RecBufferList(WireType):
         (count,) = struct.unpack_from("<I", buf, offset)
         buffers, offset = _buffers(buf, offset + 4, count, "rec_buffer_list")
         return cls(buffers), offset
+
+
+def pack_scan_result(came_from: int, packed_buffers: list[bytes]) -> bytes:
+    """A ScanResult from buffers already packed (a child packs a big scan's records)."""
+    return pack_or_raise(_U32x2, "scan_result", came_from, len(packed_buffers)) + b"".join(packed_buffers)
+
+
+def iter_scan_result(buf: Buffer) -> tuple[int, list[tuple[int, int, int]]]:
+    """A ScanResult's came_from and, per buffer, (db_id, count, offset of its first record),
+    without decoding the records (read them with `RecData.unpack_from`, a few at a time)."""
+    need(buf, 0, 8, "scan_result")
+    came_from, nbuf = _U32x2.unpack_from(buf, 0)
+    if nbuf > MAX_ITEMS:
+        raise ProtocolError(f"scan_result: {nbuf} buffers")
+    offset, out = 8, []
+    for _ in range(nbuf):
+        need(buf, offset, 8, "scan_result buffer")
+        db_id, count = _U32x2.unpack_from(buf, offset)
+        start = offset + 8
+        offset = start
+        for _ in range(count):           # skip the records by their length fields
+            need(buf, offset, 4, "scan_result record")
+            (length,) = struct.unpack_from("<I", buf, offset)
+            if length < 16:
+                raise ProtocolError(f"scan_result: record length {length}")
+            offset += length
+        if offset > len(buf):
+            raise ProtocolError("scan_result: records run past the end")
+        out.append((db_id, count, start))
+    return came_from, out

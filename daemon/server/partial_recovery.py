@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.db.partial_recovery import is_affected
 from ..log import log
 from ..protocol import (
     INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
-    RecoveryScan, ScanResult, pack_reply,
+    RecoveryScan, pack_reply, pack_scan_result,
 )
 from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash, run_in_child_over
 from .dispatch import Result
@@ -45,14 +46,15 @@ class RecoveryView:
     current_map: tuple[int, ...] = ()
 
 
-def affected_records(old_map: tuple[int, ...], new_map: tuple[int, ...], live: frozenset[int],
-                     handed_off: set[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
+def affected_records(db_id: int, old_map: tuple[int, ...], new_map: tuple[int, ...],
+                     live: frozenset[int], handed_off: set[bytes]) -> Callable[[TdbFile], bytes]:
     """The scan: the records a membership change to `live` (and the map change) may have
-    touched, and those of the keys in `handed_off`."""
+    touched, and those of the keys in `handed_off`, packed as a `ctdb_rec_buffer` where the scan
+    runs (a big one in the child, not in the daemon's loop)."""
     size, new_size = len(old_map), len(new_map)
 
-    def scan(tdb: TdbFile) -> list[tuple[bytes, bytes]]:
-        found: list[tuple[bytes, bytes]] = []
+    def scan(tdb: TdbFile) -> bytes:
+        found: list[RecData] = []
 
         def visit(key: bytes, value: bytes) -> None:
             if len(value) < LTDB_HEADER_SIZE:
@@ -62,10 +64,10 @@ def affected_records(old_map: tuple[int, ...], new_map: tuple[int, ...], live: f
             old_lmaster = old_map[hashed % size] if size else None
             new_lmaster = new_map[hashed % new_size] if new_size else None
             if is_affected(dmaster, old_lmaster, new_lmaster, live) or key in handed_off:
-                found.append((bytes(key), bytes(value)))
+                found.append(RecData(0, bytes(key), bytes(value)))
 
         tdb.traverse_read(visit)
-        return found
+        return RecBuffer(db_id, found).pack()
     return scan
 
 
@@ -87,10 +89,10 @@ IN_LOOP_BYTES = 1 << 20
 YIELD_EVERY = 500
 
 
-async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], list]]) -> list[list]:
+async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], Any]]) -> list[Any]:
     """`work[i](dbs[i].tdb)` for every database: small and idle ones in the loop under an
     all-record lock taken without waiting, the rest in one forked child."""
-    results: list[list | None] = [None] * len(dbs)
+    results: list[Any] = [None] * len(dbs)
     for i, (db, fn) in enumerate(zip(dbs, work)):
         if db.tdb.map_size <= IN_LOOP_BYTES:
             done, value = db.locker.try_whole(fn)
@@ -135,17 +137,16 @@ class PartialRecoveryNode:
             keys, overflowed = self.handed_off(db.db_id)
             if overflowed:
                 return Result(-1, errmsg="too many records handed off lately to list them")
-            scans.append(affected_records(view.previous_map, view.current_map, live, keys))
+            scans.append(affected_records(db.db_id, view.previous_map, view.current_map, live, keys))
         try:
             found = await read_databases(dbs, scans)
         except (ChildError, TdbError) as exc:
             log.error("Recovery scan failed: %s", exc)
             return Result(-1, errmsg=f"scan failed: {exc}")
-        buffers = [RecBuffer(db.db_id, [RecData(0, k, v) for k, v in records])
-                   for db, records in zip(dbs, found)]
-        log.info("Recovery scan: %d records of %d databases for nodes %s",
-                 sum(len(b.records) for b in buffers), len(buffers), request.nodes)
-        return Result(0, pack_reply(Control.PYCTDB_RECOVERY_SCAN, ScanResult(view.came_from, buffers)))
+        count = sum(int.from_bytes(packed[4:8], "little") for packed in found)
+        log.info("Recovery scan: %d records of %d databases for nodes %s", count, len(found),
+                 request.nodes)
+        return Result(0, pack_scan_result(view.came_from, found))
 
     async def fetch(self, request: RecBufferList) -> Result:
         if not self.view().recovering:

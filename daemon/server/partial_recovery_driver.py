@@ -38,9 +38,13 @@ from ..core.db.registry import attach_opcode
 from ..log import log, notice
 from ..protocol import (
     INVALID_GENERATION, Control, ControlFlag, DbFlag, LtdbHeader, ProtocolError, RecBuffer,
-    RecBufferList, RecData, RecoveryApply, RecoveryScan, pack_request, unpack_reply,
+    RecBufferList, RecData, RecoveryApply, RecoveryScan, iter_scan_result, pack_request,
+    unpack_reply,
 )
 from .messenger import Messenger
+
+#: Records decoded between two yields to the loop.
+YIELD_EVERY = 2000
 
 
 
@@ -100,9 +104,10 @@ class PartialRecoveryDriver:
         await self._attach_missing(dbs, nodes)
         volatile = [db for db in dbs if not db.by_seqnum]
         persistent = [db for db in dbs if db.by_seqnum and not db.flags & DbFlag.REPLICATED]
-        scans = await self._all(nodes, Control.PYCTDB_RECOVERY_SCAN,
-                                RecoveryScan(list(nodes), [db.db_id for db in volatile]))
-        came_from = {p: s.came_from for p, s in scans.items() if s.came_from != INVALID_GENERATION}
+        raw = await self._all(nodes, Control.PYCTDB_RECOVERY_SCAN,
+                              RecoveryScan(list(nodes), [db.db_id for db in volatile]), decode=False)
+        scans = {pnn: await _scan_reports(data) for pnn, data in raw.items()}
+        came_from = {p: s[0] for p, s in scans.items() if s[0] != INVALID_GENERATION}
         if not came_from or came_from_all(came_from, INVALID_GENERATION) is None:
             raise _Abandon("the nodes were not all serving in the same generation")
         mark = self._phase("scan", mark)
@@ -149,16 +154,26 @@ class PartialRecoveryDriver:
         planned: dict[int, dict[int, list]] = {db.db_id: {pnn: [] for pnn in nodes} for db in volatile}
         to_fetch: dict[int, list[bytes]] = {}
         for db in volatile:
-            reports = {}
+            grouped: dict[bytes, list[tuple[int, LtdbHeader, bytes]]] = {}
             for pnn in nodes:
-                reports[pnn] = [_split(rec) for rec in _buffer(scans[pnn].buffers, db.db_id).records]
+                if db.db_id not in scans[pnn][1]:
+                    raise _Abandon(f"node {pnn} sent no scan of database 0x{db.db_id:08x}")
+                for key, header, value in scans[pnn][1][db.db_id]:
+                    grouped.setdefault(key, []).append((pnn, header, value))
+            keys = list(grouped)
+            fetch: set[bytes] = set()
+            for start in range(0, len(keys), YIELD_EVERY):      # a key's copies stay together
+                reports: dict[int, list[tuple[bytes, LtdbHeader, bytes]]] = {p: [] for p in nodes}
+                for key in keys[start:start + YIELD_EVERY]:
+                    for pnn, header, value in grouped[key]:
+                        reports[pnn].append((key, header, value))
+                decided, more = plan_from_reports(old_map, new_map, nodes, reports)
+                for pnn, records in decided.items():
+                    planned[db.db_id][pnn] += records
+                fetch |= more
                 await asyncio.sleep(0)
-            decided, fetch = plan_from_reports(old_map, new_map, nodes, reports)
-            for pnn, records in decided.items():
-                planned[db.db_id][pnn] += records
             if fetch:
                 to_fetch[db.db_id] = sorted(fetch)
-            await asyncio.sleep(0)
         if to_fetch:
             request = RecBufferList([RecBuffer(db_id, [RecData(0, k, b"") for k in keys])
                                      for db_id, keys in to_fetch.items()])
@@ -175,11 +190,14 @@ class PartialRecoveryDriver:
         total = 0
         for db_id, per_node in planned.items():
             for pnn, records in per_node.items():
-                if records:
-                    repairs[pnn].append(RecBuffer(db_id, [RecData.with_header(0, r.key, r.header, r.data)
-                                                          for r in records]))
-                    total += len(records)
-            await asyncio.sleep(0)
+                packed: list[RecData] = []
+                for start in range(0, len(records), YIELD_EVERY):
+                    packed += [RecData.with_header(0, r.key, r.header, r.data)
+                               for r in records[start:start + YIELD_EVERY]]
+                    await asyncio.sleep(0)
+                if packed:
+                    repairs[pnn].append(RecBuffer(db_id, packed))
+                    total += len(packed)
         return repairs, total
 
     async def _apply(self, nodes: tuple[int, ...], generation: int,
@@ -196,7 +214,8 @@ class PartialRecoveryDriver:
         except Exception as exc:       # ControlError; anything else is a bug: fall back
             raise _Abandon(f"{opcode.name} on node {pnn} failed: {exc}") from None
 
-    async def _all(self, nodes: tuple[int, ...], opcode: Control, value: object) -> dict:
+    async def _all(self, nodes: tuple[int, ...], opcode: Control, value: object, *,
+                   decode: bool = True) -> dict:
         replies = await self.messenger.controls(nodes, opcode, pack_request(opcode, value),
                                                 timeout=self.timeout())
         out = {}
@@ -205,7 +224,7 @@ class PartialRecoveryDriver:
             if isinstance(reply, Exception):
                 raise _Abandon(f"{opcode.name} failed on node {pnn}: {reply}")
             try:
-                out[pnn] = unpack_reply(opcode, reply.data)
+                out[pnn] = unpack_reply(opcode, reply.data) if decode else reply.data
             except ProtocolError as exc:
                 raise _Abandon(f"{opcode.name} from node {pnn}: {exc}") from None
         return out
@@ -213,6 +232,24 @@ class PartialRecoveryDriver:
 
 class _Abandon(Exception):
     """The partial recovery cannot settle the databases; the full recovery will."""
+
+
+async def _scan_reports(data: bytes) -> tuple[int, dict[int, list[tuple[bytes, LtdbHeader, bytes]]]]:
+    """A scan's reply: came_from and {db_id: [(key, header, value)]}, decoded YIELD_EVERY
+    records at a time (a big scan must not stop heartbeats)."""
+    try:
+        came_from, buffers = iter_scan_result(data)
+        reports: dict[int, list[tuple[bytes, LtdbHeader, bytes]]] = {}
+        for db_id, count, offset in buffers:
+            records = reports.setdefault(db_id, [])
+            for i in range(count):
+                rec, offset = RecData.unpack_from(data, offset)
+                records.append(_split(rec))
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+    except ProtocolError as exc:
+        raise _Abandon(f"a scan is malformed: {exc}") from None
+    return came_from, reports
 
 
 def _buffer(buffers: Sequence[RecBuffer], db_id: int) -> RecBuffer:
