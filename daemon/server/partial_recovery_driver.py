@@ -47,7 +47,6 @@ from .messenger import Messenger
 YIELD_EVERY = 2000
 
 
-
 @dataclass
 class PartialOutcome:
     settled: set[int] = field(default_factory=set)                 # nothing more to do
