@@ -82,8 +82,9 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
     return fetch
 
 
-#: Files up to this size are read in the loop when no lock of theirs is held (well under a
-#: millisecond for smbd's usual databases); larger ones, and busy ones, in a forked child.
+#: Files grown by up to this much since the daemon opened them (an empty volatile file is
+#: already ~4 MiB of mutexes and hash table) are read in the loop when no lock of theirs is held
+#: (a few milliseconds for smbd's usual databases); larger ones, and busy ones, in a child.
 IN_LOOP_BYTES = 1 << 20
 #: Records stored between two yields to the loop.
 YIELD_EVERY = 500
@@ -94,7 +95,7 @@ async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], Any
     all-record lock taken without waiting, the rest in one forked child."""
     results: list[Any] = [None] * len(dbs)
     for i, (db, fn) in enumerate(zip(dbs, work)):
-        if db.tdb.map_size <= IN_LOOP_BYTES:
+        if db.grown_since_open() <= IN_LOOP_BYTES:
             done, value = db.locker.try_whole(fn)
             if done:
                 results[i] = value

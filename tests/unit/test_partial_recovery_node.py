@@ -1,4 +1,4 @@
-"""The node's side of the recovery after a node loss (server/partial_recovery.py) on real TDB files:
+"""The node's side of the partial recovery (server/partial_recovery.py) on real TDB files:
 the scan reports what the lost node touched and what this node handed off, read in the loop when
 the file is idle and in a forked child when a lock of it is held; fetch returns this node's
 copies; apply stores the repairs and moves each database to the recovery's generation."""
@@ -135,3 +135,23 @@ def test_a_node_that_started_afresh_reports_everything_it_holds(node):
     result = asyncio.run(recovery.scan(RecoveryScan([0, 1, 2], [db.db_id])))
     scan = unpack_reply(Control.PYCTDB_RECOVERY_SCAN, result.data)
     assert scan.came_from == INVALID_GENERATION and len(scan.buffers[0].records) == 4
+
+
+def test_growth_by_another_process_is_seen_so_a_big_file_is_not_read_in_the_loop(node):
+    """smbd writes through its own handle: the daemon's libtdb map size stays where it was (a
+    10^6-record database was once scanned in the loop, and the node was declared dead)."""
+    import subprocess
+    import sys
+    _, db, _ = node
+    before = db.tdb.map_size
+    writer = (
+        "import sys\n"
+        "from ctdblab.daemon.protocol import LtdbHeader\n"
+        "from ctdblab.daemon.store import DbKind, TdbFile\n"
+        "from ctdblab.daemon.store.naming import tdb_flags\n"
+        "tdb = TdbFile(sys.argv[1], 0, tdb_flags(DbKind.VOLATILE) & ~1)\n"
+        "for i in range(1500):\n"
+        "    tdb.store_ltdb(b'big%d' % i, LtdbHeader(rsn=1), b'x' * 1024)\n")
+    subprocess.run([sys.executable, "-c", writer, db.path], check=True, timeout=60)
+    assert db.tdb.map_size == before
+    assert db.grown_since_open() > partial_recovery.IN_LOOP_BYTES
