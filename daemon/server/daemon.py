@@ -31,8 +31,8 @@ from ..log import log, notice, python_level
 from ..net.local import Client, LocalServer
 from ..net.transport import NodeTransport
 from ..protocol import (
-    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, UNKNOWN_PNN, ControlFlag, Operation,
-    ProtocolError, RecMode, ReplyControl, Runstate, Srvid, decode_packet, encode_packet, internal,
+    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, DEFAULT_MAX_PACKET_SIZE, UNKNOWN_PNN,
+    ControlFlag, Operation, ProtocolError, RecMode, ReplyControl, Runstate, Srvid, decode_packet, encode_packet, internal,
     pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
@@ -53,6 +53,11 @@ from .recovery import RecoveryState
 from .scripts import ScriptEvents, debug_script_path
 from .tasks import Tasks
 from .wire import election_from_wire
+
+
+#: The largest control reply sent to a peer: its packet reader refuses (and drops the connection
+#: on) a packet over DEFAULT_MAX_PACKET_SIZE; the rest is room for the header and error text.
+MAX_NODE_REPLY = DEFAULT_MAX_PACKET_SIZE - 4096
 
 
 @dataclass
@@ -324,6 +329,11 @@ class Daemon:
 
         def reply(res: Result) -> None:
             if not noreply:
+                if res.status == 0 and len(res.data) > MAX_NODE_REPLY:
+                    # the peer's reader refuses a bigger packet and drops the connection
+                    log.error("Reply to control %u from node %u too large (%d bytes): answering -1",
+                              body.opcode, pnn, len(res.data))
+                    res = Result(-1, errmsg="reply too large for one packet")
                 self.transport.send(pnn, encode_packet(
                     ReplyControl(res.status, res.data if res.status == 0 else b"", res.errmsg),
                     destnode=pnn, srcnode=self.my_pnn, reqid=header.reqid))

@@ -86,6 +86,8 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
 #: already ~4 MiB of mutexes and hash table) are read in the loop when no lock of theirs is held
 #: (a few milliseconds for smbd's usual databases); larger ones, and busy ones, in a child.
 IN_LOOP_BYTES = 1 << 20
+#: The largest scan answered (a node packet is at most 64 MiB; the rest is headroom).
+MAX_SCAN_REPLY = 48 << 20
 #: Records stored between two yields to the loop.
 YIELD_EVERY = 500
 
@@ -144,6 +146,12 @@ class PartialRecoveryNode:
         except (ChildError, TdbError) as exc:
             log.error("Recovery scan failed: %s", exc)
             return Result(-1, errmsg=f"scan failed: {exc}")
+        size = sum(len(packed) for packed in found)
+        if size > MAX_SCAN_REPLY:
+            # One reply carries it all; a node packet is at most 64 MiB. Streaming the scan as
+            # DB_PULL streams a database would lift this; until then CTDB's full recovery runs.
+            return Result(-1, errmsg=f"the scan found {size >> 20} MiB of records, more than one "
+                                     f"reply carries ({MAX_SCAN_REPLY >> 20} MiB)")
         count = sum(int.from_bytes(packed[4:8], "little") for packed in found)
         log.info("Recovery scan: %d records of %d databases for nodes %s", count, len(found),
                  request.nodes)

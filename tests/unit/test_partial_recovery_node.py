@@ -155,3 +155,11 @@ def test_growth_by_another_process_is_seen_so_a_big_file_is_not_read_in_the_loop
     subprocess.run([sys.executable, "-c", writer, db.path], check=True, timeout=60)
     assert db.tdb.map_size == before
     assert db.grown_since_open() > partial_recovery.IN_LOOP_BYTES
+
+
+def test_a_scan_too_big_for_one_reply_is_refused_so_the_full_recovery_runs(node, monkeypatch):
+    recovery, db, _ = node
+    _fill(db)
+    monkeypatch.setattr(partial_recovery, "MAX_SCAN_REPLY", 100)
+    result = asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id])))
+    assert result.status == -1 and "more than one reply carries" in result.errmsg
