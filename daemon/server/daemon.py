@@ -55,9 +55,10 @@ from .tasks import Tasks
 from .wire import election_from_wire
 
 
-#: The largest control reply sent to a peer: its packet reader refuses (and drops the connection
-#: on) a packet over DEFAULT_MAX_PACKET_SIZE; the rest is room for the header and error text.
-MAX_NODE_REPLY = DEFAULT_MAX_PACKET_SIZE - 4096
+#: The largest control reply sent to a peer: a packet over DEFAULT_MAX_PACKET_SIZE makes its
+#: reader drop the connection, and more than MAX_WRITE_BUFFER (32 MiB) queued to a busy peer
+#: makes ours drop it.
+MAX_NODE_REPLY = min(DEFAULT_MAX_PACKET_SIZE, 32 << 20) // 2
 
 
 @dataclass

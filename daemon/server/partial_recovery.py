@@ -86,8 +86,9 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
 #: already ~4 MiB of mutexes and hash table) are read in the loop when no lock of theirs is held
 #: (a few milliseconds for smbd's usual databases); larger ones, and busy ones, in a child.
 IN_LOOP_BYTES = 1 << 20
-#: The largest scan answered (a node packet is at most 64 MiB; the rest is headroom).
-MAX_SCAN_REPLY = 48 << 20
+#: The largest scan answered: well under what a node connection may queue to a busy peer
+#: (net/transport.py MAX_WRITE_BUFFER, 32 MiB) and what a packet may be (64 MiB).
+MAX_SCAN_REPLY = 16 << 20
 #: Records stored between two yields to the loop.
 YIELD_EVERY = 500
 
@@ -148,8 +149,8 @@ class PartialRecoveryNode:
             return Result(-1, errmsg=f"scan failed: {exc}")
         size = sum(len(packed) for packed in found)
         if size > MAX_SCAN_REPLY:
-            # One reply carries it all; a node packet is at most 64 MiB. Streaming the scan as
-            # DB_PULL streams a database would lift this; until then CTDB's full recovery runs.
+            # One reply carries it all. Streaming the scan as DB_PULL streams a database would
+            # lift this; until then CTDB's full recovery runs.
             return Result(-1, errmsg=f"the scan found {size >> 20} MiB of records, more than one "
                                      f"reply carries ({MAX_SCAN_REPLY >> 20} MiB)")
         count = sum(int.from_bytes(packed[4:8], "little") for packed in found)
