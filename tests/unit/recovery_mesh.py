@@ -3,7 +3,9 @@ directory, the real `DatabaseRecoveryService` and the real recovery control hand
 the real `ControlDispatcher`; a fake mesh carries messages and control replies between them in
 order (one FIFO: the loop's call_soon), as one TCP connection per peer does.
 
-Besides the recovery controls each node answers GET_DBMAP, GET_DBNAME, DB_ATTACH* (ATTACH_RECOVERY),
+Each node also runs the real `PartialRecoveryNode` (pyctdbd's recovery after a membership change:
+the mesh's `previous_map` and each node's `came_from` are what it served with). Besides the
+recovery controls each node answers GET_DBMAP, GET_DBNAME, DB_ATTACH* (ATTACH_RECOVERY),
 GET_DB_SEQNUM and GET_PNN from its store — the rest of what a recovery needs of a node.
 """
 
@@ -26,6 +28,7 @@ from ctdblab.daemon.protocol.ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum, unpack_
 from ctdblab.daemon.server.db_recovery import DatabaseRecoveryService
 from ctdblab.daemon.server.db_recovery_driver import DatabaseRecoveryDriver
 from ctdblab.daemon.server.dispatch import ControlDispatcher, Request, Result
+from ctdblab.daemon.server.partial_recovery import PartialRecoveryNode, RecoveryView
 from ctdblab.daemon.server.tasks import Tasks
 from ctdblab.daemon.store import DbDirs, DbKind, Store
 
@@ -168,8 +171,14 @@ class MeshNode:
         self.driver = DatabaseRecoveryDriver(pnn, self.messenger, tunables)  # type: ignore[arg-type]
         self.dispatcher = ControlDispatcher(_node_handlers(), self.tasks.spawn)
         self.attaches: list[tuple[str, int]] = []
+        self.came_from = 7                   # the generation it served in
+        self.partial = PartialRecoveryNode(
+            self.databases.database,
+            lambda: RecoveryView(True, self.came_from, tuple(mesh.previous_map), tuple(mesh.vnnmap.map)),
+            self.service.set_generation, lambda db_id: (set(), False))
         self.dispatcher.context = types.SimpleNamespace(
-            db_recovery=self.service, databases=self.databases, pnn=pnn, attaches=self.attaches)
+            db_recovery=self.service, databases=self.databases, pnn=pnn, attaches=self.attaches,
+            partial_recovery=self.partial)
 
     def store_record(self, name: str, key: bytes, rsn: int, dmaster: int, data: bytes,
                      flags: int = 0) -> None:
@@ -196,6 +205,7 @@ class Mesh:
         self.loop = asyncio.get_running_loop()
         self.tunables = tunables or Tunables()
         self.vnnmap = VnnMap(1, list(range(n)))
+        self.previous_map: list[int] = list(range(n))
         self.down: set[int] = set()
         self.nodes = {p: MeshNode(self, p, root / f"node{p}", self.tunables) for p in range(n)}
 

@@ -349,3 +349,57 @@ async def _a_corrupt_volatile_file_sends_what_it_can_and_is_rewritten(mesh):
                     "pkey"], check=True)
     outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 6)
     assert not outcome.ok and outcome.ban_credits == {1: 3}
+
+
+# -- pyctdbd's partial recovery through the real driver and node services -----------------------
+
+def test_a_node_loss_is_settled_without_a_freeze_and_a_lagging_persistent_db_copied(tmp_path):
+    on_mesh(tmp_path, _a_node_loss_is_settled_without_a_freeze)
+
+
+async def _a_node_loss_is_settled_without_a_freeze(mesh):
+    from ctdblab.daemon.core.db.ltdbrules import lmaster_of
+    old_map, live = [0, 1, 2], [0, 1]
+    for node in mesh.nodes.values():
+        node.databases.attach("locking.tdb")
+        node.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
+    lost_lm = next(k for k in (b"k%d" % i for i in range(99)) if lmaster_of(k, old_map) == 2)
+    live_lm = next(k for k in (b"k%d" % i for i in range(99)) if lmaster_of(k, old_map) == 1)
+    # lost_lm: node 0 is its dmaster, its lmaster node 2 is lost; live_lm: its dmaster node 2 is
+    # lost, the lmaster (node 1) and node 0 hold older copies pointing there
+    mesh.nodes[0].store_record("locking.tdb", lost_lm, 5, 0, b"mine@0")
+    mesh.nodes[1].store_record("locking.tdb", lost_lm, 3, 0, b"old")
+    mesh.nodes[1].store_record("locking.tdb", live_lm, 6, 2, b"lm@1")
+    mesh.nodes[0].store_record("locking.tdb", live_lm, 7, 2, b"newest@0")
+    mesh.nodes[0].set_seqnum("secrets.tdb", 4)
+    mesh.nodes[1].set_seqnum("secrets.tdb", 3)             # a commit reached node 0 only
+    mesh.down = {2}
+    generation = 0x10AD
+    mesh.previous_map = old_map
+    mesh.vnnmap = type(mesh.vnnmap)(generation, [0, 1, 0])
+    outcome = await mesh.nodes[0].driver.recover(live, generation, old_map=old_map,
+                                                 new_map=[0, 1, 0])
+    assert outcome.ok and outcome.settled == 1 and outcome.recovered == 2, outcome
+    n0, n1 = mesh.nodes[0].records("locking.tdb"), mesh.nodes[1].records("locking.tdb")
+    assert n0[lost_lm][0].dmaster == 0 and n0[lost_lm][1] == b"mine@0"    # untouched
+    assert n0[live_lm][0].dmaster == 1                                      # points at the new dmaster
+    assert n1[live_lm] == (header(8, 1), b"newest@0")                      # adopted, rsn + 1
+    assert n1[lost_lm][0].dmaster == 0
+    for node in (mesh.nodes[0], mesh.nodes[1]):
+        assert node.records("secrets.tdb")[DB_SEQNUM_TDB_KEY][1] == pack_seqnum(4)
+        assert node.service.frozen_databases() == []
+        assert node.service.set_recmode_normal(generation) is None
+
+
+def test_nodes_that_did_not_serve_together_get_the_full_recovery(tmp_path):
+    on_mesh(tmp_path, _nodes_that_did_not_serve_together)
+
+
+async def _nodes_that_did_not_serve_together(mesh):
+    for node in mesh.nodes.values():
+        node.databases.attach("locking.tdb")
+    mesh.nodes[1].came_from = 8                                 # it was recovered elsewhere
+    mesh.down = {2}
+    mesh.vnnmap = type(mesh.vnnmap)(0x10AE, [0, 1, 0])
+    outcome = await mesh.nodes[0].driver.recover([0, 1], 0x10AE, old_map=[0, 1, 2], new_map=[0, 1, 0])
+    assert outcome.ok and outcome.settled == 0 and outcome.recovered == 1
