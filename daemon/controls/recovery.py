@@ -5,7 +5,8 @@ WIPE_DATABASE, DB_PULL, DB_PUSH_START, DB_PUSH_CONFIRM — what ctdbd 4.17's rec
 db_id, a `ctdb_transdb` {db_id, tid} or a `ctdb_pulldb_ext` {db_id, lmaster, srvid}; DB_PULL and
 DB_PUSH_CONFIRM answer a u32 record count; the others only a status. GET_DB_SEQNUM is the
 persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own PYCTDB_RECOVERY_SCAN,
-_FETCH and _APPLY (`server/partial_recovery.py`), the recovery after a node loss that freezes nothing.
+_FETCH and _APPLY (`server/partial_recovery.py`): the recovery after nodes were lost or joined,
+which freezes nothing.
 """
 
 from __future__ import annotations

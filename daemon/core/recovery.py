@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..protocol.constants import Control, RecMode
-from .db.partial_recovery import slot_stable_vnnmap
 from ..protocol.types import VnnMap
+from .db.partial_recovery import slot_stable_vnnmap
 
 
 @dataclass(frozen=True)

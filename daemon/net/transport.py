@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from ..protocol.constants import Operation
 from ..protocol.errors import ProtocolError
 from ..protocol.header import keepalive_source, peek_operation
-from ..protocol.packets import PacketReader
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, PacketReader
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
 _TIMESPEC = struct.Struct("=qq")
@@ -41,6 +41,10 @@ _TIMESPEC = struct.Struct("=qq")
 RECONNECT_INTERVAL = 1.0          # s, as CTDB
 CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
 MAX_WRITE_BUFFER = 32 * 1024 * 1024   # a peer that stops reading this much is dropped
+#: The largest single message worth queueing to a peer: a packet over DEFAULT_MAX_PACKET_SIZE
+#: makes its reader drop the connection, and one near MAX_WRITE_BUFFER makes ours drop it when
+#: the peer is busy (a 45 MB control reply did).
+MAX_NODE_MESSAGE = min(DEFAULT_MAX_PACKET_SIZE, MAX_WRITE_BUFFER) // 2
 MAX_WAITING = 1000                    # frames held while our dial to a peer completes
 
 Log = Callable[[str], None]

@@ -70,20 +70,29 @@ class RecoveryScan(WireType):
         return cls(nodes, db_ids), offset
 
 
+def _pack_headed(what: str, head: int, packed_buffers: list[bytes]) -> bytes:
+    """u32 head, u32 nbuf, then the buffers (already packed)."""
+    return pack_or_raise(_U32x2, what, head, len(packed_buffers)) + b"".join(packed_buffers)
+
+
+def _unpack_headed(buf: Buffer, offset: int, what: str) -> tuple[int, list[RecBuffer], int]:
+    need(buf, offset, 8, what)
+    head, count = _U32x2.unpack_from(buf, offset)
+    buffers, offset = _buffers(buf, offset + 8, count, what)
+    return head, buffers, offset
+
+
 @dataclass(slots=True)
 class ScanResult(WireType):
     came_from: int
     buffers: list[RecBuffer] = field(default_factory=list)
 
     def pack(self) -> bytes:
-        return (pack_or_raise(_U32x2, "scan_result", self.came_from, len(self.buffers))
-                + b"".join(b.pack() for b in self.buffers))
+        return pack_scan_result(self.came_from, [b.pack() for b in self.buffers])
 
     @classmethod
     def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[ScanResult, int]:
-        need(buf, offset, 8, "scan_result")
-        came_from, count = _U32x2.unpack_from(buf, offset)
-        buffers, offset = _buffers(buf, offset + 8, count, "scan_result")
+        came_from, buffers, offset = _unpack_headed(buf, offset, "scan_result")
         return cls(came_from, buffers), offset
 
 
@@ -93,14 +102,11 @@ class RecoveryApply(WireType):
     buffers: list[RecBuffer] = field(default_factory=list)
 
     def pack(self) -> bytes:
-        return (pack_or_raise(_U32x2, "recovery_apply", self.generation, len(self.buffers))
-                + b"".join(b.pack() for b in self.buffers))
+        return _pack_headed("recovery_apply", self.generation, [b.pack() for b in self.buffers])
 
     @classmethod
     def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecoveryApply, int]:
-        need(buf, offset, 8, "recovery_apply")
-        generation, count = _U32x2.unpack_from(buf, offset)
-        buffers, offset = _buffers(buf, offset + 8, count, "recovery_apply")
+        generation, buffers, offset = _unpack_headed(buf, offset, "recovery_apply")
         return cls(generation, buffers), offset
 
 
@@ -121,7 +127,7 @@ class RecBufferList(WireType):
 
 def pack_scan_result(came_from: int, packed_buffers: list[bytes]) -> bytes:
     """A ScanResult from buffers already packed (a child packs a big scan's records)."""
-    return pack_or_raise(_U32x2, "scan_result", came_from, len(packed_buffers)) + b"".join(packed_buffers)
+    return _pack_headed("scan_result", came_from, packed_buffers)
 
 
 def iter_scan_result(buf: Buffer) -> tuple[int, list[tuple[int, int, int]]]:

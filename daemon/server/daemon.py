@@ -29,10 +29,10 @@ from ..core.tickles import TickleTable
 from ..failover.effects import Effects
 from ..log import log, notice, python_level
 from ..net.local import Client, LocalServer
-from ..net.transport import NodeTransport
+from ..net.transport import MAX_NODE_MESSAGE, NodeTransport
 from ..protocol import (
-    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, DEFAULT_MAX_PACKET_SIZE, UNKNOWN_PNN,
-    ControlFlag, Operation, ProtocolError, RecMode, ReplyControl, Runstate, Srvid, decode_packet, encode_packet, internal,
+    CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, UNKNOWN_PNN, ControlFlag, Operation,
+    ProtocolError, RecMode, ReplyControl, Runstate, Srvid, decode_packet, encode_packet, internal,
     pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
@@ -53,12 +53,6 @@ from .recovery import RecoveryState
 from .scripts import ScriptEvents, debug_script_path
 from .tasks import Tasks
 from .wire import election_from_wire
-
-
-#: The largest control reply sent to a peer: a packet over DEFAULT_MAX_PACKET_SIZE makes its
-#: reader drop the connection, and more than MAX_WRITE_BUFFER (32 MiB) queued to a busy peer
-#: makes ours drop it.
-MAX_NODE_REPLY = min(DEFAULT_MAX_PACKET_SIZE, 32 << 20) // 2
 
 
 @dataclass
@@ -330,8 +324,8 @@ class Daemon:
 
         def reply(res: Result) -> None:
             if not noreply:
-                if res.status == 0 and len(res.data) > MAX_NODE_REPLY:
-                    # the peer's reader refuses a bigger packet and drops the connection
+                if res.status == 0 and len(res.data) > MAX_NODE_MESSAGE:
+                    # queued whole, it would cost the connection (net/transport.py)
                     log.error("Reply to control %u from node %u too large (%d bytes): answering -1",
                               body.opcode, pnn, len(res.data))
                     res = Result(-1, errmsg="reply too large for one packet")

@@ -49,8 +49,8 @@ from ..protocol import (
     LMASTER_ANY, Control, ControlFlag, ProtocolError, PullDbExt, RecBuffer, ReplyControl,
     pack_request, unpack_reply,
 )
-from .partial_recovery_driver import PartialRecoveryDriver
 from .messenger import Messenger
+from .partial_recovery_driver import PartialRecoveryDriver
 
 #: Bytes of pushed buffers after which the driver waits for every peer to have read them.
 SYNC_BYTES = 8 * 1024 * 1024

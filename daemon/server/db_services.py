@@ -16,8 +16,8 @@ from ..net.local import Client
 from ..protocol import NodeFlag, Runstate, VnnMap
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
-from .partial_recovery import PartialRecoveryNode, RecoveryView
 from .messenger import Messenger
+from .partial_recovery import PartialRecoveryNode, RecoveryView
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
 from .tasks import Tasks
@@ -42,8 +42,8 @@ class DatabaseServices:
         self.recovery = DatabaseRecoveryService(my_pnn, self.databases, messenger, tunables, tasks,
                                                 vnnmap=vnnmap, on_thawed=self.record_calls.db_thawed)
         self.partial_recovery = PartialRecoveryNode(self.databases.database, recovery_view,
-                                              self.recovery.set_generation,
-                                              self.record_calls.handed_off)
+                                                    self.recovery.set_generation,
+                                                    self.record_calls.handed_off)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)

@@ -23,8 +23,8 @@ from ..core.takeover import IPReport, nodes_to_ask_available, plan_takeover_run
 from ..log import log, notice
 from ..net.rpc import ControlError
 from ..protocol import (
-    INVALID_GENERATION, UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid,
-    internal, pack_i32_reply, pack_request, unpack_message, unpack_reply, VnnMap,
+    INVALID_GENERATION, UNKNOWN_PNN, BanState, Control, ControlFlag, PublicIpList, Srvid, VnnMap,
+    internal, pack_i32_reply, pack_request, unpack_message, unpack_reply,
 )
 from .db_recovery_driver import DatabaseRecoveryDriver
 from .messenger import Messenger

@@ -5,13 +5,12 @@
   daemon moves a record meanwhile). The listed volatile databases are read by `tdb_traverse_read`
   — in the loop under an all-record lock taken without waiting when the file is small and no
   lock of it is held, else in one forked child (which may wait for smbd's chain locks: the loop
-  never does) — keeping the
-  records whose dmaster, or whose lmaster in the map this node served with, is not among
-  `nodes`, or whose lmaster the new map changes, and those of the keys it handed off lately (`core/db/handoffs.py`; refused if that
-  log overflowed). Answer: this node's `came_from` generation and one record buffer per
-  database.
-* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read in one
-  child, as the scan).
+  never does) — keeping the records whose dmaster, or whose lmaster in the map this node
+  served with, is not among `nodes`, or whose lmaster the new map changes, and those of the
+  keys it handed off lately (`core/db/handoffs.py`; refused if that log overflowed). Answer:
+  this node's `came_from` generation and one record buffer per database.
+* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read as the
+  scan reads).
 * **PYCTDB_RECOVERY_APPLY** {generation, buffers}: each record is stored under its chain lock
   (header and value as sent); then each listed database's generation becomes the recovery's
   (refused for a frozen one), so SET_RECMODE NORMAL accepts it. Calls held during the recovery
@@ -27,9 +26,10 @@ from typing import Any
 
 from ..core.db.partial_recovery import is_affected
 from ..log import log
+from ..net.transport import MAX_NODE_MESSAGE
 from ..protocol import (
-    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply,
-    RecoveryScan, pack_reply, pack_scan_result,
+    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData,
+    RecoveryApply, RecoveryScan, pack_reply, pack_scan_result,
 )
 from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash, run_in_child_over
 from .dispatch import Result
@@ -86,9 +86,8 @@ def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]
 #: already ~4 MiB of mutexes and hash table) are read in the loop when no lock of theirs is held
 #: (a few milliseconds for smbd's usual databases); larger ones, and busy ones, in a child.
 IN_LOOP_BYTES = 1 << 20
-#: The largest scan answered: well under what a node connection may queue to a busy peer
-#: (net/transport.py MAX_WRITE_BUFFER, 32 MiB) and what a packet may be (64 MiB).
-MAX_SCAN_REPLY = 16 << 20
+#: The largest scan answered: one reply, which a node connection must be able to carry.
+MAX_SCAN_REPLY = MAX_NODE_MESSAGE
 #: Records stored between two yields to the loop.
 YIELD_EVERY = 500
 

@@ -12,7 +12,7 @@ node holds the new vnnmap; the databases it does not settle get CTDB's full reco
    generation each node came from. The nodes that came from one must all have come from the
    same one, and every other node must be new (started since: nothing to merge but what it
    reports); else everything is recovered in full. Most keys are settled from the reports
-   alone (`plan_from_reports`); PYCTDB_RECOVERY_FETCH brings every node's copy of the few
+   alone (`settle_reported`); PYCTDB_RECOVERY_FETCH brings every node's copy of the few
    others (records handed off as the generation changed).
 3. GET_DB_SEQNUM of every persistent database on every node: equal everywhere means nothing
    to do; otherwise the database is recovered CTDB's way on the node with the highest sequence
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.db.partial_recovery import Copy, came_from_all, plan_from_reports, plan_repairs
+from ..core.db.partial_recovery import Copy, came_from_all, plan_repairs, settle_reported
 from ..core.db.recovery_plan import DbToRecover
 from ..core.db.registry import attach_opcode
 from ..log import log, notice
@@ -153,20 +153,17 @@ class PartialRecoveryDriver:
         planned: dict[int, dict[int, list]] = {db.db_id: {pnn: [] for pnn in nodes} for db in volatile}
         to_fetch: dict[int, list[bytes]] = {}
         for db in volatile:
-            grouped: dict[bytes, list[tuple[int, LtdbHeader, bytes]]] = {}
+            grouped: dict[bytes, list[Copy]] = {}
             for pnn in nodes:
                 if db.db_id not in scans[pnn][1]:
                     raise _Abandon(f"node {pnn} sent no scan of database 0x{db.db_id:08x}")
                 for key, header, value in scans[pnn][1][db.db_id]:
-                    grouped.setdefault(key, []).append((pnn, header, value))
+                    grouped.setdefault(key, []).append(Copy(pnn, header, value))
             keys = list(grouped)
             fetch: set[bytes] = set()
             for start in range(0, len(keys), YIELD_EVERY):      # a key's copies stay together
-                reports: dict[int, list[tuple[bytes, LtdbHeader, bytes]]] = {p: [] for p in nodes}
-                for key in keys[start:start + YIELD_EVERY]:
-                    for pnn, header, value in grouped[key]:
-                        reports[pnn].append((key, header, value))
-                decided, more = plan_from_reports(old_map, new_map, nodes, reports)
+                chunk = {key: grouped[key] for key in keys[start:start + YIELD_EVERY]}
+                decided, more = settle_reported(old_map, new_map, nodes, chunk)
                 for pnn, records in decided.items():
                     planned[db.db_id][pnn] += records
                 fetch |= more

@@ -241,7 +241,8 @@ class PersistentCommitService:
     # -- the core --------------------------------------------------------------------------------
     def _targets(self) -> tuple[int, ...]:
         active = set(self.active_nodes())
-        return tuple(pnn for pnn in dict.fromkeys(self.vnnmap()) if pnn in active)   # a node may hold several slots
+        # once each: a node may hold several slots of the vnnmap
+        return tuple(pnn for pnn in dict.fromkeys(self.vnnmap()) if pnn in active)
 
     def _known(self, payload: bytes) -> frozenset[int]:
         try:

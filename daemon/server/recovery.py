@@ -22,17 +22,17 @@ class RecoveryState:
                  may_leave: Callable[[int], str | None] = lambda generation: None) -> None:
         self.nodemap = nodemap
         self.on_recovery_finished = on_recovery_finished
-        self.on_recmode = on_recmode             # told of the first mode and every change: True = active
+        self.on_recmode = on_recmode             # told the first mode and every change (True: active)
         self.on_vnnmap = on_vnnmap               # told of every vnnmap installed
         self.may_leave = may_leave               # SET_RECMODE NORMAL: a reason to refuse, or None
         self.vnnmap = VnnMap(INVALID_GENERATION, [])
         self.recmode = RecMode.ACTIVE
         self.last_started = 0.0          # wall clock
         self.last_finished = 0.0
-        # For pyctdbd's recovery after nodes were lost or joined (core/db/partial_recovery.py): the generation
-        # this node left recovery mode in (its databases all recovered into it), and, once a new
-        # vnnmap arrives, that generation if the node served in it up to then (else INVALID)
-        # and the map it served with.
+        # For pyctdbd's recovery after nodes were lost or joined (core/db/partial_recovery.py):
+        # the generation this node left recovery mode in (its databases all recovered into it),
+        # and, once a new vnnmap arrives, that generation if the node served in it up to then
+        # (else INVALID) and the map it served with.
         self.served_generation = INVALID_GENERATION
         self.came_from = INVALID_GENERATION
         self.previous_map: list[int] = []

@@ -26,6 +26,6 @@ __all__ = [
     "DATABASE_HASH_SIZE", "DB_FILE_MODE", "LOCK_PROCESSES_PER_DB", "STOCK_LOCK_HELPER",
     "TDB_INSERT", "TDB_MODIFY", "TDB_REPLACE", "ChainLocker", "ChildError", "Database", "DbDirs",
     "DbKind", "HeldLock", "LockError", "LockStats", "Store", "TdbErr", "TdbError", "TdbFile",
-    "check_db_name", "db_id", "run_in_child_over", "jenkins_hash", "lock_helper_argv", "robust_mutexes_available",
-    "run_in_child", "tdb_flags", "transaction_in_child", "traverse_in_child",
+    "check_db_name", "db_id", "jenkins_hash", "lock_helper_argv", "robust_mutexes_available",
+    "run_in_child", "run_in_child_over", "tdb_flags", "transaction_in_child", "traverse_in_child",
 ]

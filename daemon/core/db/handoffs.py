@@ -65,7 +65,7 @@ class HandoffLog:
     def forget_database(self, db_id: int) -> None:
         for entry in [e for e in self.given if e[0] == db_id]:
             del self.given[entry]
-        self.drops = {e for e in self.drops if e[0] != db_id}
+        self.forget_drops(db_id)
 
     def _prune(self, now: float) -> None:
         while self.given:

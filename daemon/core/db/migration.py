@@ -147,7 +147,6 @@ from ...protocol.packets import ReplyCall, ReplyDmaster, ReplyError, ReqCall, Re
 from ...protocol.types import LtdbHeader, VnnMap
 from .callstats import CallStatistics, DbCallStatistics
 from .flights import Flight, FlightTable, FlightView, Waiter
-from .recovery_gate import RecoveryGate
 from .ltdbrules import (
     MIGRATED_WITH_DATA, VACUUM_MIGRATED, Fetched, Record, Stored, call_function, fetch,
     lmaster_of, store,
@@ -157,12 +156,13 @@ from .migration_events import (
     LocalCall, Log, MigrationSettings, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
     ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
 )
+from .recovery_gate import RecoveryGate
 
 __all__ = [
     "Action", "ClientGone", "DbAttached", "DbDetached", "DbThawed", "DeleteRecord", "Event",
     "FlightView", "ForceRecovery", "LocalCall", "Log", "MigrationCore", "MigrationSettings",
-    "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient", "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned",
-    "StoreRecord", "Tick", "VnnMapChanged",
+    "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient", "Requeue", "ScheduleForDeletion",
+    "SendPacket", "SetBanned", "StoreRecord", "Tick", "VnnMapChanged",
 ]
 
 _WANT_READONLY = int(CallFlag.WANT_READONLY)

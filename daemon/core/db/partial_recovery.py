@@ -1,4 +1,4 @@
-"""pyctdbd's recovery after a node loss, as decisions: which vnnmap, which records each survivor
+"""pyctdbd's recovery after nodes were lost or joined, as decisions: which vnnmap, which records each survivor
 reports, and which records each survivor must store so that every key again has exactly one
 dmaster that its lmaster knows — without freezing a database or moving a record that the lost
 nodes had nothing to do with.
@@ -27,11 +27,12 @@ Which keys: a survivor reports (`is_affected`) its copies whose dmaster, or whos
 the old map, was lost, or whose lmaster changes with the new map (the slots of a lost node, or
 of a joining node, which takes its slots back); a node that joined reports everything it holds
 (it started afresh: nothing); and each node the keys it handed to another node shortly before
-the generation changed (`core/db/handoffs.py`): a REQ_DMASTER or REPLY_DMASTER of the old generation is dropped
-where it arrives, so such a record may have been given away by one survivor and not yet taken by
-another. Most keys are settled from the reports alone (`plan_from_reports`); for the few that
-may be held unreported (a hand-off's new dmaster) the leader fetches every survivor's copy, and
-`plan_repairs` merges copies as CTDB's recovery merges every key.
+the generation changed (`core/db/handoffs.py`): a REQ_DMASTER or REPLY_DMASTER of the old
+generation is dropped where it arrives, so such a record may have been given away by one
+survivor and not yet taken by another. Most keys are settled from the reports alone
+(`plan_from_reports`, `settle_reported`); for the few that may be held unreported (a hand-off's
+new dmaster) the leader fetches every survivor's copy, and `plan_repairs` merges copies as
+CTDB's recovery merges every key.
 
 The result is what CTDB's recovery would leave in terms of data (the newest surviving copy of
 every key), with the dmasters where the survivors already had them instead of all on the leader.
@@ -154,10 +155,16 @@ def plan_from_reports(old_map: Sequence[int], new_map: Sequence[int], live: Coll
     for pnn in sorted(reports):
         for key, header, data in reports[pnn]:
             by_key[bytes(key)].append(Copy(pnn, header, bytes(data)))
+    return settle_reported(old_map, new_map, live, by_key)
+
+
+def settle_reported(old_map: Sequence[int], new_map: Sequence[int], live: Collection[int],
+                    by_key: Mapping[bytes, Sequence[Copy]]) -> tuple[dict[int, list[Repair]], set[bytes]]:
+    """`plan_from_reports` over reports already grouped by key (each key's reported copies)."""
     live = frozenset(live)
     repairs: dict[int, list[Repair]] = defaultdict(list)
     fetch: set[bytes] = set()
-    mergeable: dict[bytes, list[Copy]] = {}
+    mergeable: dict[bytes, Sequence[Copy]] = {}
     for key, copies in by_key.items():
         old_lmaster, new_lmaster = lmaster_of(key, old_map), lmaster_of(key, new_map)
         if new_lmaster is None:
