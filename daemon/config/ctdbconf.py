@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from .clib import INT_MAX, ascii_lower, c_strtol, is_whole_c_integer
-from .errors import ConfigError, raise_collected, shown
+from .errors import ConfigError, nul_byte_error, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
 
 # CTDB's debug levels (lib/util/debug.h) and the names CTDB prints for levels 0..10.
@@ -334,10 +334,13 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
         else:
             warnings.append(f"{path}:{line}: {message} (ignored)")
 
+    nul = nul_byte_error(text, path)
+    if nul is not None:
+        errors.append(nul)
     section: str | None = None
     section_known = False
     seen_section = False
-    for item in parse_ini(text):
+    for item in parse_ini(text, allow_empty_value=True):
         if isinstance(item, SyntaxProblem):
             errors.append(ConfigError(f"syntax error, {item.reason}: {shown(item.text)}", path, item.line))
             break
@@ -349,6 +352,11 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
                 problem(f"unknown section [{item.name}]", item.line)
             continue
         assert isinstance(item, Param)
+        if item.value is None:
+            # ctdbd skips such a line; a typo there (``log level INFO``) would go unnoticed.
+            errors.append(ConfigError(f"line without '=': {shown(item.name)} (expected 'option = value')",
+                                      path, item.line))
+            continue
         if not seen_section:
             problem(f"option {shown(item.name)} is not inside any [section]", item.line)
             continue
@@ -359,7 +367,7 @@ def parse_ctdb_conf(text: str, path: str = "ctdb.conf", strict: bool = True) -> 
         if spec is None:
             problem(f"unknown option [{section}] {shown(item.name)}", item.line)
             continue
-        if item.value is None or item.value == "":
+        if item.value == "":
             errors.append(ConfigError(f"[{section}] {spec.name}: empty value", path, item.line))
             continue
         label = f"[{section}] {spec.name} = {shown(item.value)}"

@@ -69,3 +69,16 @@ def shown(text: str, limit: int = 80) -> str:
     if len(text) > limit:
         return repr(text[:limit]) + f"... ({len(text)} characters)"
     return repr(text)
+
+
+def nul_byte_error(text: str, path: str) -> ConfigError | None:
+    """CTDB cuts a line at a NUL byte and reads on, so a file saved as UTF-16 (a NUL after every
+    ASCII character) silently reads as empty. pyctdbd refuses such a file instead (deliberately
+    stricter than CTDB): the first line with a NUL is named."""
+    at = text.find("\0")
+    if at < 0:
+        return None
+    line = text.count("\n", 0, at) + 1
+    hint = " (UTF-16? save it as plain text)" if text.count("\0") * 3 >= len(text) else ""
+    return ConfigError(f"NUL byte in the file{hint}", path, line)
+

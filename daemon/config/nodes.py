@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 
 from .clib import IPAddress, file_lines, parse_ip
-from .errors import ConfigError, raise_collected, shown
+from .errors import ConfigError, nul_byte_error, raise_collected, shown
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ def parse_nodes(text: str, path: str = "nodes") -> list[NodeEntry]:
     entries: list[NodeEntry] = []
     errors: list[ConfigError] = []
     first_line_of: dict[IPAddress, int] = {}
+    nul = nul_byte_error(text, path)
+    if nul is not None:
+        errors.append(nul)
     for index, raw in enumerate(file_lines(text)):
         line = index + 1
         node = raw.strip(" \t")

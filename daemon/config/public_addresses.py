@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_interface
 
 from .clib import IPAddress, file_lines, parse_ip, smb_strtoul_full
-from .errors import ConfigError, raise_collected, shown
+from .errors import ConfigError, nul_byte_error, raise_collected, shown
 
 IFNAMSIZ = 16
 
@@ -74,6 +74,9 @@ def parse_public_addresses(text: str, path: str = "public_addresses",
     result: list[PublicAddress] = []
     errors: list[ConfigError] = []
     first_line_of: dict[IPAddress, int] = {}
+    nul = nul_byte_error(text, path)
+    if nul is not None:
+        errors.append(nul)
     for index, raw in enumerate(file_lines(text)):
         line = index + 1
         content = raw.lstrip(" \t")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..protocol.types import TUNABLE_LISTVARS_ORDER, TUNABLE_NAMES
 from .clib import U32_MAX, ascii_lower, smb_strtoul_full
-from .errors import ConfigError, raise_collected, shown
+from .errors import ConfigError, nul_byte_error, raise_collected, shown
 from .tini import Param, Section, SyntaxProblem, parse_ini
 
 
@@ -256,6 +256,9 @@ def load_tunables_text(text: str, path: str = "ctdb.tunables", tunables: Tunable
     good lines are still applied."""
     result = tunables.copy() if tunables is not None else Tunables()
     errors: list[ConfigError] = []
+    nul = nul_byte_error(text, path)
+    if nul is not None:
+        errors.append(nul)
     for item in parse_ini(text, allow_empty_value=True):
         if isinstance(item, SyntaxProblem):
             errors.append(ConfigError(f"syntax error, {item.reason}: {shown(item.text)}", path, item.line))

@@ -180,3 +180,9 @@ def test_duplicates_are_a_deliberate_difference(tmp_path):
     text = "198.18.0.1\n198.18.0.1\n"
     assert ctdb_listnodes(tmp_path, text) == [(0, "198.18.0.1"), (1, "198.18.0.1")]
     assert ours(text) is None
+
+
+def test_nul_bytes_are_refused_with_their_line():
+    with pytest.raises(ConfigError) as info:
+        parse_nodes("198.18.0.1\n198.18.0.2\0\n", "/etc/ctdb/nodes")
+    assert info.value.line == 2 and "NUL" in str(info.value)

@@ -104,3 +104,15 @@ def test_load_home_nodes(tmp_path):
     assert load_home_nodes(str(tmp_path / "home_nodes")) == {}
     (tmp_path / "home_nodes").write_text("198.19.8.1 3\n")
     assert load_home_nodes(str(tmp_path / "home_nodes")) == {IPv4Address("198.19.8.1"): 3}
+
+
+def test_nul_bytes_are_refused_not_read_as_no_addresses():
+    # CTDB cuts each line at the NUL: a UTF-16 file gives 0 public IPs without a word.
+    utf16 = "198.19.0.10/16 eth1\n".encode("utf-16-le").decode("utf-8", "surrogateescape")
+    with pytest.raises(ConfigError) as info:
+        parse_public_addresses(utf16, "/etc/ctdb/public_addresses")
+    assert info.value.path == "/etc/ctdb/public_addresses" and info.value.line == 1
+    assert "UTF-16" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_public_addresses("198.19.0.10/16 eth1\n198.19.0.11/16 eth1\0x\n")
+    assert info.value.line == 2
