@@ -18,6 +18,18 @@ an election. What pyctdbd adds (each marked below):
 * after lock contention with no leader broadcast following, the race is retried every
   `lock_retry` seconds (the old holder's lock may take a moment to be released).
 
+What pyctdbd refuses, so that one stray or forged message cannot start an election storm (a
+vote arriving after its round had ended used to open a new round, whose vote did the same on
+the other side, for ever):
+
+* with a cluster lock, election messages are ignored: the lock decides, pyctdbd nodes send
+  none, and CTDB's "release the lock to a better candidate" would let any vote unseat the holder;
+* without a lock, a vote outside a round opens one only when no leader is known, or at the
+  leader when the sender outranks it (the leader then calls the election for everyone);
+  anything else is a late vote of a finished round and is ignored;
+* (NodeCore) votes and leader messages from a node that is not connected, or naming another
+  node as their sender, are ignored, and the lines they cause are rate-limited.
+
 Sans-I/O: inputs are method calls with the current time, outputs are action objects.
 """
 
@@ -108,8 +120,15 @@ class ElectionStarted:
     reason: str
 
 
+@dataclass(frozen=True)
+class VoteIgnored:
+    """An election message that may not start or change anything (see the module docstring)."""
+
+    reason: str
+
+
 Action = (BroadcastLeader | SendLeader | BroadcastElection | TakeLock | ReleaseLock
-          | LeaderChanged | ElectionStarted)
+          | LeaderChanged | ElectionStarted | VoteIgnored)
 
 
 @dataclass
@@ -213,15 +232,25 @@ class Election:
         """A no-lock election vote from another node."""
         if msg.pnn == self.my_pnn:
             return []
+        if self.settings.lock_enabled:
+            return [VoteIgnored(f"election message from node {msg.pnn}: the cluster lock decides "
+                                "who leads")]
         actions: list[Action] = []
         if not self.in_election:
+            if self.leader != UNKNOWN_PNN and not (self.is_leader and msg.may_lead
+                                                   and msg.rank() < self.my_message(now).rank()):
+                return [VoteIgnored(f"election message from node {msg.pnn} outside an election "
+                                    f"(node {self.leader} leads)")]
+            if self.is_leader:
+                # A better candidate: call the election for everyone, as a leader stepping down.
+                actions += self._set_leader(UNKNOWN_PNN, f"node {msg.pnn} outranks this leader")
+                actions += self.force_election(now, f"node {msg.pnn} outranks this leader")
+                self._votes[msg.pnn] = msg
+                return actions + self._maybe_finish_round(now)
             self._begin_round(now)
             actions.append(ElectionStarted(f"election message from node {msg.pnn}"))
         self._election_deadline = now + self.settings.election_timeout
         self._votes[msg.pnn] = msg
-        if self.lock_held and not self._i_beat(msg):
-            actions.append(ReleaseLock())
-            self.lock_held = False
         if not self._voted:
             actions.append(self._vote(now))
         actions += self._maybe_finish_round(now)
@@ -357,17 +386,6 @@ class Election:
     def _vote(self, now: float) -> BroadcastElection:
         self._voted = True
         return BroadcastElection(self.my_message(now))
-
-    def _i_beat(self, msg: ElectionMessage) -> bool:
-        """CTDB's `ctdb_election_win` from this node's side."""
-        if not self.can_lead:
-            return False
-        if msg.node_flags & NodeFlag.INACTIVE:
-            return True
-        mine = self.my_message(0.0)
-        if msg.priority_time != mine.priority_time:
-            return msg.priority_time > mine.priority_time
-        return self.my_pnn > msg.pnn
 
     def _maybe_finish_round(self, now: float) -> list[Action]:
         if self._election_deadline is None or not self._voted:

@@ -179,19 +179,6 @@ class FailureDetector:
         if peer.watched:
             peer.fast_seen = True
 
-    def dead_report_credible(self, pnn: int, now: float) -> bool:
-        """Another node declared `pnn` dead. Believe it unless `pnn` is plainly alive from here:
-        we heard from it within one and a half heartbeat intervals (then the reporter is the
-        one cut off from it). Anything older proves nothing: heartbeats to different watchers
-        and other traffic arrive at different moments, so a dead node's last packets can reach
-        us a little later than the reporter."""
-        peer = self._peers.get(pnn)
-        if peer is None:
-            return True
-        window = 1.5 * self.settings.heartbeat_interval if self.settings.fast_path \
-            else self.settings.keepalive_interval
-        return now - peer.last_rx > window
-
     def tick(self, now: float) -> list[Action]:
         s = self.settings
         actions: list[Action] = []
@@ -257,6 +244,15 @@ class FailureDetector:
     def silence(self, pnn: int, now: float) -> float | None:
         peer = self._peers.get(pnn)
         return None if peer is None else now - peer.last_rx
+
+    def last_heard(self, pnn: int) -> float | None:
+        peer = self._peers.get(pnn)
+        return None if peer is None else peer.last_rx
+
+    def watching(self, pnn: int) -> bool:
+        """`pnn`'s fast heartbeats reach us: we have fresh evidence of its life."""
+        peer = self._peers.get(pnn)
+        return peer is not None and peer.watched and peer.fast_seen
 
     # -- internals -------------------------------------------------------------------------------
     def _grid_after(self, now: float, interval: float) -> float:

@@ -30,10 +30,12 @@ from ..protocol.constants import (
     BROADCAST_CONNECTED, CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN,
     NodeFlag, Runstate,
 )
+from .death_reports import DeathReports, Verdict
 from .election import (
     BroadcastElection, BroadcastLeader, Election, ElectionMessage, ElectionSettings,
-    ElectionStarted, LeaderChanged, LockStatus, ReleaseLock, SendLeader, TakeLock,
+    ElectionStarted, LeaderChanged, LockStatus, ReleaseLock, SendLeader, TakeLock, VoteIgnored,
 )
+from .loglimit import LogLimiter
 from .membership import (
     DetectorSettings, FailureDetector, LoopStalled, PeerDead, SendHeartbeat, SendKeepalive,
     SendWatch,
@@ -109,10 +111,11 @@ class HeartbeatMessage:
 
 @dataclass(frozen=True)
 class DeathReport:
-    """Node `reporter` says node `dead` is dead."""
+    """Node `reporter` says node `dead` is dead; the message came on node `src`'s connection."""
 
     dead: int
     reporter: int
+    src: int
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,13 @@ class ReportDeath:
 
 
 @dataclass(frozen=True)
+class ProbePeer:
+    """Send `pnn` something it answers at once (a report says it is dead; we do not watch it)."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
 class SendState:
     """Send this node's NODE_STATE to `dest` (a pnn, or BROADCAST_CONNECTED)."""
 
@@ -290,7 +300,7 @@ class Log:
 
 Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
-          | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
+          | ProbePeer | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
           | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
 
 _ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
@@ -313,12 +323,18 @@ class NodeCore:
     connected_at: dict[int, float] = field(default_factory=dict)
     detector: FailureDetector = field(init=False)
     election: Election = field(init=False)
+    death_reports: DeathReports = field(init=False)
+    #: Lines that peers' messages cause (ignored votes, refuted reports, elections) are
+    #: rate-limited: a hostile or broken peer must not fill the disk through our log.
+    log_limit: LogLimiter = field(default_factory=LogLimiter)
     _leaderless_deadline: float | None = None
 
     def __post_init__(self) -> None:
         self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
         self.election = Election(self.my_pnn, self.settings.election, self.start_wall,
                                  can_lead=self.can_lead)
+        self.death_reports = DeathReports(self.settings.detector.dead_timeout,
+                                          self.settings.detector.keepalive_interval)
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -350,6 +366,7 @@ class NodeCore:
     def next_deadline(self) -> float:
         when = self.detector.next_deadline()
         for other in (self.election.next_deadline(), self._leaderless_deadline,
+                      self.death_reports.next_deadline(),
                       self.nodemap.ban.expires_at() if self.nodemap.ban.banned else None):
             if other is not None and other < when:
                 when = other
@@ -395,6 +412,7 @@ class NodeCore:
                                f"is dead: {len(self.connected_peers())} connected ({reason})"),
             FailControls(pnn)]
         actions += self.detector.peer_down(pnn, now)
+        self.death_reports.forget(pnn)
         actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
         actions += self._election(self.election.peer_dead(pnn, now), now)
         actions += self._leader_work(True, True, f"node {pnn} disconnected")
@@ -459,17 +477,59 @@ class NodeCore:
         return out
 
     def _death_report(self, ev: DeathReport, now: float) -> list[Action]:
+        """Another node says `ev.dead` is dead: believed under core/death_reports.py's rules."""
+        if ev.src != ev.reporter or not self._is_connected_peer(ev.src):
+            why = (f"it names node {ev.reporter} as the reporter" if self._is_connected_peer(ev.src)
+                   else "that node is not connected")
+            return self._limited("report-ignored", logging.WARNING, f"Ignoring a report from node "
+                                 f"{ev.src} that node {ev.dead} is dead: {why}", now)
         if ev.dead == self.my_pnn:
-            return [Log(logging.WARNING, f"Node {ev.reporter} declared this node dead; our "
-                                         "connections will be re-made")]
-        node = self.nodemap.get(ev.dead)
-        if node is None or not node.connected or ev.dead == ev.reporter:
+            return self._limited("report-about-me", logging.WARNING,
+                                 f"Node {ev.reporter} declared this node dead; our connections will be re-made",
+                                 now)
+        if not self._is_connected_peer(ev.dead) or ev.dead == ev.reporter:
             return []
-        if not self.detector.dead_report_credible(ev.dead, now):
-            return [Log(logging.WARNING, f"Node {ev.reporter} reports node {ev.dead} dead, but we heard "
-                                         "from it within the dead timeout: keeping it")]
-        return ([Log(NOTICE, f"dead count reached for node {ev.dead} (reported dead by node {ev.reporter})")]
-                + self._declare_dead(ev.dead, f"reported dead by node {ev.reporter}", now))
+        verdict = self.death_reports.judge(ev.dead, ev.reporter, self.detector.watching(ev.dead),
+                                           self.detector.silence(ev.dead, now), now)
+        if verdict is Verdict.BELIEVE:
+            return self._believe_report(ev.dead, f"reported dead by node {ev.reporter}", now)
+        if verdict is Verdict.REFUTED:
+            silence = self.detector.silence(ev.dead, now) or 0.0
+            return self._limited("report-refuted", logging.WARNING,
+                                 f"Node {ev.reporter} reports node {ev.dead} dead, but we heard from it "
+                                 f"{silence * 1000:.0f} ms ago: keeping it", now)
+        if verdict is Verdict.PROBE:
+            return [Log(logging.INFO, f"Node {ev.reporter} reports node {ev.dead} dead; asking node "
+                                      f"{ev.dead} (we do not watch it)"), ProbePeer(ev.dead)]
+        return []
+
+    def _settle_probes(self, now: float) -> list[Action]:
+        pending = self.death_reports.pending()
+        if not pending:
+            return []
+        actions: list[Action] = []
+        heard = {p: self.detector.last_heard(p) for p in pending}
+        for pnn, reporter, answered in self.death_reports.due(now, heard):
+            waited = self.death_reports.confirm_timeout * 1000
+            if answered:
+                actions += self._limited("report-refuted", logging.WARNING,
+                                         f"Node {reporter} reports node {pnn} dead, but node {pnn} "
+                                         "answered: keeping it", now)
+            else:
+                actions += self._believe_report(
+                    pnn, f"reported dead by node {reporter}, no answer within {waited:.0f} ms", now)
+        return actions
+
+    def _believe_report(self, pnn: int, reason: str, now: float) -> list[Action]:
+        return [Log(NOTICE, f"dead count reached for node {pnn} ({reason})")] + self._declare_dead(pnn, reason, now)
+
+    def _is_connected_peer(self, pnn: int) -> bool:
+        node = self.nodemap.get(pnn)
+        return pnn != self.my_pnn and node is not None and node.connected
+
+    def _limited(self, kind: str, level: int, text: str, now: float) -> list[Action]:
+        line = self.log_limit.allow(kind, text, now)
+        return [Log(level, line)] if line is not None else []
 
     # -- peers' flags ----------------------------------------------------------------------------
     def _peer_state(self, ev: PeerState, now: float) -> list[Action]:
@@ -500,11 +560,21 @@ class NodeCore:
     def _leader_announced(self, ev: LeaderAnnounced, now: float) -> list[Action]:
         if ev.src == self.my_pnn:
             return []
+        if not self._is_connected_peer(ev.src) or ev.pnn not in (ev.src, UNKNOWN_PNN):
+            # A leader announces itself, an election call names nobody; anything else is stray.
+            return self._limited("leader-ignored", logging.WARNING,
+                                 f"Ignoring a leader message from node {ev.src} naming node {ev.pnn}"
+                                 + ("" if self._is_connected_peer(ev.src) else " (not connected)"), now)
         return self._election(self.election.leader_broadcast(ev.src, ev.pnn, now), now)
 
     def _election_vote(self, ev: ElectionVote, now: float) -> list[Action]:
         if ev.src == self.my_pnn:
             return []
+        if not self._is_connected_peer(ev.src) or ev.message.pnn != ev.src:
+            return self._limited("vote-ignored", logging.WARNING,
+                                 f"Ignoring an election message from node {ev.src} for node "
+                                 f"{ev.message.pnn}"
+                                 + ("" if self._is_connected_peer(ev.src) else " (not connected)"), now)
         return self._election(self.election.election_message(ev.message, now), now)
 
     def _lock_answer(self, ev: LockAnswer, now: float) -> list[Action]:
@@ -518,7 +588,9 @@ class NodeCore:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, ElectionStarted):
-                out.append(Log(logging.ERROR, f"Start election ({action.reason})"))
+                out += self._limited("election", logging.ERROR, f"Start election ({action.reason})", now)
+            elif isinstance(action, VoteIgnored):
+                out += self._limited("vote-ignored", logging.WARNING, f"Ignoring an {action.reason}", now)
             elif isinstance(action, LeaderChanged):
                 out.append(action)
                 out += self._leader_changed(action, now)
@@ -601,6 +673,7 @@ class NodeCore:
     # -- time and settings -----------------------------------------------------------------------
     def _tick(self, ev: Tick, now: float) -> list[Action]:
         actions = self._detector(self.detector.tick(now), now)
+        actions += self._settle_probes(now)
         actions += self._election(self.election.tick(now), now)
         if self.nodemap.ban.banned and now >= self.nodemap.ban.expires_at():
             change = self.nodemap.expire_ban(now)
@@ -615,6 +688,8 @@ class NodeCore:
     def _new_settings(self, ev: NewSettings, now: float) -> list[Action]:
         self.settings = ev.settings
         self.election.settings = ev.settings.election
+        self.death_reports.dead_timeout = ev.settings.detector.dead_timeout
+        self.death_reports.keepalive_interval = ev.settings.detector.keepalive_interval
         return self._detector(self.detector.update_settings(ev.settings.detector, now), now)
 
 

@@ -369,7 +369,7 @@ class Daemon:
                 self.node.step(HeartbeatMessage(src, internal.unpack_heartbeat(data)))
             elif srvid == internal.NODE_DEAD:
                 report = internal.NodeDead.unpack(data)
-                self.node.step(DeathReport(report.dead, report.reporter))
+                self.node.step(DeathReport(report.dead, report.reporter, src))
             elif srvid == internal.NODE_STATE:
                 state = internal.NodeState.unpack(data)
                 self.node.step(PeerState(src, state.pnn, state.flags, state.runstate, state.capabilities))

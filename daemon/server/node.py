@@ -6,6 +6,7 @@ on the daemon's other services through the small `NodeEvents` port.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -20,13 +21,14 @@ from ..core.membership import DetectorSettings, grid_point_after
 from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, LeaderWork,
     LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
-    ReportDeath, RunstateChanged, SendState, SetBan, SetRole, Shutdown, Tick,
+    ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan, SetRole, Shutdown, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
+from ..net.rpc import ControlError
 from ..protocol import (
-    BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, ReqKeepalive, ReqMessage, Srvid,
-    encode_packet, pack_message,
+    BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, Control, ReqKeepalive, ReqMessage,
+    Srvid, encode_packet, pack_message,
 )
 from ..protocol import internal
 from .cluster_lock import ClusterLock
@@ -181,6 +183,16 @@ class NodeService:
         self.messenger.broadcast(internal.NODE_DEAD, internal.NodeDead(action.dead, self.core.my_pnn).pack(),
                                  include_self=False)
 
+    def _probe_peer(self, action: ProbePeer) -> None:
+        """GET_PNN, which every CTDB node answers at once: the answer (any packet from the
+        peer, in fact) is the proof of life the node core waits for."""
+        async def probe() -> None:
+            try:
+                await self.messenger.control(action.pnn, Control.GET_PNN, timeout=5.0)
+            except (ControlError, asyncio.TimeoutError):
+                pass          # silence is the answer the core is looking for
+        self.spawn(probe(), f"probe-node-{action.pnn}")
+
     def _send_state(self, action: SendState) -> None:
         me = self.core.nodemap.me
         data = internal.NodeState(self.core.my_pnn, me.flags, me.runstate, self.core.capabilities).pack()
@@ -251,6 +263,7 @@ class NodeService:
     _ACTIONS: dict[type, Callable] = {
         Log: _log, SendHeartbeat: _send_heartbeat, SendWatch: _send_watch,
         SendKeepalive: _send_keepalive, DropPeer: _drop_peer, ReportDeath: _report_death,
+        ProbePeer: _probe_peer,
         SendState: _send_state, FailControls: _fail_controls, BroadcastLeader: _broadcast_leader,
         SendLeader: _send_leader, BroadcastElection: _broadcast_election, TakeLock: _take_lock,
         ReleaseLock: _release_lock, LeaderChanged: _leader_changed, LeaderWork: _leader_work,

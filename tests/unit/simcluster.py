@@ -36,7 +36,7 @@ from ctdblab.daemon.core.membership import DetectorSettings, SendHeartbeat, Send
 from ctdblab.daemon.core.node import (
     DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats,
     LeaderAnnounced, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings, PeerConnected,
-    PeerDisconnected, PeerState, ReportDeath, SendState, SetBan, SetHealth, SetRunstate, Start, Tick,
+    PeerDisconnected, PeerState, ProbePeer, ReportDeath, SendState, SetBan, SetHealth, SetRunstate, Start, Tick,
     Traffic,
 )
 from ctdblab.daemon.core.nodes import NodeMap
@@ -184,10 +184,11 @@ class Sim:
                     self.step(me, PeerConnected(peer))
 
     # -- messages ----------------------------------------------------------------------------------
-    def send(self, src: int, dst: int, event: Any, traffic: bool = True) -> None:
+    def send(self, src: int, dst: int, event: Any, traffic: bool = True, after: float = 0.0) -> None:
         if dst == src or frozenset((src, dst)) not in self.pairs:
             return
-        heapq.heappush(self._queue, (self.now + self.delay, next(self._seq), dst, (src, event, traffic)))
+        heapq.heappush(self._queue, (self.now + self.delay + after, next(self._seq), dst,
+                                     (src, event, traffic)))
 
     def _deliver(self) -> None:
         when, _, dst, (src, event, traffic) = heapq.heappop(self._queue)
@@ -226,7 +227,11 @@ class Sim:
                     self.step(a.pnn, PeerDisconnected(src, "connection reset"))
         elif isinstance(a, ReportDeath):
             for p in self._peers(node):
-                self.send(src, p, DeathReport(a.dead, src))
+                self.send(src, p, DeathReport(a.dead, src, src))
+        elif isinstance(a, ProbePeer):
+            # The control and its reply: the reply is traffic if the peer is up and reachable.
+            if self.link_up(src, a.pnn):
+                self.send(a.pnn, src, None, after=self.delay)
         elif isinstance(a, SendState):
             me = node.core.nodemap.me
             state = PeerState(src, src, me.flags, me.runstate, node.core.capabilities)

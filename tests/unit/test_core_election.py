@@ -220,11 +220,11 @@ def test_no_lock_tie_goes_to_higher_pnn_and_inactive_loses():
     c.start()
     c.advance(1.0)
     assert set(c.leaders().values()) == {2}
-    me = Election(0, c.settings, 100.0)
+    mine = Election(0, c.settings, 100.0).my_message(0.0).rank()
     inactive = ElectionMessage(3, 50.0, 1, int(NodeFlag.BANNED))
-    assert me._i_beat(inactive)
-    assert not me._i_beat(ElectionMessage(3, 50.0, 1, 0))
-    assert me._i_beat(ElectionMessage(3, 150.0, 1, 0))
+    assert mine < inactive.rank()
+    assert not mine < ElectionMessage(3, 50.0, 1, 0).rank()
+    assert mine < ElectionMessage(3, 150.0, 1, 0).rank()
 
 
 def test_no_lock_leader_death_and_fallback_timeout():

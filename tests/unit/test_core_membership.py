@@ -130,13 +130,17 @@ def test_ctdb_keepalive_count():
     assert dead and not dead[0].fast and "keepalive intervals" in dead[0].reason
 
 
-def test_dead_report_credibility():
+def test_evidence_queries_for_death_reports():
     det = FailureDetector(0, FAST, now=0.0)
     det.peer_up(1, 0.0)
     det.traffic(1, 1.0)
-    assert not det.dead_report_credible(1, 1.05)    # we heard from it 50 ms ago
-    assert det.dead_report_credible(1, 1.2)         # 200 ms: its last packets just came later
-    assert det.dead_report_credible(7, 1.5)         # not connected to us anyway
+    assert det.last_heard(1) == 1.0 and det.silence(1, 1.05) == pytest.approx(0.05)
+    assert not det.watching(1)                      # it never asked us to watch it
+    det.watch_request(1, True, 1.0)
+    assert not det.watching(1)                      # asked, but no fast heartbeat yet
+    det.fast_heartbeat(1, 1.1)
+    assert det.watching(1) and det.last_heard(1) == 1.1
+    assert det.last_heard(7) is None and det.silence(7, 1.5) is None and not det.watching(7)
 
 
 def test_next_deadline_on_the_phase_grid_and_settings_validation():

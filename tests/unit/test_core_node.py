@@ -69,17 +69,72 @@ def test_a_silent_watched_peer_is_declared_dead_dropped_and_reported():
     assert not c.nodemap.nodes[1].connected
 
 
-def test_a_death_report_is_believed_only_without_recent_traffic():
+def watched(c: NodeCore, pnn: int, at: float) -> None:
+    """`pnn` asks `c` to watch it and its first fast heartbeat arrives."""
+    from ctdblab.daemon.core.node import HeartbeatMessage, Heartbeats
+    c.step(HeartbeatMessage(pnn, 1), at)
+    c.step(Heartbeats(((pnn, at),)), at)
+
+
+def test_a_watcher_believes_a_death_report_only_after_half_a_dead_timeout_of_silence():
+    c = core()                                     # dead timeout 400 ms
+    c.step(PeerConnected(1), 0.0)
+    c.step(PeerConnected(2), 0.0)
+    watched(c, 1, 1.0)
+    kept = c.step(DeathReport(1, 2, 2), 1.1)       # its last heartbeat came 100 ms ago
+    assert DropPeer not in kinds(kept) and c.nodemap.nodes[1].connected
+    assert "but we heard from it 100 ms ago: keeping it" in texts(kept)[0]
+    believed = c.step(DeathReport(1, 2, 2), 1.25)  # 250 ms of silence >= 200 ms
+    assert DropPeer in kinds(believed) and not c.nodemap.nodes[1].connected
+    assert c.step(DeathReport(0, 2, 2), 1.6)[0].text.startswith("Node 2 declared this node dead")
+
+
+def test_a_non_watcher_asks_the_reported_node_and_keeps_it_if_it_answers():
+    from ctdblab.daemon.core.node import ProbePeer, Traffic
     c = core()
     c.step(PeerConnected(1), 0.0)
     c.step(PeerConnected(2), 0.0)
-    from ctdblab.daemon.core.node import Traffic
-    c.step(Traffic(1), 1.0)
-    kept = c.step(DeathReport(1, 2), 1.1)          # heard from node 1 100 ms ago
+    first = c.step(DeathReport(1, 2, 2), 1.0)      # we do not watch node 1: no fresh evidence
+    assert ProbePeer(1) in first and DropPeer not in kinds(first)
+    assert c.step(DeathReport(1, 2, 2), 1.01) == []      # already asking
+    assert c.next_deadline() <= 1.2 + 1e-9               # the answer is due in dead timeout / 2
+    c.step(Traffic(1), 1.002)                             # the answer
+    kept = c.step(Tick(), 1.2)
     assert DropPeer not in kinds(kept) and c.nodemap.nodes[1].connected
-    believed = c.step(DeathReport(1, 2), 1.5)      # 500 ms of silence
-    assert DropPeer in kinds(believed) and not c.nodemap.nodes[1].connected
-    assert c.step(DeathReport(0, 2), 1.6)[0].text.startswith("Node 2 declared this node dead")
+    assert any("node 1 answered: keeping it" in t for t in texts(kept))
+    # Asked again later, and silent this time: believed at the deadline, not before. (Ticks
+    # come on time: a late tick would count as our own stall and refresh every peer.)
+    for t in (1.25, 1.3, 1.35, 1.4, 1.45):
+        c.step(Tick(), t)
+    assert ProbePeer(1) in c.step(DeathReport(1, 2, 2), 1.45)
+    assert DropPeer not in kinds(c.step(Tick(), 1.5) + c.step(Tick(), 1.55) + c.step(Tick(), 1.6))
+    gone = c.step(Tick(), 1.65)
+    assert DropPeer in kinds(gone) and not c.nodemap.nodes[1].connected
+    assert any("no answer within 200 ms" in t for t in texts(gone))
+
+
+def test_death_reports_naming_another_reporter_or_from_strangers_are_ignored():
+    c = core(n=4)
+    c.step(PeerConnected(1), 0.0)
+    c.step(PeerConnected(2), 0.0)
+    # Node 3 is not connected (it crashed, say); a report on its address about node 1:
+    ignored = c.step(DeathReport(1, 3, 3), 5.0)
+    assert kinds(ignored) == [Log] and "not connected" in texts(ignored)[0]
+    # Node 2's connection carrying a report in node 3's name:
+    ignored = c.step(DeathReport(1, 3, 2), 5.0)
+    assert kinds(ignored) == [Log] and "names node 3 as the reporter" in texts(ignored)[0]
+    assert c.nodemap.nodes[1].connected
+
+
+def test_what_peers_make_us_log_is_rate_limited():
+    c = core(n=4)
+    c.step(PeerConnected(1), 0.0)
+    lines = []
+    for i in range(1000):
+        lines += texts(c.step(DeathReport(1, 3, 3), 1.0 + i * 0.001))
+    assert len(lines) == 5
+    later = texts(c.step(DeathReport(1, 3, 3), 12.0))
+    assert len(later) == 1 and "(995 more like this in the last 10 s)" in later[0]
 
 
 def test_becoming_inactive_enters_recovery_mode_and_drops_ips():

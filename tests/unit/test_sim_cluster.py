@@ -170,9 +170,68 @@ def test_a_forged_death_report_about_a_live_node_is_not_believed():
     target = next(p for p in range(3) if p != leader)
     reporter = next(p for p in range(3) if p not in (leader, target))
     from ctdblab.daemon.core.node import DeathReport
-    sim.step(leader, DeathReport(target, reporter))
+    sim.run(0.07)                          # anywhere between two heartbeats
+    sim.step(leader, DeathReport(target, reporter, reporter))
     assert sim.nodes[leader].core.nodemap.nodes[target].connected
     assert sim.logged(leader, f"reports node {target} dead, but we heard from it")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forged_death_reports_in_a_five_node_cluster_move_nothing(seed):
+    """At 5 nodes each node is watched by 2 of its 4 peers: the others have no fresh evidence
+    and ask the reported node itself. A stream of forged reports (from real peers' connections,
+    at random moments) drops nobody and moves no IP."""
+    import random
+    from ctdblab.daemon.core.node import DeathReport
+    sim = formed(5)
+    rng = random.Random(seed)
+    hosts = sim.hosts()
+    plans = len(sim.plans)
+    for _ in range(200):
+        receiver, target, reporter = rng.sample(range(5), 3)
+        sim.step(receiver, DeathReport(target, reporter, reporter))
+        sim.run(rng.uniform(0.0, 0.1))
+    sim.run(2.0)
+    assert sim.settled() and sim.hosts() == hosts and len(sim.plans) == plans
+    assert not any(sim.logged(p, "dead count reached") for p in range(5))
+    assert any(sim.logged(p, "answered: keeping it") for p in range(5))    # the probe path ran
+
+
+def test_a_real_death_in_a_five_node_cluster_is_acted_on_by_every_survivor_within_a_bound():
+    sim = formed(5)                        # heartbeat 100 ms, dead timeout 400 ms
+    victim = next(p for p in range(5) if p not in sim.leaders())
+    cut = sim.now
+    sim.power_off(victim)
+    survivors = set(range(5)) - {victim}
+    took = sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
+                                     for p in survivors), timeout=5)
+    # dead timeout + one heartbeat of phase + the non-watchers' question (dead timeout / 2)
+    assert took <= 0.4 + 0.1 + 0.2 + 0.05, took
+    assert any(sim.logged(p, "no answer within 200 ms") for p in survivors)
+    sim.run_until(lambda: sim.settled(survivors), timeout=5)
+    assert sim.now - cut < 2.0
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_a_forged_election_message_starts_no_storm(lock):
+    """One election message sent from a crashed node's address in a survivor's name used to
+    start an endless exchange of rounds between the two survivors (15,000 in 20 s here)."""
+    from ctdblab.daemon.core.election import ElectionMessage
+    from ctdblab.daemon.core.node import ElectionVote
+    sim = formed(3, lock=lock)
+    sim.power_off(2)
+    sim.run_until(lambda: sim.settled({0, 1}), timeout=5)
+    sim.run(1.0)
+    before = [len(sim.logged(p, "Start election")) for p in (0, 1)]
+    leader = sim.leaders({0, 1})
+    claim = ElectionMessage(2, sim.nodes[1].core.start_wall, 1, 0)
+    sim.step(0, ElectionVote(2, claim))    # on the dead node's connection, in node 1's name
+    sim.step(0, ElectionVote(1, claim))    # on node 1's own connection, a late vote
+    sim.run(20.0)
+    after = [len(sim.logged(p, "Start election")) for p in (0, 1)]
+    assert after == before
+    assert sim.leaders({0, 1}) == leader and sim.settled({0, 1})
+    assert sim.logged(0, "Ignoring an election message")
 
 
 def test_a_slow_network_below_the_dead_timeout_causes_no_death():
