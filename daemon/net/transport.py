@@ -6,7 +6,12 @@
   fails, or gets no answer within a second, is retried every second.
 * An inbound connection is identified by its source address, which must be a live entry of the
   nodes list; anything else is refused with a log line. A second inbound connection from the
-  same node replaces the first (the peer restarted; CTDB refuses it until the old one times out).
+  same node is held as a *standby* while the first one works: it replaces the first as soon as
+  it delivers a well-formed packet (the peer restarted and talks on its new connection; CTDB
+  refuses it until the old one times out) or the first one closes. A silent or garbled second
+  connection from a peer's address never displaces a working one (it used to, and a fuzzer's
+  idle connections caused a false failover of a live peer). One standby per peer; a newer one
+  replaces it.
 * A peer is *connected* when both directions are up; either one dropping makes it disconnected.
 * Framing is strict (PacketReader in node mode): a bad length, magic or version drops the
   connection with a log line naming the peer.
@@ -56,6 +61,7 @@ class _Peer:
     address: str
     outbound: _Outbound | None = None        # protocol of our dial, once connected
     inbound: _Inbound | None = None
+    standby: _Inbound | None = None          # a second dial from its address, not yet proven
     connected: bool = False                  # both directions up (as last reported)
     dial_task: asyncio.Task | None = None
     # Frames for a peer whose connection to us is up while ours to it is still being set up
@@ -117,10 +123,13 @@ class _Inbound(asyncio.Protocol):
         try:
             frames = self.reader.feed(data)
         except ProtocolError as exc:
-            self.mesh._log(f"dropping connection from node {peer.pnn} ({peer.address}): "
+            which = "second connection" if peer.standby is self else "connection"
+            self.mesh._log(f"dropping {which} from node {peer.pnn} ({peer.address}): "
                            f"malformed data: {exc}")
             self.close()
             return
+        if frames and peer.standby is self:
+            self.mesh._promote(self, "it sent a packet")
         on_frame = self.mesh.on_frame
         received = self.mesh._received_ops
         for frame in frames:
@@ -215,8 +224,9 @@ class NodeTransport:
                 tasks.append(peer.dial_task)
             if peer.outbound is not None and peer.outbound.transport is not None:
                 peer.outbound.transport.abort()
-            if peer.inbound is not None:
-                peer.inbound.close()
+            for inbound in (peer.standby, peer.inbound):
+                if inbound is not None:
+                    inbound.close()
         for task in tasks:
             try:
                 await task
@@ -320,8 +330,9 @@ class NodeTransport:
         peer.waiting.clear()
         if peer.outbound is not None and peer.outbound.transport is not None:
             peer.outbound.transport.abort()
-        if peer.inbound is not None:
-            peer.inbound.close()
+        for inbound in (peer.standby, peer.inbound):
+            if inbound is not None:
+                inbound.close()
         self._update(peer, reason)
 
     def stats(self, pnn: int) -> tuple[int, int]:
@@ -399,20 +410,43 @@ class NodeTransport:
             protocol.close()
             return
         peer = self._peers[pnn]
-        old = peer.inbound
         protocol.peer = peer
-        peer.inbound = protocol
+        if peer.inbound is None or peer.inbound.closing:
+            peer.inbound = protocol
+            self._update(peer)
+            return
+        if peer.standby is not None:
+            peer.standby.peer = None
+            peer.standby.close()
+        else:
+            self._log(f"node {pnn} ({address}) connected again while its connection works; "
+                      "holding the new one until it sends a packet")
+        peer.standby = protocol
+
+    def _promote(self, protocol: _Inbound, why: str) -> None:
+        """The standby connection replaces the peer's inbound connection."""
+        peer = protocol.peer
+        assert peer is not None and peer.standby is protocol
+        old, peer.inbound, peer.standby = peer.inbound, protocol, None
         if old is not None:
-            self._log(f"node {pnn} ({address}) connected again; replacing its old inbound connection")
+            self._log(f"node {peer.pnn} ({peer.address}): its new connection replaces the old one ({why})")
             old.peer = None
             old.close()
         self._update(peer)
 
     def _inbound_lost(self, protocol: _Inbound, exc: Exception | None) -> None:
         peer = protocol.peer
-        if peer is None or peer.inbound is not protocol:
+        if peer is None:
+            return
+        if peer.standby is protocol:
+            peer.standby = None
+            return
+        if peer.inbound is not protocol:
             return
         peer.inbound = None
+        if peer.standby is not None and not peer.standby.closing:
+            self._promote(peer.standby, "the old one closed")
+            return
         peer.waiting.clear()
         self._update(peer, f"inbound connection lost ({_describe(exc) if exc else 'closed'})")
 

@@ -114,3 +114,49 @@ def test_stranger_is_refused_and_bad_datagrams_are_dropped():
         finally:
             await b.t.close()
     run(main())
+
+
+def test_a_second_connection_from_a_peer_replaces_the_working_one_only_once_it_talks():
+    """Idle or garbled connections from a live peer's address must not displace its real
+    connection (a fuzzer's idle connections caused a false failover); a restarted peer's new
+    connection takes over with its first packet."""
+    async def main():
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        a, b = Node(0, addrs, port), Node(1, addrs, port)
+        await a.t.start()
+        await b.t.start()
+        loop = asyncio.get_running_loop()
+
+        async def dial_as_node_0() -> socket.socket:
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((addrs[0], 0))
+            await loop.sock_connect(s, (addrs[1], port))
+            return s
+
+        try:
+            await until(lambda: a.up == [1] and b.up == [0])
+            idle = [await dial_as_node_0() for _ in range(5)]         # silent, on node 0's address
+            garbled = await dial_as_node_0()
+            await loop.sock_sendall(garbled, b"\x28\x00\x00\x00NOT-A-CTDB-PACKET-AT-ALL-REALLY-NOT-IT")
+            await until(lambda: any("dropping second connection" in m for m in b.logs))
+            # The real connection still carries node 0's frames; nobody went down.
+            frame = encode_packet(ReqMessage(0x1234, b"still here"), destnode=1, srcnode=0, reqid=1)
+            assert a.t.send(1, frame)
+            await until(lambda: b.frames)
+            assert b.down == [] and a.down == []
+            # A second connection that sends a real packet takes over (a restarted peer). Only
+            # one standby is held, the newest: the idle ones above were closed one by one.
+            talker = await dial_as_node_0()
+            await loop.sock_sendall(talker, encode_packet(ReqMessage(0x99, b"new me"), destnode=1,
+                                                          srcnode=0, reqid=2))
+            await until(lambda: any(decode_packet(f).body.data == b"new me" for _, f in b.frames))
+            assert any("its new connection replaces the old one" in m for m in b.logs)
+            assert b.down == []
+            for s in idle + [garbled, talker]:
+                s.close()
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
