@@ -10,6 +10,12 @@ message delivery to them.
   those that registered the catch-all `Srvid.ALL`).
 * A client that stops reading and lets `max_queue` bytes pile up is disconnected (CTDB's
   MaxQueueDropMsg counts messages; bytes are what actually hurts here).
+* What clients have sent of packets not yet complete is held in memory; all clients together
+  may hold `max_partial` bytes of it (default: one largest packet and a half). When they hold
+  more, the client whose incomplete packet has made no progress for the longest time is
+  disconnected with a log line, until the total fits or one client is left (a single client may
+  always send one packet of the largest size). Twenty clients each sending the start of an 8 MiB
+  packet and stopping used to pin 193 MiB; now stalled senders make room for a working one.
 
 Dispatch of what clients send is the daemon's job: `on_frame(client, frame)`.
 """
@@ -21,6 +27,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +37,7 @@ from ..protocol.header import peek_operation
 from ..protocol.packets import PacketReader
 
 MAX_CLIENT_QUEUE = 64 * 1024 * 1024
+MAX_PARTIAL_BYTES = 96 * 1024 * 1024
 _UCRED = struct.Struct("3i")
 
 
@@ -50,6 +58,8 @@ class Client(asyncio.Protocol):
         self.reader = PacketReader()
         self.closing = False
         self.packets_in = 0
+        self.held = 0                # bytes of an incomplete packet, counted in the server's total
+        self.progress_at = 0.0       # when that packet last grew
 
     def __repr__(self) -> str:
         return f"<client {self.client_id} pid {self.pid}>"
@@ -75,6 +85,12 @@ class Client(asyncio.Protocol):
                             "disconnecting it")
             self.close()
             return
+        if self.reader.buffered > self.held:
+            self.progress_at = time.monotonic()
+            self._account(self.reader.buffered)
+            self.server._enforce_partial_limit()
+        else:
+            self._account(self.reader.buffered)
         received = self.server._received_ops
         for frame in frames:
             self.packets_in += 1
@@ -103,13 +119,22 @@ class Client(asyncio.Protocol):
             return False
         return True
 
+    def _account(self, held: int) -> None:
+        """This client now holds `held` bytes of an incomplete packet."""
+        self.server._partial_bytes += held - self.held
+        self.held = held
+
     def close(self) -> None:
         self.closing = True
+        self._account(0)
+        self.reader = PacketReader()        # what it sent of a packet is dropped now
         if self.transport is not None:
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._account(0)
+        self.reader = PacketReader()
         self.server._unregister(self)
 
 
@@ -120,7 +145,9 @@ class LocalServer:
     on_disconnect: Callable[[Client], None]
     log: Callable[[str], None]
     max_queue: int = MAX_CLIENT_QUEUE
+    max_partial: int = MAX_PARTIAL_BYTES
     clients: dict[int, Client] = field(default_factory=dict)
+    _partial_bytes: int = 0          # incomplete packets held for all clients together
     _by_srvid: dict[int, set[Client]] = field(default_factory=dict)
     _next_id: int = 1
     _server: asyncio.base_events.Server | None = None
@@ -150,6 +177,22 @@ class LocalServer:
                 os.unlink(self.path)
         except OSError:
             pass
+
+    @property
+    def partial_bytes(self) -> int:
+        return self._partial_bytes
+
+    def _enforce_partial_limit(self) -> None:
+        while self._partial_bytes > self.max_partial:
+            holders = [c for c in self.clients.values() if c.held and not c.closing]
+            if len(holders) <= 1:
+                return
+            stalled = min(holders, key=lambda c: c.progress_at)
+            self.log(f"client {stalled.client_id} (pid {stalled.pid}) has sent {stalled.held} bytes of a "
+                     f"packet and nothing for {time.monotonic() - stalled.progress_at:.1f} s while clients "
+                     f"hold {self._partial_bytes} bytes of incomplete packets (limit {self.max_partial}); "
+                     "disconnecting it")
+            stalled.close()
 
     # -- registry --------------------------------------------------------------------------------
     def _register(self, client: Client) -> None:

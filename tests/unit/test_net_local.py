@@ -77,3 +77,39 @@ def test_stale_socket_replaced_live_one_refused(tmp_path):
     path.write_text("not a socket")
     with pytest.raises(LocalSocketError, match="not a socket"):
         run(LocalServer(str(path), lambda c, f: None, lambda c: None, lambda m: None).start())
+
+
+def test_incomplete_packets_of_many_clients_are_bounded_together(tmp_path):
+    """Twenty clients that each send the start of a large packet and stop used to pin 193 MiB;
+    together they may hold `max_partial` bytes: the most stalled ones are disconnected, and
+    clients that send whole packets, small or big, are served throughout."""
+    async def main():
+        frames, logs = [], []
+        server = LocalServer(str(tmp_path / "s.sock"), lambda c, f: frames.append(f), lambda c: None,
+                             logs.append, max_partial=4 * 1024 * 1024)
+        await server.start()
+        big = encode_packet(ReqMessage(5, b"x" * (2 * 1024 * 1024)), destnode=0, srcnode=0, reqid=1)
+        loop = asyncio.get_running_loop()
+        hogs = []
+        for _ in range(20):
+            hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            hog.setblocking(False)
+            await loop.sock_connect(hog, str(tmp_path / "s.sock"))
+            await loop.sock_sendall(hog, big[: 1024 * 1024])    # half a 2 MiB packet, then nothing
+            await until(lambda: server.partial_bytes % (1024 * 1024) == 0)
+            assert server.partial_bytes <= 4 * 1024 * 1024
+            hogs.append(hog)
+        assert sum("incomplete packets" in m for m in logs) == 16 and len(server) == 4
+        # A client with ordinary packets, then one with two big ones, get through; the stalled
+        # hogs make room for the big ones.
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+        writer.write(encode_packet(ReqMessage(5, b"small"), destnode=0, srcnode=0, reqid=2))
+        await until(lambda: len(frames) == 1)
+        writer.write(big + big)
+        await until(lambda: len(frames) == 3)
+        assert server.partial_bytes <= 4 * 1024 * 1024
+        for hog in hogs:
+            hog.close()
+        await until(lambda: len(server) == 1 and server.partial_bytes == 0)
+        await server.close()
+    run(main())
