@@ -16,6 +16,10 @@ make a healthy node drop a live peer (IPs would move back and forth). The rules:
   refutes the report; silence confirms it. This costs a non-watcher `confirm_timeout` (by
   default half the dead timeout) on a real death, and nothing else: a three-node cluster has
   every node watch every other node.
+* The same question goes, unprompted, to every peer we do not watch when our own detector
+  finds a watched peer dead: if we are the one cut off (a partition), the others do not answer
+  either and count as gone, which is how an isolated node learns it is in a minority
+  (core/quorum.py) within a dead timeout and a half instead of the keepalive limit.
 
 Sans-I/O: calls with the current time, verdicts out.
 """
@@ -60,6 +64,14 @@ class DeathReports:
             return Verdict.PENDING
         self._probes[dead] = _Probe(reporter, now, now + self.confirm_timeout)
         return Verdict.PROBE
+
+    def ask(self, pnn: int, asker: int, now: float) -> bool:
+        """Ask `pnn` whether it lives for another reason (we lost a peer we watch and may be
+        the one cut off); `asker` is recorded as the reporter. False if already asking."""
+        if pnn in self._probes:
+            return False
+        self._probes[pnn] = _Probe(asker, now, now + self.confirm_timeout)
+        return True
 
     def due(self, now: float, last_heard: dict[int, float | None]) -> list[tuple[int, int, bool]]:
         """Probes whose time is up: (node, reporter, answered). `last_heard[node]` is when we

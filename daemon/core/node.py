@@ -36,6 +36,7 @@ from .election import (
     ElectionStarted, LeaderChanged, LockStatus, ReleaseLock, SendLeader, TakeLock, VoteIgnored,
 )
 from .loglimit import LogLimiter
+from .quorum import Quorum
 from .membership import (
     DetectorSettings, FailureDetector, LoopStalled, PeerDead, SendHeartbeat, SendKeepalive,
     SendWatch,
@@ -324,6 +325,7 @@ class NodeCore:
     detector: FailureDetector = field(init=False)
     election: Election = field(init=False)
     death_reports: DeathReports = field(init=False)
+    quorum: Quorum = field(init=False)
     #: Lines that peers' messages cause (ignored votes, refuted reports, elections) are
     #: rate-limited: a hostile or broken peer must not fill the disk through our log.
     log_limit: LogLimiter = field(default_factory=LogLimiter)
@@ -331,6 +333,8 @@ class NodeCore:
 
     def __post_init__(self) -> None:
         self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
+        self.quorum = Quorum(1 + len(self.nodemap.peers()))
+        self.quorum.update(1)
         self.election = Election(self.my_pnn, self.settings.election, self.start_wall,
                                  can_lead=self.can_lead)
         self.death_reports = DeathReports(self.settings.detector.dead_timeout,
@@ -347,7 +351,8 @@ class NodeCore:
 
     @property
     def can_lead(self) -> bool:
-        return bool(self.capabilities & CAP_RECMASTER) and not self.nodemap.inactive
+        return (bool(self.capabilities & CAP_RECMASTER) and not self.nodemap.inactive
+                and not self.quorum.cut_off)
 
     def connected_peers(self) -> set[int]:
         return {p for p in self.nodemap.connected_pnns() if p != self.my_pnn}
@@ -397,7 +402,7 @@ class NodeCore:
         actions += [SendState(ev.pnn), PeerJoined(ev.pnn)]
         if change is not None:
             actions += self._leader_work(True, True, f"node {ev.pnn} connected")
-        return actions
+        return actions + self._check_quorum(now)
 
     def _peer_disconnected(self, ev: PeerDisconnected, now: float) -> list[Action]:
         return self._disconnect(ev.pnn, ev.reason, now)
@@ -416,7 +421,24 @@ class NodeCore:
         actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
         actions += self._election(self.election.peer_dead(pnn, now), now)
         actions += self._leader_work(True, True, f"node {pnn} disconnected")
-        return actions
+        return actions + self._check_quorum(now)
+
+    def _check_quorum(self, now: float) -> list[Action]:
+        """core/quorum.py: a node cut off from the majority releases its IPs and does not lead."""
+        connected = len(self.connected_peers()) + 1
+        cut_off = self.quorum.update(connected)
+        if cut_off is None:
+            return []
+        if cut_off:
+            actions: list[Action] = [
+                Log(logging.WARNING, f"Only {connected} of {self.quorum.members} nodes connected: "
+                                     "this node is cut off from the majority; releasing its public "
+                                     "IPs, not leading"),
+                DropAllIPs(f"cut off from the majority ({connected} of {self.quorum.members} nodes)")]
+        else:
+            actions = [Log(NOTICE, f"{connected} of {self.quorum.members} nodes connected: back "
+                                   "among the majority")]
+        return actions + self._election(self.election.set_can_lead(self.can_lead, now), now)
 
     def _declare_dead(self, pnn: int, reason: str, now: float) -> list[Action]:
         return [DropPeer(pnn, reason)] + self._disconnect(pnn, reason, now)
@@ -468,6 +490,8 @@ class NodeCore:
                 if action.fast:
                     out.append(ReportDeath(action.pnn))
                 out += self._declare_dead(action.pnn, action.reason, now)
+                if action.fast:
+                    out += self._ask_unwatched(action.pnn, now)
             elif isinstance(action, LoopStalled):
                 out.append(Log(logging.WARNING, f"Event loop stalled: timer ran {action.late * 1000:.0f} ms "
                                                 "late; restarting failure-detection timeouts instead of "
@@ -503,6 +527,12 @@ class NodeCore:
                                       f"{ev.dead} (we do not watch it)"), ProbePeer(ev.dead)]
         return []
 
+    def _ask_unwatched(self, lost: int, now: float) -> list[Action]:
+        """We lost a peer we watch: are we the one cut off? Ask the peers we do not watch."""
+        asked = [p for p in sorted(self.connected_peers())
+                 if not self.detector.watching(p) and self.death_reports.ask(p, self.my_pnn, now)]
+        return [ProbePeer(p) for p in asked]
+
     def _settle_probes(self, now: float) -> list[Action]:
         pending = self.death_reports.pending()
         if not pending:
@@ -511,13 +541,15 @@ class NodeCore:
         heard = {p: self.detector.last_heard(p) for p in pending}
         for pnn, reporter, answered in self.death_reports.due(now, heard):
             waited = self.death_reports.confirm_timeout * 1000
+            mine = reporter == self.my_pnn
             if answered:
-                actions += self._limited("report-refuted", logging.WARNING,
-                                         f"Node {reporter} reports node {pnn} dead, but node {pnn} "
-                                         "answered: keeping it", now)
+                if not mine:
+                    actions += self._limited("report-refuted", logging.WARNING,
+                                             f"Node {reporter} reports node {pnn} dead, but node {pnn} "
+                                             "answered: keeping it", now)
             else:
-                actions += self._believe_report(
-                    pnn, f"reported dead by node {reporter}, no answer within {waited:.0f} ms", now)
+                why = "after a peer we watch died" if mine else f"reported dead by node {reporter}"
+                actions += self._believe_report(pnn, f"{why}, no answer within {waited:.0f} ms", now)
         return actions
 
     def _believe_report(self, pnn: int, reason: str, now: float) -> list[Action]:

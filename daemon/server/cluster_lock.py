@@ -1,10 +1,15 @@
 """The cluster lock, held by a helper process that speaks CTDB's mutex-helper protocol.
 
-`cluster lock = <file>` runs CTDB's fcntl helper if it is installed (or whatever
-CTDB_CLUSTER_MUTEX_HELPER names, as with ctdbd), else pyctdbd's own `cluster_lock_helper.py` (same
-protocol); `cluster lock = !command args` runs that command,
-so Debian's ctdb_mutex_fcntl_helper or ctdb_etcd_lock work unchanged. The helper writes one
-character: '0' held (it keeps running), '1' contention, '2' timeout, '3' error.
+`cluster lock = <file>` runs pyctdbd's own `cluster_lock_helper.py` (CTDB's protocol over an
+fcntl lock, plus a lease: it releases the lock when the daemon's event loop stops renewing it, so
+a frozen or hung leader does not keep the cluster leaderless for ever; CTDB's fcntl helper holds
+the lock for as long as the stopped daemon exists), or whatever CTDB_CLUSTER_MUTEX_HELPER names,
+as with ctdbd; `cluster lock = !command args` runs that command, so Debian's
+ctdb_mutex_fcntl_helper or ctdb_etcd_lock work unchanged. The helper writes one character: '0'
+held (it keeps running), '1' contention, '2' timeout, '3' error.
+
+pyctdbd's own helper is started *armed* one attempt ahead: it waits for a byte before it tries
+the lock, so an election never waits for an interpreter to start.
 
 The daemon never blocks on it: `take()` is a coroutine with a deadline; a helper that does not
 answer in time is killed and the attempt reported as a timeout. A held lock is lost when the
@@ -27,17 +32,24 @@ OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_l
 
 
 def helper_argv(lock_file: str | None, command: Sequence[str] | None,
-                fcntl_helper: str | None = None) -> list[str]:
-    """What to run for a cluster-lock setting (a file or a `!command`). For a file: CTDB's
-    fcntl helper when it is installed (`fcntl_helper`, normally
-    /usr/libexec/ctdb/ctdb_mutex_fcntl_helper or $CTDB_CLUSTER_MUTEX_HELPER; a C program that
-    starts in a millisecond or two), else pyctdbd's own `cluster_lock_helper.py`."""
+                fcntl_helper: str | None = None, lease: float = 0.0) -> list[str]:
+    """What to run for a cluster-lock setting (a file or a `!command`). For a file: the helper
+    the operator named in $CTDB_CLUSTER_MUTEX_HELPER (`fcntl_helper`) if any, else pyctdbd's
+    own, with a `lease` (seconds; 0 for none)."""
     if command:
         return list(command)
     assert lock_file is not None
     if fcntl_helper and os.access(fcntl_helper, os.X_OK):
         return [fcntl_helper, lock_file]
-    return [sys.executable, "-S", "-E", OWN_HELPER, lock_file]
+    lease_args = ["--lease", f"{lease:g}"] if lease > 0 else []
+    return [sys.executable, "-S", "-E", OWN_HELPER, *lease_args, lock_file]
+
+
+def lock_lease(dead_timeout: float) -> float:
+    """How long the own helper keeps the lock without a word from the daemon: four dead
+    timeouts, at least a second. A loop that stalls this long has long been declared dead by
+    its peers (after one dead timeout) anyway."""
+    return max(1.0, 4 * dead_timeout)
 
 
 @dataclass
@@ -49,7 +61,20 @@ class ClusterLock:
     _proc: asyncio.subprocess.Process | None = None
     _held: bool = False
     _watch: asyncio.Task | None = None
-    _stderr_task: asyncio.Task | None = None
+    _renew: asyncio.Task | None = None
+    _spare: asyncio.subprocess.Process | None = None    # an armed own helper, started ahead
+    _spare_task: asyncio.Task | None = None
+    _closed: bool = False
+
+    @property
+    def own_helper(self) -> bool:
+        return OWN_HELPER in self.argv
+
+    @property
+    def lease(self) -> float:
+        if "--lease" in self.argv:
+            return float(self.argv[self.argv.index("--lease") + 1])
+        return 0.0
 
     @property
     def held(self) -> bool:
@@ -63,15 +88,52 @@ class ClusterLock:
         """Run the helper and wait (at most `timeout`) for its answer."""
         if self._held:
             return LockStatus.HELD
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
-            self.log(f"Unable to run cluster lock helper {self.argv[0]}: {exc.strerror or exc}")
-            return LockStatus.ERROR
+        if self._spare_task is not None:
+            await asyncio.shield(self._spare_task)
+        proc, self._spare = self._spare, None
+        if proc is not None and proc.returncode is not None:
+            proc = None
+        if proc is None:
+            try:
+                proc = await self._spawn()
+            except OSError as exc:
+                self.log(f"Unable to run cluster lock helper {self.argv[0]}: {exc.strerror or exc}")
+                return LockStatus.ERROR
         self._proc = proc
-        self._stderr_task = asyncio.create_task(self._relay_stderr(proc))
+        if self.own_helper:
+            assert proc.stdin is not None
+            proc.stdin.write(b"T")          # armed: try the lock now
+        try:
+            return await self._answer(proc)
+        finally:
+            if not self._held:
+                self._prepare_spare()
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        argv = list(self.argv)
+        if self.own_helper:
+            argv.insert(argv.index(OWN_HELPER) + 1, "--armed")
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        asyncio.get_running_loop().create_task(self._relay_stderr(proc))
+        return proc
+
+    def _prepare_spare(self) -> None:
+        """Start the next armed helper in the background (own helper only)."""
+        if not self.own_helper or self._closed or self._spare is not None or self._spare_task is not None:
+            return
+
+        async def spawn() -> None:
+            try:
+                self._spare = await self._spawn()
+            except OSError:
+                self._spare = None          # take() will try, and log, again
+            finally:
+                self._spare_task = None
+        self._spare_task = asyncio.get_running_loop().create_task(spawn())
+
+    async def _answer(self, proc: asyncio.subprocess.Process) -> LockStatus:
         assert proc.stdout is not None
         try:
             answer = await asyncio.wait_for(proc.stdout.read(1), self.timeout)
@@ -99,18 +161,42 @@ class ClusterLock:
             return status
         self._held = True
         self._watch = asyncio.create_task(self._watch_helper(proc))
+        if self.lease > 0:
+            self._renew = asyncio.create_task(self._renew_lease(proc))
         return status
+
+    async def _renew_lease(self, proc: asyncio.subprocess.Process) -> None:
+        """A byte every quarter lease from the event loop: a frozen loop sends none."""
+        assert proc.stdin is not None
+        try:
+            while self._proc is proc and self._held:
+                proc.stdin.write(b".")
+                await asyncio.sleep(self.lease / 4)
+        except (OSError, RuntimeError):
+            return                          # the helper is gone; _watch_helper reports it
 
     async def release(self) -> None:
         """Stop holding the lock (SIGTERM to the helper)."""
         proc = self._proc
         self._held = False
         self._proc = None
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        for task in (self._watch, self._renew):
+            if task is not None:
+                task.cancel()
+        self._watch = self._renew = None
         if proc is not None:
             await self._kill(proc, signal.SIGTERM)
+        self._prepare_spare()
+
+    async def close(self) -> None:
+        """Release the lock and stop the spare helper (daemon shutdown)."""
+        self._closed = True
+        await self.release()
+        if self._spare_task is not None:
+            await asyncio.shield(self._spare_task)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await self._kill(spare, signal.SIGTERM)
 
     def release_soon(self) -> None:
         """Fire-and-forget release (for synchronous callers)."""
@@ -122,6 +208,7 @@ class ClusterLock:
             self._held = False
             self._proc = None
             self.on_lost(f"cluster lock helper exited with status {code}")
+            self._prepare_spare()
 
     async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

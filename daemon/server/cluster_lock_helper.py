@@ -1,7 +1,8 @@
 """pyctdbd's cluster-lock helper for `cluster lock = <file>`: CTDB's mutex-helper protocol
-(ctdb/doc/cluster_mutex_helper.txt) over an fcntl lock, like Debian's ctdb_mutex_fcntl_helper.
+(ctdb/doc/cluster_mutex_helper.txt) over an fcntl lock, like Debian's ctdb_mutex_fcntl_helper,
+plus a lease.
 
-    cluster_lock_helper.py FILE [RECHECK_SECONDS]
+    cluster_lock_helper.py [--armed] [--lease SECONDS] FILE [RECHECK_SECONDS]
 
 Writes one character to stdout: '0' the lock is held, '1' contention, '3' error (with a line on
 stderr). While holding it, the helper exits and so releases the lock when it gets SIGTERM, when
@@ -9,8 +10,14 @@ its parent goes away (stdin reaches end-of-file, or the parent pid changes), or 
 removed or replaced (checked every RECHECK_SECONDS, default 5; 0 disables the check), which is
 how an operator moves the lock.
 
-Standalone on purpose: stdlib only, started with `python3 -S -E`, so the daemon can spawn it in
-a few milliseconds during an election.
+--lease: while holding the lock, the daemon writes a byte to our stdin at least every SECONDS
+  (from its event loop). If none comes, the daemon is frozen or hung: the lock is released (exit
+  4), as a cluster filesystem or lock service lets a silent holder's lease run out, so the other
+  nodes can elect a leader. Debian's helper keeps the lock for as long as a stopped daemon exists.
+--armed: wait for one byte on stdin before trying the lock. The daemon starts the next helper
+  ahead of time, so an election does not wait for an interpreter to start.
+
+Standalone on purpose: stdlib only, started with `python3 -S -E`.
 """
 
 from __future__ import annotations
@@ -36,13 +43,33 @@ def _answer(char: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3):
-        return _fail("usage: cluster_lock_helper.py FILE [RECHECK_SECONDS]")
-    path = argv[1]
+    args = argv[1:]
+    armed = False
+    lease = 0.0
+    while args and args[0].startswith("--"):
+        option = args.pop(0)
+        if option == "--armed":
+            armed = True
+        elif option == "--lease" and args:
+            try:
+                lease = float(args.pop(0))
+            except ValueError:
+                return _fail("bad --lease value")
+        else:
+            return _fail(f"unknown option {option}")
+    if len(args) not in (1, 2):
+        return _fail("usage: cluster_lock_helper.py [--armed] [--lease SECONDS] FILE [RECHECK_SECONDS]")
+    path = args[0]
     try:
-        recheck = float(argv[2]) if len(argv) == 3 else 5.0
+        recheck = float(args[1]) if len(args) == 2 else 5.0
     except ValueError:
-        return _fail(f"bad recheck interval {argv[2]!r}")
+        return _fail(f"bad recheck interval {args[1]!r}")
+    if armed:
+        try:
+            if not os.read(0, 1):
+                return 0                  # discarded before it was needed
+        except OSError:
+            return 0
     parent = os.getppid()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -62,23 +89,30 @@ def main(argv: list[str]) -> int:
     _answer("0")
     watch_stdin = True
     next_check = time.monotonic() + recheck
+    renewed = time.monotonic()
+    tick = min(1.0, lease / 4) if lease > 0 else 1.0
     while True:
         readable: list = []
         if watch_stdin:
             try:
-                readable, _, _ = select.select([0], [], [], 1.0)
+                readable, _, _ = select.select([0], [], [], tick)
             except OSError:
                 watch_stdin = False
         else:
-            time.sleep(1.0)
+            time.sleep(tick)
         if readable:
             try:
                 if not os.read(0, 4096):
                     return 0              # parent closed our stdin: it is gone
+                renewed = time.monotonic()
             except OSError:
                 watch_stdin = False
         if os.getppid() != parent:
             return 0                      # parent died (never wait for pid 1)
+        if lease > 0 and time.monotonic() - renewed > lease:
+            sys.stderr.write(f"cluster_lock_helper: no word from the daemon for {lease:g} s "
+                             "(frozen or hung?); releasing the lock\n")
+            return 4
         if recheck > 0 and time.monotonic() >= next_check:
             next_check = time.monotonic() + recheck
             try:
@@ -89,6 +123,7 @@ def main(argv: list[str]) -> int:
             if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
                 sys.stderr.write(f"cluster_lock_helper: {path} was replaced; releasing the lock\n")
                 return 2
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

@@ -36,7 +36,7 @@ from ..protocol import (
     pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
-from .cluster_lock import ClusterLock, helper_argv
+from .cluster_lock import ClusterLock, helper_argv, lock_lease
 from .connections import ConnectionTracker
 from .context import ControlContext
 from .client_requests import ClientRequests
@@ -90,8 +90,12 @@ class Daemon:
         if not conf.lmaster_capability:
             capabilities &= ~CAP_LMASTER
         lock_spec = cfg.cluster_lock
+        # The fcntl helper only when the operator names one: pyctdbd's own has a lease.
+        named_helper = os.environ.get("CTDB_CLUSTER_MUTEX_HELPER")
+        dead_timeout = self.tunables.get("DeadTimeoutMs") / 1000.0 if self.tunables.get("HeartbeatIntervalMs") \
+            else float(self.tunables.get("KeepaliveInterval"))
         self.cluster_lock = None if lock_spec is None else ClusterLock(
-            helper_argv(lock_spec.lock_file, lock_spec.command, cfg.paths.cluster_mutex_helper),
+            helper_argv(lock_spec.lock_file, lock_spec.command, named_helper, lock_lease(dead_timeout)),
             lambda reason: self.node.lock_lost(reason), lambda m: log.error("%s", m),
             timeout=max(5.0, float(conf.leader_timeout)))
         now = self.clock()

@@ -291,8 +291,9 @@ class NodeService:
         self.step(LockLost(reason))
 
     async def release_lock(self) -> None:
-        if self.lock is not None and self.lock.held:
-            await self.lock.release()
+        """Shutdown: release the lock and stop the spare helper."""
+        if self.lock is not None:
+            await self.lock.close()
 
 
 

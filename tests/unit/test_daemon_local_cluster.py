@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 import time
 
 import pytest
 
+from ctdblab.daemon.server.cluster_lock import OWN_HELPER
 from pyctdbd_cluster import LocalCluster, have_ctdb_cli
 
 pytestmark = pytest.mark.skipif(not have_ctdb_cli(), reason="Debian's ctdb tool is not installed")
@@ -285,15 +287,46 @@ def test_election_without_a_cluster_lock(tmp_path):
         c.stop()
 
 
+def test_a_frozen_leader_loses_the_lock_after_its_lease_and_the_other_node_takes_over(tmp_path):
+    """pyctdbd's own lock helper has a lease (1 s here): the frozen leader's event loop stops
+    renewing it, the helper releases the lock, the other node takes it and serves every IP."""
+    c = LocalCluster(tmp_path, 2, public_ips=2)
+    c.start()
+    try:
+        c.wait_for("settled", c.settled, timeout=30)
+        leader = int(c.ok(0, "leader"))
+        other = 1 - leader
+        c.signal(leader, signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            c.wait_for("the other node leads", lambda: c.ok(other, "leader").strip() == str(other), timeout=15)
+            took = time.monotonic() - frozen
+            c.wait_for("it hosts every IP", lambda: all(p == other for p in c.ips(other).values()), timeout=10)
+        finally:
+            c.signal(leader, signal.SIGCONT)
+        # lease 1 s + a lock retry; generous for a loaded machine
+        assert took < 8.0, took
+        # Thawed, the old leader relays what its helper said and learns it lost the lock.
+        c.wait_for("the helper's reason logged", lambda: "no word from the daemon" in c.log(leader).read_text(),
+                   timeout=10)
+        c.wait_for("recovered", c.healthy, timeout=20)
+    finally:
+        c.stop()
+
+
 def test_node_cut_off_from_every_leader_drops_its_ips(tmp_path):
-    c = LocalCluster(tmp_path, 2, public_ips=2, tunables={"RecoveryDropAllIPs": 2})
+    """With a lock helper that holds the lock for a stopped daemon (Debian's fcntl helper, as
+    `cluster lock = !...` can name), the other node stays leaderless and drops its IPs after
+    RecoveryDropAllIPs."""
+    c = LocalCluster(tmp_path, 2, public_ips=2, tunables={"RecoveryDropAllIPs": 2},
+                     lock_command=f"{sys.executable} -S -E {OWN_HELPER} {tmp_path}/reclock")
     c.start()
     try:
         c.wait_for("settled", c.settled, timeout=30)
         leader = int(c.ok(0, "leader"))
         other = 1 - leader
         assert other in c.ips(other).values()
-        # The leader freezes: its lock helper keeps the cluster lock, so `other` cannot lead.
+        # The leader freezes: its lock helper (no lease) keeps the cluster lock, so `other` cannot lead.
         c.signal(leader, signal.SIGSTOP)
         try:
             c.wait_for("leaderless node drops its IPs", lambda: "dropping all public IPs" in c.log(other).read_text(),

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ctdblab.daemon.core.election import LockStatus
-from ctdblab.daemon.server.cluster_lock import OWN_HELPER, ClusterLock, helper_argv
+from ctdblab.daemon.server.cluster_lock import OWN_HELPER, ClusterLock, helper_argv, lock_lease
 
 DEBIAN_HELPER = "/usr/libexec/ctdb/ctdb_mutex_fcntl_helper"
 
@@ -21,7 +21,57 @@ def run(coro):
 def test_argv_choice(tmp_path):
     assert helper_argv(None, ["/bin/x", "a b"]) == ["/bin/x", "a b"]
     assert helper_argv("/l", None, "/nonexistent/helper")[-2:] == [OWN_HELPER, "/l"]
+    assert helper_argv("/l", None, None, lease=1.5)[-4:] == [OWN_HELPER, "--lease", "1.5", "/l"]
     assert helper_argv("/l", None, sys.executable) == [sys.executable, "/l"]
+    assert lock_lease(0.25) == 1.0 and lock_lease(0.5) == 2.0
+
+
+def test_a_frozen_daemon_loses_the_lock_after_its_lease_and_another_takes_it(tmp_path):
+    """The own helper releases the lock when the daemon's loop stops renewing it (SIGSTOP of
+    the daemon in the lab; a hung daemon on a host); Debian's helper would keep it."""
+    async def main():
+        lost, logs = [], []
+        argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
+        holder = ClusterLock(argv, lost.append, logs.append)
+        other = ClusterLock(argv, lambda r: None, logs.append)
+        assert await holder.take() is LockStatus.HELD
+        await asyncio.sleep(1.5)                      # renewed: still held
+        assert holder.held and not lost
+        assert await other.take() is LockStatus.CONTENTION
+        holder._renew.cancel()                        # the loop "freezes" for this lock
+        for _ in range(300):
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        assert lost and "status 4" in lost[0]
+        assert any("no word from the daemon" in m for m in logs)
+        assert await other.take() is LockStatus.HELD
+        await other.close()
+        await holder.close()
+    run(main())
+
+
+def test_the_armed_spare_makes_a_lock_attempt_fast(tmp_path):
+    async def main():
+        argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
+        lock = ClusterLock(argv, lambda r: None, lambda m: None)
+        blocker = ClusterLock(argv, lambda r: None, lambda m: None)
+        assert await blocker.take() is LockStatus.HELD
+        assert await lock.take() is LockStatus.CONTENTION       # cold: starts an interpreter
+        await asyncio.sleep(1.0)                                 # the spare is ready by now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await lock.take() is LockStatus.CONTENTION
+        warm = loop.time() - started
+        await blocker.close()
+        await asyncio.sleep(1.0)
+        assert await lock.take() is LockStatus.HELD
+        await lock.close()
+        assert lock._spare is None
+        # A spare answers without an interpreter start (tens of ms on this machine, more under
+        # load); generous bound so a loaded CI machine does not fail it.
+        assert warm < 0.25, warm
+    run(main())
 
 
 @pytest.mark.parametrize("use_debian", [False, True])
@@ -39,7 +89,8 @@ def test_held_then_contention_then_release(tmp_path, use_debian):
         await first.release()
         assert not lost                      # a release is not a loss
         assert await second.take() is LockStatus.HELD
-        await second.release()
+        await second.close()
+        await first.close()
     run(main())
 
 
@@ -54,6 +105,7 @@ def test_helper_death_is_a_lost_lock(tmp_path):
                 break
             await asyncio.sleep(0.01)
         assert lost and "exited" in lost[0] and not lock.held
+        await lock.close()
     run(main())
 
 
