@@ -21,6 +21,7 @@ APT_PACKAGES=(
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
     ctdb samba smbclient samba-testsuite
+    debootstrap
 )
 
 say() { printf 'ctdblab.sh: %s\n' "$*" >&2; }
