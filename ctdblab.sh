@@ -17,10 +17,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="$here/.venv"
 
 APT_PACKAGES=(
-    python3 python3-venv python3-tdb libtdb1 tdb-tools
+    python3 python3-venv python3-tdb libtdb1 tdb-tools systemd
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
     ctdb samba smbclient samba-testsuite
+    debootstrap
 )
 
 say() { printf 'ctdblab.sh: %s\n' "$*" >&2; }

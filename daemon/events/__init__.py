@@ -16,14 +16,16 @@ from .runner import (
     status_of,
 )
 from .scriptdir import EventScriptError, ScriptInfo, list_scripts, set_script_enabled
+from .stock import REPLACED_STOCK_SCRIPTS, StockReplacements
 
 SHIPPED_SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 
 __all__ = [
     "CTDB_EVENT_RUN_ALL", "EventCommand", "EventDaemonServer", "EventHeader", "EventReply",
     "EventRequest", "EventResult", "EventRunner", "EventScriptError", "EventdProtocolError",
-    "MONITOR", "OUTPUT_LIMIT", "RunRequest", "SHIPPED_SCRIPTS_DIR", "ScriptAction", "ScriptInfo",
-    "ScriptRequest", "ScriptResult", "ScriptStatus", "StatusReply", "StatusRequest", "WireScript",
-    "decode_reply", "decode_request", "encode_reply", "encode_request", "eventd_socket_path",
-    "format_status", "list_scripts", "set_script_enabled", "status_of",
+    "MONITOR", "OUTPUT_LIMIT", "REPLACED_STOCK_SCRIPTS", "RunRequest", "SHIPPED_SCRIPTS_DIR",
+    "ScriptAction", "ScriptInfo", "ScriptRequest", "ScriptResult", "ScriptStatus", "StatusReply",
+    "StatusRequest", "StockReplacements", "WireScript", "decode_reply", "decode_request",
+    "encode_reply", "encode_request", "eventd_socket_path", "format_status", "list_scripts",
+    "set_script_enabled", "status_of",
 ]

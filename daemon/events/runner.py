@@ -46,7 +46,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from ..log import NOTICE
 from .scriptdir import EventScriptError, ScriptInfo, list_scripts, set_script_enabled
+from .stock import StockReplacements
 
 log = logging.getLogger("ctdblab.daemon.events")
 
@@ -241,6 +243,7 @@ class EventRunner:
     ``env`` is layered over the daemon's own environment; the runner adds ``CTDB_BASE`` (the
     directory two levels above ``script_dir``, i.e. /etc/ctdb for /etc/ctdb/events/legacy) and
     ``CTDB_DEBUGLEVEL`` (NOTICE) unless given, and ``CTDB_SCRIPT_VARDIR`` when ``vardir`` is set.
+    With ``replacements``, Debian's stock scripts named there run as pyctdbd's own (see stock.py).
     """
 
     def __init__(self, script_dir: str | os.PathLike[str], *,
@@ -249,8 +252,11 @@ class EventRunner:
                  debug_script: str | os.PathLike[str] | None = None,
                  kill_grace: float = DEFAULT_KILL_GRACE,
                  output_limit: int = OUTPUT_LIMIT,
+                 replacements: StockReplacements | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.script_dir = Path(script_dir)
+        self.replacements = replacements
+        self._announced_replacements: set[Path] = set()
         self.vardir = Path(vardir) if vardir is not None else None
         self.debug_script = Path(debug_script) if debug_script is not None else None
         self.kill_grace = kill_grace
@@ -367,7 +373,7 @@ class EventRunner:
     async def _execute(self, request: _Request) -> EventResult:
         loop = asyncio.get_running_loop()
         begin = self._clock()
-        scripts = list_scripts(self.script_dir)
+        scripts = self._scripts_to_run()
         if self.vardir is not None:
             self.vardir.mkdir(parents=True, exist_ok=True)
         deadline = None if request.timeout is None else loop.time() + request.timeout
@@ -393,6 +399,17 @@ class EventRunner:
                         "timed out" if summary == -errno.ETIMEDOUT else "failed")
         return EventResult(request.event, request.args, summary, tuple(results), begin,
                            self._clock())
+
+    def _scripts_to_run(self) -> list[ScriptInfo]:
+        scripts = list_scripts(self.script_dir)
+        if self.replacements is None:
+            return scripts
+        chosen = [self.replacements.apply(info) for info in scripts]
+        for listed, info in zip(scripts, chosen):
+            if info is not listed and info.path not in self._announced_replacements:
+                self._announced_replacements.add(info.path)
+                log.log(NOTICE, "Running %s in place of Debian's %s", info.path, listed.path)
+        return chosen
 
     async def _run_script(self, info: ScriptInfo, request: _Request,
                           deadline: float | None) -> ScriptResult | None:

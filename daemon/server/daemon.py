@@ -113,7 +113,7 @@ class Daemon:
                                 reschedule=self._reschedule)
         self.scripts = ScriptEvents(options.event_dir, options.script_env,
                                     debug_script_path(conf.event_debug_script, cfg.paths.etc_dir),
-                                    self.tunables)
+                                    self.tunables, stock_dir=f"{cfg.paths.data_dir}/events/legacy")
         public = PublicIPs.from_config(self.my_pnn, [(str(p.ip), p.prefixlen, p.ifaces)
                                                      for p in cfg.public_addresses])
         tickles = TickleTable()

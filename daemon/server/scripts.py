@@ -8,9 +8,12 @@ import errno
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..config import Tunables
-from ..events import EventDaemonServer, EventResult, EventRunner, EventScriptError
+from ..events import (
+    SHIPPED_SCRIPTS_DIR, EventDaemonServer, EventResult, EventRunner, EventScriptError, StockReplacements,
+)
 from ..log import log
 
 
@@ -26,10 +29,13 @@ def debug_script_path(setting: str | None, etc_dir: str) -> str | None:
 
 class ScriptEvents:
     def __init__(self, event_dir: str, env: dict[str, str], debug_script: str | None,
-                 tunables: Tunables) -> None:
+                 tunables: Tunables, stock_dir: str | None = None) -> None:
+        """``stock_dir``: Debian's stock scripts (<data dir>/events/legacy); those pyctdbd cannot
+        run (events/stock.py) run as its own scripts instead."""
         self.event_dir = event_dir
         self.tunables = tunables
-        self.runner = EventRunner(event_dir, env=env, debug_script=debug_script)
+        replacements = None if stock_dir is None else StockReplacements(Path(stock_dir), SHIPPED_SCRIPTS_DIR)
+        self.runner = EventRunner(event_dir, env=env, debug_script=debug_script, replacements=replacements)
         self.eventd: EventDaemonServer | None = None
         self._warned_no_scripts = False
 
