@@ -10,9 +10,10 @@ take the lock until it is back among a majority.
 
 The bound: an isolated node stops hearing the peers it watches after `DeadTimeoutMs`; at that
 moment it asks the peers it does not watch (core/death_reports.py) and counts those that do not
-answer within half a dead timeout as gone. So with the default 250 ms it has released its IPs
-about 0.4 s after the cut, before the majority (which needs about as long to notice, elect and
-run a takeover) brings them up elsewhere.
+answer within half a dead timeout as gone (a peer it watches is gone after one dead timeout
+itself). With the defaults (HeartbeatIntervalMs 100, DeadTimeoutMs 400) it has decided within
+0.6 s of the cut and released its IPs a moment later, about when the majority (which needs as
+long to notice, then elects and runs a takeover) brings them up elsewhere.
 
 An exact half (2 of 4, 1 of 2) is not cut off: there the cluster lock decides, as in CTDB. The
 price of the rule is availability when most nodes are gone at once (1 of 3 serves nothing),

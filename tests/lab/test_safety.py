@@ -21,9 +21,9 @@ from ctdblab.history import History
 FORGE = Path(__file__).with_name("forge_peer.py")
 PORT = 4379
 
-# Bounds the tests hold pyctdbd to (aggressive profile, DeadTimeoutMs 250): core/quorum.py's
-# isolation bound is about 0.4 s; these leave room for a loaded 2-core machine and the
-# sampling period.
+# Bounds the tests hold pyctdbd to (aggressive profile; pyctdbd's defaults DeadTimeoutMs 400,
+# HeartbeatIntervalMs 100): core/quorum.py's isolation bound is about 0.7 s; these leave room
+# for a loaded 2-core machine and the sampling period (each sample runs `ip` in every node).
 RELEASE_BOUND = 1.5        # s from the cut until the isolated node holds no public IP
 SERVE_BOUND = 5.0          # s from the cut until the majority agrees on a leader and holds every IP
 OVERLAP_BOUND = 1.0        # s an IP may be configured on both sides of a partition
@@ -139,11 +139,15 @@ def test_an_isolated_node_releases_its_ips_and_the_majority_serves_them(cluster,
     nemesis.inject(chaos.Partition([majority, [victim]]))
     samples = sample(cluster, list(range(3)), 8.0)
     try:
-        held_by_victim = [t for t, ips in samples if ips[victim]]
-        released = (max(held_by_victim) - cut) if held_by_victim else 0.0
+        # Times are upper bounds: the first sample that saw the state, not the moment it began.
+        held_by_victim = [i for i, (_, ips) in enumerate(samples) if ips[victim]]
+        after_release = held_by_victim[-1] + 1 if held_by_victim else 0
+        assert after_release < len(samples), "the isolated node never released its IPs"
+        released = samples[after_release][0] - cut
         serving = [t for t, ips in samples
                    if set().union(*(ips[p] for p in majority)) == set(cluster.public_ips())]
-        overlap = [t for t, ips in samples if ips[victim] & set().union(*(ips[p] for p in majority))]
+        both = [i for i, (_, ips) in enumerate(samples) if ips[victim] & set().union(*(ips[p] for p in majority))]
+        overlap = [samples[both[0]][0], samples[min(both[-1] + 1, len(samples) - 1)][0]] if both else []
         print(f"\n{role} isolated: IPs released {released:.2f} s after the cut, majority served every IP "
               f"after {(serving[0] - cut) if serving else -1:.2f} s, overlap "
               f"{(max(overlap) - min(overlap)) if overlap else 0.0:.2f} s ({len(samples)} samples)")
