@@ -62,7 +62,7 @@ class DaemonLauncher:
         iface = f"{node.name}-eth1"
         (etc / "public_addresses").write_text(
             "".join(f"{ip}/{public_prefixlen} {iface}\n" for ip in public_ips))
-        (etc / "ctdb.tunables").write_text(tunables_file_text(profile))
+        (etc / "ctdb.tunables").write_text(tunables_file_text(profile, pyctdbd=self.name == "pyctdbd"))
         (etc / "ctdb.conf").write_text(self.ctdb_conf(shared_dir, profile))
         (etc / "script.options").write_text(
             "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n")

@@ -5,9 +5,14 @@
                 §14.3): KeepaliveInterval=1, KeepaliveLimit=2 and shorter election, recovery,
                 takeover and monitor timers.
 ``aggressive_lt2``  aggressive plus ``[cluster] leader timeout = 2`` in ctdb.conf.
+``fast``        aggressive, and for pyctdbd heartbeats every 10 ms with a 50 ms dead timeout
+                (keepalived's 10 ms VRRP adverts are the yardstick: lab.md Part C).  ctdbd has
+                no such tunables and runs it as ``aggressive``.
 
 Both daemons read the same files.  pyctdbd honours CTDB's tunables and, on top, has its own
-millisecond failure-detection tunables whose defaults apply under every profile.
+millisecond failure-detection tunables (defaults: heartbeat 100 ms, dead timeout 400 ms) that a
+profile sets in ``pyctdbd_tunables``; they are written to pyctdbd nodes only (ctdbd refuses
+tunables it does not know).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Profile:
     name: str
     tunables: dict[str, int] = field(default_factory=dict)
     cluster_options: dict[str, str] = field(default_factory=dict)   # extra [cluster] options
+    pyctdbd_tunables: dict[str, int] = field(default_factory=dict)  # pyctdbd's own, its nodes only
 
 
 _AGGRESSIVE = {"KeepaliveInterval": 1, "KeepaliveLimit": 2, "ElectionTimeout": 1,
@@ -31,6 +37,8 @@ PROFILES = {
     "default": Profile("default"),
     "aggressive": Profile("aggressive", dict(_AGGRESSIVE)),
     "aggressive_lt2": Profile("aggressive_lt2", dict(_AGGRESSIVE), {"leader timeout": "2"}),
+    "fast": Profile("fast", dict(_AGGRESSIVE),
+                    pyctdbd_tunables={"HeartbeatIntervalMs": 10, "DeadTimeoutMs": 50}),
 }
 
 
@@ -42,7 +50,9 @@ def get_profile(name: str) -> Profile:
                         f"{', '.join(PROFILES)}") from None
 
 
-def tunables_file_text(profile: Profile) -> str:
+def tunables_file_text(profile: Profile, pyctdbd: bool = False) -> str:
     lines = [f"# ctdblab tunables profile: {profile.name}"]
     lines += [f"{name}={value}" for name, value in profile.tunables.items()]
+    if pyctdbd:
+        lines += [f"{name}={value}" for name, value in profile.pyctdbd_tunables.items()]
     return "\n".join(lines) + "\n"
