@@ -1,16 +1,19 @@
 """False DISCONNECTs of pyctdbd: an idle period, then one with both cores fully loaded.
 
     .venv/bin/python -m benchmarks.false_alarms [--minutes 10] [--nodes 3] [--daemon pyctdbd]
+        [--tunables fast] [--load stress-ng|busy]
 
 Nothing is broken during the run, so every "node X is dead" a daemon logs, and every non-OK
-state seen by a 1 Hz `ctdb -X status` poll, is a false alarm.  In the loaded phase one busy-loop
-process per core runs at normal priority on the host for the whole period.
+state seen by a 1 Hz `ctdb -X status` poll, is a false alarm.  In the loaded phase every core is
+kept busy at normal priority on the host for the whole period: by `stress-ng --cpu N` (default,
+Debian's stress-ng) or by one Python busy loop per core (``--load busy``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,21 +46,31 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--daemon", default="pyctdbd")
     p.add_argument("--tunables", default="default")
+    p.add_argument("--load", choices=("stress-ng", "busy"), default="stress-ng")
     args = p.parse_args()
+    cores = os.cpu_count() or 2
+    if args.load == "stress-ng" and shutil.which("stress-ng") is None:
+        p.error("stress-ng is not installed (./ctdblab.sh installs it; or use --load busy)")
     seconds = args.minutes * 60
     rows = []
     with LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables, clients=0,
                     progress=progress) as cluster:
         progress(f"idle for {args.minutes:g} min")
         rows.append(["idle", args.minutes, *watch(cluster, seconds)])
-        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                   for _ in range(os.cpu_count() or 2)]
+        if args.load == "stress-ng":
+            burners = [subprocess.Popen(["stress-ng", "--cpu", str(cores), "--quiet"],
+                                        stdout=subprocess.DEVNULL, start_new_session=True)]
+        else:
+            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
         try:
-            progress(f"{len(burners)} busy loops for {args.minutes:g} min")
-            rows.append([f"{len(burners)} cores busy", args.minutes, *watch(cluster, seconds)])
+            progress(f"{cores} cores busy ({args.load}) for {args.minutes:g} min")
+            rows.append([f"{cores} cores busy ({args.load})", args.minutes, *watch(cluster, seconds)])
         finally:
             for b in burners:
-                b.kill()
+                if args.load == "stress-ng":
+                    os.killpg(b.pid, 15)        # stress-ng's workers are its children
+                else:
+                    b.kill()
                 b.wait()
     print(f"\nfalse alarms, {args.daemon} ({args.tunables} tunables), {args.nodes} nodes")
     print(table(["phase", "minutes", "'dead' log lines", "polls not all OK"], rows))
