@@ -5,9 +5,11 @@ wait on event scripts or other nodes), `ctx` being the services' public face
 from __future__ import annotations
 
 from ..server.dispatch import Handler
-from . import connections, databases, ips, messaging, node, persistent, recovery, statistics, traverse
+from . import (
+    connections, databases, ips, messaging, node, persistent, recovery, statistics, traverse, vacuum,
+)
 
-DOMAINS = (node, messaging, ips, connections, databases, persistent, traverse, statistics, recovery)
+DOMAINS = (node, messaging, ips, connections, databases, persistent, traverse, statistics, recovery, vacuum)
 
 
 def registry() -> dict[int, Handler]:

@@ -90,10 +90,3 @@ async def enable_seqnum(ctx: ControlContext, req: Request) -> Result:
 async def update_seqnum(ctx: ControlContext, req: Request) -> Result:
     return await ctx.databases.update_seqnum(value_of(req), req.src)
 
-
-@handles(Control.SCHEDULE_FOR_DELETION)
-def schedule_for_deletion(ctx: ControlContext, req: Request) -> Result:
-    # smbd deleted a record (it left a header-only tombstone) and asks for it to be vacuumed.
-    # Without a vacuum engine yet the tombstone stays; that is correct, only not compact.
-    value_of(req)
-    return Result(0)

@@ -23,6 +23,7 @@ from .public_ips import PublicIPService
 from .recovery import RecoveryState
 from .statistics import Statistics
 from .traverses import TraverseService
+from .vacuum import VacuumService
 
 
 class Lifecycle(Protocol):
@@ -54,6 +55,7 @@ class ControlContext:
     statistics: Statistics
     db_recovery: DatabaseRecoveryService
     partial_recovery: PartialRecoveryNode
+    vacuum: VacuumService
 
     @property
     def pnn(self) -> int:

@@ -152,7 +152,7 @@ class Daemon:
             leader=self.leader, ips=self.ips, connections=self.connections, clients=self.local,
             messenger=self.messenger, databases=self.db.databases, persistent=self.db.persistent,
             traverses=self.db.traverses, statistics=self.statistics, db_recovery=self.db.recovery,
-            partial_recovery=self.db.partial_recovery)
+            partial_recovery=self.db.partial_recovery, vacuum=self.db.vacuum)
         self._message_handlers: dict[int, Callable[[int, int, bytes], None]] = {
             Srvid.LEADER: self._leader_message, Srvid.ELECTION: self._election_message,
             Srvid.PUSH_NODE_FLAGS: self._push_node_flags, Srvid.MEM_DUMP: self._memory_dump,

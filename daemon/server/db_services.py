@@ -22,6 +22,7 @@ from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
 from .tasks import Tasks
 from .traverses import TraverseService
+from .vacuum import VacuumService
 
 TICK_EVERY = 1.0          # s between the migration core's ticks (collapse timeouts, pins)
 
@@ -47,6 +48,12 @@ class DatabaseServices:
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)
+        self.vacuum = VacuumService(
+            my_pnn, self.databases.database, self._is_volatile, messenger, self.record_calls,
+            lmasters=lambda: tuple(vnnmap().map), active_peers=messenger.active_peers,
+            interval=lambda: float(tunables.get("VacuumInterval")),
+            buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn, clock=clock)
+        self.record_calls.on_schedule = self.vacuum.schedule
         self._inactive = False
         self.databases.listeners.append(self._database_changed)
         self._banned = False
@@ -57,6 +64,7 @@ class DatabaseServices:
         self.databases.recovery_mode(active)
         self.persistent.set_recovery_mode(active)
         self.record_calls.recovery_mode(active)
+        self.vacuum.recovery_mode(active)
 
     def recovery_finished(self) -> None:
         """END_RECOVERY: commits cut short by the recovery get their answer."""
@@ -93,6 +101,7 @@ class DatabaseServices:
         if now >= self._next_tick:
             self._next_tick = now + TICK_EVERY
             self.record_calls.tick(now)
+            self.vacuum.tick(now)
 
     def tunables_changed(self) -> None:
         self.databases.tunables_changed()
@@ -114,3 +123,8 @@ class DatabaseServices:
         else:
             self.record_calls.db_detached(info.db_id)
             self.traverses.database_gone(info.db_id)
+            self.vacuum.database_gone(info.db_id)
+
+    def _is_volatile(self, db_id: int) -> bool:
+        info = self.databases.info(db_id)
+        return info is not None and info.volatile

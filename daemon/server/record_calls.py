@@ -83,7 +83,7 @@ from ..protocol.header import Header
 from ..protocol.packets import (
     ReplyCall, ReplyDmaster, ReplyError, ReqCall, ReqDmaster, encode_packet,
 )
-from ..protocol.types import VnnMap
+from ..protocol.types import LtdbHeader, VnnMap
 from ..store import Database, HeldLock, LockError, TdbError
 from .tasks import Tasks
 
@@ -117,7 +117,7 @@ class ShellCounters:
     deletes: int = 0
     packets_sent: int = 0
     packets_dropped: int = 0    # peer not connected
-    vacuum_candidates: int = 0  # ScheduleForDeletion (no vacuum engine yet)
+    vacuum_candidates: int = 0  # ScheduleForDeletion: handed to the vacuum service
     errors: dict[str, int] = field(default_factory=dict)   # by kind of cause
 
 
@@ -170,6 +170,8 @@ class RecordCalls:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
         self.seq = itertools.count()
+        #: Where the core's ScheduleForDeletion goes (the vacuum service's queue).
+        self.on_schedule: Callable[[int, bytes, LtdbHeader], None] | None = None
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -196,6 +198,11 @@ class RecordCalls:
         self.callers[(client, header.reqid)] = header.srcnode
         self._feed(LocalCall(client, header.reqid, body.db_id, bytes(body.key), body.callid,
                              body.flags, bytes(body.calldata)))
+
+    def daemon_call(self, caller: Hashable, db_id: int, key: bytes, callid: int, flags: int) -> None:
+        """A call the daemon makes itself (the vacuum's VACUUM_MIGRATION); `caller.send(frame)`
+        gets the reply."""
+        self._feed(LocalCall(caller, 0, db_id, bytes(key), callid, flags, b""))
 
     def node_packet(self, pnn: int, header: Header, body: object) -> None:
         """A REQ_CALL, REPLY_CALL, REQ_DMASTER, REPLY_DMASTER or REPLY_ERROR from peer `pnn`."""
@@ -429,6 +436,8 @@ class RecordCalls:
                     log.log(action.level, "%s", action.text)
                 elif isinstance(action, ScheduleForDeletion):
                     self.counters.vacuum_candidates += 1
+                    if self.on_schedule is not None:
+                        self.on_schedule(action.db_id, bytes(action.key), action.header)
                 else:
                     raise TypeError(f"unknown action {type(action).__name__}")
             except Exception as exc:        # one bad action must not stop the others

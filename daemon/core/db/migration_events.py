@@ -146,8 +146,7 @@ class DeleteRecord:
 
 @dataclass(frozen=True)
 class ScheduleForDeletion:
-    """ctdbd would put this empty record on the vacuum queue (ctdb_local_schedule_for_deletion);
-    for the vacuum engine, ignorable without it."""
+    """Put this empty record on the vacuum queue (ctdbd's ctdb_local_schedule_for_deletion)."""
 
     db_id: int
     key: bytes

@@ -1,0 +1,247 @@
+"""The vacuum service: fast vacuum runs over each volatile database's delete queue, and the two
+controls other nodes' runs send here (core/db/vacuum.py has the rules).
+
+* Records enter the queue from SCHEDULE_FOR_DELETION (smbd's deletes) and from the migration
+  core's own stores (`ScheduleForDeletion`).
+* Every `VacuumInterval` seconds each database with a queue gets one run (never two at once):
+  up to RUN_BATCH records, each read under a chain lock that is *tried*, never waited for (a busy
+  record is queued again: vacuuming never holds up smbd); candidates this node is lmaster of are
+  deleted at once or after TRY_DELETE_RECORDS on every other active node; the rest go to their
+  lmaster in one VACUUM_FETCH per lmaster (NOREPLY, as ctdbd sends it).
+* VACUUM_FETCH here: each record is migrated to this node by a call with VACUUM_MIGRATION, which
+  queues it here (the store rules say so for an empty record landing at its lmaster).
+* TRY_DELETE_RECORDS here: every copy that may go is deleted; the reply lists the kept ones.
+
+Nothing runs while the node is in recovery (the records are being moved around).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.db.ltdbrules import lmaster_of
+from ..core.db.vacuum import DeleteQueue, Triage, may_delete_copy, may_delete_here, triage
+from ..log import log
+from ..net.rpc import ControlError
+from ..protocol import CallFlag, CallFunc, Control, ControlFlag, LtdbHeader, RecBuffer, RecData
+from ..store.database import Database
+from ..store.tdbfile import TdbError
+from .messenger import Messenger
+from .record_calls import RecordCalls
+
+RUN_BATCH = 20_000          # queued records looked at per run and database
+CONTROL_TIMEOUT = 10.0      # s for TRY_DELETE_RECORDS
+
+
+@dataclass
+class VacuumCounters:
+    runs: int = 0
+    deleted: int = 0            # records this node deleted (its own runs and TRY_DELETE)
+    sent_to_lmaster: int = 0
+    skipped: int = 0            # revived, migrated away or no longer empty
+    busy: int = 0               # chain lock busy: queued again
+    kept_remotely: int = 0      # another node kept its copy: not deleted here
+    fetched_for_vacuum: int = 0  # VACUUM_FETCH records this node migrated to itself
+
+
+class _Discard:
+    """The 'client' of the vacuum's own migration calls: the reply is not needed."""
+
+    def send(self, frame: bytes) -> bool:
+        return True
+
+
+class VacuumService:
+    def __init__(self, my_pnn: int, lookup: Callable[[int], Database | None], is_volatile: Callable[[int], bool],
+                 messenger: Messenger, record_calls: RecordCalls, *, lmasters: Callable[[], tuple[int, ...]],
+                 active_peers: Callable[[], list[int]], interval: Callable[[], float],
+                 buffer_limit: Callable[[], int], spawn: Callable, clock: Callable[[], float]) -> None:
+        self.pnn = my_pnn
+        self.lookup = lookup
+        self.is_volatile = is_volatile
+        self.messenger = messenger
+        self.record_calls = record_calls
+        self.lmasters = lmasters
+        self.active_peers = active_peers
+        self.interval = interval
+        self.buffer_limit = buffer_limit
+        self.spawn = spawn
+        self.clock = clock
+        self.queues: dict[int, DeleteQueue] = {}
+        self.counters = VacuumCounters()
+        self._running: set[int] = set()
+        self._next_run: dict[int, float] = {}
+        self._recovering = False
+        self._caller = _Discard()
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def schedule(self, db_id: int, key: bytes, header: LtdbHeader) -> None:
+        if self.is_volatile(db_id):
+            self.queues.setdefault(db_id, DeleteQueue()).add(key, header)
+
+    def recovery_mode(self, active: bool) -> None:
+        self._recovering = active
+
+    def database_gone(self, db_id: int) -> None:
+        self.queues.pop(db_id, None)
+        self._next_run.pop(db_id, None)
+
+    def tick(self, now: float) -> None:
+        if self._recovering:
+            return
+        interval = self.interval()
+        if interval <= 0:
+            return                      # VacuumInterval 0: vacuuming off, as in ctdbd
+        for db_id, queue in list(self.queues.items()):
+            if not queue or db_id in self._running:
+                continue
+            due = self._next_run.setdefault(db_id, now + interval)
+            if now >= due:
+                self._next_run[db_id] = now + interval
+                self._running.add(db_id)
+                self.spawn(self._run(db_id), f"vacuum-0x{db_id:08x}")
+
+    # -- a fast vacuum run -------------------------------------------------------------------------
+    async def run_now(self, db_id: int) -> None:
+        """One run over `db_id`'s queue (DB_VACUUM, tests)."""
+        if db_id in self._running:
+            return
+        self._running.add(db_id)
+        await self._run(db_id)
+
+    async def _run(self, db_id: int) -> None:
+        try:
+            db, queue = self.lookup(db_id), self.queues.get(db_id)
+            if db is None or queue is None or self._recovering:
+                return
+            self.counters.runs += 1
+            lmasters = self.lmasters()
+            to_lmaster: dict[int, list[RecData]] = {}
+            delete_list: list[tuple[bytes, LtdbHeader]] = []
+            for key, queued in queue.take(RUN_BATCH):
+                lmaster = lmaster_of(key, lmasters)
+                verdict = self._triage_one(db, queue, key, queued, lmaster)
+                if verdict is Triage.TO_LMASTER:
+                    assert lmaster is not None
+                    to_lmaster.setdefault(lmaster, []).append(RecData.with_header(0, key, queued, b""))
+                elif verdict is Triage.DELETE_LIST:
+                    delete_list.append((key, queued))
+            for lmaster, records in to_lmaster.items():
+                self._send_to_lmaster(db_id, lmaster, records)
+            if delete_list:
+                await self._delete_everywhere(db, delete_list, lmasters)
+        except Exception:               # a run must never take the daemon down
+            log.exception("vacuum run of db 0x%08x failed", db_id)
+        finally:
+            self._running.discard(db_id)
+
+    def _triage_one(self, db: Database, queue: DeleteQueue, key: bytes, queued: LtdbHeader,
+                    lmaster: int | None) -> Triage:
+        lock = db.try_lock(key)
+        if lock is None:
+            self.counters.busy += 1
+            queue.add(key, queued)
+            return Triage.SKIP
+        try:
+            verdict = triage(queued, db.tdb.fetch_ltdb(key), self.pnn, lmaster)
+            if verdict is Triage.DELETE_NOW:
+                db.tdb.delete(key)
+                self.counters.deleted += 1
+            elif verdict is Triage.SKIP:
+                self.counters.skipped += 1
+            return verdict
+        except TdbError as exc:
+            log.warning("vacuum: cannot read or delete a record of %s: %s", db.name, exc)
+            return Triage.SKIP
+        finally:
+            lock.release()
+
+    def _send_to_lmaster(self, db_id: int, lmaster: int, records: list[RecData]) -> None:
+        limit = max(1, self.buffer_limit())
+        batch: list[RecData] = []
+        size = 0
+        for rec in records + [None]:        # type: ignore[list-item]
+            if rec is not None:
+                batch.append(rec)
+                size += 16 + len(rec.key) + len(rec.data)
+            if batch and (rec is None or size >= limit):
+                self.messenger.send_noreply(lmaster, Control.VACUUM_FETCH, RecBuffer(db_id, batch).pack(),
+                                            flags=ControlFlag.NOREPLY)
+                self.counters.sent_to_lmaster += len(batch)
+                batch, size = [], 0
+
+    async def _delete_everywhere(self, db: Database, delete_list: list[tuple[bytes, LtdbHeader]],
+                                 lmasters: tuple[int, ...]) -> None:
+        """Step 4: every other active node deletes its copy, then this node deletes its own."""
+        kept: set[bytes] = set()
+        payload = RecBuffer(db.db_id, [RecData.with_header(0, k, h, b"") for k, h in delete_list]).pack()
+        for pnn in self.active_peers():
+            try:
+                reply = await self.messenger.control(pnn, Control.TRY_DELETE_RECORDS, payload,
+                                                     timeout=CONTROL_TIMEOUT)
+            except ControlError as exc:
+                log.info("vacuum of %s: TRY_DELETE_RECORDS on node %u failed (%s); keeping %d records",
+                         db.name, pnn, exc, len(delete_list))
+                return
+            kept |= {bytes(r.key) for r in RecBuffer.unpack(reply.data).records}
+        self.counters.kept_remotely += len(kept)
+        for key, queued in delete_list:
+            if key in kept:
+                continue
+            lock = db.try_lock(key)
+            if lock is None:
+                self.counters.busy += 1
+                continue
+            try:
+                if may_delete_here(queued, db.tdb.fetch_ltdb(key), self.pnn, lmaster_of(key, lmasters)):
+                    db.tdb.delete(key)
+                    self.counters.deleted += 1
+                else:
+                    self.counters.skipped += 1
+            except TdbError as exc:
+                log.warning("vacuum: cannot delete a record of %s: %s", db.name, exc)
+            finally:
+                lock.release()
+
+    # -- what other nodes' runs ask of this node ---------------------------------------------------
+    def vacuum_fetch(self, records: RecBuffer) -> None:
+        """VACUUM_FETCH: migrate each record here with VACUUM_MIGRATION (it lands on our queue)."""
+        db = self.lookup(records.db_id)
+        if db is None or not self.is_volatile(records.db_id) or self._recovering:
+            return
+        for rec in records.records:
+            self.counters.fetched_for_vacuum += 1
+            self.record_calls.daemon_call(self._caller, records.db_id, bytes(rec.key), CallFunc.NULL_FUNC,
+                                          CallFlag.IMMEDIATE_MIGRATION | CallFlag.VACUUM_MIGRATION)
+
+    def try_delete_records(self, records: RecBuffer) -> RecBuffer:
+        """TRY_DELETE_RECORDS: delete the copies that may go; return the kept ones."""
+        db = self.lookup(records.db_id)
+        if db is None:
+            return RecBuffer(records.db_id, list(records.records))
+        lmasters = self.lmasters()
+        kept: list[RecData] = []
+        for rec in records.records:
+            key = bytes(rec.key)
+            try:
+                sent, _ = rec.split_header()
+            except Exception:
+                kept.append(rec)
+                continue
+            lock = db.try_lock(key)
+            if lock is None:
+                kept.append(rec)
+                continue
+            try:
+                current = db.tdb.fetch_ltdb(key)
+                if not may_delete_copy(sent, current, self.pnn, lmaster_of(key, lmasters)):
+                    kept.append(rec)
+                elif current is not None:
+                    db.tdb.delete(key)
+                    self.counters.deleted += 1
+            except TdbError:
+                kept.append(rec)
+            finally:
+                lock.release()
+        return RecBuffer(records.db_id, kept)
