@@ -377,3 +377,34 @@ def test_the_hand_off_log_forgets_old_entries_and_says_when_it_overflowed():
     assert log.overflowed                       # "b" or "c" was evicted inside the window
     log.reset_overflow()
     assert not log.overflowed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_second_loss_right_after_the_first_recovery_loses_nothing(seed):
+    """Two nodes of five die one after the other, the second while clients are still catching
+    up after the first recovery: each loss is settled by the partial recovery on its own map."""
+    n = 5
+    first, second = seed % n, (seed + 2) % n
+    sim = Sim(n, seed=100 + seed)
+    keys = [key_with_lmaster(i % n, n, prefix=b"t%d-%d-" % (seed, i)) for i in range(10)]
+    clients = [FetchLockClient(sim, p, 10 * p + i, keys[(p + i) % len(keys)], ops=80)
+               for p in range(n) for i in range(3)]
+    for c in clients:
+        c.start(sim.rng.random() * 0.001)
+    sim.run(until=0.03 + 0.02 * sim.rng.random())
+    _lose_node_and_recover(sim, first, 8, clients)
+    sim.run(until=sim.now + 0.002 + 0.003 * sim.rng.random())     # clients barely restarted
+
+    # the second loss: both dead nodes' packets are dropped from now on
+    plain_input = sim.restore_input
+    sim.input = lambda p, e: None if p in (first, second) else plain_input(p, e)      # noqa: E731
+    sim.drop = lambda s, d, pkt: bool({first, second} & {s, d})
+    sim.nodes[second].tdb.clear()
+    members = [p for p in range(n) if p not in (first, second)]
+    kept, done_before = _partial_recovery(sim, members, 9, clients)
+    assert sorted(set(sim.vnnmap.map)) == members
+    sim.run(until=sim.now + 2.0)
+    alive = [c for c in clients if c.pnn in members]
+    assert all(c.done == c.ops and not c.errors for c in alive), [
+        (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
+    _check_keys(sim, keys, kept, done_before, alive, gone=(first, second))
