@@ -39,10 +39,10 @@ print(round(time.monotonic() - t, 3), flush=True)
 """
 
 
-def on_mesh(tmp_path, body, *args, tunables=None):
-    """Run `await body(mesh, *args)` on a fresh 3-node mesh in tmp_path."""
+def on_mesh(tmp_path, body, *args, tunables=None, n=3):
+    """Run `await body(mesh, *args)` on a fresh `n`-node mesh in tmp_path."""
     async def main():
-        mesh = Mesh(tmp_path, tunables=tunables)
+        mesh = Mesh(tmp_path, n, tunables=tunables)
         try:
             await body(mesh, *args)
         finally:
@@ -403,3 +403,63 @@ async def _nodes_that_did_not_serve_together(mesh):
     mesh.vnnmap = type(mesh.vnnmap)(0x10AE, [0, 1, 0])
     outcome = await mesh.nodes[0].driver.recover([0, 1], 0x10AE, old_map=[0, 1, 2], new_map=[0, 1, 0])
     assert outcome.ok and outcome.settled == 0 and outcome.recovered == 1
+
+
+def test_a_node_lost_in_the_middle_of_a_partial_recovery_fails_it_and_the_next_one_is_right(tmp_path):
+    on_mesh(tmp_path, _a_node_lost_mid_recovery, n=4)
+
+
+async def _a_node_lost_mid_recovery(mesh):
+    """Node 3 is lost; while the survivors recover, node 1 goes too, just as the repairs are
+    sent. That recovery fails (the leader retries with the new membership); the next one, among
+    nodes 0 and 2, keeps the newest surviving copy of every record (one dmaster, the lmaster
+    pointing at it), whether or not node 1's copies reached node 0 before it died."""
+    from ctdblab.daemon.core.db.ltdbrules import lmaster_of
+    from ctdblab.daemon.protocol import Control
+    old_map = [0, 1, 2, 3]
+    for node in mesh.nodes.values():
+        node.databases.attach("locking.tdb")
+    keys = [k for k in (b"m%d" % i for i in range(200)) if lmaster_of(k, old_map) == 3][:6]
+    for i, key in enumerate(keys):                        # dmaster node 3 (lost); copies elsewhere
+        mesh.nodes[0].store_record("locking.tdb", key, 10 + i, 3, b"v%d@0" % i)
+        mesh.nodes[2].store_record("locking.tdb", key, 5, 3, b"older@2")
+        mesh.nodes[1].store_record("locking.tdb", key, 20 + i, 3, b"newest@1")
+    mesh.down = {3}
+    mesh.previous_map = old_map
+    first_map = [0, 1, 2, 0]
+    mesh.vnnmap = type(mesh.vnnmap)(0x20, first_map)
+
+    leader = mesh.nodes[0].messenger
+    plain_control = leader.control
+
+    async def control(pnn, opcode, data=b"", **kw):
+        if pnn == 1 and opcode == Control.PYCTDB_RECOVERY_APPLY:
+            mesh.down = {1, 3}                           # node 1 dies as the repairs go out
+        return await plain_control(pnn, opcode, data, **kw)
+    leader.control = control
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 0x20, old_map=old_map, new_map=first_map)
+    assert not outcome.ok, outcome
+    leader.control = plain_control
+
+    # What the failed recovery applied before node 1 died (node 0 may already hold node 1's
+    # newest copies) counts like any other surviving copy.
+    survivors = {key: max((recs[key] for recs in (mesh.nodes[0].records("locking.tdb"),
+                                                  mesh.nodes[2].records("locking.tdb")) if key in recs),
+                          key=lambda rec: rec[0].rsn) for key in keys}
+    # The next recovery: nodes 0 and 2 only.
+    second_map = [0, 2]
+    mesh.vnnmap = type(mesh.vnnmap)(0x21, second_map)
+    outcome = await mesh.nodes[0].driver.recover([0, 2], 0x21, old_map=first_map, new_map=second_map)
+    assert outcome.ok, outcome
+    n0, n2 = mesh.nodes[0].records("locking.tdb"), mesh.nodes[2].records("locking.tdb")
+    for i, key in enumerate(keys):
+        holders = [p for p, recs in ((0, n0), (2, n2)) if key in recs and recs[key][0].dmaster == p]
+        assert len(holders) == 1, (key, holders)
+        held = (n0 if holders[0] == 0 else n2)[key]
+        assert held[1] == survivors[key][1] and held[0].rsn >= survivors[key][0].rsn, (key, held)
+        assert held[1] in (b"newest@1", b"v%d@0" % i)
+        lmaster = lmaster_of(key, second_map)
+        assert (n0 if lmaster == 0 else n2)[key][0].dmaster == holders[0]
+        for recs in (n0, n2):
+            if key in recs:
+                assert recs[key][0].dmaster in (0, 2)
