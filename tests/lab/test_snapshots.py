@@ -1,0 +1,116 @@
+"""Snapshots and offline files seen through every node, before and after a failover.
+
+A 3-node cluster serves ``[snap]`` (vfs shadow_copy2 + offline, cluster/snapshots.py) from the
+shared "cluster filesystem" directory.  The test writes a file, snapshots the share, rewrites the
+file in place, snapshots again, rewrites it once more; then through every public IP a client
+(scenarios/probes/snapview.py) must see:
+
+- the same snapshot list, newest first, both from FSCTL_SRV_ENUMERATE_SNAPSHOTS and from
+  smbclient's ``allinfo``;
+- the file's content at each snapshot (opened with a timewarp token, as for ``@GMT-...`` paths)
+  equal to what it was when that snapshot was taken, and the live content now;
+- FILE_ATTRIBUTE_OFFLINE on the live file (CREATE response and directory listing) and on every
+  previous version;
+- exactly the same view through every IP.
+
+Then one node is powered off (the lab's hard reset), its IP moves, a third snapshot is taken,
+and everything is checked again through every IP, the moved one included; the node is powered
+on and rejoins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ctdblab.cluster.samba import SMB_PASSWORD
+from ctdblab.cluster.snapshots import (ClientView, SnapshotLayout, client_view,
+                                       missing_vfs_modules, take_snapshot)
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
+
+FILE = "report.txt"
+VICTIM = 1
+# The suite runs pyctdbd; CTDBLAB_SNAPSHOT_DAEMONS=pyctdbd,ctdb also runs real ctdbd.
+DAEMONS = os.environ.get("CTDBLAB_SNAPSHOT_DAEMONS", "pyctdbd").split(",")
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Same inode, new content (as an editor saving over the file would through SMB)."""
+    with open(path, "r+", encoding="utf-8") as f:
+        f.truncate(0)
+        f.write(text)
+
+
+def views_through_every_ip(cluster) -> dict[str, ClientView]:
+    return {ip: client_view(cluster.client(0), ip, FILE, password=SMB_PASSWORD)
+            for ip in cluster.public_ips()}
+
+
+def check_views(views: dict[str, ClientView], expected_versions: dict[str, str], live: str,
+                when: str) -> None:
+    newest_first = sorted(expected_versions, reverse=True)
+    for ip, view in views.items():
+        where = f"{when}, through {ip}"
+        assert view.snapshots == newest_first, f"{where}: FSCTL snapshot list {view.snapshots}"
+        assert view.allinfo_snapshots == newest_first, \
+            f"{where}: smbclient allinfo lists {view.allinfo_snapshots}"
+        assert view.content == live, f"{where}: live content {view.content!r}"
+        assert view.offline, f"{where}: live file attributes {view.attributes:#x} lack OFFLINE"
+        assert view.listed_attributes & 0x1000, \
+            f"{where}: listed attributes {view.listed_attributes:#x} lack OFFLINE"
+        for token, content in expected_versions.items():
+            version = view.versions[token]
+            assert "error" not in version, f"{where}: opening {token}: {version.get('error')}"
+            assert version["content"] == content, f"{where}: {token} has {version['content']!r}"
+            assert version["attributes"] & 0x1000, \
+                f"{where}: {token} attributes {version['attributes']:#x} lack OFFLINE"
+    first_ip, first = next(iter(views.items()))
+    for ip, view in views.items():
+        assert view.comparable() == first.comparable(), \
+            f"{when}: {ip} sees {view.comparable()}, {first_ip} sees {first.comparable()}"
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_snapshots_and_offline_identical_through_every_node_and_after_failover(lab_cluster, daemon):
+    missing = missing_vfs_modules()
+    if missing:
+        pytest.skip(f"smbd cannot load {', '.join(missing)}: install samba-vfs-modules "
+                    "(./ctdblab.sh does it)")
+    cluster = lab_cluster(3, daemon=daemon, tunables="aggressive")
+    layout = SnapshotLayout(cluster.shared_dir)
+    path = layout.share_dir / FILE
+
+    path.write_text("version 1: before the first snapshot\n", encoding="utf-8")
+    versions = {take_snapshot(layout): path.read_text(encoding="utf-8")}
+    rewrite_in_place(path, "version 2: between the snapshots, a little longer\n")
+    versions[take_snapshot(layout)] = path.read_text(encoding="utf-8")
+    live = "version 3: live\n"
+    rewrite_in_place(path, live)
+    assert layout.snapshots() == sorted(versions, reverse=True)
+
+    before = views_through_every_ip(cluster)
+    print("before:", {ip: v.comparable() for ip, v in before.items()})
+    check_views(before, versions, live, "before the failover")
+
+    moved = sorted(ip for ip, pnn in cluster.ip_all().items() if pnn == VICTIM)
+    assert moved, f"node {VICTIM} hosts no public IP before the failover"
+    cluster.power_off(VICTIM)
+    survivor = next(n.index for n in cluster.nodes if n.index != VICTIM)
+
+    def ips_moved() -> bool:
+        try:
+            owners = cluster.ip_all(survivor)
+        except Exception:
+            return False
+        return all(owners.get(ip, -1) not in (-1, VICTIM) for ip in cluster.public_ips())
+
+    cluster.wait_until(ips_moved, 60, f"node {VICTIM}'s IPs {moved} hosted by the survivors")
+    versions[take_snapshot(layout)] = live
+    check_views(views_through_every_ip(cluster), versions, live,
+                f"after powering off node {VICTIM} (moved: {', '.join(moved)})")
+
+    cluster.power_on(VICTIM)
+    cluster.wait_healthy(timeout=120)
