@@ -153,6 +153,9 @@ class ClientView:
 
     @classmethod
     def from_json(cls, data: dict) -> "ClientView":
+        missing = [k for k in cls.__dataclass_fields__ if k not in data]
+        if missing:
+            raise SnapshotError(f"the probe's view lacks {', '.join(missing)}")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
     def comparable(self) -> dict:
@@ -163,8 +166,20 @@ class ClientView:
 def client_view(client, ip: str, name: str, *, password: str, user: str = "root",
                 timeout: float = 60.0) -> ClientView:
     """Run the snapview probe inside ``client`` (a lab host) against ``ip``."""
-    cmd = [sys.executable, "-u", "-m", PROBE_MODULE, ip, "--file", name, "--share", SNAP_SHARE,
-           "--user", user, "--password", password]
+    return ClientView.from_json(_run_probe(client, ip, name, SNAP_SHARE, password, user, timeout))
+
+
+def client_attributes(client, ip: str, name: str, *, share: str, password: str,
+                      user: str = "root", timeout: float = 60.0) -> dict:
+    """The live file's ``attributes``, ``listed_attributes`` and ``content`` through ``ip``, on
+    any share (no snapshot requests)."""
+    return _run_probe(client, ip, name, share, password, user, timeout, "--attributes-only")
+
+
+def _run_probe(client, ip: str, name: str, share: str, password: str, user: str,
+               timeout: float, *extra: str) -> dict:
+    cmd = [sys.executable, "-u", "-m", PROBE_MODULE, ip, "--file", name, "--share", share,
+           "--user", user, "--password", password, *extra]
     t0 = time.monotonic()
     result = client.run(cmd, timeout=timeout)
     if result.returncode != 0:
@@ -172,7 +187,10 @@ def client_view(client, ip: str, name: str, *, password: str, user: str = "root"
                             f"{time.monotonic() - t0:.1f} s): "
                             f"{(result.stderr or result.stdout).strip()[-800:]}")
     try:
-        return ClientView.from_json(json.loads(result.stdout))
-    except (ValueError, KeyError, TypeError) as exc:
+        view = json.loads(result.stdout)
+        if not isinstance(view, dict):
+            raise ValueError(f"not an object: {type(view).__name__}")
+        return view
+    except ValueError as exc:
         raise SnapshotError(f"snapview through {ip} printed no view ({exc}): "
                             f"{result.stdout.strip()[-400:]}") from None

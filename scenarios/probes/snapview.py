@@ -12,6 +12,9 @@ Run inside a lab client; prints one JSON object (cluster/snapshots.py reads it):
                        (an SMB2_CREATE_TIMEWARP_TOKEN create context, which is what a client
                        sends for an ``@GMT-...`` path), or the error of that open.
 
+``--attributes-only`` prints just ``attributes``, ``listed_attributes`` and ``content`` (for a
+share without shadow_copy2, where the FSCTL has nothing to answer).
+
 Every SMB step runs under one deadline (smbops.Deadline): a server that stops answering ends
 the probe with exit 1 instead of hanging.
 """
@@ -124,14 +127,17 @@ def listed_attributes(client: SmbClient, name: str) -> int:
     return int(entries[0]["file_attributes"].get_value())
 
 
-def smb_view(client: SmbClient, name: str) -> dict:
+def smb_view(client: SmbClient, name: str, *, attributes_only: bool = False) -> dict:
     handle = open_file(client, name)
     try:
-        view = {"attributes": int(handle.file_attributes), "content": read_all(handle),
-                "snapshots": enumerate_snapshots(handle)}
+        view = {"attributes": int(handle.file_attributes), "content": read_all(handle)}
+        if not attributes_only:
+            view["snapshots"] = enumerate_snapshots(handle)
     finally:
         handle.close()
     view["listed_attributes"] = listed_attributes(client, name)
+    if attributes_only:
+        return view
     versions = {}
     for token in view["snapshots"]:
         try:
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", default="snap")
     parser.add_argument("--file", required=True, help="file name in the share's root")
     parser.add_argument("--timeout", type=float, default=20.0, help="deadline of the SMB steps")
+    parser.add_argument("--attributes-only", action="store_true",
+                        help="only the live file's attributes and content (no snapshots)")
     args = parser.parse_args(argv)
     target = SmbTarget(server=args.target, share=args.share, user=args.user,
                        password=args.password, port=args.port)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with deadline:
             client.connect(deadline, connect_timeout=min(5.0, args.timeout))
-            view = smb_view(client, args.file)
+            view = smb_view(client, args.file, attributes_only=args.attributes_only)
             deadline.check()
     except Exception as exc:
         print(f"snapview {args.target}: {client.phase}: {failure_text(exc, deadline)}",
@@ -185,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.drop()
         watchdog.close()
-    try:
-        view["allinfo_snapshots"] = allinfo_snapshots(target, args.file, args.timeout)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"snapview {args.target}: {exc}", file=sys.stderr)
-        return 1
+    if not args.attributes_only:
+        try:
+            view["allinfo_snapshots"] = allinfo_snapshots(target, args.file, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"snapview {args.target}: {exc}", file=sys.stderr)
+            return 1
     view["ip"] = args.target
     print(json.dumps(view, sort_keys=True))
     return 0

@@ -1,9 +1,10 @@
 """Snapshots and offline files seen through every node, before and after a failover.
 
-A 3-node cluster serves ``[snap]`` (vfs shadow_copy2 + offline, cluster/snapshots.py) from the
-shared "cluster filesystem" directory.  The test writes a file, snapshots the share, rewrites the
-file in place, snapshots again, rewrites it once more; then through every public IP a client
-(scenarios/probes/snapview.py) must see:
+A 3-node cluster (pyctdbd, and real ctdbd as the reference) serves ``[snap]`` (vfs shadow_copy2
++ offline, cluster/snapshots.py) from the shared "cluster filesystem" directory.  The test writes
+a file, snapshots the share, rewrites the file in place, snapshots again, rewrites it once more;
+then through every public IP a client (scenarios/probes/snapview.py; also before the first
+snapshot, when the list is empty) must see:
 
 - the same snapshot list, newest first, both from FSCTL_SRV_ENUMERATE_SNAPSHOTS and from
   smbclient's ``allinfo``;
@@ -11,7 +12,8 @@ file in place, snapshots again, rewrites it once more; then through every public
   equal to what it was when that snapshot was taken, and the live content now;
 - FILE_ATTRIBUTE_OFFLINE on the live file (CREATE response and directory listing) and on every
   previous version;
-- exactly the same view through every IP.
+- exactly the same view through every IP;
+- and, as a control, no OFFLINE on a file of ``[share]`` (no vfs offline there).
 
 Then one node is powered off (the lab's hard reset), its IP moves, a third snapshot is taken,
 and everything is checked again through every IP, the moved one included; the node is powered
@@ -20,21 +22,20 @@ on and rejoins.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from ctdblab.cluster.samba import SMB_PASSWORD
-from ctdblab.cluster.snapshots import (ClientView, SnapshotLayout, client_view,
-                                       missing_vfs_modules, take_snapshot)
+from ctdblab.cluster.samba import SHARE, SMB_PASSWORD
+from ctdblab.cluster.snapshots import (FILE_ATTRIBUTE_OFFLINE, ClientView, SnapshotLayout,
+                                       client_attributes, client_view, missing_vfs_modules,
+                                       take_snapshot)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 FILE = "report.txt"
 VICTIM = 1
-# The suite runs pyctdbd; CTDBLAB_SNAPSHOT_DAEMONS=pyctdbd,ctdb also runs real ctdbd.
-DAEMONS = os.environ.get("CTDBLAB_SNAPSHOT_DAEMONS", "pyctdbd").split(",")
+DAEMONS = ["pyctdbd", "ctdb"]       # ctdb: the reference
 
 
 def rewrite_in_place(path: Path, text: str) -> None:
@@ -59,13 +60,13 @@ def check_views(views: dict[str, ClientView], expected_versions: dict[str, str],
             f"{where}: smbclient allinfo lists {view.allinfo_snapshots}"
         assert view.content == live, f"{where}: live content {view.content!r}"
         assert view.offline, f"{where}: live file attributes {view.attributes:#x} lack OFFLINE"
-        assert view.listed_attributes & 0x1000, \
+        assert view.listed_attributes & FILE_ATTRIBUTE_OFFLINE, \
             f"{where}: listed attributes {view.listed_attributes:#x} lack OFFLINE"
         for token, content in expected_versions.items():
             version = view.versions[token]
             assert "error" not in version, f"{where}: opening {token}: {version.get('error')}"
             assert version["content"] == content, f"{where}: {token} has {version['content']!r}"
-            assert version["attributes"] & 0x1000, \
+            assert version["attributes"] & FILE_ATTRIBUTE_OFFLINE, \
                 f"{where}: {token} attributes {version['attributes']:#x} lack OFFLINE"
     first_ip, first = next(iter(views.items()))
     for ip, view in views.items():
@@ -84,6 +85,16 @@ def test_snapshots_and_offline_identical_through_every_node_and_after_failover(l
     path = layout.share_dir / FILE
 
     path.write_text("version 1: before the first snapshot\n", encoding="utf-8")
+    check_views(views_through_every_ip(cluster), {}, path.read_text(encoding="utf-8"),
+                "before any snapshot")
+    # Control: the same file on [share] (no vfs offline) is not offline.
+    (cluster.shared_dir / SHARE / FILE).write_text("plain\n", encoding="utf-8")
+    plain = client_attributes(cluster.client(0), cluster.public_ips()[0], FILE, share=SHARE,
+                              password=SMB_PASSWORD)
+    assert plain["content"] == "plain\n"
+    assert not plain["attributes"] & FILE_ATTRIBUTE_OFFLINE, f"[{SHARE}]: {plain}"
+    assert not plain["listed_attributes"] & FILE_ATTRIBUTE_OFFLINE, f"[{SHARE}]: {plain}"
+
     versions = {take_snapshot(layout): path.read_text(encoding="utf-8")}
     rewrite_in_place(path, "version 2: between the snapshots, a little longer\n")
     versions[take_snapshot(layout)] = path.read_text(encoding="utf-8")
@@ -91,9 +102,7 @@ def test_snapshots_and_offline_identical_through_every_node_and_after_failover(l
     rewrite_in_place(path, live)
     assert layout.snapshots() == sorted(versions, reverse=True)
 
-    before = views_through_every_ip(cluster)
-    print("before:", {ip: v.comparable() for ip, v in before.items()})
-    check_views(before, versions, live, "before the failover")
+    check_views(views_through_every_ip(cluster), versions, live, "before the failover")
 
     moved = sorted(ip for ip, pnn in cluster.ip_all().items() if pnn == VICTIM)
     assert moved, f"node {VICTIM} hosts no public IP before the failover"
