@@ -111,3 +111,23 @@ def test_client_view_from_probe_output():
     assert view.offline and "ip" not in view.comparable()
     with pytest.raises(SnapshotError, match="lacks versions"):
         ClientView.from_json({k: v for k, v in data.items() if k != "versions"})
+
+
+def test_cli_snapshot_of_a_running_cluster(tmp_path, monkeypatch, capsys):
+    from ctdblab import cli
+    from ctdblab.cluster import registry
+
+    monkeypatch.setattr(registry, "running_clusters",
+                        lambda: [{"prefix": "cx9", "workdir": str(tmp_path)}])
+    assert cli.main(["-q", "snapshot"]) == 2
+    assert "snapshot of cluster cx9" in capsys.readouterr().err
+    layout = SnapshotLayout(tmp_path / "shared")
+    layout.create()
+    (layout.share_dir / "a.txt").write_text("a")
+    assert cli.main(["-q", "snapshot", "--cluster", "cx9"]) == 0
+    [name] = layout.snapshots()
+    assert (layout.snapdir / name / "a.txt").read_text() == "a"
+    assert capsys.readouterr().out.startswith(f"{name}: a copy of {layout.share_dir}")
+    assert cli.main(["-q", "snapshot", "--list"]) == 0
+    assert capsys.readouterr().out == f"  {name}\n"
+    assert cli.main(["-q", "snapshot", "--cluster", "cx8"]) == 2
