@@ -19,7 +19,8 @@ rewritten in place.
 
 :func:`client_view` runs ``scenarios/probes/snapview.py`` inside a lab client and returns what
 that client sees through one IP: the snapshot list (FSCTL_SRV_ENUMERATE_SNAPSHOTS and
-smbclient's ``allinfo``), the file's attributes and content now and in every snapshot.
+smbclient's ``allinfo``), the file's attributes and content now and in every snapshot (opened by
+smbprotocol with a timewarp token, and fetched by smbclient from the ``@GMT-.../NAME`` path).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class ClientView:
     ip: str
     snapshots: list[str]                  # FSCTL_SRV_ENUMERATE_SNAPSHOTS, as the server sent it
     allinfo_snapshots: list[str]          # smbclient `allinfo`, in its order
+    smbclient_versions: dict[str, str]    # snapshot -> content smbclient got from @GMT-.../name
     attributes: int                       # of the live file (SMB2 CREATE response)
     listed_attributes: int                # of the live file in a directory listing
     content: str                          # of the live file

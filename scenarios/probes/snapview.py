@@ -5,6 +5,8 @@ Run inside a lab client; prints one JSON object (cluster/snapshots.py reads it):
 ``snapshots``          FSCTL_SRV_ENUMERATE_SNAPSHOTS on the open file (the @GMT tokens, in the
                        server's order) — what Windows' "Previous Versions" tab asks for;
 ``allinfo_snapshots``  the same list as Samba's own client shows it (``smbclient -c allinfo``);
+``smbclient_versions`` per snapshot, the content smbclient gets from ``@GMT-.../NAME`` (it turns
+                       the path into a timewarp token itself);
 ``attributes``         the file's attributes in the SMB2 CREATE response;
 ``listed_attributes``  its attributes in a directory listing (FileDirectoryInformation);
 ``content``            the file's content now (UTF-8, the lab writes small text files);
@@ -27,6 +29,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 
 from smbprotocol.create_contexts import (CreateContextName, SMB2CreateContextRequest,
@@ -153,15 +156,25 @@ def smb_view(client: SmbClient, name: str, *, attributes_only: bool = False) -> 
     return view
 
 
-def allinfo_snapshots(target: SmbTarget, name: str, timeout: float) -> list[str]:
+def smbclient(target: SmbTarget, commands: str, timeout: float) -> str:
     result = subprocess.run(
         ["smbclient", f"//{target.server}/{target.share}", "-U", f"{target.user}%{target.password}",
-         "-p", str(target.port), "-c", f'allinfo "{name}"'],
+         "-p", str(target.port), "-c", commands],
         capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        raise RuntimeError(f"smbclient allinfo exit {result.returncode}: "
+        raise RuntimeError(f"smbclient -c '{commands}' exit {result.returncode}: "
                            f"{(result.stderr or result.stdout).strip()[-300:]}")
-    return parse_allinfo_snapshots(result.stdout)
+    return result.stdout
+
+
+def smbclient_versions(target: SmbTarget, name: str, tokens: list[str],
+                       timeout: float) -> dict[str, str]:
+    """The content of ``TOKEN/NAME`` for every token, fetched by smbclient in one session."""
+    if not tokens:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="snapview-") as tmp:
+        smbclient(target, "; ".join(f'get "{t}\\{name}" "{tmp}/{t}"' for t in tokens), timeout)
+        return {t: open(f"{tmp}/{t}", encoding="utf-8", errors="replace").read() for t in tokens}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.close()
     if not args.attributes_only:
         try:
-            view["allinfo_snapshots"] = allinfo_snapshots(target, args.file, args.timeout)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            view["allinfo_snapshots"] = parse_allinfo_snapshots(
+                smbclient(target, f'allinfo "{args.file}"', args.timeout))
+            view["smbclient_versions"] = smbclient_versions(target, args.file,
+                                                            view["allinfo_snapshots"], args.timeout)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             print(f"snapview {args.target}: {exc}", file=sys.stderr)
             return 1
     view["ip"] = args.target

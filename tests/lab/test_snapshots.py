@@ -8,8 +8,9 @@ snapshot, when the list is empty) must see:
 
 - the same snapshot list, newest first, both from FSCTL_SRV_ENUMERATE_SNAPSHOTS and from
   smbclient's ``allinfo``;
-- the file's content at each snapshot (opened with a timewarp token, as for ``@GMT-...`` paths)
-  equal to what it was when that snapshot was taken, and the live content now;
+- the file's content at each snapshot equal to what it was when that snapshot was taken (opened
+  by smbprotocol with a timewarp token, and fetched by smbclient from ``@GMT-.../NAME``), and the
+  live content now;
 - FILE_ATTRIBUTE_OFFLINE on the live file (CREATE response and directory listing) and on every
   previous version;
 - exactly the same view through every IP;
@@ -17,7 +18,7 @@ snapshot, when the list is empty) must see:
 
 Then one node is powered off (the lab's hard reset), its IP moves, a third snapshot is taken,
 and everything is checked again through every IP, the moved one included; the node is powered
-on and rejoins.
+on, rejoins, and everything is checked once more.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def check_views(views: dict[str, ClientView], expected_versions: dict[str, str],
             assert version["content"] == content, f"{where}: {token} has {version['content']!r}"
             assert version["attributes"] & FILE_ATTRIBUTE_OFFLINE, \
                 f"{where}: {token} attributes {version['attributes']:#x} lack OFFLINE"
+        assert view.smbclient_versions == expected_versions, \
+            f"{where}: smbclient got {view.smbclient_versions} from the @GMT paths"
     first_ip, first = next(iter(views.items()))
     for ip, view in views.items():
         assert view.comparable() == first.comparable(), \
@@ -116,10 +119,16 @@ def test_snapshots_and_offline_identical_through_every_node_and_after_failover(l
             return False
         return all(owners.get(ip, -1) not in (-1, VICTIM) for ip in cluster.public_ips())
 
-    cluster.wait_until(ips_moved, 60, f"node {VICTIM}'s IPs {moved} hosted by the survivors")
+    moved_after = cluster.wait_until(ips_moved, 60,
+                                     f"node {VICTIM}'s IPs {moved} hosted by the survivors")
     versions[take_snapshot(layout)] = live
     check_views(views_through_every_ip(cluster), versions, live,
                 f"after powering off node {VICTIM} (moved: {', '.join(moved)})")
 
     cluster.power_on(VICTIM)
-    cluster.wait_healthy(timeout=120)
+    rejoined_after = cluster.wait_healthy(timeout=120)
+    final = views_through_every_ip(cluster)
+    check_views(final, versions, live, f"after node {VICTIM} was powered on again")
+    print(f"{daemon}: {len(versions)} snapshots identical through {len(final)} IPs; "
+          f"{', '.join(moved)} moved {moved_after:.1f} s after the power-off; "
+          f"node {VICTIM} healthy {rejoined_after:.1f} s after the power-on")

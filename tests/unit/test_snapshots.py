@@ -105,7 +105,8 @@ size: 37
 
 
 def test_client_view_from_probe_output():
-    data = {"ip": "198.18.0.1", "snapshots": [], "allinfo_snapshots": [], "attributes": 0x1000,
+    data = {"ip": "198.18.0.1", "snapshots": [], "allinfo_snapshots": [],
+            "smbclient_versions": {}, "attributes": 0x1000,
             "listed_attributes": 0x1000, "content": "x", "versions": {}}
     view = ClientView.from_json(data)
     assert view.offline and "ip" not in view.comparable()
