@@ -3,7 +3,7 @@
 A 3-node cluster (pyctdbd, and real ctdbd as the reference) serves ``[snap]`` (vfs shadow_copy2
 + offline, cluster/snapshots.py) from the shared "cluster filesystem" directory.  The test writes
 a file, snapshots the share, rewrites the file in place, snapshots again, rewrites it once more;
-then through every public IP a client (scenarios/probes/snapview.py; also before the first
+then through every public IP a client (scenarios/snapshot_views.py; also before the first
 snapshot, when the list is empty) must see:
 
 - the same snapshot list, newest first, both from FSCTL_SRV_ENUMERATE_SNAPSHOTS and from
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD
-from ctdblab.cluster.snapshots import (FILE_ATTRIBUTE_OFFLINE, ClientView, SnapshotLayout,
-                                       client_attributes, client_view, missing_vfs_modules,
-                                       take_snapshot)
+from ctdblab.cluster.snapshots import (FILE_ATTRIBUTE_OFFLINE, SnapshotLayout,
+                                       missing_vfs_modules, take_snapshot)
+from ctdblab.scenarios.snapshot_views import ClientView, client_attributes, client_view
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 

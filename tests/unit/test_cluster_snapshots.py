@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 import pytest
 
 from ctdblab.cluster.samba import smb_conf
-from ctdblab.cluster.snapshots import (ClientView, SnapshotError, SnapshotLayout, parse_name,
+from ctdblab.cluster.snapshots import (SnapshotError, SnapshotLayout, parse_name,
                                        snapshot_name, take_snapshot)
+from ctdblab.scenarios.snapshot_views import ClientView, ProbeError
 from ctdblab.scenarios.probes.snapview import (parse_allinfo_snapshots, parse_snapshot_array,
                                                token_time)
 
@@ -110,7 +111,7 @@ def test_client_view_from_probe_output():
             "listed_attributes": 0x1000, "content": "x", "versions": {}}
     view = ClientView.from_json(data)
     assert view.offline and "ip" not in view.comparable()
-    with pytest.raises(SnapshotError, match="lacks versions"):
+    with pytest.raises(ProbeError, match="lacks versions"):
         ClientView.from_json({k: v for k, v in data.items() if k != "versions"})
 
 
