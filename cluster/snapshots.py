@@ -10,6 +10,13 @@ Every node exports ``<shared>/snap`` as ``[snap]`` with ``vfs objects = shadow_c
   newest first, ``shadow:sort = desc``, as Windows expects).
 - ``offline`` reports FILE_ATTRIBUTE_OFFLINE (0x1000) on every file of the share.
 
+The order puts shadow_copy2 on top: it maps a previous version (a timewarp token or ``@GMT-``
+path) to the snapshot's file, and offline below it, which only ORs the attribute into whatever
+file it is asked about, marks live files and previous versions alike (the lab test sees 0x1000 on
+both).  A share of its own, always configured, rather than modules on ``[share]``: ``[share]``
+and ``[nolock]`` stay exactly as the other scenarios measured them, and smbd loads the modules
+only when a client connects to ``[snap]`` (smbd_vfs_init in make_connection_snum).
+
 Both modules sit on the same host directory every node sees (the lab's "cluster filesystem"),
 so every node must serve the same versions and attributes.  The lab makes a snapshot by copying
 the share's directory into the snapdir (:func:`take_snapshot`); real blades would take it with
