@@ -29,6 +29,7 @@ from ctdblab.errors import UserError
 from .node import LabHost
 from .profiles import Profile, tunables_file_text
 from .samba import smb_conf
+from .snapshots import SnapshotLayout
 
 STOCK_EVENTS = Path("/usr/share/ctdb/events/legacy")
 SHIPPED_EVENTS = Path(__file__).resolve().parent.parent / "daemon" / "events" / "scripts"
@@ -67,8 +68,10 @@ class DaemonLauncher:
         (etc / "script.options").write_text(
             "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n")
         self._enable_scripts(node.dirs.events)
+        snapshots = SnapshotLayout(shared_dir)
+        snapshots.create()
         (node.dirs.etc_samba / "smb.conf").write_text(
-            smb_conf(shared_dir / "share", clustered=self.smb_clustered))
+            smb_conf(shared_dir / "share", clustered=self.smb_clustered, snapshots=snapshots))
 
     def ctdb_conf(self, shared_dir: Path, profile: Profile) -> str:
         cluster = {"cluster lock": str(shared_dir / ".ctdb" / "reclock"), **profile.cluster_options}

@@ -5,13 +5,15 @@ same directory once more as ``[nolock]`` with ``posix locking = no``: there a by
 lives in brlock.tdb only (no fcntl lock on the file), so a conflict between two nodes can only
 come from the clustered database.  smbd runs clustered by default with either daemon (its
 databases live in the daemon); ``clustered_smbd=False`` runs it standalone, each node with its
-own passdb.
+own passdb.  A third share, ``[snap]``, serves snapshots and offline files (snapshots.py).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .snapshots import SnapshotLayout
 
 SMB_USER = "root"
 SMB_PASSWORD = "ctdblab-Pass1"
@@ -21,7 +23,8 @@ NETBIOS_NAME = "CTDBLAB"
 WORKGROUP = "CTDBLAB"
 
 
-def smb_conf(share_path: Path, *, clustered: bool) -> str:
+def smb_conf(share_path: Path, *, clustered: bool, snapshots: SnapshotLayout | None = None) -> str:
+    """smb.conf of a node; with ``snapshots`` it also has the ``[snap]`` share."""
     # Paths stay at Samba's defaults: inside a node they are the node's own (see node.py).
     return f"""# written by ctdblab
 [global]
@@ -56,7 +59,7 @@ def smb_conf(share_path: Path, *, clustered: bool) -> str:
     guest ok = yes
     create mask = 0644
     posix locking = no
-"""
+""" + (snapshots.smb_conf_section() if snapshots is not None else "")
 
 
 def add_user_command() -> list[str]:

@@ -4,6 +4,7 @@
   ctdblab up --daemon pyctdbd --no-clustered-smbd    ... with a standalone smbd (no databases in the daemon)
   ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
   ctdblab down                                       remove detached clusters
+  ctdblab snapshot                                   snapshot the [snap] share (previous versions)
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
   ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove running lab clusters")
     down.add_argument("--cluster", help="only this prefix")
 
+    snap = sub.add_parser("snapshot", help="snapshot the [snap] share of a running cluster "
+                                           "(its previous versions, vfs shadow_copy2)")
+    snap.add_argument("--cluster", help="prefix of the cluster (when several are up)")
+    snap.add_argument("--list", action="store_true", help="only list the snapshots")
+
     run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
     run.add_argument("scenario", help="failover or scaling")
     run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
@@ -180,10 +186,16 @@ def describe_cluster(cluster) -> str:
         lines.append(f"  client c{client.index} {client.name}  {cluster.plan.client_ip(client.index)}")
     share_ip = cluster.public_ips()[0]
     from .cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
+    from .cluster.snapshots import SNAP_SHARE, SnapshotLayout
+    snap_dir = SnapshotLayout(cluster.shared_dir).share_dir
     lines += ["try:",
               "  ctdblab exec 0 -- ctdb status",
               "  ctdblab exec 0 -- ctdb ip all",
-              f"  ctdblab exec c0 -- smbclient //{share_ip}/{SHARE} -U {SMB_USER}%{SMB_PASSWORD} -c ls"]
+              f"  ctdblab exec c0 -- smbclient //{share_ip}/{SHARE} -U {SMB_USER}%{SMB_PASSWORD} -c ls",
+              f"  [{SNAP_SHARE}] (vfs shadow_copy2 offline) is {snap_dir}: put a file there, "
+              "`ctdblab snapshot`, change it, then",
+              f"  ctdblab exec c0 -- smbclient //{share_ip}/{SNAP_SHARE} -U {SMB_USER}%{SMB_PASSWORD} "
+              "-c 'allinfo FILE'"]
     return "\n".join(lines)
 
 
@@ -247,6 +259,22 @@ def cmd_down(args, progress) -> int:
     return 0
 
 
+def cmd_snapshot(args, progress) -> int:
+    from .cluster.snapshots import SnapshotError, SnapshotLayout, take_snapshot
+
+    state = _find_cluster(args.cluster)
+    layout = SnapshotLayout(Path(state["workdir"]) / "shared")   # MininetCluster.shared_dir
+    try:
+        if not args.list:
+            name = take_snapshot(layout)
+            print(f"{name}: a copy of {layout.share_dir} in {layout.snapdir}")
+    except (SnapshotError, OSError) as e:
+        raise UserError(f"snapshot of cluster {state['prefix']}: {e}") from None
+    for name in layout.snapshots():
+        print(f"  {name}")
+    return 0
+
+
 def cmd_run(args, progress) -> int:
     from .scenarios import run_scenario
 
@@ -300,8 +328,8 @@ def cmd_demo(args, progress) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "exec": cmd_exec, "down": cmd_down, "run": cmd_run,
-            "report": cmd_report, "demo": cmd_demo}
+COMMANDS = {"up": cmd_up, "exec": cmd_exec, "down": cmd_down, "snapshot": cmd_snapshot,
+            "run": cmd_run, "report": cmd_report, "demo": cmd_demo}
 
 
 if __name__ == "__main__":
