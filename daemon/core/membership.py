@@ -20,6 +20,14 @@ Two detectors run side by side on the same traffic (any packet from a peer count
 A watcher whose own loop stalled (its tick arrives much later than scheduled) grants its watched
 peers a fresh timeout instead of blaming them for its own stall.
 
+A peer's timeout also stretches with the jitter its heartbeats have shown lately: it is the
+larger of `DeadTimeoutMs` and twice the longest gap between its recent heartbeats (the gap
+decays by 0.5 % a beat; at most four dead timeouts). On a quiet network the gaps are one
+heartbeat interval and the timeout is `DeadTimeoutMs`; when the machine is so loaded that
+packets wait tens of milliseconds in the kernel (the lab under stress-ng: gaps of 60 ms with
+15 ms heartbeats), a late heartbeat no longer kills a live peer, while a peer that stops
+altogether is still declared dead after its (stretched) timeout.
+
 Sans-I/O: inputs are calls with the current time, outputs are action objects; the shell calls
 `tick()` at `next_deadline()`.
 """
@@ -99,6 +107,12 @@ class LoopStalled:
 Action = SendHeartbeat | SendWatch | SendKeepalive | PeerDead | LoopStalled
 
 
+#: How a peer's timeout follows the jitter of its heartbeats (see the module docstring).
+GAP_FACTOR = 2.0
+GAP_DECAY = 0.995
+MAX_STRETCH = 4.0
+
+
 @dataclass
 class _Peer:
     last_rx: float
@@ -106,6 +120,7 @@ class _Peer:
     dead_count: int = 0
     watched: bool = False      # we watch it on the fast path (it asked us to)
     fast_seen: bool = False    # a fast heartbeat arrived since it asked: its clock runs
+    recent_gap: float = 0.0    # longest recent silence between its heartbeats (decaying)
 
 
 @dataclass
@@ -175,6 +190,8 @@ class FailureDetector:
             return
         peer.rx_count += 1
         if now > peer.last_rx:
+            if peer.watched and peer.fast_seen:
+                peer.recent_gap = max(now - peer.last_rx, peer.recent_gap * GAP_DECAY)
             peer.last_rx = now
         if peer.watched:
             peer.fast_seen = True
@@ -228,9 +245,16 @@ class FailureDetector:
             return None
         earliest = None
         for p in self._peers.values():
-            if p.watched and p.fast_seen and (earliest is None or p.last_rx < earliest):
-                earliest = p.last_rx
-        return None if earliest is None else earliest + self.settings.dead_timeout
+            if p.watched and p.fast_seen:
+                due = p.last_rx + self.timeout_of(p)
+                if earliest is None or due < earliest:
+                    earliest = due
+        return earliest
+
+    def timeout_of(self, peer: _Peer) -> float:
+        """The peer's dead timeout, stretched by the jitter of its recent heartbeats."""
+        base = self.settings.dead_timeout
+        return min(max(base, GAP_FACTOR * peer.recent_gap), MAX_STRETCH * base)
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -286,10 +310,12 @@ class FailureDetector:
         actions: list[Action] = []
         for pnn in sorted(self._peers):
             peer = self._peers[pnn]
-            if peer.watched and peer.fast_seen and now - peer.last_rx > s.dead_timeout:
+            timeout = self.timeout_of(peer)
+            if peer.watched and peer.fast_seen and now - peer.last_rx > timeout:
                 silent_ms = (now - peer.last_rx) * 1000
+                stretched = f", stretched to {timeout * 1000:.0f} ms by jitter" if timeout > s.dead_timeout else ""
                 actions.append(PeerDead(pnn, f"no traffic for {silent_ms:.0f} ms "
-                                             f"(dead timeout {s.dead_timeout * 1000:.0f} ms)", True))
+                                             f"(dead timeout {s.dead_timeout * 1000:.0f} ms{stretched})", True))
         for action in actions:
             self._peers.pop(action.pnn, None)
         if actions:

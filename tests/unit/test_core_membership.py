@@ -168,3 +168,52 @@ def test_each_tick_heartbeats_the_watchers():
     det.peer_up(2, 0.0)
     det.peer_up(3, 0.0)
     assert set(of(det.tick(0.05), SendHeartbeat)) == {SendHeartbeat(1), SendHeartbeat(2)}
+
+
+def _run(det: FailureDetector, beats: list[float], until: float) -> float | None:
+    """Feed `beats` from peer 1 and tick on time (det.next_deadline()) until `until`; the time
+    peer 1 was declared dead, or None."""
+    pending = sorted(beats)
+    while True:
+        due = det.next_deadline()
+        if pending and pending[0] <= due:
+            det.fast_heartbeat(1, pending.pop(0))
+            continue
+        if due > until:
+            return None
+        if any(isinstance(a, PeerDead) for a in det.tick(due)):
+            return due
+
+
+def _detector() -> FailureDetector:
+    det = FailureDetector(0, DetectorSettings(heartbeat_interval=0.015, dead_timeout=0.06), now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    return det
+
+
+def test_a_quiet_peer_gets_the_plain_dead_timeout():
+    det = _detector()
+    beats = [0.001 + i * 0.015 for i in range(40)]
+    dead_at = _run(det, beats, until=2.0)
+    assert dead_at is not None and beats[-1] + 0.06 <= dead_at <= beats[-1] + 0.06 + 0.002
+
+
+def test_jittery_heartbeats_stretch_the_timeout_so_a_late_one_does_not_kill():
+    """The lab under stress-ng: heartbeats 15 ms apart now and then arrive 45 ms after the
+    previous one. A 61 ms silence used to kill a live peer with a 60 ms dead timeout."""
+    det = _detector()
+    beats, t = [], 0.001
+    for i in range(60):
+        t += 0.045 if i % 7 == 3 else 0.015
+        beats.append(t)
+    beats.append(t + 0.061)                                    # a 61 ms silence, then alive
+    assert _run(det, beats, until=beats[-1]) is None
+    assert det.timeout_of(det._peers[1]) == pytest.approx(2 * 0.061, abs=0.001)   # its longest gap
+    # It stops: dead after the stretched timeout, not the plain 60 ms (nor later).
+    dead_at = _run(det, [], until=beats[-1] + 1.0)
+    assert dead_at is not None and 0.122 <= dead_at - beats[-1] <= 0.124
+    # After a long calm the stretch decays back to the plain timeout.
+    calm = _detector()
+    _run(calm, beats + [beats[-1] + k * 0.015 for k in range(1, 600)], until=beats[-1] + 600 * 0.015)
+    assert calm.timeout_of(calm._peers[1]) == pytest.approx(0.06)
