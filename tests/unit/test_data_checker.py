@@ -226,3 +226,13 @@ def test_tdbdump_and_getdbmap_parsing():
              "|0x1|ctdblab_check.tdb|/var/lib/ctdb/persistent/ctdblab_check.tdb.0|1|0|0|0|0|\n")
     assert db_path(dbmap, "ctdblab_check.tdb") == "/var/lib/ctdb/persistent/ctdblab_check.tdb.0"
     assert db_path(dbmap, "other.tdb") is None
+
+
+def test_check_data_is_refused_outside_the_failover_scenario(tmp_path):
+    from ctdblab.errors import UserError
+    from ctdblab.scenarios import run_scenario
+
+    with pytest.raises(UserError, match="--check-data"):
+        run_scenario("scaling", daemon="ctdb", nodes=[1, 2], repeat=1, tunables="default",
+                     out=tmp_path / "out", progress=lambda msg: None, check_data=True)
+    assert not (tmp_path / "out").exists()
