@@ -10,13 +10,18 @@ Before the fault (``start``):
 - one ``pdb_writer`` inside every node: ``ctdb pstore`` of numbered keys ``r<run>.n<pnn>.<n>``
   into the persistent database DB (attached once per cluster).
 
-After the victim rejoined (``final_reads``): ``smb_readback`` of every writer's file through
-a survivor's IP, and ``pdb_dump`` of every node's own copy of DB.  All of it lands in the
-history as ops and captures; ``datacheck.check_data`` judges it.
+The writers keep going through the power-on and the rejoin (commits racing the recovery that
+brings the victim back; the SMB writers through a failback).  Once the victim rejoined
+(``after_rejoin``) a ``pdb_writer`` also commits from the victim itself; when it and every SMB
+writer have had a write acknowledged since the rejoin (or AFTER_REJOIN_S passed) all writers
+stop, and the final reads follow: ``smb_readback`` of every writer's file through a survivor's
+IP, and ``pdb_dump`` of every node's own copy of DB.  All of it lands in the history as ops and
+captures; ``datacheck.check_data`` judges it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from ctdblab import events
@@ -28,6 +33,8 @@ from .proberun import ProbeProcess
 
 DB = "ctdblab_check.tdb"
 FINAL_READ_TIMEOUT_S = 90.0
+AFTER_REJOIN_S = 20.0
+REJOINED_COMMITS = 3
 
 ProbeLauncher = Callable[..., ProbeProcess]
 
@@ -41,9 +48,25 @@ class DataWorkload:
         self.cluster = cluster
         self.history = history
         self.run = run
-        self.launch = launch        # (host, module, args, name) -> a started ProbeProcess
+        self.launch = launch        # (host, module, args, name) -> a probe the run stops at window end
         self.writers: list[tuple[ProbeProcess, str, str]] = []   # probe, file, writer id
+        self.running: list[ProbeProcess] = []                     # writers, stopped by stop_writers
         self.contend: ProbeProcess | None = None
+
+    def _writer(self, host, module: str, args: list[str], process: str) -> ProbeProcess:
+        probe = ProbeProcess(host, module, args + ["--process", process], name=process)
+        self.running.append(probe)
+        return probe
+
+    def stop_writers(self) -> None:
+        """Stop every writer and put what it recorded into the history (idempotent)."""
+        while self.running:
+            probe = self.running.pop(0)
+            probe.stop()
+            self.history.extend(probe.events)
+            # -9: killed with its node at the power-off
+            if probe.proc.returncode not in (0, None, -15, -9) and probe.host.powered:
+                self.history.record(events.note(probe.describe_failure()))
 
     @staticmethod
     def attach(cluster: LabCluster) -> None:
@@ -66,17 +89,17 @@ class DataWorkload:
         for pnn, ip in sorted(per_node.items()):
             name, wid = writer_file(self.run, pnn), f"r{self.run}-n{pnn}"
             role = "victim" if pnn == victim else "survivor"
-            probe = self.launch(client, "smb_writer", [ip, *smb, "--file", name, "--writer", wid,
-                                                       "--role", role],
-                                f"smb-writer-n{pnn}")
+            probe = self._writer(client, "smb_writer", [ip, *smb, "--file", name, "--writer", wid,
+                                                        "--role", role],
+                                 f"smb-writer-n{pnn}")
             self.writers.append((probe, name, wid))
         self.contend = self.launch(client, "smb_contend",
                                    [vip, *smb, "--file", f"datacheck-r{self.run}-contend.bin",
                                     "--survivor", survivor_ip], "smb-contend")
         for node in cluster.nodes:
-            self.launch(node, "pdb_writer", ["--db", DB, "--prefix", f"r{self.run}.n{node.index}",
-                                             "--node", str(node.index)],
-                        f"pdb-writer-{node.index}")
+            self._writer(node, "pdb_writer", ["--db", DB, "--prefix", f"r{self.run}.n{node.index}",
+                                              "--node", str(node.index)],
+                         f"pdb-writer-{node.index}")
         ready = self.contend.wait_for(lambda e: e.get("what") in ("ready", "hold_failed", "stop"), 30)
         if ready is None or ready.get("what") != "ready":
             self.history.record(events.note("smb_contend did not get ready: "
@@ -95,6 +118,31 @@ class DataWorkload:
                 return False
         return self.contend is None or self.contend.find(
             lambda e: e.get("what") in ("done", "stop")) is not None
+
+    def after_rejoin(self, victim: int, survivor_ip: str) -> None:
+        """Commit from the rejoined victim too, let every writer write once more, stop them all,
+        then read everything back."""
+        t_rejoined = time.time()
+        committer = self._writer(self.cluster.node(victim), "pdb_writer",
+                                 ["--db", DB, "--prefix", f"r{self.run}.n{victim}.rejoined",
+                                  "--node", str(victim)], f"pdb-writer-{victim}-rejoined")
+
+        def acked_since(probe: ProbeProcess, f: str) -> int:
+            return sum(1 for e in list(probe.events) if e.get("f") == f and e.get("type") == "ok"
+                       and e["t"] - e.get("latency_s", 0) > t_rejoined)
+
+        deadline = time.time() + AFTER_REJOIN_S
+        while time.time() < deadline:
+            if acked_since(committer, "pdb_store") >= REJOINED_COMMITS and all(
+                    acked_since(probe, "smb_write_block") > 0 for probe, _, _ in self.writers):
+                break
+            time.sleep(0.2)
+        else:
+            self.history.record(events.note(
+                f"after the rejoin not every writer had a write acknowledged within "
+                f"{AFTER_REJOIN_S:.0f} s"))
+        self.stop_writers()
+        self.final_reads(survivor_ip)
 
     def final_reads(self, survivor_ip: str) -> None:
         """Read back every writer's file and every node's copy of DB into the history."""

@@ -18,8 +18,9 @@ One cluster serves all repetitions.  Each repetition:
 
 With ``check_data`` the run also carries the data workload (datarun.py: SMB block writers
 through every node's IP, a share-mode/lock contender, ``ctdb pstore`` loops on every node),
-waits in step 4 until every writer wrote again after the cut, and after step 5 reads every
-file and every node's persistent copy back; datacheck.py gives the verdict.
+waits in step 4 until every writer wrote again after the cut; its writers keep going through
+step 5, and once the victim rejoined (and committed too) every file and every node's
+persistent copy is read back; datacheck.py gives the verdict.
 
 Everything the checker needs is recorded when it happens: the run's start event names the
 victim and the vip, the nemesis records the power-off's cut and kill and the power-on, and a
@@ -192,8 +193,10 @@ class FailoverRun:
             self.nemesis.inject(PowerOn(victim))
             self.wait_rejoined(victim)
             if self.data is not None:
-                self.data.final_reads(survivor_ip)
+                self.data.after_rejoin(victim, survivor_ip)
         finally:
+            if self.data is not None:
+                self.data.stop_writers()
             self.poller.stop()
 
     def wait_ips_spread(self, timeout: float = 60.0) -> None:

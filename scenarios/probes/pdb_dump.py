@@ -8,9 +8,13 @@ and dumps that file with ``tdbdump``: the bytes this node's smbd would read, not
 traverse (which could mask a copy that is behind).  Each record's data starts with the 24-byte
 ctdb_ltdb_header, which is stripped; records with no data (deleted) are skipped.
 
+``tdbdump`` of a file in the middle of a transaction commit (a ``ctdb pstore`` just stopped,
+a recovery pushing records) can fail; the read is then tried again, up to ``--attempts`` times
+one second apart.
+
 Events: ``capture`` ``pdb_copy`` (``node``, ``db``, ``path``, ``records`` = {key: value} of the
 keys starting with one of the ``--prefix`` (all when none given), ``total`` = records in the
-file) or ``pdb_copy_failed`` (``node``, ``db``, ``error``).
+file, ``attempt``) or ``pdb_copy_failed`` (``node``, ``db``, ``error``, ``attempts``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
+import time
 
 from .common import Emitter, run_main
 
@@ -64,23 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--node", type=int, required=True)
     parser.add_argument("--prefix", action="append", default=[])
+    parser.add_argument("--attempts", type=int, default=5)
     parser.add_argument("--process", default=None)
     args = parser.parse_args(argv)
     out = Emitter("pdb_dump", args.process or f"pdb-dump-{args.node}")
-    try:
-        dbmap = subprocess.run(["ctdb", "-X", "getdbmap"], capture_output=True, text=True,
-                               timeout=30, check=True).stdout
-        path = db_path(dbmap, args.db)
-        if path is None:
-            raise LookupError(f"{args.db} is not attached on this node")
-        dump = subprocess.run(["tdbdump", path], capture_output=True, text=True, timeout=60,
-                              check=True, encoding="latin-1").stdout
-        stored = parse_tdbdump(dump)
-    except (OSError, subprocess.SubprocessError, LookupError, ValueError) as e:
-        detail = getattr(e, "stderr", None)
-        out.capture("pdb_copy_failed", node=args.node, db=args.db,
-                    error=f"{type(e).__name__}: {e}" + (f" ({detail.strip()})" if detail else ""))
-        return 1
+    for attempt in range(1, args.attempts + 1):
+        try:
+            path, stored = read_copy(args.db)
+            break
+        except (OSError, subprocess.SubprocessError, LookupError, ValueError) as e:
+            # tdbdump says why on stdout ("Failed to open ..."), the ctdb tool on stderr.
+            said = " ".join(filter(None, ((getattr(e, "stdout", None) or "").strip()[-200:],
+                                          (getattr(e, "stderr", None) or "").strip()[-200:])))
+            error = f"{type(e).__name__}: {e}" + (f" ({said})" if said else "")
+            if attempt == args.attempts:
+                out.capture("pdb_copy_failed", node=args.node, db=args.db, error=error,
+                            attempts=attempt)
+                return 1
+            time.sleep(1.0)
     records = {}
     for key, data in stored.items():
         name = key.decode("latin-1")
@@ -88,8 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         if value and (not args.prefix or any(name.startswith(p) for p in args.prefix)):
             records[name] = value.decode("latin-1")
     out.capture("pdb_copy", node=args.node, db=args.db, path=path, records=records,
-                total=len(stored))
+                total=len(stored), attempt=attempt)
     return 0
+
+
+def read_copy(db: str) -> tuple[str, dict[bytes, bytes]]:
+    """(path, {key: data}) of this node's own file of ``db``."""
+    dbmap = subprocess.run(["ctdb", "-X", "getdbmap"], capture_output=True, text=True,
+                           timeout=30, check=True).stdout
+    path = db_path(dbmap, db)
+    if path is None:
+        raise LookupError(f"{db} is not attached on this node")
+    dump = subprocess.run(["tdbdump", path], capture_output=True, text=True, timeout=60,
+                          check=True, encoding="latin-1").stdout
+    return path, parse_tdbdump(dump)
 
 
 if __name__ == "__main__":

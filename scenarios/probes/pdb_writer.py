@@ -9,7 +9,9 @@ commit is acknowledged (``ok``) when ``ctdb pstore`` exited 0; a non-zero exit, 
 a stop in flight is a ``fail`` (the commit may or may not have happened: "indeterminate").
 
 Events: ``op`` ``f: pdb_store`` (``key``, ``value``, ``db``, ``node``; ``fail`` with ``error``);
-``capture`` ``stop`` (``commits_acked``, ``last``).  SIGTERM/SIGINT stop it.
+``capture`` ``stop`` (``commits_acked``, ``last``).  SIGTERM/SIGINT stop it: a commit in
+flight gets STOP_GRACE_S to finish (killing ``ctdb pstore`` mid-transaction would only make an
+indeterminate commit of a good one) before it is terminated.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .common import (STOP, Emitter, OpRecorder, Waker, install_stop_signals, pos
                      run_main)
 
 OP_NAME = "pdb_store"
+STOP_GRACE_S = 3.0      # within the orchestrator's 5 s between SIGTERM and SIGKILL
 
 
 def commit_value(key: str) -> str:
@@ -77,7 +80,8 @@ class PstoreLoop(threading.Thread):
             self.acked += 1
             self.ops.ok(op_id, latency, **fields)
         else:
-            extra = {"aborted": True} if self.stopping.is_set() else {}
+            killed = self.stopping.is_set() and self.proc.returncode < 0
+            extra = {"aborted": True} if killed else {}
             error = (stderr or stdout).strip()[-300:] or f"exit status {self.proc.returncode}"
             self.ops.fail(op_id, latency, error, returncode=self.proc.returncode, **fields,
                           **extra)
@@ -116,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     while reason is None:
         for r in waker.wait():
             reason = "signal" if r == STOP else "ended" if r == "ended" else reason
+    loop.stopping.set()          # no new commit; the one in flight may finish
+    loop.join(STOP_GRACE_S)
     loop.stop()
-    loop.join(args.timeout + 2)
+    loop.join(1.0)
     out.capture("stop", node=args.node, db=args.db, reason=reason, commits_acked=loop.acked,
                 last=loop.number)
     return 0

@@ -39,6 +39,11 @@ def test_pyctdbd_failover_loses_no_acknowledged_data(tmp_path, victim):
     assert any(e["t"] < t_cut for e in victim_acks)
     assert any(e["t"] - e["latency_s"] > t_cut for e in victim_acks)
 
+    # The rejoined victim committed too, and every node's copy holds those commits.
+    rejoined = [e for e in events if e.get("f") == "pdb_store" and e["type"] == "ok"
+                and e["process"] == f"pdb-writer-{run['victim']}-rejoined"]
+    assert len(rejoined) >= 3 and min(e["t"] for e in rejoined) > run["t_power_on"]
+
     # The checker sees the real read-back: drop one acknowledged block from it and it says so.
     readback = next(e for e in events if e.get("what") == "file_blocks"
                     and e["file"] == victim_acks[0]["file"])
