@@ -156,10 +156,13 @@ class DataWorkload:
         for node in cluster.nodes:
             probes.append(ProbeProcess(node, "pdb_dump", ["--db", DB, "--node", str(node.index),
                                                           *prefixes], name=f"pdb-dump-{node.index}"))
+        def answered(e: dict) -> bool:
+            return e.get("what") == "stop" or e.get("probe") == "pdb_dump"
+
         for probe in probes:
-            if probe.wait_for(lambda e: e.get("what") == "stop" or e.get("probe") == "pdb_dump",
-                              FINAL_READ_TIMEOUT_S) is None:
+            probe.wait_for(answered, FINAL_READ_TIMEOUT_S)
+            probe.stop()            # joins its reader: every line it wrote is in probe.events
+            if probe.find(answered) is None:
                 self.history.record(events.note(f"final read {probe.name} gave no answer: "
                                                 + probe.describe_failure()))
-            probe.stop()
             self.history.extend(probe.events)

@@ -61,9 +61,12 @@ class PstoreLoop(threading.Thread):
         op_id = self.ops.invoke(**fields)
         began = time.monotonic()
         try:
+            # Its own session: the orchestrator stops a probe by signalling the probe's whole
+            # process group, and the commit in flight should get its grace period (stop()).
             self.proc = subprocess.Popen(["ctdb", "pstore", args.db, key, fields["value"]],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True)
+                                         stdin=subprocess.DEVNULL, text=True,
+                                         start_new_session=True)
             try:
                 stdout, stderr = self.proc.communicate(timeout=args.timeout)
             except subprocess.TimeoutExpired:
