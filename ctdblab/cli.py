@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
                      help="failover: smbd with clustering = yes (its databases in the daemon) or "
                           "standalone; default: the daemon's (see `up`)")
+    run.add_argument("--check-data", action="store_true",
+                     help="failover: also write checksummed blocks over SMB through every node's "
+                          "IP, contend for a dead client's file and commit `ctdb pstore` loops on "
+                          "every node, then prove no acknowledged write or commit was lost "
+                          "(off by default: it loads the nodes while the metrics are measured)")
     run.add_argument("--check", type=Path, metavar="THRESHOLDS.toml",
                      help="exit with status 1 if a figure exceeds these limits (for CI)")
 
@@ -284,9 +289,17 @@ def cmd_run(args, progress) -> int:
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
                        repeat=args.repeat, tunables=args.tunables, victim=args.victim,
                        link_params=parse_link(args.link, args.bw), out=args.out,
-                       progress=progress, clustered_smbd=args.clustered_smbd)
+                       progress=progress, clustered_smbd=args.clustered_smbd,
+                       check_data=args.check_data)
     for path in out:
         print(path)
+    status = 0
+    if args.check_data:
+        results = json.loads((args.out / "results.json").read_text())
+        for run in results["runs"]:
+            for problem in run["data"]["problems"]:
+                print(f"DATA CHECK run {run['run']}: {problem}", file=sys.stderr)
+                status = 1
     if limits is not None:
         results = json.loads((args.out / "results.json").read_text())
         violations = thresholds.check(results, limits)
@@ -295,7 +308,7 @@ def cmd_run(args, progress) -> int:
         if violations:
             return 1
         print(f"all figures within {args.check}", file=sys.stderr)
-    return 0
+    return status
 
 
 def cmd_report(args, progress) -> int:

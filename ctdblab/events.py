@@ -50,6 +50,9 @@ FAULT_STEPS = {
 }
 FAULT_PHASES = ("begin", "step", "end", "fail")
 OP_TYPES = ("invoke", "ok", "fail")
+# Operations of the failover's data workload (``--check-data``): judged by the data checker,
+# kept out of the latency figures (survivor stall, client-operation tables) of the SMB probes.
+DATA_WORKLOAD_OPS = ("smb_write_block", "smb_lock", "contend_open_lock", "pdb_store")
 STATE_WHATS = ("node_state", "ip_owner", "log")
 
 

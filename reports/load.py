@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ctdblab.errors import UserError
+from ctdblab.events import DATA_WORKLOAD_OPS
 from ctdblab.history import load_history
 
 RESULTS = "results.json"
@@ -103,6 +104,7 @@ class Dataset:
     faults: list[FaultEvent] = field(default_factory=list)
     has_history: bool = False
     declared_summary: dict[str, Any] = field(default_factory=dict)  # results.json "summary", as written
+    data_checks: list[dict[str, Any]] = field(default_factory=list)  # runs[i]["data"] (--check-data), with "run"
     warnings: list[str] = field(default_factory=list)
     label: str = ""  # set by assign_labels: how plots and tables name this dataset
 
@@ -201,6 +203,9 @@ def _parse_results(data: dict[str, Any], path: Path, run_dir: Path) -> Dataset:
     elif "runs" in data:
         runs = _require(data, "runs", list, path)
         dataset.runs = [_parse_failover_run(r, i, path) for i, r in enumerate(runs)]
+        dataset.data_checks = [{"run": r.get("run", i), "victim_role": r.get("victim_role"), **r["data"]}
+                               for i, r in enumerate(runs)
+                               if isinstance(r, dict) and isinstance(r.get("data"), dict)]
         summary = data.get("summary")
         if isinstance(summary, dict):
             dataset.declared_summary = summary
@@ -288,6 +293,8 @@ def _index_events(events: list[dict[str, Any]], dataset: Dataset) -> None:
     invoked: dict[tuple[Any, Any, Any], float] = {}
     for event in events:
         kind = event["kind"]
+        if kind == "op" and event.get("f") in DATA_WORKLOAD_OPS:
+            continue            # the data checker's; results.json holds its verdict
         if kind == "op":
             op = _op_from_event(event, invoked)
             if op is not None:

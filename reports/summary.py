@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ctdblab.stats import median
 
+from .datachecks import data_check_section
 from .load import Dataset
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
                     metric_title, ratio, role_title, roles_of, runs_with_role, scaling_rows)
@@ -42,6 +43,7 @@ def render_report(datasets: list[Dataset], out_dir: Path, plots: Iterable[Path] 
         lines += _failover_metrics(failover)
         lines += _ratios(failover)
         lines += _per_run(failover)
+        lines += data_check_section(failover)
     if scaling:
         lines += _scaling(scaling)
     lines += _client_ops(datasets)

@@ -19,9 +19,11 @@ SCENARIOS = ("failover", "scaling")
 def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
                  victim: str = "nonleader", bw_mbit: float | None = None,
                  link_params: dict | None = None, out: Path,
-                 progress: Callable[[str], None], clustered_smbd: bool | None = None) -> list[Path]:
+                 progress: Callable[[str], None], clustered_smbd: bool | None = None,
+                 check_data: bool = False) -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
-    `clustered_smbd`: None runs smbd as the daemon's launcher does by default."""
+    `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
+    `check_data` (failover only): add the data workload and its checker (datacheck.py)."""
     from ctdblab.cluster.launchers import get_launcher
     from ctdblab.cluster.mininet_backend import MAX_NODES, LinkSpec
     from ctdblab.cluster.profiles import get_profile
@@ -29,6 +31,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
 
     if name not in SCENARIOS:
         raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    if check_data and name != "failover":
+        raise UserError("--check-data is an option of the failover scenario only")
     if repeat < 1:
         raise UserError(f"--repeat must be at least 1, not {repeat}")
     if not nodes or min(nodes) < 1 or max(nodes) > MAX_NODES:
@@ -56,7 +60,7 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         from .failover import run_failover
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
-                               clustered_smbd=clustered_smbd)
+                               clustered_smbd=clustered_smbd, check_data_loss=check_data)
     else:
         from .scaling import run_scaling
         results = run_scaling(daemon=daemon, node_counts=nodes, bw_mbit=bw_mbit,

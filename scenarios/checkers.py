@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ctdblab.events import RUN_START, RUN_WINDOW_END, Event
+from ctdblab.events import DATA_WORKLOAD_OPS, RUN_START, RUN_WINDOW_END, Event
 from ctdblab.history import events_of_run, run_indexes
 
 SMB_PORT = 445
@@ -155,6 +155,7 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
     window_end = facts.window_end if facts.window_end is not None else float("inf")
     stall = [e["latency_s"] for e in after_cut
              if e["kind"] == "op" and e.get("role") == "survivor" and e.get("type") in ("ok", "fail")
+             and e.get("f") not in DATA_WORKLOAD_OPS     # the data checker judges those
              and not e.get("aborted")          # cut short because the probe was stopping
              and e.get("latency_s") is not None and e["t"] - e["latency_s"] <= window_end]
     m["survivor_stall_s"] = round(max(stall), 4) if stall else None

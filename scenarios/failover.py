@@ -16,6 +16,12 @@ One cluster serves all repetitions.  Each repetition:
 6. reads the survivors' daemon logs for the internal steps, and computes the metrics
    (checkers.py) from the run's history alone.
 
+With ``check_data`` the run also carries the data workload (datarun.py: SMB block writers
+through every node's IP, a share-mode/lock contender, ``ctdb pstore`` loops on every node),
+waits in step 4 until every writer wrote again after the cut; its writers keep going through
+step 5, and once the victim rejoined (and committed too) every file and every node's
+persistent copy is read back; datacheck.py gives the verdict.
+
 Everything the checker needs is recorded when it happens: the run's start event names the
 victim and the vip, the nemesis records the power-off's cut and kill and the power-on, and a
 ``window_end`` event closes the observation.  The times the orchestrator keeps in memory only
@@ -40,6 +46,8 @@ from ctdblab.history import History, events_of_run, read_history
 from ctdblab.stats import summarize
 
 from .checkers import METRICS, PLAIN_PORT, SMB_PORT, TICKLED_PORT, failover_run_record
+from .datacheck import check_data, summarize_data
+from .datarun import DataWorkload
 from .proberun import ProbeProcess
 
 PROBE_FILE = "failover-probe.bin"
@@ -69,7 +77,7 @@ def observation_window(tunables: str) -> float:
 
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
                  bw_mbit: float | None, out: Path, progress: Callable[[str], None],
-                 clustered_smbd: bool | None = None) -> dict:
+                 clustered_smbd: bool | None = None, check_data_loss: bool = False) -> dict:
     if nodes < 2:
         raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
     victim_spec = parse_victim(victim, nodes)
@@ -78,23 +86,31 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
     runs: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     params = {"scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
-              "bw_mbit": bw_mbit}
+              "bw_mbit": bw_mbit, "check_data": check_data_loss}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
         ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
         nemesis = Nemesis(cluster, history)
+        if check_data_loss:
+            DataWorkload.attach(cluster)
         for r in range(repeat):
             history.run = r
             progress(f"failover run {r + 1}/{repeat}")
-            FailoverRun(cluster, history, nemesis, victim_spec, window, progress).execute(r, params)
+            FailoverRun(cluster, history, nemesis, victim_spec, window, progress,
+                        check_data_loss).execute(r, params)
             history.record(events.run_end(r))
             # The checker sees the history alone; its verdict goes to results.json only.
-            run = failover_run_record(events_of_run(read_history(history_path), r))
+            run_events = events_of_run(read_history(history_path), r)
+            run = failover_run_record(run_events)
+            if check_data_loss:
+                run["data"] = check_data(run_events)
             runs.append(run)
             progress("  " + ", ".join(f"{k[:-2]} {run[k]:.2f}s" for k in METRICS[:6]
                                       if run[k] is not None))
+            if check_data_loss:
+                progress("  " + data_line(run["data"]))
         history.run = None
     cpu1, wall1 = os.times(), time.monotonic()
     lab_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -103,6 +119,8 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
     return {
         **params, "victim_spec": victim, "runs": runs,
         "summary": {m: summarize(run.get(m) for run in runs) for m in METRICS},
+        **({"data_summary": summarize_data([run["data"] for run in runs])}
+           if check_data_loss else {}),
         "lab_overhead": {"cpu_s": round(lab_cpu, 2), "wall_s": round(wall1 - wall0, 1),
                          "cpu_pct_of_one_core": round(100 * lab_cpu / (wall1 - wall0), 2),
                          "probes_and_polls_cpu_s": round(kids_cpu, 2),
@@ -110,9 +128,19 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
     }
 
 
+def data_line(data: dict) -> str:
+    b, c, k = data["blocks"], data["commits"], data["contention"]
+    return (f"data {data['verdict']}: blocks acked {b['acked']} lost {b['lost']} "
+            f"indeterminate {b['indeterminate']}; commits acked {c['acked']} lost {c['lost']} "
+            f"indeterminate {c['indeterminate']}; contention {k['verdict']} "
+            f"(wait {k['wait_s']} s, {k['conflicts']} conflicts)"
+            + (f"; {data['problems'][0]}" if data["problems"] else ""))
+
+
 class FailoverRun:
     def __init__(self, cluster: LabCluster, history: History, nemesis: Nemesis,
-                 victim_spec: str | int, window: float, progress: Callable[[str], None]):
+                 victim_spec: str | int, window: float, progress: Callable[[str], None],
+                 check_data_loss: bool = False):
         self.cluster = cluster
         self.history = history
         self.nemesis = nemesis
@@ -121,6 +149,8 @@ class FailoverRun:
         self.progress = progress
         self.probes: list[ProbeProcess] = []
         self.poller: StatePoller | None = None
+        self.check_data_loss = check_data_loss
+        self.data: DataWorkload | None = None
 
     # -- the run --------------------------------------------------------------------------------------
     def execute(self, run: int, params: dict[str, Any]) -> None:
@@ -146,17 +176,27 @@ class FailoverRun:
         try:
             try:
                 self.start_probes(victim, vip, survivor_ip)
+                if self.check_data_loss:
+                    self.data = DataWorkload(cluster, self.history, run, self._data_probe)
+                    self.data.start(victim, vip, survivor_ip, ips)
                 time.sleep(SETTLE_S)
                 off = self.nemesis.inject(PowerOff(victim))
                 self.retry.signal()
-                self.wait_resolved(vip, victim, deadline=off["t_cut"] + self.window)
+                if self.data is not None:
+                    self.data.trigger()
+                self.wait_resolved(vip, victim, deadline=off["t_cut"] + self.window,
+                                   t_cut=off["t_cut"])
                 self.history.record(events.window_end())
             finally:
                 self.stop_probes()
             self.import_logs(off["t_cut"] - 1.0, victim)
             self.nemesis.inject(PowerOn(victim))
             self.wait_rejoined(victim)
+            if self.data is not None:
+                self.data.after_rejoin(victim, survivor_ip)
         finally:
+            if self.data is not None:
+                self.data.stop_writers()
             self.poller.stop()
 
     def wait_ips_spread(self, timeout: float = 60.0) -> None:
@@ -219,6 +259,11 @@ class FailoverRun:
         self.probes.append(probe)
         return probe
 
+    def _data_probe(self, host, module: str, args: list[str], process: str) -> ProbeProcess:
+        probe = ProbeProcess(host, module, args + ["--process", process], name=process)
+        self.probes.append(probe)
+        return probe
+
     def stop_probes(self) -> None:
         for probe in self.probes:
             probe.stop()
@@ -227,7 +272,7 @@ class FailoverRun:
                 self.history.record(events.note(probe.describe_failure()))
         self.probes.clear()
 
-    def wait_resolved(self, vip: str, victim: int, deadline: float) -> None:
+    def wait_resolved(self, vip: str, victim: int, deadline: float, t_cut: float) -> None:
         """Until the IP moved and every probe saw the outcome, or the window ends."""
         probes = {p.name: p for p in self.probes}
 
@@ -239,7 +284,8 @@ class FailoverRun:
             # A probe that stopped has nothing more to tell: waiting on it only burns the window.
             smb445 = smb445 or hold.find(lambda e: e.get("what") == "stop")
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
-            return moved and smb445 is not None and retried is not None
+            data_resumed = self.data is None or self.data.resumed(t_cut)
+            return moved and smb445 is not None and retried is not None and data_resumed
 
         while time.time() < deadline:
             if resolved():
