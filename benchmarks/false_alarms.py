@@ -1,7 +1,7 @@
 """False DISCONNECTs of pyctdbd: an idle period, then one with both cores fully loaded.
 
     .venv/bin/python -m benchmarks.false_alarms [--minutes 10] [--nodes 3] [--daemon pyctdbd]
-        [--tunables fast] [--load stress-ng|busy]
+        [--tunables fast] [--load stress-ng|busy] [--idle-minutes M]
 
 Nothing is broken during the run, so every "node X is dead" a daemon logs, and every non-OK
 state seen by a 1 Hz `ctdb -X status` poll, is a false alarm.  In the loaded phase every core is
@@ -47,6 +47,8 @@ def main() -> int:
     p.add_argument("--daemon", default="pyctdbd")
     p.add_argument("--tunables", default="default")
     p.add_argument("--load", choices=("stress-ng", "busy"), default="stress-ng")
+    p.add_argument("--idle-minutes", type=float, default=None,
+                   help="length of the idle phase (default: --minutes)")
     args = p.parse_args()
     cores = os.cpu_count() or 2
     if args.load == "stress-ng" and shutil.which("stress-ng") is None:
@@ -55,8 +57,9 @@ def main() -> int:
     rows = []
     with LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables, clients=0,
                     progress=progress) as cluster:
-        progress(f"idle for {args.minutes:g} min")
-        rows.append(["idle", args.minutes, *watch(cluster, seconds)])
+        idle = args.minutes if args.idle_minutes is None else args.idle_minutes
+        progress(f"idle for {idle:g} min")
+        rows.append(["idle", idle, *watch(cluster, idle * 60)])
         if args.load == "stress-ng":
             burners = [subprocess.Popen(["stress-ng", "--cpu", str(cores), "--quiet"],
                                         stdout=subprocess.DEVNULL, start_new_session=True)]
