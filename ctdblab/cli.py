@@ -6,6 +6,7 @@
   ctdblab down                                       remove detached clusters
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
   ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
+  ctdblab run soak --daemon pyctdbd --nodes 5 --faults 200 --seed 7 --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
 """
@@ -95,11 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--cluster", help="only this prefix")
 
     run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
-    run.add_argument("scenario", help="failover or scaling")
+    run.add_argument("scenario", help="failover, scaling or soak")
     run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
     run.add_argument("--nodes", default="3", help="N, or A..B for scaling")
     run.add_argument("--repeat", type=int, default=1)
-    run.add_argument("--tunables", default="default")
+    run.add_argument("--tunables", default=None,
+                     help="tunables profile (default: aggressive for soak, default otherwise)")
+    run.add_argument("--faults", type=int, default=20, help="soak: how many scheduled faults")
+    run.add_argument("--seed", type=int, default=1, help="soak: seed of the fault schedule")
+    run.add_argument("--sample-period", type=float, default=None, metavar="S",
+                     help="soak: ground-truth sampling period (default 0.5 s)")
     run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
     run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
@@ -253,10 +259,12 @@ def cmd_run(args, progress) -> int:
     from . import thresholds
 
     limits = thresholds.load(args.check) if args.check else None
+    tunables = args.tunables or ("aggressive" if args.scenario == "soak" else "default")
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
-                       repeat=args.repeat, tunables=args.tunables, victim=args.victim,
+                       repeat=args.repeat, tunables=tunables, victim=args.victim,
                        link_params=parse_link(args.link, args.bw), out=args.out,
-                       progress=progress, clustered_smbd=args.clustered_smbd)
+                       progress=progress, clustered_smbd=args.clustered_smbd,
+                       faults=args.faults, seed=args.seed, sample_period=args.sample_period)
     for path in out:
         print(path)
     if limits is not None:

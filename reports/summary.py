@@ -16,6 +16,7 @@ from typing import Iterable
 from ctdblab.stats import median
 
 from .load import Dataset
+from .soak import soak_section
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
                     metric_title, ratio, role_title, roles_of, runs_with_role, scaling_rows)
 
@@ -26,6 +27,7 @@ _PLOT_TITLES = {
     "failover_summary": "Failover metrics: p50 with p90/max whiskers",
     "latency_cdf": "Client operation latency CDF",
     "throughput_vs_nodes": "Throughput vs node count",
+    "soak_timeline": "Soak fault timeline (bars: faults per node; ticks: convergence; red: violations)",
 }
 
 
@@ -44,6 +46,7 @@ def render_report(datasets: list[Dataset], out_dir: Path, plots: Iterable[Path] 
         lines += _per_run(failover)
     if scaling:
         lines += _scaling(scaling)
+    lines += soak_section(datasets)
     lines += _client_ops(datasets)
     lines += _notes(datasets)
     lines += _plots(list(plots), out_dir)
