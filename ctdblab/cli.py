@@ -267,6 +267,8 @@ def cmd_run(args, progress) -> int:
                        faults=args.faults, seed=args.seed, sample_period=args.sample_period)
     for path in out:
         print(path)
+    if args.scenario == "soak":
+        return _soak_verdict(args.out / "results.json")
     if limits is not None:
         results = json.loads((args.out / "results.json").read_text())
         violations = thresholds.check(results, limits)
@@ -275,6 +277,21 @@ def cmd_run(args, progress) -> int:
         if violations:
             return 1
         print(f"all figures within {args.check}", file=sys.stderr)
+    return 0
+
+
+def _soak_verdict(results_path: Path) -> int:
+    """Print the soak's verdicts; exit status 1 when a check found a violation (for CI)."""
+    checks = json.loads(results_path.read_text())["checks"]
+    failed = {name: v["violations"] for name, v in checks["verdicts"].items() if not v["ok"]}
+    for kind, c in checks["convergence"].items():
+        print(f"{kind:<19} {c['converged']}/{c['faults']} converged, p50 {c['p50_s']} s, "
+              f"max {c['max_s']} s", file=sys.stderr)
+    if failed:
+        print("SAFETY VIOLATIONS: " + ", ".join(f"{k} {n}" for k, n in failed.items())
+              + " (each with its history lines in report.md)", file=sys.stderr)
+        return 1
+    print("no invariant violated", file=sys.stderr)
     return 0
 
 

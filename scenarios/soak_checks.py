@@ -275,9 +275,17 @@ class _State:
         return self.truth is not None and self.arp is not None
 
     def violations(self) -> list[tuple[str, str]]:
-        found = node_violations(self.truth.nodes, self.facts.public_ips) if self.truth else []
+        return [(kind, message) for kind, message, _ in self.proven()]
+
+    def proven(self) -> list[tuple[str, str, int]]:
+        """(invariant, message, the history line of the observation that shows it)."""
+        found = []
+        if self.truth:
+            found += [(k, m, self.truth.line)
+                      for k, m in node_violations(self.truth.nodes, self.facts.public_ips)]
         if self.arp:
-            found += arp_violations(self.arp.answers, self.facts.macs, self.facts.public_ips)
+            found += [(k, m, self.arp.line) for k, m in
+                      arp_violations(self.arp.answers, self.facts.macs, self.facts.public_ips)]
         return found
 
     def lines(self) -> list[int]:
@@ -329,7 +337,7 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
             else:
                 conv_t = obs.t
             continue
-        _extend_runs(settled_runs, bad, obs, found, ep)
+        _extend_runs(settled_runs, state.proven(), obs, found, ep)
     _close_runs(settled_runs, found, ep)
     settle = b.settle(ep.kind)
     if conv_t is not None:
@@ -352,17 +360,18 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
     return record, found
 
 
-def _extend_runs(runs: dict[str, list], bad: list[tuple[str, str]], obs: Observation,
+def _extend_runs(runs: dict[str, list], bad: list[tuple[str, str, int]], obs: Observation,
                  found: list[dict], ep: Episode) -> None:
-    """Stretches of consecutive failing observations, per invariant message."""
-    now = {m: k for k, m in bad}
+    """Stretches of consecutive failing observations, per invariant message; each stretch
+    cites the lines of the observations that showed it."""
+    now = {m: (k, line) for k, m, line in bad}
     for message in list(runs):
         if message not in now:
             _emit_run(runs.pop(message), found, ep)
-    for message, kind in now.items():
+    for message, (kind, line) in now.items():
         run = runs.setdefault(message, [kind, obs.t, obs.t, [], message])
         run[2] = obs.t
-        run[3].append(obs.line)
+        run[3].append(line)
 
 
 def _close_runs(runs: dict[str, list], found: list[dict], ep: Episode) -> None:
@@ -402,33 +411,33 @@ def _during(facts: SoakFacts, ep: Episode) -> list[dict]:
     if ep.kind.startswith("partition") and ep.groups:
         side = {p: i for i, g in enumerate(ep.groups) for p in g}
         state = _State(facts, ep.begin)
-        since: dict[str, tuple[float, list[int]]] = {}
-        worst: dict[str, tuple[float, float, list[int]]] = {}
+        open_: dict[str, list] = {}            # ip -> [t_first, t_last, lines]
+        stretches: list[tuple[str, list]] = []
         for obs in _window(facts, ep.begin, ep.undo_begin):
             state.feed(obs)
             for ip in facts.public_ips:
-                sides = set()
-                if state.truth:
-                    sides |= {side.get(p) for p in ip_holders(state.truth.nodes, ip)}
-                if state.arp:
-                    sides |= {side.get(p) for p in answer_nodes(state.arp.answers.get(ip, []),
-                                                                 facts.macs) if p in side}
-                sides.discard(None)
-                if len(sides) >= 2:
-                    t0, lines = since.setdefault(ip, (obs.t, []))
-                    lines.append(obs.line)
-                    if obs.t - t0 > worst.get(ip, (0, 0, []))[1] - worst.get(ip, (0, 0, []))[0] \
-                            or ip not in worst:
-                        worst[ip] = (t0, obs.t, list(lines))
-                else:
-                    since.pop(ip, None)
-        for ip, (t0, t1, lines) in worst.items():
+                if len(_sides_holding(state, ip, side, facts.macs)) >= 2:
+                    s = open_.setdefault(ip, [obs.t, obs.t, []])
+                    s[1] = obs.t
+                    s[2].append(obs.line)
+                elif ip in open_:
+                    stretches.append((ip, open_.pop(ip)))
+        stretches += list(open_.items())
+        for ip, (t0, t1, lines) in stretches:
             if t1 - t0 > b.both_sides_s:
                 found.append(_violation(
                     "both_sides", ep, f"{ip} held on both sides of partition {ep.groups} for "
                     f"{t1 - t0:.1f} s (bound {b.both_sides_s:g} s)", ep.lines + lines, ip=ip,
                     t_first=t0, t_last=t1, duration_s=t1 - t0, bound_s=b.both_sides_s))
     return found
+
+
+def _sides_holding(state: _State, ip: str, side: dict[int, int], macs: dict[str, int]) -> set[int]:
+    """The partition sides on which ``ip`` is configured or answers ARP right now."""
+    holders = set(ip_holders(state.truth.nodes, ip)) if state.truth else set()
+    if state.arp:
+        holders |= {p for p in answer_nodes(state.arp.answers.get(ip, []), macs) if p in side}
+    return {side[p] for p in holders if p in side}
 
 
 def _emit_stretch(check: str, s: list, ep: Episode, found: list[dict]) -> None:
