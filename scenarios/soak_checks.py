@@ -24,6 +24,7 @@ Checks (each a list of violations; a check with none is ok):
                    ``settle_s[kind]`` (the convergence time is the first instant, from samples
                    and an ARP round both taken after the undo, at which they all hold)
 ``settled``        after convergence and until the next fault, the invariants keep holding
+                   (stretches up to ``transient_s`` forgiven, except a doubled ARP answer)
 ``nodes_ok_bound`` every powered node OK within ``node_ok_s`` of the undo
 ``takeover``       while a node is powered off, crashed or frozen, from ``takeover_s`` after the
                    fault on, every public IP is configured on exactly one *live* node (powered,
@@ -77,6 +78,13 @@ class Bounds:
     ``both_sides_s``: an IP held on both sides of a partition; the side that lost the node must
     take the IP over (~3-5 s as above) and the isolated side should drop it as fast, so 10 s.
     Real CTDB keeps them up to RecoveryDropAllIPs = 120 s by design: it is expected to violate.
+    ``transient_s``: once settled, a stretch of failing observations no longer than this is
+    not a violation — except two nodes answering ARP for one IP at once, which always is.  The
+    nodes are read by separate shells tens of ms apart, so an IP moved by a rebalancing takeover
+    run (release here, then add there: legitimately on no node for a moment) can look doubled
+    or missing in one round, and a ``ctdb`` call can miss its 1 s timeout once on this loaded
+    2-core machine.  1.5 s is three sampling periods: a move lasting that long, or a daemon not
+    answering for that long, is reported.
     ``runaway_*``: after ``runaway_grace_s`` (10 s) of catching up, a daemon idles at a few %
     of a core (README: idle cost) and logs a few lines per fault; above half a core or 20 kB/s
     of log over 10 s or more it is spinning.
@@ -86,6 +94,7 @@ class Bounds:
     node_ok_s: float = 45.0
     takeover_s: float = 10.0
     both_sides_s: float = 10.0
+    transient_s: float = 1.5
     runaway_grace_s: float = 10.0
     runaway_span_s: float = 10.0
     cpu_cores: float = 0.5
@@ -337,8 +346,8 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
             else:
                 conv_t = obs.t
             continue
-        _extend_runs(settled_runs, state.proven(), obs, found, ep)
-    _close_runs(settled_runs, found, ep)
+        _extend_runs(settled_runs, state.proven(), obs, found, ep, b.transient_s)
+    _close_runs(settled_runs, found, ep, b.transient_s)
     settle = b.settle(ep.kind)
     if conv_t is not None:
         record["convergence_s"] = round(conv_t - ep.undone, 3)
@@ -361,26 +370,29 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
 
 
 def _extend_runs(runs: dict[str, list], bad: list[tuple[str, str, int]], obs: Observation,
-                 found: list[dict], ep: Episode) -> None:
+                 found: list[dict], ep: Episode, transient_s: float) -> None:
     """Stretches of consecutive failing observations, per invariant message; each stretch
     cites the lines of the observations that showed it."""
     now = {m: (k, line) for k, m, line in bad}
     for message in list(runs):
         if message not in now:
-            _emit_run(runs.pop(message), found, ep)
+            _emit_run(runs.pop(message), found, ep, transient_s)
     for message, (kind, line) in now.items():
         run = runs.setdefault(message, [kind, obs.t, obs.t, [], message])
         run[2] = obs.t
         run[3].append(line)
 
 
-def _close_runs(runs: dict[str, list], found: list[dict], ep: Episode) -> None:
+def _close_runs(runs: dict[str, list], found: list[dict], ep: Episode, transient_s: float) -> None:
     for message in list(runs):
-        _emit_run(runs.pop(message), found, ep)
+        _emit_run(runs.pop(message), found, ep, transient_s)
 
 
-def _emit_run(run: list, found: list[dict], ep: Episode) -> None:
+def _emit_run(run: list, found: list[dict], ep: Episode, transient_s: float) -> None:
     kind, t0, t1, lines, message = run
+    doubled_answer = "answered over ARP by nodes" in message
+    if t1 - t0 <= transient_s and not doubled_answer:
+        return
     found.append(_violation("settled", ep, f"{kind}: {message}", lines, invariant=kind,
                             t_first=t0, t_last=t1, duration_s=t1 - t0))
 

@@ -42,12 +42,16 @@ def arp_request(src_mac: bytes, src_ip: str, target_ip: str) -> bytes:
     return eth + arp
 
 
-def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
-    """(sender IP, sender MAC) of an ARP reply frame; None for anything else."""
+def parse_arp_reply(frame: bytes, to_ip: str | None = None) -> tuple[str, str] | None:
+    """(sender IP, sender MAC) of an ARP reply frame; None for anything else.  With ``to_ip``
+    only a reply to that address counts: a gratuitous ARP (sent by a node taking an IP over,
+    addressed to the IP itself) is not an answer to our question."""
     if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
         return None
     _, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
     if op != 2 or ptype != 0x0800 or hlen != 6 or plen != 4:
+        return None
+    if to_ip is not None and socket.inet_ntoa(frame[38:42]) != to_ip:
         return None
     mac = ":".join(f"{b:02x}" for b in frame[22:28])
     return socket.inet_ntoa(frame[28:32]), mac
@@ -72,7 +76,7 @@ def probe_round(sock: socket.socket, src_mac: bytes, src_ip: str, ips: list[str]
         ready, _, _ = select.select([sock], [], [], left)
         if not ready:
             break
-        parsed = parse_arp_reply(sock.recv(2048))
+        parsed = parse_arp_reply(sock.recv(2048), to_ip=src_ip)
         if parsed and parsed[0] in answers:
             answers[parsed[0]].add(parsed[1])
     return {ip: sorted(macs) for ip, macs in answers.items()}

@@ -45,8 +45,8 @@ def test_an_ip_on_two_nodes_once_settled_is_a_violation_citing_its_samples(tmp_p
     _freeze(soak)
     soak.steady(15.5, 20.0)
     double = {"198.19.8.1": [0, 2], "198.19.8.2": [1], "198.19.8.3": [2]}
-    soak.steady(20.0, 21.0, owners=double)
-    soak.steady(21.0, 30.0)
+    soak.steady(20.0, 23.0, owners=double)
+    soak.steady(23.0, 30.0)
     result = soak.check()
     assert not result["verdicts"]["settled"]["ok"]
     messages = [v["message"] for v in result["violations"] if v["check"] == "settled"]
@@ -186,3 +186,21 @@ def test_bounds_round_trip_and_unknown_names_are_refused():
     assert again.settle("power_cycle") == 45.0
     with pytest.raises(ValueError, match="unknown bounds: bogus"):
         Bounds.from_dict({"bogus": 1})
+
+
+def test_a_blip_once_settled_is_forgiven_but_a_doubled_arp_answer_never_is(tmp_path):
+    soak = Soak(tmp_path, _freeze_schedule())
+    soak.steady(1.0, 10.0)
+    soak.fault(10.0, "freeze", 2, "begin", 0)
+    soak.fault(10.01, "freeze", 2, "end", 0)
+    soak.fault(15.0, "thaw", 2, "begin", 0)
+    soak.fault(15.01, "thaw", 2, "end", 0)
+    soak.steady(15.5, 20.0)
+    soak.sample(20.0, owners={"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": []})  # mid-move
+    soak.arp(20.1)
+    soak.sample(20.5, leaders={0: None})                                # one slow answer
+    soak.arp(20.6, owners={"198.19.8.1": [0, 2], "198.19.8.2": [1], "198.19.8.3": [2]})
+    soak.steady(21.0, 30.0)
+    result = soak.check()
+    (v,) = result["violations"]
+    assert v["check"] == "settled" and "answered over ARP by nodes 0, 2" in v["message"]

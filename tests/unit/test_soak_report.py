@@ -22,8 +22,8 @@ def _soak_dir(tmp_path):
     soak.fault(15.0, "thaw", 2, "begin", 0)
     soak.fault(15.01, "thaw", 2, "end", 0)
     soak.steady(15.5, 20.0)
-    soak.steady(20.0, 21.0, owners={"198.19.8.1": [0, 2], "198.19.8.2": [1], "198.19.8.3": [2]})
-    soak.steady(21.0, 30.0)
+    soak.steady(20.0, 23.0, owners={"198.19.8.1": [0, 2], "198.19.8.2": [1], "198.19.8.3": [2]})
+    soak.steady(23.0, 30.0)
     checks = soak.check()
     results = {"scenario": "soak", "daemon": "pyctdbd", "nodes": 3, "faults": 1, "seed": 4,
                "tunables": "aggressive", "schedule": schedule, "checks": checks,

@@ -46,3 +46,6 @@ def test_an_arp_request_parses_back_as_a_reply_once_its_opcode_is_two():
     frame[28:32] = socket.inet_aton("198.19.8.1")                              # sender = target
     assert parse_arp_reply(bytes(frame)) == ("198.19.8.1", "02:c7:00:02:00:04")
     assert parse_arp_reply(b"\x00" * 10) is None
+    assert parse_arp_reply(bytes(frame), to_ip="198.19.4.1") is None      # to itself: gratuitous
+    frame[38:42] = socket.inet_aton("198.19.4.1")
+    assert parse_arp_reply(bytes(frame), to_ip="198.19.4.1") == ("198.19.8.1", "02:c7:00:02:00:04")
