@@ -33,7 +33,7 @@ def plot_soak_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from .plots import _save
+    from .plots import save_figure
 
     fig = Figure(figsize=(13, 1.2 + 2.0 * sum(_node_count(d) for d in soaks) / 3),
                  layout="constrained")
@@ -79,7 +79,7 @@ def plot_soak_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]:
     handles.append(Patch(color="black", label="| convergence"))
     handles.append(Patch(color="red", label="x violation"))
     fig.legend(handles=handles, loc="outside lower center", ncols=5)
-    return _save(fig, out_dir, SOAK_TIMELINE)
+    return save_figure(fig, out_dir, SOAK_TIMELINE)
 
 
 def _node_count(dataset: Dataset) -> int:

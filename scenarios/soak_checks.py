@@ -240,8 +240,8 @@ def soak_facts(numbered: Iterable[Numbered], bounds: Bounds | None = None) -> So
                 if ep.begin is None:
                     ep.begin = e["t"]
                     ep.target = e.get("node") if e.get("node") is not None else e.get("target")
-                if fault in UNDO_FAULTS or (fault == "flap"):
-                    ep.undo_begin = e["t"] if fault != "flap" else None
+                if fault in UNDO_FAULTS:
+                    ep.undo_begin = e["t"]
                 if fault == "partition":
                     ep.groups = e.get("groups")
             elif phase in ("end", "fail"):
