@@ -28,7 +28,8 @@ from ctdblab.chaos import (ClearLoss, Crash, Flap, Freeze, Heal, Loss, Nemesis, 
 from ctdblab.cluster.lab import LabCluster
 from ctdblab.history import History, load_numbered
 
-from .soak_checks import Bounds, arp_violations, check_soak, node_violations
+from .soak_checks import Bounds, check_soak
+from .soak_invariants import arp_violations, node_violations
 from .soak_schedule import ScheduledFault, describe, make_schedule, partition_groups, resolve_target
 from .truth import DEFAULT_PERIOD_S, TruthSampler, describe_macs
 

@@ -11,12 +11,8 @@ history lines that prove it, and per fault its convergence time.  It reads:
 - the nemesis' fault events, each carrying ``soak_index``: an *episode* is every fault event of one
   index, from the first begin (the fault applied) to the last end or fail (it was undone).
 
-Invariants (``state_violations``), evaluated at every sample and ARP round:
-
-``ip_unique``      every public IP configured on exactly one powered node, and answered over ARP
-                   by exactly one node
-``leader_agreed``  every powered node answers ``ctdb leader``, all with the same powered PNN
-``nodes_ok``       every powered node answers ``ctdb status`` and shows every powered node OK
+Invariants (``soak_invariants``: ``ip_unique``, ``leader_agreed``, ``nodes_ok``) are evaluated
+at every sample and ARP round.
 
 Checks (each a list of violations; a check with none is ok):
 
@@ -47,9 +43,10 @@ from typing import Any, Iterable
 from ctdblab.events import RUN_END, RUN_START, Event
 from ctdblab.stats import summarize
 
+from .soak_invariants import answer_nodes, arp_violations, ip_holders, node_violations, nodes_text
+
 Numbered = tuple[int, Event]
 CHECKS = ("converged", "settled", "nodes_ok_bound", "takeover", "both_sides", "runaway")
-INVARIANTS = ("ip_unique", "leader_agreed", "nodes_ok")
 MAX_LINES = 12
 
 
@@ -115,68 +112,6 @@ class Bounds:
 
     def settle(self, kind: str) -> float:
         return self.settle_s.get(kind, max(self.settle_s.values()))
-
-
-# -- what one instant shows ------------------------------------------------------------------------
-def powered(nodes: dict[str, Any]) -> list[int]:
-    return sorted(int(p) for p, n in nodes.items() if n.get("powered"))
-
-
-def ip_holders(nodes: dict[str, Any], ip: str) -> list[int]:
-    return sorted(int(p) for p, n in nodes.items() if n.get("powered") and ip in (n.get("addrs") or ()))
-
-
-def node_violations(nodes: dict[str, Any], public_ips: list[str]) -> list[tuple[str, str]]:
-    """(invariant, what is wrong) for one truth sample's ``nodes``."""
-    found: list[tuple[str, str]] = []
-    up = powered(nodes)
-    for pnn in up:
-        if nodes[str(pnn)].get("addrs") is None:
-            found.append(("ip_unique", f"node {pnn}: its addresses could not be read"))
-    for ip in public_ips:
-        holders = ip_holders(nodes, ip)
-        if len(holders) != 1:
-            found.append(("ip_unique", f"{ip} configured on {_nodes_text(holders)}"))
-    leaders = {pnn: nodes[str(pnn)].get("leader") for pnn in up}
-    silent = [p for p, l in leaders.items() if l is None]
-    if silent:
-        found.append(("leader_agreed", f"no leader answer from {_nodes_text(silent)}"))
-    named = {l for l in leaders.values() if l is not None}
-    if len(named) > 1:
-        found.append(("leader_agreed", "nodes disagree on the leader: "
-                      + ", ".join(f"{p}->{l}" for p, l in leaders.items() if l is not None)))
-    elif named and next(iter(named)) not in up:
-        found.append(("leader_agreed", f"the leader named, {next(iter(named))}, is not powered"))
-    for pnn in up:
-        status = nodes[str(pnn)].get("status")
-        if status is None:
-            found.append(("nodes_ok", f"node {pnn} did not answer ctdb status"))
-            continue
-        bad = [f"{q} {status.get(str(q), 'missing')}" for q in up if status.get(str(q)) != "OK"]
-        if bad:
-            found.append(("nodes_ok", f"node {pnn} sees " + ", ".join(bad)))
-    return found
-
-
-def arp_violations(answers: dict[str, list[str]], macs: dict[str, int],
-                   public_ips: list[str]) -> list[tuple[str, str]]:
-    """(``ip_unique``, what is wrong) for one ARP round: each IP answered by exactly one node."""
-    found = []
-    for ip in public_ips:
-        who = answer_nodes(answers.get(ip, []), macs)
-        if len(who) != 1:
-            found.append(("ip_unique", f"{ip} answered over ARP by {_nodes_text(who)}"))
-    return found
-
-
-def answer_nodes(mac_list: Iterable[str], macs: dict[str, int]) -> list[Any]:
-    return sorted({macs.get(m.lower(), m) for m in mac_list}, key=str)
-
-
-def _nodes_text(nodes: list[Any]) -> str:
-    if not nodes:
-        return "no node"
-    return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(str(n) for n in nodes)
 
 
 # -- reading the history ---------------------------------------------------------------------------
@@ -454,7 +389,7 @@ def _sides_holding(state: _State, ip: str, side: dict[int, int], macs: dict[str,
 
 def _emit_stretch(check: str, s: list, ep: Episode, found: list[dict]) -> None:
     ip, t0, t1, lines, holders = s
-    found.append(_violation(check, ep, f"{ip} on {_nodes_text(holders)} among live nodes "
+    found.append(_violation(check, ep, f"{ip} on {nodes_text(holders)} among live nodes "
                             f"(victim {ep.target} excluded) from {t0:.1f} to {t1:.1f}",
                             ep.lines[:1] + lines, ip=ip, t_first=t0, t_last=t1,
                             duration_s=t1 - t0))

@@ -7,7 +7,8 @@ import pytest
 
 from soak_history import IPS, Soak
 
-from ctdblab.scenarios.soak_checks import Bounds, node_violations
+from ctdblab.scenarios.soak_checks import Bounds
+from ctdblab.scenarios.soak_invariants import node_violations
 
 def _freeze_schedule():
     return [{"index": 0, "kind": "freeze_nonleader", "role": "nonleader", "pick": 0, "hold_s": 5}]
