@@ -20,7 +20,9 @@ loss                   drop ``percent`` % of the target's private packets, hold,
 =====================  ===========================================================================
 
 Hold times are drawn from ``HOLD_S`` per kind: long enough that the daemon must react (beyond
-the aggressive profile's ~3 s dead-node detection) but short enough for 200 faults in ~2 hours.
+the aggressive profile's ~3 s dead-node detection) but short enough for 200 faults in ~1 hour.
+Partitions hold at least 8 s, beyond the checkers' 5 s both-sides bound plus detection, so a
+side that keeps its IPs is always caught.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ HOLD_S = {
     "crash_restart": (3.0, 10.0),
     "freeze_leader": (4.0, 12.0),
     "freeze_nonleader": (4.0, 12.0),
-    "partition_minority": (5.0, 15.0),
-    "partition_leader": (5.0, 15.0),
+    "partition_minority": (8.0, 20.0),
+    "partition_leader": (8.0, 20.0),
     "flap": (1.0, 6.0),
     "loss": (5.0, 12.0),
 }
