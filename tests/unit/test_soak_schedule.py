@@ -72,3 +72,17 @@ def test_a_leader_partition_isolates_the_leader():
     small, large = partition_groups(_fault("partition_leader", "leader", 3, 1), [0, 1, 2, 3, 4],
                                     target=2, leader=2)
     assert small == [2] and large == [0, 1, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nodes": [1]}, "at least 2"), ({"nodes": [3, 4]}, "one node count"),
+    ({"faults": 0}, "--faults must be at least 1"), ({"sample_period": 0.01}, "--sample-period")])
+def test_bad_soak_options_are_refused_before_anything_is_built(tmp_path, kwargs, message):
+    from ctdblab.errors import UserError
+    from ctdblab.scenarios import run_scenario
+
+    options = {"daemon": "pyctdbd", "nodes": [3], "repeat": 1, "tunables": "aggressive",
+               "out": tmp_path / "out", "progress": lambda m: None, **kwargs}
+    with pytest.raises(UserError, match=message):
+        run_scenario("soak", **options)
+    assert not (tmp_path / "out").exists()
