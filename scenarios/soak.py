@@ -108,12 +108,18 @@ class SoakNemesis:
                 + arp_violations(arp.get("answers") or {}, self.macs, self.public_ips))
 
     def wait_converged(self, since: float, timeout: float) -> float | None:
-        """Seconds from ``since`` until every invariant held (None: not within ``timeout``)."""
+        """Seconds from ``since`` until every invariant held, without a break for the bounds'
+        ``stable_s`` as the checker requires (None: not within ``timeout``)."""
         deadline = time.time() + timeout
+        good_since = None
         while time.time() < deadline:
             bad = self.live_violations(since)
-            if bad == []:
-                return time.time() - since
+            if bad:
+                good_since = None
+            elif bad == [] and good_since is None:
+                good_since = time.time()
+            if good_since is not None and time.time() - good_since >= self.bounds.stable_s:
+                return good_since - since
             time.sleep(0.1)
         return None
 

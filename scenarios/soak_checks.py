@@ -17,10 +17,14 @@ at every sample and ARP round.
 Checks (each a list of violations; a check with none is ok):
 
 ``converged``      after an episode is undone, all invariants hold again within
-                   ``settle_s[kind]`` (the convergence time is the first instant, from samples
-                   and an ARP round both taken after the undo, at which they all hold)
+                   ``settle_s[kind]``: the convergence time is when the first unbroken stretch of
+                   ``stable_s`` began in which they all held, judged from samples and ARP rounds
+                   taken after the undo
 ``settled``        after convergence and until the next fault, the invariants keep holding
-                   (stretches up to ``transient_s`` forgiven, except a doubled ARP answer)
+                   (stretches up to ``transient_s`` forgiven)
+``arp_exclusive``  from the undo until the next fault, never two nodes answering one ARP round
+                   for the same IP (both had it configured at once); stretches already reported
+                   by ``both_sides`` are not reported again
 ``nodes_ok_bound`` every powered node OK within ``node_ok_s`` of the undo
 ``takeover``       while a node is powered off, crashed or frozen, from ``takeover_s`` after the
                    fault on, every public IP is configured on exactly one *live* node (powered,
@@ -46,7 +50,8 @@ from ctdblab.stats import summarize
 from .soak_invariants import answer_nodes, arp_violations, ip_holders, node_violations, nodes_text
 
 Numbered = tuple[int, Event]
-CHECKS = ("converged", "settled", "nodes_ok_bound", "takeover", "both_sides", "runaway")
+CHECKS = ("converged", "settled", "arp_exclusive", "nodes_ok_bound", "takeover", "both_sides",
+          "runaway")
 MAX_LINES = 12
 
 
@@ -84,6 +89,9 @@ class Bounds:
     or missing in one round, and a ``ctdb`` call can miss its 1 s timeout once on this loaded
     2-core machine.  1.5 s is three sampling periods: a move lasting that long, or a daemon not
     answering for that long, is reported.
+    ``stable_s``: converged means every invariant held without a break for this long (two
+    sampling periods); one consistent instant in the middle of a takeover run does not count.
+    The convergence time is when that unbroken stretch began.
     ``runaway_*``: after ``runaway_grace_s`` (10 s) of catching up, a daemon idles at a few %
     of a core (README: idle cost) and logs a few lines per fault; above half a core or 20 kB/s
     of log over 10 s or more it is spinning.
@@ -94,6 +102,7 @@ class Bounds:
     takeover_s: float = 10.0
     both_sides_s: float = 5.0
     transient_s: float = 1.5
+    stable_s: float = 1.0
     runaway_grace_s: float = 10.0
     runaway_span_s: float = 10.0
     cpu_cores: float = 0.5
@@ -267,7 +276,7 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
         return record, found
     found += _during(facts, ep)
     state = _State(facts, ep.undone)
-    conv_t = ok_t = None
+    conv_t = ok_t = good_since = None
     last_bad: tuple[list[tuple[str, str]], list[int]] | None = None
     settled_runs: dict[str, list] = {}
     for obs in _window(facts, ep.undone, t_next):
@@ -279,9 +288,11 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
             ok_t = obs.t
         if conv_t is None:
             if bad:
-                last_bad = (bad, state.lines())
-            else:
-                conv_t = obs.t
+                last_bad, good_since = (bad, state.lines()), None
+            elif good_since is None:
+                good_since = obs.t
+            if good_since is not None and obs.t - good_since >= b.stable_s:
+                conv_t = good_since
             continue
         _extend_runs(settled_runs, state.proven(), obs, found, ep, b.transient_s)
     _close_runs(settled_runs, found, ep, b.transient_s)
@@ -303,6 +314,7 @@ def check_episode(facts: SoakFacts, ep: Episode, t_next: float) -> tuple[dict, l
                                 f"{b.node_ok_s:g} s of the undo", ep.lines + samples,
                                 bound_s=b.node_ok_s))
     found += _runaway(facts, ep, ep.undone + b.runaway_grace_s, t_next)
+    found += _doubled_answers(facts, ep, t_next, found)
     return record, found
 
 
@@ -327,8 +339,7 @@ def _close_runs(runs: dict[str, list], found: list[dict], ep: Episode, transient
 
 def _emit_run(run: list, found: list[dict], ep: Episode, transient_s: float) -> None:
     kind, t0, t1, lines, message = run
-    doubled_answer = "answered over ARP by nodes" in message
-    if t1 - t0 <= transient_s and not doubled_answer:
+    if t1 - t0 <= transient_s:
         return
     found.append(_violation("settled", ep, f"{kind}: {message}", lines, invariant=kind,
                             t_first=t0, t_last=t1, duration_s=t1 - t0))
@@ -382,6 +393,23 @@ def _during(facts: SoakFacts, ep: Episode) -> list[dict]:
                     f"{t1 - t0:.1f} s (bound {b.both_sides_s:g} s)", ep.lines + lines, ip=ip,
                     t_first=t0, t_last=t1, duration_s=t1 - t0, bound_s=b.both_sides_s))
     return found
+
+
+def _doubled_answers(facts: SoakFacts, ep: Episode, t_next: float, found: list[dict]) -> list[dict]:
+    """Every ARP round after the undo in which two nodes answered for one IP."""
+    reported = [(v["ip"], v["t_first"], v["t_last"]) for v in found if v["check"] == "both_sides"]
+    doubles: list[dict] = []
+    for obs in _window(facts, ep.undone, t_next):
+        if obs.source != "arp":
+            continue
+        for ip in facts.public_ips:
+            who = answer_nodes(obs.answers.get(ip, []), facts.macs)
+            if len(who) < 2 or any(i == ip and t0 <= obs.t <= t1 for i, t0, t1 in reported):
+                continue
+            doubles.append(_violation("arp_exclusive", ep, f"{ip} answered over ARP by "
+                                      f"{nodes_text(who)} in one round", [obs.line], ip=ip,
+                                      t_first=obs.t, t_last=obs.t))
+    return doubles
 
 
 def _sides_holding(state: _State, ip: str, side: dict[int, int], macs: dict[str, int]) -> set[int]:

@@ -189,7 +189,7 @@ def test_bounds_round_trip_and_unknown_names_are_refused():
         Bounds.from_dict({"bogus": 1})
 
 
-def test_a_blip_once_settled_is_forgiven_but_a_doubled_arp_answer_never_is(tmp_path):
+def test_a_blip_once_settled_is_forgiven_but_a_doubled_arp_answer_is_reported(tmp_path):
     soak = Soak(tmp_path, _freeze_schedule())
     soak.steady(1.0, 10.0)
     soak.fault(10.0, "freeze", 2, "begin", 0)
@@ -204,7 +204,24 @@ def test_a_blip_once_settled_is_forgiven_but_a_doubled_arp_answer_never_is(tmp_p
     soak.steady(21.0, 30.0)
     result = soak.check()
     (v,) = result["violations"]
-    assert v["check"] == "settled" and "answered over ARP by nodes 0, 2" in v["message"]
+    assert v["check"] == "arp_exclusive" and "answered over ARP by nodes 0, 2" in v["message"]
+    assert result["verdicts"]["settled"]["ok"]
+
+
+def test_one_consistent_instant_mid_takeover_is_not_convergence(tmp_path):
+    soak = Soak(tmp_path, _freeze_schedule())
+    soak.steady(1.0, 10.0)
+    _freeze(soak)
+    moving = {"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": []}
+    soak.steady(15.5, 17.0, owners=moving)
+    soak.sample(17.0)
+    soak.arp(17.1)                                   # all fine, for one round
+    soak.sample(17.5, owners=moving)
+    soak.arp(17.6, owners=moving)
+    soak.steady(18.0, 30.0)
+    result = soak.check()
+    # the ARP round at 18.1 is the first to show the IP back: the stable stretch starts there
+    assert result["episodes"][0]["convergence_s"] == pytest.approx(18.1 - 15.01, abs=0.01)
 
 
 def test_a_doubled_ip_is_followed_past_the_heal_until_one_side_lets_go(tmp_path):
