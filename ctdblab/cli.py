@@ -8,6 +8,7 @@
   ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
   ctdblab run soak --daemon pyctdbd --nodes 5 --faults 200 --seed 7 --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
+  ctdblab report --recheck DIR                       soak: check its history again, then draw
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
 """
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="draw plots and report.md from a run directory")
     rep.add_argument("dir", type=Path)
+    rep.add_argument("--recheck", action="store_true",
+                     help="soak: check the history again with the current checkers first")
 
     demo = sub.add_parser("demo", help="3-node failover of pyctdbd and ctdb, then the report")
     demo.add_argument("--out", type=Path, default=None)
@@ -297,6 +300,10 @@ def _soak_verdict(results_path: Path) -> int:
 
 def cmd_report(args, progress) -> int:
     from .reports import make_report
+
+    if args.recheck:
+        from .scenarios.soak import recheck_soak
+        recheck_soak(args.dir)
 
     for path in make_report(args.dir):
         print(path)

@@ -26,6 +26,7 @@ from ctdblab import events
 from ctdblab.chaos import (ClearLoss, Crash, Flap, Freeze, Heal, Loss, Nemesis, Partition,
                            PowerOff, PowerOn, Restart, Thaw)
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.errors import UserError
 from ctdblab.history import History, load_numbered
 
 from .soak_checks import Bounds, check_soak
@@ -186,3 +187,16 @@ class SoakNemesis:
         finally:
             undo()
 
+
+def recheck_soak(run_dir: Path) -> dict[str, Any]:
+    """Check a soak's history again with the current checkers (the bounds it ran with) and
+    replace ``checks`` in its results.json; returns the new checks."""
+    import json
+
+    results_path = Path(run_dir) / "results.json"
+    results = json.loads(results_path.read_text())
+    if results.get("scenario") != "soak":
+        raise UserError(f"{results_path}: not a soak run (scenario {results.get('scenario')!r})")
+    results["checks"] = check_soak(load_numbered(Path(run_dir) / "history.jsonl"))
+    results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return results["checks"]

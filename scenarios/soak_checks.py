@@ -396,20 +396,28 @@ def _during(facts: SoakFacts, ep: Episode) -> list[dict]:
 
 
 def _doubled_answers(facts: SoakFacts, ep: Episode, t_next: float, found: list[dict]) -> list[dict]:
-    """Every ARP round after the undo in which two nodes answered for one IP."""
+    """Stretches of ARP rounds after the undo in which two nodes answered for one IP."""
     reported = [(v["ip"], v["t_first"], v["t_last"]) for v in found if v["check"] == "both_sides"]
-    doubles: list[dict] = []
+    open_: dict[str, list] = {}             # ip -> [t_first, t_last, lines, nodes seen]
+    stretches: list[tuple[str, list]] = []
     for obs in _window(facts, ep.undone, t_next):
         if obs.source != "arp":
             continue
         for ip in facts.public_ips:
             who = answer_nodes(obs.answers.get(ip, []), facts.macs)
-            if len(who) < 2 or any(i == ip and t0 <= obs.t <= t1 for i, t0, t1 in reported):
-                continue
-            doubles.append(_violation("arp_exclusive", ep, f"{ip} answered over ARP by "
-                                      f"{nodes_text(who)} in one round", [obs.line], ip=ip,
-                                      t_first=obs.t, t_last=obs.t))
-    return doubles
+            if len(who) >= 2 and not any(i == ip and t0 <= obs.t <= t1 for i, t0, t1 in reported):
+                s = open_.setdefault(ip, [obs.t, obs.t, [], set()])
+                s[1] = obs.t
+                s[2].append(obs.line)
+                s[3].update(who)
+            elif ip in open_:
+                stretches.append((ip, open_.pop(ip)))
+    stretches += list(open_.items())
+    return [_violation("arp_exclusive", ep, f"{ip} answered over ARP by "
+                       f"{nodes_text(sorted(nodes, key=str))} at once, in {len(lines)} "
+                       f"round{'s' if len(lines) > 1 else ''} over {t1 - t0:.1f} s",
+                       lines, ip=ip, t_first=t0, t_last=t1, duration_s=t1 - t0)
+            for ip, (t0, t1, lines, nodes) in sorted(stretches, key=lambda x: x[1][0])]
 
 
 def _sides_holding(state: _State, ip: str, side: dict[int, int], macs: dict[str, int]) -> set[int]:
