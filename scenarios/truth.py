@@ -12,8 +12,9 @@
 
 Cost: one ``mnexec … sh`` per node per round, all nodes in parallel (the shell runs ``ip`` and
 two ``ctdb`` calls); daemon PIDs are looked up by namespace only when a known one is gone or
-every ``PID_REFRESH_S``.  The sampler measures its own CPU (its thread plus the reaped shells)
-and reports it from ``cost()``.
+every ``PID_REFRESH_S``.  ``cost()`` reports the sampler's CPU: its thread plus every child the
+orchestrator reaped meanwhile — the shells, the ARP probe, and also the nemesis' few ``nft`` and
+daemon-start commands, so it is an upper bound.
 
 Alongside runs the ``arp`` probe in a client (``ArpWatcher``), whose rounds are copied into the
 history as they arrive: who answers ARP for each public IP as a client sees it.
@@ -93,7 +94,7 @@ class TruthSampler(threading.Thread):
         self._pids: dict[int, list[int]] = {}
         self._pids_at: dict[int, float] = {}
         self._halt = threading.Event()
-        self._cpu0 = self._cpu1 = 0.0
+        self._cpu0 = self._cpu1 = self._children0 = 0.0
         self._wall0 = self._wall1 = 0.0
         self.arp: ArpWatcher | None = None
 
