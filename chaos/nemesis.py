@@ -58,17 +58,19 @@ class Nemesis:
         self.cluster = cluster
         self.history = history
 
-    def inject(self, fault: Fault) -> Any:
+    def inject(self, fault: Fault, **tags: Any) -> Any:
+        """Apply ``fault``; ``tags`` (e.g. the soak's ``soak_index``) go on every event it
+        records, so a checker can group the events of one scheduled fault."""
         record = self.history.record
-        record(events.fault_begin(fault.name, fault.node, **fault.params()))
+        record(events.fault_begin(fault.name, fault.node, **fault.params(), **tags))
         try:
             outcome = fault.apply(self.cluster)
         except BaseException as e:
-            record(events.fault_fail(fault.name, fault.node, error=_describe(e)))
+            record(events.fault_fail(fault.name, fault.node, error=_describe(e), **tags))
             raise
         for step, t in outcome.steps:
-            record(events.fault_step(fault.name, fault.node, step, t=t))
-        record(events.fault_end(fault.name, fault.node, **outcome.fields))
+            record(events.fault_step(fault.name, fault.node, step, t=t, **tags))
+        record(events.fault_end(fault.name, fault.node, **outcome.fields, **tags))
         return outcome.value
 
 

@@ -1,6 +1,7 @@
 """Faults on a node's processes; the node itself stays up.
 
 crash         SIGKILL the daemon's main process only; the kernel still sends FIN/RST for it.
+restart       start the daemon again on a node whose daemon is gone (after a crash).
 freeze/thaw   SIGSTOP/SIGCONT every process of the daemon (not smbd).
 kill_smbd     SIGKILL smbd on a node (its monitor event must make the node UNHEALTHY).
 """
@@ -84,6 +85,21 @@ class Crash(Fault):
         pid = _main_pid(cluster, self.node)
         os.kill(pid, signal.SIGKILL)
         return Outcome(value=pid, fields={"pid": pid})
+
+
+@dataclass
+class Restart(Fault):
+    """Start the daemon on a node where it crashed; any leftover daemon process (ctdbd's
+    helpers outlive their parent for a moment) is killed first, as an init system would."""
+
+    node: int
+    name: ClassVar[str] = "restart"
+
+    def apply(self, cluster: LabCluster) -> Outcome:
+        leftovers = list(daemon_processes(cluster, self.node))
+        _signal_all(leftovers, signal.SIGKILL)
+        cluster.launcher.start(cluster.node(self.node))
+        return Outcome(fields={"killed_leftovers": leftovers})
 
 
 @dataclass

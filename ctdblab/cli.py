@@ -7,7 +7,9 @@
   ctdblab snapshot                                   snapshot the [snap] share (previous versions)
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
   ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
+  ctdblab run soak --daemon pyctdbd --nodes 5 --faults 200 --seed 7 --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
+  ctdblab report --recheck DIR                       soak: check its history again, then draw
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
 """
 
@@ -101,11 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--list", action="store_true", help="only list the snapshots")
 
     run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
-    run.add_argument("scenario", help="failover or scaling")
+    run.add_argument("scenario", help="failover, scaling or soak")
     run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
     run.add_argument("--nodes", default="3", help="N, or A..B for scaling")
     run.add_argument("--repeat", type=int, default=1)
-    run.add_argument("--tunables", default="default")
+    run.add_argument("--tunables", default=None,
+                     help="tunables profile (default: aggressive for soak, default otherwise)")
+    run.add_argument("--faults", type=int, default=20, help="soak: how many scheduled faults")
+    run.add_argument("--seed", type=int, default=1, help="soak: seed of the fault schedule")
+    run.add_argument("--sample-period", type=float, default=None, metavar="S",
+                     help="soak: ground-truth sampling period (default 0.5 s)")
     run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
     run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="draw plots and report.md from a run directory")
     rep.add_argument("dir", type=Path)
+    rep.add_argument("--recheck", action="store_true",
+                     help="soak: check the history again with the current checkers first")
 
     demo = sub.add_parser("demo", help="3-node failover of pyctdbd and ctdb, then the report")
     demo.add_argument("--out", type=Path, default=None)
@@ -286,13 +295,17 @@ def cmd_run(args, progress) -> int:
     from . import thresholds
 
     limits = thresholds.load(args.check) if args.check else None
+    tunables = args.tunables or ("aggressive" if args.scenario == "soak" else "default")
     out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
-                       repeat=args.repeat, tunables=args.tunables, victim=args.victim,
+                       repeat=args.repeat, tunables=tunables, victim=args.victim,
                        link_params=parse_link(args.link, args.bw), out=args.out,
                        progress=progress, clustered_smbd=args.clustered_smbd,
-                       check_data=args.check_data)
+                       check_data=args.check_data, faults=args.faults, seed=args.seed,
+                       sample_period=args.sample_period)
     for path in out:
         print(path)
+    if args.scenario == "soak":
+        return _soak_verdict(args.out / "results.json")
     status = 0
     if args.check_data:
         results = json.loads((args.out / "results.json").read_text())
@@ -311,8 +324,27 @@ def cmd_run(args, progress) -> int:
     return status
 
 
+def _soak_verdict(results_path: Path) -> int:
+    """Print the soak's verdicts; exit status 1 when a check found a violation (for CI)."""
+    checks = json.loads(results_path.read_text())["checks"]
+    failed = {name: v["violations"] for name, v in checks["verdicts"].items() if not v["ok"]}
+    for kind, c in checks["convergence"].items():
+        print(f"{kind:<19} {c['converged']}/{c['faults']} converged, p50 {c['p50_s']} s, "
+              f"max {c['max_s']} s", file=sys.stderr)
+    if failed:
+        print("SAFETY VIOLATIONS: " + ", ".join(f"{k} {n}" for k, n in failed.items())
+              + " (each with its history lines in report.md)", file=sys.stderr)
+        return 1
+    print("no invariant violated", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args, progress) -> int:
     from .reports import make_report
+
+    if args.recheck:
+        from .scenarios.soak import recheck_soak
+        recheck_soak(args.dir)
 
     for path in make_report(args.dir):
         print(path)

@@ -19,7 +19,10 @@ op         a client operation: ``process``, ``f``, ``type``: invoke|ok|fail, ``i
 state      an observed daemon state: ``what``: ``node_state`` (``subject``, ``value``),
            ``ip_owner`` (``ip``, ``value``: the owner's PNN) or ``log`` (``event``, ``message``);
            ``node`` is the node that observed or logged it
-capture    a probe's observation: ``probe``, ``process``, ``what``
+capture    a probe's observation: ``probe``, ``process``, ``what``.  Ground truth for the soak's
+           checkers: ``probe: truth`` ``what: sample`` (``nodes``: per PNN what is really
+           configured and what its daemon answers, see ``truth_sample``) and ``probe: arp``
+           ``what: answers`` (``answers``: per public IP the MACs that answered a client's who-has)
 note       free text (``text``), e.g. why a step did not happen
 =========  ===========================================================================================
 
@@ -40,8 +43,8 @@ RETIRED_KINDS = ("milestone",)
 
 RUN_START, RUN_WINDOW_END, RUN_END = "start", "window_end", "end"
 
-FAULTS = ("power_off", "power_on", "crash", "freeze", "thaw", "kill_smbd", "partition", "heal",
-          "flap", "loss", "clear_loss")
+FAULTS = ("power_off", "power_on", "crash", "restart", "freeze", "thaw", "kill_smbd", "partition",
+          "heal", "flap", "loss", "clear_loss")
 # The instants inside a fault that a checker may need, in the order they happen.
 FAULT_STEPS = {
     "power_off": ("cut", "killed"),   # switch ports down (nothing leaves after this); all killed
@@ -102,8 +105,9 @@ def fault_end(fault: str, node: int | None, t: float | None = None, **fields: An
     return _fault(fault, node, "end", t, fields)
 
 
-def fault_fail(fault: str, node: int | None, error: str, t: float | None = None) -> Event:
-    return _fault(fault, node, "fail", t, {"error": error})
+def fault_fail(fault: str, node: int | None, error: str, t: float | None = None,
+               **fields: Any) -> Event:
+    return _fault(fault, node, "fail", t, {"error": error, **fields})
 
 
 # -- client operations ------------------------------------------------------------------------------
@@ -156,6 +160,18 @@ def log_line(node: int, event: str, message: str, program: str, t: float,
 # -- probes and notes -------------------------------------------------------------------------------
 def capture(probe: str, process: str, what: str, t: float | None = None, **fields: Any) -> Event:
     return _event("capture", t, {"probe": probe, "process": process, "what": what, **fields})
+
+
+def truth_sample(nodes: dict[int, dict[str, Any]], t: float | None = None, **fields: Any) -> Event:
+    """What the lab found really configured on every node in one sampling round.
+
+    ``nodes`` maps each PNN to ``powered`` (bool) and, for a powered node: ``addrs`` (the public
+    IPs configured in its namespace, from ``ip -j addr``), ``leader`` (what ``ctdb leader``
+    answered; null: no answer within the timeout), ``status`` ({PNN: state word} from its
+    ``ctdb -X status``; null: no answer), ``cpu_s`` (CPU seconds of the daemon's processes;
+    null: none running), ``log_bytes`` (size of its daemon log).
+    """
+    return capture("truth", "sampler", "sample", t=t, nodes=nodes, **fields)
 
 
 def note(text: str, t: float | None = None, **fields: Any) -> Event:

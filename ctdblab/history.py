@@ -24,7 +24,8 @@ from typing import Any, Iterable
 from .errors import UserError
 from .events import KINDS, OP_TYPES, RETIRED_KINDS, RUN_START, Event
 
-__all__ = ["History", "HistoryError", "LoadedHistory", "load_history", "read_history",
+__all__ = ["History", "HistoryError", "LoadedHistory", "load_history", "load_numbered",
+           "read_history",
            "events_of_run", "run_indexes", "KINDS"]
 
 
@@ -94,7 +95,18 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 def load_history(path: str | os.PathLike[str]) -> LoadedHistory:
     """Read and check every line; raise HistoryError naming the file and line that is wrong."""
-    path = Path(path)
+    loaded, numbered = _load(Path(path))
+    loaded.events = [event for _, event in numbered]
+    return loaded
+
+
+def load_numbered(path: str | os.PathLike[str]) -> list[tuple[int, Event]]:
+    """(line number in the file, event) pairs ordered by time, for checkers that cite the
+    history lines proving a verdict."""
+    return _load(Path(path))[1]
+
+
+def _load(path: Path) -> tuple[LoadedHistory, list[tuple[int, Event]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -102,6 +114,7 @@ def load_history(path: str | os.PathLike[str]) -> LoadedHistory:
     lines = text.split("\n")
     last_index = len(lines) - 1            # split leaves "" after a final newline
     loaded = LoadedHistory(path=path, events=[])
+    numbered: list[tuple[int, Event]] = []
     for index, line in enumerate(lines):
         if not line.strip():
             continue
@@ -118,9 +131,9 @@ def load_history(path: str | os.PathLike[str]) -> LoadedHistory:
         if event["kind"] in RETIRED_KINDS:
             loaded.retired += 1
             continue
-        loaded.events.append(event)
-    loaded.events.sort(key=lambda e: e["t"])
-    return loaded
+        numbered.append((lineno, event))
+    numbered.sort(key=lambda pair: pair[1]["t"])
+    return loaded, numbered
 
 
 def read_history(path: str | os.PathLike[str]) -> list[Event]:

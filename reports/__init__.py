@@ -19,12 +19,14 @@ def make_report(directory: str | Path) -> list[Path]:
     """Draw every plot the data allows and write ``report.md`` into ``directory``; return the files."""
     # Imported here so that loading results does not need matplotlib.
     from .plots import plot_failover_summary, plot_failover_timeline, plot_latency_cdf, plot_throughput
+    from .soak import plot_soak_timeline
     from .summary import write_report
 
     out_dir = Path(directory)
     datasets = load_datasets(out_dir)
     written: list[Path] = []
-    for plot in (plot_failover_timeline, plot_failover_summary, plot_latency_cdf, plot_throughput):
+    for plot in (plot_failover_timeline, plot_failover_summary, plot_latency_cdf, plot_throughput,
+                 plot_soak_timeline):
         written += plot(datasets, out_dir)
     written.append(write_report(datasets, out_dir, written))
     return written

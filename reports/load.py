@@ -105,6 +105,7 @@ class Dataset:
     has_history: bool = False
     declared_summary: dict[str, Any] = field(default_factory=dict)  # results.json "summary", as written
     data_checks: list[dict[str, Any]] = field(default_factory=list)  # runs[i]["data"] (--check-data), with "run"
+    raw: dict[str, Any] = field(default_factory=dict)  # results.json as read (the soak's checks)
     warnings: list[str] = field(default_factory=list)
     label: str = ""  # set by assign_labels: how plots and tables name this dataset
 
@@ -196,8 +197,11 @@ def _parse_results(data: dict[str, Any], path: Path, run_dir: Path) -> Dataset:
     daemon = _require(data, "daemon", str, path)
     params = {k: v for k, v in data.items()
               if k not in _DATA_FIELDS and (v is None or isinstance(v, (str, int, float, bool)))}
-    dataset = Dataset(path=run_dir, scenario=scenario, daemon=daemon, params=params)
-    if scenario == "scaling":
+    dataset = Dataset(path=run_dir, scenario=scenario, daemon=daemon, params=params, raw=data)
+    if scenario == "soak":
+        if not isinstance(data.get("checks"), dict):
+            raise UserError(f"{path}: missing field 'checks' (the soak's verdicts)")
+    elif scenario == "scaling":
         points = _require(data, "points", list, path)
         dataset.points = [_parse_point(p, i, path) for i, p in enumerate(points)]
     elif "runs" in data:

@@ -78,7 +78,7 @@ def series_colors(datasets: Iterable[Dataset]) -> dict[str, str]:
     return colors
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     FigureCanvasAgg(fig)
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
     with matplotlib.rc_context(_STYLE):
@@ -194,7 +194,7 @@ def plot_failover_timeline(datasets: list[Dataset], out_dir: Path) -> list[Path]
         handles.append(Line2D([], [], color="#999999", linewidth=6, alpha=0.5,
                               label="band: phase ending at the milestone of its colour"))
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
-        return _save(fig, out_dir, TIMELINE)
+        return save_figure(fig, out_dir, TIMELINE)
 
 
 _TEXT_AXES_FRACTION_PER_CHAR = 0.0088  # 8.5 pt italic on an ~9 inch wide axes
@@ -308,7 +308,7 @@ def plot_latency_cdf(datasets: list[Dataset], out_dir: Path) -> list[Path]:
         ax_tail.set_title("Tail: the slow operations around a failover")
         ax_cdf.legend(loc="lower right")
         fig.suptitle("Client operation latency by daemon and target IP (survivor vs victim)")
-        return _save(fig, out_dir, LATENCY_CDF)
+        return save_figure(fig, out_dir, LATENCY_CDF)
 
 
 _CDF_BODY_POINTS = 1500
@@ -381,7 +381,7 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
                     Line2D([], [], color="black", marker="v", linestyle=":", markersize=5, label="max")]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle("Failover metrics: p50 with p90 and max whiskers (survivor stall is a duration)")
-        return _save(fig, out_dir, FAILOVER_SUMMARY)
+        return save_figure(fig, out_dir, FAILOVER_SUMMARY)
 
 
 # -- throughput vs N -----------------------------------------------------------------------------
@@ -467,7 +467,7 @@ def plot_throughput(datasets: list[Dataset], out_dir: Path) -> list[Path]:
                         bbox=dict(facecolor="white", edgecolor="none", alpha=0.9))
         ax_eff.legend(loc="lower left", fontsize=8)
         fig.suptitle("Throughput scaling — " + _params_line(scaling))
-        return _save(fig, out_dir, THROUGHPUT)
+        return save_figure(fig, out_dir, THROUGHPUT)
 
 
 def _reference_series(ax, nodes: list[int], measured_top: float, base: float | None, label: str) -> None:

@@ -17,6 +17,7 @@ from ctdblab.stats import median
 
 from .datachecks import data_check_section
 from .load import Dataset
+from .soak import soak_section
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
                     metric_title, ratio, role_title, roles_of, runs_with_role, scaling_rows)
 
@@ -27,6 +28,7 @@ _PLOT_TITLES = {
     "failover_summary": "Failover metrics: p50 with p90/max whiskers",
     "latency_cdf": "Client operation latency CDF",
     "throughput_vs_nodes": "Throughput vs node count",
+    "soak_timeline": "Soak fault timeline (bars: faults per node; ticks: convergence; red: violations)",
 }
 
 
@@ -46,6 +48,7 @@ def render_report(datasets: list[Dataset], out_dir: Path, plots: Iterable[Path] 
         lines += data_check_section(failover)
     if scaling:
         lines += _scaling(scaling)
+    lines += soak_section(datasets)
     lines += _client_ops(datasets)
     lines += _notes(datasets)
     lines += _plots(list(plots), out_dir)

@@ -13,14 +13,15 @@ from typing import Callable
 
 from ctdblab.errors import UserError
 
-SCENARIOS = ("failover", "scaling")
+SCENARIOS = ("failover", "scaling", "soak")
 
 
 def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
                  victim: str = "nonleader", bw_mbit: float | None = None,
                  link_params: dict | None = None, out: Path,
                  progress: Callable[[str], None], clustered_smbd: bool | None = None,
-                 check_data: bool = False) -> list[Path]:
+                 check_data: bool = False, faults: int = 20, seed: int = 1,
+                 sample_period: float | None = None) -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
     `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
     `check_data` (failover only): add the data workload and its checker (datacheck.py)."""
@@ -44,6 +45,13 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         if nodes[0] < 2:
             raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
         parse_victim(victim, nodes[0])
+    if name == "soak":
+        if len(nodes) != 1 or nodes[0] < 2:
+            raise UserError("soak takes one node count of at least 2 (--nodes N)")
+        if faults < 1:
+            raise UserError(f"--faults must be at least 1, not {faults}")
+        if sample_period is not None and not 0.1 <= sample_period <= 5:
+            raise UserError(f"--sample-period must be 0.1..5 seconds, not {sample_period:g}")
     params = dict(link_params or {})
     if bw_mbit is not None:
         params["bw"] = bw_mbit
@@ -61,6 +69,12 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
                                clustered_smbd=clustered_smbd, check_data_loss=check_data)
+    elif name == "soak":
+        from .soak import run_soak
+        from .truth import DEFAULT_PERIOD_S
+        results = run_soak(daemon=daemon, nodes=nodes[0], faults=faults, seed=seed,
+                           tunables=tunables, out=out, progress=progress,
+                           period=sample_period or DEFAULT_PERIOD_S)
     else:
         from .scaling import run_scaling
         results = run_scaling(daemon=daemon, node_counts=nodes, bw_mbit=bw_mbit,

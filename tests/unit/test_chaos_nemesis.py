@@ -65,3 +65,12 @@ def test_a_bad_partition_is_refused_and_recorded_as_failed(tmp_path):
 def test_nodes_left_out_of_a_partition_form_one_more_group():
     four_nodes = SimpleNamespace(nodes=[SimpleNamespace(index=i) for i in range(4)])
     assert Partition([[0], [2]]).complete_groups(four_nodes) == [[0], [2], [1, 3]]
+
+
+def test_tags_go_on_every_event_of_a_fault_also_when_it_fails(tmp_path):
+    with History(tmp_path / "h.jsonl") as history:
+        Nemesis([], history).inject(FakePowerOff(2), soak_index=7, target=2)
+        with pytest.raises(RuntimeError):
+            Nemesis([], history).inject(FakePowerOff(1, broken=True), soak_index=8)
+    recorded = [(e["phase"], e["soak_index"]) for e in read_history(tmp_path / "h.jsonl")]
+    assert recorded == [("begin", 7), ("step", 7), ("step", 7), ("end", 7), ("begin", 8), ("fail", 8)]

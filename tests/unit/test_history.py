@@ -7,7 +7,8 @@ import json
 import pytest
 
 from ctdblab import events as ev
-from ctdblab.history import History, HistoryError, events_of_run, load_history, read_history, run_indexes
+from ctdblab.history import (History, HistoryError, events_of_run, load_history, load_numbered,
+                             read_history, run_indexes)
 
 
 def test_writer_stamps_the_current_run_and_keeps_explicit_ones(tmp_path):
@@ -92,3 +93,12 @@ def test_runs_are_selected_by_index():
               ev.run_start(1, scenario="s", daemon="d", t=3.0), dict(ev.note("y", t=4.0), run=1)]
     assert run_indexes(events) == [0, 1]
     assert [e.get("text") for e in events_of_run(events, 1)] == [None, "y"]
+
+
+def test_numbered_reading_keeps_each_event_s_line_in_the_file(tmp_path):
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps({"t": 2.0, "kind": "note", "text": "b"}) + "\n\n"
+                    + json.dumps({"t": 1.0, "kind": "note", "text": "a"}) + "\n"
+                    + json.dumps({"t": 3.0, "kind": "milestone"}) + "\n")
+    assert [(line, e["text"]) for line, e in load_numbered(path)] == [(3, "a"), (1, "b")]
+    assert [e["text"] for e in load_history(path).events] == ["a", "b"]
