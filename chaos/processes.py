@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -17,6 +18,8 @@ from ctdblab.cluster.lab import LabCluster
 from ctdblab.errors import UserError
 
 from .nemesis import Fault, Outcome
+
+RESTART_WAIT = 10.0       # s for a SIGKILLed daemon's processes to be gone
 
 DAEMON_PROGRAMS = {"ctdb": ("ctdbd", "ctdb-recoverd", "ctdb-eventd"), "pyctdbd": ("pyctdbd",)}
 
@@ -98,6 +101,14 @@ class Restart(Fault):
     def apply(self, cluster: LabCluster) -> Outcome:
         leftovers = list(daemon_processes(cluster, self.node))
         _signal_all(leftovers, signal.SIGKILL)
+        # Start only once they are gone: real ctdbd restarted while its old event daemon is
+        # still exiting fails with "Failed to initialize event daemon".
+        deadline = time.monotonic() + RESTART_WAIT
+        while daemon_processes(cluster, self.node):
+            if time.monotonic() > deadline:
+                raise UserError(f"the old {cluster.launcher.name} processes on node {self.node} "
+                                f"did not exit within {RESTART_WAIT:g} s of SIGKILL")
+            time.sleep(0.02)
         cluster.launcher.start(cluster.node(self.node))
         return Outcome(fields={"killed_leftovers": leftovers})
 
