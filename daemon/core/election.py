@@ -168,9 +168,12 @@ class Election:
             actions += self._maybe_finish_round(now)
         return actions
 
-    def set_can_lead(self, can_lead: bool, now: float, priority_time: float | None = None) -> list[Action]:
+    def set_can_lead(self, can_lead: bool, now: float, priority_time: float | None = None,
+                     lock_delay: float = 0.0) -> list[Action]:
         """Capability or INACTIVE state changed. A leader that may no longer lead steps down
-        and calls an election so the others need not wait for the leader timeout."""
+        and calls an election so the others need not wait for the leader timeout.
+        `lock_delay`: with a lock, race for it only after this long (NodeCore staggers nodes
+        that may lead again at the same moment, so the lowest PNN takes it)."""
         if priority_time is not None:
             self.priority_time = priority_time
         if can_lead == self.can_lead:
@@ -178,6 +181,11 @@ class Election:
         self.can_lead = can_lead
         if can_lead:
             if self.leader == UNKNOWN_PNN and not self.in_election:
+                if lock_delay > 0 and self.settings.lock_enabled:
+                    self.in_election = True
+                    self._lock_retry_at = now + lock_delay
+                    self._leader_deadline = now + self.settings.leader_timeout
+                    return [ElectionStarted("this node may lead again and there is no leader")]
                 return self.force_election(now, "this node may lead again and there is no leader")
             return []
         actions: list[Action] = []

@@ -44,6 +44,7 @@ from .membership import (
 from .nodes import FlagChange, NodeMap
 
 NOTICE = 25          # CTDB's NOTICE, as the daemon's log module defines it
+LOCK_STAGGER = 0.1   # s per lower PNN before a node back among the majority races for the lock
 
 RUNSTATE_NAMES = {Runstate.INIT: "INIT", Runstate.SETUP: "SETUP",
                   Runstate.FIRST_RECOVERY: "FIRST_RECOVERY", Runstate.STARTUP: "STARTUP",
@@ -435,10 +436,14 @@ class NodeCore:
                                      "this node is cut off from the majority; releasing its public "
                                      "IPs, not leading"),
                 DropAllIPs(f"cut off from the majority ({connected} of {self.quorum.members} nodes)")]
-        else:
-            actions = [Log(NOTICE, f"{connected} of {self.quorum.members} nodes connected: back "
-                                   "among the majority")]
-        return actions + self._election(self.election.set_can_lead(self.can_lead, now), now)
+            return actions + self._election(self.election.set_can_lead(self.can_lead, now), now)
+        actions = [Log(NOTICE, f"{connected} of {self.quorum.members} nodes connected: back among "
+                               "the majority")]
+        # Nodes that reach a majority together (a cluster starting) would all race for the lock
+        # at once; the lowest PNN goes first, the others a moment later per lower PNN present.
+        lower = sum(1 for p in self.connected_peers() if p < self.my_pnn)
+        return actions + self._election(self.election.set_can_lead(
+            self.can_lead, now, lock_delay=lower * LOCK_STAGGER), now)
 
     def _declare_dead(self, pnn: int, reason: str, now: float) -> list[Action]:
         return [DropPeer(pnn, reason)] + self._disconnect(pnn, reason, now)

@@ -38,7 +38,7 @@ def run_cli(args, tmp_path, env=None):
     (["run", "scaling", "--nodes", "4..2", "--out", "out"], "--nodes"),
     (["run", "scaling", "--nodes", "1..200", "--out", "out"], "between 1 and"),
     (["run", "failover", "--victim", "7", "--out", "out"], "no such node"),
-    (["run", "failover", "--tunables", "fast", "--out", "out"], "unknown tunables profile"),
+    (["run", "failover", "--tunables", "fastest", "--out", "out"], "unknown tunables profile"),
     (["run", "failover", "--link", "delay=5ms", "--out", "out"], "netem"),
     (["run", "failover", "--link", "loss=10", "--out", "out"], "netem"),
     (["run", "scaling", "--bw", "5000", "--nodes", "1..2", "--out", "out"], "bandwidth"),

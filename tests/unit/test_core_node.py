@@ -223,3 +223,13 @@ def test_a_header_only_keepalive_is_a_missing_version():
 def test_allow_mixed_versions_turns_the_check_off_and_the_same_version_passes():
     assert core(mixed=True).step(PeerKeepalive(2, NEWER, 10_000), 10.0) == []
     assert core().step(PeerKeepalive(2, KEEPALIVE_VERSION_4_17, 10_000), 10.0) == []
+
+
+def test_nodes_reaching_a_majority_together_race_for_the_lock_lowest_pnn_first():
+    from ctdblab.daemon.core.election import TakeLock
+    first = core(pnn=0)
+    assert TakeLock() in first.step(PeerConnected(1), 1.0)          # the lowest PNN at once
+    later = core(pnn=2)
+    assert TakeLock() not in later.step(PeerConnected(0), 1.0)      # a lower PNN is there
+    assert TakeLock() not in later.step(Tick(), 1.05)
+    assert TakeLock() in later.step(Tick(), 1.1)                     # 0.1 s per lower PNN
