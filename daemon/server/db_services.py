@@ -52,7 +52,7 @@ class DatabaseServices:
             my_pnn, self.databases.database, self._is_volatile, messenger, self.record_calls,
             lmasters=lambda: tuple(vnnmap().map), active_peers=messenger.active_peers,
             interval=lambda: float(tunables.get("VacuumInterval")),
-            buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn, clock=clock)
+            buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn)
         self.record_calls.on_schedule = self.vacuum.schedule
         self._inactive = False
         self.databases.listeners.append(self._database_changed)

@@ -56,7 +56,7 @@ class VacuumService:
     def __init__(self, my_pnn: int, lookup: Callable[[int], Database | None], is_volatile: Callable[[int], bool],
                  messenger: Messenger, record_calls: RecordCalls, *, lmasters: Callable[[], tuple[int, ...]],
                  active_peers: Callable[[], list[int]], interval: Callable[[], float],
-                 buffer_limit: Callable[[], int], spawn: Callable, clock: Callable[[], float]) -> None:
+                 buffer_limit: Callable[[], int], spawn: Callable) -> None:
         self.pnn = my_pnn
         self.lookup = lookup
         self.is_volatile = is_volatile
@@ -67,7 +67,6 @@ class VacuumService:
         self.interval = interval
         self.buffer_limit = buffer_limit
         self.spawn = spawn
-        self.clock = clock
         self.queues: dict[int, DeleteQueue] = {}
         self.counters = VacuumCounters()
         self._running: set[int] = set()

@@ -116,7 +116,7 @@ class Node:
             pnn, lambda db_id: self.db if db_id == self.db.db_id else None, lambda db_id: True,
             Messenger(net, pnn), self.calls, lmasters=lambda: (0, 1, 2),
             active_peers=Messenger(net, pnn).active_peers, interval=lambda: 10.0,
-            buffer_limit=lambda: 1_000_000, spawn=asyncio.ensure_future, clock=lambda: 0.0)
+            buffer_limit=lambda: 1_000_000, spawn=asyncio.ensure_future)
 
     def put(self, key: bytes, header: LtdbHeader, data: bytes = b"") -> None:
         self.db.tdb.store_ltdb(key, header, data)
