@@ -201,12 +201,24 @@ def soak_facts(numbered: Iterable[Numbered], bounds: Bounds | None = None) -> So
         elif e["kind"] == "capture" and e.get("probe") == "truth" and e.get("what") == "sample":
             observations.append(Observation(e["t"], line, "truth", nodes=e.get("nodes") or {}))
         elif e["kind"] == "capture" and e.get("probe") == "arp" and e.get("what") == "answers":
-            observations.append(Observation(e["t"], line, "arp", answers=e.get("answers") or {}))
+            observations.append(Observation(arp_round_time(e), line, "arp", answers=e.get("answers") or {}))
         elif e["kind"] == "run" and e.get("event") == RUN_END:
             t_end = e["t"]
     observations.sort(key=lambda o: o.t)
     return SoakFacts(start, public_ips, macs, bounds,
                      [episodes[i] for i in sorted(episodes)], observations, t_end)
+
+
+def arp_round_time(e: Event) -> float:
+    """When an ARP round saw what it saw: its last reply's arrival (``t_replied``).  Not the
+    window's close (``t``): a round asked just before a fault was undone is answered within
+    milliseconds, by the nodes as they were *during* the fault, and must not count as after
+    the undo.  Histories without ``t_replied`` fall back to ``t_sent`` (replies on the lab's
+    bridge take well under a millisecond), then to ``t``."""
+    for key in ("t_replied", "t_sent", "t"):
+        if isinstance(e.get(key), (int, float)):
+            return float(e[key])
+    raise ValueError("ARP round without a time")
 
 
 # -- the checks ------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ Events (``kind: capture``, ``probe: arp``):
 
 ``answers``   once per round: ``answers`` {IP: sorted list of the MACs that replied (empty: none)},
               ``t``: when the window closed (what was seen is known then), ``t_sent``: when
-              the requests went out
+              the requests went out, ``t_replied``: when the round's last reply arrived
+              (absent when none did) -- every answer of the round arrived between ``t_sent``
+              and ``t_replied``, which is what places the round against a fault's undo
 ``error``     a send or receive failed (``error``); the probe goes on with the next round
 
 SIGTERM/SIGINT: the probe finishes the round and exits 0.
@@ -66,9 +68,11 @@ def _iface_addresses(sock: socket.socket, iface: str) -> tuple[bytes, str]:
 
 
 def probe_round(sock: socket.socket, src_mac: bytes, src_ip: str, ips: list[str],
-                window: float) -> dict[str, list[str]]:
-    """Ask for every IP once and gather the replies that arrive within ``window`` seconds."""
+                window: float) -> tuple[dict[str, list[str]], float | None]:
+    """Ask for every IP once and gather the replies that arrive within ``window`` seconds:
+    (IP -> sorted MACs that replied, wall time of the last reply or None)."""
     answers: dict[str, set[str]] = {ip: set() for ip in ips}
+    last_reply = None
     for ip in ips:
         sock.send(arp_request(src_mac, src_ip, ip))
     deadline = time.monotonic() + window
@@ -79,7 +83,8 @@ def probe_round(sock: socket.socket, src_mac: bytes, src_ip: str, ips: list[str]
         parsed = parse_arp_reply(sock.recv(2048), to_ip=src_ip)
         if parsed and parsed[0] in answers:
             answers[parsed[0]].add(parsed[1])
-    return {ip: sorted(macs) for ip, macs in answers.items()}
+            last_reply = time.time()
+    return {ip: sorted(macs) for ip, macs in answers.items()}, last_reply
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         while not emitter.broken:
             t0 = time.time()
             try:
-                answers = probe_round(sock, src_mac, src_ip, args.ips, window)
+                answers, last_reply = probe_round(sock, src_mac, src_ip, args.ips, window)
             except OSError as e:
                 emitter.capture("error", error=str(e))
             else:
-                emitter.capture("answers", answers=answers, t_sent=round(t0, 6))
+                replied = {} if last_reply is None else {"t_replied": round(last_reply, 6)}
+                emitter.capture("answers", answers=answers, t_sent=round(t0, 6), **replied)
             if STOP in waker.wait(max(0.0, args.period - (time.time() - t0))):
                 break
     return 0

@@ -44,10 +44,11 @@ class Soak:
                 "cpu_s": round(self.cpu[p], 3), "log_bytes": self.log[p]}
         self.history.record(events.truth_sample(nodes, t=t))
 
-    def arp(self, t, owners=None):
+    def arp(self, t, owners=None, **times):
+        """One ARP round closing at ``t``; ``times``: ``t_sent``/``t_replied`` as the probe writes."""
         owners = owners or {ip: [p] for ip, p in HOME.items()}
         answers = {ip: sorted(MAC_OF[p] for p in ps) for ip, ps in owners.items()}
-        self.history.record(events.capture("arp", "arp", "answers", t=t, answers=answers))
+        self.history.record(events.capture("arp", "arp", "answers", t=t, answers=answers, **times))
 
     def steady(self, t0, t1, **kw):
         t = t0

@@ -208,6 +208,29 @@ def test_a_blip_once_settled_is_forgiven_but_a_doubled_arp_answer_is_reported(tm
     assert result["verdicts"]["settled"]["ok"]
 
 
+@pytest.mark.parametrize("replied_after_thaw", [False, True])
+def test_an_arp_round_counts_after_the_undo_only_if_answered_after_it(tmp_path, replied_after_thaw):
+    """A round asked 0.3 s before the thaw is answered at once, by the nodes as they were during
+    the freeze; its window closes after the thaw.  Only a reply that came after the thaw shows
+    two nodes holding the IP once the fault was undone."""
+    soak = Soak(tmp_path, _freeze_schedule())
+    soak.steady(1.0, 10.0)
+    _freeze(soak)
+    moved = {"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": [1]}
+    soak.steady(10.5, 14.5, owners=moved, status={0: {"0": "OK", "1": "OK", "2": "DISCONNECTED"}})
+    doubled = {"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": [1, 2]}
+    replied = 15.2 if replied_after_thaw else 14.701
+    soak.arp(15.1, owners=doubled, t_sent=14.7, t_replied=replied)
+    soak.steady(15.5, 25.0)
+    result = soak.check()
+    found = [v for v in result["violations"] if v["check"] == "arp_exclusive"]
+    if replied_after_thaw:
+        (v,) = found
+        assert "198.19.8.3 answered over ARP by nodes 1, 2" in v["message"]
+    else:
+        assert found == [] and result["verdicts"]["arp_exclusive"]["ok"]
+
+
 def test_one_consistent_instant_mid_takeover_is_not_convergence(tmp_path):
     soak = Soak(tmp_path, _freeze_schedule())
     soak.steady(1.0, 10.0)
