@@ -27,14 +27,13 @@ def vacuum_fetch(ctx: ControlContext, req: Request) -> Result:
 
 
 @handles(Control.TRY_DELETE_RECORDS)
-def try_delete_records(ctx: ControlContext, req: Request) -> Result:
-    return Result(0, ctx.vacuum.try_delete_records(value_of(req)).pack())
+async def try_delete_records(ctx: ControlContext, req: Request) -> Result:
+    return Result(0, (await ctx.vacuum.try_delete_records(value_of(req))).pack())
 
 
 @handles(Control.DB_VACUUM)
 async def db_vacuum(ctx: ControlContext, req: Request) -> Result:
-    # One fast run over the database's queue; a full run (traverse for tombstones) is not
-    # implemented yet, so `full_vacuum_run` is treated as a fast one.
+    # One run over the database's queue; `full_vacuum_run` first traverses it for tombstones.
     request = value_of(req)
-    await ctx.vacuum.run_now(request.db_id)
+    await ctx.vacuum.run_now(request.db_id, full=request.full_vacuum_run)
     return Result(0)

@@ -52,7 +52,8 @@ class DatabaseServices:
             my_pnn, self.databases.database, self._is_volatile, messenger, self.record_calls,
             lmasters=lambda: tuple(vnnmap().map), active_peers=messenger.active_peers,
             interval=lambda: float(tunables.get("VacuumInterval")),
-            buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn)
+            buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn,
+            fast_path_count=lambda: int(tunables.get("VacuumFastPathCount")))
         self.record_calls.on_schedule = self.vacuum.schedule
         self._inactive = False
         self.databases.listeners.append(self._database_changed)
@@ -120,6 +121,8 @@ class DatabaseServices:
     def _database_changed(self, info: DbInfo, attached: bool) -> None:
         if attached:
             self.record_calls.db_attached(info.db_id, info.name, not info.volatile)
+            if info.volatile:
+                self.vacuum.watch(info.db_id)
         else:
             self.record_calls.db_detached(info.db_id)
             self.traverses.database_gone(info.db_id)

@@ -7,7 +7,13 @@ controls other nodes' runs send here (core/db/vacuum.py has the rules).
   up to RUN_BATCH records, each read under a chain lock that is *tried*, never waited for (a busy
   record is queued again: vacuuming never holds up smbd); candidates this node is lmaster of are
   deleted at once or after TRY_DELETE_RECORDS on every other active node; the rest go to their
-  lmaster in one VACUUM_FETCH per lmaster (NOREPLY, as ctdbd sends it).
+  lmaster in one VACUUM_FETCH per lmaster (NOREPLY, as ctdbd sends it). The loop is given back
+  every SLICE records (here and in TRY_DELETE_RECORDS): a run over 20,000 records is ~0.5 s of
+  work, and heartbeats must not wait for it.
+* Every `VacuumFastPathCount`-th run of a database (and DB_VACUUM with full_vacuum_run) is a
+  *full* run, as in ctdbd: first a traverse, in a forked child (`run_in_child_over`), queues every
+  tombstone this node is dmaster of that the queue does not know -- those left from before a
+  restart, or deleted by a client that never sent SCHEDULE_FOR_DELETION.
 * VACUUM_FETCH here: each record is migrated to this node by a call with VACUUM_MIGRATION, which
   queues it here (the store rules say so for an empty record landing at its lmaster).
 * TRY_DELETE_RECORDS here: every copy that may go is deleted; the reply lists the kept ones.
@@ -17,6 +23,7 @@ Nothing runs while the node is in recovery (the records are being moved around).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,14 +31,32 @@ from ..core.db.ltdbrules import lmaster_of
 from ..core.db.vacuum import DeleteQueue, Triage, may_delete_copy, may_delete_here, triage
 from ..log import log
 from ..net.rpc import ControlError
-from ..protocol import CallFlag, CallFunc, Control, ControlFlag, LtdbHeader, RecBuffer, RecData
-from ..store.database import Database
-from ..store.tdbfile import TdbError
+from ..protocol import (
+    LTDB_HEADER_SIZE, CallFlag, CallFunc, Control, ControlFlag, LtdbHeader, RecBuffer, RecData,
+)
+from ..store.child import ChildError
+from ..store.database import Database, run_in_child_over
+from ..store.tdbfile import TdbError, TdbFile
 from .messenger import Messenger
 from .record_calls import RecordCalls
 
 RUN_BATCH = 20_000          # queued records looked at per run and database
+SLICE = 200                 # records handled between two turns of the event loop (~5 ms)
 CONTROL_TIMEOUT = 10.0      # s for TRY_DELETE_RECORDS
+
+
+def tombstones_of(pnn: int, db_id: int) -> Callable[[list[TdbFile]], bytes]:
+    """The full run's traverse (run in a child): every empty record this node is dmaster of,
+    header only, as a packed RecBuffer."""
+    def scan(tdbs: list[TdbFile]) -> bytes:
+        found: list[RecData] = []
+
+        def visit(key: bytes, value: bytes) -> None:
+            if len(value) == LTDB_HEADER_SIZE and int.from_bytes(value[8:12], "little") == pnn:
+                found.append(RecData(0, bytes(key), bytes(value)))
+        tdbs[0].traverse_read(visit)
+        return RecBuffer(db_id, found).pack()
+    return scan
 
 
 @dataclass
@@ -43,6 +68,8 @@ class VacuumCounters:
     busy: int = 0               # chain lock busy: queued again
     kept_remotely: int = 0      # another node kept its copy: not deleted here
     fetched_for_vacuum: int = 0  # VACUUM_FETCH records this node migrated to itself
+    full_runs: int = 0
+    found_by_full_runs: int = 0  # tombstones a full run's traverse queued
 
 
 class _Discard:
@@ -56,7 +83,8 @@ class VacuumService:
     def __init__(self, my_pnn: int, lookup: Callable[[int], Database | None], is_volatile: Callable[[int], bool],
                  messenger: Messenger, record_calls: RecordCalls, *, lmasters: Callable[[], tuple[int, ...]],
                  active_peers: Callable[[], list[int]], interval: Callable[[], float],
-                 buffer_limit: Callable[[], int], spawn: Callable) -> None:
+                 buffer_limit: Callable[[], int], spawn: Callable,
+                 fast_path_count: Callable[[], int] = lambda: 60) -> None:
         self.pnn = my_pnn
         self.lookup = lookup
         self.is_volatile = is_volatile
@@ -67,7 +95,9 @@ class VacuumService:
         self.interval = interval
         self.buffer_limit = buffer_limit
         self.spawn = spawn
+        self.fast_path_count = fast_path_count
         self.queues: dict[int, DeleteQueue] = {}
+        self._fast_runs: dict[int, int] = {}    # fast runs since the database's last full run
         self.counters = VacuumCounters()
         self._running: set[int] = set()
         self._next_run: dict[int, float] = {}
@@ -85,6 +115,12 @@ class VacuumService:
     def database_gone(self, db_id: int) -> None:
         self.queues.pop(db_id, None)
         self._next_run.pop(db_id, None)
+        self._fast_runs.pop(db_id, None)
+
+    def watch(self, db_id: int) -> None:
+        """A volatile database attached here: it gets runs (full ones too) even before anything
+        is scheduled for deletion in it."""
+        self.queues.setdefault(db_id, DeleteQueue())
 
     def tick(self, now: float) -> None:
         if self._recovering:
@@ -93,41 +129,75 @@ class VacuumService:
         if interval <= 0:
             return                      # VacuumInterval 0: vacuuming off, as in ctdbd
         for db_id, queue in list(self.queues.items()):
-            if not queue or db_id in self._running:
+            if db_id in self._running:
                 continue
             due = self._next_run.setdefault(db_id, now + interval)
-            if now >= due:
-                self._next_run[db_id] = now + interval
+            if now < due:
+                continue
+            self._next_run[db_id] = now + interval
+            # ctdbd counts vacuum intervals, not runs: an idle database gets its full run too.
+            self._fast_runs[db_id] = runs = self._fast_runs.get(db_id, 0) + 1
+            full = runs >= max(1, self.fast_path_count())
+            if queue or full:
                 self._running.add(db_id)
-                self.spawn(self._run(db_id), f"vacuum-0x{db_id:08x}")
+                self.spawn(self._run(db_id, full), f"vacuum-0x{db_id:08x}")
 
-    # -- a fast vacuum run -------------------------------------------------------------------------
-    async def run_now(self, db_id: int) -> None:
-        """One run over `db_id`'s queue (DB_VACUUM, tests)."""
+    # -- a vacuum run ------------------------------------------------------------------------------
+    async def run_now(self, db_id: int, full: bool = False) -> None:
+        """One run over `db_id`'s queue, after a traverse for tombstones if `full` (DB_VACUUM,
+        tests)."""
         if db_id in self._running:
             return
         self._running.add(db_id)
-        await self._run(db_id)
+        await self._run(db_id, full)
 
-    async def _run(self, db_id: int) -> None:
+    async def _full_traverse(self, db: Database, queue: DeleteQueue) -> None:
+        self._fast_runs[db.db_id] = 0
+        self.counters.full_runs += 1
+        try:
+            packed = await run_in_child_over([db], tombstones_of(self.pnn, db.db_id))
+        except (ChildError, OSError, TdbError) as exc:
+            log.warning("vacuum: full run over %s could not traverse it: %s", db.name, exc)
+            return
+        for rec in RecBuffer.unpack(packed).records:
+            if rec.key not in queue:
+                header, _ = rec.split_header()
+                queue.add(bytes(rec.key), header)
+                self.counters.found_by_full_runs += 1
+
+    async def _run(self, db_id: int, full: bool = False) -> None:
         try:
             db, queue = self.lookup(db_id), self.queues.get(db_id)
             if db is None or queue is None or self._recovering:
                 return
+            if full:
+                await self._full_traverse(db, queue)
+                if self._recovering:
+                    return
             self.counters.runs += 1
             lmasters = self.lmasters()
-            to_lmaster: dict[int, list[RecData]] = {}
+            to_lmaster: dict[int, list[tuple[bytes, LtdbHeader]]] = {}
             delete_list: list[tuple[bytes, LtdbHeader]] = []
-            for key, queued in queue.take(RUN_BATCH):
+            batch = queue.take(RUN_BATCH)
+            for done, (key, queued) in enumerate(batch):
+                if done and done % SLICE == 0:
+                    await asyncio.sleep(0)
+                    if self._recovering:
+                        # Records are being moved: nothing more is sent or deleted in this run;
+                        # what it looked at and did not delete is queued again.
+                        for pending in [*batch[done:], *delete_list,
+                                        *(r for recs in to_lmaster.values() for r in recs)]:
+                            queue.add(*pending)
+                        return
                 lmaster = lmaster_of(key, lmasters)
                 verdict = self._triage_one(db, queue, key, queued, lmaster)
                 if verdict is Triage.TO_LMASTER:
                     assert lmaster is not None
-                    to_lmaster.setdefault(lmaster, []).append(RecData.with_header(0, key, queued, b""))
+                    to_lmaster.setdefault(lmaster, []).append((key, queued))
                 elif verdict is Triage.DELETE_LIST:
                     delete_list.append((key, queued))
-            for lmaster, records in to_lmaster.items():
-                self._send_to_lmaster(db_id, lmaster, records)
+            for lmaster, pairs in to_lmaster.items():
+                self._send_to_lmaster(db_id, lmaster, [RecData.with_header(0, k, h, b"") for k, h in pairs])
             if delete_list:
                 await self._delete_everywhere(db, delete_list, lmasters)
         except Exception:               # a run must never take the daemon down
@@ -185,7 +255,9 @@ class VacuumService:
                 return
             kept |= {bytes(r.key) for r in RecBuffer.unpack(reply.data).records}
         self.counters.kept_remotely += len(kept)
-        for key, queued in delete_list:
+        for done, (key, queued) in enumerate(delete_list):
+            if done and done % SLICE == 0:
+                await asyncio.sleep(0)
             if key in kept:
                 continue
             lock = db.try_lock(key)
@@ -214,14 +286,16 @@ class VacuumService:
             self.record_calls.daemon_call(self._caller, records.db_id, bytes(rec.key), CallFunc.NULL_FUNC,
                                           CallFlag.IMMEDIATE_MIGRATION | CallFlag.VACUUM_MIGRATION)
 
-    def try_delete_records(self, records: RecBuffer) -> RecBuffer:
+    async def try_delete_records(self, records: RecBuffer) -> RecBuffer:
         """TRY_DELETE_RECORDS: delete the copies that may go; return the kept ones."""
         db = self.lookup(records.db_id)
         if db is None:
             return RecBuffer(records.db_id, list(records.records))
         lmasters = self.lmasters()
         kept: list[RecData] = []
-        for rec in records.records:
+        for done, rec in enumerate(records.records):
+            if done and done % SLICE == 0:
+                await asyncio.sleep(0)
             key = bytes(rec.key)
             try:
                 sent, _ = rec.split_header()

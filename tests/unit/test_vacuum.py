@@ -85,7 +85,7 @@ class Messenger:
         if pnn in self.net.down:
             raise ControlError(f"node {pnn} is not connected")
         assert opcode == Control.TRY_DELETE_RECORDS
-        kept = self.net.nodes[pnn].vacuum.try_delete_records(RecBuffer.unpack(data))
+        kept = await self.net.nodes[pnn].vacuum.try_delete_records(RecBuffer.unpack(data))
         return ReplyControl(0, kept.pack(), "")
 
     def send_noreply(self, pnn: int, opcode: int, data: bytes = b"", *, srvid: int = 0, flags: int = 0) -> bool:
@@ -116,7 +116,7 @@ class Node:
             pnn, lambda db_id: self.db if db_id == self.db.db_id else None, lambda db_id: True,
             Messenger(net, pnn), self.calls, lmasters=lambda: (0, 1, 2),
             active_peers=Messenger(net, pnn).active_peers, interval=lambda: 10.0,
-            buffer_limit=lambda: 1_000_000, spawn=asyncio.ensure_future)
+            buffer_limit=lambda: 1_000_000, spawn=lambda coro, name: asyncio.ensure_future(coro))
 
     def put(self, key: bytes, header: LtdbHeader, data: bytes = b"") -> None:
         self.db.tdb.store_ltdb(key, header, data)
@@ -220,4 +220,70 @@ def test_a_busy_record_stays_queued_and_an_unreachable_node_deletes_nothing(net)
         n0.vacuum.messenger.control = failing
         await n0.vacuum.run_now(n0.db.db_id)
         assert n0.has(other)
+    asyncio.run(main())
+
+
+def test_a_full_run_finds_the_tombstones_nobody_scheduled(net):
+    async def main():
+        n0 = net.nodes[0]
+        mine = keys_with_lmaster(0, 3)
+        n0.put(mine[0], h(4, 0))                       # a tombstone left from before a restart
+        n0.put(mine[1], h(4, 0), b"alive")             # a live record: stays
+        n0.put(mine[2], h(4, 1))                       # empty, but node 1 is its dmaster: not ours
+        n0.vacuum.watch(n0.db.db_id)
+        await n0.vacuum.run_now(n0.db.db_id)           # a fast run knows nothing to do
+        assert n0.has(mine[0])
+        await n0.vacuum.run_now(n0.db.db_id, full=True)
+        assert not n0.has(mine[0]) and n0.has(mine[1]) and n0.has(mine[2])
+        c = n0.vacuum.counters
+        assert (c.full_runs, c.found_by_full_runs, c.deleted) == (1, 1, 1)
+    asyncio.run(main())
+
+
+def test_an_idle_database_gets_its_full_run_every_fast_path_count_intervals(net):
+    async def main():
+        n0 = net.nodes[0]
+        n0.vacuum.fast_path_count = lambda: 3
+        n0.vacuum.watch(n0.db.db_id)
+        key = keys_with_lmaster(0, 1)[0]
+        n0.put(key, h(4, 0))                           # not scheduled
+        for t in (0.0, 10.0, 20.0):                    # first due at 10 s; the third interval is full
+            n0.vacuum.tick(t)
+            await asyncio.sleep(0.05)
+        assert n0.has(key) and n0.vacuum.counters.full_runs == 0
+        n0.vacuum.tick(30.0)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not n0.has(key):
+                break
+        assert not n0.has(key) and n0.vacuum.counters.full_runs == 1
+    asyncio.run(main())
+
+
+def test_a_long_run_gives_the_loop_back_and_stops_for_a_recovery(net):
+    async def main():
+        n0 = net.nodes[0]
+        keys = keys_with_lmaster(0, 1000)
+        for key in keys:
+            n0.put(key, h(4, 0))
+            n0.vacuum.schedule(n0.db.db_id, key, h(4, 0))
+        turns = 0
+
+        async def other_work():
+            nonlocal turns
+            while True:
+                turns += 1
+                if turns == 3:
+                    n0.vacuum.recovery_mode(True)       # a recovery begins mid-run
+                await asyncio.sleep(0)
+        ticker = asyncio.ensure_future(other_work())
+        await n0.vacuum.run_now(n0.db.db_id)
+        ticker.cancel()
+        deleted = n0.vacuum.counters.deleted
+        assert 0 < deleted < 1000                        # stopped part-way, at a slice boundary
+        assert deleted % 200 == 0
+        assert len(n0.vacuum.queues[n0.db.db_id]) == 1000 - deleted    # the rest waits
+        n0.vacuum.recovery_mode(False)
+        await n0.vacuum.run_now(n0.db.db_id)
+        assert n0.vacuum.counters.deleted == 1000 and not any(n0.has(k) for k in keys)
     asyncio.run(main())
