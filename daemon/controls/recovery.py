@@ -4,9 +4,9 @@ WIPE_DATABASE, DB_PULL, DB_PUSH_START, DB_PUSH_CONFIRM — what ctdbd 4.17's rec
 `ctdb wipedb` / `restoredb`) send, and what pyctdbd's own leader sends. Payloads as ctdbd: a u32
 db_id, a `ctdb_transdb` {db_id, tid} or a `ctdb_pulldb_ext` {db_id, lmaster, srvid}; DB_PULL and
 DB_PUSH_CONFIRM answer a u32 record count; the others only a status. GET_DB_SEQNUM is the
-persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own PYCTDB_RECOVERY_SCAN,
-_FETCH and _APPLY (`server/partial_recovery.py`): the recovery after nodes were lost or joined,
-which freezes nothing.
+persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own
+PYCTDB_RECOVERY_HANDOFFS, _DEFER and PYCTDB_GATHER_COPIES (`server/partial_recovery.py`): the
+recovery after nodes were lost or joined, which freezes and copies nothing.
 """
 
 from __future__ import annotations
@@ -65,16 +65,16 @@ async def db_push_confirm(ctx: ControlContext, req: Request) -> Result:
     return await ctx.db_recovery.push_confirm(value_of(req))
 
 
-@handles(Control.PYCTDB_RECOVERY_SCAN)
-async def pyctdb_recovery_scan(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.partial_recovery.scan(value_of(req))
+@handles(Control.PYCTDB_RECOVERY_HANDOFFS)
+def pyctdb_recovery_handoffs(ctx: ControlContext, req: Request) -> Result:
+    return ctx.partial_recovery.handoffs(value_of(req))
 
 
-@handles(Control.PYCTDB_RECOVERY_APPLY)
-async def pyctdb_recovery_apply(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.partial_recovery.apply(value_of(req))
+@handles(Control.PYCTDB_RECOVERY_DEFER)
+def pyctdb_recovery_defer(ctx: ControlContext, req: Request) -> Result:
+    return ctx.partial_recovery.defer(value_of(req))
 
 
-@handles(Control.PYCTDB_RECOVERY_FETCH)
-async def pyctdb_recovery_fetch(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.partial_recovery.fetch(value_of(req))
+@handles(Control.PYCTDB_GATHER_COPIES)
+async def pyctdb_gather_copies(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.partial_recovery.gather(value_of(req))

@@ -175,9 +175,11 @@ class Control(IntEnum):
     PUSH_RECORD = 162  # master only
     # pyctdbd's own, between pyctdbd nodes only (protocol/partial_recovery.py): the recovery
     # after a node loss that freezes nothing. A real ctdbd answers them as unknown controls.
-    PYCTDB_RECOVERY_SCAN = 0x70790001
-    PYCTDB_RECOVERY_APPLY = 0x70790002
-    PYCTDB_RECOVERY_FETCH = 0x70790003
+    # (0x70790001-3 were the earlier recovery's scan, apply and fetch: not reused, so a node of
+    # an older build answers the new ones as unknown and the leader falls back to CTDB's way.)
+    PYCTDB_RECOVERY_DEFER = 0x70790004
+    PYCTDB_GATHER_COPIES = 0x70790005
+    PYCTDB_RECOVERY_HANDOFFS = 0x70790006
 
 
 #: Opcodes CTDB still defines but marks obsolete; a daemon answers them with an error.

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ._wire import DOUBLE, I32, U32, U64, Buffer, as_bytes, need
 from .constants import Control
 from .errors import ProtocolError
-from .partial_recovery import RecBufferList, RecoveryApply, RecoveryScan, ScanResult
+from .partial_recovery import RecBufferList, RecoveryDefer, RecoveryScan, ScanResult
 from .types import (
     AddrInfo, BanState, Connection, DbMap, DbVacuum, EchoData, Iface, IfaceList, KeyData,
     NodeFlagChange, NodeMap, NotifyData, PidSrvid, PublicIp, PublicIpInfo, PublicIpList, PullDbExt,
@@ -176,9 +176,9 @@ _SPECS = [
     _spec(C.DB_PUSH_CONFIRM, U32_CODEC, U32_CODEC, note="db_id -> number of records"),
     _spec(C.DB_SET_HEALTHY, U32_CODEC, None, note="db_id"),
     _spec(C.DB_GET_HEALTH, U32_CODEC, STRING_CODEC, note="db_id -> reason, None if healthy"),
-    _spec(C.PYCTDB_RECOVERY_SCAN, RecoveryScan, ScanResult, note="pyctdbd only"),
-    _spec(C.PYCTDB_RECOVERY_APPLY, RecoveryApply, None, note="pyctdbd only"),
-    _spec(C.PYCTDB_RECOVERY_FETCH, RecBufferList, RecBufferList, note="pyctdbd only"),
+    _spec(C.PYCTDB_RECOVERY_HANDOFFS, RecoveryScan, ScanResult, note="pyctdbd only"),
+    _spec(C.PYCTDB_RECOVERY_DEFER, RecoveryDefer, None, note="pyctdbd only"),
+    _spec(C.PYCTDB_GATHER_COPIES, RecBufferList, RecBufferList, note="pyctdbd only"),
     # Databases
     _spec(C.DB_ATTACH, STRING_CODEC, U32_CODEC, note="name -> db_id; flags may carry ATTACH_RECOVERY"),
     _spec(C.DB_ATTACH_PERSISTENT, STRING_CODEC, U32_CODEC, note="name -> db_id"),

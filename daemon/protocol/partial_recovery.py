@@ -1,23 +1,21 @@
 """Payloads of pyctdbd's own recovery controls, sent only between pyctdbd nodes (a real ctdbd
-answers them as unknown controls). They let the leader recover the databases after a node was
-lost without freezing them: each survivor reports the records the lost nodes may have held the
-newest copy of, or were the lmaster of (`RecoveryScan` -> `ScanResult`), and stores the repaired
-records the leader sends back (`RecoveryApply`). Decisions are in `core/db/partial_recovery.py`.
+answers them as unknown controls). They let the leader recover the databases after nodes were
+lost or joined without freezing or copying them: each node reports the keys whose hand-off the
+generation change cut off (`RecoveryScan` -> `ScanResult`, PYCTDB_RECOVERY_HANDOFFS), every node
+records the change (`RecoveryDefer`), and a key's lmaster later gathers every node's copy of a
+key it settles (`RecBufferList`, PYCTDB_GATHER_COPIES). Decisions are in `core/db/unsettled.py`.
 
 Layouts (little-endian, as CTDB's own payloads):
 
 * `RecoveryScan`: u32 nnodes, u32 ndbs, nnodes × u32 pnn (the nodes being recovered: every
-  other node counts as lost), ndbs × u32 db_id (the volatile databases to scan).
+  other node counts as lost), ndbs × u32 db_id (the volatile databases to report on).
 * `ScanResult`: u32 came_from (the generation this node was recovered into and served in last,
-  INVALID_GENERATION if none), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per scanned
-  database; records with their ltdb header).
-* `RecBufferList`: u32 nbuf, nbuf × `ctdb_rec_buffer` — PYCTDB_RECOVERY_FETCH's request (the
-  keys whose copies the leader wants, with empty data) and reply (the copies this node has,
+  INVALID_GENERATION if none), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per listed database;
+  the reported keys, without data).
+* `RecBufferList`: u32 nbuf, nbuf × `ctdb_rec_buffer` — PYCTDB_GATHER_COPIES's request (the
+  keys whose copies the lmaster wants, with empty data) and reply (the copies this node has,
   with their ltdb headers; keys it does not have are left out).
-* `RecoveryApply`: u32 generation (the recovery's), u32 nbuf, nbuf × `ctdb_rec_buffer` (the
-  records to store in each database, with their ltdb headers; one buffer for every database
-  this recovery covers, empty when nothing changes there: each database's generation becomes
-  the recovery's).
+* `RecoveryDefer`: see the class (PYCTDB_RECOVERY_DEFER).
 """
 
 from __future__ import annotations
@@ -97,17 +95,31 @@ class ScanResult(WireType):
 
 
 @dataclass(slots=True)
-class RecoveryApply(WireType):
+class RecoveryDefer(WireType):
+    """PYCTDB_RECOVERY_DEFER: u32 generation, u32 nmap, nmap × u32 pnn (the vnnmap before the
+    membership change), u32 nbuf, nbuf × `ctdb_rec_buffer` (one per database the recovery
+    covers; for a volatile one, the keys whose hand-off the change cut off, without data)."""
+
     generation: int
+    old_map: list[int] = field(default_factory=list)
     buffers: list[RecBuffer] = field(default_factory=list)
 
     def pack(self) -> bytes:
-        return _pack_headed("recovery_apply", self.generation, [b.pack() for b in self.buffers])
+        return (pack_or_raise(_U32x2, "recovery_defer", self.generation, len(self.old_map))
+                + struct.pack(f"<{len(self.old_map)}I", *self.old_map)
+                + struct.pack("<I", len(self.buffers)) + b"".join(b.pack() for b in self.buffers))
 
     @classmethod
-    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecoveryApply, int]:
-        generation, buffers, offset = _unpack_headed(buf, offset, "recovery_apply")
-        return cls(generation, buffers), offset
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[RecoveryDefer, int]:
+        need(buf, offset, 8, "recovery_defer")
+        generation, nmap = _U32x2.unpack_from(buf, offset)
+        if nmap > MAX_ITEMS:
+            raise ProtocolError(f"recovery_defer: a map of {nmap} slots")
+        old_map, offset = _u32_list(buf, offset + 8, nmap, "recovery_defer map")
+        need(buf, offset, 4, "recovery_defer nbuf")
+        (count,) = struct.unpack_from("<I", buf, offset)
+        buffers, offset = _buffers(buf, offset + 4, count, "recovery_defer")
+        return cls(generation, old_map, buffers), offset
 
 
 @dataclass(slots=True)

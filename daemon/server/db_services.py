@@ -17,7 +17,7 @@ from ..protocol import NodeFlag, Runstate, VnnMap
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
 from .messenger import Messenger
-from .partial_recovery import PartialRecoveryNode, RecoveryView
+from .partial_recovery import PartialRecoveryNode, RecoveryView, gather_copies
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
 from .tasks import Tasks
@@ -44,7 +44,9 @@ class DatabaseServices:
                                                 vnnmap=vnnmap, on_thawed=self.record_calls.db_thawed)
         self.partial_recovery = PartialRecoveryNode(self.databases.database, recovery_view,
                                                     self.recovery.set_generation,
-                                                    self.record_calls.handed_off)
+                                                    self.record_calls.handed_off,
+                                                    self.record_calls.keys_unsettled)
+        self.record_calls.gather_copies = lambda db_id, key: gather_copies(messenger, db_id, key)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)

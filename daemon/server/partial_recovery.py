@@ -1,20 +1,19 @@
-"""This node's side of pyctdbd's recovery after nodes were lost or joined, which freezes nothing
-(rules in `core/db/partial_recovery.py`, the leader's side in `server/partial_recovery_driver.py`):
+"""This node's side of pyctdbd's recovery after nodes were lost or joined, which freezes and
+copies nothing (rules in `core/db/unsettled.py`, the leader's side in
+`server/partial_recovery_driver.py`):
 
-* **PYCTDB_RECOVERY_SCAN** {nodes, db_ids}: only in recovery mode, after the new vnnmap (so no
-  daemon moves a record meanwhile). The listed volatile databases are read by `tdb_traverse_read`
-  — in the loop under an all-record lock taken without waiting when the file is small and no
-  lock of it is held, else in one forked child (which may wait for smbd's chain locks: the loop
-  never does) — keeping the records whose dmaster, or whose lmaster in the map this node
-  served with, is not among `nodes`, or whose lmaster the new map changes, and those of the
-  keys it handed off lately (`core/db/handoffs.py`; refused if that log overflowed). Answer:
-  this node's `came_from` generation and one record buffer per database.
-* **PYCTDB_RECOVERY_FETCH** {buffers of keys}: this node's copies of those keys (read as the
-  scan reads).
-* **PYCTDB_RECOVERY_APPLY** {generation, buffers}: each record is stored under its chain lock
-  (header and value as sent); then each listed database's generation becomes the recovery's
-  (refused for a frozen one), so SET_RECMODE NORMAL accepts it. Calls held during the recovery
-  go out when recovery mode ends, when every node has applied its repairs.
+* **PYCTDB_RECOVERY_HANDOFFS** {nodes, db_ids}: only in recovery mode, after the new vnnmap (so
+  no daemon moves a record meanwhile). Answer: this node's `came_from` generation and, per listed
+  volatile database, the keys it handed to another node shortly before the generation changed
+  or whose hand-off to it was cut off (`core/db/handoffs.py`; refused if that log overflowed),
+  without data.
+* **PYCTDB_RECOVERY_DEFER** {generation, old map, per database the collected keys}: each listed
+  volatile database gets an epoch (the migration core's lmaster settles its keys when a call
+  first needs them); then each listed database's generation becomes the recovery's (refused for
+  a frozen one), so SET_RECMODE NORMAL accepts it.
+* **PYCTDB_GATHER_COPIES** {buffers of keys}: outside recovery mode, from a key's lmaster that
+  is settling it: this node's copy of each key, read under its chain lock (waited for in the
+  lock helper, never in the loop).
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..core.db.partial_recovery import is_affected
+from ..core.db.partial_recovery import Copy
 from ..log import log
-from ..net.transport import MAX_NODE_MESSAGE
 from ..protocol import (
-    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, RecBuffer, RecBufferList, RecData,
-    RecoveryApply, RecoveryScan, pack_reply, pack_scan_result,
+    INVALID_GENERATION, Control, LtdbHeader, ProtocolError, RecBuffer, RecBufferList, RecData,
+    RecoveryDefer, RecoveryScan, pack_reply, pack_request, pack_scan_result, unpack_reply,
 )
-from ..store import ChildError, Database, TdbError, TdbFile, jenkins_hash, run_in_child_over
+from ..store import Database, LockError, TdbError
 from .dispatch import Result
+from .messenger import Messenger
 
 
 @dataclass(frozen=True)
@@ -46,81 +44,52 @@ class RecoveryView:
     current_map: tuple[int, ...] = ()
 
 
-def affected_records(db_id: int, old_map: tuple[int, ...], new_map: tuple[int, ...],
-                     live: frozenset[int], handed_off: set[bytes]) -> Callable[[TdbFile], bytes]:
-    """The scan: the records a membership change to `live` (and the map change) may have
-    touched, and those of the keys in `handed_off`, packed as a `ctdb_rec_buffer` where the scan
-    runs (a big one in the child, not in the daemon's loop)."""
-    size, new_size = len(old_map), len(new_map)
-
-    def scan(tdb: TdbFile) -> bytes:
-        found: list[RecData] = []
-
-        def visit(key: bytes, value: bytes) -> None:
-            if len(value) < LTDB_HEADER_SIZE:
-                return
-            dmaster = int.from_bytes(value[8:12], "little")
-            hashed = jenkins_hash(key)
-            old_lmaster = old_map[hashed % size] if size else None
-            new_lmaster = new_map[hashed % new_size] if new_size else None
-            if is_affected(dmaster, old_lmaster, new_lmaster, live) or key in handed_off:
-                found.append(RecData(0, bytes(key), bytes(value)))
-
-        tdb.traverse_read(visit)
-        return RecBuffer(db_id, found).pack()
-    return scan
-
-
-def copies_of(keys: list[bytes]) -> Callable[[TdbFile], list[tuple[bytes, bytes]]]:
-    def fetch(tdb: TdbFile) -> list[tuple[bytes, bytes]]:
-        found = []
-        for key in keys:
-            value = tdb.fetch(key)
-            if value is not None and len(value) >= LTDB_HEADER_SIZE:
-                found.append((key, value))
-        return found
-    return fetch
-
-
-#: Files grown by up to this much since the daemon opened them (an empty volatile file is
-#: already ~4 MiB of mutexes and hash table) are read in the loop when no lock of theirs is held
-#: (a few milliseconds for smbd's usual databases); larger ones, and busy ones, in a child.
-IN_LOOP_BYTES = 1 << 20
-#: The largest scan answered: one reply, which a node connection must be able to carry.
-MAX_SCAN_REPLY = MAX_NODE_MESSAGE
-#: Records stored between two yields to the loop.
+#: Keys read between two yields to the loop.
 YIELD_EVERY = 500
+#: s a key's lmaster waits for every node's copy before it tries again (a node that does not
+#: answer is usually gone, and the recovery that follows abandons the gather anyway).
+GATHER_TIMEOUT = 5.0
 
 
-async def read_databases(dbs: list[Database], work: list[Callable[[TdbFile], Any]]) -> list[Any]:
-    """`work[i](dbs[i].tdb)` for every database: small and idle ones in the loop under an
-    all-record lock taken without waiting, the rest in one forked child."""
-    results: list[Any] = [None] * len(dbs)
-    for i, (db, fn) in enumerate(zip(dbs, work)):
-        if db.grown_since_open() <= IN_LOOP_BYTES:
-            done, value = db.locker.try_whole(fn)
-            if done:
-                results[i] = value
-            await asyncio.sleep(0)       # one database at a time (a walk of 100001 chains: ~3 ms)
-    rest = [i for i, value in enumerate(results) if value is None]
-    if rest:
-        found = await run_in_child_over([dbs[i] for i in rest],
-                                        lambda tdbs: [work[i](t) for i, t in zip(rest, tdbs)])
-        for i, value in zip(rest, found):
-            results[i] = value
-    return results          # type: ignore[return-value]
+async def gather_copies(messenger: Messenger, db_id: int, key: bytes,
+                        timeout: float = GATHER_TIMEOUT) -> tuple[tuple[Copy, ...], bool]:
+    """Every active peer's copy of one key (PYCTDB_GATHER_COPIES), and whether all answered."""
+    peers = messenger.active_peers()
+    if not peers:
+        return (), True
+    request = pack_request(Control.PYCTDB_GATHER_COPIES,
+                           RecBufferList([RecBuffer(db_id, [RecData(0, key, b"")])]))
+    replies = await messenger.controls(peers, Control.PYCTDB_GATHER_COPIES, request, timeout=timeout)
+    copies = []
+    for pnn in peers:
+        reply = replies[pnn]
+        if isinstance(reply, Exception):
+            log.info("Settling a key of db 0x%08x: node %u did not send its copy (%s)", db_id, pnn, reply)
+            return (), False
+        try:
+            for buffer in unpack_reply(Control.PYCTDB_GATHER_COPIES, reply.data).buffers:
+                for rec in buffer.records:
+                    if buffer.db_id == db_id and bytes(rec.key) == key:
+                        header, value = LtdbHeader.split(rec.data)
+                        copies.append(Copy(pnn, header, bytes(value)))
+        except ProtocolError as exc:
+            log.warning("Settling a key of db 0x%08x: node %u sent a malformed copy: %s", db_id, pnn, exc)
+            return (), False
+    return tuple(copies), True
 
 
 class PartialRecoveryNode:
     def __init__(self, lookup: Callable[[int], Database | None], view: Callable[[], RecoveryView],
                  set_generation: Callable[[int, int], Result],
-                 handed_off: Callable[[int], tuple[set[bytes], bool]]) -> None:
+                 handed_off: Callable[[int], tuple[set[bytes], bool]],
+                 unsettle: Callable[[int, tuple[int, ...], frozenset[bytes]], None]) -> None:
         self.lookup = lookup
         self.view = view
         self.set_generation = set_generation
         self.handed_off = handed_off        # db_id -> (keys, whether the log overflowed)
+        self.unsettle = unsettle            # (db_id, old map, keys): the migration core's epoch
 
-    async def scan(self, request: RecoveryScan) -> Result:
+    def handoffs(self, request: RecoveryScan) -> Result:
         view = self.view()
         if not view.recovering:
             return Result(-1, errmsg="not in recovery mode")
@@ -128,75 +97,59 @@ class PartialRecoveryNode:
             # Not a node that started afresh: one whose last recovery did not finish. What it
             # holds is for CTDB's full merge.
             return Result(-1, errmsg="this node's last recovery did not finish")
-        dbs = []
+        buffers = []
         for db_id in request.db_ids:
             db = self.lookup(db_id)
             if db is None or db.persistent:
                 return Result(-1, errmsg=f"no volatile database 0x{db_id:08x} here")
-            dbs.append(db)
-        live = frozenset(request.nodes)
-        scans = []
-        for db in dbs:
-            keys, overflowed = self.handed_off(db.db_id)
+            keys, overflowed = self.handed_off(db_id)
             if overflowed:
                 return Result(-1, errmsg="too many records handed off lately to list them")
-            scans.append(affected_records(db.db_id, view.previous_map, view.current_map, live, keys))
-        try:
-            found = await read_databases(dbs, scans)
-        except (ChildError, TdbError) as exc:
-            log.error("Recovery scan failed: %s", exc)
-            return Result(-1, errmsg=f"scan failed: {exc}")
-        size = sum(len(packed) for packed in found)
-        if size > MAX_SCAN_REPLY:
-            # One reply carries it all. Streaming the scan as DB_PULL streams a database would
-            # lift this; until then CTDB's full recovery runs.
-            return Result(-1, errmsg=f"the scan found {size >> 20} MiB of records, more than one "
-                                     f"reply carries ({MAX_SCAN_REPLY >> 20} MiB)")
-        count = sum(int.from_bytes(packed[4:8], "little") for packed in found)
-        log.info("Recovery scan: %d records of %d databases for nodes %s", count, len(found),
-                 request.nodes)
-        return Result(0, pack_scan_result(view.came_from, found))
+            buffers.append(RecBuffer(db_id, [RecData(0, k, b"") for k in sorted(keys)]).pack())
+        return Result(0, pack_scan_result(view.came_from, buffers))
 
-    async def fetch(self, request: RecBufferList) -> Result:
+    def defer(self, request: RecoveryDefer) -> Result:
         if not self.view().recovering:
             return Result(-1, errmsg="not in recovery mode")
         dbs = []
         for buffer in request.buffers:
             db = self.lookup(buffer.db_id)
-            if db is None or db.persistent:
-                return Result(-1, errmsg=f"no volatile database 0x{buffer.db_id:08x} here")
-            dbs.append((db, [bytes(rec.key) for rec in buffer.records]))
-        try:
-            found = await read_databases([db for db, _ in dbs], [copies_of(keys) for _, keys in dbs])
-        except (ChildError, TdbError) as exc:
-            log.error("Recovery fetch failed: %s", exc)
-            return Result(-1, errmsg=f"fetch failed: {exc}")
-        reply = RecBufferList([RecBuffer(db.db_id, [RecData(0, k, v) for k, v in records])
-                               for (db, _), records in zip(dbs, found)])
-        return Result(0, pack_reply(Control.PYCTDB_RECOVERY_FETCH, reply))
-
-    async def apply(self, request: RecoveryApply) -> Result:
-        if not self.view().recovering:
-            return Result(-1, errmsg="not in recovery mode")
-        stored = 0
-        for buffer in request.buffers:
-            db = self.lookup(buffer.db_id)
             if db is None:
                 return Result(-1, errmsg=f"Unknown db 0x{buffer.db_id:08x}")
-            for rec in buffer.records:
-                if len(rec.data) < LTDB_HEADER_SIZE:
-                    return Result(-1, errmsg=f"a record for {db.name} is shorter than its header")
-                header, value = LtdbHeader.split(rec.data)
-                try:
-                    await db.store_ltdb(rec.key, header, value)
-                except TdbError as exc:
-                    return Result(-1, errmsg=f"storing a record of {db.name} failed: {exc}")
-                stored += 1
-                if stored % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)     # heartbeats go on during a big repair
-        for buffer in request.buffers:
-            result = self.set_generation(buffer.db_id, request.generation)
+            dbs.append((db, buffer))
+        for db, buffer in dbs:
+            if not db.persistent:
+                self.unsettle(db.db_id, tuple(request.old_map),
+                              frozenset(bytes(r.key) for r in buffer.records))
+        for db, _ in dbs:
+            result = self.set_generation(db.db_id, request.generation)
             if result.status != 0:
                 return result
-        log.info("Recovery repairs: %d records stored in %d databases", stored, len(request.buffers))
+        keys = sum(len(b.records) for _, b in dbs)
+        log.info("Recovery: %d databases settle their keys on first use (%d cut-off hand-offs)",
+                 len(dbs), keys)
         return Result(0)
+
+    async def gather(self, request: RecBufferList) -> Result:
+        if self.view().recovering:
+            return Result(-1, errmsg="in recovery mode")
+        reply = []
+        read = 0
+        for buffer in request.buffers:
+            db = self.lookup(buffer.db_id)
+            if db is None or db.persistent:
+                return Result(-1, errmsg=f"no volatile database 0x{buffer.db_id:08x} here")
+            found = []
+            for rec in buffer.records:
+                try:
+                    record = await db.fetch_ltdb(bytes(rec.key))
+                except (TdbError, LockError) as exc:
+                    log.error("Reading a copy of a %s record for its lmaster failed: %s", db.name, exc)
+                    return Result(-1, errmsg=f"read failed: {exc}")
+                if record is not None:
+                    found.append(RecData.with_header(0, bytes(rec.key), record[0], record[1]))
+                read += 1
+                if read % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            reply.append(RecBuffer(db.db_id, found))
+        return Result(0, pack_reply(Control.PYCTDB_GATHER_COPIES, RecBufferList(reply)))

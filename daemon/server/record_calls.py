@@ -68,14 +68,15 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 from ..core.db.callstats import CallStatistics, DbCallStatistics
 from ..core.db.migration import (
-    Action, ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, Event, ForceRecovery,
-    LocalCall, Log, MigrationCore, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
-    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
+    Action, ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, Event,
+    ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log, MigrationCore, PeerPacket,
+    RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
+    StoreRecord, Tick, VnnMapChanged,
 )
 from ..log import log
 from ..net.local import Client
@@ -172,6 +173,9 @@ class RecordCalls:
         self.seq = itertools.count()
         #: Where the core's ScheduleForDeletion goes (the vacuum service's queue).
         self.on_schedule: Callable[[int, bytes, LtdbHeader], None] | None = None
+        #: Reads every active node's copy of a key for the core's GatherCopies: (copies, whether
+        #: every node answered).
+        self.gather_copies: Callable[[int, bytes], Awaitable[tuple[tuple, bool]]] | None = None
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -253,6 +257,14 @@ class RecordCalls:
 
     def recovery_mode(self, active: bool) -> None:
         self._run_unlocked(RecoveryMode(active))
+
+    def keys_unsettled(self, db_id: int, old_map: tuple[int, ...], keys: frozenset[bytes]) -> None:
+        """A recovery after a membership change (core/db/unsettled.py)."""
+        self._run_unlocked(KeysUnsettled(db_id, tuple(old_map), frozenset(keys)))
+
+    def forget_settled(self, db_id: int, key: bytes) -> None:
+        """The vacuum deleted the record at its lmaster, everywhere."""
+        self.core.settling.unsettled.forget(db_id, key)
 
     def db_thawed(self, db_id: int) -> None:
         self._run_unlocked(DbThawed(db_id))
@@ -430,6 +442,8 @@ class RecordCalls:
                     self._reply(action.client, action.reqid, body)
                 elif isinstance(action, Requeue):
                     self._requeue(action.event, action.delay)
+                elif isinstance(action, GatherCopies):
+                    self._gather(action)
                 elif isinstance(action, ForceRecovery):
                     self._force_recovery(action.reason)
                 elif isinstance(action, Log):
@@ -516,6 +530,25 @@ class RecordCalls:
         while self.timers and self.timers[0][0] <= now:
             self._feed(heapq.heappop(self.timers)[2])
         self._arm(loop)
+
+    def _gather(self, action: GatherCopies) -> None:
+        if self.tasks.spawn(self._gather_copies(action), f"gather-{action.db_id:08x}") is None:
+            log.debug("not settling a key of db 0x%08x: shutting down", action.db_id)
+
+    async def _gather_copies(self, action: GatherCopies) -> None:
+        """Every active node's copy, then the core settles the key under its chain lock."""
+        if action.delay > 0:
+            await asyncio.sleep(action.delay)
+        copies: tuple = ()
+        complete = False
+        try:
+            if self.gather_copies is None:
+                raise RuntimeError("no way to reach the other nodes")
+            copies, complete = await self.gather_copies(action.db_id, bytes(action.key))
+        except Exception as exc:            # incomplete: the core tries again a little later
+            self.complain("gather", action.db_id, f"gathering copies of a record of db "
+                          f"0x{action.db_id:08x} failed: {exc!r}", self.clock())
+        self._feed(CopiesGathered(action.db_id, bytes(action.key), tuple(copies), complete))
 
     def _force_recovery(self, reason: str) -> None:
         try:

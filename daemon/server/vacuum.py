@@ -217,6 +217,7 @@ class VacuumService:
             if verdict is Triage.DELETE_NOW:
                 db.tdb.delete(key)
                 self.counters.deleted += 1
+                self.record_calls.forget_settled(db.db_id, key)
             elif verdict is Triage.SKIP:
                 self.counters.skipped += 1
             return verdict
@@ -268,6 +269,7 @@ class VacuumService:
                 if may_delete_here(queued, db.tdb.fetch_ltdb(key), self.pnn, lmaster_of(key, lmasters)):
                     db.tdb.delete(key)
                     self.counters.deleted += 1
+                    self.record_calls.forget_settled(db.db_id, key)
                 else:
                     self.counters.skipped += 1
             except TdbError as exc:

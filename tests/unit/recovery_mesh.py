@@ -172,10 +172,13 @@ class MeshNode:
         self.dispatcher = ControlDispatcher(_node_handlers(), self.tasks.spawn)
         self.attaches: list[tuple[str, int]] = []
         self.came_from = 7                   # the generation it served in
+        self.handed_off: dict[int, set[bytes]] = {}      # db_id -> keys to report
+        self.unsettled: list[tuple[int, tuple[int, ...], frozenset[bytes]]] = []   # epochs received
         self.partial = PartialRecoveryNode(
             self.databases.database,
             lambda: RecoveryView(True, self.came_from, tuple(mesh.previous_map), tuple(mesh.vnnmap.map)),
-            self.service.set_generation, lambda db_id: (set(), False))
+            self.service.set_generation, lambda db_id: (self.handed_off.get(db_id, set()), False),
+            lambda db_id, old_map, keys: self.unsettled.append((db_id, old_map, keys)))
         self.dispatcher.context = types.SimpleNamespace(
             db_recovery=self.service, databases=self.databases, pnn=pnn, attaches=self.attaches,
             partial_recovery=self.partial)

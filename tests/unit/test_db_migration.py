@@ -31,10 +31,12 @@ from ctdblab.daemon.core.db.callstats import MAX_COUNT_BUCKETS, DbCallStatistics
 from ctdblab.daemon.core.db.ltdbrules import fetch as ltdb_fetch
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of, store as ltdb_store
 from ctdblab.daemon.core.db.migration import (
-    ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, ForceRecovery, LocalCall, Log,
-    MigrationCore, MigrationSettings, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
-    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
+    ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, ForceRecovery,
+    GatherCopies, LocalCall, Log, MigrationCore, MigrationSettings, PeerPacket, RecoveryMode, Reissue,
+    ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick,
+    VnnMapChanged,
 )
+from ctdblab.daemon.core.db.partial_recovery import Copy
 from ctdblab.daemon.protocol.constants import CallFlag, CallFunc, RecordFlag
 from ctdblab.daemon.protocol.ltdb import db_id_of, jenkins_hash
 from ctdblab.daemon.protocol.packets import (
@@ -96,6 +98,7 @@ class Sim:
         self.replies: dict[object, list] = defaultdict(list)
         self.landings: list[tuple[float, int, bytes, int]] = []       # (time, node, key, rsn)
         self.reqids = itertools.count(1000)
+        self.dead: set[int] = set()      # lost nodes: their queued lock waiters never run
 
     # -- event queue ---------------------------------------------------------------------------
     def at(self, when: float, fn) -> None:
@@ -145,6 +148,8 @@ class Sim:
     # -- chain locks ---------------------------------------------------------------------------
     def acquire(self, p: int, key: bytes, who, fn) -> None:
         node = self.nodes[p]
+        if p in self.dead:
+            return                      # a lost node runs nothing more
         if key in node.owner:
             node.waiting[key].append((who, fn))
             return
@@ -154,7 +159,7 @@ class Sim:
     def release(self, p: int, key: bytes) -> None:
         node = self.nodes[p]
         del node.owner[key]
-        if node.waiting[key]:
+        if node.waiting[key] and p not in self.dead:
             who, fn = node.waiting[key].popleft()
             node.owner[key] = who
             self.at(self.now, fn)
@@ -195,12 +200,42 @@ class Sim:
                     self.at(self.now, lambda c=client, b=a.body: c.on_reply(b))
             elif isinstance(a, Requeue):
                 self.at(self.now + a.delay, lambda e=a.event: self.input(p, e))
+            elif isinstance(a, GatherCopies):
+                self.at(self.now + a.delay, lambda a=a: self.gather(p, a.db_id, a.key))
             elif isinstance(a, ForceRecovery):
                 node.forced.append(a)
             elif isinstance(a, Log):
                 node.logs.append(a)
             else:
                 raise AssertionError(f"unexpected action {a!r}")
+
+    def gather(self, p: int, db_id: int, key: bytes) -> None:
+        """The shell's gather: each live node reads its copy under the key's chain lock and
+        answers over the same link as its packets (so a REQ_DMASTER it sent before answering
+        arrives first); a node that does not answer makes the gather incomplete."""
+        peers = [q for q in range(self.n) if q != p and not self.drop(p, q, None)]    # the live ones
+        answers: dict[int, object] = {}
+
+        def answered(q, copy):
+            answers[q] = copy
+            if len(answers) == len(peers):
+                self.input(p, CopiesGathered(db_id, key, tuple(c for c in answers.values() if c)))
+
+        if not peers:
+            self.at(self.now, lambda: self.input(p, CopiesGathered(db_id, key, ())))
+        for q in peers:
+            def serve(q=q):
+                def read():
+                    found = self.nodes[q].tdb.get(key)
+                    self.release(q, key)
+                    arrival = max(self.now + self.delay, self.link_free.get((q, p), 0.0))
+                    self.link_free[(q, p)] = arrival
+                    copy = None if found is None else Copy(q, found[0], found[1])
+                    self.at(arrival, lambda: answered(q, copy))
+                self.acquire(q, key, "gather", read)
+            arrival = max(self.now + self.delay, self.link_free.get((p, q), 0.0))
+            self.link_free[(p, q)] = arrival
+            self.at(arrival, serve)
 
     def check_store(self, p: int, a: StoreRecord) -> None:
         prev = self.nodes[p].tdb.get(a.key)

@@ -1,20 +1,21 @@
-"""pyctdbd's recovery after a node loss (core/db/partial_recovery.py): the vnnmap keeps its slots,
-the survivors report only the records a lost node touched, and the repairs leave every key with
-one dmaster its lmaster knows, holding the newest surviving copy — checked on the migration
-core's own simulation (smbd-like clients on every node, a node lost mid-run)."""
+"""pyctdbd's recovery after a node loss or join (core/db/partial_recovery.py, core/db/unsettled.py):
+the vnnmap keeps its slots, the recovery only records the change and the cut-off hand-offs, and
+each key's lmaster settles it on first use, leaving one dmaster its lmaster knows, holding the
+newest surviving copy -- checked on the migration core's own simulation (smbd-like clients on
+every node, nodes lost mid-run and rejoining)."""
 
 from __future__ import annotations
 
 import pytest
 
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of
-from ctdblab.daemon.core.db.migration import RecoveryMode, VnnMapChanged
+from ctdblab.daemon.core.db.migration import KeysUnsettled, RecoveryMode, VnnMapChanged
 from ctdblab.daemon.core.db.partial_recovery import (
-    Copy, came_from_all, is_affected, plan_from_reports, plan_repairs, slot_stable_vnnmap,
+    Copy, came_from_all, plan_repairs, slot_stable_vnnmap,
 )
 from ctdblab.daemon.core.recovery import plan_recovery
 from ctdblab.daemon.protocol import (
-    INVALID_GENERATION, Control, LtdbHeader, RecBuffer, RecData, RecoveryApply, RecoveryScan,
+    INVALID_GENERATION, Control, LtdbHeader, RecBuffer, RecData, RecoveryDefer, RecoveryScan,
     ScanResult, pack_reply, pack_request, unpack_reply, unpack_request,
 )
 from ctdblab.daemon.protocol.types import VnnMap
@@ -54,15 +55,6 @@ def test_only_keys_of_the_lost_slots_change_lmaster():
 
 
 # -- what is reported, and agreement ----------------------------------------------------------
-
-def test_a_copy_is_reported_when_its_dmaster_or_lmaster_was_lost_or_its_lmaster_moves():
-    live = {0, 1}
-    assert not is_affected(0, 1, 1, live)
-    assert is_affected(2, 1, 1, live)            # dmaster lost
-    assert is_affected(0, 2, 0, live)            # lmaster lost
-    assert is_affected(0, None, 1, live)         # a node that started afresh reports everything
-    assert is_affected(0, 0, 2, {0, 1, 2})       # a joining node takes its slot back
-
 
 def test_nodes_must_have_served_in_the_same_generation():
     assert came_from_all({0: 7, 1: 7}, INVALID_GENERATION) == 7
@@ -129,79 +121,44 @@ def test_two_self_claims_keep_the_newer():
     assert 1 not in repairs
 
 
-# -- what the scan's reports settle on their own ------------------------------------------------
-
-OLD = [0, 1, 2]
-
-
-def _from_reports(reports, new_map=NEW, live=(0, 1), old_map=OLD):
-    return plan_from_reports(old_map, new_map, live, reports)
-
-
-def test_a_lmaster_that_did_not_report_knows_a_live_dmaster_so_stale_copies_point_at_it():
-    key = key_with_lmaster(1, 3)
-    repairs, fetch = _from_reports({0: [(key, H(5, 2), b"stale")]})
-    assert fetch == set() and [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"stale")]
-
-
-def test_a_lmaster_that_reported_a_lost_dmaster_adopts_the_newest_copy():
-    key = key_with_lmaster(1, 3)
-    repairs, fetch = _from_reports({1: [(key, H(5, 2), b"lm")], 0: [(key, H(9, 2), b"newest")]})
-    assert fetch == set()
-    assert [(r.header.dmaster, r.header.rsn, r.data) for r in repairs[1]] == [(1, 10, b"newest")]
-
-
-def test_a_lost_lmaster_passes_to_a_survivor_pointing_at_the_live_dmaster():
-    key = key_with_lmaster(2, 3)
-    repairs, fetch = _from_reports({1: [(key, H(7, 1), b"mine")]})
-    assert fetch == set() and 1 not in repairs
-    assert [(r.header.dmaster, r.data) for r in repairs[0]] == [(1, b"mine")]
-
-
-def test_a_key_reported_as_a_hand_off_is_fetched_from_every_node():
-    key = key_with_lmaster(1, 3)
-    repairs, fetch = _from_reports({0: [(key, H(9, 1), b"given")]})     # nothing lost about it
-    assert fetch == {key} and repairs == {}
-
-
-def test_a_slot_moving_away_from_a_silent_live_lmaster_is_fetched():
-    key = key_with_lmaster(2, 3)
-    # a node joined: the key's slot goes from node 0 back to node 2; node 0 has no copy
-    repairs, fetch = plan_from_reports([0, 1, 0], [0, 1, 2], [0, 1, 2], {1: [(key, H(4, 1), b"m")]})
-    assert fetch == {key}
-
-
 # -- the payloads -----------------------------------------------------------------------------
 
-def test_scan_and_apply_payloads_round_trip():
-    scan = RecoveryScan([0, 1], [0x7A19D84D, 0x4E66C2B2])
-    assert unpack_request(Control.PYCTDB_RECOVERY_SCAN, pack_request(Control.PYCTDB_RECOVERY_SCAN, scan)) == scan
-    result = ScanResult(42, [RecBuffer(1, [RecData.with_header(0, b"k", H(3, 2), b"v")]), RecBuffer(2, [])])
-    assert unpack_reply(Control.PYCTDB_RECOVERY_SCAN, pack_reply(Control.PYCTDB_RECOVERY_SCAN, result)) == result
-    apply = RecoveryApply(9, [RecBuffer(1, [])])
-    assert unpack_request(Control.PYCTDB_RECOVERY_APPLY, pack_request(Control.PYCTDB_RECOVERY_APPLY, apply)) == apply
+def test_handoffs_and_defer_payloads_round_trip():
+    ask = RecoveryScan([0, 1], [0x7A19D84D, 0x4E66C2B2])
+    op = Control.PYCTDB_RECOVERY_HANDOFFS
+    assert unpack_request(op, pack_request(op, ask)) == ask
+    result = ScanResult(42, [RecBuffer(1, [RecData(0, b"k", b"")]), RecBuffer(2, [])])
+    assert unpack_reply(op, pack_reply(op, result)) == result
+    defer = RecoveryDefer(9, [0, 1, 0], [RecBuffer(1, [RecData(0, b"k", b"")])])
+    op = Control.PYCTDB_RECOVERY_DEFER
+    assert unpack_request(op, pack_request(op, defer)) == defer
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x01\x00\x00\x00",
                                      b"\x01\x00\x00\x00\x01\x00\x00\x00\x05"])
 def test_malformed_payloads_are_refused(payload):
     from ctdblab.daemon.protocol import ProtocolError
-    for decode in (lambda d: unpack_request(Control.PYCTDB_RECOVERY_SCAN, d),
-                   lambda d: unpack_request(Control.PYCTDB_RECOVERY_APPLY, d),
-                   lambda d: unpack_reply(Control.PYCTDB_RECOVERY_SCAN, d)):
+    for decode in (lambda d: unpack_request(Control.PYCTDB_RECOVERY_HANDOFFS, d),
+                   lambda d: unpack_request(Control.PYCTDB_RECOVERY_DEFER, d),
+                   lambda d: unpack_reply(Control.PYCTDB_RECOVERY_HANDOFFS, d),
+                   lambda d: unpack_request(Control.PYCTDB_GATHER_COPIES, d)):
         with pytest.raises(ProtocolError):
             decode(payload)
     with pytest.raises(ProtocolError):            # absurd counts are refused, not allocated
-        unpack_request(Control.PYCTDB_RECOVERY_SCAN, b"\xff\xff\xff\xff\x00\x00\x00\x00")
+        unpack_request(Control.PYCTDB_RECOVERY_HANDOFFS, b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    with pytest.raises(ProtocolError):
+        unpack_request(Control.PYCTDB_RECOVERY_DEFER, b"\x01\x00\x00\x00\xff\xff\xff\xff")
 
 
 # -- on the migration simulation --------------------------------------------------------------
 
 def _partial_recovery(sim: Sim, members: list[int], generation: int, clients: list
                       ) -> tuple[dict[bytes, int], dict[int, int]]:
-    """pyctdbd's partial recovery of `members`: recovery mode, the new slot-stable vnnmap, scan,
-    fetch, repairs (under each key's chain lock), recovery mode off. Returns per key the
-    counter of the copy the recovery kept, and each client's uses at that moment."""
+    """pyctdbd's recovery of `members` after a membership change: recovery mode, the new
+    slot-stable vnnmap, the cut-off hand-offs collected and handed to every node as the epoch's
+    keys (KeysUnsettled), recovery mode off -- nothing is scanned or repaired; the keys'
+    lmasters settle them on first use (core/db/unsettled.py). Returns per key the counter of
+    the copy CTDB's merge would keep at this moment, and each client's uses then."""
     old_map = list(sim.vnnmap.map)
     for p in members:
         sim.apply(p, sim.nodes[p].core.step(RecoveryMode(True)), None)
@@ -209,40 +166,20 @@ def _partial_recovery(sim: Sim, members: list[int], generation: int, clients: li
     for p in members:
         sim.apply(p, sim.nodes[p].core.step(VnnMapChanged(sim.vnnmap), None, sim.now), None)
     sim.run(until=sim.now + 0.01)            # old packets in flight arrive and are dropped
-    handed_off = {p: sim.nodes[p].core.handoffs.take(DB, sim.now) for p in members}
-    suspects = {k for p in members for k, (h, _) in sim.nodes[p].tdb.items()
-                if is_affected(h.dmaster, lmaster_of(k, old_map), lmaster_of(k, sim.vnnmap.map),
-                               set(members)) or k in handed_off[p]}
-    copies = {k: [Copy(p, *sim.nodes[p].tdb[k]) for p in members if k in sim.nodes[p].tdb]
-              for k in suspects}
+    handed_off = set().union(*(sim.nodes[p].core.handoffs.take(DB, sim.now) for p in members))
     kept = {}
-    for key, found in copies.items():
+    for key in {k for p in members for k in sim.nodes[p].tdb}:
+        found = [Copy(p, *sim.nodes[p].tdb[key]) for p in members if key in sim.nodes[p].tdb]
         winner = max(sorted(found, key=lambda c: c.pnn),
                      key=lambda c: (c.header.rsn, c.header.dmaster == c.pnn))
         kept[key] = COUNTER.unpack(winner.data)[0] if winner.data else 0
-    for key in {k for p in members for k in sim.nodes[p].tdb} - suspects:
-        # not reported: intact, its one dmaster's copy is the one to keep
-        (data,) = [sim.nodes[p].tdb[key][1] for p in members
-                   if key in sim.nodes[p].tdb and sim.nodes[p].tdb[key][0].dmaster == p]
-        kept[key] = COUNTER.unpack(data)[0] if data else 0
-    done_at_scan = {id(c): c.done for c in clients}
-    # as the leader does it: what the reports settle, then every copy of the keys they do not
-    reports = {p: [(k, *sim.nodes[p].tdb[k]) for k in suspects if k in sim.nodes[p].tdb
-                   and (k in handed_off[p] or is_affected(sim.nodes[p].tdb[k][0].dmaster,
-                                                          lmaster_of(k, old_map),
-                                                          lmaster_of(k, sim.vnnmap.map), set(members)))]
-               for p in members}
-    planned, fetch = plan_from_reports(old_map, sim.vnnmap.map, members, reports)
-    for p, repairs in plan_repairs(sim.vnnmap.map, {k: copies[k] for k in fetch}).items():
-        planned.setdefault(p, []).extend(repairs)
-    for p, repairs in planned.items():
-        for r in repairs:
-            sim.acquire(p, r.key, "recovery", lambda p=p, r=r: (
-                sim.nodes[p].tdb.__setitem__(r.key, (r.header, r.data)), sim.release(p, r.key)))
-    sim.run(until=sim.now + 0.01)
+    done_at_recovery = {id(c): c.done for c in clients}
+    for p in members:
+        sim.apply(p, sim.nodes[p].core.step(KeysUnsettled(DB, tuple(old_map), frozenset(handed_off))),
+                  None)
     for p in members:
         sim.apply(p, sim.nodes[p].core.step(RecoveryMode(False)), None)
-    return kept, done_at_scan
+    return kept, done_at_recovery
 
 
 def _lose_node_and_recover(sim: Sim, lost: int, generation: int, clients: list):
@@ -251,6 +188,7 @@ def _lose_node_and_recover(sim: Sim, lost: int, generation: int, clients: list):
     sim.input = lambda p, e: None if p == lost else plain_input(p, e)     # noqa: E731
     sim.drop = lambda s, d, pkt: lost in (s, d)
     sim.nodes[lost].tdb.clear()
+    sim.dead = {lost}
     sim.restore_input = plain_input
     return _partial_recovery(sim, [n.pnn for n in sim.nodes if n.pnn != lost], generation, clients)
 
@@ -259,6 +197,7 @@ def _rejoin(sim: Sim, node: int, generation: int, clients: list):
     """`node` starts afresh (empty databases, a new daemon) and every node recovers together."""
     sim.input = sim.restore_input
     sim.drop = lambda s, d, pkt: False
+    sim.dead = set()
     fresh = MigrationCore(MigrationSettings(pnn=node), sim.vnnmap)
     fresh.step(DbAttached(DB, "locking.tdb"))
     sim.nodes[node] = Node(node, fresh)
@@ -270,16 +209,26 @@ def _check_keys(sim: Sim, keys, kept, done_before, clients, gone=()) -> None:
         if not any(key in n.tdb for n in sim.nodes if n.pnn not in gone):
             continue                     # only the lost node ever had it
         holders = sim.dmasters(key)
-        assert len(holders) == 1, (key, holders)
         after = sum(c.done - done_before[id(c)] for c in clients if c.key == key)
+        if not holders:
+            # its dmaster was lost and no call needed it since: the first one settles it
+            assert after == 0, key
+            live = next(n.pnn for n in sim.nodes if n.pnn not in gone)
+            sim.call(live, key)
+            sim.run(until=sim.now + 0.5)
+            holders = sim.dmasters(key)
+        assert len(holders) == 1, (key, holders)
         value = sim.nodes[holders[0]].tdb[key][1]
         # every use after the recovery counted on top of the copy the recovery kept
         assert (COUNTER.unpack(value)[0] if value else 0) == kept.get(key, 0) + after
         lmaster = lmaster_of(key, sim.vnnmap.map)
-        assert sim.nodes[lmaster].tdb[key][0].dmaster == holders[0]
-        for node in sim.nodes:
-            if node.pnn not in gone and key in node.tdb:
-                assert node.tdb[key][0].dmaster not in gone
+        # the lmaster knows the dmaster, or has not needed to yet: it would settle the key first
+        known = sim.nodes[lmaster].tdb.get(key)
+        assert ((known is not None and known[0].dmaster == holders[0])
+                or sim.nodes[lmaster].core.settling.unsettled.suspect(DB, key, known, lmaster))
+        for node in sim.nodes:            # stale copies elsewhere never outrank the dmaster's
+            if node.pnn not in gone and key in node.tdb and node.pnn != holders[0]:
+                assert node.tdb[key][0].rsn < sim.nodes[holders[0]].tdb[key][0].rsn
     assert not [(n.pnn, f.reason) for n in sim.nodes for f in n.forced]
 
 
@@ -400,6 +349,7 @@ def test_a_second_loss_right_after_the_first_recovery_loses_nothing(seed):
     sim.input = lambda p, e: None if p in (first, second) else plain_input(p, e)      # noqa: E731
     sim.drop = lambda s, d, pkt: bool({first, second} & {s, d})
     sim.nodes[second].tdb.clear()
+    sim.dead = {first, second}
     members = [p for p in range(n) if p not in (first, second)]
     kept, done_before = _partial_recovery(sim, members, 9, clients)
     assert sorted(set(sim.vnnmap.map)) == members

@@ -359,18 +359,18 @@ def test_a_node_loss_is_settled_without_a_freeze_and_a_lagging_persistent_db_cop
 
 async def _a_node_loss_is_settled_without_a_freeze(mesh):
     from ctdblab.daemon.core.db.ltdbrules import lmaster_of
+    from ctdblab.daemon.protocol import db_id_of
     old_map, live = [0, 1, 2], [0, 1]
     for node in mesh.nodes.values():
         node.databases.attach("locking.tdb")
         node.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
     lost_lm = next(k for k in (b"k%d" % i for i in range(99)) if lmaster_of(k, old_map) == 2)
     live_lm = next(k for k in (b"k%d" % i for i in range(99)) if lmaster_of(k, old_map) == 1)
-    # lost_lm: node 0 is its dmaster, its lmaster node 2 is lost; live_lm: its dmaster node 2 is
-    # lost, the lmaster (node 1) and node 0 hold older copies pointing there
     mesh.nodes[0].store_record("locking.tdb", lost_lm, 5, 0, b"mine@0")
-    mesh.nodes[1].store_record("locking.tdb", lost_lm, 3, 0, b"old")
     mesh.nodes[1].store_record("locking.tdb", live_lm, 6, 2, b"lm@1")
     mesh.nodes[0].store_record("locking.tdb", live_lm, 7, 2, b"newest@0")
+    before = {p: mesh.nodes[p].records("locking.tdb") for p in live}
+    mesh.nodes[1].handed_off[db_id_of("locking.tdb")] = {b"given-by-1"}
     mesh.nodes[0].set_seqnum("secrets.tdb", 4)
     mesh.nodes[1].set_seqnum("secrets.tdb", 3)             # a commit reached node 0 only
     mesh.down = {2}
@@ -380,12 +380,11 @@ async def _a_node_loss_is_settled_without_a_freeze(mesh):
     outcome = await mesh.nodes[0].driver.recover(live, generation, old_map=old_map,
                                                  new_map=[0, 1, 0])
     assert outcome.ok and outcome.settled == 1 and outcome.recovered == 2, outcome
-    n0, n1 = mesh.nodes[0].records("locking.tdb"), mesh.nodes[1].records("locking.tdb")
-    assert n0[lost_lm][0].dmaster == 0 and n0[lost_lm][1] == b"mine@0"    # untouched
-    assert n0[live_lm][0].dmaster == 1                                      # points at the new dmaster
-    assert n1[live_lm] == (header(8, 1), b"newest@0")                      # adopted, rsn + 1
-    assert n1[lost_lm][0].dmaster == 0
-    for node in (mesh.nodes[0], mesh.nodes[1]):
+    for p in live:
+        node = mesh.nodes[p]
+        # nothing copied or rewritten: each key's lmaster settles it when a call needs it
+        assert node.records("locking.tdb") == before[p]
+        assert node.unsettled == [(db_id_of("locking.tdb"), tuple(old_map), frozenset({b"given-by-1"}))]
         assert node.records("secrets.tdb")[DB_SEQNUM_TDB_KEY][1] == pack_seqnum(4)
         assert node.service.frozen_databases() == []
         assert node.service.set_recmode_normal(generation) is None
@@ -410,20 +409,14 @@ def test_a_node_lost_in_the_middle_of_a_partial_recovery_fails_it_and_the_next_o
 
 
 async def _a_node_lost_mid_recovery(mesh):
-    """Node 3 is lost; while the survivors recover, node 1 goes too, just as the repairs are
-    sent. That recovery fails (the leader retries with the new membership); the next one, among
-    nodes 0 and 2, keeps the newest surviving copy of every record (one dmaster, the lmaster
-    pointing at it), whether or not node 1's copies reached node 0 before it died."""
-    from ctdblab.daemon.core.db.ltdbrules import lmaster_of
-    from ctdblab.daemon.protocol import Control
+    """Node 3 is lost; while the survivors recover, node 1 goes too, just as the recovery tells
+    the nodes to settle their keys. That recovery fails (the leader retries with the new
+    membership); the next one, among nodes 0 and 2, gives both nodes the change from the map the
+    failed one installed (the settling itself is the migration core's: test_db_partial_recovery)."""
+    from ctdblab.daemon.protocol import Control, db_id_of
     old_map = [0, 1, 2, 3]
     for node in mesh.nodes.values():
         node.databases.attach("locking.tdb")
-    keys = [k for k in (b"m%d" % i for i in range(200)) if lmaster_of(k, old_map) == 3][:6]
-    for i, key in enumerate(keys):                        # dmaster node 3 (lost); copies elsewhere
-        mesh.nodes[0].store_record("locking.tdb", key, 10 + i, 3, b"v%d@0" % i)
-        mesh.nodes[2].store_record("locking.tdb", key, 5, 3, b"older@2")
-        mesh.nodes[1].store_record("locking.tdb", key, 20 + i, 3, b"newest@1")
     mesh.down = {3}
     mesh.previous_map = old_map
     first_map = [0, 1, 2, 0]
@@ -433,33 +426,19 @@ async def _a_node_lost_mid_recovery(mesh):
     plain_control = leader.control
 
     async def control(pnn, opcode, data=b"", **kw):
-        if pnn == 1 and opcode == Control.PYCTDB_RECOVERY_APPLY:
-            mesh.down = {1, 3}                           # node 1 dies as the repairs go out
+        if pnn == 1 and opcode == Control.PYCTDB_RECOVERY_DEFER:
+            mesh.down = {1, 3}                           # node 1 dies as the recovery ends
         return await plain_control(pnn, opcode, data, **kw)
     leader.control = control
     outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 0x20, old_map=old_map, new_map=first_map)
     assert not outcome.ok, outcome
     leader.control = plain_control
 
-    # What the failed recovery applied before node 1 died (node 0 may already hold node 1's
-    # newest copies) counts like any other surviving copy.
-    survivors = {key: max((recs[key] for recs in (mesh.nodes[0].records("locking.tdb"),
-                                                  mesh.nodes[2].records("locking.tdb")) if key in recs),
-                          key=lambda rec: rec[0].rsn) for key in keys}
-    # The next recovery: nodes 0 and 2 only.
     second_map = [0, 2]
+    mesh.previous_map = first_map
     mesh.vnnmap = type(mesh.vnnmap)(0x21, second_map)
     outcome = await mesh.nodes[0].driver.recover([0, 2], 0x21, old_map=first_map, new_map=second_map)
     assert outcome.ok, outcome
-    n0, n2 = mesh.nodes[0].records("locking.tdb"), mesh.nodes[2].records("locking.tdb")
-    for i, key in enumerate(keys):
-        holders = [p for p, recs in ((0, n0), (2, n2)) if key in recs and recs[key][0].dmaster == p]
-        assert len(holders) == 1, (key, holders)
-        held = (n0 if holders[0] == 0 else n2)[key]
-        assert held[1] == survivors[key][1] and held[0].rsn >= survivors[key][0].rsn, (key, held)
-        assert held[1] in (b"newest@1", b"v%d@0" % i)
-        lmaster = lmaster_of(key, second_map)
-        assert (n0 if lmaster == 0 else n2)[key][0].dmaster == holders[0]
-        for recs in (n0, n2):
-            if key in recs:
-                assert recs[key][0].dmaster in (0, 2)
+    for p in (0, 2):
+        assert mesh.nodes[p].unsettled[-1] == (db_id_of("locking.tdb"), tuple(first_map), frozenset())
+        assert mesh.nodes[p].service.frozen_databases() == []

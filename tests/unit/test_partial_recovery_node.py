@@ -1,7 +1,7 @@
-"""The node's side of the partial recovery (server/partial_recovery.py) on real TDB files:
-the scan reports what the lost node touched and what this node handed off, read in the loop when
-the file is idle and in a forked child when a lock of it is held; fetch returns this node's
-copies; apply stores the repairs and moves each database to the recovery's generation."""
+"""The node's side of the recovery after a membership change (server/partial_recovery.py) on
+real TDB files: the hand-off report, the deferral that records the change and moves each
+database to the recovery's generation, and the gather that sends this node's copies to a key's
+lmaster (under the chain lock, waited for outside the loop when smbd holds it)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of
 from ctdblab.daemon.protocol import (
     INVALID_GENERATION,
-    Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryApply, RecoveryScan,
+    Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryDefer, RecoveryScan,
     unpack_reply,
 )
-from ctdblab.daemon.server import partial_recovery
 from ctdblab.daemon.server.dispatch import Result
 from ctdblab.daemon.server.partial_recovery import PartialRecoveryNode, RecoveryView
 from ctdblab.daemon.store import DbDirs, DbKind, Store
@@ -50,21 +49,19 @@ def node(tmp_path):
         return Result(0)
 
     handed_off = {db.db_id: {b"given"}}
+    unsettled = []
     recovery = PartialRecoveryNode(store.by_id, lambda: RecoveryView(True, 41, OLD_MAP, NEW_MAP),
                                    set_generation,
-                                lambda db_id: (handed_off.get(db_id, set()), False))
+                                   lambda db_id: (handed_off.get(db_id, set()), False),
+                                   lambda *epoch: unsettled.append(epoch))
+    recovery.epochs = unsettled
     yield recovery, db, generations
     store.close()
 
 
 def _fill(db):
-    keys = {
-        "intact": key_with(1, "intact"),          # lmaster 1, dmaster 0: untouched by the loss
-        "dm_lost": key_with(1, "dmlost"),         # our copy names lost node 2
-        "lm_lost": key_with(2, "lmlost"),         # lmaster was node 2
-    }
-    records = {keys["intact"]: H(3, 0), keys["dm_lost"]: H(5, 2), keys["lm_lost"]: H(7, 0),
-               b"given": H(9, 1)}
+    keys = {"mine": key_with(1, "mine"), "lost": key_with(1, "lost")}
+    records = {keys["mine"]: H(3, 0), keys["lost"]: H(5, 2)}
 
     async def write():
         for key, header in records.items():
@@ -73,93 +70,63 @@ def _fill(db):
     return keys
 
 
-def _scan(recovery, db):
-    result = asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id])))
+def test_the_report_lists_the_cut_off_hand_offs_and_where_the_node_came_from(node):
+    recovery, db, _ = node
+    _fill(db)
+    result = recovery.handoffs(RecoveryScan([0, 1], [db.db_id]))
     assert result.status == 0, result.errmsg
-    scan = unpack_reply(Control.PYCTDB_RECOVERY_SCAN, result.data)
-    assert scan.came_from == 41
-    return sorted(rec.key for rec in scan.buffers[0].records)
+    report = unpack_reply(Control.PYCTDB_RECOVERY_HANDOFFS, result.data)
+    assert report.came_from == 41
+    assert [(r.key, r.data) for r in report.buffers[0].records] == [(b"given", b"")]
 
 
-@pytest.mark.parametrize("in_loop_bytes", [1 << 20, 0], ids=["in-loop", "child"])
-def test_scan_reports_what_the_loss_touched_and_what_was_handed_off(node, monkeypatch, in_loop_bytes):
-    monkeypatch.setattr(partial_recovery, "IN_LOOP_BYTES", in_loop_bytes)
-    recovery, db, _ = node
-    keys = _fill(db)
-    assert _scan(recovery, db) == sorted([keys["dm_lost"], keys["lm_lost"], b"given"])
-
-
-def test_a_busy_file_is_scanned_in_a_child(node):
-    recovery, db, _ = node
-    keys = _fill(db)
-    held = db.try_lock(keys["intact"])          # the daemon holds a chain lock of the file
-    assert held is not None
-    try:
-        assert db.locker.try_whole(lambda tdb: 1) == (False, None)
-    finally:
-        held.release()
-    assert _scan(recovery, db) == sorted([keys["dm_lost"], keys["lm_lost"], b"given"])
-
-
-def test_fetch_returns_copies_and_apply_stores_repairs_and_the_generation(node):
+def test_the_deferral_records_the_change_and_moves_the_generation_without_touching_records(node):
     recovery, db, generations = node
     keys = _fill(db)
-    request = RecBufferList([RecBuffer(db.db_id, [RecData(0, keys["dm_lost"], b""),
-                                                  RecData(0, b"absent", b"")])])
-    result = asyncio.run(recovery.fetch(request))
-    (buffer,) = unpack_reply(Control.PYCTDB_RECOVERY_FETCH, result.data).buffers
-    assert [(r.key, r.split_header()[0].dmaster) for r in buffer.records] == [(keys["dm_lost"], 2)]
-    repair = RecData.with_header(0, keys["dm_lost"], H(6, 1), b"repaired")
-    assert asyncio.run(recovery.apply(RecoveryApply(77, [RecBuffer(db.db_id, [repair])]))).status == 0
-    assert db.tdb.fetch_ltdb(keys["dm_lost"]) == (H(6, 1), b"repaired")
+    before = dict(db.tdb.items())
+    defer = RecoveryDefer(77, list(OLD_MAP), [RecBuffer(db.db_id, [RecData(0, b"given", b"")])])
+    assert recovery.defer(defer).status == 0
+    assert recovery.epochs == [(db.db_id, OLD_MAP, frozenset({b"given"}))]
     assert generations == {db.db_id: 77}
+    assert dict(db.tdb.items()) == before and keys
+
+
+def test_the_gather_sends_this_nodes_copies_and_waits_for_a_busy_chain_lock(node):
+    recovery, db, _ = node
+    keys = _fill(db)
+    recovery.view = lambda: RecoveryView(False, 41, OLD_MAP, NEW_MAP)       # serving again
+    request = RecBufferList([RecBuffer(db.db_id, [RecData(0, keys["lost"], b""),
+                                                  RecData(0, b"absent", b"")])])
+
+    async def main():
+        held = db.try_lock(keys["lost"])                 # someone (smbd) holds the record
+        task = asyncio.ensure_future(recovery.gather(request))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        held.release()
+        return await asyncio.wait_for(task, 10)
+    result = asyncio.run(main())
+    (buffer,) = unpack_reply(Control.PYCTDB_GATHER_COPIES, result.data).buffers
+    assert [(r.key, r.split_header()[0].dmaster, r.split_header()[1]) for r in buffer.records] == [
+        (keys["lost"], 2, b"value-" + keys["lost"])]
 
 
 def test_outside_recovery_mode_and_for_unknown_databases_it_refuses(node):
     recovery, db, _ = node
-    assert asyncio.run(recovery.scan(RecoveryScan([0, 1], [0x1234]))).status == -1
-    assert asyncio.run(recovery.apply(RecoveryApply(1, [RecBuffer(0x1234, [])]))).status == -1
-    short = RecData(0, b"k", b"short")
-    assert asyncio.run(recovery.apply(RecoveryApply(1, [RecBuffer(db.db_id, [short])]))).status == -1
+    assert recovery.handoffs(RecoveryScan([0, 1], [0x1234])).status == -1
+    assert recovery.defer(RecoveryDefer(1, list(OLD_MAP), [RecBuffer(0x1234, [])])).status == -1
+    in_recovery = RecBufferList([RecBuffer(db.db_id, [RecData(0, b"k", b"")])])
+    assert "recovery" in asyncio.run(recovery.gather(in_recovery)).errmsg     # copies are moving
     recovery.view = lambda: RecoveryView(False, 41, OLD_MAP, NEW_MAP)
-    assert asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id]))).status == -1
+    assert recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).status == -1
+    assert recovery.defer(RecoveryDefer(1, list(OLD_MAP), [RecBuffer(db.db_id, [])])).status == -1
+    assert asyncio.run(recovery.gather(RecBufferList([RecBuffer(0x1234, [])]))).status == -1
     # in recovery mode, but its own last recovery never finished: not a fresh node
     recovery.view = lambda: RecoveryView(True, INVALID_GENERATION, OLD_MAP, NEW_MAP)
-    assert "did not finish" in asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id]))).errmsg
+    assert "did not finish" in recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).errmsg
 
 
-def test_a_node_that_started_afresh_reports_everything_it_holds(node):
+def test_an_overflowed_hand_off_log_refuses_so_the_full_recovery_runs(node):
     recovery, db, _ = node
-    _fill(db)
-    recovery.view = lambda: RecoveryView(True, INVALID_GENERATION, (), (0, 1, 2))
-    result = asyncio.run(recovery.scan(RecoveryScan([0, 1, 2], [db.db_id])))
-    scan = unpack_reply(Control.PYCTDB_RECOVERY_SCAN, result.data)
-    assert scan.came_from == INVALID_GENERATION and len(scan.buffers[0].records) == 4
-
-
-def test_growth_by_another_process_is_seen_so_a_big_file_is_not_read_in_the_loop(node):
-    """smbd writes through its own handle: the daemon's libtdb map size stays where it was (a
-    10^6-record database was once scanned in the loop, and the node was declared dead)."""
-    import subprocess
-    import sys
-    _, db, _ = node
-    before = db.tdb.map_size
-    writer = (
-        "import sys\n"
-        "from ctdblab.daemon.protocol import LtdbHeader\n"
-        "from ctdblab.daemon.store import DbKind, TdbFile\n"
-        "from ctdblab.daemon.store.naming import tdb_flags\n"
-        "tdb = TdbFile(sys.argv[1], 0, tdb_flags(DbKind.VOLATILE) & ~1)\n"
-        "for i in range(1500):\n"
-        "    tdb.store_ltdb(b'big%d' % i, LtdbHeader(rsn=1), b'x' * 1024)\n")
-    subprocess.run([sys.executable, "-c", writer, db.path], check=True, timeout=60)
-    assert db.tdb.map_size == before
-    assert db.grown_since_open() > partial_recovery.IN_LOOP_BYTES
-
-
-def test_a_scan_too_big_for_one_reply_is_refused_so_the_full_recovery_runs(node, monkeypatch):
-    recovery, db, _ = node
-    _fill(db)
-    monkeypatch.setattr(partial_recovery, "MAX_SCAN_REPLY", 100)
-    result = asyncio.run(recovery.scan(RecoveryScan([0, 1], [db.db_id])))
-    assert result.status == -1 and "more than one reply carries" in result.errmsg
+    recovery.handed_off = lambda db_id: (set(), True)
+    assert "too many records" in recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).errmsg

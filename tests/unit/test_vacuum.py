@@ -99,9 +99,13 @@ class Calls:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, bytes, int, int]] = []
+        self.forgotten: list[bytes] = []
 
     def daemon_call(self, caller, db_id: int, key: bytes, callid: int, flags: int) -> None:
         self.calls.append((db_id, key, callid, flags))
+
+    def forget_settled(self, db_id: int, key: bytes) -> None:
+        self.forgotten.append(key)
 
 
 class Node:

@@ -53,6 +53,27 @@ class FlightTable:
     def __init__(self) -> None:
         self.by_key: dict[tuple[int, bytes], Flight] = {}
         self.by_reqid: dict[int, Flight] = {}
+        self.next_reqid = 1
+
+    def new_reqid(self) -> int:
+        """A reqid for a new REQ_CALL: the next one (wrapping, never 0) no flight is using."""
+        reqid = self.next_reqid
+        self.next_reqid = (self.next_reqid % 0xFFFFFFFF) + 1
+        while self.with_reqid(self.next_reqid) is not None:
+            self.next_reqid = (self.next_reqid % 0xFFFFFFFF) + 1
+        return reqid
+
+    def drop_client(self, client: Hashable) -> int:
+        """A local client went away: it gets no replies. Returns how many calls it had waiting."""
+        dropped = 0
+        for flight in self:
+            if flight.primary is not None and flight.primary.client == client:
+                flight.primary = None
+                dropped += 1
+            kept = [w for w in flight.waiters if w.client != client]
+            dropped += len(flight.waiters) - len(kept)
+            flight.waiters = kept
+        return dropped
 
     def get(self, db_id: int, key: bytes) -> Flight | None:
         return self.by_key.get((db_id, key))

@@ -152,17 +152,20 @@ from .ltdbrules import (
     lmaster_of, store,
 )
 from .migration_events import (
-    Action, ClientGone, DbAttached, DbDetached, DbThawed, DeleteRecord, Event, ForceRecovery,
-    LocalCall, Log, MigrationSettings, PeerPacket, RecoveryMode, Reissue, ReplyToClient, Requeue,
-    ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick, VnnMapChanged,
+    Action, ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, Event,
+    ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log, MigrationSettings, PeerPacket,
+    RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
+    StoreRecord, Tick, VnnMapChanged,
 )
 from .recovery_gate import RecoveryGate
+from .settling import KeySettling
 
 __all__ = [
-    "Action", "ClientGone", "DbAttached", "DbDetached", "DbThawed", "DeleteRecord", "Event",
-    "FlightView", "ForceRecovery", "LocalCall", "Log", "MigrationCore", "MigrationSettings",
-    "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient", "Requeue", "ScheduleForDeletion",
-    "SendPacket", "SetBanned", "StoreRecord", "Tick", "VnnMapChanged",
+    "Action", "ClientGone", "CopiesGathered", "DbAttached", "DbDetached", "DbThawed", "DeleteRecord",
+    "Event", "FlightView", "ForceRecovery", "GatherCopies", "KeysUnsettled", "LocalCall", "Log",
+    "MigrationCore", "MigrationSettings", "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient",
+    "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned", "StoreRecord", "Tick",
+    "VnnMapChanged",
 ]
 
 _WANT_READONLY = int(CallFlag.WANT_READONLY)
@@ -186,7 +189,7 @@ class MigrationCore:
         self.db_stats: dict[int, DbCallStatistics] = {}
         self.flights = FlightTable()
         self.pins: dict[tuple[int, bytes], float] = {}
-        self.next_reqid = 1
+        self.settling = KeySettling(self.pnn)     # keys after a membership change (unsettled.py)
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -203,7 +206,7 @@ class MigrationCore:
     def lock_target(self, event: Event) -> tuple[int, bytes] | None:
         """(db_id, key) whose chain lock the shell must hold (and whose record it must read)
         while it steps `event`; None: step without a lock, with record None."""
-        if isinstance(event, (LocalCall, Reissue)):
+        if isinstance(event, (LocalCall, Reissue, CopiesGathered)):
             db_id, key = event.db_id, event.key
         elif isinstance(event, PeerPacket) and isinstance(event.body, (ReqCall, ReqDmaster, ReplyDmaster)):
             db_id, key = event.body.db_id, event.body.key
@@ -233,13 +236,17 @@ class MigrationCore:
             raise TypeError(f"not a call or dmaster packet: {type(body).__name__}")
         if isinstance(event, Reissue):
             return self._reissue(event, record, now)
+        if isinstance(event, CopiesGathered):
+            return self.settling.gathered(event, record, self.lmasters, self.lmaster(event.key))
+        if isinstance(event, KeysUnsettled):
+            return self.settling.keys_unsettled(event, self.lmasters, self.databases.get(event.db_id))
         if isinstance(event, VnnMapChanged):
             return self._vnnmap_changed(event)
         if isinstance(event, RecoveryMode):
             return self._recovery_mode(event.active)
         if isinstance(event, DbThawed):
             self.gate.thawed_db(event.db_id)
-            return self._resend_held(event.db_id)
+            return self.settling.database_merged(event.db_id) + self._resend_held(event.db_id)
         if isinstance(event, Tick):
             return self._tick(now)
         if isinstance(event, DbAttached):
@@ -271,6 +278,8 @@ class MigrationCore:
             return [Log(logging.ERROR, text), self._answer(waiter, ReplyError(-1, _error_text(text)), now)]
         key = bytes(ev.key)
         flight = self.flights.get(db.db_id, key)
+        if flight is None and self.settling.must_wait(db.db_id, key, record, self.lmaster(key)):
+            return self.settling.wait(db.db_id, key, replace(ev, started=started))
         fetched = self._fetch(db, key, record)
         actions = self._initial_store(db, key, fetched)
         if flight is not None:
@@ -282,12 +291,13 @@ class MigrationCore:
         if fetched is not None and fetched.header.dmaster == self.pnn:
             status, reply, stores = self._call_local(db, key, fetched, waiter.callid)
             return actions + stores + [self._answer(waiter, ReplyCall(status, reply), now)]
-        flight = Flight(db.db_id, key, self._new_reqid(), self.generation, now, waiter, waiter)
+        flight = Flight(db.db_id, key, self.flights.new_reqid(), self.generation, now, waiter, waiter)
         self.flights.add(flight)
         if fetched is None or not self.gate.may_send(db.db_id):
             flight.generation = INVALID_GENERATION      # held back: sent by _resend_held
             return actions
-        return actions + [SendPacket(fetched.header.dmaster, self.pnn, flight.reqid, self.generation,
+        dest = self.settling.target(db.db_id, fetched.header.dmaster, self.lmaster(key))
+        return actions + [SendPacket(dest, self.pnn, flight.reqid, self.generation,
                                      self._call_packet(flight, hopcount=0))]
 
     # -- REQ_CALL ------------------------------------------------------------------------------
@@ -302,6 +312,8 @@ class MigrationCore:
                 return []
             self.stats.node_req_call += 1
         key = bytes(body.key)
+        if not own and self.settling.must_wait(db.db_id, key, record, self.lmaster(key)):
+            return self.settling.wait(db.db_id, key, pkt)
         fetched = self._fetch(db, key, record)
         if fetched is None:
             return []
@@ -388,10 +400,11 @@ class MigrationCore:
             text = (f"pnn {self.pnn} dmaster request to non-lmaster lmaster={self.lmaster(key)} "
                     f"gen={pkt.generation} curgen={self.generation}")
             return [Log(logging.CRITICAL, text), ForceRecovery(text)]
+        truth = self.settling.handoff_is_truth(db.db_id, key, record, self.pnn)
         fetched = self._fetch(db, key, record)
-        actions = self._initial_store(db, key, fetched)
+        actions = self._initial_store(db, key, fetched) + self.settling.settled_by(db.db_id, key)
         header = fetched.header
-        if header.dmaster != pkt.srcnode:
+        if header.dmaster != pkt.srcnode and not truth:
             text = (f"pnn {self.pnn} dmaster request for new-dmaster {body.dmaster} from non-master "
                     f"{pkt.srcnode} real-dmaster={header.dmaster} dbid 0x{db.db_id:08x} "
                     f"c->rsn={body.rsn} header.rsn={header.rsn} reqid={pkt.reqid}")
@@ -509,12 +522,14 @@ class MigrationCore:
     # -- generation, time, databases, clients --------------------------------------------------
     def _vnnmap_changed(self, ev: VnnMapChanged) -> list[Action]:
         old = self.generation if self.vnnmap is not None else None
+        old_map = self.lmasters
         self.vnnmap = ev.vnnmap
         if old == ev.vnnmap.generation:
             return []
         self.pins.clear()
         self.gate.vnnmap_changed(old)
-        actions: list[Action] = []
+        actions: list[Action] = self.settling.vnnmap_changed(
+            old_map, self.lmasters, [d for d, db in self.databases.items() if not db.persistent])
         for flight in self.flights:
             if flight.deferred:
                 actions.append(Log(logging.INFO, f"dropping {len(flight.deferred)} held calls of "
@@ -550,10 +565,12 @@ class MigrationCore:
         db = self.databases.get(ev.db_id)
         if flight is None or db is None or not self.lmasters:
             return []
+        if self.settling.must_wait(db.db_id, key, record, self.lmaster(key)):
+            return self.settling.wait(db.db_id, key, ev)
         if not self.gate.may_send(db.db_id):
             flight.generation = INVALID_GENERATION      # held back until the thaw
             return []
-        self.flights.set_reqid(flight, self._new_reqid())
+        self.flights.set_reqid(flight, self.flights.new_reqid())
         flight.generation = self.generation
         flight.sent_at = now
         self.stats.reissued_calls += 1
@@ -577,7 +594,7 @@ class MigrationCore:
 
     def _detach(self, db_id: int, now: float) -> list[Action]:
         self.handoffs.forget_database(db_id)
-        actions: list[Action] = []
+        actions: list[Action] = self.settling.database_merged(db_id)
         for flight in self.flights:
             if flight.db_id != db_id:
                 continue
@@ -590,13 +607,7 @@ class MigrationCore:
         return actions
 
     def _client_gone(self, client) -> list[Action]:
-        for flight in self.flights:
-            if flight.primary is not None and flight.primary.client == client:
-                flight.primary = None
-                self.stats.pending_calls -= 1
-            kept = [w for w in flight.waiters if w.client != client]
-            self.stats.pending_calls -= len(flight.waiters) - len(kept)
-            flight.waiters = kept
+        self.stats.pending_calls -= self.flights.drop_client(client)
         return []
 
     # -- helpers -------------------------------------------------------------------------------
@@ -666,9 +677,4 @@ class MigrationCore:
         call = flight.call
         return ReqCall(call.flags, flight.db_id, call.callid, hopcount, flight.key, call.calldata)
 
-    def _new_reqid(self) -> int:
-        reqid = self.next_reqid
-        self.next_reqid = (self.next_reqid % 0xFFFFFFFF) + 1
-        while self.flights.with_reqid(self.next_reqid) is not None:
-            self.next_reqid = (self.next_reqid % 0xFFFFFFFF) + 1
-        return reqid
+

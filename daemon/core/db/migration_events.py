@@ -109,6 +109,27 @@ class Reissue:
 
 
 @dataclass(frozen=True)
+class KeysUnsettled:
+    """A recovery after a membership change from `old_map` to the current vnnmap: the keys of
+    `db_id` whose hand-off it cut off (:mod:`.unsettled`)."""
+
+    db_id: int
+    old_map: tuple[int, ...]
+    keys: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True)
+class CopiesGathered:
+    """Every active node's copy of (db_id, key) (`complete`), or not all of them could be read;
+    `copies` as `core/db/partial_recovery.Copy`."""
+
+    db_id: int
+    key: bytes
+    copies: tuple = ()
+    complete: bool = True
+
+
+@dataclass(frozen=True)
 class ClientGone:
     """A local client disconnected: its waiting calls get no reply."""
 
@@ -121,7 +142,7 @@ class Tick:
 
 
 Event = Union[DbAttached, DbDetached, VnnMapChanged, RecoveryMode, DbThawed, SetBanned, LocalCall,
-              PeerPacket, Reissue, ClientGone, Tick]
+              PeerPacket, Reissue, KeysUnsettled, CopiesGathered, ClientGone, Tick]
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -175,6 +196,16 @@ class ReplyToClient:
 
 
 @dataclass(frozen=True)
+class GatherCopies:
+    """Ask every active node for its copy of (db_id, key), `delay` seconds from now; answer
+    with CopiesGathered (the key's lmaster settles it: :mod:`.unsettled`)."""
+
+    db_id: int
+    key: bytes
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class Requeue:
     """Feed `event` to the core again, `delay` seconds from now, through the normal path (take
     the key's chain lock, read the record, step). Keep the order of Requeues with equal delays."""
@@ -197,4 +228,4 @@ class Log:
 
 
 Action = Union[StoreRecord, DeleteRecord, ScheduleForDeletion, SendPacket, ReplyToClient, Requeue,
-               ForceRecovery, Log]
+               GatherCopies, ForceRecovery, Log]

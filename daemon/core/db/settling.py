@@ -1,0 +1,119 @@
+"""The lmaster's side of settling keys after a membership change (rules in :mod:`.unsettled`):
+which events must wait for a key to be settled, the gather that settles it, and what becomes
+of the waiting events when it is settled or abandoned. The migration core (:mod:`.migration`)
+asks it at the points where the lmaster acts on what it knows of a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from .ltdbrules import Record
+from .migration_events import (
+    Action, CopiesGathered, Event, GatherCopies, KeysUnsettled, LocalCall, Log, Requeue, StoreRecord,
+)
+from .unsettled import GATHER_RETRY, Unsettled, settle_copies
+
+Key = tuple[int, bytes]
+
+
+class KeySettling:
+    def __init__(self, pnn: int) -> None:
+        self.pnn = pnn
+        self.unsettled = Unsettled()
+        self.waiting: dict[Key, list[Event]] = {}       # events held while a key is settled
+        self.settled_by_gather = 0
+        self.settled_by_handoff = 0
+
+    def must_wait(self, db_id: int, key: bytes, record: Record | None, lmaster: int | None) -> bool:
+        """Must an event that makes this node act as the key's lmaster wait for it to be
+        settled? (Only this node as lmaster; a gather for the key may already be under way.)"""
+        if lmaster != self.pnn or not self.unsettled.any(db_id):
+            return False
+        return (db_id, key) in self.waiting or self.unsettled.suspect(db_id, key, record, self.pnn)
+
+    def wait(self, db_id: int, key: bytes, event: Event) -> list[Action]:
+        """Hold `event` until the key is settled; the first one starts the gather."""
+        if isinstance(event, LocalCall):
+            event = replace(event, requeued=True)      # counted when it arrived
+        held = self.waiting.get((db_id, key))
+        if held is not None:
+            held.append(event)
+            return []
+        self.waiting[(db_id, key)] = [event]
+        return [GatherCopies(db_id, key)]
+
+    def gathered(self, ev: CopiesGathered, record: Record | None, lmasters: tuple[int, ...],
+                 lmaster: int | None) -> list[Action]:
+        """Every active node's copy is in (under the key's chain lock, `record` our own)."""
+        key = bytes(ev.key)
+        held = self.waiting.pop((ev.db_id, key), None)
+        if held is None:
+            return []                   # settled by a REQ_DMASTER meanwhile, or abandoned
+        if not ev.complete:
+            self.waiting[(ev.db_id, key)] = held
+            return [GatherCopies(ev.db_id, key, GATHER_RETRY)]
+        actions: list[Action] = []
+        if lmaster == self.pnn:
+            result = settle_copies(key, self.pnn, lmasters, record, ev.copies)
+            if result is not None:
+                header, data = result
+                actions.append(StoreRecord(ev.db_id, key, header, data))
+                actions.append(Log(logging.DEBUG, f"settled a key of db 0x{ev.db_id:08x}: dmaster "
+                                                  f"{header.dmaster}, rsn {header.rsn}"))
+            self.unsettled.settle(ev.db_id, key)
+            self.settled_by_gather += 1
+        return actions + [Requeue(e) for e in held]
+
+    def handoff_is_truth(self, db_id: int, key: bytes, record: Record | None, lmaster: int | None) -> bool:
+        """A REQ_DMASTER reached the lmaster while its copy may be stale: believe its sender."""
+        return self.must_wait(db_id, key, record, lmaster)
+
+    def settled_by(self, db_id: int, key: bytes) -> list[Action]:
+        """A REQ_DMASTER settled the key: whatever waited for it runs again (a gather still
+        under way is ignored when it comes back)."""
+        if not self.unsettled.any(db_id):
+            return []
+        self.unsettled.settle(db_id, key)
+        held = self.waiting.pop((db_id, key), None)
+        if held is None:
+            return []
+        self.settled_by_handoff += 1
+        return [Requeue(e) for e in held]
+
+    def target(self, db_id: int, dmaster: int, lmaster: int | None) -> int:
+        """Where a call goes that this node sends to the dmaster its copy names: to the lmaster
+        instead when that node was lost (a copy naming it is no guide)."""
+        if lmaster is not None and lmaster != self.pnn and dmaster in self.unsettled.lost_nodes(db_id):
+            return lmaster
+        return dmaster
+
+    # -- what changes the epochs -----------------------------------------------------------------
+    def keys_unsettled(self, ev: KeysUnsettled, current_map: tuple[int, ...], db: Any) -> list[Action]:
+        """The recovery's word on the membership change (`db`: the database as attached, None
+        when this node does not know it)."""
+        if db is not None and not db.persistent:
+            self.unsettled.add_epoch(ev.db_id, ev.old_map, current_map, ev.keys)
+        return []
+
+    def vnnmap_changed(self, old_map: tuple[int, ...], new_map: tuple[int, ...],
+                       volatile_dbs: list[int]) -> list[Action]:
+        """A new map: an epoch for every volatile database (the recovery adds its cut-off
+        hand-offs later, before any call can leave a node); gathers under way are abandoned
+        and their events run again under the new generation."""
+        for db_id in volatile_dbs:
+            self.unsettled.add_epoch(db_id, old_map, new_map)
+        return self._release(lambda k: True)
+
+    def database_merged(self, db_id: int) -> list[Action]:
+        """A full recovery merged every record of the database (or it was detached)."""
+        self.unsettled.clear(db_id)
+        return self._release(lambda k: k[0] == db_id)
+
+    def _release(self, which: Any) -> list[Action]:
+        actions: list[Action] = []
+        for k in [k for k in self.waiting if which(k)]:
+            actions += [Requeue(e) for e in self.waiting.pop(k)]
+        return actions
