@@ -171,3 +171,18 @@ def test_a_map_change_abandons_the_gathers_under_way():
     assert [type(a.event) for a in actions if isinstance(a, Requeue)] == [LocalCall]
     assert core.step(CopiesGathered(DB, key, ()), None, 2.1) == []     # too late: ignored
     assert not any(isinstance(a, ReplyToClient) for a in actions)
+
+
+def test_a_node_that_keeps_failing_the_gather_forces_a_recovery_and_the_calls_keep_waiting():
+    from ctdblab.daemon.core.db.settling import MAX_FAILED_GATHERS
+    core = core_after_loss(0)
+    key = moved_key()
+    core.step(call(key), None, 1.0)
+    for attempt in range(1, MAX_FAILED_GATHERS + 1):
+        actions = core.step(CopiesGathered(DB, key, (), complete=False), None, 1.0 + attempt)
+        assert [a for a in actions if isinstance(a, GatherCopies)] == [GatherCopies(DB, key, 0.2)]
+        forced = [a for a in actions if isinstance(a, ForceRecovery)]
+        assert bool(forced) == (attempt == MAX_FAILED_GATHERS)
+    assert not any(isinstance(a, (Requeue, ReplyToClient)) for a in actions)
+    released = core.step(VnnMapChanged(VnnMap(7, [0, 0, 0])), None, 20.0)   # the recovery's map
+    assert [type(a.event) for a in released if isinstance(a, Requeue)] == [LocalCall]

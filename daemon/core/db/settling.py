@@ -12,11 +12,15 @@ from typing import Any
 
 from .ltdbrules import Record
 from .migration_events import (
-    Action, CopiesGathered, Event, GatherCopies, KeysUnsettled, LocalCall, Log, Requeue, StoreRecord,
+    Action, CopiesGathered, Event, ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log,
+    Requeue, StoreRecord,
 )
 from .unsettled import GATHER_RETRY, Unsettled, settle_copies
 
 Key = tuple[int, bytes]
+#: Gathers of one key that could not reach every node before a recovery is forced (about two
+#: seconds at GATHER_RETRY).
+MAX_FAILED_GATHERS = 10
 
 
 class KeySettling:
@@ -24,6 +28,7 @@ class KeySettling:
         self.pnn = pnn
         self.unsettled = Unsettled()
         self.waiting: dict[Key, list[Event]] = {}       # events held while a key is settled
+        self.failed_gathers: dict[Key, int] = {}
         self.settled_by_gather = 0
         self.settled_by_handoff = 0
 
@@ -54,7 +59,15 @@ class KeySettling:
             return []                   # settled by a REQ_DMASTER meanwhile, or abandoned
         if not ev.complete:
             self.waiting[(ev.db_id, key)] = held
+            tries = self.failed_gathers[(ev.db_id, key)] = self.failed_gathers.get((ev.db_id, key), 0) + 1
+            if tries == MAX_FAILED_GATHERS:
+                # A node that keeps failing to send its copy: CTDB's full recovery merges every
+                # record (and the new map releases what waits here).
+                text = (f"cannot settle a key of db 0x{ev.db_id:08x}: {tries} gathers of every "
+                        "node's copy failed")
+                return [Log(logging.ERROR, text), ForceRecovery(text), GatherCopies(ev.db_id, key, GATHER_RETRY)]
             return [GatherCopies(ev.db_id, key, GATHER_RETRY)]
+        self.failed_gathers.pop((ev.db_id, key), None)
         actions: list[Action] = []
         if lmaster == self.pnn:
             result = settle_copies(key, self.pnn, lmasters, record, ev.copies)
@@ -116,4 +129,5 @@ class KeySettling:
         actions: list[Action] = []
         for k in [k for k in self.waiting if which(k)]:
             actions += [Requeue(e) for e in self.waiting.pop(k)]
+            self.failed_gathers.pop(k, None)
         return actions
