@@ -16,7 +16,10 @@ survivors' own logs and the readers' timestamps:
 - recovery: "Recovery has started" to "Recovery has finished" (both daemons log these words) in
   the first recovery after the cut;
 - cut to finished: from the power cut to that "Recovery has finished";
-- survivor stall: the longest gap between two completed reads from the cut on.
+- survivor stall: the longest gap between two completed reads from the cut on;
+- first use: afterwards, `ctdb readkey` of 40 keys whose lmaster was the lost node, twice each
+  (p50 of each round): pyctdbd's recovery leaves such keys to be settled by the first call that
+  needs them, so their first use carries what its recovery did not.
 
 Printed per size: both daemons and pyctdbd/ctdbd; a plot (log-log) goes to --out.
 """
@@ -76,6 +79,20 @@ while time.time() < end:
         print(f"{time.time():.4f}", flush=True)
 """ % DB
 
+#: Reads each key twice through the stock tool, timing each: the first use of a key after the
+#: recovery (pyctdbd settles a key of a moved slot there) against a second one.
+FIRST_USE = r"""
+import json, subprocess, sys, time
+times = {"first": [], "second": []}
+for round_ in ("first", "second"):
+    for key in sys.argv[1:]:
+        t = time.monotonic()
+        subprocess.run(["ctdb", "readkey", "%s", key], capture_output=True, timeout=120)
+        times[round_].append(time.monotonic() - t)
+print(json.dumps(times))
+""" % DB
+FIRST_USE_KEYS = 40
+
 LOG_TIME = re.compile(r"^(\S+?)(?:\+00:00)? \S+ (\S+?)\[\d+\]: (.*)$")
 
 
@@ -120,6 +137,7 @@ def one(daemon: str, count: int, workdir: Path) -> dict:
         cluster.wait_healthy()
         progress(f"{daemon} {count}: filling")
         filled = fill(cluster, count)
+        lmasters = [int(x) for x in re.findall(r"lmaster:(\d+)", cluster.ctdb(0, "status").stdout)]
         leader = cluster.leader()
         victim = next(n.index for n in cluster.nodes if n.index != leader)
         survivors = [n.index for n in cluster.nodes if n.index != victim]
@@ -148,10 +166,29 @@ def one(daemon: str, count: int, workdir: Path) -> dict:
             reads += [float(x) for x in out.split()]
         reads = sorted(t for t in reads if t >= cut - 1.0)
         stall = max((b - a for a, b in zip(reads, reads[1:]) if b >= cut), default=None)
+        first_use = first_use_times(cluster, survivors[0], victim, count, lmasters)
         return {"daemon": daemon, "records": count, "fill_s": filled,
                 "recovery_s": None if finished is None else finished - started,
                 "cut_to_finished_s": None if finished is None else finished - cut,
-                "survivor_stall_s": stall, "reads": len(reads)}
+                "survivor_stall_s": stall, "reads": len(reads),
+                "first_use_p50_s": _median(first_use["first"]),
+                "second_use_p50_s": _median(first_use["second"])}
+
+
+def first_use_times(cluster: LabCluster, reader: int, victim: int, count: int,
+                    lmasters: list[int]) -> dict[str, list[float]]:
+    """`ctdb readkey` of keys the victim was lmaster of (their slot moved), twice each."""
+    from ctdblab.daemon.core.db.ltdbrules import lmaster_of
+    keys = [k for k in (b"rec-%08d" % i for i in range(0, count, max(1, count // 2000)))
+            if lmaster_of(k, lmasters) == victim][:FIRST_USE_KEYS]
+    out = cluster.node(reader).run([sys.executable, "-c", FIRST_USE, *(k.decode() for k in keys)],
+                                   timeout=600).stdout
+    return json.loads(out)
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
 
 
 def plot(results: list[dict], out: Path) -> Path | None:
@@ -212,6 +249,12 @@ def main() -> int:
                      ct.get("cut_to_finished_s"), py.get("cut_to_finished_s")])
     print(table(["records", "ctdbd rec s", "pyctdbd rec s", "py/ctdb", "ctdbd stall s",
                  "pyctdbd stall s", "ctdbd cut->done s", "pyctdbd cut->done s"], rows))
+    uses = [[count, *(by.get(d, {}).get(f) for d in ("ctdb", "pyctdbd")
+                      for f in ("first_use_p50_s", "second_use_p50_s"))]
+            for count in sizes for by in [{r["daemon"]: r for r in results if r["records"] == count}]]
+    print(f"\nFirst use after the recovery ({FIRST_USE_KEYS} keys of the lost node's slot, `ctdb readkey`"
+          " twice each, p50 s):")
+    print(table(["records", "ctdbd first", "ctdbd second", "pyctdbd first", "pyctdbd second"], uses))
     image = plot(results, args.out)
     print(f"results: {args.out / 'results.json'}" + (f"; plot: {image}" if image else ""))
     return 0
