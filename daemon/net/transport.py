@@ -170,6 +170,7 @@ class NodeTransport:
     _server: asyncio.base_events.Server | None = None
     _by_address: dict[str, int] = field(default_factory=dict)
     _closed: bool = False
+    _leaving: bool = False
     _udp: socket.socket | None = None
     _bad_fast: int = 0
     _bad_fast_logged: float = 0.0
@@ -209,6 +210,15 @@ class NodeTransport:
             self._udp = None
         for peer in self._peers.values():
             peer.dial_task = loop.create_task(self._dial_loop(peer), name=f"dial-node-{peer.pnn}")
+
+    def stop_admitting(self) -> None:
+        """Shutting down: no new connections either way (the listener closes, lost connections
+        are not dialled again), while the ones up stay for what the shutdown still sends. Peers
+        that declare this node dead cannot reconnect to it and start a recovery that includes a
+        node about to go."""
+        self._leaving = True
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         self._closed = True
@@ -365,7 +375,7 @@ class NodeTransport:
     async def _dial_loop(self, peer: _Peer) -> None:
         loop = asyncio.get_running_loop()
         last_error = ""
-        while not self._closed:
+        while not self._closed and not self._leaving:
             try:
                 sock = socket.socket(_family(peer.address), socket.SOCK_STREAM)
                 sock.setblocking(False)

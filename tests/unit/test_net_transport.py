@@ -160,3 +160,27 @@ def test_a_second_connection_from_a_peer_replaces_the_working_one_only_once_it_t
             await a.t.close()
             await b.t.close()
     run(main())
+
+
+def test_a_node_shutting_down_keeps_its_connections_but_is_not_reconnected():
+    async def main():
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        a, b = Node(0, addrs, port), Node(1, addrs, port)
+        await a.t.start()
+        await b.t.start()
+        try:
+            await until(lambda: a.up == [1] and b.up == [0])
+            a.t.stop_admitting()                       # node 0 begins its shutdown
+            frame = encode_packet(ReqMessage(0x1234, b"still here"), destnode=1, srcnode=0, reqid=7)
+            assert a.t.send(1, frame)                  # what is up keeps working
+            await until(lambda: b.frames)
+            b.t.drop_peer(0, "declared dead")          # the peer gives up on it
+            await until(lambda: a.down and b.down)
+            await asyncio.sleep(1.5)                   # more than a reconnect interval
+            assert a.up == [1] and b.up == [0]         # nobody brought the pair back
+            assert not a.t.is_connected(1) and not b.t.is_connected(0)
+        finally:
+            await a.t.close()
+            await b.t.close()
+    run(main())
