@@ -64,7 +64,7 @@ async def gather_copies(messenger: Messenger, db_id: int, key: bytes,
     for pnn in peers:
         reply = replies[pnn]
         if isinstance(reply, Exception):
-            log.info("Settling a key of db 0x%08x: node %u did not send its copy (%s)", db_id, pnn, reply)
+            log.warning("Settling a key of db 0x%08x: node %u did not send its copy (%s)", db_id, pnn, reply)
             return (), False
         try:
             for buffer in unpack_reply(Control.PYCTDB_GATHER_COPIES, reply.data).buffers:
