@@ -431,10 +431,14 @@ class NodeCore:
         if cut_off is None:
             return []
         if cut_off:
+            # Recovery mode too: a persistent commit made here now would reach no other node
+            # and be acknowledged, then lost to the majority's copy when the node rejoins (seen
+            # in the lab after a false death under load); the rejoin recovers it in full.
             actions: list[Action] = [
                 Log(logging.WARNING, f"Only {connected} of {self.quorum.members} nodes connected: "
                                      "this node is cut off from the majority; releasing its public "
-                                     "IPs, not leading"),
+                                     "IPs, not leading, recovery mode until it is recovered again"),
+                EnterRecoveryMode(),
                 DropAllIPs(f"cut off from the majority ({connected} of {self.quorum.members} nodes)")]
             return actions + self._election(self.election.set_can_lead(self.can_lead, now), now)
         actions = [Log(NOTICE, f"{connected} of {self.quorum.members} nodes connected: back among "

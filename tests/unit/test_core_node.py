@@ -233,3 +233,16 @@ def test_nodes_reaching_a_majority_together_race_for_the_lock_lowest_pnn_first()
     assert TakeLock() not in later.step(PeerConnected(0), 1.0)      # a lower PNN is there
     assert TakeLock() not in later.step(Tick(), 1.05)
     assert TakeLock() in later.step(Tick(), 1.1)                     # 0.1 s per lower PNN
+
+
+def test_a_node_cut_off_from_the_majority_enters_recovery_mode_so_it_commits_nothing():
+    """A commit acknowledged by a node alone would be lost to the majority's copy when it
+    rejoins; in recovery mode the persistent commit service refuses it."""
+    c = core(pnn=1)
+    c.step(PeerConnected(0), 1.0)
+    c.step(PeerConnected(2), 1.0)
+    assert EnterRecoveryMode() not in c.step(PeerDisconnected(0, "test"), 2.0)    # 2 of 3: fine
+    actions = c.step(PeerDisconnected(2, "test"), 2.1)                            # 1 of 3
+    assert EnterRecoveryMode() in actions
+    assert any(isinstance(a, DropAllIPs) for a in actions)
+    assert any("recovery mode until it is recovered again" in t for t in texts(actions))

@@ -186,3 +186,14 @@ def test_a_node_that_keeps_failing_the_gather_forces_a_recovery_and_the_calls_ke
     assert not any(isinstance(a, (Requeue, ReplyToClient)) for a in actions)
     released = core.step(VnnMapChanged(VnnMap(7, [0, 0, 0])), None, 20.0)   # the recovery's map
     assert [type(a.event) for a in released if isinstance(a, Requeue)] == [LocalCall]
+
+
+def test_no_gather_runs_in_recovery_mode_the_waiting_keys_gather_when_it_ends():
+    from ctdblab.daemon.core.db.migration import RecoveryMode
+    core = core_after_loss(0)
+    key = moved_key()
+    core.step(RecoveryMode(True))
+    assert core.step(call(key), None, 1.0) == []                        # waits, no gather yet
+    assert core.step(CopiesGathered(DB, key, (), complete=False), None, 1.1) == []   # no retry
+    actions = core.step(RecoveryMode(False))
+    assert GatherCopies(DB, key) in actions

@@ -540,8 +540,8 @@ class MigrationCore:
         return actions
 
     def _recovery_mode(self, active: bool) -> list[Action]:
-        late = self.gate.mode(active)
-        return [] if active else self._resend_held(None) + self._late_drop(late, "after the scan")
+        late, settle = self.gate.mode(active), self.settling.recovery_mode(active)
+        return settle if active else settle + self._resend_held(None) + self._late_drop(late, "after the scan")
 
     def _handoff_dropped(self, pkt: PeerPacket) -> list[Action]:
         late = self.gate.dropped(pkt.body.db_id, bytes(pkt.body.key), pkt.generation, self.banned)

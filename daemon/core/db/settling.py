@@ -29,6 +29,7 @@ class KeySettling:
         self.unsettled = Unsettled()
         self.waiting: dict[Key, list[Event]] = {}       # events held while a key is settled
         self.failed_gathers: dict[Key, int] = {}
+        self.recovering = False     # no gathers in recovery mode: copies are being moved
         self.settled_by_gather = 0
         self.settled_by_handoff = 0
 
@@ -48,7 +49,7 @@ class KeySettling:
             held.append(event)
             return []
         self.waiting[(db_id, key)] = [event]
-        return [GatherCopies(db_id, key)]
+        return [] if self.recovering else [GatherCopies(db_id, key)]
 
     def gathered(self, ev: CopiesGathered, record: Record | None, lmasters: tuple[int, ...],
                  lmaster: int | None) -> list[Action]:
@@ -59,6 +60,8 @@ class KeySettling:
             return []                   # settled by a REQ_DMASTER meanwhile, or abandoned
         if not ev.complete:
             self.waiting[(ev.db_id, key)] = held
+            if self.recovering:
+                return []               # gathered again when recovery mode ends
             tries = self.failed_gathers[(ev.db_id, key)] = self.failed_gathers.get((ev.db_id, key), 0) + 1
             if tries == MAX_FAILED_GATHERS:
                 # A node that keeps failing to send its copy: CTDB's full recovery merges every
@@ -102,6 +105,13 @@ class KeySettling:
         if lmaster is not None and lmaster != self.pnn and dmaster in self.unsettled.lost_nodes(db_id):
             return lmaster
         return dmaster
+
+    def recovery_mode(self, active: bool) -> list[Action]:
+        """Leaving recovery mode starts the gathers of the keys that waited through it."""
+        self.recovering = active
+        if active:
+            return []
+        return [GatherCopies(db_id, key) for db_id, key in self.waiting]
 
     # -- what changes the epochs -----------------------------------------------------------------
     def keys_unsettled(self, ev: KeysUnsettled, current_map: tuple[int, ...], db: Any) -> list[Action]:
