@@ -10,7 +10,7 @@
   ctdblab run soak --daemon pyctdbd --nodes 5 --faults 200 --seed 7 --out DIR
   ctdblab run upgrade --daemon pyctdbd --nodes 3 [--from REV --to REV] --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
-  ctdblab report --recheck DIR                       soak: check its history again, then draw
+  ctdblab report --recheck DIR                       soak, upgrade: check its history again, then draw
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
 """
 
@@ -373,8 +373,17 @@ def cmd_report(args, progress) -> int:
     from .reports import make_report
 
     if args.recheck:
-        from .scenarios.soak import recheck_soak
-        recheck_soak(args.dir)
+        results_path = args.dir / "results.json"
+        try:
+            scenario = json.loads(results_path.read_text()).get("scenario")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{results_path}: cannot read it ({e})") from None
+        if scenario == "upgrade":
+            from .scenarios.upgrade import recheck_upgrade
+            recheck_upgrade(args.dir)
+        else:
+            from .scenarios.soak import recheck_soak
+            recheck_soak(args.dir)
 
     for path in make_report(args.dir):
         print(path)

@@ -118,12 +118,13 @@ def run_upgrade(*, daemon: str, nodes: int, tunables: str, out: Path,
 
 
 def ctdbd_version() -> str | None:
+    """The installed ctdb package's version (ctdbd itself has no --version)."""
     try:
-        result = subprocess.run(["ctdbd", "--version"], capture_output=True, text=True, timeout=10)
+        result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "ctdb"], capture_output=True,
+                                text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    text = (result.stdout or result.stderr).strip()
-    return text.split()[-1] if result.returncode == 0 and text else None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 class PhaseFailed(RuntimeError):
@@ -308,3 +309,17 @@ class UpgradeRun:
         result = self.cluster.node(pnn).run(["sh", "-c", f"cat > {CTDB_CONF}"], input=text, timeout=10)
         if result.returncode != 0:
             raise PhaseFailed(f"cannot write {CTDB_CONF} on node {pnn}: {result.stderr.strip()}")
+
+
+def recheck_upgrade(run_dir: Path) -> dict[str, Any]:
+    """Check an upgrade's history again with the current checker and replace ``checks`` in its
+    results.json; returns the new checks."""
+    import json
+
+    results_path = Path(run_dir) / "results.json"
+    results = json.loads(results_path.read_text())
+    if results.get("scenario") != "upgrade":
+        raise UserError(f"{results_path}: not an upgrade run (scenario {results.get('scenario')!r})")
+    results["checks"] = check_upgrade(read_history(Path(run_dir) / "history.jsonl"))
+    results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return results["checks"]

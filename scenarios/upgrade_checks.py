@@ -14,9 +14,10 @@ errors                 every failed client operation that ended inside the step,
                        ``absorbed`` (the same client succeeded later: its retry absorbed it)
                        and ``unrecovered`` (it never succeeded again); operations cut short by
                        the probe's own stop (``aborted``) are not errors
-upgraded               the daemon on the node after the step runs the "to" build and is a new
-                       process (its pid changed): proved by the ``daemon_running`` capture taken
-                       after the start, whose command line names the build's executable
+upgraded               the daemon on the node after the step runs the "to" build's version and
+                       is a new process (its pid changed): proved by the ``daemon_running``
+                       capture taken after the start, whose command line names the build's
+                       executable (ctdb: from and to are the installed package; a restart)
 phases_s               seconds per phase; ``failed`` names the phase that failed, if one did
 
 Outside the steps (the clients' warm-up before the first and the tail after the last) the same
@@ -172,8 +173,8 @@ def check_step(planned: dict[str, Any], phase_events: list[Event], events: list[
                   version_before=old_build.get("version") if old_build else None,
                   version_after=new_build.get("version") if new_build else None,
                   cmdline_after=new.get("cmdline") if new else None)
-    record["upgraded"] = bool(new and new_build is not None and new_build.get("label") == "to"
-                              and new_build.get("version") == to_version
+    # By version, not label: ctdb's "from" and "to" are the same installed package (a restart).
+    record["upgraded"] = bool(new and new_build is not None and new_build.get("version") == to_version
                               and new.get("pid") is not None and new.get("pid") != record["pid_before"])
     figures = window_figures(clients, begin, end, observation_end)
     record.update(figures)
