@@ -152,7 +152,9 @@ def upgrade_section(datasets: list[Dataset]) -> list[str]:
         lines += ["", f"Outside the steps: {outside.get('errors', 0)} client errors "
                   f"({outside.get('errors_unrecovered', 0)} unrecovered); the clients' worst gap "
                   f"before the first step (their undisturbed pace): "
-                  f"{_s(outside.get('worst_interruption_before_s'))} s.", ""]
+                  f"{_s(outside.get('worst_interruption_before_s'))} s.  (The client-operation "
+                  "table further down counts the readers only: block writes are data-workload "
+                  "operations there.)", ""]
         for failure in checks.get("failures", []):
             lines.append(f"- target missed: {failure}")
         for s in checks.get("steps", []):

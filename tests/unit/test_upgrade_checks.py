@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from upgrade_history import CLIENTS, NEW_EXE, OLD_EXE, STEP_S, Upgrade, step_begin
+from upgrade_history import CLIENTS, NEW_EXE, OLD_EXE, Upgrade, step_begin
 
 from ctdblab.scenarios.upgrade_checks import (ClientSeries, IncompleteHistory, Targets, build_of,
                                               check_upgrade, gaps, window_figures)
@@ -12,13 +12,8 @@ from ctdblab.scenarios.upgrade_checks import (ClientSeries, IncompleteHistory, T
 END = step_begin(3) + 2.0
 
 
-def _upgrade(tmp_path, **kw):
-    up = Upgrade(tmp_path, **kw)
-    return up
-
-
 def test_a_smooth_upgrade_passes_with_every_step_proved(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.all_steps()
     up.clients(END, gaps={CLIENTS[1]: (step_begin(1) + 0.2, step_begin(1) + 0.75)})
     up.fail(step_begin(1) + 0.3)               # the reader's connection was reset; its retry worked
@@ -42,7 +37,7 @@ def test_a_smooth_upgrade_passes_with_every_step_proved(tmp_path):
 
 
 def test_a_long_interruption_misses_the_target(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.all_steps()
     up.clients(END, gaps={CLIENTS[0]: (step_begin(2) + 1.0, step_begin(2) + 2.5)})
     up.window_end(END)
@@ -55,7 +50,7 @@ def test_a_long_interruption_misses_the_target(tmp_path):
 
 
 def test_the_target_is_taken_from_the_history(tmp_path):
-    up = _upgrade(tmp_path, targets=Targets(max_interruption_s=2.0))
+    up = Upgrade(tmp_path, targets=Targets(max_interruption_s=2.0))
     up.all_steps()
     up.clients(END, gaps={CLIENTS[0]: (step_begin(2) + 1.0, step_begin(2) + 2.5)})
     up.window_end(END)
@@ -63,7 +58,7 @@ def test_the_target_is_taken_from_the_history(tmp_path):
 
 
 def test_an_error_never_recovered_fails_and_leaves_an_open_gap(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.all_steps()
     # the reader stops succeeding in the last step and never comes back
     up.clients(END, gaps={CLIENTS[1]: (step_begin(2) + 1.0, END + 1)})
@@ -80,7 +75,7 @@ def test_an_error_never_recovered_fails_and_leaves_an_open_gap(tmp_path):
 
 
 def test_aborted_operations_are_not_errors(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.all_steps()
     up.clients(END)
     up.fail(step_begin(0) + 1.0, aborted=True)
@@ -90,7 +85,7 @@ def test_aborted_operations_are_not_errors(tmp_path):
 
 
 def test_no_proof_of_the_new_build_fails_the_step(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.step(0)
     up.step(1, new_exe=OLD_EXE)        # restarted, but still the old build
     up.step(2, same_pid=True)          # the same process: it was never restarted
@@ -106,7 +101,7 @@ def test_no_proof_of_the_new_build_fails_the_step(tmp_path):
 
 
 def test_a_failed_phase_ends_the_upgrade_and_is_reported(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.step(0)
     up.step(1, fail_in="start")
     up.clients(step_begin(2) + 2)
@@ -120,7 +115,7 @@ def test_a_failed_phase_ends_the_upgrade_and_is_reported(tmp_path):
 
 
 def test_errors_outside_the_steps_are_counted_apart(tmp_path):
-    up = _upgrade(tmp_path)
+    up = Upgrade(tmp_path)
     up.all_steps()
     up.clients(END)
     up.fail(2.0)
