@@ -91,7 +91,11 @@ def export_tree(rev: str | None, dest: Path, repo: Path = REPO) -> str:
         tmp.write(archive.stdout)
         tmp.seek(0)
         with tarfile.open(fileobj=tmp) as tar:
-            tar.extractall(dest, filter="data")
+            # Our own repository's archive; the "data" filter where this Python has it (3.11.4+).
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest)
     if not (dest / "packaging" / "build").exists():
         raise UserError(f"revision {commit[:12]} has no packaging/build: it cannot be built")
     return commit

@@ -115,3 +115,9 @@ def test_from_and_to_belong_to_the_upgrade_only(tmp_path):
     with pytest.raises(UserError, match="upgrade scenario only"):
         run_scenario("failover", daemon="pyctdbd", nodes=[3], repeat=1, tunables="aggressive",
                      out=tmp_path / "out", progress=lambda m: None, to_rev="HEAD")
+
+
+def test_a_build_from_a_git_revision(tmp_path):
+    old, new = prepare_builds(tmp_path / "builds", from_rev="HEAD")
+    assert len(old.revision) == 40 and new.revision == "working tree"
+    assert installed_version(old.root) == old.version and new.version != old.version
