@@ -166,7 +166,8 @@ def upgrade_section(datasets: list[Dataset]) -> list[str]:
             for e in listed[:ERRORS_LISTED]:
                 lines.append(f"- t={e['t']:.3f} {e['client']} {e['op']}"
                              + (f" [{e['phase']}]" if e.get("phase") else "")
-                             + f": {e['error']} ({'absorbed by a retry' if e['recovered'] else 'never recovered'})")
+                             + f": {e['error']} "
+                             + ("(absorbed by a retry)" if e["recovered"] else "(never recovered)"))
         lines.append("")
     return lines
 

@@ -248,7 +248,8 @@ class UpgradeRun:
     def record_daemon(self, pnn: int) -> None:
         """Which daemon process runs on the node: its pid (``ctdb getpid``) and command line."""
         result = self.cluster.ctdb(pnn, "getpid")
-        pid = int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip().isdigit() else None
+        answer = result.stdout.strip()
+        pid = int(answer) if result.returncode == 0 and answer.isdigit() else None
         cmdline: list[str] = []
         if pid is not None:
             try:

@@ -6,10 +6,13 @@ phase events, the ``daemon_running`` captures and the clients' ``op`` events.
 Per step (one node, from its ``step`` begin to its end or fail):
 
 worst_interruption_s   the longest time between two successive successful operations of one
-                       client, over every gap that overlaps the step (a gap spanning two steps
-                       counts in both).  A client that never succeeded again has an open gap up
-                       to the end of the observation (``window_end``).  While nothing fails the
-                       gap is the clients' own pace (0.1 s plus the operation).
+                       client, over the gaps the step owns: a gap belongs to the step in which
+                       it ended (the client recovered there; a gap that began in the previous
+                       step's last moments was caused by this one), else — a gap still open at
+                       the end, or ending after the last step — to the step in which it began.
+                       A client that never succeeded again has an open gap up to the end of the
+                       observation (``window_end``).  While nothing fails the gap is the
+                       clients' own pace (0.1 s plus the operation).
 errors                 every failed client operation that ended inside the step, split into
                        ``absorbed`` (the same client succeeded later: its retry absorbed it)
                        and ``unrecovered`` (it never succeeded again); operations cut short by
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ctdblab.events import RUN_START, RUN_WINDOW_END, Event
 
@@ -83,15 +86,30 @@ def gaps(series: ClientSeries, end: float) -> list[tuple[float, float]]:
     return out
 
 
+Window = tuple[float, float]
+
+
+def gap_owner(a: float, b: float, windows: list[Window]) -> int | None:
+    """Which window owns the gap (a, b): the one it ended in, else the one it began in."""
+    for point in (b, a):
+        for i, (begin, end) in enumerate(windows):
+            if begin <= point <= end:
+                return i
+    return None
+
+
 def window_figures(clients: dict[str, ClientSeries], begin: float, end: float,
-                   observation_end: float) -> dict[str, Any]:
-    """Worst interruption and errors of every client within [begin, end]."""
+                   observation_end: float, owns: Callable[[float, float], bool] | None = None
+                   ) -> dict[str, Any]:
+    """Worst interruption and errors of every client within [begin, end]; the gaps counted are
+    those ``owns`` accepts (default: every gap overlapping the window)."""
+    owns = owns or (lambda a, b: b >= begin and a <= end)
     worst, worst_client, worst_gap = 0.0, None, None
     absorbed, unrecovered, listed = 0, 0, []
     per_client: dict[str, dict[str, int]] = {}
     for process, series in sorted(clients.items()):
         for a, b in gaps(series, observation_end):
-            if b >= begin and a <= end and b - a > worst:
+            if owns(a, b) and b - a > worst:
                 worst, worst_client, worst_gap = b - a, process, [round(a, 4), round(b, 4)]
         counts = {"absorbed": 0, "unrecovered": 0}
         for fail in series.fails:
@@ -138,9 +156,20 @@ def _daemon_captures(events: list[Event], node: int) -> list[Event]:
             and e.get("what") == "running" and e.get("node") == node]
 
 
+def step_window(phase_events: list[Event], observation_end: float) -> Window | None:
+    """[begin, end] of one step: its ``step`` begin to its end or fail (None: never began)."""
+    steps = [e for e in phase_events if e.get("phase") == "step"]
+    begin = next((e["t"] for e in steps if e.get("edge") == "begin"), None)
+    if begin is None:
+        return None
+    ended = next((e["t"] for e in steps if e.get("edge") in ("end", "fail")), observation_end)
+    return begin, ended
+
+
 def check_step(planned: dict[str, Any], phase_events: list[Event], events: list[Event],
                clients: dict[str, ClientSeries], builds: list[dict[str, Any]],
-               observation_end: float, targets: Targets) -> dict[str, Any]:
+               observation_end: float, targets: Targets,
+               owns: Callable[[float, float], bool] | None = None) -> dict[str, Any]:
     node = planned["node"]
     record: dict[str, Any] = {"index": planned["index"], "node": node, "completed": False,
                               "begin": None, "end": None, "failed": None, "phases_s": {}}
@@ -176,7 +205,7 @@ def check_step(planned: dict[str, Any], phase_events: list[Event], events: list[
     # By version, not label: ctdb's "from" and "to" are the same installed package (a restart).
     record["upgraded"] = bool(new and new_build is not None and new_build.get("version") == to_version
                               and new.get("pid") is not None and new.get("pid") != record["pid_before"])
-    figures = window_figures(clients, begin, end, observation_end)
+    figures = window_figures(clients, begin, end, observation_end, owns)
     record.update(figures)
     record["target_met"] = (record["completed"] and record["upgraded"]
                             and figures["errors_unrecovered"] <= targets.max_unrecovered_errors
@@ -197,8 +226,17 @@ def check_upgrade(events: Iterable[Event]) -> dict[str, Any]:
     observation_end = min(window_ends) if window_ends else events[-1]["t"]
     clients = clients_of(events)
     by_index = _phase_events(events)
+    plan = start.get("plan", [])
+    windows = [step_window(by_index.get(p["index"], []), observation_end) for p in plan]
+    ran = [w for w in windows if w is not None]
+
+    def owned_by(window: Window | None) -> Callable[[float, float], bool] | None:
+        if window is None:
+            return None
+        return lambda a, b: (owner := gap_owner(a, b, ran)) is not None and ran[owner] == window
+
     steps = [check_step(p, by_index.get(p["index"], []), events, clients, builds, observation_end,
-                        targets) for p in start.get("plan", [])]
+                        targets, owned_by(w)) for p, w in zip(plan, windows)]
     run_steps = [s for s in steps if s["begin"] is not None]
     first_ok = min((s.oks[0] for s in clients.values() if s.oks), default=start["t"])
     outside = _outside(clients, run_steps, first_ok, observation_end)

@@ -7,7 +7,7 @@ import pytest
 from upgrade_history import CLIENTS, NEW_EXE, OLD_EXE, Upgrade, step_begin
 
 from ctdblab.scenarios.upgrade_checks import (ClientSeries, IncompleteHistory, Targets, build_of,
-                                              check_upgrade, gaps, window_figures)
+                                              check_upgrade, gap_owner, gaps, window_figures)
 
 END = step_begin(3) + 2.0
 
@@ -162,3 +162,22 @@ def test_ctdb_steps_are_restarts_proved_by_a_new_pid(tmp_path):
     steps = up.check()["steps"]
     assert [s["upgraded"] for s in steps] == [True, False, True]
     assert steps[0]["version_before"] == steps[0]["version_after"] == "2:4.17.12"
+
+
+def test_a_gap_belongs_to_the_step_it_ended_in(tmp_path):
+    up = Upgrade(tmp_path)
+    up.all_steps()
+    # began in step 0's last moment (its settle), caused by step 1's disable: step 1's alone
+    up.clients(END, gaps={CLIENTS[0]: (step_begin(1) - 0.05, step_begin(1) + 0.85)})
+    up.window_end(END)
+    steps = up.check()["steps"]
+    assert steps[1]["worst_interruption_s"] == pytest.approx(1.0, abs=1e-6)
+    assert steps[0]["worst_interruption_s"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_gap_owner():
+    windows = [(0.0, 5.0), (5.01, 10.0)]
+    assert gap_owner(4.9, 5.5, windows) == 1
+    assert gap_owner(9.5, 12.0, windows) == 1       # ended after the last step: where it began
+    assert gap_owner(1.0, 2.0, windows) == 0
+    assert gap_owner(11.0, 12.0, windows) is None
