@@ -92,8 +92,12 @@ class DaemonLauncher:
             (events_dir / f"{name}.script").symlink_to(source)
 
     # -- running -----------------------------------------------------------------------------------
+    def start_command_for(self, node: LabHost) -> list[str]:
+        """The command that starts the daemon on ``node`` (the same on every node here)."""
+        return self.start_command()
+
     def start(self, node: LabHost) -> None:
-        result = node.run(self.start_command(), timeout=30)
+        result = node.run(self.start_command_for(node), timeout=30)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"{self.name} failed to start on {node.name} "

@@ -8,8 +8,9 @@
   ctdblab run failover --daemon pyctdbd --nodes 3 --repeat 3 --tunables aggressive --out DIR
   ctdblab run scaling --daemon ctdb --nodes 1..4 --bw 100 --out DIR
   ctdblab run soak --daemon pyctdbd --nodes 5 --faults 200 --seed 7 --out DIR
+  ctdblab run upgrade --daemon pyctdbd --nodes 3 [--from REV --to REV] --out DIR
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
-  ctdblab report --recheck DIR                       soak: check its history again, then draw
+  ctdblab report --recheck DIR                       soak, upgrade: check its history again, then draw
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
 """
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--list", action="store_true", help="only list the snapshots")
 
     run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
-    run.add_argument("scenario", help="failover, scaling or soak")
+    run.add_argument("scenario", help="failover, scaling, soak or upgrade")
     run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
     run.add_argument("--nodes", default="3", help="N, or A..B for scaling")
     run.add_argument("--repeat", type=int, default=1)
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1, help="soak: seed of the fault schedule")
     run.add_argument("--sample-period", type=float, default=None, metavar="S",
                      help="soak: ground-truth sampling period (default 0.5 s)")
+    run.add_argument("--from", dest="from_rev", default=None, metavar="REV",
+                     help="upgrade (pyctdbd): git revision of the build every node starts on "
+                          "(default: the working tree)")
+    run.add_argument("--to", dest="to_rev", default=None, metavar="REV",
+                     help="upgrade (pyctdbd): git revision each node is upgraded to (default: "
+                          "the working tree; a same-version build gets its version bumped)")
+    run.add_argument("--order", default="pnn",
+                     help="upgrade: node order, pnn, reverse or a list like 2,0,1 (default pnn)")
     run.add_argument("--victim", default="nonleader", help="leader, nonleader or a PNN")
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
     run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
@@ -301,11 +310,14 @@ def cmd_run(args, progress) -> int:
                        link_params=parse_link(args.link, args.bw), out=args.out,
                        progress=progress, clustered_smbd=args.clustered_smbd,
                        check_data=args.check_data, faults=args.faults, seed=args.seed,
-                       sample_period=args.sample_period)
+                       sample_period=args.sample_period, from_rev=args.from_rev,
+                       to_rev=args.to_rev, order=args.order)
     for path in out:
         print(path)
     if args.scenario == "soak":
         return _soak_verdict(args.out / "results.json")
+    if args.scenario == "upgrade":
+        return _upgrade_verdict(args.out / "results.json")
     status = 0
     if args.check_data:
         results = json.loads((args.out / "results.json").read_text())
@@ -339,12 +351,39 @@ def _soak_verdict(results_path: Path) -> int:
     return 0
 
 
+def _upgrade_verdict(results_path: Path) -> int:
+    """Every step's figures; exit status 1 when a target was missed (for CI)."""
+    checks = json.loads(results_path.read_text())["checks"]
+    for step in checks["steps"]:
+        worst = step.get("worst_interruption_s")
+        print(f"step {step['index']} node {step['node']}: "
+              + ("not run" if step.get("begin") is None else
+                 f"worst interruption {'-' if worst is None else f'{worst:.3f} s'}, "
+                 f"client errors {step['errors']} ({step['errors_absorbed']} absorbed by a retry, "
+                 f"{step['errors_unrecovered']} unrecovered), "
+                 f"{step['version_before']} -> {step['version_after']}"), file=sys.stderr)
+    for failure in checks["failures"]:
+        print(f"TARGET MISSED: {failure}", file=sys.stderr)
+    if checks["passed"]:
+        print("every step met the targets", file=sys.stderr)
+    return 0 if checks["passed"] else 1
+
+
 def cmd_report(args, progress) -> int:
     from .reports import make_report
 
     if args.recheck:
-        from .scenarios.soak import recheck_soak
-        recheck_soak(args.dir)
+        results_path = args.dir / "results.json"
+        try:
+            scenario = json.loads(results_path.read_text()).get("scenario")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{results_path}: cannot read it ({e})") from None
+        if scenario == "upgrade":
+            from .scenarios.upgrade import recheck_upgrade
+            recheck_upgrade(args.dir)
+        else:
+            from .scenarios.soak import recheck_soak
+            recheck_soak(args.dir)
 
     for path in make_report(args.dir):
         print(path)

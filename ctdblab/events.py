@@ -23,6 +23,8 @@ capture    a probe's observation: ``probe``, ``process``, ``what``.  Ground trut
            checkers: ``probe: truth`` ``what: sample`` (``nodes``: per PNN what is really
            configured and what its daemon answers, see ``truth_sample``) and ``probe: arp``
            ``what: answers`` (``answers``: per public IP the MACs that answered a client's who-has)
+upgrade    a phase of a rolling upgrade (``scenarios/upgrade.py``): ``node``, ``phase`` (one of
+           UPGRADE_PHASES), ``edge``: ``begin``, ``end`` or ``fail`` (with ``error``)
 note       free text (``text``), e.g. why a step did not happen
 =========  ===========================================================================================
 
@@ -37,7 +39,7 @@ from typing import Any
 
 Event = dict[str, Any]
 
-KINDS = ("run", "fault", "op", "state", "capture", "note")
+KINDS = ("run", "fault", "op", "state", "capture", "note", "upgrade")
 # Kinds that older histories hold and readers skip: derived milestones live in results.json now.
 RETIRED_KINDS = ("milestone",)
 
@@ -57,6 +59,9 @@ OP_TYPES = ("invoke", "ok", "fail")
 # kept out of the latency figures (survivor stall, client-operation tables) of the SMB probes.
 DATA_WORKLOAD_OPS = ("smb_write_block", "smb_lock", "contend_open_lock", "pdb_store")
 STATE_WHATS = ("node_state", "ip_owner", "log")
+# A rolling upgrade's step on one node ("step") and its phases, in the order they run.
+UPGRADE_PHASES = ("step", "disable", "stop", "install", "start", "enable", "settle")
+UPGRADE_EDGES = ("begin", "end", "fail")
 
 
 def _event(kind: str, t: float | None, fields: dict[str, Any]) -> Event:
@@ -172,6 +177,24 @@ def truth_sample(nodes: dict[int, dict[str, Any]], t: float | None = None, **fie
     null: none running), ``log_bytes`` (size of its daemon log).
     """
     return capture("truth", "sampler", "sample", t=t, nodes=nodes, **fields)
+
+
+def upgrade_phase(node: int, phase: str, edge: str, t: float | None = None,
+                  **fields: Any) -> Event:
+    """Phase ``phase`` of the upgrade step on ``node`` begins, ends or fails (``error``)."""
+    if phase not in UPGRADE_PHASES:
+        raise ValueError(f"unknown upgrade phase {phase!r}")
+    if edge not in UPGRADE_EDGES:
+        raise ValueError(f"unknown upgrade phase edge {edge!r}")
+    return _event("upgrade", t, {"node": node, "phase": phase, "edge": edge, **fields})
+
+
+def daemon_running(node: int, *, pid: int | None, cmdline: list[str], version: str | None,
+                   build: str | None, t: float | None = None) -> Event:
+    """What daemon process runs on ``node`` now: its pid, command line, and the version of the
+    build that command line belongs to (None: not known, e.g. ctdbd without a version answer)."""
+    return capture("daemon", "orchestrator", "running", t=t, node=node, pid=pid,
+                   cmdline=cmdline, version=version, build=build)
 
 
 def note(text: str, t: float | None = None, **fields: Any) -> Event:

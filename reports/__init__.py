@@ -21,12 +21,13 @@ def make_report(directory: str | Path) -> list[Path]:
     from .plots import plot_failover_summary, plot_failover_timeline, plot_latency_cdf, plot_throughput
     from .soak import plot_soak_timeline
     from .summary import write_report
+    from .upgrade import plot_upgrade_timeline
 
     out_dir = Path(directory)
     datasets = load_datasets(out_dir)
     written: list[Path] = []
     for plot in (plot_failover_timeline, plot_failover_summary, plot_latency_cdf, plot_throughput,
-                 plot_soak_timeline):
+                 plot_soak_timeline, plot_upgrade_timeline):
         written += plot(datasets, out_dir)
     written.append(write_report(datasets, out_dir, written))
     return written

@@ -198,9 +198,9 @@ def _parse_results(data: dict[str, Any], path: Path, run_dir: Path) -> Dataset:
     params = {k: v for k, v in data.items()
               if k not in _DATA_FIELDS and (v is None or isinstance(v, (str, int, float, bool)))}
     dataset = Dataset(path=run_dir, scenario=scenario, daemon=daemon, params=params, raw=data)
-    if scenario == "soak":
+    if scenario in ("soak", "upgrade"):
         if not isinstance(data.get("checks"), dict):
-            raise UserError(f"{path}: missing field 'checks' (the soak's verdicts)")
+            raise UserError(f"{path}: missing field 'checks' (the {scenario}'s verdicts)")
     elif scenario == "scaling":
         points = _require(data, "points", list, path)
         dataset.points = [_parse_point(p, i, path) for i, p in enumerate(points)]

@@ -18,6 +18,7 @@ from ctdblab.stats import median
 from .datachecks import data_check_section
 from .load import Dataset
 from .soak import soak_section
+from .upgrade import upgrade_section
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
                     metric_title, ratio, role_title, roles_of, runs_with_role, scaling_rows)
 
@@ -29,6 +30,7 @@ _PLOT_TITLES = {
     "latency_cdf": "Client operation latency CDF",
     "throughput_vs_nodes": "Throughput vs node count",
     "soak_timeline": "Soak fault timeline (bars: faults per node; ticks: convergence; red: violations)",
+    "upgrade_timeline": "Rolling upgrade timeline (phases per node; client gaps and errors per client)",
 }
 
 
@@ -49,6 +51,7 @@ def render_report(datasets: list[Dataset], out_dir: Path, plots: Iterable[Path] 
     if scaling:
         lines += _scaling(scaling)
     lines += soak_section(datasets)
+    lines += upgrade_section(datasets)
     lines += _client_ops(datasets)
     lines += _notes(datasets)
     lines += _plots(list(plots), out_dir)

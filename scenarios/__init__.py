@@ -13,7 +13,7 @@ from typing import Callable
 
 from ctdblab.errors import UserError
 
-SCENARIOS = ("failover", "scaling", "soak")
+SCENARIOS = ("failover", "scaling", "soak", "upgrade")
 
 
 def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunables: str,
@@ -21,7 +21,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
                  link_params: dict | None = None, out: Path,
                  progress: Callable[[str], None], clustered_smbd: bool | None = None,
                  check_data: bool = False, faults: int = 20, seed: int = 1,
-                 sample_period: float | None = None) -> list[Path]:
+                 sample_period: float | None = None, from_rev: str | None = None,
+                 to_rev: str | None = None, order: str = "pnn") -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
     `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
     `check_data` (failover only): add the data workload and its checker (datacheck.py)."""
@@ -52,6 +53,20 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
             raise UserError(f"--faults must be at least 1, not {faults}")
         if sample_period is not None and not 0.1 <= sample_period <= 5:
             raise UserError(f"--sample-period must be 0.1..5 seconds, not {sample_period:g}")
+    if name == "upgrade":
+        from .upgrade_plan import make_plan
+        if len(nodes) != 1:
+            raise UserError("upgrade takes one node count (--nodes N), not a range")
+        make_plan(nodes[0], order)
+        if daemon != "pyctdbd" and (from_rev or to_rev):
+            raise UserError("--from/--to choose pyctdbd builds; with --daemon ctdb the upgrade "
+                            "is a plain restart of the installed ctdbd")
+        if repeat != 1:
+            raise UserError("upgrade runs once (--repeat 1): every node is upgraded in one run")
+        if link_params or bw_mbit is not None:
+            raise UserError("upgrade takes no --bw/--link")
+    elif from_rev or to_rev:
+        raise UserError("--from/--to are options of the upgrade scenario only")
     params = dict(link_params or {})
     if bw_mbit is not None:
         params["bw"] = bw_mbit
@@ -69,6 +84,10 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
                                clustered_smbd=clustered_smbd, check_data_loss=check_data)
+    elif name == "upgrade":
+        from .upgrade import run_upgrade
+        results = run_upgrade(daemon=daemon, nodes=nodes[0], tunables=tunables, out=out,
+                              progress=progress, from_rev=from_rev, to_rev=to_rev, order=order)
     elif name == "soak":
         from .soak import run_soak
         from .truth import DEFAULT_PERIOD_S

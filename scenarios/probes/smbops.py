@@ -104,8 +104,9 @@ def add_smb_options(parser: argparse.ArgumentParser, *, process: str, role: str,
         parser.add_argument("--file", required=True, help="file name inside the share")
     else:
         parser.add_argument("--file", default=file_default, help="file name inside the share")
-    parser.add_argument("--role", choices=("victim", "survivor"), default=role,
-                        help=f"whose IP this is (default: {role})")
+    parser.add_argument("--role", choices=("victim", "survivor", "client"), default=role,
+                        help=f"whose IP this is (default: {role}; client: no fault aims at it, "
+                             "as in the rolling upgrade)")
     parser.add_argument("--encrypt", action="store_true",
                         help="require SMB3 encryption (default: signing only)")
     add_process_option(parser, process)
