@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from .load import Dataset
 from .stats import (CLASSIC_TALK_GBE_MB_S, DURATION_METRICS, metric_names, metric_stats, metric_title,
-                    role_title, roles_of, runs_with_role, scaling_rows)
+                    not_applicable, role_title, roles_of, runs_with_role, scaling_rows, shortest_watch)
 
 PNG_DPI = 130
 TIMELINE = "failover_timeline"
@@ -53,7 +53,7 @@ _METRIC_STYLE = {
     "failback_s": ("#e377c2", "X"),
 }
 _EXTRA_METRIC_STYLES = [("#7f7f7f", "*"), ("#bcbd22", "h"), ("#393b79", "p"), ("#637939", "8")]
-_DAEMON_COLORS = {"pyctdbd": "#1f77b4", "ctdb": "#e6550d"}
+_DAEMON_COLORS = {"pyctdbd": "#1f77b4", "ctdb": "#e6550d", "keepalived": "#2ca02c"}
 _OTHER_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
                  "#6baed6", "#fd8d3c", "#74c476"]
 _ROLE_LINESTYLES = {"survivor": "-", "victim": "--"}
@@ -202,8 +202,12 @@ _TEXT_PAD_FRACTION = 0.012
 
 
 def _missing_text(run, metrics: list[str]) -> str:
-    missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None]
-    return "did not happen: " + ", ".join(missing) if missing else ""
+    missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None
+               and m not in run.not_applicable]
+    na = [metric_title(m) for m in metrics if m in run.not_applicable]
+    parts = (["did not happen: " + ", ".join(missing)] if missing else []) + \
+        (["n/a: " + ", ".join(na)] if na else [])
+    return "; ".join(parts)
 
 
 def _row_end(dataset: Dataset, run) -> float:
@@ -353,7 +357,7 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
                     x = position + offset
                     stats = metric_stats(runs, metric)
                     if stats.n == 0:
-                        why = "no runs" if not runs else "did not happen"
+                        why = missing_bar_text(runs, metric)
                         ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7.5,
                                 color="#a00000", style="italic")
                         continue
@@ -382,6 +386,16 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle("Failover metrics: p50 with p90 and max whiskers (survivor stall is a duration)")
         return save_figure(fig, out_dir, FAILOVER_SUMMARY)
+
+
+def missing_bar_text(runs: list, metric: str) -> str:
+    """What stands where a bar would: no runs, n/a (the daemon cannot have it), or never."""
+    if not runs:
+        return "no runs"
+    if not_applicable(runs, metric):
+        return "n/a"
+    watched = shortest_watch(runs)
+    return "did not happen" if watched is None else f"never within {watched:.0f} s"
 
 
 # -- throughput vs N -----------------------------------------------------------------------------

@@ -11,6 +11,12 @@ power-on       the ``up`` step of the victim's ``power_on`` fault (absent: never
 window end     the run's ``run``/``window_end`` event (absent: a run cut short; no bound)
 =============  ==================================================================================
 
+A metric that cannot exist with the daemon under test (keepalived has no failure detector of its
+own, no membership, no tickle list) is named with its reason in the start event's
+``not_applicable``; it is None too, the run record lists it under ``not_applicable`` and its note
+says "n/a" — never a figure.  ``watched_s`` is how long the run watched after the cut (window end
+minus cut): a metric that is None and applicable did not happen within it.
+
 Every metric is seconds after the cut (the instant the victim's switch ports went down), so all
 of them sit on one time axis; ``survivor_stall_s`` alone is a duration.  How long the victim took
 to rejoin once powered on is ``rejoin_s - power_on_s``.  A metric that did not happen is None,
@@ -170,8 +176,22 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
             and e.get("value") == victim, after_on))
     else:
         m["rejoin_s"] = m["failback_s"] = None
-    notes = [f"{name}: {WHY[name]}" for name in METRICS if m.get(name) is None]
+    not_applicable = not_applicable_metrics(facts.start)
+    for name in not_applicable:
+        m[name] = None
+    watched = ("" if facts.window_end is None
+               else f" (watched {facts.window_end - t_cut:.1f} s after the cut)")
+    notes = [f"{name}: n/a: {not_applicable[name]}" if name in not_applicable
+             else f"{name}: {WHY[name]}{watched}" for name in METRICS if m.get(name) is None]
     return m, notes
+
+
+def not_applicable_metrics(start: Event) -> dict[str, str]:
+    """{metric: why} of the metrics the run's daemon cannot have (its start event says)."""
+    listed = start.get("not_applicable") or {}
+    if not isinstance(listed, dict):
+        raise IncompleteHistory(f"run {start.get('run')}: not_applicable is not an object")
+    return {name: str(why) for name, why in listed.items() if name in METRICS}
 
 
 def failover_run_record(events: Iterable[Event]) -> dict[str, Any]:
@@ -183,8 +203,9 @@ def failover_run_record(events: Iterable[Event]) -> dict[str, Any]:
     return {"run": facts.run, "victim": facts.victim, "victim_role": start.get("victim_role"),
             "leader_before": start.get("leader"), "vip": facts.vip,
             "survivor_ip": start.get("survivor_ip"), "t_cut": facts.t_cut,
-            "t_killed": facts.t_killed, "t_power_on": facts.t_power_on, **metrics,
-            "notes": notes}
+            "t_killed": facts.t_killed, "t_power_on": facts.t_power_on,
+            "watched_s": None if facts.window_end is None else round(facts.window_end - facts.t_cut, 3),
+            **metrics, "not_applicable": not_applicable_metrics(start), "notes": notes}
 
 
 def check_failover(events: Iterable[Event]) -> list[dict[str, Any]]:

@@ -22,6 +22,13 @@ waits in step 4 until every writer wrote again after the cut; its writers keep g
 step 5, and once the victim rejoined (and committed too) every file and every node's
 persistent copy is read back; datacheck.py gives the verdict.
 
+With keepalived (no ``ctdb`` tool, no leader, no membership, no tickles) the run differs where
+it must: the victim is the highest PNN hosting an IP (``--victim leader`` is refused), no
+``addtickle``, the poller records ground-truth IP owners (which node really has each IP
+configured) and no node states, the window does not wait for a reset that cannot come but
+watches at least ``NO_TICKLE_WATCH_S`` for one, rejoin means the victim has its IP back, and the
+start event lists the metrics that do not apply (``not_applicable``) for the checker.
+
 Everything the checker needs is recorded when it happens: the run's start event names the
 victim and the vip, the nemesis records the power-off's cut and kill and the power-on, and a
 ``window_end`` event closes the observation.  The times the orchestrator keeps in memory only
@@ -56,6 +63,7 @@ POLL_INTERVAL = 0.1
 SETTLE_S = 2.0
 AFTER_RESOLVED_S = 2.0
 REJOIN_TIMEOUT_S = 180.0
+NO_TICKLE_WATCH_S = 10.0   # a daemon without tickles: watch this long for a reset anyway
 
 
 def parse_victim(spec: str, nodes: int) -> str | int:
@@ -91,6 +99,7 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
+        params["not_applicable"] = dict(cluster.launcher.not_applicable)
         ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
         nemesis = Nemesis(cluster, history)
         if check_data_loss:
@@ -160,7 +169,7 @@ class FailoverRun:
         cluster.wait_until(lambda: all(cluster.smbd_listening(n) for n in cluster.nodes), 60,
                            "smbd listening on every node")
         self.wait_ips_spread()
-        leader = cluster.leader()
+        leader = cluster.leader() if cluster.launcher.answers_ctdb_tool else None
         ips = cluster.ip_all()
         victim = self.choose_victim(leader, ips)
         vip = min(ip for ip, pnn in ips.items() if pnn == victim)
@@ -209,9 +218,12 @@ class FailoverRun:
         except ClusterNotReady as e:
             self.history.record(events.note(str(e)))
 
-    def choose_victim(self, leader: int, ips: dict[str, int]) -> int:
+    def choose_victim(self, leader: int | None, ips: dict[str, int]) -> int:
         hosting = {pnn for pnn in ips.values() if pnn >= 0}
         if self.victim_spec == "leader":
+            if leader is None:
+                raise UserError(f"{self.cluster.launcher.name} has no leader: use --victim "
+                                "nonleader or a PNN")
             victim = leader
         elif self.victim_spec == "nonleader":
             candidates = hosting - {leader}
@@ -246,7 +258,10 @@ class FailoverRun:
                 lambda e: e.get("what") == "connected" and e.get("target") == f"{vip}:{SMB_PORT}", 10):
             raise ClusterNotReady("the TCP probes could not connect: " + hold.describe_failure())
         client_end = f"{tickled['local_ip']}:{tickled['local_port']}"
-        for node in cluster.nodes:
+        if not cluster.launcher.answers_ctdb_tool:
+            self.history.record(events.note(f"{cluster.launcher.name} keeps no tickle list: "
+                                            f"{client_end} -> {vip}:{TICKLED_PORT} not registered"))
+        for node in cluster.nodes if cluster.launcher.answers_ctdb_tool else ():
             result = node.run(["ctdb", "addtickle", client_end, f"{vip}:{TICKLED_PORT}"], timeout=10)
             if result.returncode != 0:
                 self.history.record(events.note(f"ctdb addtickle on node {node.index} failed: "
@@ -283,9 +298,13 @@ class FailoverRun:
                                and e.get("what") in ("reset", "eof", "error", "timeout"))
             # A probe that stopped has nothing more to tell: waiting on it only burns the window.
             smb445 = smb445 or hold.find(lambda e: e.get("what") == "stop")
+            # No tickle ACK will come from keepalived (lab.md Part C): watch a while, not forever.
+            watched = (not self.cluster.launcher.sends_tickles
+                       and time.time() >= t_cut + NO_TICKLE_WATCH_S)
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
             data_resumed = self.data is None or self.data.resumed(t_cut)
-            return moved and smb445 is not None and retried is not None and data_resumed
+            return (moved and (smb445 is not None or watched) and retried is not None
+                    and data_resumed)
 
         while time.time() < deadline:
             if resolved():
@@ -319,8 +338,10 @@ class FailoverRun:
     def wait_rejoined(self, victim: int) -> None:
         cluster = self.cluster
         deadline = time.time() + REJOIN_TIMEOUT_S
+        membership = cluster.launcher.answers_ctdb_tool     # keepalived: the IP back is all there is
         while time.time() < deadline:
-            if self.poller.state(victim) == "OK" and victim in self.poller.owners().values():
+            if (not membership or self.poller.state(victim) == "OK") \
+                    and victim in self.poller.owners().values():
                 break
             time.sleep(0.1)
         else:
@@ -332,7 +353,8 @@ class FailoverRun:
 
 
 class StatePoller(threading.Thread):
-    """10 Hz ``ctdb -X status`` and ``ctdb -X ip all`` on one node; records every change."""
+    """10 Hz ``ctdb -X status`` and ``ctdb -X ip all`` on one node; records every change.
+    Without a ctdb tool (keepalived): the IP owners as really configured, no node states."""
 
     def __init__(self, cluster: LabCluster, observer: int, history: History):
         super().__init__(daemon=True, name="state-poller")
@@ -348,7 +370,8 @@ class StatePoller(threading.Thread):
         while not self._halt.is_set():
             t0 = time.time()
             try:
-                status = self.cluster.status(self.observer)
+                status = (self.cluster.status(self.observer)
+                          if self.cluster.launcher.answers_ctdb_tool else None)
                 owners = self.cluster.ip_all(self.observer)
             except Exception:      # noqa: BLE001 - a busy or recovering daemon; try again
                 status, owners = None, None
