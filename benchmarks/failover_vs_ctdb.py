@@ -7,7 +7,8 @@ Runs the lab's failover scenario once per daemon and victim role, all in one go 
 defaults, ctdb with aggressive tunables, keepalived with VRRPv3 adverts every 0.1 s: the
 ``default`` profile), prints detection, takeover, first ping, client reset, SMB resumed and
 survivor stall (p50 / max / runs where it did not happen) per daemon with pyctdbd's ratio to each
-other daemon, and draws them side by side (``failover_summary.png`` of the combined report).
+other daemon, and draws them side by side: ``failover_comparison.png`` (these metrics, one bar per
+daemon, one panel per role) next to the combined report's plots.
 Target: pyctdbd's client reset p50 ≤ 0.5 s for every role run.  All runs and their reports stay in
 --out.
 
@@ -35,6 +36,7 @@ SETUPS = {"pyctdbd": "default", "ctdb": "aggressive", "keepalived": "default"}
 ROLES = ("nonleader", "leader")
 NO_LEADER = ("keepalived",)        # daemons without a leader: no leader-victim runs
 NO_LEADER_CELL = "no leader"
+COMPARISON_PLOT = "failover_comparison"
 
 
 def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -144,6 +146,7 @@ def main() -> int:
                          tunables=setups[daemon], victim=role, out=out, progress=progress)
             results[daemon, role] = json.loads((out / "results.json").read_text())
     written = make_report(args.out)
+    comparison = draw_comparison(args.out)
     headers, rows = comparison_table(results, daemons, roles)
     print(f"\nfailover after a hard reset, N={args.nodes}, {args.repeat} runs per cell; seconds "
           "after the cut; " + ", ".join(f"{d} = {setups[d]} tunables" for d in daemons))
@@ -162,10 +165,17 @@ def main() -> int:
               f"every run: {'met' if verdict else 'NOT met'}")
         status = 0 if verdict else 1
     print(f"report: {args.out / 'report.md'}")
-    for path in written:
-        if path.name == "failover_summary.png":
-            print(f"plot (daemons side by side): {path}")
+    print(f"plot (daemons side by side): {comparison[0]}")
     return status
+
+
+def draw_comparison(out: Path) -> list[Path]:
+    """``failover_comparison.png``/``.svg`` in ``out``: the benchmark's metrics, the daemons side
+    by side, from the run directories' results alone."""
+    from ctdblab.reports import load_datasets
+    from ctdblab.reports.plots import plot_failover_summary
+
+    return plot_failover_summary(load_datasets(out), out, metrics=METRICS, stem=COMPARISON_PLOT)
 
 
 if __name__ == "__main__":

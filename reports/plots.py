@@ -329,12 +329,14 @@ def _plotted_ranks(n: int) -> list[int]:
 
 
 # -- failover summary bars -----------------------------------------------------------------------
-def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
-    """p50 bars with p90 and max whiskers, per metric and daemon; one panel per victim role."""
+def plot_failover_summary(datasets: list[Dataset], out_dir: Path, metrics: Iterable[str] | None = None,
+                          stem: str = FAILOVER_SUMMARY) -> list[Path]:
+    """p50 bars with p90 and max whiskers, per metric and daemon side by side; one panel per victim
+    role.  ``metrics`` narrows it (a benchmark's comparison, without the long rejoin bars)."""
     failover = [d for d in datasets if d.is_failover]
     if not failover:
         return []
-    metrics = metric_names(failover)
+    metrics = [m for m in metric_names(failover) if metrics is None or m in metrics]
     roles = roles_of(failover)
     colors = series_colors(failover)
     # A panel shows only the datasets with runs of its role (a benchmark puts leader-victim and
@@ -385,7 +387,7 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
                     Line2D([], [], color="black", marker="v", linestyle=":", markersize=5, label="max")]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle("Failover metrics: p50 with p90 and max whiskers (survivor stall is a duration)")
-        return save_figure(fig, out_dir, FAILOVER_SUMMARY)
+        return save_figure(fig, out_dir, stem)
 
 
 def missing_bar_text(runs: list, metric: str) -> str:

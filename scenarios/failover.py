@@ -258,16 +258,21 @@ class FailoverRun:
                 lambda e: e.get("what") == "connected" and e.get("target") == f"{vip}:{SMB_PORT}", 10):
             raise ClusterNotReady("the TCP probes could not connect: " + hold.describe_failure())
         client_end = f"{tickled['local_ip']}:{tickled['local_port']}"
-        if not cluster.launcher.answers_ctdb_tool:
+        if cluster.launcher.answers_ctdb_tool:
+            self.register_tickle(client_end, f"{vip}:{TICKLED_PORT}")
+        else:
             self.history.record(events.note(f"{cluster.launcher.name} keeps no tickle list: "
                                             f"{client_end} -> {vip}:{TICKLED_PORT} not registered"))
-        for node in cluster.nodes if cluster.launcher.answers_ctdb_tool else ():
-            result = node.run(["ctdb", "addtickle", client_end, f"{vip}:{TICKLED_PORT}"], timeout=10)
+        if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
+            raise ClusterNotReady(self.retry.describe_failure())
+
+    def register_tickle(self, client_end: str, server_end: str) -> None:
+        """``ctdb addtickle`` on every node, as a service that tracks its clients would."""
+        for node in self.cluster.nodes:
+            result = node.run(["ctdb", "addtickle", client_end, server_end], timeout=10)
             if result.returncode != 0:
                 self.history.record(events.note(f"ctdb addtickle on node {node.index} failed: "
                                                 f"{(result.stderr or result.stdout).strip()}"))
-        if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
-            raise ClusterNotReady(self.retry.describe_failure())
 
     def _probe(self, host, module: str, args: list[str]) -> ProbeProcess:
         probe = ProbeProcess(host, module, args + ["--process", f"{module.replace('_', '-')}"])
