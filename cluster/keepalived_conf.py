@@ -23,20 +23,14 @@ Choices (keepalived as an operator would set it up to do CTDB's public-IP job):
   40.95 s, in steps of 0.01 s.
 - GARP after becoming MASTER: keepalived's defaults (a burst of 5 at once, another after 5 s):
   what an operator gets.
-- A ``notify`` script appends one line per state change to the node's keepalived log, with a
-  microsecond RFC 3339 timestamp (keepalived's own console log has whole seconds only).  Its
-  MASTER line reads ``Takeover of IP <ip>/<len> on interface <if>`` — what CTDB logs when it
-  adds an IP — so the lab's log reader finds the takeover of either daemon.  keepalived runs it
-  after adding the IP and sending the GARPs: the timestamp is late by a fork and exec.
-  ``script_user root`` without ``enable_script_security``: the script lives in the run
-  directory, which may sit under a world-writable /tmp (pytest's tmp_path), where script
-  security would refuse to run it; keepalived logs a warning instead.
+- ``vrrp_notify_fifo``: keepalived writes every state change to a FIFO, right after adding or
+  removing the IP; keepalived_notify.py reads it and logs each change with a microsecond
+  timestamp (a notify script would be stamped a fork and two execs late).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -82,8 +76,7 @@ def instance_name(ip: str) -> str:
 
 
 def keepalived_conf(pnn: int, node_ips: list[str], public_ips: list[str], *, private_iface: str,
-                    public_iface: str, prefixlen: int, advert_s: float | str, notify_script: str,
-                    log_file: str) -> str:
+                    public_iface: str, prefixlen: int, advert_s: float | str, notify_fifo: str) -> str:
     """The keepalived.conf of node ``pnn``; ``node_ips`` are the private addresses by PNN."""
     interval = advert_interval(advert_s)
     if len(node_ips) < 2:
@@ -111,10 +104,9 @@ def keepalived_conf(pnn: int, node_ips: list[str], public_ips: list[str], *, pri
              "global_defs {",
              f"    router_id ctdblab-node{pnn}",
              "    vrrp_version 3",
-             "    script_user root",
+             f"    vrrp_notify_fifo {notify_fifo}",
              "}", ""]
     for index, ip in enumerate(public_ips):
-        notify = shlex.join([notify_script, log_file, ip, str(prefixlen), public_iface])
         lines += [
             f"vrrp_instance {instance_name(ip)} {{",
             "    state BACKUP",
@@ -132,21 +124,5 @@ def keepalived_conf(pnn: int, node_ips: list[str], public_ips: list[str], *, pri
             "    virtual_ipaddress {",
             f"        {ip}/{prefixlen} dev {public_iface}",
             "    }",
-            f"    notify \"{notify}\"",
             "}", ""]
     return "\n".join(lines)
-
-
-NOTIFY_SCRIPT = r"""#!/bin/sh
-# written by ctdblab: keepalived's notify script.  keepalived appends: TYPE NAME STATE PRIORITY.
-# Arguments before those: LOG IP PREFIXLEN IFACE.  One line per state change, RFC 3339 with
-# microseconds, in the format the lab's log reader parses (cluster/daemonlog.py).
-log=$1 ip=$2 len=$3 iface=$4 name=$6 state=$7
-case "$state" in
-MASTER) what="Takeover of IP $ip/$len on interface $iface" ;;
-BACKUP) what="IP $ip/$len on interface $iface: BACKUP, not holding it" ;;
-*) what="IP $ip/$len on interface $iface: state $state" ;;
-esac
-printf '%s %s keepalived-notify[%s]: %s entered %s: %s\n' \
-    "$(date +%Y-%m-%dT%H:%M:%S.%6N%:z)" "$(hostname)" "$$" "$name" "$state" "$what" >>"$log"
-"""

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from ctdblab.errors import UserError
 
-from .keepalived_conf import NOTIFY_SCRIPT, keepalived_conf
+from .addressing import PREFIXLEN
+from .keepalived_conf import keepalived_conf
 from .node import LabHost
 from .profiles import Profile, tunables_file_text
 from .samba import smb_conf
@@ -185,6 +186,7 @@ class KeepalivedLauncher(DaemonLauncher):
         "tickled_reset_s": "keepalived keeps no tickle list (there is no `ctdb addtickle`)",
     }
     RUN_DIR = "/run/ctdb"            # inside the node: its volatile tmpfs, empty after a reset
+    prefixlen = PREFIXLEN            # of the public IPs; configure() sets what it was given
     START_TIMEOUT_S = 10.0
 
     def __init__(self, smb_clustered: bool | None = None):
@@ -203,9 +205,7 @@ class KeepalivedLauncher(DaemonLauncher):
     def conf_path(node: LabHost) -> Path:
         return node.dirs.root / "keepalived.conf"
 
-    @staticmethod
-    def notify_path(node: LabHost) -> Path:
-        return node.dirs.root / "keepalived-notify.sh"
+    NOTIFY_FIFO = f"{RUN_DIR}/keepalived-notify.fifo"
 
     def log_path(self, node: LabHost) -> Path:
         return node.dirs.log / "keepalived" / "keepalived.log"
@@ -213,14 +213,11 @@ class KeepalivedLauncher(DaemonLauncher):
     def configure(self, node: LabHost, *, node_ips: list[str], public_ips: list[str],
                   public_prefixlen: int, shared_dir: Path, profile: Profile) -> None:
         self.log_path(node).parent.mkdir(parents=True, exist_ok=True)
-        notify = self.notify_path(node)
-        notify.write_text(NOTIFY_SCRIPT)
-        notify.chmod(0o755)
+        self.prefixlen = public_prefixlen
         self.conf_path(node).write_text(keepalived_conf(
             node.index, node_ips, public_ips, private_iface=f"{node.name}-eth0",
             public_iface=f"{node.name}-eth1", prefixlen=public_prefixlen,
-            advert_s=profile.vrrp_advert_s, notify_script=str(notify),
-            log_file=str(self.log_path(node))))
+            advert_s=profile.vrrp_advert_s, notify_fifo=self.NOTIFY_FIFO))
         snapshots = SnapshotLayout(shared_dir)
         snapshots.create()
         (node.dirs.etc_samba / "smb.conf").write_text(
@@ -230,17 +227,22 @@ class KeepalivedLauncher(DaemonLauncher):
         raise NotImplementedError("keepalived is started by start(node): it needs the node's paths")
 
     def node_start_script(self, node: LabHost) -> str:
-        """Start smbd (no event script does it here) unless it runs, then keepalived in the
-        foreground of its own session, its console log appended to the node's log."""
+        """Start smbd (no event script does it here) unless it runs, the reader of keepalived's
+        notify FIFO (keepalived_notify.py), then keepalived in the foreground of its own
+        session, its console log appended to the node's log."""
         q = shlex.quote
-        run = self.RUN_DIR
+        run, fifo, log = self.RUN_DIR, self.NOTIFY_FIFO, q(str(self.log_path(node)))
+        reader = [sys.executable, "-m", "ctdblab.cluster.keepalived_notify", fifo,
+                  str(self.log_path(node)), str(self.prefixlen), f"{node.name}-eth1"]
         return "\n".join([
             "set -e",
             '[ -s /run/samba/smbd.pid ] && kill -0 "$(cat /run/samba/smbd.pid)" 2>/dev/null || smbd -D',
+            f"[ -p {fifo} ] || mkfifo -m 600 {fifo}",
+            f"setsid {shlex.join(reader)} >>{log} 2>&1 </dev/null &",
             f"setsid keepalived -n -l -D -G -P -f {q(str(self.conf_path(node)))} "
             f"-p {run}/keepalived.pid -r {run}/keepalived_vrrp.pid "
             f"-c {run}/keepalived_checkers.pid -b {run}/keepalived_bfd.pid "
-            f">>{q(str(self.log_path(node)))} 2>&1 </dev/null &",
+            f">>{log} 2>&1 </dev/null &",
         ])
 
     def start(self, node: LabHost) -> None:

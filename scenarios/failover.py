@@ -293,28 +293,41 @@ class FailoverRun:
         self.probes.clear()
 
     def wait_resolved(self, vip: str, victim: int, deadline: float, t_cut: float) -> None:
-        """Until the IP moved and every probe saw the outcome, or the window ends."""
+        """Until the IP moved and every probe saw the outcome (then ``AFTER_RESOLVED_S`` more:
+        the run is *settled*), or the window ends.  A daemon that sends no tickle ACK cannot
+        reset the idle client: its run settles without that reset, and the probes keep
+        watching for it until ``NO_TICKLE_WATCH_S`` after the cut."""
         probes = {p.name: p for p in self.probes}
+        tickles = self.cluster.launcher.sends_tickles
 
-        def resolved() -> bool:
+        def outcome() -> tuple[bool, bool]:
+            """(failover over as far as the run waits for it, the idle client on 445 saw its end)"""
             moved = self.poller.owner(vip) not in (None, -1, victim)
             hold = probes["tcp_hold"]
             smb445 = hold.find(lambda e: e.get("target") == f"{vip}:{SMB_PORT}"
                                and e.get("what") in ("reset", "eof", "error", "timeout"))
             # A probe that stopped has nothing more to tell: waiting on it only burns the window.
             smb445 = smb445 or hold.find(lambda e: e.get("what") == "stop")
-            # No tickle ACK will come from keepalived (lab.md Part C): watch a while, not forever.
-            watched = (not self.cluster.launcher.sends_tickles
-                       and time.time() >= t_cut + NO_TICKLE_WATCH_S)
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
             data_resumed = self.data is None or self.data.resumed(t_cut)
-            return (moved and (smb445 is not None or watched) and retried is not None
-                    and data_resumed)
+            over = (moved and retried is not None and data_resumed
+                    and (smb445 is not None or not tickles))
+            return over, smb445 is not None
 
+        settle_at: float | None = None
+        recorded = False
         while time.time() < deadline:
-            if resolved():
-                time.sleep(AFTER_RESOLVED_S)
-                return
+            now = time.time()
+            over, reset_seen = outcome()
+            if over and settle_at is None:
+                settle_at = now + AFTER_RESOLVED_S
+            if settle_at is not None and now >= settle_at:
+                if not recorded:
+                    self.history.record(events.settled())
+                    recorded = True
+                # No tickle ACK will come from keepalived (lab.md Part C): watch a while, not forever.
+                if reset_seen or now >= t_cut + NO_TICKLE_WATCH_S:
+                    return
             time.sleep(0.1)
 
     # -- after the fault ------------------------------------------------------------------------------

@@ -228,3 +228,17 @@ def test_the_benchmark_comparison_plot_has_only_its_metrics(three_way_report):
     text = svg.read_text()
     assert "keepalived: p50" in text and "SMB resumed" in text and "survivor stall" in text
     assert "failback" not in text and "rejoin" not in text
+
+
+def test_survivor_stall_counts_ops_up_to_the_settling_not_the_long_reset_watch():
+    events = keepalived_history()
+    t_cut = T0
+    for op_id, (start, latency) in enumerate([(0.5, 0.4), (6.0, 1.5)]):   # the second: noise
+        events.append(ev.op_ok("smb-stall", "smb_open_read_close", op_id, latency_s=latency,
+                               t=t_cut + start + latency, role="survivor", target="198.19.8.1",
+                               run=0))
+    assert failover_run_record(events)["survivor_stall_s"] == 1.5          # no settling recorded
+    events.append({**ev.settled(t=t_cut + 2.5), "run": 0})
+    record = failover_run_record(events)
+    assert record["survivor_stall_s"] == 0.4
+    assert record["watched_s"] == pytest.approx(12.0)      # the reset was still watched for 12 s

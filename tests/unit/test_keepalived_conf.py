@@ -20,7 +20,7 @@ PUBLIC_IPS = ["198.19.8.1", "198.19.8.2", "198.19.8.3"]
 def conf(pnn: int, node_ips=NODE_IPS, public_ips=PUBLIC_IPS, advert_s=0.1, prefixlen=20) -> str:
     return keepalived_conf(pnn, node_ips, public_ips, private_iface=f"n{pnn}-eth0",
                            public_iface=f"n{pnn}-eth1", prefixlen=prefixlen, advert_s=advert_s,
-                           notify_script="/run/dir/notify.sh", log_file="/run/dir/k.log")
+                           notify_fifo="/run/ctdb/k.fifo")
 
 
 def instances(text: str) -> dict[str, str]:
@@ -81,16 +81,16 @@ def test_unicast_peers_are_the_other_nodes_private_addresses():
             assert block_list(block, "track_interface") == [f"n{pnn}-eth1"]
 
 
-def test_each_instance_holds_its_public_ip_on_the_public_interface_and_notifies():
+def test_each_instance_holds_its_public_ip_on_the_public_interface():
     blocks = instances(conf(1))
     for ip, block in zip(PUBLIC_IPS, blocks.values()):
         assert block_list(block, "virtual_ipaddress") == [f"{ip}/20 dev n1-eth1"]
-        assert f'notify "/run/dir/notify.sh /run/dir/k.log {ip} 20 n1-eth1"' in block
 
 
-def test_vrrp_version_3_and_root_scripts():
+def test_vrrp_version_3_and_state_changes_to_the_fifo():
     text = conf(0)
-    assert "vrrp_version 3" in text and "script_user root" in text
+    assert "vrrp_version 3" in text and "vrrp_notify_fifo /run/ctdb/k.fifo" in text
+    assert "notify " not in text.replace("vrrp_notify_fifo", "")      # no fork per change
 
 
 # -- advert interval ------------------------------------------------------------------------------
@@ -168,21 +168,46 @@ def test_keepalived_has_no_ctdb_tool_and_says_which_metrics_do_not_apply():
         assert other.answers_ctdb_tool and other.sends_tickles and other.not_applicable == {}
 
 
-def test_the_notify_script_logs_a_takeover_the_lab_log_reader_finds(tmp_path):
+def test_state_changes_become_log_lines_the_lab_log_reader_finds(tmp_path):
+    from ctdblab.cluster.daemonlog import find_events, parse_line
+    from ctdblab.cluster.keepalived_notify import instance_ip, log_line
+
+    assert instance_ip(instance_name("198.19.8.2")) == "198.19.8.2"
+    assert instance_ip("VI_1") is None and instance_ip("vip_1_2_3") is None
+    t = 1796450941.826311
+    lines = [log_line(f'INSTANCE "vip_198_19_8_2" {state} 253\n', t + i, prefixlen=20,
+                      iface="n1-eth1", pid=42, host="vm")
+             for i, state in enumerate(("BACKUP", "MASTER", "FAULT"))]
+    parsed = [parse_line(line.rstrip("\n")) for line in lines]
+    assert [p.program for p in parsed] == ["keepalived-notify"] * 3
+    assert parsed[1].t == pytest.approx(t + 1, abs=1e-6)             # microseconds kept
+    ((line, groups),) = find_events(parsed, "takeover")
+    assert "entered MASTER" in line.message and groups["ip"] == "198.19.8.2"
+    assert find_events(parsed, "release") == []                       # BACKUP at start is no release
+    assert log_line('GROUP "g" MASTER 0', t, prefixlen=20, iface="x", pid=1, host="h") is None
+
+
+def test_the_fifo_reader_logs_what_keepalived_writes(tmp_path):
+    import os
     import subprocess
+    import sys
+    import time
 
     from ctdblab.cluster.daemonlog import find_events, read_log
-    from ctdblab.cluster.keepalived_conf import NOTIFY_SCRIPT
 
-    script, log = tmp_path / "notify.sh", tmp_path / "k.log"
-    script.write_text(NOTIFY_SCRIPT)
-    script.chmod(0o755)
-    for state in ("BACKUP", "MASTER", "FAULT"):     # keepalived appends: TYPE NAME STATE PRIORITY
-        subprocess.run([str(script), str(log), "198.19.8.2", "20", "n1-eth1", "INSTANCE",
-                        "vip_198_19_8_2", state, "253"], check=True, timeout=10)
-    lines = list(read_log(log))
-    assert [line.program for line in lines] == ["keepalived-notify"] * 3
-    assert lines[0].t <= lines[1].t <= lines[2].t
-    ((line, groups),) = find_events(lines, "takeover")
-    assert "entered MASTER" in line.message and groups["ip"] == "198.19.8.2"
-    assert find_events(lines, "release") == []        # BACKUP at start is no release
+    fifo, log = tmp_path / "k.fifo", tmp_path / "k.log"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-m", "ctdblab.cluster.keepalived_notify", str(fifo),
+                               str(log), "20", "n1-eth1"])
+    try:
+        before = time.time()
+        with open(fifo, "w") as writer:             # as keepalived does: one line per change
+            writer.write('INSTANCE "vip_198_19_8_3" MASTER 254\n')
+        deadline = time.time() + 10
+        while not (log.exists() and log.read_text()) and time.time() < deadline:
+            time.sleep(0.02)
+        ((line, groups),) = find_events(read_log(log), "takeover")
+        assert groups["ip"] == "198.19.8.3" and before <= line.t <= time.time()
+    finally:
+        reader.kill()
+        reader.wait(5)
