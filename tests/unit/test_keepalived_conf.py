@@ -211,3 +211,14 @@ def test_the_fifo_reader_logs_what_keepalived_writes(tmp_path):
     finally:
         reader.kill()
         reader.wait(5)
+
+
+def test_ground_truth_reads_the_public_ips_out_of_ip_json():
+    from ctdblab.cluster.lab import ClusterNotReady, configured_addresses
+
+    text = ('[{"ifname": "n1-eth1", "addr_info": [{"family": "inet", "local": "198.19.0.2", '
+            '"prefixlen": 20}, {"family": "inet", "local": "198.19.8.3", "prefixlen": 20}]}]')
+    assert configured_addresses(text, set(PUBLIC_IPS)) == {"198.19.8.3"}   # not the node's own
+    assert configured_addresses("", set(PUBLIC_IPS)) == set()
+    with pytest.raises(ClusterNotReady, match="unreadable"):
+        configured_addresses("not json", set(PUBLIC_IPS))
