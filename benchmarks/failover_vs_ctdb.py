@@ -175,7 +175,8 @@ def draw_comparison(out: Path) -> list[Path]:
     from ctdblab.reports import load_datasets
     from ctdblab.reports.plots import plot_failover_summary
 
-    return plot_failover_summary(load_datasets(out), out, metrics=METRICS, stem=COMPARISON_PLOT)
+    return plot_failover_summary(load_datasets(out), out, metrics=METRICS, stem=COMPARISON_PLOT,
+                                 by_daemon=True)
 
 
 if __name__ == "__main__":

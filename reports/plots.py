@@ -78,6 +78,19 @@ def series_colors(datasets: Iterable[Dataset]) -> dict[str, str]:
     return colors
 
 
+def daemon_colors(datasets: Iterable[Dataset]) -> dict[str, str]:
+    """A colour per dataset label, the same for every dataset of one daemon (a benchmark keeps
+    each victim role of a daemon in its own dataset)."""
+    by_daemon: dict[str, str] = {}
+    spare = iter(c for c in _OTHER_COLORS * 3 if c not in _DAEMON_COLORS.values())
+    colors: dict[str, str] = {}
+    for dataset in datasets:
+        if dataset.daemon not in by_daemon:
+            by_daemon[dataset.daemon] = _DAEMON_COLORS.get(dataset.daemon) or next(spare)
+        colors[dataset.label] = by_daemon[dataset.daemon]
+    return colors
+
+
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     FigureCanvasAgg(fig)
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
@@ -330,15 +343,16 @@ def _plotted_ranks(n: int) -> list[int]:
 
 # -- failover summary bars -----------------------------------------------------------------------
 def plot_failover_summary(datasets: list[Dataset], out_dir: Path, metrics: Iterable[str] | None = None,
-                          stem: str = FAILOVER_SUMMARY) -> list[Path]:
+                          stem: str = FAILOVER_SUMMARY, by_daemon: bool = False) -> list[Path]:
     """p50 bars with p90 and max whiskers, per metric and daemon side by side; one panel per victim
-    role.  ``metrics`` narrows it (a benchmark's comparison, without the long rejoin bars)."""
+    role.  ``metrics`` narrows it (a benchmark's comparison, without the long rejoin bars);
+    ``by_daemon`` colours and labels the bars by daemon (one dataset per daemon and role)."""
     failover = [d for d in datasets if d.is_failover]
     if not failover:
         return []
     metrics = [m for m in metric_names(failover) if metrics is None or m in metrics]
     roles = roles_of(failover)
-    colors = series_colors(failover)
+    colors = daemon_colors(failover) if by_daemon else series_colors(failover)
     # A panel shows only the datasets with runs of its role (a benchmark puts leader-victim and
     # non-leader-victim runs in separate datasets: empty slots would halve every bar).
     per_role = {role: [d for d in failover if runs_with_role(d, role)] or failover for role in roles}
@@ -379,10 +393,17 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path, metrics: Itera
             ax.set_xlim(-0.6, len(metrics) - 0.4)
             ax.set_ylim(0, (top or 1.0) * 1.22)
             ax.set_ylabel("seconds after the cut")
-            ax.set_title(role_title(role).capitalize())
+            absent = dict.fromkeys(d.daemon if by_daemon else d.label for d in failover
+                                   if d not in present)
+            absent = [n for n in absent if not by_daemon or n not in {d.daemon for d in present}]
+            ax.set_title(role_title(role).capitalize()
+                         + (f" (no runs: {', '.join(absent)})" if absent else ""))
             ax.grid(axis="x", visible=False)
-        handles = [Patch(color=colors[d.label], alpha=0.85, label=f"{d.label}: p50 (bar, value above)")
-                   for d in failover]
+        legend: dict[str, str] = {}     # legend entry -> colour, one per daemon with by_daemon
+        for d in failover:
+            legend.setdefault(d.daemon if by_daemon else d.label, colors[d.label])
+        handles = [Patch(color=color, alpha=0.85, label=f"{name}: p50 (bar, value above)")
+                   for name, color in legend.items()]
         handles += [Line2D([], [], color="black", marker="_", markersize=10, linewidth=1.4, label="p90"),
                     Line2D([], [], color="black", marker="v", linestyle=":", markersize=5, label="max")]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)

@@ -178,6 +178,7 @@ def test_the_summary_plot_draws_the_three_daemons_side_by_side(three_way_report)
     for label in ("pyctdbd: p50", "ctdb: p50", "keepalived: p50"):
         assert label in svg
     assert "n/a" in svg and "never within 12 s" in svg      # not a bar, and not "0"
+    assert "Leader victim (no runs: keepalived)" in svg     # keepalived has no leader
 
 
 def test_missing_bar_text(tmp_path):
@@ -228,6 +229,8 @@ def test_the_benchmark_comparison_plot_has_only_its_metrics(three_way_report):
     text = svg.read_text()
     assert "keepalived: p50" in text and "SMB resumed" in text and "survivor stall" in text
     assert "failback" not in text and "rejoin" not in text
+    # One colour and one legend entry per daemon, though each role is its own dataset.
+    assert text.count("pyctdbd: p50") == 1 and text.count("keepalived: p50") == 1
 
 
 def test_survivor_stall_counts_ops_up_to_the_settling_not_the_long_reset_watch():
