@@ -20,7 +20,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-tdb libtdb1 tdb-tools systemd
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
-    ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng
+    ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng keepalived
     debootstrap
 )
 

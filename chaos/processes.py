@@ -21,7 +21,8 @@ from .nemesis import Fault, Outcome
 
 RESTART_WAIT = 10.0       # s for a SIGKILLed daemon's processes to be gone
 
-DAEMON_PROGRAMS = {"ctdb": ("ctdbd", "ctdb-recoverd", "ctdb-eventd"), "pyctdbd": ("pyctdbd",)}
+DAEMON_PROGRAMS = {"ctdb": ("ctdbd", "ctdb-recoverd", "ctdb-eventd"), "pyctdbd": ("pyctdbd",),
+                   "keepalived": ("keepalived",)}
 
 
 def daemon_processes(cluster: LabCluster, pnn: int) -> dict[int, str]:

@@ -7,6 +7,11 @@
 ``clustered_smbd`` (None: the default, clustered with either daemon) chooses whether smbd runs
 with ``clustering = yes``.
 
+With a daemon that has no ``ctdb`` tool to ask (keepalived: ``launcher.answers_ctdb_tool`` is
+False) ``ip_all()`` reads ground truth instead — which node really has each public IP configured
+— and ``status()``/``leader()`` raise ``NotApplicable``: keepalived has neither node states nor a
+leader.  ``healthy()`` then means every public IP is configured on exactly one powered node.
+
 ``start()`` builds the network, writes each node's configuration, starts the daemon everywhere,
 waits until every node is OK and every public IP is hosted, adds the SMB user and waits until smbd
 listens on every node.  Leaving the ``with`` block (also by an exception or Ctrl-C) tears
@@ -15,6 +20,7 @@ everything down; a ``detach()``ed cluster is left running for ``ctdblab down``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +41,20 @@ CTDB_TIMEOUT = 10.0
 
 class ClusterNotReady(RuntimeError):
     pass
+
+
+class NotApplicable(ClusterNotReady):
+    """The daemon under test has no such thing (keepalived: no node status, no leader)."""
+
+
+def configured_addresses(ip_json: str, wanted: set[str]) -> set[str]:
+    """The addresses of ``wanted`` in ``ip -j -4 addr`` output."""
+    try:
+        links = json.loads(ip_json or "[]")
+        return {a.get("local") for link in links for a in link.get("addr_info", [])
+                if a.get("local") in wanted}
+    except (ValueError, AttributeError, TypeError):
+        raise ClusterNotReady(f"unreadable `ip -j addr` output: {ip_json[:200]!r}") from None
 
 
 class LabCluster:
@@ -160,7 +180,12 @@ class LabCluster:
 
     # -- asking the daemon (through the stock ctdb tool, inside a node) ---------------------------
     def ctdb(self, pnn: int, *args: str, timeout: float = CTDB_TIMEOUT) -> subprocess.CompletedProcess:
+        self._need_ctdb_tool(f"ctdb {' '.join(args)}")
         return self.node(pnn).run(["ctdb", *args], timeout=timeout)
+
+    def _need_ctdb_tool(self, what: str) -> None:
+        if not self.launcher.answers_ctdb_tool:
+            raise NotApplicable(f"{what}: {self.launcher.name} has no ctdb tool to ask")
 
     def any_powered(self) -> LabHost:
         for node in self.nodes:
@@ -169,6 +194,7 @@ class LabCluster:
         raise ClusterNotReady("every node is powered off")
 
     def status(self, pnn: int | None = None) -> list[NodeStatus]:
+        self._need_ctdb_tool("node status")
         node = self.node(pnn) if pnn is not None else self.any_powered()
         result = node.run(["ctdb", "-X", "status"], timeout=CTDB_TIMEOUT)
         if result.returncode != 0 and "|" not in result.stdout:
@@ -176,6 +202,10 @@ class LabCluster:
         return parse_status(result.stdout)
 
     def ip_all(self, pnn: int | None = None) -> dict[str, int]:
+        """{public IP: PNN hosting it, -1 for none} as node ``pnn``'s daemon sees it; without a
+        ctdb tool, ground truth (``pnn`` is then ignored: no node has a view of its own)."""
+        if not self.launcher.answers_ctdb_tool:
+            return self.configured_owners()
         node = self.node(pnn) if pnn is not None else self.any_powered()
         result = node.run(["ctdb", "-X", "ip", "all"], timeout=CTDB_TIMEOUT)
         if result.returncode != 0:
@@ -183,14 +213,45 @@ class LabCluster:
         return parse_ip_all(result.stdout)
 
     def leader(self, pnn: int | None = None) -> int:
+        self._need_ctdb_tool("leader")
         node = self.node(pnn) if pnn is not None else self.any_powered()
         result = node.run(["ctdb", "leader"], timeout=CTDB_TIMEOUT)
         if result.returncode != 0:
             raise ClusterNotReady(f"ctdb leader on {node.name}: {result.stderr.strip()}")
         return int(result.stdout.strip())
 
+    def configured_public_ips(self, node: LabHost) -> set[str]:
+        """The public IPs really configured on a powered node (``ip -4 addr`` inside it)."""
+        result = node.run(["ip", "-j", "-4", "addr", "show", "dev", f"{node.name}-eth1"],
+                          timeout=CTDB_TIMEOUT)
+        if result.returncode != 0:
+            raise ClusterNotReady(f"ip addr on {node.name}: {result.stderr.strip()}")
+        return configured_addresses(result.stdout, set(self.public_ips()))
+
+    def configured_owners(self) -> dict[str, int]:
+        """Ground truth {public IP: lowest PNN that has it configured, or -1}.  (Two owners at
+        once — a split brain — show as the lowest; the soak's truth sampler sees them all.)"""
+        owners = {ip: -1 for ip in self.public_ips()}
+        for node in self.nodes:
+            if not node.powered:
+                continue
+            for ip in self.configured_public_ips(node):
+                if owners[ip] == -1:
+                    owners[ip] = node.index
+        return owners
+
     def healthy(self) -> bool:
-        """Every powered node OK (as seen from each of them) and every public IP hosted."""
+        """Every powered node OK (as seen from each of them) and every public IP hosted.
+        Without a ctdb tool: every public IP configured on exactly one powered node."""
+        if not self.launcher.answers_ctdb_tool:
+            try:
+                counts = {ip: 0 for ip in self.public_ips()}
+                for node in self.nodes:
+                    for ip in (self.configured_public_ips(node) if node.powered else ()):
+                        counts[ip] += 1
+                return all(n == 1 for n in counts.values())
+            except (ClusterNotReady, subprocess.TimeoutExpired):
+                return False
         try:
             powered = [n for n in self.nodes if n.powered]
             for node in powered:

@@ -6,6 +6,11 @@
              clustered smbd.
 ``pyctdbd``  this project's daemon, on the very same files, with our 10.interface and 50.samba
              scripts and Debian's 00.ctdb, and a clustered smbd.
+``keepalived``  Debian's keepalived 2.2.7 (VRRPv3), the floating-IP tool operators pick instead:
+             one config file per node in the node's run directory (keepalived_conf.py says how
+             it is set up), and a standalone smbd — keepalived has no clustered database.  It
+             has no ``ctdb`` tool either: ``answers_ctdb_tool`` is False, and the lab reads the
+             IPs' owners from what each node really has configured (lab.py).
 
 ``smb_clustered`` (a launcher argument; ``ctdblab up --no-clustered-smbd``, ``LabCluster(...,
 clustered_smbd=False)``) overrides the default (clustered).  With clustered smbd a pyctdbd node also
@@ -20,12 +25,16 @@ overlay's upper layer on the host) and starts the daemon inside the node.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ctdblab.errors import UserError
 
+from .addressing import PREFIXLEN
+from .keepalived_conf import keepalived_conf
 from .node import LabHost
 from .profiles import Profile, tunables_file_text
 from .samba import smb_conf
@@ -39,6 +48,10 @@ LOG_FILE = "/var/log/ctdb/log.ctdb"          # inside the node; node.dirs.log / 
 class DaemonLauncher:
     name = ""
     smb_clustered = False            # the daemon's default; an instance may override it
+    answers_ctdb_tool = True         # `ctdb status`, `ip all`, `leader`, `addtickle` work on a node
+    sends_tickles = True             # resets clients of a moved IP (tickle ACKs)
+    # Failover metrics that cannot exist with this daemon, and why (results say "n/a", not null).
+    not_applicable: dict[str, str] = {}
     stock_scripts: tuple[str, ...] = ()
     shipped_scripts: tuple[str, ...] = ()
 
@@ -162,7 +175,96 @@ class PyctdbdLauncher(DaemonLauncher):
         return [self.executable()]
 
 
-LAUNCHERS = {"ctdb": CtdbLauncher, "pyctdbd": PyctdbdLauncher}
+class KeepalivedLauncher(DaemonLauncher):
+    """keepalived: VRRPv3, one instance per public IP; smbd started next to it."""
+
+    name = "keepalived"
+    smb_clustered = False
+    answers_ctdb_tool = False
+    sends_tickles = False
+    not_applicable = {
+        "detect_s": "keepalived has no failure detector apart from the master-down timer, whose "
+                    "expiry is the takeover itself",
+        "rejoin_s": "keepalived has no membership: nothing says a node rejoined (failback_s is "
+                    "when it took its IP back)",
+        "tickled_reset_s": "keepalived keeps no tickle list (there is no `ctdb addtickle`)",
+    }
+    RUN_DIR = "/run/ctdb"            # inside the node: its volatile tmpfs, empty after a reset
+    prefixlen = PREFIXLEN            # of the public IPs; configure() sets what it was given
+    START_TIMEOUT_S = 10.0
+
+    def __init__(self, smb_clustered: bool | None = None):
+        if smb_clustered:
+            raise UserError("keepalived has no clustered database: smbd runs standalone with it "
+                            "(drop --clustered-smbd)")
+        super().__init__(False)
+
+    def check_installed(self) -> None:
+        for tool in ("keepalived", "smbd", "smbpasswd"):
+            if shutil.which(tool) is None:
+                raise UserError(f"`{tool}` not found: install Debian's keepalived and samba "
+                                "packages (./ctdblab.sh does it)")
+
+    @staticmethod
+    def conf_path(node: LabHost) -> Path:
+        return node.dirs.root / "keepalived.conf"
+
+    NOTIFY_FIFO = f"{RUN_DIR}/keepalived-notify.fifo"
+
+    def log_path(self, node: LabHost) -> Path:
+        return node.dirs.log / "keepalived" / "keepalived.log"
+
+    def configure(self, node: LabHost, *, node_ips: list[str], public_ips: list[str],
+                  public_prefixlen: int, shared_dir: Path, profile: Profile) -> None:
+        self.log_path(node).parent.mkdir(parents=True, exist_ok=True)
+        self.prefixlen = public_prefixlen
+        self.conf_path(node).write_text(keepalived_conf(
+            node.index, node_ips, public_ips, private_iface=f"{node.name}-eth0",
+            public_iface=f"{node.name}-eth1", prefixlen=public_prefixlen,
+            advert_s=profile.vrrp_advert_s, notify_fifo=self.NOTIFY_FIFO))
+        snapshots = SnapshotLayout(shared_dir)
+        snapshots.create()
+        (node.dirs.etc_samba / "smb.conf").write_text(
+            smb_conf(shared_dir / "share", clustered=False, snapshots=snapshots))
+
+    def start_command(self) -> list[str]:
+        raise NotImplementedError("keepalived is started by start(node): it needs the node's paths")
+
+    def node_start_script(self, node: LabHost) -> str:
+        """Start smbd (no event script does it here) unless it runs, the reader of keepalived's
+        notify FIFO (keepalived_notify.py), then keepalived in the foreground of its own
+        session, its console log appended to the node's log."""
+        q = shlex.quote
+        run, fifo, log = self.RUN_DIR, self.NOTIFY_FIFO, q(str(self.log_path(node)))
+        reader = [sys.executable, "-m", "ctdblab.cluster.keepalived_notify", fifo,
+                  str(self.log_path(node)), str(self.prefixlen), f"{node.name}-eth1"]
+        return "\n".join([
+            "set -e",
+            '[ -s /run/samba/smbd.pid ] && kill -0 "$(cat /run/samba/smbd.pid)" 2>/dev/null || smbd -D',
+            f"[ -p {fifo} ] || mkfifo -m 600 {fifo}",
+            f"setsid {shlex.join(reader)} >>{log} 2>&1 </dev/null &",
+            f"setsid keepalived -n -l -D -G -P -f {q(str(self.conf_path(node)))} "
+            f"-p {run}/keepalived.pid -r {run}/keepalived_vrrp.pid "
+            f"-c {run}/keepalived_checkers.pid -b {run}/keepalived_bfd.pid "
+            f">>{log} 2>&1 </dev/null &",
+        ])
+
+    def start(self, node: LabHost) -> None:
+        result = node.run(self.node_start_script(node), timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"keepalived/smbd failed to start on {node.name} (exit "
+                               f"{result.returncode}): {(result.stderr or result.stdout).strip()}")
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if node.run(["test", "-s", f"{self.RUN_DIR}/keepalived_vrrp.pid"], timeout=10).returncode == 0:
+                return
+            time.sleep(0.1)
+        tail = self.log_path(node).read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"keepalived's VRRP process did not start on {node.name} within "
+                           f"{self.START_TIMEOUT_S:g} s: {' / '.join(tail)}")
+
+
+LAUNCHERS = {"ctdb": CtdbLauncher, "pyctdbd": PyctdbdLauncher, "keepalived": KeepalivedLauncher}
 
 
 def get_launcher(name: str, *, smb_clustered: bool | None = None) -> DaemonLauncher:

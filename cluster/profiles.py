@@ -11,7 +11,11 @@
                 client resets at 0.05-0.07 s either way.  ctdbd has no such tunables and runs
                 it as ``aggressive``.
 
-Both daemons read the same files.  pyctdbd honours CTDB's tunables and, on top, has its own
+keepalived (``--daemon keepalived``) reads none of CTDB's tunables: a profile gives it its VRRPv3
+advert interval, ``vrrp_advert_s`` — 0.1 s in every profile (lab.md Part C: IP moved in 0.35 s, no
+flapping) except ``fast``, 0.01 s (VRRPv3's minimum: 0.03 s).
+
+Both CTDB daemons read the same files.  pyctdbd honours CTDB's tunables and, on top, has its own
 millisecond failure-detection tunables (defaults: heartbeat 100 ms, dead timeout 400 ms) that a
 profile sets in ``pyctdbd_tunables``; they are written to pyctdbd nodes only (ctdbd refuses
 tunables it does not know).
@@ -30,6 +34,7 @@ class Profile:
     tunables: dict[str, int] = field(default_factory=dict)
     cluster_options: dict[str, str] = field(default_factory=dict)   # extra [cluster] options
     pyctdbd_tunables: dict[str, int] = field(default_factory=dict)  # pyctdbd's own, its nodes only
+    vrrp_advert_s: float = 0.1                                      # keepalived's advert_int
 
 
 _AGGRESSIVE = {"KeepaliveInterval": 1, "KeepaliveLimit": 2, "ElectionTimeout": 1,
@@ -40,7 +45,8 @@ PROFILES = {
     "aggressive": Profile("aggressive", dict(_AGGRESSIVE)),
     "aggressive_lt2": Profile("aggressive_lt2", dict(_AGGRESSIVE), {"leader timeout": "2"}),
     "fast": Profile("fast", dict(_AGGRESSIVE),
-                    pyctdbd_tunables={"HeartbeatIntervalMs": 15, "DeadTimeoutMs": 60}),
+                    pyctdbd_tunables={"HeartbeatIntervalMs": 15, "DeadTimeoutMs": 60},
+                    vrrp_advert_s=0.01),
 }
 
 

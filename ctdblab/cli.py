@@ -2,6 +2,7 @@
 
   ctdblab up --nodes 3 --daemon ctdb [--detach]     a cluster to play with
   ctdblab up --daemon pyctdbd --no-clustered-smbd    ... with a standalone smbd (no databases in the daemon)
+  ctdblab up --daemon keepalived --tunables fast     keepalived (VRRPv3, 10 ms adverts), standalone smbd
   ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
   ctdblab down                                       remove detached clusters
   ctdblab snapshot                                   snapshot the [snap] share (previous versions)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-DAEMONS = ("ctdb", "pyctdbd")
+DAEMONS = ("ctdb", "pyctdbd", "keepalived")
 
 
 class Progress:
@@ -211,9 +212,14 @@ def describe_cluster(cluster) -> str:
     from .cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
     from .cluster.snapshots import SNAP_SHARE, SnapshotLayout
     snap_dir = SnapshotLayout(cluster.shared_dir).share_dir
-    lines += ["try:",
-              "  ctdblab exec 0 -- ctdb status",
-              "  ctdblab exec 0 -- ctdb ip all",
+    if cluster.launcher.answers_ctdb_tool:
+        lines += ["try:", "  ctdblab exec 0 -- ctdb status", "  ctdblab exec 0 -- ctdb ip all"]
+    else:
+        lines += [f"({cluster.launcher.name} has no ctdb tool: the public IPs above are what each "
+                  "node has configured)", "try:",
+                  f"  ctdblab exec 0 -- ip -4 addr show dev {cluster.node(0).name}-eth1",
+                  f"  less {cluster.launcher.log_path(cluster.node(0))}"]
+    lines += [
               f"  ctdblab exec c0 -- smbclient //{share_ip}/{SHARE} -U {SMB_USER}%{SMB_PASSWORD} -c ls",
               f"  [{SNAP_SHARE}] (vfs shadow_copy2 offline) is {snap_dir}: put a file there, "
               "`ctdblab snapshot`, change it, then",

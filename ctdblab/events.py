@@ -44,6 +44,7 @@ KINDS = ("run", "fault", "op", "state", "capture", "note", "upgrade")
 RETIRED_KINDS = ("milestone",)
 
 RUN_START, RUN_WINDOW_END, RUN_END = "start", "window_end", "end"
+RUN_SETTLED = "settled"
 
 FAULTS = ("power_off", "power_on", "crash", "restart", "freeze", "thaw", "kill_smbd", "partition",
           "heal", "flap", "loss", "clear_loss")
@@ -81,6 +82,13 @@ def run_start(run: int, *, scenario: str, daemon: str, t: float | None = None,
 def window_end(t: float | None = None) -> Event:
     """The orchestrator stopped observing the fault's effects (the probes stop next)."""
     return _event("run", t, {"event": RUN_WINDOW_END})
+
+
+def settled(t: float | None = None) -> Event:
+    """The fault's effects are over as far as the run waits for them (the IP moved, a client
+    resumed, the idle client was reset or cannot be).  Probes may go on watching until the
+    window ends (for a reset a daemon without tickles never sends)."""
+    return _event("run", t, {"event": RUN_SETTLED})
 
 
 def run_end(run: int, t: float | None = None) -> Event:

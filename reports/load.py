@@ -35,7 +35,8 @@ HISTORY = "history.jsonl"
 # Top-level fields that are data, not run parameters.
 _DATA_FIELDS = ("runs", "points", "summary")
 # Fields of a failover run that describe it rather than measure it.
-_RUN_DESCRIPTION_FIELDS = ("run", "victim", "victim_role", "t_cut", "notes")
+_RUN_DESCRIPTION_FIELDS = ("run", "victim", "victim_role", "t_cut", "notes", "watched_s",
+                           "not_applicable")
 _SEARCH_DEPTH = 2
 
 
@@ -49,6 +50,9 @@ class FailoverRun:
     t_cut: float | None
     metrics: dict[str, float | None]
     notes: tuple[str, ...] = ()  # the checker's: why a metric is null
+    # Metrics the daemon cannot have (keepalived: no membership, no tickles) and why.
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    watched_s: float | None = None  # how long the run watched after the cut
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,13 @@ def _parse_failover_run(raw: Any, index: int, path: Path) -> FailoverRun:
     notes = raw.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise UserError(f"{path}: {where}.notes: expected an array of strings, found {notes!r}")
+    not_applicable = raw.get("not_applicable", {})
+    if not isinstance(not_applicable, dict) or not all(isinstance(v, str) for v in not_applicable.values()):
+        raise UserError(f"{path}: {where}.not_applicable: expected an object of strings, "
+                        f"found {not_applicable!r}")
+    watched = raw.get("watched_s")
+    if watched is not None and not _is_number(watched):
+        raise UserError(f"{path}: {where}.watched_s: expected a number or null, found {watched!r}")
     metrics: dict[str, float | None] = {}
     for key, value in raw.items():
         if key in _RUN_DESCRIPTION_FIELDS or not key.endswith("_s"):
@@ -253,7 +264,8 @@ def _parse_failover_run(raw: Any, index: int, path: Path) -> FailoverRun:
         metrics[key] = None if value is None else float(value)
     return FailoverRun(run=run, victim=victim, victim_role=role,
                        t_cut=None if t_cut is None else float(t_cut), metrics=metrics,
-                       notes=tuple(notes))
+                       notes=tuple(notes), not_applicable=dict(not_applicable),
+                       watched_s=None if watched is None else float(watched))
 
 
 def _parse_point(raw: Any, index: int, path: Path) -> ScalingPoint:

@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from .load import Dataset
 from .stats import (CLASSIC_TALK_GBE_MB_S, DURATION_METRICS, metric_names, metric_stats, metric_title,
-                    role_title, roles_of, runs_with_role, scaling_rows)
+                    not_applicable, role_title, roles_of, runs_with_role, scaling_rows, shortest_watch)
 
 PNG_DPI = 130
 TIMELINE = "failover_timeline"
@@ -53,7 +53,7 @@ _METRIC_STYLE = {
     "failback_s": ("#e377c2", "X"),
 }
 _EXTRA_METRIC_STYLES = [("#7f7f7f", "*"), ("#bcbd22", "h"), ("#393b79", "p"), ("#637939", "8")]
-_DAEMON_COLORS = {"pyctdbd": "#1f77b4", "ctdb": "#e6550d"}
+_DAEMON_COLORS = {"pyctdbd": "#1f77b4", "ctdb": "#e6550d", "keepalived": "#2ca02c"}
 _OTHER_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
                  "#6baed6", "#fd8d3c", "#74c476"]
 _ROLE_LINESTYLES = {"survivor": "-", "victim": "--"}
@@ -75,6 +75,19 @@ def series_colors(datasets: Iterable[Dataset]) -> dict[str, str]:
             continue
         wanted = _DAEMON_COLORS.get(dataset.daemon)
         colors[dataset.label] = wanted if wanted and wanted not in colors.values() else next(spare)
+    return colors
+
+
+def daemon_colors(datasets: Iterable[Dataset]) -> dict[str, str]:
+    """A colour per dataset label, the same for every dataset of one daemon (a benchmark keeps
+    each victim role of a daemon in its own dataset)."""
+    by_daemon: dict[str, str] = {}
+    spare = iter(c for c in _OTHER_COLORS * 3 if c not in _DAEMON_COLORS.values())
+    colors: dict[str, str] = {}
+    for dataset in datasets:
+        if dataset.daemon not in by_daemon:
+            by_daemon[dataset.daemon] = _DAEMON_COLORS.get(dataset.daemon) or next(spare)
+        colors[dataset.label] = by_daemon[dataset.daemon]
     return colors
 
 
@@ -202,8 +215,12 @@ _TEXT_PAD_FRACTION = 0.012
 
 
 def _missing_text(run, metrics: list[str]) -> str:
-    missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None]
-    return "did not happen: " + ", ".join(missing) if missing else ""
+    missing = [metric_title(m) for m in metrics if m in run.metrics and run.metrics[m] is None
+               and m not in run.not_applicable]
+    na = [metric_title(m) for m in metrics if m in run.not_applicable]
+    parts = (["did not happen: " + ", ".join(missing)] if missing else []) + \
+        (["n/a: " + ", ".join(na)] if na else [])
+    return "; ".join(parts)
 
 
 def _row_end(dataset: Dataset, run) -> float:
@@ -325,14 +342,17 @@ def _plotted_ranks(n: int) -> list[int]:
 
 
 # -- failover summary bars -----------------------------------------------------------------------
-def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
-    """p50 bars with p90 and max whiskers, per metric and daemon; one panel per victim role."""
+def plot_failover_summary(datasets: list[Dataset], out_dir: Path, metrics: Iterable[str] | None = None,
+                          stem: str = FAILOVER_SUMMARY, by_daemon: bool = False) -> list[Path]:
+    """p50 bars with p90 and max whiskers, per metric and daemon side by side; one panel per victim
+    role.  ``metrics`` narrows it (a benchmark's comparison, without the long rejoin bars);
+    ``by_daemon`` colours and labels the bars by daemon (one dataset per daemon and role)."""
     failover = [d for d in datasets if d.is_failover]
     if not failover:
         return []
-    metrics = metric_names(failover)
+    metrics = [m for m in metric_names(failover) if metrics is None or m in metrics]
     roles = roles_of(failover)
-    colors = series_colors(failover)
+    colors = daemon_colors(failover) if by_daemon else series_colors(failover)
     # A panel shows only the datasets with runs of its role (a benchmark puts leader-victim and
     # non-leader-victim runs in separate datasets: empty slots would halve every bar).
     per_role = {role: [d for d in failover if runs_with_role(d, role)] or failover for role in roles}
@@ -353,7 +373,7 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
                     x = position + offset
                     stats = metric_stats(runs, metric)
                     if stats.n == 0:
-                        why = "no runs" if not runs else "did not happen"
+                        why = missing_bar_text(runs, metric)
                         ax.text(x, 0, why, rotation=90, ha="center", va="bottom", fontsize=7.5,
                                 color="#a00000", style="italic")
                         continue
@@ -373,15 +393,32 @@ def plot_failover_summary(datasets: list[Dataset], out_dir: Path) -> list[Path]:
             ax.set_xlim(-0.6, len(metrics) - 0.4)
             ax.set_ylim(0, (top or 1.0) * 1.22)
             ax.set_ylabel("seconds after the cut")
-            ax.set_title(role_title(role).capitalize())
+            absent = dict.fromkeys(d.daemon if by_daemon else d.label for d in failover
+                                   if d not in present)
+            absent = [n for n in absent if not by_daemon or n not in {d.daemon for d in present}]
+            ax.set_title(role_title(role).capitalize()
+                         + (f" (no runs: {', '.join(absent)})" if absent else ""))
             ax.grid(axis="x", visible=False)
-        handles = [Patch(color=colors[d.label], alpha=0.85, label=f"{d.label}: p50 (bar, value above)")
-                   for d in failover]
+        legend: dict[str, str] = {}     # legend entry -> colour, one per daemon with by_daemon
+        for d in failover:
+            legend.setdefault(d.daemon if by_daemon else d.label, colors[d.label])
+        handles = [Patch(color=color, alpha=0.85, label=f"{name}: p50 (bar, value above)")
+                   for name, color in legend.items()]
         handles += [Line2D([], [], color="black", marker="_", markersize=10, linewidth=1.4, label="p90"),
                     Line2D([], [], color="black", marker="v", linestyle=":", markersize=5, label="max")]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         fig.suptitle("Failover metrics: p50 with p90 and max whiskers (survivor stall is a duration)")
-        return save_figure(fig, out_dir, FAILOVER_SUMMARY)
+        return save_figure(fig, out_dir, stem)
+
+
+def missing_bar_text(runs: list, metric: str) -> str:
+    """What stands where a bar would: no runs, n/a (the daemon cannot have it), or never."""
+    if not runs:
+        return "no runs"
+    if not_applicable(runs, metric):
+        return "n/a"
+    watched = shortest_watch(runs)
+    return "did not happen" if watched is None else f"never within {watched:.0f} s"
 
 
 # -- throughput vs N -----------------------------------------------------------------------------

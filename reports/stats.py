@@ -76,6 +76,21 @@ def metric_stats(runs: Iterable[FailoverRun], metric: str) -> MetricStats:
     return MetricStats(percentile(values, 50), percentile(values, 90), max(values), len(values), missing)
 
 
+def not_applicable(runs: Iterable[FailoverRun], metric: str) -> str | None:
+    """Why ``metric`` cannot exist in these runs (every one of them says n/a), else None."""
+    runs = list(runs)
+    reasons = [run.not_applicable.get(metric) for run in runs]
+    if not runs or any(r is None for r in reasons):
+        return None
+    return reasons[0]
+
+
+def shortest_watch(runs: Iterable[FailoverRun]) -> float | None:
+    """The shortest time any of these runs watched after the cut (None: not recorded)."""
+    watched = [run.watched_s for run in runs if run.watched_s is not None]
+    return min(watched) if watched else None
+
+
 def metric_names(datasets: Iterable[Dataset]) -> list[str]:
     """Every metric that appears in any run, known ones in failover order first."""
     seen: set[str] = set()
@@ -96,15 +111,19 @@ def runs_with_role(dataset: Dataset, role: str | None) -> list[FailoverRun]:
     return sorted((r for r in dataset.runs if role is None or r.victim_role == role), key=lambda r: r.run)
 
 
-def comparison_pairs(datasets: list[Dataset]) -> list[tuple[Dataset, Dataset]]:
-    """(pyctdbd, ctdb) failover datasets to compare: the only pair, or pairs with equal N and tunables."""
+REFERENCE_DAEMONS = ("ctdb", "keepalived")  # what pyctdbd is compared with, in this order
+
+
+def comparison_pairs(datasets: list[Dataset], other: str = "ctdb") -> list[tuple[Dataset, Dataset]]:
+    """(pyctdbd, ``other``) failover datasets to compare: the only pair, or pairs with equal N
+    and tunables (tunables only between the two CTDB daemons: keepalived reads none of them)."""
     ours = [d for d in datasets if d.is_failover and d.daemon == "pyctdbd"]
-    theirs = [d for d in datasets if d.is_failover and d.daemon == "ctdb"]
+    theirs = [d for d in datasets if d.is_failover and d.daemon == other]
     if len(ours) == 1 and len(theirs) == 1:
         return [(ours[0], theirs[0])]
     return [(a, b) for a in ours for b in theirs
             if a.params.get("nodes") == b.params.get("nodes")
-            and a.params.get("tunables") == b.params.get("tunables")]
+            and (other == "keepalived" or a.params.get("tunables") == b.params.get("tunables"))]
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

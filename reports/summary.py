@@ -3,7 +3,8 @@
 Every number is computed from ``results.json`` (per-run values, the checker's notes) and
 ``history.jsonl`` (the orchestrator's notes, op counts); see ``stats`` for the percentile
 definition.  A metric that did not happen in a run is
-written "did not happen", never 0, and the run's notes say why.
+written "did not happen", never 0, and the run's notes say why; one the daemon cannot have
+(keepalived: no membership, no tickles) is written "n/a".
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from .datachecks import data_check_section
 from .load import Dataset
 from .soak import soak_section
 from .upgrade import upgrade_section
-from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, comparison_pairs, metric_names, metric_stats,
-                    metric_title, ratio, role_title, roles_of, runs_with_role, scaling_rows)
+from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, REFERENCE_DAEMONS, comparison_pairs, metric_names,
+                    metric_stats, metric_title, not_applicable, ratio, role_title, roles_of, runs_with_role,
+                    scaling_rows)
 
 REPORT = "report.md"
 DID_NOT_HAPPEN = "did not happen"
+NOT_APPLICABLE = "n/a"   # the daemon cannot have this metric (keepalived: no membership, no tickles)
 _PLOT_TITLES = {
     "failover_timeline": "Failover timeline (milestones per run)",
     "failover_summary": "Failover metrics: p50 with p90/max whiskers",
@@ -74,7 +77,8 @@ def brief_lines(datasets: list[Dataset]) -> list[str]:
                 parts = []
                 for metric in metric_names([dataset]):
                     stats = metric_stats(runs, metric)
-                    value = DID_NOT_HAPPEN if stats.n == 0 else f"{stats.p50:.3f}s"
+                    value = (NOT_APPLICABLE if stats.n == 0 and not_applicable(runs, metric)
+                             else DID_NOT_HAPPEN if stats.n == 0 else f"{stats.p50:.3f}s")
                     parts.append(f"{metric_title(metric)} {value}")
                 head = f"{dataset.label} {dataset.scenario}, {role_title(role)} ({_count(len(runs), 'run')})"
                 lines.append(f"{head}: " + ", ".join(parts))
@@ -150,7 +154,7 @@ def _failover_metrics(failover: list[Dataset]) -> list[str]:
              "Seconds after the victim was cut (survivor stall: the worst operation latency through a "
              "surviving node's IP). p50 = median; p90 by linear interpolation between closest ranks; "
              "n = runs where the metric happened; \"did not happen\" counts runs where it is null "
-             "(see Notes).", ""]
+             "(see Notes); \"n/a\": the daemon cannot have this metric (its notes say why).", ""]
     meanings = [f"- **{metric_title(m)}** (`{m}`): {METRIC_MEANINGS[m]}" for m in metrics if m in METRIC_MEANINGS]
     lines += meanings + ([""] if meanings else [])
     header = ["metric", "dataset", "victim", "p50 (s)", "p90 (s)", "max (s)", "n", "did not happen (runs)"]
@@ -165,44 +169,65 @@ def _failover_metrics(failover: list[Dataset]) -> list[str]:
                 if not any(metric in run.metrics for run in runs):
                     continue
                 stats = metric_stats(runs, metric)
+                if stats.n == 0 and not_applicable(runs, metric):
+                    rows.append([f"`{metric}`", dataset.label, role_name, NOT_APPLICABLE, NOT_APPLICABLE,
+                                 NOT_APPLICABLE, "0", NOT_APPLICABLE])
+                    continue
                 rows.append([f"`{metric}`", dataset.label, role_name, seconds(stats.p50), seconds(stats.p90),
                              seconds(stats.max), str(stats.n), f"{stats.missing} of {stats.n + stats.missing}"])
     return lines + _table(header, rows) + [""]
 
 
 def _ratios(failover: list[Dataset]) -> list[str]:
-    pairs = comparison_pairs(failover)
+    return [line for other in REFERENCE_DAEMONS for line in _ratios_against(failover, other)]
+
+
+def _ratios_against(failover: list[Dataset], other: str) -> list[str]:
+    pairs = comparison_pairs(failover, other)
     if not pairs:
-        if {d.daemon for d in failover} >= {"pyctdbd", "ctdb"}:
-            return ["## pyctdbd / ctdb", "",
-                    "Both daemons are present but no pyctdbd and ctdb datasets share N and tunables, "
-                    "so no ratio is given.", ""]
+        if {d.daemon for d in failover} >= {"pyctdbd", other}:
+            return [f"## pyctdbd / {other}", "",
+                    f"Both daemons are present but no pyctdbd and {other} datasets share N and "
+                    "tunables, so no ratio is given.", ""]
         return []
-    lines = ["## pyctdbd / ctdb", "",
-             "Ratio of pyctdbd's figure to ctdb's for the same victim role (below 1: pyctdbd is faster).", ""]
+    lines = [f"## pyctdbd / {other}", "",
+             f"Ratio of pyctdbd's figure to {other}'s for the same victim role (below 1: pyctdbd "
+             "is faster).", ""]
     metrics = metric_names(failover)
     for ours, theirs in pairs:
         if len(pairs) > 1:
             lines += [f"### {ours.label} vs {theirs.label}", ""]
-        header = ["metric", "victim", "pyctdbd p50 (s)", "ctdb p50 (s)", "ratio p50", "ratio p90", "ratio max"]
+        header = ["metric", "victim", "pyctdbd p50 (s)", f"{other} p50 (s)", "ratio p50", "ratio p90",
+                  "ratio max"]
         rows = []
         for metric in metrics:
             for role in roles_of([ours, theirs]):
-                a = metric_stats(runs_with_role(ours, role), metric)
-                b = metric_stats(runs_with_role(theirs, role), metric)
+                a_runs, b_runs = runs_with_role(ours, role), runs_with_role(theirs, role)
+                a, b = metric_stats(a_runs, metric), metric_stats(b_runs, metric)
                 if a.n + a.missing == 0 or b.n + b.missing == 0:
                     continue  # one side has no runs with this role
-                rows.append([f"`{metric}`", role_title(role), seconds(a.p50), seconds(b.p50),
-                             _ratio_cell(a.p50, b.p50), _ratio_cell(a.p90, b.p90), _ratio_cell(a.max, b.max)])
+                cells = [_ratio_cell(x, y, (a_runs, b_runs), metric, other)
+                         for x, y in ((a.p50, b.p50), (a.p90, b.p90), (a.max, b.max))]
+                rows.append([f"`{metric}`", role_title(role), _stat_cell(a.p50, a_runs, metric),
+                             _stat_cell(b.p50, b_runs, metric), *cells])
         lines += _table(header, rows) + [""]
     return lines
 
 
-def _ratio_cell(ours: float | None, theirs: float | None) -> str:
+def _stat_cell(value: float | None, runs, metric: str) -> str:
+    if value is None and not_applicable(runs, metric):
+        return NOT_APPLICABLE
+    return seconds(value)
+
+
+def _ratio_cell(ours: float | None, theirs: float | None, runs=((), ()), metric: str = "",
+                other: str = "ctdb") -> str:
     if ours is None or theirs is None:
-        return "– (" + ("pyctdbd: " if ours is None else "ctdb: ") + DID_NOT_HAPPEN + ")"
+        side, side_runs = ("pyctdbd", runs[0]) if ours is None else (other, runs[1])
+        why = NOT_APPLICABLE if metric and not_applicable(side_runs, metric) else DID_NOT_HAPPEN
+        return f"– ({side}: {why})"
     value = ratio(ours, theirs)
-    return "– (ctdb took 0 s)" if value is None else f"{value:.3g}×"
+    return f"– ({other} took 0 s)" if value is None else f"{value:.3g}×"
 
 
 def _per_run(failover: list[Dataset]) -> list[str]:
@@ -213,7 +238,8 @@ def _per_run(failover: list[Dataset]) -> list[str]:
         for run in runs_with_role(dataset, None):
             rows.append([dataset.label, str(run.run), "–" if run.victim is None else str(run.victim),
                          run.victim_role,
-                         *("–" if m not in run.metrics else seconds(run.metrics[m]) for m in metrics)])
+                         *("–" if m not in run.metrics else NOT_APPLICABLE if m in run.not_applicable
+                           else seconds(run.metrics[m]) for m in metrics)])
     return ["## Per run", "", "\"–\": not measured in this run.", "", *_table(header, rows), ""]
 
 
@@ -273,7 +299,7 @@ def _notes(datasets: list[Dataset]) -> list[str]:
         name = _name(dataset, datasets)
         runs = {run.run: run for run in dataset.runs}
         for run in runs_with_role(dataset, None):
-            missing = [m for m, v in run.metrics.items() if v is None]
+            missing = [m for m, v in run.metrics.items() if v is None and m not in run.not_applicable]
             # The history's notes (what the orchestrator saw), then the checker's verdicts.
             notes = [n.text for n in dataset.notes if n.run == run.run] + list(run.notes)
             if missing:

@@ -72,8 +72,19 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         params["bw"] = bw_mbit
     bw_mbit = LinkSpec.from_params(params).bw_mbit
     get_profile(tunables)
+    launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+    if not launcher.answers_ctdb_tool:
+        # keepalived: no ctdb tool (status, leader, pstore), so only the failover scenario.
+        if name != "failover":
+            raise UserError(f"{daemon} runs the failover scenario only (the {name} scenario "
+                            "asks the daemon through the ctdb tool)")
+        if victim == "leader":
+            raise UserError(f"{daemon} has no leader: use --victim nonleader or a PNN")
+        if check_data:
+            raise UserError(f"--check-data needs `ctdb pstore` and a clustered smbd; {daemon} "
+                            "has neither")
     check_lab()
-    get_launcher(daemon).check_installed()
+    launcher.check_installed()
     out = Path(out).resolve()
     if (out / "results.json").exists() or (out / "history.jsonl").exists():
         raise UserError(f"{out} already holds a run; choose a new --out directory")

@@ -9,7 +9,15 @@ victim, vip    the run's ``run``/``start`` event (also victim_role, leader, surv
 cut, killed    the ``cut`` and ``killed`` steps of the victim's ``power_off`` fault
 power-on       the ``up`` step of the victim's ``power_on`` fault (absent: never powered on)
 window end     the run's ``run``/``window_end`` event (absent: a run cut short; no bound)
+settled        the run's ``run``/``settled`` event: the failover was over as far as the run waits
+               (absent: the window ended first, or an older history)
 =============  ==================================================================================
+
+A metric that cannot exist with the daemon under test (keepalived has no failure detector of its
+own, no membership, no tickle list) is named with its reason in the start event's
+``not_applicable``; it is None too, the run record lists it under ``not_applicable`` and its note
+says "n/a" — never a figure.  ``watched_s`` is how long the run watched after the cut (window end
+minus cut): a metric that is None and applicable did not happen within it.
 
 Every metric is seconds after the cut (the instant the victim's switch ports went down), so all
 of them sit on one time axis; ``survivor_stall_s`` alone is a duration.  How long the victim took
@@ -26,6 +34,7 @@ ping_s                 first ping reply from the vip after the kill finished
 reset_s                the client blocked in recv() on vip:445 (registered by smbd) gets ECONNRESET
 smb_resumed_s          first successful SMB connect+read through the vip (staggered retriers)
 survivor_stall_s       worst open+read+close latency through a surviving node's IP around the fault
+                       (ops started from the cut until the run settled, else the window end)
 power_on_s             the victim was powered on again (a fresh node, same identity)
 rejoin_s               a survivor sees the victim OK again
 failback_s             the victim hosts a public IP again
@@ -40,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ctdblab.events import DATA_WORKLOAD_OPS, RUN_START, RUN_WINDOW_END, Event
+from ctdblab.events import DATA_WORKLOAD_OPS, RUN_SETTLED, RUN_START, RUN_WINDOW_END, Event
 from ctdblab.history import events_of_run, run_indexes
 
 SMB_PORT = 445
@@ -84,6 +93,7 @@ class FailoverFacts:
     t_killed: float
     t_power_on: float | None
     window_end: float | None
+    settled: float | None = None
 
 
 def failover_facts(events: Iterable[Event]) -> FailoverFacts:
@@ -111,9 +121,11 @@ def failover_facts(events: Iterable[Event]) -> FailoverFacts:
     if t_on is not None and t_on < t_cut:
         t_on = None
     ends = [e["t"] for e in events if e["kind"] == "run" and e.get("event") == RUN_WINDOW_END]
+    settles = [e["t"] for e in events if e["kind"] == "run" and e.get("event") == RUN_SETTLED]
     return FailoverFacts(run=start.get("run"), victim=victim, vip=vip, start=start, t_cut=t_cut,
                          t_killed=t_killed, t_power_on=t_on,
-                         window_end=min(ends) if ends else None)
+                         window_end=min(ends) if ends else None,
+                         settled=min(settles) if settles else None)
 
 
 def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], list[str]]:
@@ -152,12 +164,14 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
         and e.get("type") == "ok" and e["t"] - e.get("latency_s", 0) >= t_cut))
     m["smb_session_closed_s"] = since_cut(first(
         lambda e: e.get("probe") == "smb_hold" and e.get("what") == "closed"))
-    window_end = facts.window_end if facts.window_end is not None else float("inf")
+    # Ops started up to the settling (else the window end): a run that goes on watching for a
+    # reset that cannot come (keepalived) must not count more of the machine's noise as stall.
+    stall_end = next((t for t in (facts.settled, facts.window_end) if t is not None), float("inf"))
     stall = [e["latency_s"] for e in after_cut
              if e["kind"] == "op" and e.get("role") == "survivor" and e.get("type") in ("ok", "fail")
              and e.get("f") not in DATA_WORKLOAD_OPS     # the data checker judges those
              and not e.get("aborted")          # cut short because the probe was stopping
-             and e.get("latency_s") is not None and e["t"] - e["latency_s"] <= window_end]
+             and e.get("latency_s") is not None and e["t"] - e["latency_s"] <= stall_end]
     m["survivor_stall_s"] = round(max(stall), 4) if stall else None
     m["power_on_s"] = since_cut(facts.t_power_on)
     if facts.t_power_on is not None:
@@ -170,8 +184,22 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
             and e.get("value") == victim, after_on))
     else:
         m["rejoin_s"] = m["failback_s"] = None
-    notes = [f"{name}: {WHY[name]}" for name in METRICS if m.get(name) is None]
+    not_applicable = not_applicable_metrics(facts.start)
+    for name in not_applicable:
+        m[name] = None
+    watched = ("" if facts.window_end is None
+               else f" (watched {facts.window_end - t_cut:.1f} s after the cut)")
+    notes = [f"{name}: n/a: {not_applicable[name]}" if name in not_applicable
+             else f"{name}: {WHY[name]}{watched}" for name in METRICS if m.get(name) is None]
     return m, notes
+
+
+def not_applicable_metrics(start: Event) -> dict[str, str]:
+    """{metric: why} of the metrics the run's daemon cannot have (its start event says)."""
+    listed = start.get("not_applicable") or {}
+    if not isinstance(listed, dict):
+        raise IncompleteHistory(f"run {start.get('run')}: not_applicable is not an object")
+    return {name: str(why) for name, why in listed.items() if name in METRICS}
 
 
 def failover_run_record(events: Iterable[Event]) -> dict[str, Any]:
@@ -183,8 +211,9 @@ def failover_run_record(events: Iterable[Event]) -> dict[str, Any]:
     return {"run": facts.run, "victim": facts.victim, "victim_role": start.get("victim_role"),
             "leader_before": start.get("leader"), "vip": facts.vip,
             "survivor_ip": start.get("survivor_ip"), "t_cut": facts.t_cut,
-            "t_killed": facts.t_killed, "t_power_on": facts.t_power_on, **metrics,
-            "notes": notes}
+            "t_killed": facts.t_killed, "t_power_on": facts.t_power_on,
+            "watched_s": None if facts.window_end is None else round(facts.window_end - facts.t_cut, 3),
+            **metrics, "not_applicable": not_applicable_metrics(start), "notes": notes}
 
 
 def check_failover(events: Iterable[Event]) -> list[dict[str, Any]]:

@@ -22,6 +22,13 @@ waits in step 4 until every writer wrote again after the cut; its writers keep g
 step 5, and once the victim rejoined (and committed too) every file and every node's
 persistent copy is read back; datacheck.py gives the verdict.
 
+With keepalived (no ``ctdb`` tool, no leader, no membership, no tickles) the run differs where
+it must: the victim is the highest PNN hosting an IP (``--victim leader`` is refused), no
+``addtickle``, the poller records ground-truth IP owners (which node really has each IP
+configured) and no node states, the window does not wait for a reset that cannot come but
+watches at least ``NO_TICKLE_WATCH_S`` for one, rejoin means the victim has its IP back, and the
+start event lists the metrics that do not apply (``not_applicable``) for the checker.
+
 Everything the checker needs is recorded when it happens: the run's start event names the
 victim and the vip, the nemesis records the power-off's cut and kill and the power-on, and a
 ``window_end`` event closes the observation.  The times the orchestrator keeps in memory only
@@ -56,6 +63,7 @@ POLL_INTERVAL = 0.1
 SETTLE_S = 2.0
 AFTER_RESOLVED_S = 2.0
 REJOIN_TIMEOUT_S = 180.0
+NO_TICKLE_WATCH_S = 10.0   # a daemon without tickles: watch this long for a reset anyway
 
 
 def parse_victim(spec: str, nodes: int) -> str | int:
@@ -91,6 +99,7 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
+        params["not_applicable"] = dict(cluster.launcher.not_applicable)
         ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
         nemesis = Nemesis(cluster, history)
         if check_data_loss:
@@ -160,7 +169,7 @@ class FailoverRun:
         cluster.wait_until(lambda: all(cluster.smbd_listening(n) for n in cluster.nodes), 60,
                            "smbd listening on every node")
         self.wait_ips_spread()
-        leader = cluster.leader()
+        leader = cluster.leader() if cluster.launcher.answers_ctdb_tool else None
         ips = cluster.ip_all()
         victim = self.choose_victim(leader, ips)
         vip = min(ip for ip, pnn in ips.items() if pnn == victim)
@@ -209,9 +218,12 @@ class FailoverRun:
         except ClusterNotReady as e:
             self.history.record(events.note(str(e)))
 
-    def choose_victim(self, leader: int, ips: dict[str, int]) -> int:
+    def choose_victim(self, leader: int | None, ips: dict[str, int]) -> int:
         hosting = {pnn for pnn in ips.values() if pnn >= 0}
         if self.victim_spec == "leader":
+            if leader is None:
+                raise UserError(f"{self.cluster.launcher.name} has no leader: use --victim "
+                                "nonleader or a PNN")
             victim = leader
         elif self.victim_spec == "nonleader":
             candidates = hosting - {leader}
@@ -246,13 +258,21 @@ class FailoverRun:
                 lambda e: e.get("what") == "connected" and e.get("target") == f"{vip}:{SMB_PORT}", 10):
             raise ClusterNotReady("the TCP probes could not connect: " + hold.describe_failure())
         client_end = f"{tickled['local_ip']}:{tickled['local_port']}"
-        for node in cluster.nodes:
-            result = node.run(["ctdb", "addtickle", client_end, f"{vip}:{TICKLED_PORT}"], timeout=10)
+        if cluster.launcher.answers_ctdb_tool:
+            self.register_tickle(client_end, f"{vip}:{TICKLED_PORT}")
+        else:
+            self.history.record(events.note(f"{cluster.launcher.name} keeps no tickle list: "
+                                            f"{client_end} -> {vip}:{TICKLED_PORT} not registered"))
+        if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
+            raise ClusterNotReady(self.retry.describe_failure())
+
+    def register_tickle(self, client_end: str, server_end: str) -> None:
+        """``ctdb addtickle`` on every node, as a service that tracks its clients would."""
+        for node in self.cluster.nodes:
+            result = node.run(["ctdb", "addtickle", client_end, server_end], timeout=10)
             if result.returncode != 0:
                 self.history.record(events.note(f"ctdb addtickle on node {node.index} failed: "
                                                 f"{(result.stderr or result.stdout).strip()}"))
-        if not self.retry.wait_for(lambda e: e.get("what") == "ready", 20):
-            raise ClusterNotReady(self.retry.describe_failure())
 
     def _probe(self, host, module: str, args: list[str]) -> ProbeProcess:
         probe = ProbeProcess(host, module, args + ["--process", f"{module.replace('_', '-')}"])
@@ -273,10 +293,15 @@ class FailoverRun:
         self.probes.clear()
 
     def wait_resolved(self, vip: str, victim: int, deadline: float, t_cut: float) -> None:
-        """Until the IP moved and every probe saw the outcome, or the window ends."""
+        """Until the IP moved and every probe saw the outcome (then ``AFTER_RESOLVED_S`` more:
+        the run is *settled*), or the window ends.  A daemon that sends no tickle ACK cannot
+        reset the idle client: its run settles without that reset, and the probes keep
+        watching for it until ``NO_TICKLE_WATCH_S`` after the cut."""
         probes = {p.name: p for p in self.probes}
+        tickles = self.cluster.launcher.sends_tickles
 
-        def resolved() -> bool:
+        def outcome() -> tuple[bool, bool]:
+            """(failover over as far as the run waits for it, the idle client on 445 saw its end)"""
             moved = self.poller.owner(vip) not in (None, -1, victim)
             hold = probes["tcp_hold"]
             smb445 = hold.find(lambda e: e.get("target") == f"{vip}:{SMB_PORT}"
@@ -285,12 +310,24 @@ class FailoverRun:
             smb445 = smb445 or hold.find(lambda e: e.get("what") == "stop")
             retried = probes["smb_retry"].find(lambda e: e.get("kind") == "op" and e.get("type") == "ok")
             data_resumed = self.data is None or self.data.resumed(t_cut)
-            return moved and smb445 is not None and retried is not None and data_resumed
+            over = (moved and retried is not None and data_resumed
+                    and (smb445 is not None or not tickles))
+            return over, smb445 is not None
 
+        settle_at: float | None = None
+        recorded = False
         while time.time() < deadline:
-            if resolved():
-                time.sleep(AFTER_RESOLVED_S)
-                return
+            now = time.time()
+            over, reset_seen = outcome()
+            if over and settle_at is None:
+                settle_at = now + AFTER_RESOLVED_S
+            if settle_at is not None and now >= settle_at:
+                if not recorded:
+                    self.history.record(events.settled())
+                    recorded = True
+                # No tickle ACK will come from keepalived (lab.md Part C): watch a while, not forever.
+                if reset_seen or now >= t_cut + NO_TICKLE_WATCH_S:
+                    return
             time.sleep(0.1)
 
     # -- after the fault ------------------------------------------------------------------------------
@@ -319,8 +356,10 @@ class FailoverRun:
     def wait_rejoined(self, victim: int) -> None:
         cluster = self.cluster
         deadline = time.time() + REJOIN_TIMEOUT_S
+        membership = cluster.launcher.answers_ctdb_tool     # keepalived: the IP back is all there is
         while time.time() < deadline:
-            if self.poller.state(victim) == "OK" and victim in self.poller.owners().values():
+            if (not membership or self.poller.state(victim) == "OK") \
+                    and victim in self.poller.owners().values():
                 break
             time.sleep(0.1)
         else:
@@ -332,7 +371,8 @@ class FailoverRun:
 
 
 class StatePoller(threading.Thread):
-    """10 Hz ``ctdb -X status`` and ``ctdb -X ip all`` on one node; records every change."""
+    """10 Hz ``ctdb -X status`` and ``ctdb -X ip all`` on one node; records every change.
+    Without a ctdb tool (keepalived): the IP owners as really configured, no node states."""
 
     def __init__(self, cluster: LabCluster, observer: int, history: History):
         super().__init__(daemon=True, name="state-poller")
@@ -348,7 +388,8 @@ class StatePoller(threading.Thread):
         while not self._halt.is_set():
             t0 = time.time()
             try:
-                status = self.cluster.status(self.observer)
+                status = (self.cluster.status(self.observer)
+                          if self.cluster.launcher.answers_ctdb_tool else None)
                 owners = self.cluster.ip_all(self.observer)
             except Exception:      # noqa: BLE001 - a busy or recovering daemon; try again
                 status, owners = None, None
