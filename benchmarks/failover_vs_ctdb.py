@@ -145,7 +145,7 @@ def main() -> int:
             run_scenario("failover", daemon=daemon, nodes=[args.nodes], repeat=args.repeat,
                          tunables=setups[daemon], victim=role, out=out, progress=progress)
             results[daemon, role] = json.loads((out / "results.json").read_text())
-    written = make_report(args.out)
+    make_report(args.out)
     comparison = draw_comparison(args.out)
     headers, rows = comparison_table(results, daemons, roles)
     print(f"\nfailover after a hard reset, N={args.nodes}, {args.repeat} runs per cell; seconds "

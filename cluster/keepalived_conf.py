@@ -31,7 +31,6 @@ Choices (keepalived as an operator would set it up to do CTDB's public-IP job):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from ctdblab.errors import UserError
