@@ -17,7 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="$here/.venv"
 
 APT_PACKAGES=(
-    python3 python3-venv python3-tdb libtdb1 tdb-tools systemd
+    python3 python3-venv python3-tdb libtdb1 tdb-tools systemd openssh-client openssh-server
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
     ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng

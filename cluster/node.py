@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .procs import DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, run_in
+from .procs import DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, run_in, stop_process
 
 
 @dataclass
@@ -130,6 +131,7 @@ class LabHost:
     holder: subprocess.Popen | None = None
     powered: bool = False
     background: list[subprocess.Popen] = field(default_factory=list)
+    programs: dict[str, str] = field(default_factory=dict)   # none: a node runs this machine's
 
     # -- running things inside ------------------------------------------------------------------
     def run(self, command: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
@@ -142,6 +144,16 @@ class LabHost:
         proc = popen_in(self._live_pid(), command, **kwargs)
         self.background.append(proc)
         return proc
+
+    def stop_process(self, proc: subprocess.Popen, timeout: float = 3.0) -> None:
+        """SIGTERM a process started with ``popen`` (SIGKILL after ``timeout``)."""
+        stop_process(proc, timeout)
+
+    @staticmethod
+    def python_argv() -> list[str]:
+        """How to start the lab's Python modules inside (``+ ["-m", module]``): this
+        machine's interpreter, whose files a Mininet node shares."""
+        return [sys.executable]
 
     def _live_pid(self) -> int:
         if not self.powered or self.pid is None:
