@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .procs import DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, run_in, stop_process
+from .procs import (DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, program_name, run_in,
+                    signal_pids, start_time, stop_process)
 
 
 @dataclass
@@ -163,6 +164,19 @@ class LabHost:
     def processes(self) -> list[int]:
         from .procs import pids_in_netns
         return pids_in_netns(self.netns) if self.netns else []
+
+    def find_programs(self, names: Sequence[str]) -> list[tuple[int, str, int]]:
+        """(pid, program, start time) of this host's processes running one of ``names``."""
+        found = []
+        for pid in self.processes():
+            name = program_name(pid)
+            if name in names:
+                found.append((pid, name, start_time(pid)))
+        return found
+
+    @staticmethod
+    def signal_processes(pids: Sequence[int], sig: int) -> None:
+        signal_pids(pids, sig)
 
     def alive(self) -> bool:
         return self.pid is not None and netns_of(self.pid) == self.netns

@@ -83,7 +83,9 @@ class RemoteCluster:
         self.allow_hard_reset = allow_hard_reset
         self.plan = RemotePlan(inventory)
         self.prefix = inventory.source.stem          # the cluster's name in messages
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ctdblab-hosts-")).resolve()
+        # Logs land here; made only when something is written (``down --hosts`` writes nothing).
+        self.workdir = (Path(workdir).resolve() if workdir
+                        else Path(tempfile.gettempdir()) / f"ctdblab-hosts-{self.prefix}")
         self.progress = progress or (lambda msg: None)
         self.detached = False
         self.extra_state: dict = {}

@@ -52,6 +52,7 @@ class Blades:
         self.install_mount = tmp / "install"          # the inventory's install_dir
         self.shared = tmp / "clusterfs"
         self.socket_path = tmp / "power.sock"
+        self.empty_bashrc = tmp / "ssh" / "bashrc"
         self.net = MininetCluster(3, 2, workdir=tmp / "net")
         self._server: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -66,6 +67,7 @@ class Blades:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"ctdblab-test-{key}",
                             "-f", str(self.ssh_dir / key)], check=True, timeout=30)
         (self.ssh_dir / "authorized_keys").write_text((self.ssh_dir / "client_key.pub").read_text())
+        self.empty_bashrc.write_text("")
         self.net.build()
         host_pub = (self.ssh_dir / "host_key.pub").read_text().split()[:2]
         (self.ssh_dir / "known_hosts").write_text("".join(
@@ -99,7 +101,11 @@ class Blades:
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
             f"PidFile {self.ssh_dir / f'sshd.{blade.name}.pid'}",
             "MaxSessions 64", "MaxStartups 64", "LogLevel ERROR", ""]))
-        result = blade.run(f"mount --bind {own} {self.install_mount} && mkdir -p /run/sshd", timeout=10)
+        # Root's ~/.bashrc here (bash sources it for every SSH command) is this machine's, not
+        # a blade's: it put pyenv first on PATH and cost ~0.4 s per command.  A blade gets an
+        # empty one, so its commands see Debian's plain root environment.
+        result = blade.run(f"mount --bind {own} {self.install_mount} && mkdir -p /run/sshd && "
+                           f"mount --bind {self.empty_bashrc} /root/.bashrc", timeout=10)
         assert result.returncode == 0, result.stderr
         log = open(self.ssh_dir / f"sshd.{blade.name}.log", "ab")
         blade.popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
