@@ -159,6 +159,8 @@ def test_loss_is_a_numgen_rule_like_in_mininet(inventory):
     command, script = cluster.node(1).ssh.sent[0]
     assert command == ["nft", "-f", "-"]
     assert 'oifname "eth1" numgen random mod 10000 < 1250 drop' in script
+    Loss(2, 100).apply(cluster)                   # nft has no "< 10000": a plain drop
+    assert 'oifname "eth0" drop; }' in cluster.node(2).ssh.sent[0][1]
     ClearLoss(1).apply(cluster)
     assert cluster.node(1).ssh.sent[-1][0] == ["nft", "delete", "table", "inet", "ctdblab_loss"]
 
@@ -261,3 +263,46 @@ def test_flap_is_refused_on_remote_hosts(inventory):
             RemoteCluster(inventory, 4, 1)
     finally:
         backend.release()
+
+
+# -- failures are errors, never hangs (a real ssh client; the "network" is a ProxyCommand) -----------
+def _conn(proxy: str, **settings) -> SshConnection:
+    return SshConnection("blade9", "root@blade9", SshSettings(options=("-o", f"ProxyCommand={proxy}"),
+                                                              **settings), Path("/tmp/ctl-none"))
+
+
+def test_an_ssh_failure_names_the_host_and_the_command():
+    from ctdblab.cluster.ssh import SshError
+
+    with pytest.raises(SshError) as e:
+        _conn("false").run(["ctdb", "-X", "status"], timeout=5)
+    assert str(e.value).startswith("blade9: ssh root@blade9 failed running `ctdb -X status`")
+
+
+def test_a_silent_host_is_an_error_within_the_connect_timeout():
+    import time
+
+    from ctdblab.cluster.ssh import SshError
+
+    t0 = time.monotonic()
+    with pytest.raises(SshError, match=r"^blade9: ssh root@blade9 failed running `true`: .*timed out"):
+        _conn("sleep 30", connect_timeout=1.0).run(["true"], timeout=1.0)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_hung_command_is_killed_here_at_its_deadline():
+    import time
+
+    from ctdblab.cluster.ssh import SshTimeout
+
+    class Hanging(SshConnection):
+        def argv(self, command, timeout=None):      # what a connected but hung ssh looks like
+            return ["sleep", "30"]
+
+    conn = Hanging("blade9", "root@blade9", SshSettings(connect_timeout=1.0), Path("/tmp/ctl-none"))
+    t0 = time.monotonic()
+    with pytest.raises(SshTimeout) as e:
+        conn.run(["ctdb", "status"], timeout=1.0)
+    assert time.monotonic() - t0 < 6                # limit + connect timeout + 2 s
+    assert str(e.value) == "blade9: `ctdb status` did not finish within 1 s"
+    assert isinstance(e.value, subprocess.TimeoutExpired)      # LabCluster's polls catch it
