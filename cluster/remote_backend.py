@@ -85,7 +85,7 @@ class RemoteCluster:
         self.prefix = inventory.source.stem          # the cluster's name in messages
         # Logs land here; made only when something is written (``down --hosts`` writes nothing).
         self.workdir = (Path(workdir).resolve() if workdir
-                        else Path(tempfile.gettempdir()) / f"ctdblab-hosts-{self.prefix}")
+                        else Path("/var/tmp/ctdblab") / f"hosts-{self.prefix}")
         self.progress = progress or (lambda msg: None)
         self.detached = False
         self.extra_state: dict = {}
@@ -166,13 +166,15 @@ class RemoteCluster:
                     if private_iface:
                         self._private_ifaces[host.index] = private_iface
                     if not problems:
-                        running = host.find_programs(remote_commands.REMOTE_DAEMONS[launcher.name]
-                                                     + ("ctdbd", "pyctdbd"))
+                        # The daemon starts smbd itself (50.samba): Debian's smbd.service
+                        # must not hold port 445 already.
+                        running = host.find_programs(("ctdbd", "pyctdbd", "smbd"))
                         if running:
                             problems.append(
-                                "a cluster daemon runs already (" + ", ".join(
-                                    f"{n} {p}" for p, n, _ in running) + "): stop it first "
-                                f"(`ctdblab down --hosts {self.inventory.source}` stops ours)")
+                                "runs already: " + ", ".join(sorted({n for _, n, _ in running}))
+                                + " (pids " + " ".join(str(p) for p, _, _ in running) + "): stop "
+                                f"and disable those services (`ctdblab down --hosts "
+                                f"{self.inventory.source}` stops ours)")
                     return problems
                 entry = self.inventory.clients[host.index]
                 report = host.run(remote_commands.client_check_command(entry.python), timeout=30).stdout
@@ -190,7 +192,6 @@ class RemoteCluster:
     def build(self, configure: Callable[[RemoteHost], None] | None = None) -> None:
         """Copy the payload to every host, make the shared directories, write each node's files."""
         t0 = time.monotonic()
-        self.workdir.mkdir(parents=True, exist_ok=True)
         data = payload.build_payload()
         digest = payload.digest(data)
         installed = self._each(lambda h: self._install_payload(h, data, digest), self.nodes + self.clients)
@@ -301,6 +302,13 @@ class RemoteCluster:
                 self.progress(f"teardown: {host.name}: {e}")
 
         self._each(clean, [n for n in self.nodes if n.powered])
+        for node in self.nodes:
+            if not node.powered:       # a run stopped between power-off and power-on
+                policy = self.inventory.power
+                how = (f"power it on with: {' '.join(expand_command(policy.on_command, self.inventory.hosts[node.index]))}"
+                       if policy.on == "command" else "it comes back by itself")
+                self.progress(f"teardown: {node.name} was left powered off by the run; {how}, "
+                              f"then `ctdblab down --hosts {self.inventory.source}`")
         for host in self.nodes + self.clients:
             host.forget_background()
         self.release()
