@@ -17,7 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="$here/.venv"
 
 APT_PACKAGES=(
-    python3 python3-venv python3-tdb libtdb1 tdb-tools systemd
+    python3 python3-venv python3-tdb libtdb1 tdb-tools systemd openssh-client openssh-server
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
     ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng keepalived
@@ -47,6 +47,12 @@ ensure_packages() {
     { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >&2 || rc=$?
     [ $own_policy -eq 1 ] && rm -f "$policy"
     [ $rc -eq 0 ] || die "apt-get failed (exit $rc) installing: ${missing[*]}"
+    # openssh-server is for the lab's SSH-only blades (tests/lab/test_remote_hosts.py), whose sshd
+    # runs inside Mininet nodes: when we installed it, keep it from opening SSH on this machine's
+    # real interfaces at the next boot.
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+    fi
 }
 
 ensure_venv() {

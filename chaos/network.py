@@ -124,9 +124,11 @@ class Loss(Fault):
         node = cluster.node(self.node)
         iface = cluster.backend.iface(node, self.network)
         threshold = int(round(self.percent * 100))     # numgen over 0..9999: 0.01 % resolution
+        # nft refuses "< 10000" (out of numgen's range): 100 % is an unconditional drop.
+        chance = f"numgen random mod 10000 < {threshold} " if threshold < 10000 else ""
         _nft(node, f"""table inet {LOSS_TABLE} {{
-  chain input {{ type filter hook input priority -20; iifname "{iface}" numgen random mod 10000 < {threshold} drop; }}
-  chain output {{ type filter hook output priority -20; oifname "{iface}" numgen random mod 10000 < {threshold} drop; }}
+  chain input {{ type filter hook input priority -20; iifname "{iface}" {chance}drop; }}
+  chain output {{ type filter hook output priority -20; oifname "{iface}" {chance}drop; }}
 }}
 """)
         return Outcome()

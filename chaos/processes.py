@@ -4,17 +4,20 @@ crash         SIGKILL the daemon's main process only; the kernel still sends FIN
 restart       start the daemon again on a node whose daemon is gone (after a crash).
 freeze/thaw   SIGSTOP/SIGCONT every process of the daemon (not smbd).
 kill_smbd     SIGKILL smbd on a node (its monitor event must make the node UNHEALTHY).
+
+Processes are found and signalled through the node (``find_programs``, ``signal_processes``):
+locally by network namespace on a Mininet node, over SSH on a remote host.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.cluster.procs import program_name  # noqa: F401 - part of chaos's interface
 from ctdblab.errors import UserError
 
 from .nemesis import Fault, Outcome
@@ -27,57 +30,23 @@ DAEMON_PROGRAMS = {"ctdb": ("ctdbd", "ctdb-recoverd", "ctdb-eventd"), "pyctdbd":
 
 def daemon_processes(cluster: LabCluster, pnn: int) -> dict[int, str]:
     """PID -> program name of the daemon's processes on a node (main daemon first)."""
-    node = cluster.node(pnn)
     programs = DAEMON_PROGRAMS[cluster.launcher.name]
-    found: dict[int, str] = {}
-    for pid in node.processes():
-        name = program_name(pid)
-        if name in programs:
-            found[pid] = name
+    found = {pid: name for pid, name, _ in cluster.node(pnn).find_programs(programs)}
     return dict(sorted(found.items(), key=lambda kv: (programs.index(kv[1]), kv[0])))
 
 
-def program_name(pid: int) -> str:
-    """The program a process runs: ``ctdbd``/``pyctdbd`` even under an interpreter, else comm."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return ""
-    for arg in argv[:2]:            # "python .../pyctdbd" or "/usr/sbin/ctdbd"
-        name = os.path.basename(arg.decode(errors="replace"))
-        if name in ("ctdbd", "pyctdbd"):
-            return name
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _main_pid(cluster: LabCluster, pnn: int) -> int:
-    procs = daemon_processes(cluster, pnn)
-    main = [pid for pid, name in procs.items() if name in ("ctdbd", "pyctdbd")]
+    programs = DAEMON_PROGRAMS[cluster.launcher.name]
+    main = [(start, pid) for pid, name, start in cluster.node(pnn).find_programs(programs)
+            if name in ("ctdbd", "pyctdbd")]
     if not main:
         raise UserError(f"no {cluster.launcher.name} daemon running on node {pnn}")
     # ctdbd forks helpers that keep its name; the main daemon is the oldest (lowest start time).
-    return min(main, key=_start_time)
+    return min(main)[1]
 
 
-def _start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 1 << 62
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+def _signal_all(cluster: LabCluster, pnn: int, pids: list[int], sig: int) -> None:
+    cluster.node(pnn).signal_processes(pids, sig)
 
 
 @dataclass
@@ -87,7 +56,7 @@ class Crash(Fault):
 
     def apply(self, cluster: LabCluster) -> Outcome:
         pid = _main_pid(cluster, self.node)
-        os.kill(pid, signal.SIGKILL)
+        _signal_all(cluster, self.node, [pid], signal.SIGKILL)
         return Outcome(value=pid, fields={"pid": pid})
 
 
@@ -101,7 +70,7 @@ class Restart(Fault):
 
     def apply(self, cluster: LabCluster) -> Outcome:
         leftovers = list(daemon_processes(cluster, self.node))
-        _signal_all(leftovers, signal.SIGKILL)
+        _signal_all(cluster, self.node, leftovers, signal.SIGKILL)
         # Start only once they are gone: real ctdbd restarted while its old event daemon is
         # still exiting fails with "Failed to initialize event daemon".
         deadline = time.monotonic() + RESTART_WAIT
@@ -123,7 +92,7 @@ class Freeze(Fault):
         pids = list(daemon_processes(cluster, self.node))
         if not pids:
             raise UserError(f"no {cluster.launcher.name} daemon running on node {self.node}")
-        _signal_all(pids, signal.SIGSTOP)
+        _signal_all(cluster, self.node, pids, signal.SIGSTOP)
         return Outcome(value=pids, fields={"pids": pids})
 
 
@@ -137,7 +106,7 @@ class Thaw(Fault):
 
     def apply(self, cluster: LabCluster) -> Outcome:
         pids = list(self.pids if self.pids is not None else daemon_processes(cluster, self.node))
-        _signal_all(pids, signal.SIGCONT)
+        _signal_all(cluster, self.node, pids, signal.SIGCONT)
         return Outcome(value=pids, fields={"pids": pids})
 
 
@@ -147,8 +116,8 @@ class KillSmbd(Fault):
     name: ClassVar[str] = "kill_smbd"
 
     def apply(self, cluster: LabCluster) -> Outcome:
-        pids = [pid for pid in cluster.node(self.node).processes() if program_name(pid) == "smbd"]
+        pids = [pid for pid, _, _ in cluster.node(self.node).find_programs(["smbd"])]
         if not pids:
             raise UserError(f"no smbd running on node {self.node}")
-        _signal_all(pids, signal.SIGKILL)
+        _signal_all(cluster, self.node, pids, signal.SIGKILL)
         return Outcome(value=pids, fields={"pids": pids})

@@ -7,6 +7,11 @@
 ``clustered_smbd`` (None: the default, clustered with either daemon) chooses whether smbd runs
 with ``clustering = yes``.
 
+The machines come from a backend: Mininet (mininet_backend.py, the default) or, given an
+``inventory``, real hosts over SSH (remote_backend.py).  Both offer the same small interface —
+nodes and clients with ``run``/``popen``, ``build``, ``configure_daemon``, ``power_off``/``power_on``,
+``daemon_log``, ``ensure_share_file``, ``teardown`` — so scenarios and faults run unchanged.
+
 With a daemon that has no ``ctdb`` tool to ask (keepalived: ``launcher.answers_ctdb_tool`` is
 False) ``ip_all()`` reads ground truth instead — which node really has each public IP configured
 — and ``status()``/``leader()`` raise ``NotApplicable``: keepalived has neither node states nor a
@@ -25,16 +30,19 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .addressing import PREFIXLEN
+from ctdblab.errors import UserError
+
 from .ctdbtool import NodeStatus, parse_ip_all, parse_status
 from .launchers import DaemonLauncher, get_launcher
 from .mininet_backend import LinkSpec, MininetCluster
 from .node import LabHost
-from .prereq import check_lab
 from .profiles import get_profile
 from .samba import add_user_command, add_user_input
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
 
 CTDB_TIMEOUT = 10.0
 
@@ -62,7 +70,8 @@ class LabCluster:
                  tunables: str = "default", clients: int = 1, bw_mbit: float | None = None,
                  link_params: dict | None = None, workdir: str | Path | None = None,
                  progress: Callable[[str], None] | None = None,
-                 clustered_smbd: bool | None = None):
+                 clustered_smbd: bool | None = None, inventory: "Inventory | None" = None,
+                 allow_hard_reset: bool = False):
         if isinstance(daemon, str):
             self.launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
         else:
@@ -74,8 +83,18 @@ class LabCluster:
         if bw_mbit is not None:
             params["bw"] = bw_mbit
         self.progress = progress or (lambda msg: None)
-        self.backend = MininetCluster(nodes, clients, workdir=workdir,
-                                      link=LinkSpec.from_params(params), progress=self.progress)
+        if inventory is not None:
+            # Real machines over SSH (remote_backend.py); imported here: nothing else needs it.
+            from .remote_backend import RemoteCluster
+
+            if params:
+                raise UserError("link shaping (--bw/--link) is a Mininet option; remote hosts "
+                                "keep their real links")
+            self.backend = RemoteCluster(inventory, nodes, clients, workdir=workdir,
+                                         progress=self.progress, allow_hard_reset=allow_hard_reset)
+        else:
+            self.backend = MininetCluster(nodes, clients, workdir=workdir,
+                                          link=LinkSpec.from_params(params), progress=self.progress)
         self.started = False
 
     # -- shortcuts --------------------------------------------------------------------------------
@@ -121,8 +140,7 @@ class LabCluster:
         self.stop()
 
     def start(self, timeout: float = 180.0) -> None:
-        check_lab()
-        self.launcher.check_installed()
+        self.backend.check_prerequisites(self.launcher)
         t0 = time.monotonic()
         self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name,
                                     "smb_clustered": self.launcher.smb_clustered}
@@ -152,11 +170,16 @@ class LabCluster:
         self.backend._save_state()
 
     def _configure(self, node: LabHost) -> None:
-        plan = self.backend.plan
-        self.launcher.configure(
-            node, node_ips=[plan.private_ip(p) for p in range(self.backend.num_nodes)],
-            public_ips=self.public_ips(), public_prefixlen=PREFIXLEN,
-            shared_dir=self.shared_dir, profile=self.profile)
+        self.backend.configure_daemon(node, self.launcher, self.profile)
+
+    # -- files on the nodes -----------------------------------------------------------------------
+    def daemon_log(self, node: LabHost) -> Path:
+        """A local copy of the node's daemon log, current as of this call (for parsing)."""
+        return self.backend.daemon_log(node, self.launcher)
+
+    def ensure_share_file(self, name: str, size: int) -> None:
+        """A file of ``size`` random bytes in the cluster filesystem's ``[share]``, made once."""
+        self.backend.ensure_share_file(name, size)
 
     # -- samba ------------------------------------------------------------------------------------
     def setup_samba(self, timeout: float = 60.0, nodes: list[LabHost] | None = None) -> None:

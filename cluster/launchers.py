@@ -29,6 +29,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctdblab.errors import UserError
@@ -43,6 +44,17 @@ from .snapshots import SnapshotLayout
 STOCK_EVENTS = Path("/usr/share/ctdb/events/legacy")
 SHIPPED_EVENTS = Path(__file__).resolve().parent.parent / "daemon" / "events" / "scripts"
 LOG_FILE = "/var/log/ctdb/log.ctdb"          # inside the node; node.dirs.log / "ctdb" on the host
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a launcher writes on a node: /etc/ctdb files, smb.conf, enabled event scripts
+    (Debian's by name from STOCK_EVENTS, ours by name from the shipped scripts directory)."""
+
+    ctdb_files: dict[str, str]        # file name in /etc/ctdb -> text
+    smb_conf: str
+    stock_scripts: tuple[str, ...]
+    shipped_scripts: tuple[str, ...]
 
 
 class DaemonLauncher:
@@ -65,26 +77,42 @@ class DaemonLauncher:
     def check_installed(self) -> None:
         raise NotImplementedError
 
-    def start_command(self) -> list[str]:
+    def start_command(self, node: LabHost) -> list[str]:
         raise NotImplementedError
 
     # -- configuration -------------------------------------------------------------------------
+    def node_config(self, *, node_ips: list[str], public_addresses: list[str], shared_dir: Path,
+                    profile: Profile) -> NodeConfig:
+        """A node's files, whichever backend puts them in place.  ``public_addresses`` are the
+        lines of CTDB's public_addresses file (``IP/PREFIXLEN IFACE``); ``shared_dir`` is the
+        cluster filesystem's path as the nodes see it."""
+        files = {
+            "nodes": "".join(f"{ip}\n" for ip in node_ips),
+            "public_addresses": "".join(f"{line}\n" for line in public_addresses),
+            "ctdb.tunables": tunables_file_text(profile, pyctdbd=self.name == "pyctdbd"),
+            "ctdb.conf": self.ctdb_conf(shared_dir, profile),
+            "script.options": "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n",
+        }
+        snapshots = SnapshotLayout(shared_dir)
+        return NodeConfig(ctdb_files=files,
+                          smb_conf=smb_conf(shared_dir / "share", clustered=self.smb_clustered,
+                                            snapshots=snapshots),
+                          stock_scripts=self.enabled_stock_scripts(),
+                          shipped_scripts=self.shipped_scripts)
+
     def configure(self, node: LabHost, *, node_ips: list[str], public_ips: list[str],
                   public_prefixlen: int, shared_dir: Path, profile: Profile) -> None:
-        etc = node.dirs.etc_ctdb
-        (etc / "nodes").write_text("".join(f"{ip}\n" for ip in node_ips))
+        """Write a Mininet node's files into its overlay's upper layers on this machine."""
         iface = f"{node.name}-eth1"
-        (etc / "public_addresses").write_text(
-            "".join(f"{ip}/{public_prefixlen} {iface}\n" for ip in public_ips))
-        (etc / "ctdb.tunables").write_text(tunables_file_text(profile, pyctdbd=self.name == "pyctdbd"))
-        (etc / "ctdb.conf").write_text(self.ctdb_conf(shared_dir, profile))
-        (etc / "script.options").write_text(
-            "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n")
+        config = self.node_config(
+            node_ips=node_ips, public_addresses=[f"{ip}/{public_prefixlen} {iface}" for ip in public_ips],
+            shared_dir=shared_dir, profile=profile)
+        etc = node.dirs.etc_ctdb
+        for name, text in config.ctdb_files.items():
+            (etc / name).write_text(text)
         self._enable_scripts(node.dirs.events)
-        snapshots = SnapshotLayout(shared_dir)
-        snapshots.create()
-        (node.dirs.etc_samba / "smb.conf").write_text(
-            smb_conf(shared_dir / "share", clustered=self.smb_clustered, snapshots=snapshots))
+        SnapshotLayout(shared_dir).create()
+        (node.dirs.etc_samba / "smb.conf").write_text(config.smb_conf)
 
     def ctdb_conf(self, shared_dir: Path, profile: Profile) -> str:
         cluster = {"cluster lock": str(shared_dir / ".ctdb" / "reclock"), **profile.cluster_options}
@@ -106,8 +134,9 @@ class DaemonLauncher:
 
     # -- running -----------------------------------------------------------------------------------
     def start_command_for(self, node: LabHost) -> list[str]:
-        """The command that starts the daemon on ``node`` (the same on every node here)."""
-        return self.start_command()
+        """The command that starts the daemon on ``node`` (a launcher that installs builds per
+        node, cluster/builds.py, overrides it)."""
+        return self.start_command(node)
 
     def start(self, node: LabHost) -> None:
         result = node.run(self.start_command_for(node), timeout=30)
@@ -137,8 +166,8 @@ class CtdbLauncher(DaemonLauncher):
             if not (STOCK_EVENTS / f"{name}.script").exists():
                 raise UserError(f"{STOCK_EVENTS}/{name}.script missing: is the ctdb package complete?")
 
-    def start_command(self) -> list[str]:
-        return ["ctdbd"]
+    def start_command(self, node: LabHost) -> list[str]:
+        return [node.programs.get("ctdbd", "ctdbd")]
 
 
 class PyctdbdLauncher(DaemonLauncher):
@@ -171,8 +200,10 @@ class PyctdbdLauncher(DaemonLauncher):
             if not (STOCK_EVENTS / f"{name}.script").exists():
                 raise UserError(f"{STOCK_EVENTS}/{name}.script missing: is the ctdb package complete?")
 
-    def start_command(self) -> list[str]:
-        return [self.executable()]
+    def start_command(self, node: LabHost) -> list[str]:
+        """The host's own pyctdbd when it has one (a remote host: the backend's copy), else
+        the one next to this Python (a Mininet node shares this machine's files)."""
+        return [node.programs.get("pyctdbd") or self.executable()]
 
 
 class KeepalivedLauncher(DaemonLauncher):
@@ -227,7 +258,7 @@ class KeepalivedLauncher(DaemonLauncher):
         (node.dirs.etc_samba / "smb.conf").write_text(
             smb_conf(shared_dir / "share", clustered=False, snapshots=snapshots))
 
-    def start_command(self) -> list[str]:
+    def start_command(self, node: LabHost) -> list[str]:
         raise NotImplementedError("keepalived is started by start(node): it needs the node's paths")
 
     def node_start_script(self, node: LabHost) -> str:

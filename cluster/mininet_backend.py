@@ -22,14 +22,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ctdblab.errors import UserError
 
 from .addressing import PREFIXLEN, AddressPlan
 from .node import LabHost, NodeDirs, mount_script, start_holder
+from .prereq import check_lab
 from .procs import mntns_of, netns_of
 from .registry import SlotLease, acquire_slot, cleanup_prefix, write_state
+from .samba import ensure_test_file
+
+if TYPE_CHECKING:
+    from .launchers import DaemonLauncher
+    from .profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +141,25 @@ class MininetCluster:
 
     def public_ips(self) -> list[str]:
         return [self.plan.public_ip(k) for k in range(self.num_nodes)]
+
+    # -- the daemon under test: LabCluster's backend interface (remote_backend.py has the same) ---
+    def check_prerequisites(self, launcher: "DaemonLauncher") -> None:
+        check_lab()
+        launcher.check_installed()
+
+    def configure_daemon(self, node: LabHost, launcher: "DaemonLauncher", profile: "Profile") -> None:
+        """Write the node's files (before its mounts exist: straight into the overlay layers)."""
+        launcher.configure(node, node_ips=[self.plan.private_ip(p) for p in range(self.num_nodes)],
+                           public_ips=self.public_ips(), public_prefixlen=PREFIXLEN,
+                           shared_dir=self.shared_dir, profile=profile)
+
+    @staticmethod
+    def daemon_log(node: LabHost, launcher: "DaemonLauncher") -> Path:
+        """The daemon's log file of a node; a node's log directory is on this machine."""
+        return launcher.log_path(node)
+
+    def ensure_share_file(self, name: str, size: int) -> None:
+        ensure_test_file(self.shared_dir / "share", name, size)
 
     # -- build ----------------------------------------------------------------------------------
     def build(self, configure: Callable[[LabHost], None] | None = None) -> None:

@@ -22,11 +22,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .procs import DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, run_in
+from .procs import (DEFAULT_TIMEOUT, kill_netns, netns_of, popen_in, program_name, run_in,
+                    signal_pids, start_time, stop_process)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class LabHost:
     holder: subprocess.Popen | None = None
     powered: bool = False
     background: list[subprocess.Popen] = field(default_factory=list)
+    programs: dict[str, str] = field(default_factory=dict)   # none: a node runs this machine's
 
     # -- running things inside ------------------------------------------------------------------
     def run(self, command: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
@@ -143,6 +146,16 @@ class LabHost:
         self.background.append(proc)
         return proc
 
+    def stop_process(self, proc: subprocess.Popen, timeout: float = 3.0) -> None:
+        """SIGTERM a process started with ``popen`` (SIGKILL after ``timeout``)."""
+        stop_process(proc, timeout)
+
+    @staticmethod
+    def python_argv() -> list[str]:
+        """How to start the lab's Python modules inside (``+ ["-m", module]``): this
+        machine's interpreter, whose files a Mininet node shares."""
+        return [sys.executable]
+
     def _live_pid(self) -> int:
         if not self.powered or self.pid is None:
             raise RuntimeError(f"{self.name} is powered off")
@@ -151,6 +164,19 @@ class LabHost:
     def processes(self) -> list[int]:
         from .procs import pids_in_netns
         return pids_in_netns(self.netns) if self.netns else []
+
+    def find_programs(self, names: Sequence[str]) -> list[tuple[int, str, int]]:
+        """(pid, program, start time) of this host's processes running one of ``names``."""
+        found = []
+        for pid in self.processes():
+            name = program_name(pid)
+            if name in names:
+                found.append((pid, name, start_time(pid)))
+        return found
+
+    @staticmethod
+    def signal_processes(pids: Sequence[int], sig: int) -> None:
+        signal_pids(pids, sig)
 
     def alive(self) -> bool:
         return self.pid is not None and netns_of(self.pid) == self.netns

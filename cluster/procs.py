@@ -80,6 +80,42 @@ def kill_netns(netns: str, *, keep: Sequence[int] = (), timeout: float = 5.0) ->
         time.sleep(0.005)
 
 
+def program_name(pid: int) -> str:
+    """The program a process runs: ``ctdbd``/``pyctdbd`` even under an interpreter, else comm."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return ""
+    for arg in argv[:2]:            # "python .../pyctdbd" or "/usr/sbin/ctdbd"
+        name = os.path.basename(arg.decode(errors="replace"))
+        if name in ("ctdbd", "pyctdbd"):
+            return name
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (a huge number if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 1 << 62
+
+
+def signal_pids(pids: Sequence[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids``; one already gone is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

@@ -13,6 +13,12 @@
   ctdblab report DIR                                 (re)draw plots and report.md from DIR
   ctdblab report --recheck DIR                       soak, upgrade: check its history again, then draw
   ctdblab demo                                       3-node failover of pyctdbd and ctdb, with report
+
+Real machines instead of Mininet (README, "Running on real blades"):
+  ctdblab up --hosts inventory.toml --daemon pyctdbd [--detach]
+  ctdblab exec --hosts inventory.toml 0 -- ctdb status
+  ctdblab run failover --hosts inventory.toml --allow-hard-reset --daemon pyctdbd --out DIR
+  ctdblab down --hosts inventory.toml
 """
 
 from __future__ import annotations
@@ -76,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     up = sub.add_parser("up", help="bring a cluster up and keep it until Ctrl-C (or --detach)")
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=int, default=None, help="default 3 (with --hosts: the inventory's)")
+    up.add_argument("--hosts", type=Path, metavar="INVENTORY.toml",
+                    help="real machines over SSH instead of Mininet (see README)")
     up.add_argument("--daemon", choices=DAEMONS, default="ctdb")
     up.add_argument("--tunables", default="default")
     up.add_argument("--clients", type=int, default=1)
@@ -93,11 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="node PNN (0-based, as CTDB numbers nodes) or cN for client N")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     ex.add_argument("--cluster", help="prefix of the cluster (when several are up)")
+    ex.add_argument("--hosts", type=Path, metavar="INVENTORY.toml",
+                    help="run it on that inventory's host (PNN) or client (cN) over SSH")
     ex.add_argument("--timeout", type=float, default=600.0,
                     help="seconds before the command is killed (0: never)")
 
     down = sub.add_parser("down", help="remove running lab clusters")
     down.add_argument("--cluster", help="only this prefix")
+    down.add_argument("--hosts", type=Path, metavar="INVENTORY.toml",
+                      help="stop the daemon and smbd on that inventory's hosts, remove the lab's "
+                           "nftables tables and floating IPs there")
 
     snap = sub.add_parser("snapshot", help="snapshot the [snap] share of a running cluster "
                                            "(its previous versions, vfs shadow_copy2)")
@@ -107,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario; writes results.json, history.jsonl, plots")
     run.add_argument("scenario", help="failover, scaling, soak or upgrade")
     run.add_argument("--daemon", choices=DAEMONS, default="ctdb")
-    run.add_argument("--nodes", default="3", help="N, or A..B for scaling")
+    run.add_argument("--nodes", default=None, help="N, or A..B for scaling (default 3; with --hosts: "
+                                                  "the inventory's host count)")
+    run.add_argument("--hosts", type=Path, metavar="INVENTORY.toml",
+                     help="failover on real machines over SSH instead of Mininet (see README)")
+    run.add_argument("--allow-hard-reset", action="store_true",
+                     help="with --hosts: allow the hard reset (sysrq-b or the inventory's "
+                          "off_command) of the victim host; never done without it")
     run.add_argument("--repeat", type=int, default=1)
     run.add_argument("--tunables", default=None,
                      help="tunables profile (default: aggressive for soak, default otherwise)")
@@ -181,21 +200,37 @@ def _terminate_on_sigterm() -> None:
 def cmd_up(args, progress) -> int:
     from .cluster.lab import LabCluster
 
-    cluster = LabCluster(args.nodes, daemon=args.daemon, tunables=args.tunables,
-                         clients=args.clients, link_params=parse_link(args.link, args.bw),
-                         progress=progress, clustered_smbd=args.clustered_smbd)
+    inventory = _load_hosts(args.hosts)
+    nodes = args.nodes if args.nodes is not None else 3
+    clients = args.clients
+    if inventory is not None:
+        if args.nodes is not None and args.nodes != len(inventory.hosts):
+            raise UserError(f"--nodes {args.nodes} contradicts {args.hosts}, which has "
+                            f"{len(inventory.hosts)} hosts (leave --nodes out)")
+        nodes, clients = len(inventory.hosts), min(args.clients, len(inventory.clients))
+    cluster = LabCluster(nodes, daemon=args.daemon, tunables=args.tunables,
+                         clients=clients, link_params=parse_link(args.link, args.bw),
+                         progress=progress, clustered_smbd=args.clustered_smbd, inventory=inventory)
     with cluster:
-        print(describe_cluster(cluster))
+        print(describe_cluster(cluster, hosts=args.hosts))
         if args.detach:
             cluster.detach()
-            print(f"left running; remove it with: ctdblab down --cluster {cluster.backend.prefix}")
+            remove = f"--hosts {args.hosts}" if args.hosts else f"--cluster {cluster.backend.prefix}"
+            print(f"left running; remove it with: ctdblab down {remove}")
             return 0
         print("Ctrl-C tears the cluster down.", flush=True)
         while True:
             time.sleep(3600)
 
 
-def describe_cluster(cluster) -> str:
+def _load_hosts(path: Path | None):
+    if path is None:
+        return None
+    from .cluster.inventory import load_inventory
+    return load_inventory(path)
+
+
+def describe_cluster(cluster, hosts: Path | None = None) -> str:
     ips = cluster.ip_all()
     smbd = "clustered smbd" if cluster.launcher.smb_clustered else "standalone smbd"
     lines = [f"cluster {cluster.backend.prefix}: {len(cluster.nodes)} nodes running "
@@ -212,6 +247,9 @@ def describe_cluster(cluster) -> str:
     from .cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
     from .cluster.snapshots import SNAP_SHARE, SnapshotLayout
     snap_dir = SnapshotLayout(cluster.shared_dir).share_dir
+    if hosts is not None:
+        return "\n".join(lines + ["try:", f"  ctdblab exec --hosts {hosts} 0 -- ctdb status",
+                                   f"  ctdblab exec --hosts {hosts} 0 -- ctdb ip all"])
     if cluster.launcher.answers_ctdb_tool:
         lines += ["try:", "  ctdblab exec 0 -- ctdb status", "  ctdblab exec 0 -- ctdb ip all"]
     else:
@@ -258,6 +296,8 @@ def cmd_exec(args, progress) -> int:
         kind, index, what = "nodes", int(target), "node"
     else:
         raise UserError(f"target must be a node PNN (e.g. 0) or a client (e.g. c0), not {target!r}")
+    if args.hosts is not None:
+        return _exec_on_host(_load_hosts(args.hosts), kind, index, what, cmd, args.timeout)
     state = _find_cluster(args.cluster)
     members = state[kind]
     if not 0 <= index < len(members):
@@ -273,9 +313,34 @@ def cmd_exec(args, progress) -> int:
         raise UserError(f"command timed out after {args.timeout:g} s (use --timeout)") from None
 
 
+def _exec_on_host(inventory, kind: str, index: int, what: str, cmd: list[str], timeout: float) -> int:
+    import tempfile
+
+    from .cluster.ssh import SshConnection
+
+    entries = inventory.hosts if kind == "nodes" else inventory.clients
+    if not 0 <= index < len(entries):
+        raise UserError(f"no {what} {index} in {inventory.source} (it has {len(entries)} "
+                        f"{what}s, numbered from 0)")
+    entry = entries[index]
+    with tempfile.TemporaryDirectory(prefix="ctdblab-ssh-", dir="/tmp") as control:
+        conn = SshConnection(entry.name, entry.ssh, inventory.ssh, Path(control))
+        try:
+            code = subprocess.run(conn.argv(cmd, timeout=timeout or None),
+                                  timeout=(timeout + inventory.ssh.connect_timeout + 5) if timeout else None
+                                  ).returncode
+        except subprocess.TimeoutExpired:
+            raise UserError(f"command timed out after {timeout:g} s (use --timeout)") from None
+    if code == 255:
+        raise UserError(f"ssh to {entry.name} ({entry.ssh}) failed (exit 255; see above)")
+    return code
+
+
 def cmd_down(args, progress) -> int:
     from .cluster.registry import cleanup_prefix, running_clusters
 
+    if args.hosts is not None:
+        return _down_hosts(_load_hosts(args.hosts), progress)
     clusters = running_clusters()
     if args.cluster:
         clusters = [c for c in clusters if c["prefix"] == args.cluster]
@@ -286,6 +351,27 @@ def cmd_down(args, progress) -> int:
         done = cleanup_prefix(state["prefix"])
         print(f"removed {state['prefix']}: {done['processes']} processes, {done['links']} links")
     return 0
+
+
+def _down_hosts(inventory, progress) -> int:
+    from .cluster.remote_backend import RemoteCluster
+    from .cluster.ssh import SshError
+
+    backend = RemoteCluster(inventory, len(inventory.hosts), 0, progress=progress)
+    status = 0
+    try:
+        for node in backend.nodes:
+            try:
+                stopped = backend.stop_services(node)
+            except (SshError, subprocess.TimeoutExpired, RuntimeError) as e:
+                print(f"{node.name}: {e}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"{node.name}: stopped {', '.join(stopped) or 'nothing (none running)'}; "
+                  f"nftables tables and floating IPs removed")
+    finally:
+        backend.release()
+    return status
 
 
 def cmd_snapshot(args, progress) -> int:
@@ -311,13 +397,18 @@ def cmd_run(args, progress) -> int:
 
     limits = thresholds.load(args.check) if args.check else None
     tunables = args.tunables or ("aggressive" if args.scenario == "soak" else "default")
-    out = run_scenario(args.scenario, daemon=args.daemon, nodes=parse_node_range(args.nodes),
+    if args.nodes is not None:
+        nodes = parse_node_range(args.nodes)
+    else:
+        nodes = [] if args.hosts else [3]
+    out = run_scenario(args.scenario, daemon=args.daemon, nodes=nodes,
                        repeat=args.repeat, tunables=tunables, victim=args.victim,
                        link_params=parse_link(args.link, args.bw), out=args.out,
                        progress=progress, clustered_smbd=args.clustered_smbd,
                        check_data=args.check_data, faults=args.faults, seed=args.seed,
                        sample_period=args.sample_period, from_rev=args.from_rev,
-                       to_rev=args.to_rev, order=args.order)
+                       to_rev=args.to_rev, order=args.order, hosts=args.hosts,
+                       allow_hard_reset=args.allow_hard_reset)
     for path in out:
         print(path)
     if args.scenario == "soak":

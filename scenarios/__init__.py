@@ -22,10 +22,14 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
                  progress: Callable[[str], None], clustered_smbd: bool | None = None,
                  check_data: bool = False, faults: int = 20, seed: int = 1,
                  sample_period: float | None = None, from_rev: str | None = None,
-                 to_rev: str | None = None, order: str = "pnn") -> list[Path]:
+                 to_rev: str | None = None, order: str = "pnn", hosts: Path | None = None,
+                 allow_hard_reset: bool = False) -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
     `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
-    `check_data` (failover only): add the data workload and its checker (datacheck.py)."""
+    `check_data` (failover only): add the data workload and its checker (datacheck.py).
+    `hosts`: an inventory file (cluster/inventory.py): run on those machines over SSH instead
+    of Mininet (failover only so far); `nodes` must then be [the inventory's host count] or
+    empty.  A hard reset there needs `allow_hard_reset`."""
     from ctdblab.cluster.launchers import get_launcher
     from ctdblab.cluster.mininet_backend import MAX_NODES, LinkSpec
     from ctdblab.cluster.profiles import get_profile
@@ -33,6 +37,23 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
 
     if name not in SCENARIOS:
         raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    inventory = None
+    if hosts is not None:
+        from ctdblab.cluster.inventory import load_inventory
+
+        inventory = load_inventory(hosts)
+        if name != "failover":
+            raise UserError(f"--hosts runs the failover scenario only (not {name} yet)")
+        if check_data:
+            raise UserError("--check-data is not supported with --hosts yet")
+        count = len(inventory.hosts)
+        if nodes and nodes != [count]:
+            raise UserError(f"--nodes {nodes[0] if len(nodes) == 1 else nodes} contradicts "
+                            f"{hosts}, which has {count} hosts (leave --nodes out)")
+        nodes = [count]
+        inventory.power.check_hard_reset(allow_hard_reset, str(hosts))
+        if not inventory.clients:
+            raise UserError(f"{hosts}: failover needs a client host ([[client]]) for its probes")
     if check_data and name != "failover":
         raise UserError("--check-data is an option of the failover scenario only")
     if repeat < 1:
@@ -83,8 +104,11 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         if check_data:
             raise UserError(f"--check-data needs `ctdb pstore` and a clustered smbd; {daemon} "
                             "has neither")
-    check_lab()
-    launcher.check_installed()
+    if inventory is None:          # remote hosts are checked over SSH when the cluster starts
+        check_lab()
+        launcher.check_installed()
+    elif bw_mbit is not None:
+        raise UserError("--bw/--link shape Mininet links; remote hosts keep their real links")
     out = Path(out).resolve()
     if (out / "results.json").exists() or (out / "history.jsonl").exists():
         raise UserError(f"{out} already holds a run; choose a new --out directory")
@@ -94,7 +118,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         from .failover import run_failover
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
-                               clustered_smbd=clustered_smbd, check_data_loss=check_data)
+                               clustered_smbd=clustered_smbd, check_data_loss=check_data,
+                               inventory=inventory, allow_hard_reset=allow_hard_reset)
     elif name == "upgrade":
         from .upgrade import run_upgrade
         results = run_upgrade(daemon=daemon, nodes=nodes[0], tunables=tunables, out=out,

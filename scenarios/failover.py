@@ -47,7 +47,7 @@ from ctdblab import events
 from ctdblab.chaos import Nemesis, PowerOff, PowerOn
 from ctdblab.cluster.daemonlog import EVENTS, read_log
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
-from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER, ensure_test_file
+from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.errors import UserError
 from ctdblab.history import History, events_of_run, read_history
 from ctdblab.stats import summarize
@@ -85,7 +85,10 @@ def observation_window(tunables: str) -> float:
 
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
                  bw_mbit: float | None, out: Path, progress: Callable[[str], None],
-                 clustered_smbd: bool | None = None, check_data_loss: bool = False) -> dict:
+                 clustered_smbd: bool | None = None, check_data_loss: bool = False,
+                 inventory=None, allow_hard_reset: bool = False) -> dict:
+    """``inventory`` (cluster/inventory.py) runs it on real hosts over SSH instead of Mininet;
+    their hard reset needs ``allow_hard_reset``."""
     if nodes < 2:
         raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
     victim_spec = parse_victim(victim, nodes)
@@ -97,10 +100,11 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
               "bw_mbit": bw_mbit, "check_data": check_data_loss}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
-                       workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd) as cluster:
+                       workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd,
+                       inventory=inventory, allow_hard_reset=allow_hard_reset) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
         params["not_applicable"] = dict(cluster.launcher.not_applicable)
-        ensure_test_file(cluster.shared_dir / "share", PROBE_FILE, PROBE_FILE_SIZE)
+        cluster.ensure_share_file(PROBE_FILE, PROBE_FILE_SIZE)
         nemesis = Nemesis(cluster, history)
         if check_data_loss:
             DataWorkload.attach(cluster)
@@ -338,7 +342,7 @@ class FailoverRun:
         for node in cluster.nodes:
             if node.index == victim:
                 continue
-            for line in read_log(cluster.launcher.log_path(node), since=since):
+            for line in read_log(cluster.daemon_log(node), since=since):
                 for name, pattern in EVENTS.items():
                     m = pattern.search(line.message)
                     if not m:

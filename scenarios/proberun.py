@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable
 
 from ctdblab.cluster.node import LabHost
-from ctdblab.cluster.procs import stop_process
 
 
 class ProbeProcess:
-    """One probe (``python -m ctdblab.scenarios.probes.<module> ARGS``) running in a host."""
+    """One probe (``python -m ctdblab.scenarios.probes.<module> ARGS``) running in a host:
+    a Mininet LabHost or a RemoteHost, through their common ``popen``/``stop_process``."""
 
     def __init__(self, host: LabHost, module: str, args: list[str], *, name: str | None = None):
         self.name = name or module
@@ -23,7 +22,7 @@ class ProbeProcess:
         self.events: list[dict[str, Any]] = []
         self.stderr_tail: list[str] = []
         self._cond = threading.Condition()
-        self.proc = host.popen([sys.executable, "-u", "-m", f"ctdblab.scenarios.probes.{module}",
+        self.proc = host.popen([*host.python_argv(), "-u", "-m", f"ctdblab.scenarios.probes.{module}",
                                 *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, bufsize=0)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
@@ -71,7 +70,7 @@ class ProbeProcess:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 5.0) -> None:
-        stop_process(self.proc, timeout)
+        self.host.stop_process(self.proc, timeout)
         for t in self._threads:
             t.join(2.0)
 
