@@ -358,3 +358,36 @@ def test_a_second_loss_right_after_the_first_recovery_loses_nothing(seed):
     assert all(c.done == c.ops and not c.errors for c in alive), [
         (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
     _check_keys(sim, keys, kept, done_before, alive, gone=(first, second))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_same_node_lost_again_after_it_rejoined_loses_nothing(seed):
+    """Loss, rejoin, and the same loss again (the same maps twice): keys settled and handed to
+    the node while it was back must be settled again after its second loss."""
+    n, lost = 3, seed % 3
+    sim = Sim(n, seed=300 + seed)
+    keys = [key_with_lmaster(i % n, n, prefix=b"a%d-%d-" % (seed, i)) for i in range(9)]
+
+    def busy(ops, base):
+        clients = [FetchLockClient(sim, p, base + 10 * p + i, keys[(p + i) % len(keys)], ops=ops)
+                   for p in range(n) for i in range(3)]
+        for c in clients:
+            c.start(sim.now + sim.rng.random() * 0.001)
+        return clients
+
+    clients = busy(40, 0)
+    sim.run(until=0.03)
+    _lose_node_and_recover(sim, lost, 8, clients)
+    sim.run(until=sim.now + 2.0)
+    _rejoin(sim, lost, 9, [])
+    back = busy(40, 500)                               # the node takes records again
+    sim.run(until=sim.now + 2.0)
+    assert all(c.done == c.ops for c in back)
+    again = busy(60, 900)
+    sim.run(until=sim.now + 0.005)
+    kept, done_before = _lose_node_and_recover(sim, lost, 10, again)
+    sim.run(until=sim.now + 2.0)
+    alive = [c for c in again if c.pnn != lost]
+    assert all(c.done == c.ops and not c.errors for c in alive), [
+        (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
+    _check_keys(sim, keys, kept, done_before, alive, gone=(lost,))

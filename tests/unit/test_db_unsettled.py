@@ -197,3 +197,20 @@ def test_no_gather_runs_in_recovery_mode_the_waiting_keys_gather_when_it_ends():
     assert core.step(CopiesGathered(DB, key, (), complete=False), None, 1.1) == []   # no retry
     actions = core.step(RecoveryMode(False))
     assert GatherCopies(DB, key) in actions
+
+
+def test_the_same_node_lost_a_second_time_opens_a_new_epoch():
+    """Found by the data checker: node 0 lost, back, lost again gives the same maps twice; a key
+    settled between the two (pointing at node 0 again) must be suspect after the second loss."""
+    u = Unsettled()
+    key = kept_key(1)
+    u.add_epoch(DB, OLD, NEW)                            # node 2 lost
+    u.settle(DB, key)
+    u.add_epoch(DB, NEW, OLD)                            # node 2 back
+    u.settle(DB, key)                                    # its record given to node 2 again
+    assert not u.suspect(DB, key, (H(9, 2), b"v"), 1)
+    u.add_epoch(DB, OLD, NEW)                            # node 2 lost again
+    assert len(u.epochs(DB)) == 3
+    assert u.suspect(DB, key, (H(9, 2), b"v"), 1)
+    u.add_epoch(DB, OLD, NEW, [b"cut"])                  # the recovery's report of that change
+    assert len(u.epochs(DB)) == 3 and b"cut" in u.epochs(DB)[-1].keys

@@ -258,8 +258,9 @@ class MigrationCore:
         if isinstance(event, SetBanned):
             self.banned = event.banned
             return []
-        if isinstance(event, ClientGone):
-            return self._client_gone(event.client)
+        if isinstance(event, ClientGone):        # its waiting calls get no reply
+            self.stats.pending_calls -= self.flights.drop_client(event.client)
+            return []
         raise TypeError(f"not a migration event: {type(event).__name__}")
 
     # -- client calls --------------------------------------------------------------------------
@@ -401,8 +402,9 @@ class MigrationCore:
                     f"gen={pkt.generation} curgen={self.generation}")
             return [Log(logging.CRITICAL, text), ForceRecovery(text)]
         truth = self.settling.handoff_is_truth(db.db_id, key, record, self.pnn)
-        fetched = self._fetch(db, key, record)
-        actions = self._initial_store(db, key, fetched) + self.settling.settled_by(db.db_id, key)
+        fetched = self._fetch(db, key, record)      # believed: no initial store of our own first
+        actions = [] if truth else self._initial_store(db, key, fetched)
+        actions += self.settling.settled_by(db.db_id, key)
         header = fetched.header
         if header.dmaster != pkt.srcnode and not truth:
             text = (f"pnn {self.pnn} dmaster request for new-dmaster {body.dmaster} from non-master "
@@ -541,7 +543,9 @@ class MigrationCore:
 
     def _recovery_mode(self, active: bool) -> list[Action]:
         late, settle = self.gate.mode(active), self.settling.recovery_mode(active)
-        return settle if active else settle + self._resend_held(None) + self._late_drop(late, "after the scan")
+        if active:
+            return settle
+        return settle + self._resend_held(None) + self._late_drop(late, "after the scan")
 
     def _handoff_dropped(self, pkt: PeerPacket) -> list[Action]:
         late = self.gate.dropped(pkt.body.db_id, bytes(pkt.body.key), pkt.generation, self.banned)
@@ -605,10 +609,6 @@ class MigrationCore:
         for pin in [p for p in self.pins if p[0] == db_id]:
             del self.pins[pin]
         return actions
-
-    def _client_gone(self, client) -> list[Action]:
-        self.stats.pending_calls -= self.flights.drop_client(client)
-        return []
 
     # -- helpers -------------------------------------------------------------------------------
     def _accept(self, pkt: PeerPacket) -> bool:

@@ -68,7 +68,8 @@ class KeySettling:
                 # record (and the new map releases what waits here).
                 text = (f"cannot settle a key of db 0x{ev.db_id:08x}: {tries} gathers of every "
                         "node's copy failed")
-                return [Log(logging.ERROR, text), ForceRecovery(text), GatherCopies(ev.db_id, key, GATHER_RETRY)]
+                return [Log(logging.ERROR, text), ForceRecovery(text),
+                        GatherCopies(ev.db_id, key, GATHER_RETRY)]
             return [GatherCopies(ev.db_id, key, GATHER_RETRY)]
         self.failed_gathers.pop((ev.db_id, key), None)
         actions: list[Action] = []

@@ -89,19 +89,20 @@ class Unsettled:
     def add_epoch(self, db_id: int, old_map: Sequence[int], new_map: Sequence[int],
                   keys: Iterable[bytes] = ()) -> bool:
         """A membership change from `old_map` to `new_map`; `keys` the hand-offs it cut off.
-        The same maps again (the recovery's own report after the vnnmap change) add their keys
-        to the epoch already there. False when nothing can be unsettled (no map before, or the
-        same map)."""
+        The same maps as the latest epoch (the recovery's own report after the vnnmap change)
+        add their keys to it. The same change again later (the same node lost a second time) is
+        a new epoch: keys settled since the first one may name that node again. False when
+        nothing can be unsettled (no map before, or the same map)."""
         old, new = tuple(old_map), tuple(new_map)
         if not old or not new or old == new:
             return False
         db = self._dbs.setdefault(db_id, _Db())
         keys = frozenset(bytes(k) for k in keys)
-        for i, ep in enumerate(db.epochs):
-            if ep.old_map == old and ep.new_map == new:
-                if not keys <= ep.keys:
-                    db.epochs[i] = Epoch(ep.seq, old, new, ep.lost, ep.keys | keys)
-                return True
+        if db.epochs and db.epochs[-1].old_map == old and db.epochs[-1].new_map == new:
+            ep = db.epochs[-1]
+            if not keys <= ep.keys:
+                db.epochs[-1] = Epoch(ep.seq, old, new, ep.lost, ep.keys | keys)
+            return True
         self._seq += 1
         db.epochs.append(Epoch(self._seq, old, new, frozenset(old) - frozenset(new), keys))
         return True
