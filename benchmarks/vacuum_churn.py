@@ -242,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir-files", type=int, default=500, help="files per directory")
     p.add_argument("--phase-timeout", type=float, default=7200.0, help="s for one smbclient session")
     p.add_argument("--out", type=Path, default=Path("results") / time.strftime("bench-vacuum-%Y%m%d-%H%M%S"))
+    p.add_argument("--replot", type=Path, metavar="RESULTS_JSON",
+                   help="print the tables and draw the plot of an earlier run (into its folder)")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        return report(json.loads(args.replot.read_text()), args.replot.parent)
     daemons = args.daemons.split(",")
     unknown = [d for d in daemons if d not in SETUPS]
     if unknown or args.files < 1 or args.rounds < 1 or args.sample_every <= 0 or args.dir_files < 1:
@@ -258,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             result = {"daemon": daemon, "files": args.files, "error": str(exc), "rounds": [], "samples": []}
         results.append(result)
         (args.out / "results.json").write_text(json.dumps(results))
+    return report(results, args.out)
+
+
+def report(results: list[dict], out: Path) -> int:
     print("All volatile databases, sums over the 3 nodes:")
     print(summary_table(results))
     print(f"\nOnly {', '.join(TRACKED)}:")
@@ -267,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.get("error"):
             print(f"{r['daemon']}: {r['error']}")
-    image = plot(results, args.out)
-    print(f"results: {args.out / 'results.json'}" + (f"; plot: {image}" if image else ""))
+    image = plot(results, out)
+    print(f"results: {out / 'results.json'}" + (f"; plot: {image}" if image else ""))
     return 0
 
 

@@ -79,10 +79,13 @@ def round_summary(result: dict, rnd: dict, databases: list[str] | None = None) -
         return out | {"peak_tombstones": None}
     peak = max(window, key=lambda p: (p.tombstones, p.t))
     final = window[-1]
+    before = [p for p in points if p.t < start]
+    initial = before[-1] if before else window[0]
     after = [p for p in points if last_delete <= p.t <= end]
     return out | {
         "peak_tombstones": peak.tombstones, "peak_records": max(p.records for p in window),
         "peak_t": peak.t - result["t0"], "bytes_at_peak": peak.bytes,
+        "start_bytes": initial.bytes, "grew_bytes": final.bytes - initial.bytes,
         "end_records": final.records, "end_tombstones": final.tombstones, "end_bytes": final.bytes,
         "end_bytes_by_db": {name: c.bytes for name, c in sorted(final.by_db.items())},
         "max_bytes": max(p.bytes for p in window),
@@ -101,7 +104,7 @@ def summaries(result: dict, databases: list[str] | None = None) -> list[dict]:
 
 
 HEADERS = ["daemon", "round", "files", "put/s", "del/s", "SMB errs", "peak tomb", "peak recs",
-           "MB @peak", "MB end", "tomb end", "drain 1% s", "drain 0 s"]
+           "MB @peak", "MB end", "grew MB", "tomb end", "drain 1% s", "drain 0 s"]
 
 
 def summary_table(results: list[dict], databases: list[str] | None = None) -> str:
@@ -114,7 +117,7 @@ def summary_table(results: list[dict], databases: list[str] | None = None) -> st
             rows.append([result["daemon"], s["round"], s["files"], _num(s["create_per_s"]),
                          _num(s["delete_per_s"]), s["smb_errors"], s.get("peak_tombstones"),
                          s.get("peak_records"), _mb(s.get("bytes_at_peak")), _mb(s.get("end_bytes")),
-                         s.get("end_tombstones"), s.get("drain_1pct_s"), s.get("drain_0_s")])
+                         _mb(s.get("grew_bytes")), s.get("end_tombstones"), s.get("drain_1pct_s"), s.get("drain_0_s")])
     return table(HEADERS, rows)
 
 
@@ -166,11 +169,15 @@ def plot(results: list[dict], out, databases: list[str] | None = None):
         top, bottom = axes[0][col], axes[1][col]
         top.plot(xs, [p.records for p in points], "-", label="records")
         top.plot(xs, [p.tombstones for p in points], "-", label="tombstones")
-        bottom.plot(xs, [p.bytes / 1e6 for p in points], "-", color="tab:purple", label="all files")
+        # Growth since the first census: every file starts at several MB (hash table, mutexes).
+        first = points[0] if points else None
+        bottom.plot(xs, [(p.bytes - first.bytes) / 1e6 for p in points], "-", color="tab:purple",
+                    label="all files")
         for name in databases or sorted({n for p in points for n in p.by_db}):
-            sizes = [p.by_db.get(name, DbCount(0, 0, 0)).bytes / 1e6 for p in points]
-            if max(sizes, default=0) > 0.05 * max((p.bytes / 1e6 for p in points), default=1):
-                bottom.plot(xs, sizes, "--", linewidth=0.9, label=name)
+            base = first.by_db.get(name, DbCount(0, 0, 0)).bytes
+            growth = [(p.by_db.get(name, DbCount(0, 0, 0)).bytes - base) / 1e6 for p in points]
+            if max(growth, default=0) > 0:
+                bottom.plot(xs, growth, "--", linewidth=0.9, label=name)
         for rnd in result["rounds"]:
             for ax in (top, bottom):
                 ax.axvspan(rnd["create"][0] - t0, rnd["create"][1] - t0, color="tab:green", alpha=0.12)
@@ -180,7 +187,7 @@ def plot(results: list[dict], out, databases: list[str] | None = None):
         top.set_title(f"{LABELS.get(result['daemon'], result['daemon'])}: {result['files']} files/round, "
                       f"3 nodes")
         top.set_ylabel("records, cluster-wide")
-        bottom.set_ylabel("TDB file size, cluster-wide (MB)")
+        bottom.set_ylabel("TDB file growth since the first census (MB)")
         bottom.set_xlabel("s since the cluster was up (green: create, red: delete)")
         for ax in (top, bottom):
             ax.grid(True, alpha=0.3)
