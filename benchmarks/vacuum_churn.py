@@ -111,7 +111,7 @@ class Churn:
                 "exit_codes": [rc for rc, _ in outcomes]}
 
 
-class Census:
+class CensusProcesses:
     """One census process per node; its lines collected by a thread per node."""
 
     def __init__(self, cluster: LabCluster, every: float) -> None:
@@ -173,7 +173,7 @@ def files_left(share: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(share / CHURN_DIR))
 
 
-def settle(census: Census, pnns: list[int], last_delete: float, limit: float, every: float) -> float:
+def settle(census: CensusProcesses, pnns: list[int], last_delete: float, limit: float, every: float) -> float:
     """Wait until a census wholly after the last delete counts no tombstone, or `limit` s."""
     deadline = last_delete + limit
     while time.time() < deadline:
@@ -198,7 +198,7 @@ def one(daemon: str, args: argparse.Namespace, workdir: Path) -> dict:
         share = cluster.shared_dir / "share"
         progress(f"{daemon}: {len(churn.ips)} IPs, vacuum tunables {result['vacuum_tunables']}, "
                  f"directories made ({setup['errors'] or 'no errors'})")
-        census = Census(cluster, args.sample_every)
+        census = CensusProcesses(cluster, args.sample_every)
         try:
             result["t0"] = time.time()
             time.sleep(2 * args.sample_every)          # a baseline before the churn
