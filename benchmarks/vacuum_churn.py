@@ -78,10 +78,9 @@ def smbclient_outcome(output: str) -> dict:
 class Churn:
     """The client side: smbclient sessions, one per public IP, fed from stdin."""
 
-    def __init__(self, cluster: LabCluster, source: Path, timeout: float) -> None:
+    def __init__(self, cluster: LabCluster, timeout: float) -> None:
         self.cluster = cluster
         self.ips = cluster.public_ips()
-        self.source = source
         self.timeout = timeout
 
     def session(self, ip: str, commands: list[str]) -> tuple[int, dict]:
@@ -117,13 +116,15 @@ class CensusProcesses:
     def __init__(self, cluster: LabCluster, every: float) -> None:
         self.samples: list[dict] = []
         self.bad: list[str] = []
-        self.procs = []
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
         self._lock = threading.Lock()
         for node in cluster.nodes:
             directory = volatile_dir(cluster, node.index)
-            proc = node.popen([sys.executable, "-c", CENSUS, directory, str(node.index), str(every)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            self.procs.append(proc)
+            errors = cluster.workdir / f"census-{node.name}.err"     # a file: a pipe could fill up
+            with errors.open("w") as stderr:
+                proc = node.popen([sys.executable, "-c", CENSUS, directory, str(node.index), str(every)],
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True)
+            self.procs.append((proc, errors))
             threading.Thread(target=self._read, args=(proc,), daemon=True).start()
 
     def _read(self, proc: subprocess.Popen) -> None:
@@ -143,9 +144,9 @@ class CensusProcesses:
 
     def stop(self) -> str:
         errors = []
-        for proc in self.procs:
+        for proc, stderr in self.procs:
             if proc.poll() is not None:
-                errors.append(proc.stderr.read()[-1000:])
+                errors.append(stderr.read_text(errors="replace")[-1000:])
             proc.kill()
             proc.wait(10)
         return "\n".join(e for e in errors if e)
@@ -186,13 +187,14 @@ def settle(census: CensusProcesses, pnns: list[int], last_delete: float, limit: 
 
 def one(daemon: str, args: argparse.Namespace, workdir: Path) -> dict:
     result: dict = {"daemon": daemon, "tunables": SETUPS[daemon], "files": args.files, "rounds": [],
-                    "samples": [], "pnns": [0, 1, 2], "sample_every": args.sample_every}
+                    "samples": [], "sample_every": args.sample_every}
     with LabCluster(3, daemon=daemon, tunables=SETUPS[daemon], clients=1, workdir=workdir) as cluster:
         cluster.wait_healthy()
+        result["pnns"] = [node.index for node in cluster.nodes]
         result["vacuum_tunables"] = tunables(cluster)
         source = cluster.workdir / "churn-source"
         source.write_bytes(b"x")
-        churn = Churn(cluster, source, timeout=args.phase_timeout)
+        churn = Churn(cluster, timeout=args.phase_timeout)
         paths = layout(args.files, len(churn.ips), args.dir_files)
         setup = churn.phase([[f"mkdir {d}" for d in directories(p)] for p in paths])
         share = cluster.shared_dir / "share"
