@@ -38,6 +38,7 @@ from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 
 from .common import progress
+from .recovery_size import log_events
 from .tdb_census import CENSUS, CensusError, parse_census
 from .vacuum_churn_report import cluster_series, first_drained, growth_table, plot, summary_table
 
@@ -174,6 +175,18 @@ def files_left(share: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(share / CHURN_DIR))
 
 
+def recoveries(cluster: LabCluster, start: float, end: float) -> int:
+    """"Recovery has started" lines (both daemons log them) between start and end, most on any
+    node: a recovery during the churn means a node was lost or rejoined -- the SMB sessions
+    and the vacuum's figures of that round are not the quiet case."""
+    counts = []
+    for node in cluster.nodes:
+        log = cluster.workdir / "nodes" / node.name / "log" / "ctdb" / "log.ctdb"
+        events = log_events(log, start) if log.exists() else []
+        counts.append(sum(1 for t, text in events if t <= end and "Recovery has started" in text))
+    return max(counts, default=0)
+
+
 def settle(census: CensusProcesses, pnns: list[int], last_delete: float, limit: float, every: float) -> float:
     """Wait until a census wholly after the last delete counts no tombstone, or `limit` s."""
     deadline = last_delete + limit
@@ -217,8 +230,9 @@ def one(daemon: str, args: argparse.Namespace, workdir: Path) -> dict:
                 end = settle(census, result["pnns"], deleted["span"][1], args.settle, args.sample_every)
                 result["rounds"].append({
                     "round": number, "files": args.files, "create": created["span"],
-                    "delete": deleted["span"], "settle_end": end, "created": on_disk,
-                    "deleted": on_disk - left, "create_errors": sum(created["errors"].values()),
+                    "delete": deleted["span"], "settle_end": end, "created": created["put"],
+                    "on_disk": on_disk, "deleted": on_disk - left, "left": left,
+                    "recoveries": recoveries(cluster, created["span"][0], end), "create_errors": sum(created["errors"].values()),
                     "delete_errors": sum(deleted["errors"].values()),
                     "errors": {"create": created["errors"], "delete": deleted["errors"]},
                     "exit_codes": created["exit_codes"] + deleted["exit_codes"]})

@@ -74,7 +74,7 @@ def round_summary(result: dict, rnd: dict, databases: list[str] | None = None) -
     out = {"round": rnd["round"], "files": rnd["files"],
            "create_per_s": _rate(rnd["created"], rnd["create"]),
            "delete_per_s": _rate(rnd["deleted"], rnd["delete"]),
-           "smb_errors": rnd["create_errors"] + rnd["delete_errors"]}
+           "smb_errors": rnd["create_errors"] + rnd["delete_errors"], "recoveries": rnd.get("recoveries")}
     if not window:
         return out | {"peak_tombstones": None}
     peak = max(window, key=lambda p: (p.tombstones, p.t))
@@ -103,7 +103,7 @@ def summaries(result: dict, databases: list[str] | None = None) -> list[dict]:
     return [round_summary(result, rnd, databases) for rnd in result.get("rounds", [])]
 
 
-HEADERS = ["daemon", "round", "files", "put/s", "del/s", "SMB errs", "peak tomb", "peak recs",
+HEADERS = ["daemon", "round", "files", "put/s", "del/s", "SMB errs", "recov", "peak tomb", "peak recs",
            "MB @peak", "MB end", "grew MB", "tomb end", "drain 1% s", "drain 0 s"]
 
 
@@ -115,7 +115,7 @@ def summary_table(results: list[dict], databases: list[str] | None = None) -> st
             continue
         for s in summaries(result, databases):
             rows.append([result["daemon"], s["round"], s["files"], _num(s["create_per_s"]),
-                         _num(s["delete_per_s"]), s["smb_errors"], s.get("peak_tombstones"),
+                         _num(s["delete_per_s"]), s["smb_errors"], s["recoveries"], s.get("peak_tombstones"),
                          s.get("peak_records"), _mb(s.get("bytes_at_peak")), _mb(s.get("end_bytes")),
                          _mb(s.get("grew_bytes")), s.get("end_tombstones"), s.get("drain_1pct_s"), s.get("drain_0_s")])
     return table(HEADERS, rows)

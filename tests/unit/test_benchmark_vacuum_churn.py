@@ -112,9 +112,9 @@ def synthetic_result(daemon: str = "pyctdbd") -> dict:
         samples.append(census(1000.0 + t, 0, locking=(tomb + 5, tomb, size), brlock=(0, 0, 300)))
         samples.append(census(1000.0 + t + 0.5, 1, locking=(5, 0, 1000)))
     rounds = [{"round": 1, "files": 50, "create": [1002.0, 1006.0], "delete": [1006.0, 1010.0],
-               "settle_end": 1045.0, "created": 50, "deleted": 50, "create_errors": 0, "delete_errors": 0},
+               "settle_end": 1045.0, "created": 50, "deleted": 50, "create_errors": 0, "delete_errors": 0, "recoveries": 0},
               {"round": 2, "files": 50, "create": [1052.0, 1056.0], "delete": [1056.0, 1060.0],
-               "settle_end": 1101.0, "created": 50, "deleted": 49, "create_errors": 0, "delete_errors": 1}]
+               "settle_end": 1101.0, "created": 50, "deleted": 49, "create_errors": 0, "delete_errors": 1, "recoveries": 2}]
     return {"daemon": daemon, "files": 50, "t0": 1000.0, "pnns": [0, 1], "rounds": rounds, "samples": samples}
 
 
@@ -127,6 +127,7 @@ def test_round_summaries_of_a_synthetic_run():
     assert second["peak_tombstones"] == 80 and second["grew_bytes"] == 0
     assert second["drain_1pct_s"] is None and second["drain_0_s"] is None
     assert second["end_tombstones"] == 3 and second["smb_errors"] == 1
+    assert first["recoveries"] == 0 and second["recoveries"] == 2
     assert second["end_bytes_by_db"] == {"brlock.tdb": 300, "locking.tdb": 2500}
 
 
@@ -169,6 +170,23 @@ def test_smbclient_output_is_counted():
            "NT_STATUS_OBJECT_NAME_NOT_FOUND\nNT_STATUS_ACCESS_DENIED opening remote file\n")
     assert vacuum_churn.smbclient_outcome(out) == {
         "put": 2, "errors": {"NT_STATUS_OBJECT_NAME_NOT_FOUND": 2, "NT_STATUS_ACCESS_DENIED": 1}}
+
+
+def test_recoveries_are_counted_from_every_nodes_log_within_the_round(tmp_path):
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    def line(t: float, text: str) -> str:
+        stamp = datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "")
+        return f"{stamp}+00:00 vm pyctdbd[42]: {text}\n"
+    nodes = [SimpleNamespace(name=f"n{i}") for i in range(3)]
+    for node, times in zip(nodes, ([100.0, 150.0, 150.5, 300.0], [150.2], [])):
+        log = tmp_path / "nodes" / node.name / "log" / "ctdb" / "log.ctdb"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(line(t, "Recovery has started") for t in times) + line(160.0, "Recovery has finished"))
+    cluster = SimpleNamespace(nodes=nodes + [SimpleNamespace(name="never-started")], workdir=tmp_path)
+    assert vacuum_churn.recoveries(cluster, 140.0, 200.0) == 2
+    assert vacuum_churn.recoveries(cluster, 400.0, 500.0) == 0
 
 
 @pytest.mark.parametrize("argv", [["--daemons", "samba"], ["--files", "0"], ["--sample-every", "0"]])
