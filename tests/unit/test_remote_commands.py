@@ -285,9 +285,11 @@ def test_a_silent_host_is_an_error_within_the_connect_timeout():
     from ctdblab.cluster.ssh import SshError
 
     t0 = time.monotonic()
+    # The command's own limit is far away (10 s + 1 s + 2 s): ssh's ConnectTimeout must end it,
+    # also on a loaded machine (the suite's lab tests run beside it).
     with pytest.raises(SshError, match=r"^blade9: ssh root@blade9 failed running `true`: .*timed out"):
-        _conn("sleep 30", connect_timeout=1.0).run(["true"], timeout=1.0)
-    assert time.monotonic() - t0 < 5
+        _conn("sleep 30", connect_timeout=1.0).run(["true"], timeout=10.0)
+    assert time.monotonic() - t0 < 8
 
 
 def test_a_hung_command_is_killed_here_at_its_deadline():
