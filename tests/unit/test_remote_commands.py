@@ -267,7 +267,9 @@ def test_flap_is_refused_on_remote_hosts(inventory):
 
 # -- failures are errors, never hangs (a real ssh client; the "network" is a ProxyCommand) -----------
 def _conn(proxy: str, **settings) -> SshConnection:
-    return SshConnection("blade9", "root@blade9", SshSettings(options=("-o", f"ProxyCommand={proxy}"),
+    # An address literal: ssh then looks nothing up (a name would go to the resolver first,
+    # which here has no server to ask and can take longer than any connect timeout).
+    return SshConnection("blade9", "root@198.18.0.9", SshSettings(options=("-o", f"ProxyCommand={proxy}"),
                                                               **settings), Path("/tmp/ctl-none"))
 
 
@@ -276,7 +278,7 @@ def test_an_ssh_failure_names_the_host_and_the_command():
 
     with pytest.raises(SshError) as e:
         _conn("false").run(["ctdb", "-X", "status"], timeout=5)
-    assert str(e.value).startswith("blade9: ssh root@blade9 failed running `ctdb -X status`")
+    assert str(e.value).startswith("blade9: ssh root@198.18.0.9 failed running `ctdb -X status`")
 
 
 def test_a_silent_host_is_an_error_within_the_connect_timeout():
@@ -287,7 +289,7 @@ def test_a_silent_host_is_an_error_within_the_connect_timeout():
     t0 = time.monotonic()
     # The command's own limit is far away (10 s + 1 s + 2 s): ssh's ConnectTimeout must end it,
     # also on a loaded machine (the suite's lab tests run beside it).
-    with pytest.raises(SshError, match=r"^blade9: ssh root@blade9 failed running `true`: .*timed out"):
+    with pytest.raises(SshError, match=r"^blade9: ssh root@198\.18\.0\.9 failed running `true`: .*timed out"):
         _conn("sleep 30", connect_timeout=1.0).run(["true"], timeout=10.0)
     assert time.monotonic() - t0 < 8
 
