@@ -1,7 +1,7 @@
 """The remote-hosts inventory: which machines form the cluster, how to reach them, how to reset them.
 
 A TOML file (read with ``tomllib``); every mistake is an ``InventoryError`` naming the file and
-the key, e.g. ``inventory.toml: host[2].private_address: 10.0.0.1 is also host[0]'s``::
+the key, e.g. ``inventory.toml: host[2].private_address: 198.18.0.1 is also host[0]'s``::
 
     [cluster]
     shared_dir = "/clusterfs/ctdblab"    # the cluster filesystem, mounted at this path on every host
@@ -25,16 +25,16 @@ the key, e.g. ``inventory.toml: host[2].private_address: 10.0.0.1 is also host[0
     [[host]]                              # one per cluster node, in PNN order
     name = "blade1"
     ssh = "root@blade1.mgmt"              # OpenSSH destination
-    private_address = "10.0.0.1"          # the node's address on the cluster network (nodes file)
+    private_address = "198.18.0.1"          # the node's address on the cluster network (nodes file)
     public_interface = "eth1"
-    public_address = "10.0.1.1/24"        # the host's own address on public_interface
-    public_ips = ["10.0.1.100", "10.0.1.101"]   # floating IPs this node may host
+    public_address = "198.18.1.1/24"        # the host's own address on public_interface
+    public_ips = ["198.18.1.100", "198.18.1.101"]   # floating IPs this node may host
     vars = { bmc = "blade1-bmc.mgmt" }    # extra {placeholders} for the power commands
 
     [[client]]                            # hosts that run the workload probes
     name = "client1"
     ssh = "root@client1.mgmt"
-    address = "10.0.1.200"
+    address = "198.18.1.200"
     python = "/opt/probes/bin/python3"    # an interpreter with smbprotocol (default python3)
 
 Power commands run on the orchestrator (not on the host), as argv lists; ``{name}``, ``{ssh}``,
@@ -243,7 +243,7 @@ def _parse_host(r: "_Reader", t: Any, key: str) -> HostEntry:
         r.fail(f"{key}.public_address", f"{public_address!r} is not an IPv4 address/prefixlen")
     if "/" not in public_address or own.network.prefixlen == 32:
         r.fail(f"{key}.public_address", f"{public_address!r} needs the prefix length of the "
-                                         f"public network (e.g. 10.0.1.1/24)")
+                                         f"public network (e.g. 198.18.1.1/24)")
     ips = r.string_list(t, f"{key}.public_ips", required=True, nonempty=True)
     for i, ip in enumerate(ips):
         try:
