@@ -54,15 +54,6 @@ class Database:
         self.reports = reports
         self.readonly = False  # SET_DB_READONLY (tracking database not handled here)
         self.sticky = False  # SET_DB_STICKY
-        self.opened_size = self.file_size()
-
-    def file_size(self) -> int:
-        """The file's size now (smbd's writes grow it; libtdb's own map size in this process
-        only follows when this process reads past it)."""
-        return os.fstat(self.tdb.fd).st_size
-
-    def grown_since_open(self) -> int:
-        return max(0, self.file_size() - self.opened_size)
 
     @property
     def corruption(self) -> str | None:

@@ -52,7 +52,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from .tdbfile import TdbFile
 
@@ -312,22 +311,6 @@ class ChainLocker:
         await self._turn.take()
         try:
             yield
-        finally:
-            self._turn.give()
-
-    def try_whole(self, fn: Callable[[TdbFile], Any]) -> tuple[bool, Any]:
-        """``fn(tdb)`` in the loop under tdb_lockall taken without waiting — for a quick read of
-        a small file. (False, None) when a task of this daemon or another process holds any
-        lock of the file; the caller then reads it in a child."""
-        if not self._turn.try_take():
-            return False, None
-        try:
-            if not self.tdb.lockall_nonblock():
-                return False, None
-            try:
-                return True, fn(self.tdb)
-            finally:
-                self.tdb.unlockall()
         finally:
             self._turn.give()
 

@@ -150,9 +150,6 @@ class Unsettled:
         if db is not None:
             db.settled.pop(bytes(key), None)
 
-    def settled_count(self, db_id: int) -> int:
-        db = self._dbs.get(db_id)
-        return len(db.settled) if db is not None else 0
 
 
 def settle_copies(key: bytes, pnn: int, lmasters: Sequence[int], own: Record | None,
