@@ -70,6 +70,8 @@ class DaemonLauncher:
     def __init__(self, smb_clustered: bool | None = None):
         if smb_clustered is not None:
             self.smb_clustered = bool(smb_clustered)
+        #: Extra environment for the daemon on every start (e.g. a fault-injection setting).
+        self.env: dict[str, str] = {}
 
     def enabled_stock_scripts(self) -> tuple[str, ...]:
         return self.stock_scripts
@@ -139,7 +141,10 @@ class DaemonLauncher:
         return self.start_command(node)
 
     def start(self, node: LabHost) -> None:
-        result = node.run(self.start_command_for(node), timeout=30)
+        command = self.start_command_for(node)
+        if self.env:
+            command = ["env", *(f"{k}={v}" for k, v in sorted(self.env.items())), *command]
+        result = node.run(command, timeout=30)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"{self.name} failed to start on {node.name} "

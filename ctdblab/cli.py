@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "IP, contend for a dead client's file and commit `ctdb pstore` loops on "
                           "every node, then prove no acknowledged write or commit was lost "
                           "(off by default: it loads the nodes while the metrics are measured)")
+    run.add_argument("--then", choices=("death", "leader-death", "heal"), default=None,
+                     help="failover, 5+ nodes: a second fault the moment the recovery after the "
+                          "hard reset starts: another node powered off (death), the leader "
+                          "powered off (leader-death), or a node partitioned away before the run "
+                          "gets its network back (heal); use with --check-data")
     run.add_argument("--check", type=Path, metavar="THRESHOLDS.toml",
                      help="exit with status 1 if a figure exceeds these limits (for CI)")
 
@@ -408,7 +413,7 @@ def cmd_run(args, progress) -> int:
                        check_data=args.check_data, faults=args.faults, seed=args.seed,
                        sample_period=args.sample_period, from_rev=args.from_rev,
                        to_rev=args.to_rev, order=args.order, hosts=args.hosts,
-                       allow_hard_reset=args.allow_hard_reset)
+                       allow_hard_reset=args.allow_hard_reset, then=args.then)
     for path in out:
         print(path)
     if args.scenario == "soak":

@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from datetime import datetime
 
 from .config import (
@@ -317,6 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def recovery_pause_from_env(environ: Mapping[str, str]) -> float:
+    """PYCTDBD_RECOVERY_PAUSE_S: seconds (0..30) every recovery this node leads waits before its
+    databases stage, so a lab test can land a second fault mid-recovery. Unset: 0."""
+    text = environ.get("PYCTDBD_RECOVERY_PAUSE_S", "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise RuntimeError(f"PYCTDBD_RECOVERY_PAUSE_S={text!r} is not a number of seconds") from None
+    if not 0 <= value <= 30:
+        raise RuntimeError(f"PYCTDBD_RECOVERY_PAUSE_S={text!r} is outside 0..30 s")
+    return value
+
+
 async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str, env: dict[str, str],
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
     watch_children_with_pidfds()
@@ -333,9 +349,13 @@ async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socke
                 effects = RecordingEffects()
             else:
                 raise RuntimeError(f"cannot open the sockets failover needs (root?): {exc}") from exc
+    recovery_pause = recovery_pause_from_env(os.environ)
+    if recovery_pause:
+        log.warning("PYCTDBD_RECOVERY_PAUSE_S=%g: every recovery this node leads pauses that long "
+                    "(lab fault injection; never set this in production)", recovery_pause)
     options = DaemonOptions(config=config, my_pnn=my_pnn, socket_path=socket_path, effects=effects,
                             event_dir=config.paths.event_scripts_dir, eventd_socket=eventd_socket,
-                            port=args.port, script_env=env)
+                            port=args.port, script_env=env, recovery_pause=recovery_pause)
     daemon = Daemon(options, registry())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

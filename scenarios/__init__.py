@@ -23,10 +23,11 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
                  check_data: bool = False, faults: int = 20, seed: int = 1,
                  sample_period: float | None = None, from_rev: str | None = None,
                  to_rev: str | None = None, order: str = "pnn", hosts: Path | None = None,
-                 allow_hard_reset: bool = False) -> list[Path]:
+                 allow_hard_reset: bool = False, then: str | None = None) -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
     `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
     `check_data` (failover only): add the data workload and its checker (datacheck.py).
+    `then` (failover only): a second fault while the cluster recovers (recovery_faults.py).
     `hosts`: an inventory file (cluster/inventory.py): run on those machines over SSH instead
     of Mininet (failover only so far); `nodes` must then be [the inventory's host count] or
     empty.  A hard reset there needs `allow_hard_reset`."""
@@ -56,6 +57,11 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
             raise UserError(f"{hosts}: failover needs a client host ([[client]]) for its probes")
     if check_data and name != "failover":
         raise UserError("--check-data is an option of the failover scenario only")
+    if then is not None:
+        if name != "failover":
+            raise UserError("--then is an option of the failover scenario only")
+        if inventory is not None:
+            raise UserError("--then is not supported with --hosts")
     if repeat < 1:
         raise UserError(f"--repeat must be at least 1, not {repeat}")
     if not nodes or min(nodes) < 1 or max(nodes) > MAX_NODES:
@@ -67,6 +73,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         if nodes[0] < 2:
             raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
         parse_victim(victim, nodes[0])
+        from .recovery_faults import check_then
+        check_then(then, nodes[0], parse_victim(victim, nodes[0]))
     if name == "soak":
         if len(nodes) != 1 or nodes[0] < 2:
             raise UserError("soak takes one node count of at least 2 (--nodes N)")
@@ -119,7 +127,7 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
                                clustered_smbd=clustered_smbd, check_data_loss=check_data,
-                               inventory=inventory, allow_hard_reset=allow_hard_reset)
+                               inventory=inventory, allow_hard_reset=allow_hard_reset, then=then)
     elif name == "upgrade":
         from .upgrade import run_upgrade
         results = run_upgrade(daemon=daemon, nodes=nodes[0], tunables=tunables, out=out,

@@ -47,6 +47,7 @@ from ctdblab import events
 from ctdblab.chaos import Nemesis, PowerOff, PowerOn
 from ctdblab.cluster.daemonlog import EVENTS, read_log
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
+from ctdblab.cluster.launchers import get_launcher
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.errors import UserError
 from ctdblab.history import History, events_of_run, read_history
@@ -56,6 +57,7 @@ from .checkers import METRICS, PLAIN_PORT, SMB_PORT, TICKLED_PORT, failover_run_
 from .datacheck import check_data, summarize_data
 from .datarun import DataWorkload
 from .proberun import ProbeProcess
+from .recovery_faults import SecondFault, check_then, daemon_env, landed_mid_recovery
 
 PROBE_FILE = "failover-probe.bin"
 PROBE_FILE_SIZE = 1 << 20
@@ -86,20 +88,25 @@ def observation_window(tunables: str) -> float:
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
                  bw_mbit: float | None, out: Path, progress: Callable[[str], None],
                  clustered_smbd: bool | None = None, check_data_loss: bool = False,
-                 inventory=None, allow_hard_reset: bool = False) -> dict:
+                 inventory=None, allow_hard_reset: bool = False, then: str | None = None) -> dict:
     """``inventory`` (cluster/inventory.py) runs it on real hosts over SSH instead of Mininet;
-    their hard reset needs ``allow_hard_reset``."""
+    their hard reset needs ``allow_hard_reset``.  ``then``: a second fault during the recovery
+    (recovery_faults.py)."""
     if nodes < 2:
         raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
     victim_spec = parse_victim(victim, nodes)
+    check_then(then, nodes, victim_spec)
+    launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+    launcher.env.update(daemon_env(daemon) if then else {})
     window = observation_window(tunables)
     cpu0, wall0 = os.times(), time.monotonic()
     runs: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     params = {"scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
-              "bw_mbit": bw_mbit, "check_data": check_data_loss}
+              "bw_mbit": bw_mbit, "check_data": check_data_loss,
+              **({"then": then, "daemon_env": dict(launcher.env)} if then else {})}
     with History(history_path) as history, \
-            LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
+            LabCluster(nodes, daemon=launcher, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd,
                        inventory=inventory, allow_hard_reset=allow_hard_reset) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
@@ -112,18 +119,25 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
             history.run = r
             progress(f"failover run {r + 1}/{repeat}")
             FailoverRun(cluster, history, nemesis, victim_spec, window, progress,
-                        check_data_loss).execute(r, params)
+                        check_data_loss, then).execute(r, params)
             history.record(events.run_end(r))
             # The checker sees the history alone; its verdict goes to results.json only.
             run_events = events_of_run(read_history(history_path), r)
             run = failover_run_record(run_events)
             if check_data_loss:
                 run["data"] = check_data(run_events)
+            if then:
+                run["second_fault"] = landed_mid_recovery(run_events)
             runs.append(run)
             progress("  " + ", ".join(f"{k[:-2]} {run[k]:.2f}s" for k in METRICS[:6]
                                       if run[k] is not None))
             if check_data_loss:
                 progress("  " + data_line(run["data"]))
+            if then:
+                second = run["second_fault"]
+                progress(f"  second fault ({then}): " + (
+                    f"took effect {second['after_start_s']:.2f} s into the recovery"
+                    if second["verdict"] == "ok" else f"NOT mid-recovery: {second['why']}"))
         history.run = None
     cpu1, wall1 = os.times(), time.monotonic()
     lab_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -153,8 +167,9 @@ def data_line(data: dict) -> str:
 class FailoverRun:
     def __init__(self, cluster: LabCluster, history: History, nemesis: Nemesis,
                  victim_spec: str | int, window: float, progress: Callable[[str], None],
-                 check_data_loss: bool = False):
+                 check_data_loss: bool = False, then: str | None = None):
         self.cluster = cluster
+        self.then = then
         self.history = history
         self.nemesis = nemesis
         self.victim_spec = victim_spec
@@ -174,15 +189,23 @@ class FailoverRun:
                            "smbd listening on every node")
         self.wait_ips_spread()
         leader = cluster.leader() if cluster.launcher.answers_ctdb_tool else None
+        second = (SecondFault(self.then, cluster, self.nemesis, self.history)
+                  if self.then else None)
+        if second is not None:
+            second.prepare(leader)
         ips = cluster.ip_all()
         victim = self.choose_victim(leader, ips)
+        spared = {victim, -1}      # neither the survivor IP's host nor the observer
+        if second is not None:
+            spared.add(second.choose_target(victim, leader))
         vip = min(ip for ip, pnn in ips.items() if pnn == victim)
-        survivor_ip = min(ip for ip, pnn in ips.items() if pnn not in (victim, -1))
-        observer = min(n.index for n in cluster.nodes if n.index != victim)
+        survivor_ip = min(ip for ip, pnn in ips.items() if pnn not in spared)
+        observer = min(n.index for n in cluster.nodes if n.index not in spared)
         role = "leader" if victim == leader else "nonleader"
         self.history.record(events.run_start(
             run, **params, victim=victim, victim_role=role, vip=vip, leader=leader,
-            survivor_ip=survivor_ip, observer=observer, ip_owners=ips, window_s=self.window))
+            survivor_ip=survivor_ip, observer=observer, ip_owners=ips, window_s=self.window,
+            **({"second_target": second.target} if second is not None else {})))
         self.progress(f"  victim node {victim} ({role}) holding {vip}; survivor IP {survivor_ip}")
         self.poller = StatePoller(cluster, observer, self.history)
         self.poller.start()
@@ -193,7 +216,11 @@ class FailoverRun:
                     self.data = DataWorkload(cluster, self.history, run, self._data_probe)
                     self.data.start(victim, vip, survivor_ip, ips)
                 time.sleep(SETTLE_S)
+                if second is not None:
+                    second.mark_logs()
                 off = self.nemesis.inject(PowerOff(victim))
+                if second is not None:
+                    second.arm(off["t_cut"], victim)
                 self.retry.signal()
                 if self.data is not None:
                     self.data.trigger()
@@ -203,8 +230,10 @@ class FailoverRun:
             finally:
                 self.stop_probes()
             self.import_logs(off["t_cut"] - 1.0, victim)
+            also = second.restore() if second is not None else []
             self.nemesis.inject(PowerOn(victim))
-            self.wait_rejoined(victim)
+            for pnn in [victim, *also]:
+                self.wait_rejoined(pnn)
             if self.data is not None:
                 self.data.after_rejoin(victim, survivor_ip)
         finally:

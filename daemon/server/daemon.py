@@ -66,6 +66,9 @@ class DaemonOptions:
     port: int = CTDB_PORT
     script_env: dict[str, str] = field(default_factory=dict)
     failover_disabled: bool = False
+    #: Fault injection for lab tests only (PYCTDBD_RECOVERY_PAUSE_S): s the leader waits in each
+    #: recovery once every node is in recovery mode with the new map, before the databases stage.
+    recovery_pause: float = 0.0
 
 
 class Daemon:
@@ -129,7 +132,8 @@ class Daemon:
         self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
                                     clock=self.clock, failover_disabled=self.failover_disabled,
                                     ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban,
-                                    vnnmap=lambda: self.recovery.vnnmap)
+                                    vnnmap=lambda: self.recovery.vnnmap,
+                                    recovery_pause=options.recovery_pause)
         self.db = DatabaseServices(self.my_pnn, conf, self.messenger, self.tunables, self.tasks, nodemap,
                                    clock=self.clock, force_recovery=self.force_recovery,
                                    vnnmap=lambda: self.recovery.vnnmap,

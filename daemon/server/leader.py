@@ -45,8 +45,10 @@ class LeaderService:
     def __init__(self, node: NodeCore, messenger: Messenger, tunables: Tunables, tasks: Tasks, *,
                  started_at: float, clock: Callable[[], float], failover_disabled: bool,
                  ips_hosted: Callable[[], bool], ban_this_node: Callable[[int], None],
-                 vnnmap: Callable[[], VnnMap] = lambda: VnnMap(INVALID_GENERATION, [])) -> None:
+                 vnnmap: Callable[[], VnnMap] = lambda: VnnMap(INVALID_GENERATION, []),
+                 recovery_pause: float = 0.0) -> None:
         self.node = node
+        self.recovery_pause = recovery_pause    # lab fault injection (DaemonOptions)
         self.vnnmap = vnnmap                # this node's vnnmap in force
         self.messenger = messenger
         self.tunables = tunables
@@ -169,6 +171,11 @@ class LeaderService:
         notice("Recovery initiated: generation %u, vnnmap %s", plan.generation, plan.vnnmap.map)
         for stage in plan.stages:
             if stage.databases:
+                if self.recovery_pause > 0:
+                    log.warning("Recovery paused for %.1f s before the databases "
+                                "(PYCTDBD_RECOVERY_PAUSE_S, a lab fault-injection setting)",
+                                self.recovery_pause)
+                    await asyncio.sleep(self.recovery_pause)
                 outcome = await self.db_recovery.recover(plan.targets, plan.generation,
                                                          old_map=previous_map,
                                                          new_map=plan.vnnmap.map)

@@ -21,7 +21,6 @@ import argparse
 import re
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any

@@ -89,3 +89,14 @@ def test_address_not_in_nodes_is_an_error(tmp_path):
     (tmp_path / "ctdb.conf").write_text("[legacy]\n  realtime scheduling = false\n")
     r = subprocess.run(pyctdbd(tmp_path, "-i"), capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "none of this host's addresses is in the nodes list" in r.stderr
+
+
+def test_the_recovery_pause_is_read_from_the_environment_and_checked():
+    from ctdblab.daemon.main import recovery_pause_from_env
+
+    assert recovery_pause_from_env({}) == 0.0
+    assert recovery_pause_from_env({"PYCTDBD_RECOVERY_PAUSE_S": " "}) == 0.0
+    assert recovery_pause_from_env({"PYCTDBD_RECOVERY_PAUSE_S": "1.5"}) == 1.5
+    for bad in ("soon", "-1", "31", "nan"):
+        with pytest.raises(RuntimeError, match="PYCTDBD_RECOVERY_PAUSE_S"):
+            recovery_pause_from_env({"PYCTDBD_RECOVERY_PAUSE_S": bad})
