@@ -39,7 +39,7 @@ from ctdblab.errors import UserError
 from . import payload, remote_commands
 from .inventory import Inventory, expand_command
 from .remote_host import RemoteHost, lib_dir_of
-from .ssh import SshConnection, SshError
+from .ssh import SshConnection, SshError, with_hangup_default
 
 if TYPE_CHECKING:
     from .launchers import DaemonLauncher
@@ -254,7 +254,7 @@ class RemoteCluster:
         plan = remote_commands.power_off_plan(self.inventory.power, entry, host.ssh)
         t_sent = time.time()
         try:
-            result = subprocess.run(plan.argv, stdin=subprocess.DEVNULL, capture_output=True,
+            result = subprocess.run(with_hangup_default(plan.argv), stdin=subprocess.DEVNULL, capture_output=True,
                                     text=True, timeout=plan.timeout, start_new_session=True)
             returncode, output = result.returncode, result.stdout
         except subprocess.TimeoutExpired:

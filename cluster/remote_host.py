@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Sequence
 
-from .ssh import SshConnection, kill_group, remote_command_text
+from .ssh import SshConnection, kill_group, remote_command_text, with_hangup_default
 
 # $1.. is the command.  Lines on stdin are signal names for it; EOF means TERM.  The wrapper
 # ends when the command does and exits with its status.
@@ -130,7 +130,8 @@ class RemoteHost:
         kwargs["stdin"] = subprocess.PIPE
         kwargs.setdefault("start_new_session", True)
         kwargs.pop("env", None)
-        proc = RemotePopen([*self.ssh.base_argv(), "-T", self.ssh.target, "--", remote], **kwargs)
+        proc = RemotePopen(with_hangup_default([*self.ssh.base_argv(), "-T", self.ssh.target, "--", remote]),
+                           **kwargs)
         proc.host_name = self.name
         self.background.append(proc)
         return proc

@@ -92,7 +92,8 @@ class SshConnection:
         argv = [*self.base_argv(master=True), "-T", self.target, "true"]
         limit = self.settings.connect_timeout + MASTER_START_TIMEOUT_GRACE
         try:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            result = subprocess.run(with_hangup_default(argv), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True, timeout=limit,
                                     start_new_session=True)
         except subprocess.TimeoutExpired:
@@ -104,14 +105,14 @@ class SshConnection:
     def master_alive(self) -> bool:
         if not self.control_path.exists():
             return False
-        result = subprocess.run([*self.base_argv(), "-O", "check", self.target],
+        result = subprocess.run(with_hangup_default([*self.base_argv(), "-O", "check", self.target]),
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
         return result.returncode == 0
 
     def close(self) -> None:
         if self.control_path.exists():
             try:
-                subprocess.run([*self.base_argv(), "-O", "exit", self.target],
+                subprocess.run(with_hangup_default([*self.base_argv(), "-O", "exit", self.target]),
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
             except subprocess.TimeoutExpired:
                 pass
@@ -123,7 +124,7 @@ class SshConnection:
         """Run a command on the host; at most ``timeout`` s (default: the inventory's)."""
         timeout = timeout if timeout is not None else self.settings.command_timeout
         argv = self.argv(command, timeout)
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        proc = subprocess.Popen(with_hangup_default(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
                                 start_new_session=True)
         # The local limit allows the connection set-up on top of the remote one.
@@ -159,6 +160,14 @@ class SshConnection:
             if time.monotonic() > deadline:
                 raise SshError(f"{self.name}: ssh {self.target} still unreachable after {timeout:g} s")
             time.sleep(interval)
+
+
+def with_hangup_default(argv: list[str]) -> list[str]:
+    """ssh ends a ProxyCommand (or ProxyJump's ssh) with SIGHUP when it gives up; started from
+    `nohup` (SIGHUP ignored, inherited by every child) that proxy would survive, keep the
+    output pipes open, and a silent host would hold a command until the local limit instead of
+    ssh's ConnectTimeout.  coreutils' env restores the default for the ssh it starts."""
+    return ["env", "--default-signal=HUP", *argv]
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -281,9 +281,6 @@ def test_an_ssh_failure_names_the_host_and_the_command():
     assert str(e.value).startswith("blade9: ssh root@198.18.0.9 failed running `ctdb -X status`")
 
 
-@pytest.mark.skip(reason="inside the full suite ssh's ConnectTimeout did not end the silent "
-                         "ProxyCommand within 13 s (3 of 3 runs); alone it does in 1.5 s: not "
-                         "understood yet, see the stop-15 note")
 def test_a_silent_host_is_an_error_within_the_connect_timeout():
     import time
 
