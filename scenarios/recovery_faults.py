@@ -26,6 +26,7 @@ serve nothing.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from typing import Any
@@ -99,12 +100,13 @@ class SecondFault:
         def settled() -> bool:
             try:
                 owners = cluster.ip_all(observer)
-            except ClusterNotReady:      # asked mid-recovery; ask again
+                if not (set(owners) >= wanted and all(p in rest for p in owners.values())):
+                    return False
+                # ... and the recovery that left the partitioned node out is over everywhere.
+                return all("Recovery mode:NORMAL" in cluster.ctdb(pnn, "status").stdout
+                           for pnn in rest)
+            except (ClusterNotReady, subprocess.TimeoutExpired):    # mid-recovery: ask again
                 return False
-            if not (set(owners) >= wanted and all(p in rest for p in owners.values())):
-                return False
-            # ... and the recovery that left the partitioned node out is over everywhere.
-            return all("Recovery mode:NORMAL" in cluster.ctdb(pnn, "status").stdout for pnn in rest)
         cluster.wait_until(settled, 60, f"the nodes other than {self.target} to host every IP "
                                         "and leave recovery mode")
 
