@@ -86,7 +86,7 @@ def observation_window(tunables: str) -> float:
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
                  bw_mbit: float | None, out: Path, progress: Callable[[str], None],
                  clustered_smbd: bool | None = None, check_data_loss: bool = False,
-                 inventory=None, allow_hard_reset: bool = False) -> dict:
+                 inventory=None, allow_hard_reset: bool = False, lock: str = "file") -> dict:
     """``inventory`` (cluster/inventory.py) runs it on real hosts over SSH instead of Mininet;
     their hard reset needs ``allow_hard_reset``."""
     if nodes < 2:
@@ -97,11 +97,12 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
     runs: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     params = {"scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
-              "bw_mbit": bw_mbit, "check_data": check_data_loss}
+              "bw_mbit": bw_mbit, "check_data": check_data_loss, "lock": lock}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd,
-                       inventory=inventory, allow_hard_reset=allow_hard_reset) as cluster:
+                       inventory=inventory, allow_hard_reset=allow_hard_reset,
+                       lock=lock) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
         params["not_applicable"] = dict(cluster.launcher.not_applicable)
         cluster.ensure_share_file(PROBE_FILE, PROBE_FILE_SIZE)
