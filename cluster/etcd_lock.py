@@ -167,12 +167,14 @@ def member_argv(pnn: int, node_ips: Sequence[str], data_dir: Path, token: str) -
 
 def check_installed() -> None:
     for path, package in ((ETCD, "etcd-server"), (HELPER, "ctdb"), (HELPER_PYTHON, "python3")):
-        if not os.access(path, os.X_OK) and not os.path.isfile(path):
+        if not os.access(path, os.X_OK):
             raise UserError(f"{path} not found: --lock etcd needs Debian's {package} package "
                             "(./ctdblab.sh installs it)")
     if not Path("/usr/lib/python3/dist-packages/etcd/__init__.py").exists():
         raise UserError("the python3 `etcd` module is missing: --lock etcd needs Debian's "
                         "python3-etcd package (./ctdblab.sh installs it)")
+    if shutil.which("curl") is None:
+        raise UserError("`curl` not found: --lock etcd asks the members for their health with it")
 
 
 # -- running the members inside the nodes -------------------------------------------------------

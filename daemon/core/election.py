@@ -17,12 +17,13 @@ an election. What pyctdbd adds (each marked below):
   connected peer has voted (the `election_timeout` after the last vote is only the fallback);
 * after lock contention with no leader broadcast following, the race is retried every
   `lock_retry` seconds (the old holder's lock may take a moment to be released). With
-  `lock_retry_max` set (a `!command` helper: pyctdbd cannot see how it keeps its lock) the wait
-  doubles after each failed attempt up to that cap, and no attempt is made before it, whatever
-  calls the election: CTDB's ctdb_etcd_lock leaves the key of a failed attempt in etcd until its
-  TTL expires, and that key, older than any new one, wins the next attempt's ordering — nodes
-  that retry faster than the TTL never get the lock (seen in the lab with 0.5 s retries and a
-  3 s TTL). ctdbd retries only once per election (5 s), which lets them expire.
+  `lock_retry_max` set (a `!command` helper: pyctdbd cannot see how it keeps its lock) only the
+  first retry comes that soon; after two failed attempts in a row the next waits
+  `lock_retry_max`, and no attempt is made before then, whatever calls the election. Why: CTDB's
+  ctdb_etcd_lock leaves the key of a failed attempt in etcd until its TTL expires, and that key,
+  older than any new one, comes first in the next attempt's ordering, so nodes that retry faster
+  than the TTL never get the lock (seen in the lab: 0.3-0.5 s retries, 3 s TTL, no leader for
+  30 s). ctdbd tries once per election (5 s), which lets such keys expire.
 
 What pyctdbd refuses, so that one stray or forged message cannot start an election storm (a
 vote arriving after its round had ended used to open a new round, whose vote did the same on
@@ -53,7 +54,7 @@ class ElectionSettings:
     leader_timeout: float = 5.0       # s: [cluster] leader timeout
     election_timeout: float = 0.5     # s: no-lock fallback after the last vote
     lock_retry: float = 0.5           # s: re-race after contention without a leader broadcast
-    lock_retry_max: float | None = None   # s: back off up to this after failed attempts (None: no)
+    lock_retry_max: float | None = None   # s: the wait after 2+ failed attempts (None: lock_retry)
     broadcast_interval: float = 1.0   # s: leader broadcast period (CTDB: 1 s)
     startup_grace: float = 1.0        # s: listen for an existing leader before electing
 
@@ -291,8 +292,8 @@ class Election:
         self._failed_attempts += 1
         delay = self.settings.lock_retry
         if self.settings.lock_retry_max is not None:
-            delay = min(self.settings.lock_retry * 2 ** (self._failed_attempts - 1),
-                        max(self.settings.lock_retry, self.settings.lock_retry_max))
+            if self._failed_attempts > 1:
+                delay = max(delay, self.settings.lock_retry_max)
             self._no_attempt_before = now + delay
         self._lock_retry_at = now + delay
         return []
