@@ -247,6 +247,19 @@ class EtcdMembers:
             shutil.rmtree(self.data_dir(node), ignore_errors=True)
 
 
+def lock_helper_pids(node) -> list[int]:
+    """The node's running ctdb_etcd_lock processes (a fault that hangs the whole machine stops
+    them along with the daemon)."""
+    found = []
+    for pid in node.processes():
+        try:
+            if HELPER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 def remove_data_under(workdir: Path) -> int:
     """Delete every node's etcd data directory of a cluster work dir (``ctdblab down``, after
     the members were killed).  Returns how many were removed."""

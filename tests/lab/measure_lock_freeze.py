@@ -21,19 +21,8 @@ import time
 from pathlib import Path
 
 from ctdblab.chaos.processes import Freeze, Thaw
+from ctdblab.cluster.etcd_lock import lock_helper_pids
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
-
-
-def helper_pids(cluster: LabCluster, pnn: int) -> list[int]:
-    """The node's ctdb_etcd_lock processes."""
-    found = []
-    for pid in cluster.node(pnn).processes():
-        try:
-            if b"ctdb_etcd_lock" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            pass
-    return found
 
 
 def settled_leader(cluster: LabCluster, timeout: float = 30.0) -> int:
@@ -96,7 +85,7 @@ def main() -> int:
         outcome = Freeze(leader).apply(cluster)
         frozen = list(outcome.value)
         if args.freeze_helper:
-            helpers = helper_pids(cluster, leader)
+            helpers = lock_helper_pids(cluster.node(leader))
             cluster.node(leader).signal_processes(helpers, signal.SIGSTOP)
             frozen += helpers
             print(f"also frozen: lock helper pids {helpers}", file=sys.stderr)

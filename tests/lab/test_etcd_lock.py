@@ -6,7 +6,10 @@
 (b) a partition cutting the leader off from the other two: the majority elects a new leader that
     takes the lock (once the old lease expired) and hosts every public IP within
     TAKEOVER_BOUND_S — with ctdbd too, which keeps a shared-file lock across a partition;
-(c) after teardown no etcd process of the cluster is left and its data directories are gone.
+(c) after teardown no etcd process of the cluster is left and its data directories are gone;
+(d) a leader whose whole machine hangs (daemon and lock helper SIGSTOPped; the etcd member too)
+    loses its lease: the majority takes over within the same bound.  (A freeze of the daemon
+    alone keeps the lease — its helper goes on renewing it: tests/lab/measure_lock_freeze.py.)
 
 The figures are printed (run with ``-s`` to see them).
 """
@@ -14,6 +17,7 @@ The figures are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from ctdblab.chaos.network import Heal, Partition
-from ctdblab.cluster.etcd_lock import DATA_SUBDIR, LOCK_TTL_S
+from ctdblab.chaos.processes import Freeze, Thaw
+from ctdblab.cluster.etcd_lock import DATA_SUBDIR, LOCK_TTL_S, lock_helper_pids
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 
 # Bound on partition -> majority has a new leader holding the lock and every public IP.  What it
@@ -61,59 +66,107 @@ def _majority_view(cluster: LabCluster, majority: list[int]) -> tuple[int, dict[
         return None    # a node in recovery may not answer the ctdb tool for a while
 
 
+def _settled_leader(cluster: LabCluster, timeout: float = 30.0) -> int:
+    """The leader once every node names the same one and it holds the etcd lock."""
+    deadline = time.monotonic() + timeout
+    views, holder = set(), None
+    while time.monotonic() < deadline:
+        try:
+            views = {cluster.leader(n.index) for n in cluster.nodes}
+            if len(views) == 1:
+                holder = cluster.etcd.lock_holder(cluster.node(next(iter(views))))
+                if holder in views:
+                    return holder
+        except (ClusterNotReady, RuntimeError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no settled leader holding the etcd lock within {timeout:g} s "
+                         f"(leaders named: {views}, lock holder: {holder})")
+
+
+def _majority_takes_over(cluster: LabCluster, old_leader: int, watch_old: bool = True) -> dict:
+    """Watch from the majority until its own leader holds the lock and every public IP (or
+    TAKEOVER_BOUND_S passes); also when the old leader had no public IP left."""
+    majority = [n.index for n in cluster.nodes if n.index != old_leader]
+    t0 = time.monotonic()
+    seen = {"new_leader": None, "leader_s": None, "takeover_s": None, "old_released_s": None}
+    while time.monotonic() - t0 < TAKEOVER_BOUND_S and (
+            seen["takeover_s"] is None or (watch_old and seen["old_released_s"] is None)):
+        view = _majority_view(cluster, majority)
+        if view is not None:
+            lead, owners = view
+            if lead in majority and seen["leader_s"] is None:
+                seen["new_leader"], seen["leader_s"] = lead, round(time.monotonic() - t0, 2)
+            if (seen["takeover_s"] is None and seen["leader_s"] is not None and owners
+                    and all(o in majority for o in owners.values())
+                    and cluster.etcd.lock_holder(cluster.node(majority[0])) in majority):
+                seen["takeover_s"] = round(time.monotonic() - t0, 2)
+        if (watch_old and seen["old_released_s"] is None
+                and not cluster.configured_public_ips(cluster.node(old_leader))):
+            seen["old_released_s"] = round(time.monotonic() - t0, 2)
+        time.sleep(0.2)
+    if seen["takeover_s"] is not None:
+        # ground truth: the majority's nodes really have every public IP configured
+        configured = set().union(*(cluster.configured_public_ips(cluster.node(p))
+                                   for p in majority))
+        assert configured == set(cluster.public_ips()), f"configured in the majority: {configured}"
+    return seen
+
+
+def _assert_nothing_left(workdir: Path, nodes: list) -> None:
+    assert _etcd_pids(workdir) == []
+    assert not [n.name for n in nodes if (n.dirs.durable / DATA_SUBDIR).exists()]
+
+
 @pytest.mark.parametrize("daemon", ["ctdb", "pyctdbd"])
 def test_etcd_lock_fences_a_partitioned_leader(daemon, tmp_path):
     workdir = tmp_path / "cluster"
     with LabCluster(3, daemon=daemon, tunables="aggressive", clients=0, workdir=workdir,
                     lock="etcd", progress=print) as cluster:
         assert cluster.etcd is not None
-        # (a) a leader, and it is the one holding the etcd lock
-        leader = cluster.leader(0)
-        holder = None
-        deadline = time.monotonic() + 10
-        while holder != leader and time.monotonic() < deadline:
-            holder = cluster.etcd.lock_holder(cluster.node(leader))
-            time.sleep(0.2)
-        assert holder == leader, f"leader {leader} but the etcd lock is held by {holder}"
         conf = (cluster.node(0).dirs.etc_ctdb / "ctdb.conf").read_text()
         assert "cluster lock = !/usr/bin/python3 /usr/libexec/ctdb/ctdb_etcd_lock" in conf
+        # (a) a leader, and it is the one holding the etcd lock
+        leader = _settled_leader(cluster)
 
         # (b) cut the leader off the private network: the majority must take over
         majority = [n.index for n in cluster.nodes if n.index != leader]
-        t0 = time.monotonic()
         Partition(groups=[[leader], majority]).apply(cluster)
         try:
-            new_leader, t_leader, t_ips, t_old_released = None, None, None, None
-            deadline = t0 + TAKEOVER_BOUND_S
-            while time.monotonic() < deadline and (t_ips is None or t_old_released is None):
-                view = _majority_view(cluster, majority)
-                now = time.monotonic() - t0
-                if view is not None:
-                    lead, owners = view
-                    if lead in majority and t_leader is None:
-                        new_leader, t_leader = lead, now
-                    if (t_ips is None and t_leader is not None and owners
-                            and all(o in majority for o in owners.values())
-                            and cluster.etcd.lock_holder(cluster.node(majority[0])) in majority):
-                        t_ips = now
-                if t_old_released is None and not cluster.configured_public_ips(cluster.node(leader)):
-                    t_old_released = time.monotonic() - t0
-                time.sleep(0.2)
-            print(f"\n[{daemon}] partition of leader {leader}: majority leader {new_leader} "
-                  f"after {t_leader} s, lock and every public IP in the majority after {t_ips} s, "
-                  f"old leader without public IPs after {t_old_released} s "
-                  f"(lock TTL {LOCK_TTL_S} s, bound {TAKEOVER_BOUND_S:g} s)")
-            assert t_leader is not None, f"no new leader in the majority within {TAKEOVER_BOUND_S} s"
-            assert t_ips is not None, (f"the majority did not take the lock and every public IP "
-                                       f"within {TAKEOVER_BOUND_S} s")
-            # ground truth: the majority's nodes really have every public IP configured
-            configured = set().union(*(cluster.configured_public_ips(cluster.node(p))
-                                       for p in majority))
-            assert configured == set(cluster.public_ips())
+            seen = _majority_takes_over(cluster, leader)
         finally:
             Heal().apply(cluster)
+        print(f"\n[{daemon}] partition of leader {leader}: {seen} (lock TTL {LOCK_TTL_S} s, "
+              f"bound {TAKEOVER_BOUND_S:g} s)")
+        assert seen["leader_s"] is not None, f"no new leader in the majority in {TAKEOVER_BOUND_S} s"
+        assert seen["takeover_s"] is not None, (f"the majority did not take the lock and every "
+                                                f"public IP within {TAKEOVER_BOUND_S} s")
         nodes = list(cluster.nodes)
-
     # (c) nothing of etcd is left
-    assert _etcd_pids(workdir) == []
-    assert not [n.name for n in nodes if (n.dirs.durable / DATA_SUBDIR).exists()]
+    _assert_nothing_left(workdir, nodes)
+
+
+@pytest.mark.parametrize("daemon", ["ctdb", "pyctdbd"])
+def test_etcd_lease_of_a_hung_leader_expires(daemon, tmp_path):
+    workdir = tmp_path / "cluster"
+    with LabCluster(3, daemon=daemon, tunables="aggressive", clients=0, workdir=workdir,
+                    lock="etcd", progress=print) as cluster:
+        leader = _settled_leader(cluster)
+        node = cluster.node(leader)
+        frozen = list(Freeze(leader).apply(cluster).value)
+        helpers = lock_helper_pids(node)
+        members = [pid for pid in _etcd_pids(workdir) if pid in node.processes()]
+        assert helpers and members, f"lock helper {helpers}, etcd member {members} on {node.name}"
+        node.signal_processes(helpers + members, signal.SIGSTOP)
+        frozen += helpers + members
+        try:
+            seen = _majority_takes_over(cluster, leader, watch_old=False)
+        finally:
+            Thaw(leader, pids=frozen).apply(cluster)
+        print(f"\n[{daemon}] hung leader {leader}: {seen} (lock TTL {LOCK_TTL_S} s)")
+        assert seen["takeover_s"] is not None, (f"the majority did not take the lock and every "
+                                                f"public IP within {TAKEOVER_BOUND_S} s")
+        healed = cluster.wait_healthy(timeout=90)
+        print(f"[{daemon}] healthy {healed:.1f} s after the thaw")
+        nodes = list(cluster.nodes)
+    _assert_nothing_left(workdir, nodes)
