@@ -21,6 +21,7 @@ APT_PACKAGES=(
     mininet bridge-utils iproute2 ethtool iptables nftables procps psmisc
     iputils-ping iputils-arping tcpdump iperf3
     ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng keepalived
+    etcd-server python3-etcd curl
     debootstrap
 )
 
@@ -52,6 +53,11 @@ ensure_packages() {
     # real interfaces at the next boot.
     if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
         systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+    fi
+    # etcd-server is for `--lock etcd`, whose members run inside the lab's nodes
+    # (cluster/etcd_lock.py): the package's own etcd in this machine's namespace is not wanted.
+    if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
+        systemctl disable --now etcd.service >/dev/null 2>&1 || true
     fi
 }
 

@@ -5,7 +5,9 @@
         cluster.leader()
 
 ``clustered_smbd`` (None: the default, clustered with either daemon) chooses whether smbd runs
-with ``clustering = yes``.
+with ``clustering = yes``.  ``lock`` chooses where the cluster lock lives: "file" (the default, a
+file in the shared directory) or "etcd" (a lease in an etcd cluster of one member per node on the
+private network, through CTDB's ctdb_etcd_lock helper: etcd_lock.py says why and how).
 
 The machines come from a backend: Mininet (mininet_backend.py, the default) or, given an
 ``inventory``, real hosts over SSH (remote_backend.py).  Both offer the same small interface —
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Callable
 from ctdblab.errors import UserError
 
 from .ctdbtool import NodeStatus, parse_ip_all, parse_status
+from .etcd_lock import EtcdLock, EtcdMembers, get_lab_lock
+from .etcd_lock import check_installed as check_etcd_installed
 from .launchers import DaemonLauncher, get_launcher
 from .mininet_backend import LinkSpec, MininetCluster
 from .node import LabHost
@@ -71,13 +75,20 @@ class LabCluster:
                  link_params: dict | None = None, workdir: str | Path | None = None,
                  progress: Callable[[str], None] | None = None,
                  clustered_smbd: bool | None = None, inventory: "Inventory | None" = None,
-                 allow_hard_reset: bool = False):
+                 allow_hard_reset: bool = False, lock: str | None = None):
         if isinstance(daemon, str):
-            self.launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+            self.launcher = get_launcher(daemon, smb_clustered=clustered_smbd,
+                                         lock=get_lab_lock(lock) if lock else None)
         else:
             self.launcher = daemon
             if clustered_smbd is not None and bool(clustered_smbd) != daemon.smb_clustered:
                 raise ValueError("clustered_smbd contradicts the launcher passed as daemon")
+            if lock is not None and lock != daemon.lock.name:
+                raise ValueError("lock contradicts the launcher passed as daemon")
+        if inventory is not None and isinstance(self.launcher.lock, EtcdLock):
+            raise UserError("--lock etcd runs etcd members inside Mininet nodes; on remote hosts "
+                            "configure your own lock service and keep --lock file")
+        self.etcd: EtcdMembers | None = None
         self.profile = get_profile(tunables)
         params = dict(link_params or {})
         if bw_mbit is not None:
@@ -141,10 +152,15 @@ class LabCluster:
 
     def start(self, timeout: float = 180.0) -> None:
         self.backend.check_prerequisites(self.launcher)
+        if isinstance(self.launcher.lock, EtcdLock):
+            check_etcd_installed()
         t0 = time.monotonic()
         self.backend.extra_state = {"daemon": self.launcher.name, "tunables": self.profile.name,
-                                    "smb_clustered": self.launcher.smb_clustered}
+                                    "smb_clustered": self.launcher.smb_clustered,
+                                    "lock": self.launcher.lock.name}
         self.backend.build(configure=self._configure)
+        if isinstance(self.launcher.lock, EtcdLock):
+            self._start_etcd()
         with ThreadPoolExecutor(max_workers=8) as pool:    # pyctdbd takes ~0.5 s to daemonise
             list(pool.map(self.launcher.start, self.nodes))
         self.progress(f"{self.launcher.name} started on {len(self.nodes)} nodes; waiting until "
@@ -162,7 +178,18 @@ class LabCluster:
             self.backend.release()
         else:
             self.backend.teardown()
+            if self.etcd is not None:            # its members died with their nodes
+                self.etcd.remove_data(self.nodes)
         self.started = False
+
+    def _start_etcd(self) -> None:
+        """One etcd member per node, on the private network; wait until each has quorum."""
+        ips = [self.plan.private_ip(n.index) for n in self.nodes]
+        self.etcd = EtcdMembers(ips, token=f"ctdblab-{self.backend.prefix}")
+        for node in self.nodes:
+            self.etcd.start(node)
+        took = self.etcd.wait_healthy(self.nodes)
+        self.progress(f"etcd cluster of {len(self.nodes)} members healthy after {took:.1f} s")
 
     def detach(self) -> None:
         """Leave the cluster running after this process exits (``ctdblab down`` removes it)."""
@@ -324,5 +351,9 @@ class LabCluster:
         """Fresh node, same identity; the daemon is started again (it rejoins by itself)."""
         node = self.node(pnn)
         t_on = self.backend.power_on(node)
+        if self.etcd is not None:
+            # Its member rejoins from its data dir; not awaited: a rejoining member that has no
+            # quorum yet is something the lock helper must cope with, as on a real node.
+            self.etcd.start(node)
         self.launcher.start(node)
         return t_on

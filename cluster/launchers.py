@@ -35,6 +35,7 @@ from pathlib import Path
 from ctdblab.errors import UserError
 
 from .addressing import PREFIXLEN
+from .etcd_lock import FileLock, LabLock
 from .keepalived_conf import keepalived_conf
 from .node import LabHost
 from .profiles import Profile, tunables_file_text
@@ -67,9 +68,10 @@ class DaemonLauncher:
     stock_scripts: tuple[str, ...] = ()
     shipped_scripts: tuple[str, ...] = ()
 
-    def __init__(self, smb_clustered: bool | None = None):
+    def __init__(self, smb_clustered: bool | None = None, lock: LabLock | None = None):
         if smb_clustered is not None:
             self.smb_clustered = bool(smb_clustered)
+        self.lock = lock or FileLock()     # where the cluster lock lives (etcd_lock.py)
         #: Extra environment for the daemon on every start (e.g. a fault-injection setting).
         self.env: dict[str, str] = {}
 
@@ -84,16 +86,18 @@ class DaemonLauncher:
 
     # -- configuration -------------------------------------------------------------------------
     def node_config(self, *, node_ips: list[str], public_addresses: list[str], shared_dir: Path,
-                    profile: Profile) -> NodeConfig:
+                    profile: Profile, pnn: int = 0) -> NodeConfig:
         """A node's files, whichever backend puts them in place.  ``public_addresses`` are the
         lines of CTDB's public_addresses file (``IP/PREFIXLEN IFACE``); ``shared_dir`` is the
-        cluster filesystem's path as the nodes see it."""
+        cluster filesystem's path as the nodes see it; ``pnn`` the node's (its lock files may
+        name its own address)."""
         files = {
             "nodes": "".join(f"{ip}\n" for ip in node_ips),
             "public_addresses": "".join(f"{line}\n" for line in public_addresses),
             "ctdb.tunables": tunables_file_text(profile, pyctdbd=self.name == "pyctdbd"),
             "ctdb.conf": self.ctdb_conf(shared_dir, profile),
             "script.options": "# written by ctdblab\nCTDB_SAMBA_CHECK_PORTS=445\n",
+            **self.lock.node_files(pnn, node_ips),
         }
         snapshots = SnapshotLayout(shared_dir)
         return NodeConfig(ctdb_files=files,
@@ -108,7 +112,7 @@ class DaemonLauncher:
         iface = f"{node.name}-eth1"
         config = self.node_config(
             node_ips=node_ips, public_addresses=[f"{ip}/{public_prefixlen} {iface}" for ip in public_ips],
-            shared_dir=shared_dir, profile=profile)
+            shared_dir=shared_dir, profile=profile, pnn=node.index)
         etc = node.dirs.etc_ctdb
         for name, text in config.ctdb_files.items():
             (etc / name).write_text(text)
@@ -117,7 +121,7 @@ class DaemonLauncher:
         (node.dirs.etc_samba / "smb.conf").write_text(config.smb_conf)
 
     def ctdb_conf(self, shared_dir: Path, profile: Profile) -> str:
-        cluster = {"cluster lock": str(shared_dir / ".ctdb" / "reclock"), **profile.cluster_options}
+        cluster = {"cluster lock": self.lock.setting(shared_dir), **profile.cluster_options}
         lines = ["# written by ctdblab", "[logging]", f"    location = file:{LOG_FILE}",
                  "    log level = NOTICE", "[cluster]"]
         lines += [f"    {k} = {v}" for k, v in cluster.items()]
@@ -229,10 +233,13 @@ class KeepalivedLauncher(DaemonLauncher):
     prefixlen = PREFIXLEN            # of the public IPs; configure() sets what it was given
     START_TIMEOUT_S = 10.0
 
-    def __init__(self, smb_clustered: bool | None = None):
+    def __init__(self, smb_clustered: bool | None = None, lock: LabLock | None = None):
         if smb_clustered:
             raise UserError("keepalived has no clustered database: smbd runs standalone with it "
                             "(drop --clustered-smbd)")
+        if lock is not None and not isinstance(lock, FileLock):
+            raise UserError(f"keepalived takes no cluster lock: --lock {lock.name} is for the "
+                            "CTDB daemons (ctdb, pyctdbd)")
         super().__init__(False)
 
     def check_installed(self) -> None:
@@ -303,9 +310,12 @@ class KeepalivedLauncher(DaemonLauncher):
 LAUNCHERS = {"ctdb": CtdbLauncher, "pyctdbd": PyctdbdLauncher, "keepalived": KeepalivedLauncher}
 
 
-def get_launcher(name: str, *, smb_clustered: bool | None = None) -> DaemonLauncher:
-    """The launcher of daemon ``name``; ``smb_clustered`` None keeps the daemon's default."""
+def get_launcher(name: str, *, smb_clustered: bool | None = None,
+                 lock: LabLock | None = None) -> DaemonLauncher:
+    """The launcher of daemon ``name``; ``smb_clustered`` None keeps the daemon's default;
+    ``lock`` None keeps the shared-directory file lock."""
     try:
-        return LAUNCHERS[name](smb_clustered=smb_clustered)
+        cls = LAUNCHERS[name]
     except KeyError:
         raise UserError(f"unknown daemon {name!r}; choose one of {', '.join(LAUNCHERS)}") from None
+    return cls(smb_clustered=smb_clustered, lock=lock)

@@ -3,6 +3,7 @@
   ctdblab up --nodes 3 --daemon ctdb [--detach]     a cluster to play with
   ctdblab up --daemon pyctdbd --no-clustered-smbd    ... with a standalone smbd (no databases in the daemon)
   ctdblab up --daemon keepalived --tunables fast     keepalived (VRRPv3, 10 ms adverts), standalone smbd
+  ctdblab up --daemon ctdb --lock etcd               cluster lock in etcd (one member per node, private net)
   ctdblab exec 0 -- ctdb status                      run a command inside node PNN 0 (c0 = client 0)
   ctdblab down                                       remove detached clusters
   ctdblab snapshot                                   snapshot the [snap] share (previous versions)
@@ -34,6 +35,10 @@ from pathlib import Path
 from .errors import UserError
 
 DAEMONS = ("ctdb", "pyctdbd", "keepalived")
+LOCKS = ("file", "etcd")
+LOCK_HELP = ("where the cluster lock lives: file (a file in the shared directory, reachable from "
+             "both sides of a partition) or etcd (a lease in an etcd cluster of one member per "
+             "node on the private network, through CTDB's ctdb_etcd_lock; default file)")
 
 
 class Progress:
@@ -95,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
                     help="run smbd with `clustering = yes` (its databases in the daemon) or not; "
                          "default: clustered, with either daemon")
+    up.add_argument("--lock", choices=LOCKS, default="file", help=LOCK_HELP)
     up.add_argument("--detach", action="store_true", help="leave it running; `ctdblab down` removes it")
 
     ex = sub.add_parser("exec", help="run a command inside a node (PNN) or client (cN)")
@@ -146,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bw", type=float, default=None, metavar="MBIT")
     run.add_argument("--link", action="append", default=[], metavar="KEY=VALUE",
                      help="node public-link shaping, e.g. bw=100 (htb only: no netem here)")
+    run.add_argument("--lock", choices=LOCKS, default="file", help="failover, soak: " + LOCK_HELP)
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--clustered-smbd", action=argparse.BooleanOptionalAction, default=None,
                      help="failover: smbd with clustering = yes (its databases in the daemon) or "
@@ -215,7 +222,8 @@ def cmd_up(args, progress) -> int:
         nodes, clients = len(inventory.hosts), min(args.clients, len(inventory.clients))
     cluster = LabCluster(nodes, daemon=args.daemon, tunables=args.tunables,
                          clients=clients, link_params=parse_link(args.link, args.bw),
-                         progress=progress, clustered_smbd=args.clustered_smbd, inventory=inventory)
+                         progress=progress, clustered_smbd=args.clustered_smbd, inventory=inventory,
+                         lock=args.lock)
     with cluster:
         print(describe_cluster(cluster, hosts=args.hosts))
         if args.detach:
@@ -239,7 +247,8 @@ def describe_cluster(cluster, hosts: Path | None = None) -> str:
     ips = cluster.ip_all()
     smbd = "clustered smbd" if cluster.launcher.smb_clustered else "standalone smbd"
     lines = [f"cluster {cluster.backend.prefix}: {len(cluster.nodes)} nodes running "
-             f"{cluster.launcher.name} with {smbd} (tunables {cluster.profile.name}), "
+             f"{cluster.launcher.name} with {smbd} (tunables {cluster.profile.name}, "
+             f"{cluster.launcher.lock.name} cluster lock), "
              f"work dir {cluster.workdir}",
              "  PNN  node      private         public-if       public IPs hosted"]
     for node in cluster.nodes:
@@ -354,7 +363,12 @@ def cmd_down(args, progress) -> int:
         return 0
     for state in clusters:
         done = cleanup_prefix(state["prefix"])
-        print(f"removed {state['prefix']}: {done['processes']} processes, {done['links']} links")
+        extra = ""
+        if state.get("lock") == "etcd" and state.get("workdir"):
+            from .cluster.etcd_lock import remove_data_under
+            extra = f", {remove_data_under(Path(state['workdir']))} etcd data directories"
+        print(f"removed {state['prefix']}: {done['processes']} processes, {done['links']} links"
+              f"{extra}")
     return 0
 
 
@@ -413,7 +427,8 @@ def cmd_run(args, progress) -> int:
                        check_data=args.check_data, faults=args.faults, seed=args.seed,
                        sample_period=args.sample_period, from_rev=args.from_rev,
                        to_rev=args.to_rev, order=args.order, hosts=args.hosts,
-                       allow_hard_reset=args.allow_hard_reset, then=args.then)
+                       allow_hard_reset=args.allow_hard_reset, lock=args.lock,
+                       then=args.then)
     for path in out:
         print(path)
     if args.scenario == "soak":

@@ -23,14 +23,18 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
                  check_data: bool = False, faults: int = 20, seed: int = 1,
                  sample_period: float | None = None, from_rev: str | None = None,
                  to_rev: str | None = None, order: str = "pnn", hosts: Path | None = None,
-                 allow_hard_reset: bool = False, then: str | None = None) -> list[Path]:
+                 allow_hard_reset: bool = False, lock: str = "file",
+                 then: str | None = None) -> list[Path]:
     """Validate everything first (nothing is created on bad input), then run and report.
     `clustered_smbd`: None runs smbd as the daemon's launcher does by default.
     `check_data` (failover only): add the data workload and its checker (datacheck.py).
     `then` (failover only): a second fault while the cluster recovers (recovery_faults.py).
     `hosts`: an inventory file (cluster/inventory.py): run on those machines over SSH instead
     of Mininet (failover only so far); `nodes` must then be [the inventory's host count] or
-    empty.  A hard reset there needs `allow_hard_reset`."""
+    empty.  A hard reset there needs `allow_hard_reset`.
+    `lock` (failover, soak): "file" or "etcd", where the cluster lock lives (etcd_lock.py)."""
+    from ctdblab.cluster.etcd_lock import get_lab_lock
+    from ctdblab.cluster.etcd_lock import check_installed as check_etcd_installed
     from ctdblab.cluster.launchers import get_launcher
     from ctdblab.cluster.mininet_backend import MAX_NODES, LinkSpec
     from ctdblab.cluster.profiles import get_profile
@@ -101,7 +105,14 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         params["bw"] = bw_mbit
     bw_mbit = LinkSpec.from_params(params).bw_mbit
     get_profile(tunables)
-    launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+    lab_lock = get_lab_lock(lock)
+    if lock != "file":
+        if name not in ("failover", "soak"):
+            raise UserError(f"--lock {lock} is an option of the failover and soak scenarios")
+        if inventory is not None:
+            raise UserError(f"--lock {lock} runs its lock service inside Mininet nodes; not with "
+                            "--hosts")
+    launcher = get_launcher(daemon, smb_clustered=clustered_smbd, lock=lab_lock)
     if not launcher.answers_ctdb_tool:
         # keepalived: no ctdb tool (status, leader, pstore), so only the failover scenario.
         if name != "failover":
@@ -115,6 +126,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
     if inventory is None:          # remote hosts are checked over SSH when the cluster starts
         check_lab()
         launcher.check_installed()
+        if lock == "etcd":
+            check_etcd_installed()
     elif bw_mbit is not None:
         raise UserError("--bw/--link shape Mininet links; remote hosts keep their real links")
     out = Path(out).resolve()
@@ -127,7 +140,8 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         results = run_failover(daemon=daemon, nodes=nodes[0], repeat=repeat, tunables=tunables,
                                victim=victim, bw_mbit=bw_mbit, out=out, progress=progress,
                                clustered_smbd=clustered_smbd, check_data_loss=check_data,
-                               inventory=inventory, allow_hard_reset=allow_hard_reset, then=then)
+                               inventory=inventory, allow_hard_reset=allow_hard_reset,
+                               lock=lock, then=then)
     elif name == "upgrade":
         from .upgrade import run_upgrade
         results = run_upgrade(daemon=daemon, nodes=nodes[0], tunables=tunables, out=out,
@@ -137,7 +151,7 @@ def run_scenario(name: str, *, daemon: str, nodes: list[int], repeat: int, tunab
         from .truth import DEFAULT_PERIOD_S
         results = run_soak(daemon=daemon, nodes=nodes[0], faults=faults, seed=seed,
                            tunables=tunables, out=out, progress=progress,
-                           period=sample_period or DEFAULT_PERIOD_S)
+                           period=sample_period or DEFAULT_PERIOD_S, lock=lock)
     else:
         from .scaling import run_scaling
         results = run_scaling(daemon=daemon, node_counts=nodes, bw_mbit=bw_mbit,

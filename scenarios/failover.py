@@ -47,6 +47,7 @@ from ctdblab import events
 from ctdblab.chaos import Nemesis, PowerOff, PowerOn
 from ctdblab.cluster.daemonlog import EVENTS, read_log
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
+from ctdblab.cluster.etcd_lock import get_lab_lock
 from ctdblab.cluster.launchers import get_launcher
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.errors import UserError
@@ -88,7 +89,8 @@ def observation_window(tunables: str) -> float:
 def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim: str,
                  bw_mbit: float | None, out: Path, progress: Callable[[str], None],
                  clustered_smbd: bool | None = None, check_data_loss: bool = False,
-                 inventory=None, allow_hard_reset: bool = False, then: str | None = None) -> dict:
+                 inventory=None, allow_hard_reset: bool = False, lock: str = "file",
+                 then: str | None = None) -> dict:
     """``inventory`` (cluster/inventory.py) runs it on real hosts over SSH instead of Mininet;
     their hard reset needs ``allow_hard_reset``.  ``then``: a second fault during the recovery
     (recovery_faults.py)."""
@@ -96,19 +98,20 @@ def run_failover(*, daemon: str, nodes: int, repeat: int, tunables: str, victim:
         raise UserError("failover needs at least 2 nodes (a survivor must take the IP)")
     victim_spec = parse_victim(victim, nodes)
     check_then(then, nodes, victim_spec)
-    launcher = get_launcher(daemon, smb_clustered=clustered_smbd)
+    launcher = get_launcher(daemon, smb_clustered=clustered_smbd, lock=get_lab_lock(lock))
     launcher.env.update(daemon_env(daemon) if then else {})
     window = observation_window(tunables)
     cpu0, wall0 = os.times(), time.monotonic()
     runs: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     params = {"scenario": "failover", "daemon": daemon, "nodes": nodes, "tunables": tunables,
-              "bw_mbit": bw_mbit, "check_data": check_data_loss,
+              "bw_mbit": bw_mbit, "check_data": check_data_loss, "lock": lock,
               **({"then": then, "daemon_env": dict(launcher.env)} if then else {})}
     with History(history_path) as history, \
             LabCluster(nodes, daemon=launcher, tunables=tunables, clients=1, bw_mbit=bw_mbit,
                        workdir=out / "cluster", progress=progress, clustered_smbd=clustered_smbd,
-                       inventory=inventory, allow_hard_reset=allow_hard_reset) as cluster:
+                       inventory=inventory, allow_hard_reset=allow_hard_reset,
+                       lock=lock) as cluster:
         params["clustered_smbd"] = cluster.launcher.smb_clustered
         params["not_applicable"] = dict(cluster.launcher.not_applicable)
         cluster.ensure_share_file(PROBE_FILE, PROBE_FILE_SIZE)

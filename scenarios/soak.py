@@ -41,7 +41,7 @@ START_SETTLE_S = 90.0      # the freshly started cluster must satisfy every inva
 
 def run_soak(*, daemon: str, nodes: int, faults: int, seed: int, tunables: str, out: Path,
              progress: Callable[[str], None], period: float = DEFAULT_PERIOD_S,
-             bounds: Bounds | None = None) -> dict[str, Any]:
+             bounds: Bounds | None = None, lock: str = "file") -> dict[str, Any]:
     bounds = bounds or Bounds()
     schedule = make_schedule(seed, faults, nodes)
     progress(f"soak schedule (seed {seed}, {faults} faults, {nodes} nodes):")
@@ -49,11 +49,11 @@ def run_soak(*, daemon: str, nodes: int, faults: int, seed: int, tunables: str, 
         progress("  " + describe(fault))
     history_path = out / "history.jsonl"
     params = {"scenario": "soak", "daemon": daemon, "nodes": nodes, "faults": faults,
-              "seed": seed, "tunables": tunables, "sample_period_s": period}
+              "seed": seed, "tunables": tunables, "sample_period_s": period, "lock": lock}
     t0 = time.monotonic()
     with History(history_path) as history, \
             LabCluster(nodes, daemon=daemon, tunables=tunables, clients=1,
-                       workdir=out / "cluster", progress=progress) as cluster:
+                       workdir=out / "cluster", progress=progress, lock=lock) as cluster:
         history.run = 0
         history.record(events.run_start(
             0, **params, schedule=[f.as_dict() for f in schedule],

@@ -16,7 +16,14 @@ an election. What pyctdbd adds (each marked below):
 * in a no-lock election every node votes once per round and the round ends as soon as every
   connected peer has voted (the `election_timeout` after the last vote is only the fallback);
 * after lock contention with no leader broadcast following, the race is retried every
-  `lock_retry` seconds (the old holder's lock may take a moment to be released).
+  `lock_retry` seconds (the old holder's lock may take a moment to be released). With
+  `lock_retry_max` set (a `!command` helper: pyctdbd cannot see how it keeps its lock) only the
+  first retry comes that soon; after two failed attempts in a row the next waits
+  `lock_retry_max`, and no attempt is made before then, whatever calls the election. Why: CTDB's
+  ctdb_etcd_lock leaves the key of a failed attempt in etcd until its TTL expires, and that key,
+  older than any new one, comes first in the next attempt's ordering, so nodes that retry faster
+  than the TTL never get the lock (seen in the lab: 0.3-0.5 s retries, 3 s TTL, no leader for
+  30 s). ctdbd tries once per election (5 s), which lets such keys expire.
 
 What pyctdbd refuses, so that one stray or forged message cannot start an election storm (a
 vote arriving after its round had ended used to open a new round, whose vote did the same on
@@ -47,6 +54,7 @@ class ElectionSettings:
     leader_timeout: float = 5.0       # s: [cluster] leader timeout
     election_timeout: float = 0.5     # s: no-lock fallback after the last vote
     lock_retry: float = 0.5           # s: re-race after contention without a leader broadcast
+    lock_retry_max: float | None = None   # s: the wait after 2+ failed attempts (None: lock_retry)
     broadcast_interval: float = 1.0   # s: leader broadcast period (CTDB: 1 s)
     startup_grace: float = 1.0        # s: listen for an existing leader before electing
 
@@ -148,6 +156,8 @@ class Election:
     _leader_deadline: float | None = None
     _election_deadline: float | None = None
     _lock_retry_at: float | None = None
+    _failed_attempts: int = 0                  # lock attempts failed in a row (for the backoff)
+    _no_attempt_before: float | None = None    # the backoff, when lock_retry_max is set
     _next_broadcast: float | None = None
 
     # -- inputs ----------------------------------------------------------------------------------
@@ -230,6 +240,7 @@ class Election:
             return []          # a stale broadcast from before the election; the vote decides
         self._leader_deadline = now + self.settings.leader_timeout
         self._lock_retry_at = None
+        self._failed_attempts, self._no_attempt_before = 0, None    # someone leads
         if self.settings.lock_enabled:
             self.in_election = False
         if pnn != self.leader:
@@ -271,13 +282,20 @@ class Election:
         self.lock_pending = False
         self.in_election = False
         if status is LockStatus.HELD:
+            self._failed_attempts, self._no_attempt_before = 0, None
             if not self.can_lead:
                 return [ReleaseLock()]
             self.lock_held = True
             self._lock_retry_at = None
             return self._become_leader(now, "took the cluster lock")
         # Contention, timeout or error: someone else leads, or will shortly.
-        self._lock_retry_at = now + self.settings.lock_retry
+        self._failed_attempts += 1
+        delay = self.settings.lock_retry
+        if self.settings.lock_retry_max is not None:
+            if self._failed_attempts > 1:
+                delay = max(delay, self.settings.lock_retry_max)
+            self._no_attempt_before = now + delay
+        self._lock_retry_at = now + delay
         return []
 
     def lock_lost(self, now: float) -> list[Action]:
@@ -382,6 +400,9 @@ class Election:
         if self.lock_held:
             return self._become_leader(now, "already holding the cluster lock")
         actions = self._set_leader(UNKNOWN_PNN, "election in progress")
+        if self._no_attempt_before is not None and now < self._no_attempt_before:
+            self._lock_retry_at = self._no_attempt_before      # backing off: try then
+            return actions
         self.lock_pending = True
         return actions + [TakeLock()]
 

@@ -313,11 +313,16 @@ def node_settings(tunables: Tunables, conf: CtdbConf, *, lock_enabled: bool, wal
         keepalive_limit=max(1, tunables.get("KeepaliveLimit")),
         wall_offset=wall_offset)
     election_ms = tunables.get("ElectionTimeoutMs") or tunables.get("ElectionTimeout") * 1000
+    leader_timeout = float(max(1, conf.leader_timeout))
+    lock = conf.cluster_lock_spec() if lock_enabled else None
     election = ElectionSettings(
         lock_enabled=lock_enabled,
-        leader_timeout=float(max(1, conf.leader_timeout)),
+        leader_timeout=leader_timeout,
         election_timeout=election_ms / 1000.0,
         lock_retry=max(0.2, election_ms / 1000.0),
+        # A `!command` helper may keep a failed attempt's trace for a while (election.py):
+        # back off up to the leader timeout, ctdbd's own pace of attempts.
+        lock_retry_max=leader_timeout if lock is not None and lock.is_command else None,
         startup_grace=max(0.5, 2 * heartbeat + 0.3))
     return NodeSettings(detector, election, drop_all_ips_after=float(tunables.get("RecoveryDropAllIPs")),
                         allow_mixed_versions=bool(tunables.get("AllowMixedVersions")))

@@ -255,3 +255,58 @@ def test_cannot_lead_never_wins():
     c2.start()
     c2.advance(1.5)
     assert c2.lock_owner == 1
+
+
+def _attempt_times(settings: ElectionSettings, until: float, *, peer_calls: float | None = None,
+                   held_at: float | None = None) -> tuple[list[float], Election]:
+    """Times one node asks for the lock while every answer is contention (HELD from `held_at`
+    on), ticking every 0.1 s; `peer_calls`: another node calls an election at that time."""
+    e = Election(0, settings, 100.0)
+    e.start(0.0)
+    attempts: list[float] = []
+    for step in range(int(until * 10) + 1):
+        now = round(step * 0.1, 1)
+        actions = e.tick(now)
+        if peer_calls is not None and now == peer_calls:
+            actions += e.leader_broadcast(1, UNKNOWN_PNN, now)
+        if any(isinstance(a, TakeLock) for a in actions):
+            attempts.append(now)
+            held = held_at is not None and now >= held_at
+            e.lock_result(LockStatus.HELD if held else LockStatus.CONTENTION, now)
+    return attempts, e
+
+
+def test_command_helper_lock_attempts_back_off_after_two_failures():
+    # ctdb_etcd_lock leaves a failed attempt's key until its TTL: a node retrying faster than
+    # that never gets the lock, so after two failures the next attempt waits lock_retry_max.
+    backoff = ElectionSettings(lock_enabled=True, leader_timeout=5.0, lock_retry=0.5,
+                               lock_retry_max=5.0, startup_grace=1.0)
+    attempts, _ = _attempt_times(backoff, 12.0)
+    assert attempts == [1.0, 1.5, 6.5, 11.5]
+    # ... whatever calls the election meanwhile (here a peer at 3.0)
+    attempts, _ = _attempt_times(backoff, 12.0, peer_calls=3.0)
+    assert attempts == [1.0, 1.5, 6.5, 11.5]
+    # A success ends the backoff.
+    attempts, e = _attempt_times(backoff, 12.0, held_at=6.5)
+    assert attempts == [1.0, 1.5, 6.5] and e.is_leader and e.lock_held
+
+
+def test_file_lock_attempts_keep_the_quick_retry():
+    quick = ElectionSettings(lock_enabled=True, leader_timeout=5.0, lock_retry=0.5, startup_grace=1.0)
+    attempts, _ = _attempt_times(quick, 3.0)
+    assert attempts == [1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+def test_a_leader_broadcast_resets_the_backoff():
+    backoff = ElectionSettings(lock_enabled=True, leader_timeout=5.0, lock_retry=0.5,
+                               lock_retry_max=5.0, startup_grace=1.0)
+    e = Election(0, backoff, 100.0)
+    e.start(0.0)
+    for now in (1.0, 1.5):
+        assert any(isinstance(a, TakeLock) for a in e.tick(now))
+        e.lock_result(LockStatus.CONTENTION, now)
+    e.leader_broadcast(1, 1, 2.0)                 # node 1 leads: someone got the lock
+    assert e.leader == 1
+    e.leader_broadcast(1, UNKNOWN_PNN, 3.0)       # ... and calls a new election
+    e.tick(3.0)
+    assert e.lock_pending                         # raced at once, no backoff left over
