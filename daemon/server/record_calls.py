@@ -264,7 +264,11 @@ class RecordCalls:
 
     def forget_settled(self, db_id: int, key: bytes) -> None:
         """The vacuum deleted the record at its lmaster, everywhere."""
-        self.core.settling.unsettled.forget(db_id, key)
+        self.core.settling.forget(db_id, key)
+
+    def feed(self, event: Event) -> None:
+        """An event from another service of this node (the sweep's): the normal path."""
+        self._feed(event)
 
     def db_thawed(self, db_id: int) -> None:
         self._run_unlocked(DbThawed(db_id))
