@@ -188,4 +188,17 @@ def settle_copies(key: bytes, pnn: int, lmasters: Sequence[int], own: Record | N
     if not copies:
         return None
     repairs = plan_repairs(lmasters, {bytes(key): copies}).get(pnn, [])
-    return (repairs[-1].header, repairs[-1].data) if repairs else None
+    result = (repairs[-1].header, repairs[-1].data) if repairs else None
+    # A pointer at a live dmaster must rank below the dmaster's own copy: CTDB's full recovery
+    # (core/db/recovery_plan.py, ctdb_recovery_helper's recdb_add) keeps the first copy pulled on
+    # an rsn tie, in node order, and smbd changes the dmaster's data without raising its rsn, so
+    # an equal pointer could win with stale data. (A dmaster's copy at rsn 0 keeps a tie.)
+    current = result if result is not None else (None if own is None else (own[0], bytes(own[1])))
+    if current is not None and current[0].dmaster != pnn:
+        header = current[0]
+        top = next((c.header.rsn for c in copies
+                    if c.pnn == header.dmaster and c.header.dmaster == c.pnn), 0)
+        if top > 0 and header.rsn >= top:
+            result = (LtdbHeader(rsn=top - 1, dmaster=header.dmaster, reserved1=header.reserved1,
+                                 flags=header.flags), current[1])
+    return result
