@@ -130,3 +130,92 @@ def test_an_overflowed_hand_off_log_refuses_so_the_full_recovery_runs(node):
     recovery, db, _ = node
     recovery.handed_off = lambda db_id: (set(), True)
     assert "too many records" in recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).errmsg
+
+
+# -- the sweep (server/sweeper.py, core/db/sweep.py) ------------------------------------------
+
+def test_the_sweep_key_list_holds_this_nodes_copies_the_lmaster_must_settle(node):
+    from ctdblab.daemon.protocol import SweepKeys
+    recovery, db, _ = node
+    keys = _fill(db)                                  # both keys have lmaster 1 (slot kept)
+    recovery.view = lambda: RecoveryView(False, 41, OLD_MAP, NEW_MAP)
+    moved = key_with(2, "moved")                       # node 2's slot, node 0's now
+    asyncio.run(db.store_ltdb(moved, H(4, 1), b"v"))
+    request = SweepKeys(db.db_id, 1, list(NEW_MAP), [2], [list(OLD_MAP), list(NEW_MAP)])
+    result = asyncio.run(recovery.sweep_keys(request))
+    (buffer,) = unpack_reply(Control.PYCTDB_SWEEP_KEYS, result.data).buffers
+    # for lmaster 1: only the copy naming the lost node, without its data
+    assert [(r.key, r.split_header()[0].dmaster, r.split_header()[1]) for r in buffer.records] == [
+        (keys["lost"], 2, b"")]
+    request = SweepKeys(db.db_id, 0, list(NEW_MAP), [2], [list(OLD_MAP), list(NEW_MAP)])
+    (buffer,) = unpack_reply(Control.PYCTDB_SWEEP_KEYS,
+                             asyncio.run(recovery.sweep_keys(request)).data).buffers
+    assert [r.key for r in buffer.records] == [moved]            # for lmaster 0: the moved slot
+    recovery.view = lambda: RecoveryView(True, 41, OLD_MAP, NEW_MAP)
+    assert asyncio.run(recovery.sweep_keys(request)).status == -1      # not in recovery mode
+
+
+class _Messenger:
+    def __init__(self, peers, reply):
+        self.peers, self.reply = peers, reply
+
+    def active_peers(self):
+        return list(self.peers)
+
+    async def controls(self, pnns, opcode, data=b"", *, flags=0, timeout):
+        return {p: self.reply(p, opcode, data) for p in pnns}
+
+
+def _sweeping_node(db, messenger, spawned):
+    from ctdblab.daemon.core.db.migration import (
+        DbAttached, MigrationCore, MigrationSettings, VnnMapChanged,
+    )
+    from ctdblab.daemon.protocol.types import VnnMap
+    from ctdblab.daemon.server.record_calls import RecordCalls
+    from ctdblab.daemon.server.sweeper import Sweeper
+    from ctdblab.daemon.server.tasks import Tasks
+    core = MigrationCore(MigrationSettings(pnn=0), VnnMap(5, list(OLD_MAP)))
+    core.step(DbAttached(db.db_id, "locking.tdb"))
+    core.step(VnnMapChanged(VnnMap(6, list(NEW_MAP))), None, 0.0)
+    loop_time = lambda: asyncio.get_running_loop().time()           # noqa: E731
+    calls = RecordCalls(core, lambda d: db if d == db.db_id else None, lambda pnn, frame: False,
+                        Tasks(), loop_time, lambda reason: None)
+    lookup = lambda d: db if d == db.db_id else None                # noqa: E731
+    return core, Sweeper(calls, lookup, messenger, lambda coro, name=None: spawned.append(coro),
+                         loop_time, delay=0.0)
+
+
+def test_a_sweep_makes_a_lost_dmasters_record_the_lmasters_and_closes_the_epochs(node, caplog):
+    import logging
+    _, db, _ = node
+    orphan = key_with(2, "orphan")                      # moved to node 0; its dmaster was node 2
+    asyncio.run(db.store_ltdb(orphan, H(6, 2), b"newest"))
+    core, sweeper = _sweeping_node(db, _Messenger([], None), [])
+    caplog.set_level(logging.INFO)
+
+    async def main():
+        return await sweeper.sweep(db.db_id)
+    assert asyncio.run(main())
+    header, value = db.tdb.fetch_ltdb(orphan)
+    assert (header.dmaster, header.rsn, value) == (0, 7, b"newest")
+    assert not core.settling.unsettled.any(db.db_id)
+    assert "swept db locking.tdb: 1 keys, 1 settled" in caplog.text
+
+
+def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_later(node, caplog):
+    import logging
+    from ctdblab.daemon.net.rpc import ControlError
+    _, db, _ = node
+    spawned = []
+    core, sweeper = _sweeping_node(db, _Messenger([1], lambda p, op, d: ControlError("timed out")),
+                                   spawned)
+    caplog.set_level(logging.WARNING)
+
+    async def main():
+        await sweeper._run(0.0)
+    asyncio.run(main())
+    assert "abandoned" in caplog.text and "node 1 did not list its keys" in caplog.text
+    assert core.settling.sweeps.running == {} and core.settling.sweeps.abandoned == 1
+    assert core.settling.unsettled.any(db.db_id)          # nothing closed
+    assert len(spawned) == 1 and sweeper.backoff == 2.0   # the retry, with a backoff
+    spawned[0].close()
