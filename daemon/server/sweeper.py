@@ -86,12 +86,8 @@ class Sweeper:
         for db_id in self.core.settling.sweepable():
             try:
                 await self.sweep(db_id)
-            except asyncio.CancelledError:
-                self._give_up(db_id, "cancelled")
-                raise
             except Exception as exc:        # SweepFailed, or a bug: never into the loop
                 self.abandoned += 1
-                self._give_up(db_id, str(exc) or type(exc).__name__)
                 log.warning("sweep of db 0x%08x abandoned: %s; next try in %.0f s",
                             db_id, exc, self.backoff)
                 self.task = None
@@ -100,17 +96,22 @@ class Sweeper:
                 return
         self.backoff = FIRST_BACKOFF
 
-    def _give_up(self, db_id: int, reason: str) -> None:
-        running = self.core.settling.sweeps.running.get(db_id)
-        if running is not None:
-            self.calls.feed(SweepFinished(db_id, running.plan.sweep_id, 0, failed=reason))
-
     async def sweep(self, db_id: int) -> bool:
-        """Sweep one database; True when its epochs closed (raises SweepFailed otherwise)."""
+        """Sweep one database; True when its epochs closed, False when there was nothing to
+        sweep (raises SweepFailed, or whatever stopped it, after abandoning it in the core)."""
         plan = self.core.settling.start_sweep(db_id, self.core.generation, self.core.lmasters,
                                               self.clock())
         if plan is None:
             return False
+        try:
+            return await self._sweep(plan)
+        except BaseException as exc:        # also a cancel: the core must not wait for it
+            reason = str(exc) or type(exc).__name__
+            self.calls.feed(SweepFinished(db_id, plan.sweep_id, 0, failed=reason))
+            raise
+
+    async def _sweep(self, plan: SweepPlan) -> bool:
+        db_id = plan.db_id
         keys = set(plan.keys) | await self._list_keys(plan)
         for batch in batches(keys):
             self._check(plan)

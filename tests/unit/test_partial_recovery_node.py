@@ -6,6 +6,7 @@ lmaster (under the chain lock, waited for outside the loop when smbd holds it)."
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -15,6 +16,7 @@ from ctdblab.daemon.protocol import (
     Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryDefer, RecoveryScan,
     unpack_reply,
 )
+from ctdblab.daemon.log import log as daemon_log
 from ctdblab.daemon.server.dispatch import Result
 from ctdblab.daemon.server.partial_recovery import PartialRecoveryNode, RecoveryView
 from ctdblab.daemon.store import DbDirs, DbKind, Store
@@ -185,35 +187,58 @@ def _sweeping_node(db, messenger, spawned):
                          loop_time, delay=0.0)
 
 
-def test_a_sweep_makes_a_lost_dmasters_record_the_lmasters_and_closes_the_epochs(node, caplog):
-    import logging
+class _Lines(logging.Handler):
+    """What the daemon's logger says, whatever another test did to logging's configuration."""
+
+    def __init__(self, level):
+        super().__init__(level)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.saved = daemon_log.level
+        daemon_log.addHandler(self)
+        daemon_log.setLevel(min(self.level, daemon_log.getEffectiveLevel()))
+        return self
+
+    def __exit__(self, *exc):
+        daemon_log.removeHandler(self)
+        daemon_log.setLevel(self.saved)
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+
+def test_a_sweep_makes_a_lost_dmasters_record_the_lmasters_and_closes_the_epochs(node):
     _, db, _ = node
     orphan = key_with(2, "orphan")                      # moved to node 0; its dmaster was node 2
     asyncio.run(db.store_ltdb(orphan, H(6, 2), b"newest"))
     core, sweeper = _sweeping_node(db, _Messenger([], None), [])
-    caplog.set_level(logging.INFO)
 
     async def main():
         return await sweeper.sweep(db.db_id)
-    assert asyncio.run(main())
+    with _Lines(logging.INFO) as caplog:
+        assert asyncio.run(main())
     header, value = db.tdb.fetch_ltdb(orphan)
     assert (header.dmaster, header.rsn, value) == (0, 7, b"newest")
     assert not core.settling.unsettled.any(db.db_id)
     assert "swept db locking.tdb: 1 keys, 1 settled" in caplog.text
 
 
-def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_later(node, caplog):
-    import logging
+def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_later(node):
     from ctdblab.daemon.net.rpc import ControlError
     _, db, _ = node
     spawned = []
     core, sweeper = _sweeping_node(db, _Messenger([1], lambda p, op, d: ControlError("timed out")),
                                    spawned)
-    caplog.set_level(logging.WARNING)
 
     async def main():
         await sweeper._run(0.0)
-    asyncio.run(main())
+    with _Lines(logging.WARNING) as caplog:
+        asyncio.run(main())
     assert "abandoned" in caplog.text and "node 1 did not list its keys" in caplog.text
     assert core.settling.sweeps.running == {} and core.settling.sweeps.abandoned == 1
     assert core.settling.unsettled.any(db.db_id)          # nothing closed
