@@ -48,7 +48,8 @@ class DatabaseServices:
                                                     self.record_calls.handed_off,
                                                     self.record_calls.keys_unsettled)
         self.record_calls.gather_copies = lambda db_id, key: gather_copies(messenger, db_id, key)
-        self.sweeper = Sweeper(self.record_calls, self.databases.database, messenger, tasks.spawn, clock)
+        self.sweeper = Sweeper(self.record_calls, self.databases.database, messenger, tasks.spawn, clock,
+                               delay=lambda: int(tunables.get("SweepDelayMs")) / 1000.0)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)

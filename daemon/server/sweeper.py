@@ -6,8 +6,8 @@ PYCTDB_SWEEP_KEYS), gathers every active node's copies of them in batches
 under the key's chain lock by `RecordCalls`), then tells it the sweep is complete
 (`SweepFinished`), and the core closes the epochs once every key is applied.
 
-One sweep at a time, databases one after the other, a short pause between batches: it runs in
-the background at low priority. A failure (a node that does not answer, a malformed reply,
+It starts SweepDelayMs after recovery mode ends (0: never). One sweep at a time, databases one
+after the other, a short pause between batches: it runs in the background at low priority. A failure (a node that does not answer, a malformed reply,
 recovery mode, a new generation) abandons the sweep with a WARNING; it is tried again after a
 backoff (doubling, at most `MAX_BACKOFF`), and a new recovery starts afresh. The core logs one
 INFO line per database when a sweep completes.
@@ -27,8 +27,6 @@ from .messenger import Messenger
 from .partial_recovery import GATHER_TIMEOUT, gather_batch, list_sweep_keys
 from .record_calls import RecordCalls
 
-#: s after recovery mode ends before the first sweep (the calls the recovery held go first).
-SWEEP_DELAY = 1.0
 #: s a peer may take to list its keys (a traverse of the whole database in a child).
 LIST_TIMEOUT = 30.0
 #: s to wait for the core to apply every key fed (some may wait for chain locks smbd holds).
@@ -47,7 +45,7 @@ class SweepFailed(Exception):
 class Sweeper:
     def __init__(self, record_calls: RecordCalls, lookup: Callable[[int], Database | None],
                  messenger: Messenger, spawn: Callable[..., asyncio.Task | None],
-                 clock: Callable[[], float], *, delay: float = SWEEP_DELAY,
+                 clock: Callable[[], float], *, delay: Callable[[], float] = lambda: 1.0,
                  gather: Callable[..., Awaitable] = gather_batch) -> None:
         self.calls = record_calls
         self.core = record_calls.core
@@ -55,7 +53,7 @@ class Sweeper:
         self.messenger = messenger
         self.spawn = spawn
         self.clock = clock
-        self.delay = delay
+        self.delay = delay          # s after recovery mode ends (SweepDelayMs; 0 = no sweep)
         self.gather = gather
         self.task: asyncio.Task | None = None
         self.backoff = FIRST_BACKOFF
@@ -64,11 +62,12 @@ class Sweeper:
 
     def recovery_mode(self, active: bool) -> None:
         """Recovery mode ACTIVE stops a sweep (the core abandons it too); NORMAL starts one
-        after `delay`."""
+        after `delay()` seconds (the calls the recovery held go first), unless that is 0."""
         self._stop()
-        if not active:
+        delay = self.delay()
+        if not active and delay > 0:
             self.backoff = FIRST_BACKOFF
-            self._start(self.delay)
+            self._start(delay)
 
     def close(self) -> None:
         self._stop()

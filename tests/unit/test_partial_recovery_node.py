@@ -184,7 +184,7 @@ def _sweeping_node(db, messenger, spawned):
                         Tasks(), loop_time, lambda reason: None)
     lookup = lambda d: db if d == db.db_id else None                # noqa: E731
     return core, Sweeper(calls, lookup, messenger, lambda coro, name=None: spawned.append(coro),
-                         loop_time, delay=0.0)
+                         loop_time, delay=lambda: 0.0)
 
 
 class _Lines(logging.Handler):
@@ -243,4 +243,20 @@ def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_la
     assert core.settling.sweeps.running == {} and core.settling.sweeps.abandoned == 1
     assert core.settling.unsettled.any(db.db_id)          # nothing closed
     assert len(spawned) == 1 and sweeper.backoff == 2.0   # the retry, with a backoff
+    spawned[0].close()
+
+
+def test_leaving_recovery_mode_starts_a_sweep_after_the_delay_and_a_zero_delay_means_none(node):
+    _, db, _ = node
+    spawned = []
+    _, sweeper = _sweeping_node(db, _Messenger([], None), spawned)
+    delay = [0.0]
+    sweeper.delay = lambda: delay[0]
+    sweeper.recovery_mode(False)
+    assert spawned == []
+    delay[0] = 1.0
+    sweeper.recovery_mode(True)
+    assert spawned == []
+    sweeper.recovery_mode(False)
+    assert len(spawned) == 1
     spawned[0].close()

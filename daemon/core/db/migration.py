@@ -34,6 +34,9 @@ The shell's contract
   drop it if the client is gone); ``Requeue`` — feed the event again after ``delay`` seconds
   (0: on the next loop turn), through the same lock/read/step path, keeping the order of
   requeues; ``ForceRecovery`` — set recovery mode ACTIVE as ctdbd does; ``Log``.
+* The background sweep after a membership change (``server/sweeper.py``, rules in
+  :mod:`.sweep`) feeds ``SweptCopies`` (a record event: under the key's chain lock) and
+  ``SweepFinished`` (without a lock); it asks ``settling.start_sweep`` for its plan.
 * Also feed: ``DbAttached`` / ``DbDetached`` as the registry attaches and detaches databases,
   ``VnnMapChanged`` whenever a recovery installs a vnnmap, ``SetBanned`` with this node's ban,
   ``ClientGone`` when a local client disconnects, ``Tick`` about once a second.
