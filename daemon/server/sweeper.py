@@ -7,10 +7,12 @@ under the key's chain lock by `RecordCalls`), then tells it the sweep is complet
 (`SweepFinished`), and the core closes the epochs once every key is applied.
 
 It starts SweepDelayMs after recovery mode ends (0: never). One sweep at a time, databases one
-after the other, a short pause between batches: it runs in the background at low priority. A failure (a node that does not answer, a malformed reply,
-recovery mode, a new generation) abandons the sweep with a WARNING; it is tried again after a
-backoff (doubling, at most `MAX_BACKOFF`), and a new recovery starts afresh. The core logs one
-INFO line per database when a sweep completes.
+after the other, a short pause between batches: it runs in the background at low priority. A
+failure (a node that does not answer -- also one of an older build, which does not know
+PYCTDB_SWEEP_KEYS --, a malformed reply, recovery mode, a new generation) abandons the sweep with
+a WARNING; it is tried again after a backoff (doubling, at most `MAX_BACKOFF`), and a new
+recovery starts afresh. The core logs one INFO line per database when a sweep completes, and
+counts sweeps completed and abandoned (`KeySettling.sweeps`).
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class Sweeper:
         self.gather = gather
         self.task: asyncio.Task | None = None
         self.backoff = FIRST_BACKOFF
-        self.completed = 0
-        self.abandoned = 0
 
     def recovery_mode(self, active: bool) -> None:
         """Recovery mode ACTIVE stops a sweep (the core abandons it too); NORMAL starts one
@@ -86,9 +86,8 @@ class Sweeper:
             try:
                 await self.sweep(db_id)
             except Exception as exc:        # SweepFailed, or a bug: never into the loop
-                self.abandoned += 1
-                log.warning("sweep of db 0x%08x abandoned: %s; next try in %.0f s",
-                            db_id, exc, self.backoff)
+                log.warning("sweep of db %s abandoned: %s; next try in %.0f s",
+                            self._name(db_id), exc, self.backoff)
                 self.task = None
                 self._start(self.backoff)
                 self.backoff = min(MAX_BACKOFF, self.backoff * 2)
@@ -104,10 +103,17 @@ class Sweeper:
             return False
         try:
             return await self._sweep(plan)
-        except BaseException as exc:        # also a cancel: the core must not wait for it
-            reason = str(exc) or type(exc).__name__
-            self.calls.feed(SweepFinished(db_id, plan.sweep_id, 0, failed=reason))
+        except asyncio.CancelledError:      # recovery mode (a new one follows it) or shutdown
+            log.warning("sweep of db %s abandoned: recovery mode or shutdown", self._name(db_id))
+            self.calls.feed(SweepFinished(db_id, plan.sweep_id, 0, failed="cancelled"))
             raise
+        except Exception as exc:
+            self.calls.feed(SweepFinished(db_id, plan.sweep_id, 0, failed=str(exc) or repr(exc)))
+            raise
+
+    def _name(self, db_id: int) -> str:
+        db = self.lookup(db_id)
+        return db.name if db is not None else f"0x{db_id:08x}"
 
     async def _sweep(self, plan: SweepPlan) -> bool:
         db_id = plan.db_id
@@ -129,7 +135,6 @@ class Sweeper:
             await asyncio.sleep(0.05)
         if state != "closed":
             raise SweepFailed(state)
-        self.completed += 1
         return True
 
     def _state(self, plan: SweepPlan) -> str:

@@ -260,3 +260,28 @@ def test_leaving_recovery_mode_starts_a_sweep_after_the_delay_and_a_zero_delay_m
     sweeper.recovery_mode(False)
     assert len(spawned) == 1
     spawned[0].close()
+
+
+def test_recovery_mode_cancels_a_sweep_under_way_and_the_core_forgets_it(node):
+    _, db, _ = node
+
+    class Silent(_Messenger):
+        async def controls(self, pnns, opcode, data=b"", *, flags=0, timeout):
+            await asyncio.Event().wait()            # a peer still traversing
+
+    core, sweeper = _sweeping_node(db, Silent([1], None), [])
+
+    async def main():
+        sweeper.spawn = lambda coro, name=None: asyncio.ensure_future(coro)
+        sweeper.delay = lambda: 0.01
+        sweeper.recovery_mode(False)
+        await asyncio.sleep(0.1)
+        assert core.settling.sweeps.running            # waiting for node 1's key list
+        task = sweeper.task
+        sweeper.recovery_mode(True)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    with _Lines(logging.WARNING) as lines:
+        asyncio.run(main())
+    assert core.settling.sweeps.running == {}
+    assert "abandoned: recovery mode or shutdown" in lines.text
