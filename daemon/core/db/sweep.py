@@ -57,6 +57,10 @@ anywhere is new: whoever creates it asks its lmaster, which acts on the current 
 
 Failures (a node that does not answer, a malformed reply, recovery mode) abandon the sweep; the
 shell retries with a backoff. The keys settled so far stay settled.
+
+Limit: a node's key list travels as one control reply, at most 16 MiB (`MAX_NODE_MESSAGE`):
+some 200,000 suspect keys of 40 bytes. A longer list fails that node's answer, so the sweep is
+abandoned and retried every minute, and the keys are settled on first use as without a sweep.
 """
 
 from __future__ import annotations
