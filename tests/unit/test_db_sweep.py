@@ -328,3 +328,24 @@ def test_sweeps_amid_traffic_losses_and_rejoins_keep_the_invariants_and_end_the_
         (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
     assert sweeps.closed_everywhere()
     _check_keys(sim, keys, kept, done_before, alive, gone=gone)
+
+
+# -- the key-list request ------------------------------------------------------------------------
+
+def test_the_sweep_key_request_round_trips_and_malformed_ones_are_refused():
+    import struct
+
+    from ctdblab.daemon.protocol import Control, ProtocolError, SweepKeys, pack_request, unpack_request
+    op = Control.PYCTDB_SWEEP_KEYS
+    ask = SweepKeys(DB, 1, list(NEW), [2], [list(OLD), list(NEW)])
+    assert unpack_request(op, pack_request(op, ask)) == ask
+    packed = ask.pack()
+    for cut in (0, 4, 8, 12, len(packed) - 1):
+        with pytest.raises(ProtocolError):
+            SweepKeys.unpack_from(packed[:cut])
+    absurd = struct.pack("<III", DB, 1, 0xFFFFFFFF)          # a count that is not allocated
+    with pytest.raises(ProtocolError):
+        SweepKeys.unpack_from(absurd)
+    absurd_map = struct.pack("<IIIII", DB, 1, 0, 0, 1) + struct.pack("<I", 0xFFFFFFFF)
+    with pytest.raises(ProtocolError):
+        SweepKeys.unpack_from(absurd_map)
