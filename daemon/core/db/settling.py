@@ -9,8 +9,8 @@ what it knows of a key.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from .ltdbrules import Record, lmaster_of
@@ -163,6 +163,7 @@ class KeySettling:
     # -- the sweep (core/db/sweep.py) --------------------------------------------------------------
     def step(self, event: CopiesGathered | SweptCopies | SweepFinished, record: Record | None,
              lmasters: tuple[int, ...], now: float) -> list[Action]:
+        """The settling events the migration core hands over (`record`: under the key's lock)."""
         if isinstance(event, CopiesGathered):
             return self.gathered(event, record, lmasters, lmaster_of(event.key, lmasters))
         if isinstance(event, SweptCopies):
