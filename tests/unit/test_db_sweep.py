@@ -266,12 +266,11 @@ def _clients(sim, keys, ops, base, nodes):
     return clients
 
 
-def _new_key_of_a_moved_slot(sim, sweeps, moved_from: int, tag: bytes) -> None:
-    """A key never used, whose slot the change moved: a call for it from a node that is not
-    its lmaster completes without any gather."""
+def _new_key_of_a_moved_slot(sim, sweeps, old_map, tag: bytes) -> None:
+    """A key never used, whose slot the change from `old_map` moved: a call for it from a node
+    that is not its lmaster completes without any gather."""
     key = next(k for k in (tag + b"%d" % i for i in range(10_000))
-               if lmaster_of(k, sim.vnnmap.map) != moved_from
-               and lmaster_of(k, list(range(sim.n))) == moved_from)
+               if lmaster_of(k, sim.vnnmap.map) != lmaster_of(k, old_map))
     lmaster = lmaster_of(key, sim.vnnmap.map)
     caller = next(q for q in sweeps.live() if q != lmaster)
     before = dict(sweeps.gathers)
@@ -307,12 +306,13 @@ def test_sweeps_amid_traffic_losses_and_rejoins_keep_the_invariants_and_end_the_
         holders = sim.dmasters(key)
         if holders:
             assert sim.nodes[lmaster].tdb[key][0].dmaster == holders[0]
-    _new_key_of_a_moved_slot(sim, sweeps, lost, b"fresh%d-" % seed)
+    _new_key_of_a_moved_slot(sim, sweeps, list(range(n)), b"fresh%d-" % seed)
 
     # the node comes back while the others are busy; sweeps run again, some interrupted by a
     # second loss of the same node in half of the seeds
     more = _clients(sim, keys, 20, 500, [p for p in range(n) if p != lost])
     sim.run(until=sim.now + 0.003 * sim.rng.random())
+    before_rejoin = list(sim.vnnmap.map)
     kept, done_before = _rejoin(sim, lost, 9, more)
     for p in sweeps.live():
         sim.at(sim.now + 0.004 * sim.rng.random(), lambda p=p: sweeps.start(p))
@@ -328,6 +328,8 @@ def test_sweeps_amid_traffic_losses_and_rejoins_keep_the_invariants_and_end_the_
         (c.pnn, c.key, c.done, c.errors) for c in alive if c.done < c.ops]
     assert sweeps.closed_everywhere()
     _check_keys(sim, keys, kept, done_before, alive, gone=gone)
+    _new_key_of_a_moved_slot(sim, sweeps, list(range(n)) if seed % 2 else before_rejoin,
+                             b"again%d-" % seed)
 
 
 # -- the key-list request ------------------------------------------------------------------------
