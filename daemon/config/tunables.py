@@ -124,6 +124,9 @@ _PYCTDBD = (
      "ms between bursts of gratuitous ARP + tickle ACK after a takeover"),
     ("GratuitousArpBursts", 3, "bursts of gratuitous ARP + tickle ACK after a takeover"),
     ("TakeoverRunDelayMs", 0, "ms to wait before starting a takeover run"),
+    ("SweepDelayMs", 1000,
+     "ms after recovery mode ends before a node sweeps the keys a membership change left "
+     "unsettled (0 = no sweep: they are settled on first use until a full recovery)"),
 )
 
 CTDB_TUNABLES: tuple[TunableSpec, ...] = tuple(

@@ -5,8 +5,9 @@ WIPE_DATABASE, DB_PULL, DB_PUSH_START, DB_PUSH_CONFIRM — what ctdbd 4.17's rec
 db_id, a `ctdb_transdb` {db_id, tid} or a `ctdb_pulldb_ext` {db_id, lmaster, srvid}; DB_PULL and
 DB_PUSH_CONFIRM answer a u32 record count; the others only a status. GET_DB_SEQNUM is the
 persistent-commit domain's (`controls/persistent.py`). Also pyctdbd's own
-PYCTDB_RECOVERY_HANDOFFS, _DEFER and PYCTDB_GATHER_COPIES (`server/partial_recovery.py`): the
-recovery after nodes were lost or joined, which freezes and copies nothing.
+PYCTDB_RECOVERY_HANDOFFS, _DEFER, PYCTDB_GATHER_COPIES and PYCTDB_SWEEP_KEYS
+(`server/partial_recovery.py`): the recovery after nodes were lost or joined, which freezes and
+copies nothing, and the sweep that settles its keys afterwards.
 """
 
 from __future__ import annotations
@@ -78,3 +79,8 @@ def pyctdb_recovery_defer(ctx: ControlContext, req: Request) -> Result:
 @handles(Control.PYCTDB_GATHER_COPIES)
 async def pyctdb_gather_copies(ctx: ControlContext, req: Request) -> Result:
     return await ctx.partial_recovery.gather(value_of(req))
+
+
+@handles(Control.PYCTDB_SWEEP_KEYS)
+async def pyctdb_sweep_keys(ctx: ControlContext, req: Request) -> Result:
+    return await ctx.partial_recovery.sweep_keys(value_of(req))

@@ -75,10 +75,10 @@ from .ltdb import DB_SEQNUM_TDB_KEY, pack_seqnum, unpack_seqnum  # noqa: E402
 
 __all__ += ["DB_SEQNUM_TDB_KEY", "pack_seqnum", "unpack_seqnum"]
 from .partial_recovery import (  # noqa: E402
-    RecBufferList, RecoveryDefer, RecoveryScan, ScanResult, iter_scan_result,
+    RecBufferList, RecoveryDefer, RecoveryScan, ScanResult, SweepKeys, iter_scan_result,
     pack_scan_result,
 )
 
-__all__ += ["RecBufferList", "RecoveryDefer", "RecoveryScan", "ScanResult",
+__all__ += ["RecBufferList", "RecoveryDefer", "RecoveryScan", "ScanResult", "SweepKeys",
             "iter_scan_result",
             "pack_scan_result"]

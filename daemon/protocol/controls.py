@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ._wire import DOUBLE, I32, U32, U64, Buffer, as_bytes, need
 from .constants import Control
 from .errors import ProtocolError
-from .partial_recovery import RecBufferList, RecoveryDefer, RecoveryScan, ScanResult
+from .partial_recovery import RecBufferList, RecoveryDefer, RecoveryScan, ScanResult, SweepKeys
 from .types import (
     AddrInfo, BanState, Connection, DbMap, DbVacuum, EchoData, Iface, IfaceList, KeyData,
     NodeFlagChange, NodeMap, NotifyData, PidSrvid, PublicIp, PublicIpInfo, PublicIpList, PullDbExt,
@@ -179,6 +179,7 @@ _SPECS = [
     _spec(C.PYCTDB_RECOVERY_HANDOFFS, RecoveryScan, ScanResult, note="pyctdbd only"),
     _spec(C.PYCTDB_RECOVERY_DEFER, RecoveryDefer, None, note="pyctdbd only"),
     _spec(C.PYCTDB_GATHER_COPIES, RecBufferList, RecBufferList, note="pyctdbd only"),
+    _spec(C.PYCTDB_SWEEP_KEYS, SweepKeys, RecBufferList, note="pyctdbd only"),
     # Databases
     _spec(C.DB_ATTACH, STRING_CODEC, U32_CODEC, note="name -> db_id; flags may carry ATTACH_RECOVERY"),
     _spec(C.DB_ATTACH_PERSISTENT, STRING_CODEC, U32_CODEC, note="name -> db_id"),

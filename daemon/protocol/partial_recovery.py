@@ -16,6 +16,9 @@ Layouts (little-endian, as CTDB's own payloads):
   keys whose copies the lmaster wants, with empty data) and reply (the copies this node has,
   with their ltdb headers; keys it does not have are left out).
 * `RecoveryDefer`: see the class (PYCTDB_RECOVERY_DEFER).
+* `SweepKeys`: see the class (PYCTDB_SWEEP_KEYS, the request of a node sweeping its keys after
+  a membership change, `core/db/sweep.py`); its reply is a `RecBufferList` of one buffer: the
+  keys with their ltdb headers and no data.
 """
 
 from __future__ import annotations
@@ -165,3 +168,51 @@ def iter_scan_result(buf: Buffer) -> tuple[int, list[tuple[int, int, int]]]:
             raise ProtocolError("scan_result: records run past the end")
         out.append((db_id, count, start))
     return came_from, out
+
+
+@dataclass(slots=True)
+class SweepKeys(WireType):
+    """PYCTDB_SWEEP_KEYS: u32 db_id, u32 lmaster (the sweeping node), then four u32 lists, each
+    u32 count + pnns: the current vnnmap, the lost nodes, and u32 nmaps followed by nmaps maps
+    (each its own count + pnns): the maps of the epochs the sweep covers."""
+
+    db_id: int
+    lmaster: int
+    current_map: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    maps: list[list[int]] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        out = [pack_or_raise(_U32x2, "sweep_keys", self.db_id, self.lmaster)]
+        for pnns in (self.current_map, self.lost):
+            out.append(struct.pack(f"<I{len(pnns)}I", len(pnns), *pnns))
+        out.append(struct.pack("<I", len(self.maps)))
+        out += [struct.pack(f"<I{len(m)}I", len(m), *m) for m in self.maps]
+        return b"".join(out)
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> tuple[SweepKeys, int]:
+        need(buf, offset, 8, "sweep_keys")
+        db_id, lmaster = _U32x2.unpack_from(buf, offset)
+        offset += 8
+        lists = []
+        for what in ("map", "lost", "nmaps"):
+            need(buf, offset, 4, f"sweep_keys {what}")
+            (count,) = struct.unpack_from("<I", buf, offset)
+            if count > MAX_ITEMS:
+                raise ProtocolError(f"sweep_keys: {count} items in {what}")
+            if what == "nmaps":
+                offset += 4
+                maps = []
+                for _ in range(count):
+                    need(buf, offset, 4, "sweep_keys epoch map")
+                    (n,) = struct.unpack_from("<I", buf, offset)
+                    if n > MAX_ITEMS:
+                        raise ProtocolError(f"sweep_keys: a map of {n} slots")
+                    m, offset = _u32_list(buf, offset + 4, n, "sweep_keys epoch map")
+                    maps.append(m)
+                lists.append(maps)
+            else:
+                items, offset = _u32_list(buf, offset + 4, count, f"sweep_keys {what}")
+                lists.append(items)
+        return cls(db_id, lmaster, lists[0], lists[1], lists[2]), offset

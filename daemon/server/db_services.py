@@ -1,6 +1,6 @@
 """The clustered-database services of one node, built and wired together in one place: the
-database registry over the TDB files (databases.py), record migration (record_calls.py),
-persistent commits (persistent_commits.py) and traverses (traverses.py), and what each of them
+database registry over the TDB files (databases.py), record migration (record_calls.py) and the
+sweep after a membership change (sweeper.py), persistent commits (persistent_commits.py) and traverses (traverses.py), and what each of them
 must hear of the rest of the daemon (recovery mode and vnnmap, this node's flags and runstate,
 peers and clients that went away, time)."""
 
@@ -20,6 +20,7 @@ from .messenger import Messenger
 from .partial_recovery import PartialRecoveryNode, RecoveryView, gather_copies
 from .persistent_commits import PersistentCommitService
 from .record_calls import RecordCalls
+from .sweeper import Sweeper
 from .tasks import Tasks
 from .traverses import TraverseService
 from .vacuum import VacuumService
@@ -47,6 +48,8 @@ class DatabaseServices:
                                                     self.record_calls.handed_off,
                                                     self.record_calls.keys_unsettled)
         self.record_calls.gather_copies = lambda db_id, key: gather_copies(messenger, db_id, key)
+        self.sweeper = Sweeper(self.record_calls, self.databases.database, messenger, tasks.spawn, clock,
+                               delay=lambda: int(tunables.get("SweepDelayMs")) / 1000.0)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
                                                   freeze_state=self.recovery.freeze_state, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)
@@ -67,6 +70,7 @@ class DatabaseServices:
         self.databases.recovery_mode(active)
         self.persistent.set_recovery_mode(active)
         self.record_calls.recovery_mode(active)
+        self.sweeper.recovery_mode(active)
         self.vacuum.recovery_mode(active)
 
     def recovery_finished(self) -> None:
@@ -115,6 +119,7 @@ class DatabaseServices:
 
     def close(self) -> None:
         self.recovery.close()
+        self.sweeper.close()
         self.record_calls.close()
         self.persistent.close()
         self.traverses.close()

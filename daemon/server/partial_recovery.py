@@ -12,8 +12,11 @@ copies nothing (rules in `core/db/unsettled.py`, the leader's side in
   first needs them); then each listed database's generation becomes the recovery's (refused for
   a frozen one), so SET_RECMODE NORMAL accepts it.
 * **PYCTDB_GATHER_COPIES** {buffers of keys}: outside recovery mode, from a key's lmaster that
-  is settling it: this node's copy of each key, read under its chain lock (waited for in the
-  lock helper, never in the loop).
+  is settling it (one key) or sweeping (a batch): this node's copy of each key, read under its
+  chain lock (waited for in the lock helper, never in the loop).
+* **PYCTDB_SWEEP_KEYS** {db_id, lmaster, current map, lost nodes, the epochs' maps}: outside
+  recovery mode, from a node sweeping its keys (`core/db/sweep.py`): the keys of this node's
+  copies that `needs_sweep` picks, with their headers, read by a traverse in a child.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.db.partial_recovery import Copy
+from ..core.db.sweep import needs_sweep
 from ..log import log
 from ..protocol import (
-    INVALID_GENERATION, Control, LtdbHeader, ProtocolError, RecBuffer, RecBufferList, RecData,
-    RecoveryDefer, RecoveryScan, pack_reply, pack_request, pack_scan_result, unpack_reply,
+    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, ProtocolError, RecBuffer,
+    RecBufferList, RecData,
+    RecoveryDefer, RecoveryScan, SweepKeys, pack_reply, pack_request, pack_scan_result,
+    unpack_reply,
 )
-from ..store import Database, LockError, TdbError
+from ..store import ChildError, Database, LockError, TdbError
 from .dispatch import Result
 from .messenger import Messenger
 
@@ -54,28 +60,38 @@ GATHER_TIMEOUT = 5.0
 async def gather_copies(messenger: Messenger, db_id: int, key: bytes,
                         timeout: float = GATHER_TIMEOUT) -> tuple[tuple[Copy, ...], bool]:
     """Every active peer's copy of one key (PYCTDB_GATHER_COPIES), and whether all answered."""
+    copies, complete = await gather_batch(messenger, db_id, [key], timeout, "Settling a key")
+    return tuple(copies.get(bytes(key), ())), complete
+
+
+async def gather_batch(messenger: Messenger, db_id: int, keys: list[bytes],
+                       timeout: float = GATHER_TIMEOUT, what: str = "Sweeping"
+                       ) -> tuple[dict[bytes, list[Copy]], bool]:
+    """Every active peer's copies of `keys` (one PYCTDB_GATHER_COPIES per peer), by key, and
+    whether every peer answered well (if not, the copies are empty)."""
     peers = messenger.active_peers()
     if not peers:
-        return (), True
+        return {}, True
+    wanted = set(keys)
     request = pack_request(Control.PYCTDB_GATHER_COPIES,
-                           RecBufferList([RecBuffer(db_id, [RecData(0, key, b"")])]))
+                           RecBufferList([RecBuffer(db_id, [RecData(0, k, b"") for k in keys])]))
     replies = await messenger.controls(peers, Control.PYCTDB_GATHER_COPIES, request, timeout=timeout)
-    copies = []
+    copies: dict[bytes, list[Copy]] = {}
     for pnn in peers:
         reply = replies[pnn]
         if isinstance(reply, Exception):
-            log.warning("Settling a key of db 0x%08x: node %u did not send its copy (%s)", db_id, pnn, reply)
-            return (), False
+            log.warning("%s of db 0x%08x: node %u did not send its copies (%s)", what, db_id, pnn, reply)
+            return {}, False
         try:
             for buffer in unpack_reply(Control.PYCTDB_GATHER_COPIES, reply.data).buffers:
                 for rec in buffer.records:
-                    if buffer.db_id == db_id and bytes(rec.key) == key:
+                    if buffer.db_id == db_id and bytes(rec.key) in wanted:
                         header, value = LtdbHeader.split(rec.data)
-                        copies.append(Copy(pnn, header, bytes(value)))
+                        copies.setdefault(bytes(rec.key), []).append(Copy(pnn, header, bytes(value)))
         except ProtocolError as exc:
-            log.warning("Settling a key of db 0x%08x: node %u sent a malformed copy: %s", db_id, pnn, exc)
-            return (), False
-    return tuple(copies), True
+            log.warning("%s of db 0x%08x: node %u sent malformed copies: %s", what, db_id, pnn, exc)
+            return {}, False
+    return copies, True
 
 
 class PartialRecoveryNode:
@@ -153,3 +169,38 @@ class PartialRecoveryNode:
                     await asyncio.sleep(0)
             reply.append(RecBuffer(db.db_id, found))
         return Result(0, pack_reply(Control.PYCTDB_GATHER_COPIES, RecBufferList(reply)))
+
+    async def sweep_keys(self, request: SweepKeys) -> Result:
+        if self.view().recovering:
+            return Result(-1, errmsg="in recovery mode")
+        db = self.lookup(request.db_id)
+        if db is None or db.persistent:
+            return Result(-1, errmsg=f"no volatile database 0x{request.db_id:08x} here")
+        try:
+            found = await list_sweep_keys(db, request.lmaster, tuple(request.current_map),
+                                          [tuple(m) for m in request.maps], frozenset(request.lost))
+        except (ChildError, TdbError, LockError) as exc:
+            log.error("Listing the keys of %s for a sweep failed: %s", db.name, exc)
+            return Result(-1, errmsg=f"traverse failed: {exc}")
+        records = [RecData.with_header(0, key, header, b"") for key, header in found]
+        return Result(0, pack_reply(Control.PYCTDB_SWEEP_KEYS,
+                                    RecBufferList([RecBuffer(db.db_id, records)])))
+
+
+async def list_sweep_keys(db: Database, lmaster: int, current_map: tuple[int, ...],
+                          maps: list[tuple[int, ...]], lost: frozenset[int]
+                          ) -> list[tuple[bytes, LtdbHeader]]:
+    """This node's copies of `db` a sweep by `lmaster` must settle (`needs_sweep`), read by a
+    traverse in a child; the loop runs on between records."""
+    found = []
+    seen = 0
+    async for key, value in db.traverse():
+        seen += 1
+        if seen % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if len(value) < LTDB_HEADER_SIZE:
+            continue
+        header = LtdbHeader.split(value)[0]
+        if needs_sweep(bytes(key), header, lmaster, current_map, maps, lost):
+            found.append((bytes(key), header))
+    return found

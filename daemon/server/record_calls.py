@@ -119,6 +119,7 @@ class ShellCounters:
     packets_sent: int = 0
     packets_dropped: int = 0    # peer not connected
     vacuum_candidates: int = 0  # ScheduleForDeletion: handed to the vacuum service
+    gathers: int = 0            # GatherCopies: a key settled on first use (core/db/settling.py)
     errors: dict[str, int] = field(default_factory=dict)   # by kind of cause
 
 
@@ -264,7 +265,11 @@ class RecordCalls:
 
     def forget_settled(self, db_id: int, key: bytes) -> None:
         """The vacuum deleted the record at its lmaster, everywhere."""
-        self.core.settling.unsettled.forget(db_id, key)
+        self.core.settling.forget(db_id, key)
+
+    def feed(self, event: Event) -> None:
+        """An event from another service of this node (the sweep's): the normal path."""
+        self._feed(event)
 
     def db_thawed(self, db_id: int) -> None:
         self._run_unlocked(DbThawed(db_id))
@@ -532,6 +537,8 @@ class RecordCalls:
         self._arm(loop)
 
     def _gather(self, action: GatherCopies) -> None:
+        self.counters.gathers += 1
+        log.debug("settling a key of db 0x%08x: gathering every node's copy", action.db_id)
         if self.tasks.spawn(self._gather_copies(action), f"gather-{action.db_id:08x}") is None:
             log.debug("not settling a key of db 0x%08x: shutting down", action.db_id)
 

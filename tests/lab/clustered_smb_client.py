@@ -6,6 +6,7 @@
     python clustered_smb_client.py brlock IP_A IP_B --file NAME --share SHARE
     python clustered_smb_client.py oplock IP_A IP_B --file NAME
     python clustered_smb_client.py lease IP_A IP_B --file NAME
+    python clustered_smb_client.py opens IP --file PREFIX --count N   (N new files, each closed)
 
 Each command prints JSON lines; the last one is the result.  The program only observes and
 reports (NT status names, timings); tests/lab/test_clustered_samba.py decides.  A and B are two
@@ -161,6 +162,23 @@ def cmd_hold(args) -> dict:
     return {"ok": True}
 
 
+def cmd_opens(args) -> dict:
+    """Create `count` new files PREFIX-0 .. and close each: new records in locking.tdb and
+    smbXsrv_open_global.tdb."""
+    client = Client(args.ip, args.share, args.user, args.password)
+    errors = []
+    opened = 0
+    for i in range(args.count):
+        status, _ = timed(lambda i=i: client.open(f"{args.file}-{i}",
+                                                  disposition=CreateDisposition.FILE_CREATE).close())
+        if status == "OK":
+            opened += 1
+        else:
+            errors.append(status)
+    client.close()
+    return {"opened": opened, "errors": errors}
+
+
 def cmd_sharing(args) -> dict:
     a = Client(args.ip_a, args.share, args.user, args.password)
     b = Client(args.ip_b, args.share, args.user, args.password)
@@ -279,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     hold = sub.add_parser("hold", parents=[common])
     hold.add_argument("ip")
     hold.add_argument("--lock", action="store_true", help="also hold a byte-range lock (0..9)")
+    opens = sub.add_parser("opens", parents=[common])
+    opens.add_argument("ip")
+    opens.add_argument("--count", type=int, default=10)
     for name in ("sharing", "brlock", "oplock", "lease"):
         p = sub.add_parser(name, parents=[common])
         p.add_argument("ip_a")
@@ -291,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"login": cmd_login, "hold": cmd_hold, "sharing": cmd_sharing, "brlock": cmd_brlock,
-            "oplock": cmd_oplock, "lease": cmd_lease}
+            "oplock": cmd_oplock, "lease": cmd_lease, "opens": cmd_opens}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ def test_pyctdbd_tunables():
     tunables = Tunables()
     assert [(spec.name, spec.default) for spec in PYCTDBD_TUNABLES] == [
         ("HeartbeatIntervalMs", 100), ("DeadTimeoutMs", 400), ("ElectionTimeoutMs", 300),
-        ("GratuitousArpRepeatMs", 250), ("GratuitousArpBursts", 3), ("TakeoverRunDelayMs", 0)]
+        ("GratuitousArpRepeatMs", 250), ("GratuitousArpBursts", 3), ("TakeoverRunDelayMs", 0),
+        ("SweepDelayMs", 1000)]
     assert all(spec.wire_index is None and spec.description for spec in PYCTDBD_TUNABLES)
     tunables.set("deadtimeoutms", 250)
     assert tunables.get("DeadTimeoutMs") == 250

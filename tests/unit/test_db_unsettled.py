@@ -80,13 +80,16 @@ def test_a_key_settled_before_a_second_change_is_suspect_again_if_that_change_to
 
 def test_the_merge_keeps_a_live_self_claim_or_takes_the_newest_copy_with_a_higher_rsn():
     key = moved_key()
-    # node 1 names itself: the lmaster (0) points at it
-    assert settle_copies(key, 0, NEW, None, [Copy(1, H(7, 1), b"v")]) == (H(7, 1), b"v")
+    # node 1 names itself: the lmaster (0) points at it, ranking below its copy (a full
+    # recovery keeps the first of two equal rsns: the pointer's data may be stale)
+    assert settle_copies(key, 0, NEW, None, [Copy(1, H(7, 1), b"v")]) == (H(6, 1), b"v")
     # nobody names itself (the dmaster was lost): the newest copy, rsn + 1, on the lmaster
     header, data = settle_copies(key, 0, NEW, (H(3, 2), b"old"), [Copy(1, H(6, 2), b"new")])
     assert (header.rsn, header.dmaster, data) == (7, 0, b"new")
     assert settle_copies(key, 0, NEW, None, []) is None          # no copy anywhere: a new key
-    assert settle_copies(key, 0, NEW, (H(7, 1), b"v"), [Copy(1, H(7, 1), b"v")]) is None
+    assert settle_copies(key, 0, NEW, (H(6, 1), b"v"), [Copy(1, H(7, 1), b"v")]) is None
+    assert settle_copies(key, 0, NEW, (H(7, 1), b"v"), [Copy(1, H(7, 1), b"v")]) == (H(6, 1), b"v")
+    assert settle_copies(key, 0, NEW, None, [Copy(1, H(0, 1), b"")]) == (H(0, 1), b"")
 
 
 # -- on the migration core ----------------------------------------------------------------------
@@ -98,13 +101,13 @@ def test_the_new_lmaster_gathers_instead_of_making_itself_dmaster():
     assert core.step(call(key, 2), None, 1.0) == []                  # waits behind the first
     actions = core.step(CopiesGathered(DB, key, (Copy(1, H(7, 1), b"v"),)), None, 1.1)
     stores = [a for a in actions if isinstance(a, StoreRecord)]
-    assert [(s.header.dmaster, s.header.rsn) for s in stores] == [(1, 7)]
+    assert [(s.header.dmaster, s.header.rsn) for s in stores] == [(1, 6)]
     requeued = [a.event for a in actions if isinstance(a, Requeue)]
     assert [e.reqid for e in requeued] == [1, 2] and all(e.requeued for e in requeued)
     # run again with the stored pointer: the call goes to node 1, the second collapses into it
-    sent = core.step(requeued[0], (H(7, 1), b"v"), 1.2)
+    sent = core.step(requeued[0], (H(6, 1), b"v"), 1.2)
     assert [(a.dest, type(a.body)) for a in sent if isinstance(a, SendPacket)] == [(1, ReqCall)]
-    assert core.step(requeued[1], (H(7, 1), b"v"), 1.2) == []
+    assert core.step(requeued[1], (H(6, 1), b"v"), 1.2) == []
     assert core.stats.client_req_call == 2             # each call counted once
 
 

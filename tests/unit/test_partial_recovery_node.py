@@ -6,6 +6,7 @@ lmaster (under the chain lock, waited for outside the loop when smbd holds it)."
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -15,6 +16,7 @@ from ctdblab.daemon.protocol import (
     Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryDefer, RecoveryScan,
     unpack_reply,
 )
+from ctdblab.daemon.log import log as daemon_log
 from ctdblab.daemon.server.dispatch import Result
 from ctdblab.daemon.server.partial_recovery import PartialRecoveryNode, RecoveryView
 from ctdblab.daemon.store import DbDirs, DbKind, Store
@@ -130,3 +132,156 @@ def test_an_overflowed_hand_off_log_refuses_so_the_full_recovery_runs(node):
     recovery, db, _ = node
     recovery.handed_off = lambda db_id: (set(), True)
     assert "too many records" in recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).errmsg
+
+
+# -- the sweep (server/sweeper.py, core/db/sweep.py) ------------------------------------------
+
+def test_the_sweep_key_list_holds_this_nodes_copies_the_lmaster_must_settle(node):
+    from ctdblab.daemon.protocol import SweepKeys
+    recovery, db, _ = node
+    keys = _fill(db)                                  # both keys have lmaster 1 (slot kept)
+    recovery.view = lambda: RecoveryView(False, 41, OLD_MAP, NEW_MAP)
+    moved = key_with(2, "moved")                       # node 2's slot, node 0's now
+    asyncio.run(db.store_ltdb(moved, H(4, 1), b"v"))
+    request = SweepKeys(db.db_id, 1, list(NEW_MAP), [2], [list(OLD_MAP), list(NEW_MAP)])
+    result = asyncio.run(recovery.sweep_keys(request))
+    (buffer,) = unpack_reply(Control.PYCTDB_SWEEP_KEYS, result.data).buffers
+    # for lmaster 1: only the copy naming the lost node, without its data
+    assert [(r.key, r.split_header()[0].dmaster, r.split_header()[1]) for r in buffer.records] == [
+        (keys["lost"], 2, b"")]
+    request = SweepKeys(db.db_id, 0, list(NEW_MAP), [2], [list(OLD_MAP), list(NEW_MAP)])
+    (buffer,) = unpack_reply(Control.PYCTDB_SWEEP_KEYS,
+                             asyncio.run(recovery.sweep_keys(request)).data).buffers
+    assert [r.key for r in buffer.records] == [moved]            # for lmaster 0: the moved slot
+    recovery.view = lambda: RecoveryView(True, 41, OLD_MAP, NEW_MAP)
+    assert asyncio.run(recovery.sweep_keys(request)).status == -1      # not in recovery mode
+
+
+class _Messenger:
+    def __init__(self, peers, reply):
+        self.peers, self.reply = peers, reply
+
+    def active_peers(self):
+        return list(self.peers)
+
+    async def controls(self, pnns, opcode, data=b"", *, flags=0, timeout):
+        return {p: self.reply(p, opcode, data) for p in pnns}
+
+
+def _sweeping_node(db, messenger, spawned):
+    from ctdblab.daemon.core.db.migration import (
+        DbAttached, MigrationCore, MigrationSettings, VnnMapChanged,
+    )
+    from ctdblab.daemon.protocol.types import VnnMap
+    from ctdblab.daemon.server.record_calls import RecordCalls
+    from ctdblab.daemon.server.sweeper import Sweeper
+    from ctdblab.daemon.server.tasks import Tasks
+    core = MigrationCore(MigrationSettings(pnn=0), VnnMap(5, list(OLD_MAP)))
+    core.step(DbAttached(db.db_id, "locking.tdb"))
+    core.step(VnnMapChanged(VnnMap(6, list(NEW_MAP))), None, 0.0)
+    loop_time = lambda: asyncio.get_running_loop().time()           # noqa: E731
+    calls = RecordCalls(core, lambda d: db if d == db.db_id else None, lambda pnn, frame: False,
+                        Tasks(), loop_time, lambda reason: None)
+    lookup = lambda d: db if d == db.db_id else None                # noqa: E731
+    return core, Sweeper(calls, lookup, messenger, lambda coro, name=None: spawned.append(coro),
+                         loop_time, delay=lambda: 0.0)
+
+
+class _Lines(logging.Handler):
+    """What the daemon's logger says, whatever another test did to logging's configuration."""
+
+    def __init__(self, level):
+        super().__init__(level)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.saved = daemon_log.level
+        daemon_log.addHandler(self)
+        daemon_log.setLevel(min(self.level, daemon_log.getEffectiveLevel()))
+        return self
+
+    def __exit__(self, *exc):
+        daemon_log.removeHandler(self)
+        daemon_log.setLevel(self.saved)
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+
+def test_a_sweep_makes_a_lost_dmasters_record_the_lmasters_and_closes_the_epochs(node):
+    _, db, _ = node
+    orphan = key_with(2, "orphan")                      # moved to node 0; its dmaster was node 2
+    asyncio.run(db.store_ltdb(orphan, H(6, 2), b"newest"))
+    core, sweeper = _sweeping_node(db, _Messenger([], None), [])
+
+    async def main():
+        return await sweeper.sweep(db.db_id)
+    with _Lines(logging.INFO) as caplog:
+        assert asyncio.run(main())
+    header, value = db.tdb.fetch_ltdb(orphan)
+    assert (header.dmaster, header.rsn, value) == (0, 7, b"newest")
+    assert not core.settling.unsettled.any(db.db_id)
+    assert "swept db locking.tdb: 1 keys, 1 settled" in caplog.text
+
+
+def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_later(node):
+    from ctdblab.daemon.net.rpc import ControlError
+    _, db, _ = node
+    spawned = []
+    core, sweeper = _sweeping_node(db, _Messenger([1], lambda p, op, d: ControlError("timed out")),
+                                   spawned)
+
+    async def main():
+        await sweeper._run(0.0)
+    with _Lines(logging.WARNING) as caplog:
+        asyncio.run(main())
+    assert "abandoned" in caplog.text and "node 1 did not list its keys" in caplog.text
+    assert core.settling.sweeps.running == {} and core.settling.sweeps.abandoned == 1
+    assert core.settling.unsettled.any(db.db_id)          # nothing closed
+    assert len(spawned) == 1 and sweeper.backoff == 2.0   # the retry, with a backoff
+    spawned[0].close()
+
+
+def test_leaving_recovery_mode_starts_a_sweep_after_the_delay_and_a_zero_delay_means_none(node):
+    _, db, _ = node
+    spawned = []
+    _, sweeper = _sweeping_node(db, _Messenger([], None), spawned)
+    delay = [0.0]
+    sweeper.delay = lambda: delay[0]
+    sweeper.recovery_mode(False)
+    assert spawned == []
+    delay[0] = 1.0
+    sweeper.recovery_mode(True)
+    assert spawned == []
+    sweeper.recovery_mode(False)
+    assert len(spawned) == 1
+    spawned[0].close()
+
+
+def test_recovery_mode_cancels_a_sweep_under_way_and_the_core_forgets_it(node):
+    _, db, _ = node
+
+    class Silent(_Messenger):
+        async def controls(self, pnns, opcode, data=b"", *, flags=0, timeout):
+            await asyncio.Event().wait()            # a peer still traversing
+
+    core, sweeper = _sweeping_node(db, Silent([1], None), [])
+
+    async def main():
+        sweeper.spawn = lambda coro, name=None: asyncio.ensure_future(coro)
+        sweeper.delay = lambda: 0.01
+        sweeper.recovery_mode(False)
+        await asyncio.sleep(0.1)
+        assert core.settling.sweeps.running            # waiting for node 1's key list
+        task = sweeper.task
+        sweeper.recovery_mode(True)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    with _Lines(logging.WARNING) as lines:
+        asyncio.run(main())
+    assert core.settling.sweeps.running == {}
+    assert "abandoned: recovery mode or shutdown" in lines.text

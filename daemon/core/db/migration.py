@@ -34,6 +34,9 @@ The shell's contract
   drop it if the client is gone); ``Requeue`` — feed the event again after ``delay`` seconds
   (0: on the next loop turn), through the same lock/read/step path, keeping the order of
   requeues; ``ForceRecovery`` — set recovery mode ACTIVE as ctdbd does; ``Log``.
+* The background sweep after a membership change (``server/sweeper.py``, rules in
+  :mod:`.sweep`) feeds ``SweptCopies`` (a record event: under the key's chain lock) and
+  ``SweepFinished`` (without a lock); it asks ``settling.start_sweep`` for its plan.
 * Also feed: ``DbAttached`` / ``DbDetached`` as the registry attaches and detaches databases,
   ``VnnMapChanged`` whenever a recovery installs a vnnmap, ``SetBanned`` with this node's ban,
   ``ClientGone`` when a local client disconnects, ``Tick`` about once a second.
@@ -155,7 +158,7 @@ from .migration_events import (
     Action, ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, Event,
     ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log, MigrationSettings, PeerPacket,
     RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
-    StoreRecord, Tick, VnnMapChanged,
+    StoreRecord, SweepFinished, SweptCopies, Tick, VnnMapChanged,
 )
 from .recovery_gate import RecoveryGate
 from .settling import KeySettling
@@ -164,8 +167,8 @@ __all__ = [
     "Action", "ClientGone", "CopiesGathered", "DbAttached", "DbDetached", "DbThawed", "DeleteRecord",
     "Event", "FlightView", "ForceRecovery", "GatherCopies", "KeysUnsettled", "LocalCall", "Log",
     "MigrationCore", "MigrationSettings", "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient",
-    "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned", "StoreRecord", "Tick",
-    "VnnMapChanged",
+    "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned", "StoreRecord", "SweepFinished",
+    "SweptCopies", "Tick", "VnnMapChanged",
 ]
 
 _WANT_READONLY = int(CallFlag.WANT_READONLY)
@@ -189,7 +192,7 @@ class MigrationCore:
         self.db_stats: dict[int, DbCallStatistics] = {}
         self.flights = FlightTable()
         self.pins: dict[tuple[int, bytes], float] = {}
-        self.settling = KeySettling(self.pnn)     # keys after a membership change (unsettled.py)
+        self.settling = KeySettling(self.pnn, self.databases)    # after a membership change
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -206,7 +209,7 @@ class MigrationCore:
     def lock_target(self, event: Event) -> tuple[int, bytes] | None:
         """(db_id, key) whose chain lock the shell must hold (and whose record it must read)
         while it steps `event`; None: step without a lock, with record None."""
-        if isinstance(event, (LocalCall, Reissue, CopiesGathered)):
+        if isinstance(event, (LocalCall, Reissue, CopiesGathered, SweptCopies)):
             db_id, key = event.db_id, event.key
         elif isinstance(event, PeerPacket) and isinstance(event.body, (ReqCall, ReqDmaster, ReplyDmaster)):
             db_id, key = event.body.db_id, event.body.key
@@ -236,8 +239,8 @@ class MigrationCore:
             raise TypeError(f"not a call or dmaster packet: {type(body).__name__}")
         if isinstance(event, Reissue):
             return self._reissue(event, record, now)
-        if isinstance(event, CopiesGathered):
-            return self.settling.gathered(event, record, self.lmasters, self.lmaster(event.key))
+        if isinstance(event, (CopiesGathered, SweptCopies, SweepFinished)):
+            return self.settling.step(event, record, self.lmasters, now)
         if isinstance(event, KeysUnsettled):
             return self.settling.keys_unsettled(event, self.lmasters, self.databases.get(event.db_id))
         if isinstance(event, VnnMapChanged):

@@ -130,6 +130,28 @@ class CopiesGathered:
 
 
 @dataclass(frozen=True)
+class SweptCopies:
+    """A sweep's copies of one key (every active node's, `core/db/partial_recovery.Copy`):
+    applied under the key's chain lock (:mod:`.sweep`)."""
+
+    db_id: int
+    key: bytes
+    sweep_id: int
+    copies: tuple = ()
+
+
+@dataclass(frozen=True)
+class SweepFinished:
+    """The shell fed all `keys` SweptCopies of the sweep: its epochs close once every one of
+    them is applied (or `failed`: the sweep is abandoned with that reason)."""
+
+    db_id: int
+    sweep_id: int
+    keys: int
+    failed: str = ""
+
+
+@dataclass(frozen=True)
 class ClientGone:
     """A local client disconnected: its waiting calls get no reply."""
 
@@ -142,7 +164,8 @@ class Tick:
 
 
 Event = Union[DbAttached, DbDetached, VnnMapChanged, RecoveryMode, DbThawed, SetBanned, LocalCall,
-              PeerPacket, Reissue, KeysUnsettled, CopiesGathered, ClientGone, Tick]
+              PeerPacket, Reissue, KeysUnsettled, CopiesGathered, SweptCopies, SweepFinished, ClientGone,
+              Tick]
 
 
 # -- actions ---------------------------------------------------------------------------------

@@ -36,13 +36,18 @@ it needs to know where the record is:
   does not hold to the lmaster (`lost_nodes`: a copy naming a lost node is sent there too), and
   only the lmaster follows a copy's pointer.
 
-An epoch is dropped when a full recovery of the database (CTDB's merge of every record) thaws it.
-Settled keys are remembered per database (key -> epoch sequence) until then; a key the vacuum
-deletes at its lmaster is forgotten (settling it again finds no copy anywhere, which is cheap),
-so the memory follows the records in use, not the churn.
-Deviation from CTDB: until a key is settled, a traverse (`ctdb catdb`, `smbstatus`) does not
-show a record whose dmaster was lost -- CTDB's recovery would have made its newest surviving copy
-visible on the leader.
+Epochs end two ways. A full recovery of the database (CTDB's merge of every record) drops them
+all. And shortly after every membership change each node *sweeps* (:mod:`.sweep`): it settles
+in the background every key it is lmaster of that an open epoch makes suspect, then *closes*
+those epochs for its lmaster role (`Unsettled.close`): `suspect` no longer looks at them and the
+keys settled under them are forgotten. Their lost nodes are kept (`lost_nodes`): a node that is
+not the lmaster and whose copy names a dead node must still send its call to the lmaster --
+closing the lmaster's epochs says nothing about copies elsewhere. Until then settled keys are
+remembered per database (key -> epoch sequence); a key the vacuum deletes at its lmaster is
+forgotten (settling it again finds no copy anywhere, which is cheap).
+Deviation from CTDB: until the sweep has settled it (a few seconds after the recovery), a
+traverse (`ctdb catdb`, `smbstatus`) does not show a record whose dmaster was lost -- CTDB's
+recovery makes its newest surviving copy visible before the recovery ends.
 
 Pure state; the migration core (:mod:`.migration`) turns it into actions.
 """
@@ -78,6 +83,7 @@ class Epoch:
 class _Db:
     epochs: list[Epoch] = field(default_factory=list)
     settled: dict[bytes, int] = field(default_factory=dict)      # key -> epoch seq settled at
+    swept_lost: frozenset[int] = frozenset()    # lost nodes of epochs closed by a sweep
 
 
 class Unsettled:
@@ -111,7 +117,25 @@ class Unsettled:
         """Every record of the database was merged (a full recovery) or it is gone."""
         self._dbs.pop(db_id, None)
 
+    def close(self, db_id: int, upto: int) -> int:
+        """A sweep settled every suspect key of this lmaster under the epochs up to sequence
+        `upto`: they no longer make a key suspect, and the keys settled under them alone are
+        forgotten. Their lost nodes stay for `lost_nodes`. Returns how many epochs closed."""
+        db = self._dbs.get(db_id)
+        if db is None:
+            return 0
+        closed = [ep for ep in db.epochs if ep.seq <= upto]
+        db.epochs = [ep for ep in db.epochs if ep.seq > upto]
+        db.swept_lost = db.swept_lost.union(*(ep.lost for ep in closed))
+        db.settled = {k: seq for k, seq in db.settled.items() if seq > upto}
+        return len(closed)
+
+    def settled_count(self, db_id: int) -> int:
+        db = self._dbs.get(db_id)
+        return 0 if db is None else len(db.settled)
+
     def any(self, db_id: int) -> bool:
+        """Any open epoch (one no sweep has closed yet)?"""
         db = self._dbs.get(db_id)
         return db is not None and bool(db.epochs)
 
@@ -120,11 +144,12 @@ class Unsettled:
         return list(db.epochs) if db is not None else []
 
     def lost_nodes(self, db_id: int) -> frozenset[int]:
-        """Nodes lost in an open epoch: a copy naming one of them is no guide to the record."""
+        """Nodes lost since the last full recovery (in an open epoch or one a sweep closed): a
+        copy naming one of them is no guide to the record."""
         db = self._dbs.get(db_id)
         if db is None:
             return frozenset()
-        return frozenset().union(*(ep.lost for ep in db.epochs))
+        return db.swept_lost.union(*(ep.lost for ep in db.epochs))
 
     # -- keys ------------------------------------------------------------------------------------
     def suspect(self, db_id: int, key: bytes, record: Record | None, pnn: int) -> bool:
@@ -163,4 +188,17 @@ def settle_copies(key: bytes, pnn: int, lmasters: Sequence[int], own: Record | N
     if not copies:
         return None
     repairs = plan_repairs(lmasters, {bytes(key): copies}).get(pnn, [])
-    return (repairs[-1].header, repairs[-1].data) if repairs else None
+    result = (repairs[-1].header, repairs[-1].data) if repairs else None
+    # A pointer at a live dmaster must rank below the dmaster's own copy: CTDB's full recovery
+    # (core/db/recovery_plan.py, ctdb_recovery_helper's recdb_add) keeps the first copy pulled on
+    # an rsn tie, in node order, and smbd changes the dmaster's data without raising its rsn, so
+    # an equal pointer could win with stale data. (A dmaster's copy at rsn 0 keeps a tie.)
+    current = result if result is not None else (None if own is None else (own[0], bytes(own[1])))
+    if current is not None and current[0].dmaster != pnn:
+        header = current[0]
+        top = next((c.header.rsn for c in copies
+                    if c.pnn == header.dmaster and c.header.dmaster == c.pnn), 0)
+        if top > 0 and header.rsn >= top:
+            result = (LtdbHeader(rsn=top - 1, dmaster=header.dmaster, reserved1=header.reserved1,
+                                 flags=header.flags), current[1])
+    return result
