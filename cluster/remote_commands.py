@@ -56,7 +56,7 @@ def node_problems(entry: HostEntry, report: str) -> tuple[list[str], str | None]
         elif word == "missing-script":
             problems.append(f"{STOCK_EVENTS}/{rest}.script is missing (Debian's ctdb package)")
         elif word == "no-shared-dir":
-            problems.append(f"the cluster filesystem is not there (no directory at the "
+            problems.append("the cluster filesystem is not there (no directory at the "
                             "inventory's shared_dir)")
         elif word == "python":
             version = tuple(int(x) for x in rest.split(".") if x.isdigit())

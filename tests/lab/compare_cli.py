@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pyctdbd_netns import NetnsCluster, sh  # noqa: E402
+from pyctdbd_netns import NetnsCluster  # noqa: E402
 
 AGGRESSIVE = {"KeepaliveInterval": 1, "KeepaliveLimit": 2, "ElectionTimeout": 1,
               "RerecoveryTimeout": 1, "MonitorInterval": 1}

@@ -37,7 +37,7 @@ from ctdblab.daemon.protocol import (
 )
 from ctdblab.daemon.protocol.constants import CallFlag, CallFunc
 from ctdblab.daemon.protocol.ltdb import DB_SEQNUM_TDB_KEY, LTDB_HEADER_SIZE, pack_seqnum
-from ctdblab.daemon.store import TdbFile, db_id
+from ctdblab.daemon.store import TdbFile
 
 from pyctdbd_cluster import LocalCluster, have_ctdb_cli
 

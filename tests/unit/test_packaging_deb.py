@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
