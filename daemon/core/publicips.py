@@ -190,3 +190,21 @@ class PublicIPs:
             return False
         iface.link_up = up
         return True
+
+
+def given_away(held: Iterable[str], leader_view: Iterable[tuple[str, int]], my_pnn: int) -> list[tuple[str, int]]:
+    """The IPs this node holds that the leader's table gives to another node, with that node.
+
+    A leader that lost touch with this node (a partition, packet loss, a loop that stalled past
+    the dead timeout) moved this node's IPs to others without being able to tell it: this node
+    still has them configured and answers ARP for them, as the new owner does. When it finds the
+    leader again it asks for the leader's table and lets go of those (ctdb-recoverd's
+    "We are still serving a public IP that we should not be serving"). An IP the leader leaves
+    unassigned, or gives to this node, or does not know, stays."""
+    view = {canonical_ip(ip): pnn for ip, pnn in leader_view}
+    out = []
+    for ip in held:
+        owner = view.get(canonical_ip(ip))
+        if owner is not None and owner not in (my_pnn, UNKNOWN_PNN):
+            out.append((ip, owner))
+    return out

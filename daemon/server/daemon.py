@@ -414,6 +414,7 @@ class Daemon:
     # -- what the node core's decisions ask of the other services (NodeEvents) -------------------
     def leader_changed(self, old: int, new: int) -> None:
         self.leader.leader_changed(old, new)
+        self.ips.reconcile_with(new)
 
     def leader_work(self, recovery: bool, takeover: bool, reason: str) -> None:
         self.leader.schedule(recovery=recovery, takeover=takeover, reason=reason)

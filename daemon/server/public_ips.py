@@ -12,10 +12,14 @@ from collections.abc import Callable, Iterable
 
 from ..config import Tunables
 from ..core.nodes import NodeMap
-from ..core.publicips import Interface, PublicIPs, Vnn
+from ..core.publicips import Interface, PublicIPs, Vnn, given_away
 from ..failover.effects import Effects
 from ..log import log, notice
-from ..protocol import UNKNOWN_PNN, Srvid, SrvidMessage, pack_message
+from ..net.rpc import ControlError
+from ..protocol import (
+    UNKNOWN_PNN, Control, ProtocolError, Srvid, SrvidMessage, pack_message, unpack_reply,
+)
+from .wire import address_of
 from .connections import ConnectionTracker
 from .dispatch import Result
 from .messenger import Messenger
@@ -23,6 +27,7 @@ from .scripts import ScriptEvents
 from .tasks import Tasks
 
 VERIFY_WAIT = 10.0           # s to wait for a requested takeover run before asking again
+RECONCILE_TIMEOUT = 2.0      # s for the leader's table of public IPs
 
 
 class PublicIPService:
@@ -284,6 +289,30 @@ class PublicIPService:
         self._asked_until = now + VERIFY_WAIT
         self.messenger.send_message(leader, Srvid.TAKEOVER_RUN,
                                     pack_message(Srvid.TAKEOVER_RUN, SrvidMessage(self.nodemap.my_pnn, 0)))
+
+    def reconcile_with(self, leader: int) -> None:
+        """This node (re)found a leader: let go of what it gave to others meanwhile."""
+        if leader in (UNKNOWN_PNN, self.nodemap.my_pnn) or not self.table.held() or self.failover_disabled:
+            return
+        self.tasks.spawn(self._reconcile_with(leader), "reconcile-ips-with-leader")
+
+    async def _reconcile_with(self, leader: int) -> None:
+        try:
+            reply = await self.messenger.control(leader, Control.GET_PUBLIC_IPS, timeout=RECONCILE_TIMEOUT)
+            view = unpack_reply(Control.GET_PUBLIC_IPS, reply.data)
+        except (ControlError, ProtocolError) as exc:
+            log.warning("Could not compare this node's public IPs with the leader's (node %u): %s",
+                        leader, exc)
+            return
+        held = {v.ip: v for v in self.table.held() if not v.update_in_flight}
+        leader_view = [(ip, p.pnn) for p in view.ips if (ip := address_of(p.addr)) is not None]
+        for ip, owner in given_away(held, leader_view, self.nodemap.my_pnn):
+            vnn = held[ip]
+            if vnn.update_in_flight or vnn not in self.table.held():
+                continue
+            log.warning("Public IP %s is node %u's in the leader's table (it moved while this node "
+                        "was out of touch with the leader): releasing it here", ip, owner)
+            await self.release_held(vnn, owner)
 
     async def ipreallocated(self) -> Result:
         """The takeover run is over everywhere: the ipreallocated event, then tell clients."""

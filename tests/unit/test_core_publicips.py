@@ -35,3 +35,16 @@ def test_delip_of_an_ip_hosted_elsewhere_goes_at_once_and_unknown_ips_are_report
     t.find("198.19.8.2").pnn = 3
     assert t.delete("198.19.8.2") == "deleted" and t.find("198.19.8.2") is None
     assert t.delete("198.19.8.77") == "unknown"
+
+
+def test_what_the_leader_gave_away_while_out_of_touch_is_let_go():
+    from ctdblab.daemon.core.publicips import given_away
+
+    held = ["198.19.8.1", "198.19.8.2", "198.19.8.3", "198.19.8.4"]
+    leader_view = [("198.19.8.1", 0),            # moved to node 0 while this node was away
+                   ("198.19.8.2", 2),            # still ours
+                   ("198.19.8.3", UNKNOWN_PNN),  # the leader left it unassigned: keep serving
+                   ("198.19.8.9", 1)]            # not ours; .4 unknown to the leader: keep
+    assert given_away(held, leader_view, my_pnn=2) == [("198.19.8.1", 0)]
+    assert given_away([], leader_view, my_pnn=2) == []
+    assert given_away(["2001:db8::1"], [("2001:db8:0::1", 1)], my_pnn=2) == [("2001:db8::1", 1)]
