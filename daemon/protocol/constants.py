@@ -25,6 +25,10 @@ MULTICAST = 0xF0000005  # selected connected nodes
 UNKNOWN_PNN = 0xFFFFFFFF
 #: The vnnmap generation of a node that is INACTIVE; never used for a real recovery.
 INVALID_GENERATION = 1
+#: pyctdbd's PYCTDB_RECOVERY_HANDOFFS answer of a node whose last recovery did not finish (it
+#: entered recovery mode on its own, e.g. cut off from the majority): never a generation, which
+#: recoveries draw from 2..0xFFFFFFFE.
+STALE_GENERATION = 0xFFFFFFFF
 #: Pull from any lmaster (ctdb_pulldb.lmaster).
 LMASTER_ANY = 0xFFFFFFFF
 

@@ -6,7 +6,7 @@ copies nothing (rules in `core/db/unsettled.py`, the leader's side in
   no daemon moves a record meanwhile). Answer: this node's `came_from` generation and, per listed
   volatile database, the keys it handed to another node shortly before the generation changed
   or whose hand-off to it was cut off (`core/db/handoffs.py`; refused if that log overflowed),
-  without data.
+  without data. A node whose last recovery did not finish answers STALE_GENERATION and no keys.
 * **PYCTDB_RECOVERY_DEFER** {generation, old map, per database the collected keys}: each listed
   volatile database gets an epoch (the migration core's lmaster settles its keys when a call
   first needs them); then each listed database's generation becomes the recovery's (refused for
@@ -29,10 +29,9 @@ from ..core.db.partial_recovery import Copy
 from ..core.db.sweep import needs_sweep
 from ..log import log
 from ..protocol import (
-    INVALID_GENERATION, LTDB_HEADER_SIZE, Control, LtdbHeader, ProtocolError, RecBuffer,
-    RecBufferList, RecData,
-    RecoveryDefer, RecoveryScan, SweepKeys, pack_reply, pack_request, pack_scan_result,
-    unpack_reply,
+    INVALID_GENERATION, LTDB_HEADER_SIZE, STALE_GENERATION, Control, LtdbHeader, ProtocolError,
+    RecBuffer, RecBufferList, RecData, RecoveryDefer, RecoveryScan, SweepKeys, pack_reply,
+    pack_request, pack_scan_result, unpack_reply,
 )
 from ..store import ChildError, Database, LockError, TdbError
 from .dispatch import Result
@@ -110,9 +109,11 @@ class PartialRecoveryNode:
         if not view.recovering:
             return Result(-1, errmsg="not in recovery mode")
         if view.came_from == INVALID_GENERATION and view.previous_map:
-            # Not a node that started afresh: one whose last recovery did not finish. What it
-            # holds is for CTDB's full merge.
-            return Result(-1, errmsg="this node's last recovery did not finish")
+            # Not a node that started afresh: one whose last recovery did not finish (it entered
+            # recovery mode on its own, e.g. cut off from the majority). Its hand-off log means
+            # nothing now; the leader decides what becomes of its records (wiped if the
+            # cluster recovered without it, else CTDB's full merge).
+            return Result(0, pack_scan_result(STALE_GENERATION, []))
         buffers = []
         for db_id in request.db_ids:
             db = self.lookup(db_id)

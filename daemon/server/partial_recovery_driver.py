@@ -12,7 +12,10 @@ every node or on the few nodes named:
 2. PYCTDB_RECOVERY_HANDOFFS to every node: the keys of each volatile database whose hand-off
    the generation change cut off, and the generation each node came from. The nodes that came
    from one must all have come from the same one, and every other node must be new (started
-   since: it holds nothing); else everything is recovered in full.
+   since: it holds nothing); else everything is recovered in full. A joining node whose last
+   recovery did not finish (it entered recovery mode on its own, cut off from the majority,
+   which recovered without it) has its volatile databases wiped -- freeze, transaction,
+   WIPE_DATABASE, commit, thaw on that node alone -- and then counts as new.
 3. GET_DB_SEQNUM of every persistent database on every node: equal everywhere means nothing
    to do; otherwise the database is recovered CTDB's way on the node with the highest sequence
    number and the nodes behind it only (a rejoining node), the others keep serving it.
@@ -37,8 +40,8 @@ from ..core.db.recovery_plan import DbToRecover
 from ..core.db.registry import attach_opcode
 from ..log import log, notice
 from ..protocol import (
-    INVALID_GENERATION, Control, ControlFlag, DbFlag, ProtocolError, RecBuffer, RecData,
-    RecoveryDefer, RecoveryScan, pack_request, unpack_reply,
+    INVALID_GENERATION, STALE_GENERATION, Control, ControlFlag, DbFlag, ProtocolError, RecBuffer,
+    RecData, RecoveryDefer, RecoveryScan, TransDb, pack_request, unpack_reply,
 )
 from .messenger import Messenger
 
@@ -101,7 +104,18 @@ class PartialRecoveryDriver:
         persistent = [db for db in dbs if db.by_seqnum and not db.flags & DbFlag.REPLICATED]
         reports = await self._all(nodes, Control.PYCTDB_RECOVERY_HANDOFFS,
                                   RecoveryScan(list(nodes), [db.db_id for db in volatile]))
-        came_from = {p: r.came_from for p, r in reports.items() if r.came_from != INVALID_GENERATION}
+        stale = sorted(p for p, r in reports.items() if r.came_from == STALE_GENERATION)
+        if stale:
+            if any(p in old_map for p in stale):
+                raise _Abandon(f"node(s) {stale} of the old map did not finish their last recovery")
+            # Joining nodes that entered recovery mode on their own (cut off from the majority)
+            # and kept their records: the cluster recovered without them, so what they hold is
+            # stale -- a self-claim of theirs could contradict a dmaster settled since. Wiped,
+            # they join as a restarted node would; only they freeze, for the wipe.
+            await self._wipe(volatile, stale, generation)
+            mark = self._phase(f"wiped {stale}", mark)
+        came_from = {p: r.came_from for p, r in reports.items()
+                     if r.came_from not in (INVALID_GENERATION, STALE_GENERATION)}
         if not came_from or came_from_all(came_from, INVALID_GENERATION) is None:
             raise _Abandon("the nodes were not all serving in the same generation")
         cut_off: dict[int, set[bytes]] = {db.db_id: set() for db in volatile}
@@ -134,6 +148,22 @@ class PartialRecoveryDriver:
                                for pnn in nodes))
         self._phase("defer", mark)
         return outcome, sum(len(keys) for keys in cut_off.values())
+
+    async def _wipe(self, volatile: Sequence[DbToRecover], nodes: Sequence[int], generation: int) -> None:
+        """Empty every volatile database on `nodes` the way CTDB's recovery does on each node
+        (freeze, transaction, WIPE_DATABASE, commit, thaw), without pulling or pushing a record."""
+        async def one(db: DbToRecover, pnn: int) -> None:
+            db_id = pack_request(Control.DB_FREEZE, db.db_id)
+            transdb = pack_request(Control.DB_TRANSACTION_START, TransDb(db.db_id, generation))
+            for opcode, data in ((Control.DB_FREEZE, db_id), (Control.DB_TRANSACTION_START, transdb),
+                                 (Control.WIPE_DATABASE, transdb),
+                                 (Control.DB_TRANSACTION_COMMIT, transdb), (Control.DB_THAW, db_id)):
+                await self._control(pnn, opcode, data)
+
+        await asyncio.gather(*(one(db, pnn) for db in volatile for pnn in nodes))
+        notice("Recovery: node(s) %s did not finish their last recovery and the cluster recovered "
+               "without them: their %d volatile databases wiped, as after a restart", list(nodes),
+               len(volatile))
 
     async def _attach_missing(self, dbs: Sequence[DbToRecover], nodes: tuple[int, ...]) -> None:
         for db in dbs:

@@ -442,3 +442,66 @@ async def _a_node_lost_mid_recovery(mesh):
     for p in (0, 2):
         assert mesh.nodes[p].unsettled[-1] == (db_id_of("locking.tdb"), tuple(first_map), frozenset())
         assert mesh.nodes[p].service.frozen_databases() == []
+
+
+def test_a_rejoining_node_cut_off_earlier_is_wiped_alone_and_nobody_else_freezes(tmp_path):
+    on_mesh(tmp_path, _a_stale_rejoiner_is_wiped_alone)
+
+
+async def _a_stale_rejoiner_is_wiped_alone(mesh):
+    """Node 2 was cut off from the majority (recovery mode on its own, records kept) while nodes
+    0 and 1 recovered without it; it joins again. Its stale records (one claiming dmaster, for a
+    key the survivors settled since) must not survive, and the survivors must not freeze."""
+    from ctdblab.daemon.protocol import INVALID_GENERATION, db_id_of
+    for node in mesh.nodes.values():
+        node.databases.attach("locking.tdb")
+        node.databases.attach("secrets.tdb", int(DbFlag.PERSISTENT))
+    mesh.nodes[2].store_record("locking.tdb", b"k-stale", 9, 2, b"stale claim of node 2")
+    mesh.nodes[0].store_record("locking.tdb", b"k-stale", 4, 0, b"settled at node 0")
+    before = {p: mesh.nodes[p].records("locking.tdb") for p in (0, 1)}
+    mesh.nodes[2].came_from = INVALID_GENERATION        # its last recovery never finished
+    mesh.previous_map = [0, 1]
+    generation = 0x30
+    mesh.vnnmap = type(mesh.vnnmap)(generation, [0, 1, 2])
+    frozen_on_survivors = []
+    leader = mesh.nodes[0].messenger
+    plain_control = leader.control
+
+    async def control(pnn, opcode, data=b"", **kw):
+        if opcode == Control.DB_FREEZE and pnn != 2:
+            frozen_on_survivors.append(pnn)
+        return await plain_control(pnn, opcode, data, **kw)
+    leader.control = control
+    outcome = await mesh.nodes[0].driver.recover([0, 1, 2], generation, old_map=[0, 1],
+                                                 new_map=[0, 1, 2])
+    assert outcome.ok and outcome.settled == 2, outcome
+    assert frozen_on_survivors == []
+    assert mesh.nodes[2].records("locking.tdb") == {}
+    for p in (0, 1):
+        assert mesh.nodes[p].records("locking.tdb") == before[p]
+    for p in (0, 1, 2):
+        node = mesh.nodes[p]
+        assert node.unsettled == [(db_id_of("locking.tdb"), (0, 1), frozenset())]
+        assert node.service.frozen_databases() == []
+        assert node.service.set_recmode_normal(generation) is None
+
+
+def test_a_node_of_the_old_map_whose_last_recovery_did_not_finish_gets_the_full_recovery(tmp_path):
+    on_mesh(tmp_path, _a_stale_node_of_the_old_map)
+
+
+async def _a_stale_node_of_the_old_map(mesh):
+    """Node 2 is lost; node 1, in the old map, says its last recovery did not finish: the
+    survivors counted on its records, so they are merged CTDB's way, not wiped."""
+    from ctdblab.daemon.protocol import INVALID_GENERATION
+    for node in mesh.nodes.values():
+        node.databases.attach("locking.tdb")
+    mesh.nodes[1].store_record("locking.tdb", b"k", 9, 1, b"only copy, on node 1")
+    mesh.nodes[1].came_from = INVALID_GENERATION
+    mesh.previous_map = [0, 1, 2]
+    mesh.vnnmap = type(mesh.vnnmap)(0x31, [0, 1, 0])
+    mesh.down = {2}
+    outcome = await mesh.nodes[0].driver.recover([0, 1], 0x31, old_map=[0, 1, 2], new_map=[0, 1, 0])
+    assert outcome.ok and outcome.settled == 0 and outcome.recovered == 1, outcome
+    for p in (0, 1):
+        assert mesh.nodes[p].records("locking.tdb")[b"k"][1] == b"only copy, on node 1"

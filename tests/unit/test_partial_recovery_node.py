@@ -12,7 +12,7 @@ import pytest
 
 from ctdblab.daemon.core.db.ltdbrules import lmaster_of
 from ctdblab.daemon.protocol import (
-    INVALID_GENERATION,
+    INVALID_GENERATION, STALE_GENERATION,
     Control, LtdbHeader, RecBuffer, RecBufferList, RecData, RecoveryDefer, RecoveryScan,
     unpack_reply,
 )
@@ -123,9 +123,13 @@ def test_outside_recovery_mode_and_for_unknown_databases_it_refuses(node):
     assert recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).status == -1
     assert recovery.defer(RecoveryDefer(1, list(OLD_MAP), [RecBuffer(db.db_id, [])])).status == -1
     assert asyncio.run(recovery.gather(RecBufferList([RecBuffer(0x1234, [])]))).status == -1
-    # in recovery mode, but its own last recovery never finished: not a fresh node
+    # in recovery mode, but its own last recovery never finished: not a fresh node, and it says
+    # so (the leader decides whether its records are wiped or merged in full)
     recovery.view = lambda: RecoveryView(True, INVALID_GENERATION, OLD_MAP, NEW_MAP)
-    assert "did not finish" in recovery.handoffs(RecoveryScan([0, 1], [db.db_id])).errmsg
+    stale = recovery.handoffs(RecoveryScan([0, 1], [db.db_id]))
+    assert stale.status == 0
+    report = unpack_reply(Control.PYCTDB_RECOVERY_HANDOFFS, stale.data)
+    assert report.came_from == STALE_GENERATION and report.buffers == []
 
 
 def test_an_overflowed_hand_off_log_refuses_so_the_full_recovery_runs(node):
