@@ -106,8 +106,12 @@ class VacuumService:
 
     # -- inputs ------------------------------------------------------------------------------------
     def schedule(self, db_id: int, key: bytes, header: LtdbHeader) -> None:
-        if self.is_volatile(db_id):
-            self.queues.setdefault(db_id, DeleteQueue()).add(key, header)
+        queue = self.queues.get(db_id)         # once per record deleted: no new queue each time
+        if queue is None:
+            if not self.is_volatile(db_id):
+                return
+            queue = self.queues[db_id] = DeleteQueue()
+        queue.add(key, header)
 
     def recovery_mode(self, active: bool) -> None:
         self._recovering = active
