@@ -172,9 +172,25 @@ _WANT_READONLY = int(CallFlag.WANT_READONLY)
 _VACUUM_MIGRATION = int(CallFlag.VACUUM_MIGRATION)
 
 
+_last_map: tuple[VnnMap | None, tuple[int, ...]] = (None, ())
+
+
+def _lmaster_list(vnnmap: VnnMap | None) -> tuple[int, ...]:
+    """``vnnmap.map`` as a tuple, kept for the last map asked about (a core asks several times
+    per event; a new map is a new object)."""
+    global _last_map
+    if vnnmap is not _last_map[0]:
+        _last_map = (vnnmap, tuple(vnnmap.map) if vnnmap is not None else ())
+    return _last_map[1]
+
+
 def _with_dmaster(header: LtdbHeader, dmaster: int) -> LtdbHeader:
     # dataclasses.replace costs several times a direct construction, on every hand-off
     return LtdbHeader(header.rsn, dmaster, header.reserved1, header.flags)
+
+
+def _with_flags(header: LtdbHeader, flags: int) -> LtdbHeader:
+    return LtdbHeader(header.rsn, header.dmaster, header.reserved1, flags)
 
 
 def _error_text(text: str) -> bytes:
@@ -186,8 +202,6 @@ class MigrationCore:
         self.settings = settings
         self.pnn = settings.pnn
         self.vnnmap = vnnmap
-        self._lmasters: tuple[int, ...] = ()
-        self._lmasters_of: VnnMap | None = None
         self.banned = False
         self.gate = RecoveryGate()
         self.handoffs = self.gate.handoffs      # for the recovery after a node loss
@@ -205,11 +219,7 @@ class MigrationCore:
 
     @property
     def lmasters(self) -> tuple[int, ...]:
-        vnnmap = self.vnnmap
-        if vnnmap is not self._lmasters_of:       # asked several times per event: kept per map
-            self._lmasters = tuple(vnnmap.map) if vnnmap is not None else ()
-            self._lmasters_of = vnnmap
-        return self._lmasters
+        return _lmaster_list(self.vnnmap)
 
     def lmaster(self, key: bytes) -> int | None:
         return lmaster_of(key, self.lmasters)
@@ -378,8 +388,7 @@ class MigrationCore:
         """ctdb_call_send_dmaster: give the record to the call's origin."""
         header, data = fetched.header, fetched.data
         if data:
-            header = LtdbHeader(header.rsn, header.dmaster, header.reserved1,
-                                header.flags | MIGRATED_WITH_DATA)
+            header = _with_flags(header, header.flags | MIGRATED_WITH_DATA)
         self.stats.migrations_out += 1
         lmaster = self.lmaster(key)
         if lmaster == self.pnn:
