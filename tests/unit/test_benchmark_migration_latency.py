@@ -4,7 +4,6 @@ the smbd-like client processes (no timing is checked; the benchmark prints figur
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
