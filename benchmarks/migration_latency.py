@@ -23,7 +23,10 @@ client for 2 ms, core/db/migration.py ``local_grace``: a call meeting the pin wa
 ``spaced`` — the same with --gap ms between turns (default 5: past that pin);
 ``contend`` — every client loops as fast as it can for --duration seconds: smbd's hot-record
 pattern, with the daemons' lock helpers and deferrals in play (latencies, uses/s, migrations per
-use). By default the clients sit on nodes 1 and 2 and the key's lmaster is node 0, so a
+use); ``fresh`` — the first client alone, each use on a *new* random key whose lmaster is another
+node, deleted after the use as smbd deletes (an empty record stored, SCHEDULE_FOR_DELETION sent
+NOREPLY): what every SMB open does to smbXsrv_open_global, the contended-opens benchmark's
+migration (--rounds uses). By default the clients sit on nodes 1 and 2 and the key's lmaster is node 0, so a
 migration crosses all three nodes (REQ_CALL via the lmaster, REQ_DMASTER, REPLY_DMASTER).
 The counter is checked at the end: every use must be in it.
 
@@ -54,7 +57,8 @@ from ctdblab.daemon.protocol import (
     CURRENT_NODE, Control, Operation, PacketReader, ReqCall, ReqControl, decode_packet,
     encode_packet, jenkins_hash, pack_request, unpack_reply,
 )
-from ctdblab.daemon.protocol.constants import CallFlag, CallFunc
+from ctdblab.daemon.protocol.constants import CallFlag, CallFunc, ControlFlag
+from ctdblab.daemon.protocol.types import KeyData, LtdbHeader
 from ctdblab.daemon.protocol.ltdb import LTDB_HEADER_SIZE
 from ctdblab.daemon.store import TdbFile
 from ctdblab.stats import percentile
@@ -112,6 +116,11 @@ class CtdbConnection:
     def value(self, opcode: int, value=None):
         return unpack_reply(opcode, self.control(opcode, value).data)
 
+    def schedule_for_deletion(self, db_id: int, key: bytes, header: bytes) -> None:
+        """What smbd's db_ctdb_delete sends after storing the empty record (no reply)."""
+        data = KeyData(db_id, LtdbHeader.unpack_from(header)[0], key).pack()
+        self._send(ReqControl(Control.SCHEDULE_FOR_DELETION, 0, 0, int(ControlFlag.NOREPLY), data))
+
     def migrate(self, db_id: int, key: bytes) -> tuple[int, int]:
         """REQ_CALL NULL_FUNC + IMMEDIATE_MIGRATION: (status, ns from send to reply)."""
         body = ReqCall(int(CallFlag.IMMEDIATE_MIGRATION), db_id, int(CallFunc.NULL_FUNC), 0, key)
@@ -141,20 +150,27 @@ class SmbdLike:
 
     def use(self) -> int:
         """One fetch_locked + use; returns the counter value it wrote."""
+        return self.use_key(self.key)
+
+    def use_key(self, key: bytes, delete: bool = False) -> int:
+        """fetch_locked + use of `key`; `delete`: then delete it as smbd does (empty record,
+        SCHEDULE_FOR_DELETION NOREPLY)."""
         started = time.perf_counter_ns()
         while True:
-            self.tdb.chainlock(self.key)
-            header = self.tdb.fetch_header(self.key)
+            self.tdb.chainlock(key)
+            header = self.tdb.fetch_header(key)
             if header is not None and header.dmaster == self.pnn:
                 self.uses.append(time.perf_counter_ns() - started)
-                value = self.tdb.fetch(self.key) or b""
+                value = self.tdb.fetch(key) or b""
                 count = COUNTER.unpack_from(value, LTDB_HEADER_SIZE)[0] + 1 \
                     if len(value) >= LTDB_HEADER_SIZE + COUNTER.size else 1
-                self.tdb.store(self.key, value[:LTDB_HEADER_SIZE] + COUNTER.pack(count))
-                self.tdb.chainunlock(self.key)
+                self.tdb.store(key, value[:LTDB_HEADER_SIZE] + (b"" if delete else COUNTER.pack(count)))
+                self.tdb.chainunlock(key)
+                if delete:
+                    self.conn.schedule_for_deletion(self.db_id, key, value[:LTDB_HEADER_SIZE])
                 return count
-            self.tdb.chainunlock(self.key)
-            status, took = self.conn.migrate(self.db_id, self.key)
+            self.tdb.chainunlock(key)
+            status, took = self.conn.migrate(self.db_id, key)
             self.calls.append(took)
             self.migrations += 1
             if status != 0:
@@ -186,6 +202,14 @@ def worker(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline:
                 count = client.use()
             print(json.dumps({"count": count}), flush=True)
+        elif words[0] == "fresh":                    # fresh <n>: n new keys, used and deleted
+            vnnmap = client.conn.value(Control.GETVNNMAP).map
+            for _ in range(int(words[1])):
+                key = os.urandom(16)
+                while vnnmap[jenkins_hash(key) % len(vnnmap)] == client.pnn:
+                    key = os.urandom(16)
+                client.use_key(key, delete=True)
+            print(json.dumps({"fresh": True}), flush=True)
         elif words[0] == "reset":
             client.reset()
             print(json.dumps({"reset": True}), flush=True)
@@ -343,7 +367,9 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
             for w in workers:
                 w.ask("reset")
             started = time.monotonic()
-            if mode in ("turns", "spaced"):
+            if mode == "fresh":
+                workers[0].ask(f"fresh {args.rounds}")
+            elif mode in ("turns", "spaced"):
                 for i in range(args.rounds):
                     workers[i % len(workers)].ask("use")
                     if mode == "spaced":
@@ -355,7 +381,8 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
                 for w in workers:
                     w.read()
             elapsed = time.monotonic() - started
-            results = [w.ask("results") for w in workers]
+            # fresh: the first client alone (fresh keys leave the shared counter alone)
+            results = [w.ask("results") for w in (workers[:1] if mode == "fresh" else workers)]
             calls = [ns / 1e6 for r in results for ns in r["calls_ns"]]
             uses = [ns / 1e6 for r in results for ns in r["uses_ns"]]
             total += len(uses) if mode == "contend" else 0
@@ -394,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=2, help="client processes, one per node (2 or 3)")
     p.add_argument("--client-nodes", default="1,2,0", help="nodes of the clients, in order")
     p.add_argument("--lmaster", type=int, default=0, help="the node that is the key's lmaster")
-    p.add_argument("--modes", default="turns,spaced,contend")
+    p.add_argument("--modes", default="turns,spaced,contend,fresh")
     p.add_argument("--gap", type=float, default=5.0, help="ms between turns in spaced mode")
     p.add_argument("--rounds", type=int, default=1000, help="uses in turns mode")
     p.add_argument("--warmup", type=int, default=50)

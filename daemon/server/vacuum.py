@@ -32,13 +32,14 @@ from ..core.db.vacuum import DeleteQueue, Triage, may_delete_copy, may_delete_he
 from ..log import log
 from ..net.rpc import ControlError
 from ..protocol import (
-    LTDB_HEADER_SIZE, CallFlag, CallFunc, Control, ControlFlag, LtdbHeader, RecBuffer, RecData,
+    LTDB_HEADER_SIZE, Control, ControlFlag, LtdbHeader, RecBuffer, RecData,
 )
 from ..store.child import ChildError
 from ..store.database import Database, run_in_child_over
 from ..store.tdbfile import TdbError, TdbFile
 from .messenger import Messenger
 from .record_calls import RecordCalls
+from .vacuum_fetch import VacuumFetches
 
 RUN_BATCH = 20_000          # queued records looked at per run and database
 SLICE = 200                 # records handled between two turns of the event loop (~5 ms)
@@ -72,13 +73,6 @@ class VacuumCounters:
     found_by_full_runs: int = 0  # tombstones a full run's traverse queued
 
 
-class _Discard:
-    """The 'client' of the vacuum's own migration calls: the reply is not needed."""
-
-    def send(self, frame: bytes) -> bool:
-        return True
-
-
 class VacuumService:
     def __init__(self, my_pnn: int, lookup: Callable[[int], Database | None], is_volatile: Callable[[int], bool],
                  messenger: Messenger, record_calls: RecordCalls, *, lmasters: Callable[[], tuple[int, ...]],
@@ -102,17 +96,23 @@ class VacuumService:
         self._running: set[int] = set()
         self._next_run: dict[int, float] = {}
         self._recovering = False
-        self._caller = _Discard()
+        self.fetches = VacuumFetches(record_calls.daemon_call, record_calls.clock)
 
     # -- inputs ------------------------------------------------------------------------------------
     def schedule(self, db_id: int, key: bytes, header: LtdbHeader) -> None:
-        if self.is_volatile(db_id):
-            self.queues.setdefault(db_id, DeleteQueue()).add(key, header)
+        queue = self.queues.get(db_id)         # once per record deleted: no new queue each time
+        if queue is None:
+            if not self.is_volatile(db_id):
+                return
+            queue = self.queues[db_id] = DeleteQueue()
+        queue.add(key, header)
 
     def recovery_mode(self, active: bool) -> None:
         self._recovering = active
+        self.fetches.recovery_mode(active)
 
     def database_gone(self, db_id: int) -> None:
+        self.fetches.database_gone(db_id)
         self.queues.pop(db_id, None)
         self._next_run.pop(db_id, None)
         self._fast_runs.pop(db_id, None)
@@ -123,6 +123,7 @@ class VacuumService:
         self.queues.setdefault(db_id, DeleteQueue())
 
     def tick(self, now: float) -> None:
+        self.fetches.tick(now)
         if self._recovering:
             return
         interval = self.interval()
@@ -279,14 +280,13 @@ class VacuumService:
 
     # -- what other nodes' runs ask of this node ---------------------------------------------------
     def vacuum_fetch(self, records: RecBuffer) -> None:
-        """VACUUM_FETCH: migrate each record here with VACUUM_MIGRATION (it lands on our queue)."""
+        """VACUUM_FETCH: migrate each record here with VACUUM_MIGRATION (it lands on our queue),
+        a few calls at a time (server/vacuum_fetch.py)."""
         db = self.lookup(records.db_id)
         if db is None or not self.is_volatile(records.db_id) or self._recovering:
             return
-        for rec in records.records:
-            self.counters.fetched_for_vacuum += 1
-            self.record_calls.daemon_call(self._caller, records.db_id, bytes(rec.key), CallFunc.NULL_FUNC,
-                                          CallFlag.IMMEDIATE_MIGRATION | CallFlag.VACUUM_MIGRATION)
+        self.counters.fetched_for_vacuum += len(records.records)
+        self.fetches.add(records.db_id, [bytes(rec.key) for rec in records.records])
 
     async def try_delete_records(self, records: RecBuffer) -> RecBuffer:
         """TRY_DELETE_RECORDS: delete the copies that may go; return the kept ones."""

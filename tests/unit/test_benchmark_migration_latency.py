@@ -32,5 +32,7 @@ def test_every_mode_runs_and_every_use_is_counted(tmp_path, capsys, monkeypatch)
         assert len(result[mode]["uses_ms"]) == 6
         assert len(result[mode]["calls_ms"]) == result[mode]["migrations"] == 6
     assert len(result["contend"]["uses_ms"]) > 0
+    # fresh: one new key per use, each migrated once from its (other) lmaster
+    assert len(result["fresh"]["uses_ms"]) == 6 and result["fresh"]["migrations"] == 6
     printed = capsys.readouterr().out
     assert "record migration latency" in printed and "lock-to-use p50" in printed

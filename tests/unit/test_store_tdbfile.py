@@ -287,3 +287,16 @@ def test_tdb_flag_constants_match_the_binding():
     assert VOLATILE == int(TdbFlag.CLEAR_IF_FIRST | TdbFlag.NOSYNC | TdbFlag.INCOMPATIBLE_HASH
                            | TdbFlag.DISALLOW_NESTING | TdbFlag.MUTEX_LOCKING)
     assert PERSISTENT == int(TdbFlag.DISALLOW_NESTING)
+
+
+@pytest.mark.parametrize("size", [0, 5, 64 * 1024, 64 * 1024 + 1, 300_000])
+def test_store_ltdb_writes_header_and_value_whole_below_and_above_the_join_limit(vol, size):
+    # small values are joined and stored with tdb_store, big ones go through tdb_storev: the
+    # file holds the same bytes either way, and fetch_ltdb / fetch_header read them back
+    value = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    header = LtdbHeader(rsn=7, dmaster=2, reserved1=0, flags=0x10000)
+    vol.store_ltdb(b"key", header, value)
+    assert vol.fetch(b"key") == header.pack() + value
+    assert vol.fetch_ltdb(b"key") == (header, value)
+    assert vol.fetch_header(b"key") == header
+    assert vol.fetch_ltdb(b"missing") is None

@@ -4,6 +4,7 @@ three in-process nodes (server/vacuum.py), TRY_DELETE_RECORDS and VACUUM_FETCH b
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ class Calls:
     def __init__(self) -> None:
         self.calls: list[tuple[int, bytes, int, int]] = []
         self.forgotten: list[bytes] = []
+        self.clock = time.monotonic
 
     def daemon_call(self, caller, db_id: int, key: bytes, callid: int, flags: int) -> None:
         self.calls.append((db_id, key, callid, flags))

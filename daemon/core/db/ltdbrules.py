@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ...protocol.constants import CallFunc, RecordFlag
 from ...protocol.ltdb import jenkins_hash
@@ -115,7 +115,7 @@ def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
     if not persistent:
         # ctdbd stores a persistent record's header as given (an initial AUTOMATIC one too).
         flags &= ~(VACUUM_MIGRATED | AUTOMATIC)
-    return Stored(keep, replace(header, rsn=rsn, flags=flags), schedule and keep)
+    return Stored(keep, LtdbHeader(rsn, header.dmaster, header.reserved1, flags), schedule and keep)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ def fetch(record: Record | None, key: bytes, *, pnn: int, lmasters: Sequence[int
     the lmaster, or the database persistent)."""
     if record is not None:
         header, data = record
-        return Fetched(replace(header), bytes(data), None)
+        return Fetched(LtdbHeader(header.rsn, header.dmaster, header.reserved1, header.flags),
+                       bytes(data), None)
     lmaster = lmaster_of(key, lmasters)
     if lmaster is None:
         raise ValueError("no vnnmap: a missing record has no lmaster")

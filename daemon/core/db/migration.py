@@ -175,6 +175,27 @@ _WANT_READONLY = int(CallFlag.WANT_READONLY)
 _VACUUM_MIGRATION = int(CallFlag.VACUUM_MIGRATION)
 
 
+_last_map: tuple[VnnMap | None, tuple[int, ...]] = (None, ())
+
+
+def _lmaster_list(vnnmap: VnnMap | None) -> tuple[int, ...]:
+    """``vnnmap.map`` as a tuple, kept for the last map asked about (a core asks several times
+    per event; a new map is a new object)."""
+    global _last_map
+    if vnnmap is not _last_map[0]:
+        _last_map = (vnnmap, tuple(vnnmap.map) if vnnmap is not None else ())
+    return _last_map[1]
+
+
+def _with_dmaster(header: LtdbHeader, dmaster: int) -> LtdbHeader:
+    # dataclasses.replace costs several times a direct construction, on every hand-off
+    return LtdbHeader(header.rsn, dmaster, header.reserved1, header.flags)
+
+
+def _with_flags(header: LtdbHeader, flags: int) -> LtdbHeader:
+    return LtdbHeader(header.rsn, header.dmaster, header.reserved1, flags)
+
+
 def _error_text(text: str) -> bytes:
     return text.encode() + b"\0"          # ctdb_send_error: msglen = strlen + 1
 
@@ -201,7 +222,7 @@ class MigrationCore:
 
     @property
     def lmasters(self) -> tuple[int, ...]:
-        return tuple(self.vnnmap.map) if self.vnnmap is not None else ()
+        return _lmaster_list(self.vnnmap)
 
     def lmaster(self, key: bytes) -> int | None:
         return lmaster_of(key, self.lmasters)
@@ -370,14 +391,14 @@ class MigrationCore:
         """ctdb_call_send_dmaster: give the record to the call's origin."""
         header, data = fetched.header, fetched.data
         if data:
-            header = replace(header, flags=header.flags | MIGRATED_WITH_DATA)
+            header = _with_flags(header, header.flags | MIGRATED_WITH_DATA)
         self.stats.migrations_out += 1
         lmaster = self.lmaster(key)
         if lmaster == self.pnn:
             return self._dmaster_reply(db, key, header, data, pkt.srcnode, pkt.reqid, now)
         self.handoffs.gave(db.db_id, key, now)
         packet = ReqDmaster(db.db_id, header.rsn, pkt.srcnode, key, data, header.flags)
-        stored = self._store(db, key, replace(header, dmaster=pkt.srcnode), data)
+        stored = self._store(db, key, _with_dmaster(header, pkt.srcnode), data)
         return self._write(db, key, stored, data) + [
             SendPacket(lmaster, self.pnn, pkt.reqid, self.generation, packet)]
 
@@ -385,7 +406,7 @@ class MigrationCore:
                        new_dmaster: int, reqid: int, now: float) -> list[Action]:
         """ctdb_send_dmaster_reply (the lmaster): record the new dmaster, pass the record on."""
         self.handoffs.gave(db.db_id, key, now)
-        stored = self._store(db, key, replace(header, dmaster=new_dmaster), data)
+        stored = self._store(db, key, _with_dmaster(header, new_dmaster), data)
         packet = ReplyDmaster(db.db_id, stored.header.rsn, key, data, stored.header.flags)
         return self._write(db, key, stored, data) + [
             SendPacket(new_dmaster, self.pnn, reqid, self.generation, packet)]
@@ -424,7 +445,7 @@ class MigrationCore:
         flags = body.record_flags or 0
         if body.dmaster == self.pnn:
             return actions + self._land(db, key, body.data, body.rsn, flags, pkt.reqid, now)
-        header = replace(header, rsn=body.rsn, flags=flags)
+        header = LtdbHeader(body.rsn, header.dmaster, header.reserved1, flags)
         return actions + self._dmaster_reply(db, key, header, bytes(body.data), body.dmaster,
                                              pkt.reqid, now)
 
