@@ -25,7 +25,7 @@ async def trans3_commit(ctx: ControlContext, req: Request) -> Result:
 
 @handles(Control.UPDATE_RECORD)
 async def update_record(ctx: ControlContext, req: Request) -> Result:
-    return await ctx.persistent.update_record(req.data)
+    return await ctx.persistent.update_record(req.data, req.generation)
 
 
 @handles(Control.GET_DB_SEQNUM)

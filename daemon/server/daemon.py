@@ -330,7 +330,8 @@ class Daemon:
         self.route_message(pnn, body.srvid, body.data)
 
     def _node_control(self, pnn: int, header, body) -> None:
-        req = Request(body.opcode, body.flags, body.srvid, body.client_id, body.data, pnn)
+        req = Request(body.opcode, body.flags, body.srvid, body.client_id, body.data, pnn,
+                      generation=header.generation)
         noreply = bool(body.flags & ControlFlag.NOREPLY)
 
         def reply(res: Result) -> None:

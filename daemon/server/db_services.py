@@ -51,7 +51,8 @@ class DatabaseServices:
         self.sweeper = Sweeper(self.record_calls, self.databases.database, messenger, tasks.spawn, clock,
                                delay=lambda: int(tunables.get("SweepDelayMs")) / 1000.0)
         self.persistent = PersistentCommitService(my_pnn, messenger, force_recovery=force_recovery,
-                                                  freeze_state=self.recovery.freeze_state, **shared)
+                                                  freeze_state=self.recovery.freeze_state,
+                                                  generation=lambda: vnnmap().generation, **shared)
         self.traverses = TraverseService(my_pnn, messenger, **shared)
         self.vacuum = VacuumService(
             my_pnn, self.databases.database, self._is_volatile, messenger, self.record_calls,

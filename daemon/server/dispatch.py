@@ -33,6 +33,7 @@ class Request:
     data: bytes
     src: int                       # origin node (this node for local clients)
     client: Client | None = None
+    generation: int = 0            # the sender's generation in the packet header (0: unknown)
 
 
 @dataclass

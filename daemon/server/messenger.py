@@ -123,12 +123,14 @@ class Messenger:
         return self.send_frame(pnn, frame)
 
     async def control(self, pnn: int, opcode: int, data: bytes = b"", *, flags: int = 0,
-                      timeout: float = 10.0) -> ReplyControl:
-        """A control to any node; raises ControlError unless it succeeded."""
+                      timeout: float = 10.0, generation: int = 0) -> ReplyControl:
+        """A control to any node; raises ControlError unless it succeeded. `generation` goes in
+        the packet header (0: none claimed)."""
         if pnn != self.my_pnn:
-            return await self.rpc.call(pnn, opcode, data, flags=flags, timeout=timeout)
+            return await self.rpc.call(pnn, opcode, data, flags=flags, timeout=timeout,
+                                       generation=generation)
         future = asyncio.get_running_loop().create_future()
-        req = Request(opcode, flags, 0, 0, data, self.my_pnn)
+        req = Request(opcode, flags, 0, 0, data, self.my_pnn, generation=generation)
         self.dispatcher.dispatch(req, lambda res: future.done() or future.set_result(res))
         res: Result = await asyncio.wait_for(future, timeout)
         if res.after is not None:

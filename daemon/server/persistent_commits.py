@@ -76,8 +76,10 @@ class PersistentCommitService:
                  active_nodes: Callable[[], Iterable[int]], tunables: Tunables,
                  force_recovery: Callable[[str], None], spawn: Spawn,
                  clock: Callable[[], float] = time.monotonic,
-                 freeze_state: Callable[[int], tuple[bool, bool]] = not_frozen) -> None:
+                 freeze_state: Callable[[int], tuple[bool, bool]] = not_frozen,
+                 generation: Callable[[], int] = lambda: 0) -> None:
         self.my_pnn = my_pnn
+        self.generation = generation        # this node's vnnmap generation
         self.messenger = messenger
         self.lookup = lookup
         self.registry_info = registry_info
@@ -122,8 +124,20 @@ class PersistentCommitService:
         self._feed(Start(commit_id, client_id, payload, self._targets(), self._known(payload)))
         return await future
 
-    async def update_record(self, payload: bytes) -> Result:
-        """UPDATE_RECORD from a peer: apply it here and answer the status."""
+    async def update_record(self, payload: bytes, generation: int = 0) -> Result:
+        """UPDATE_RECORD from a peer: apply it here and answer the status. One sent in another
+        generation is refused: a commit that a recovery overtook (its UPDATE_RECORD reached this
+        node only after the recovery had made every copy equal) would make this copy differ
+        from the others' -- seen in the lab, a leader powered off mid-recovery: one node refused
+        a late update for an rsn regression while the others applied it. Refused, the sender's
+        commit fails, forces a recovery, and the client learns from the sequence number whether
+        its commit happened. 0 (a sender that claims no generation) is not checked."""
+        current = self.generation()
+        if generation and current and generation != current:
+            why = (f"UPDATE_RECORD of generation {generation} refused in generation {current} "
+                   "(sent before a recovery)")
+            log.warning("%s", why)
+            return Result(-1, errmsg=why)
         status, error = await self.apply(payload)
         return Result(status, errmsg=error)
 
@@ -295,7 +309,7 @@ class PersistentCommitService:
         timeout = float(self.tunables.get("ControlTimeout"))
         try:
             await self.messenger.control(action.pnn, Control.UPDATE_RECORD, action.payload,
-                                         timeout=timeout)
+                                         timeout=timeout, generation=self.generation())
             status, error = 0, None
         except ControlError as exc:
             status, error = exc.status or -1, str(exc)

@@ -44,7 +44,7 @@ class FakeMessenger:
         self.pnn = pnn
 
     async def control(self, pnn: int, opcode: int, data: bytes = b"", *, flags: int = 0,
-                      timeout: float = 10.0) -> ReplyControl:
+                      timeout: float = 10.0, generation: int = 0) -> ReplyControl:
         cluster = self.cluster
         cluster.controls.append((self.pnn, pnn, opcode))
         if pnn in cluster.dead:
@@ -55,7 +55,8 @@ class FakeMessenger:
                 await asyncio.wait_for(asyncio.shield(gate), timeout)
             except asyncio.TimeoutError:
                 raise ControlError(f"control {opcode} to node {pnn} timed out") from None
-        res = await cluster.nodes[pnn].call(Request(opcode, 0, 0, 0, data, self.pnn))
+        res = await cluster.nodes[pnn].call(Request(opcode, 0, 0, 0, data, self.pnn,
+                                                    generation=generation))
         if res.status != 0:
             raise ControlError(f"control {opcode} to node {pnn} failed with status {res.status}: "
                                f"{res.errmsg}", res.status)
@@ -72,12 +73,14 @@ class Node:
         self.tasks = Tasks()
         self.recoveries: list[str] = []
         self.frozen = (False, False)
+        self.generation = 5
         tunables = Tunables()
         self.service = PersistentCommitService(
             pnn, FakeMessenger(cluster, pnn), lookup=self.store.by_id, registry_info=self.info,
             vnnmap=lambda: (0, 1, 2), active_nodes=lambda: [p for p in range(3) if p not in cluster.dead],
             tunables=tunables, force_recovery=self.recoveries.append, spawn=self.tasks.spawn,
-            clock=cluster.clock, freeze_state=lambda db_id: self.frozen)
+            clock=cluster.clock, freeze_state=lambda db_id: self.frozen,
+            generation=lambda: self.generation)
         self.dispatcher = ControlDispatcher(dict(persistent_controls.HANDLERS), self.tasks.spawn)
         self.dispatcher.context = SimpleNamespace(persistent=self.service, pnn=pnn)
         self.service.set_recovery_mode(False)
@@ -349,3 +352,27 @@ def test_commit_timer_runs_on_its_own(tmp_path):
 def test_handlers_cover_the_opcodes():
     assert set(persistent_controls.HANDLERS) == {Control.TRANS3_COMMIT, Control.UPDATE_RECORD,
                                                  Control.GET_DB_SEQNUM}
+
+
+def test_an_update_record_sent_before_a_recovery_is_refused_after_it(tmp_path):
+    """A commit a recovery overtook: its UPDATE_RECORD reaches a node already in the next
+    generation. Applied there, that copy would differ from the others the recovery made equal;
+    refused, the commit fails and forces a recovery (the client then asks the sequence number)."""
+    async def scenario(cluster: Cluster):
+        n0, n1, n2 = cluster.nodes
+        n1.generation = 6                                   # recovered into 6; n0 still sends in 5
+        payload, _ = smbd_commit(n0, {b"k": b"v"})
+        res = await n1.call(Request(Control.UPDATE_RECORD, 0, 0, 0, payload, 0, generation=5))
+        assert res.status == -1 and "generation 5 refused in generation 6" in res.errmsg
+        assert n1.read(b"k") is None
+        commit = asyncio.ensure_future(trans3_commit(n0, payload))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert n0.recoveries and n1.read(b"k") is None      # the commit failed: recovery forced
+        n0.service.set_recovery_mode(False)
+        n0.service.recovery_ended()
+        assert (await commit).status != 0
+        # no generation claimed (an older sender): applied as before
+        res = await n1.call(Request(Control.UPDATE_RECORD, 0, 0, 0, payload, 0))
+        assert res.status == 0 and n1.read(b"k")[1] == b"v"
+    run(tmp_path, scenario)
