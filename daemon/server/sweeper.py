@@ -9,9 +9,9 @@ under the key's chain lock by `RecordCalls`), then tells it the sweep is complet
 It starts SweepDelayMs after recovery mode ends (0: never). One sweep at a time, databases one
 after the other, a short pause between batches: it runs in the background at low priority. A
 failure (a node that does not answer -- also one of an older build, which does not know
-PYCTDB_SWEEP_KEYS --, a malformed reply, recovery mode, a new generation) abandons the sweep with
-a WARNING; it is tried again after a backoff (doubling, at most `MAX_BACKOFF`), and a new
-recovery starts afresh. The core logs one INFO line per database when a sweep completes, and
+PYCTDB_SWEEP_KEYS --, a malformed reply, recovery mode, a new generation) abandons that database's sweep with
+a WARNING and the sweep goes on with the next; the abandoned ones are tried again after a backoff
+(doubling, at most `MAX_BACKOFF`), and a new recovery starts afresh. The core logs one INFO line per database when a sweep completes, and
 counts sweeps completed and abandoned (`KeySettling.sweeps`).
 """
 
@@ -82,16 +82,22 @@ class Sweeper:
 
     async def _run(self, delay: float) -> None:
         await asyncio.sleep(delay)
+        abandoned = []
         for db_id in self.core.settling.sweepable():
             try:
                 await self.sweep(db_id)
             except Exception as exc:        # SweepFailed, or a bug: never into the loop
-                log.warning("sweep of db %s abandoned: %s; next try in %.0f s",
-                            self._name(db_id), exc, self.backoff)
-                self.task = None
-                self._start(self.backoff)
-                self.backoff = min(MAX_BACKOFF, self.backoff * 2)
-                return
+                # The others go on: what failed one database (a key list too big for a packet,
+                # a listing that failed there) need not touch the next one.
+                log.warning("sweep of db %s abandoned: %s", self._name(db_id), exc)
+                abandoned.append(self._name(db_id))
+        if abandoned:
+            log.warning("sweep abandoned for %s; next try in %.0f s",
+                        ", ".join(abandoned), self.backoff)
+            self.task = None
+            self._start(self.backoff)
+            self.backoff = min(MAX_BACKOFF, self.backoff * 2)
+            return
         self.backoff = FIRST_BACKOFF
 
     async def sweep(self, db_id: int) -> bool:

@@ -217,10 +217,16 @@ class TdbFile:
     # --- records -------------------------------------------------------------------------------
 
     def fetch(self, key: bytes) -> bytes | None:
-        """The value, or None if there is no record (one copy, out of libtdb's malloc)."""
+        """The value, or None if there is no record (one copy, out of libtdb's malloc). For the
+        small values of smbd's records that copy is cheaper than parse()'s callback from C into
+        Python (about 2 us a read here), so the hot path's readers use it. A failed lookup that
+        libtdb complained about is a corrupt chain, as in :meth:`parse`."""
+        complaints = self.complaints
         ctypes.set_errno(0)
         data = lib.tdb_fetch(self._h(), key_data(key))
         if not data.dptr:
+            if self.complaints != complaints:   # what libtdb logged says why (bad magic...)
+                raise TdbError("tdb_fetch", TdbErr.CORRUPT, 0, self.path, self.last_complaint)
             if lib.tdb_error(self._ctx) in (TdbErr.NOEXIST, TdbErr.SUCCESS):
                 return None
             raise self._fail("tdb_fetch")
@@ -280,32 +286,13 @@ class TdbFile:
     def fetch_ltdb(self, key: bytes) -> tuple[LtdbHeader, bytes] | None:
         """(header, data) as ctdbd reads it; None if missing or shorter than the header
         (``ctdb_ltdb_fetch`` treats both as no record; a short one is reported to
-        ``on_short_record``). One tdb_fetch (see :meth:`_value`)."""
-        value = self._value(key)
+        ``on_short_record``). One tdb_fetch (see :meth:`fetch`)."""
+        value = self.fetch(key)
         if value is None:
             return None
         if len(value) < LTDB_HEADER_SIZE:
             return self._ltdb(key, len(value))
         return LtdbHeader.unpack_from(value, 0)[0], value[LTDB_HEADER_SIZE:]
-
-    def _value(self, key: bytes) -> bytes | None:
-        """tdb_fetch for the record readers of the hot path: for the small values of smbd's
-        records one malloc'd copy is cheaper than parse()'s callback from C into Python (about
-        2 us a read here). None when missing; a failed lookup that libtdb complained about is a
-        corrupt chain, as in :meth:`parse`."""
-        complaints = self.complaints
-        ctypes.set_errno(0)
-        data = lib.tdb_fetch(self._h(), key_data(key))
-        if not data.dptr:
-            if self.complaints != complaints:   # what libtdb logged says why (bad magic...)
-                raise TdbError("tdb_fetch", TdbErr.CORRUPT, 0, self.path, self.last_complaint)
-            if lib.tdb_error(self._ctx) in (TdbErr.NOEXIST, TdbErr.SUCCESS):
-                return None
-            raise self._fail("tdb_fetch")
-        try:
-            return ctypes.string_at(data.dptr, data.dsize)
-        finally:
-            libc.free(ctypes.cast(data.dptr, ctypes.c_void_p))
 
     def fetch_header(self, key: bytes) -> LtdbHeader | None:
         """Only the header (e.g. to look at dmaster); the data is not copied."""

@@ -250,6 +250,28 @@ def test_a_node_that_does_not_answer_abandons_the_sweep_and_it_is_tried_again_la
     spawned[0].close()
 
 
+def test_a_database_whose_sweep_fails_does_not_stop_the_sweep_of_the_others(node):
+    from ctdblab.daemon.server.sweeper import SweepFailed
+    _, db, _ = node
+    spawned, swept = [], []
+    core, sweeper = _sweeping_node(db, _Messenger([], None), spawned)
+    core.settling.sweepable = lambda: [7, db.db_id, 9]
+
+    async def sweep(db_id):
+        swept.append(db_id)
+        if db_id == 7:
+            raise SweepFailed("node 1 sent a malformed key list")
+        return True
+    sweeper.sweep = sweep
+    with _Lines(logging.WARNING) as caplog:
+        asyncio.run(sweeper._run(0.0))
+    assert swept == [7, db.db_id, 9]                     # went on after the first failed
+    assert "sweep of db 0x00000007 abandoned: node 1 sent a malformed key list" in caplog.text
+    assert "sweep abandoned for 0x00000007; next try in 1 s" in caplog.text
+    assert len(spawned) == 1 and sweeper.backoff == 2.0   # one retry for what failed
+    spawned[0].close()
+
+
 def test_leaving_recovery_mode_starts_a_sweep_after_the_delay_and_a_zero_delay_means_none(node):
     _, db, _ = node
     spawned = []
