@@ -13,10 +13,15 @@ Checked through the stock ctdb tool on the survivors:
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from ctdblab.cluster.lab import LabCluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clustered_pyctdbd import clustered_cluster, ctdb_ok  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -27,15 +32,7 @@ VICTIM, SURVIVORS = 2, (0, 1)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with LabCluster(3, daemon="pyctdbd", clients=1, workdir=tmp_path_factory.mktemp("loss"),
-                    clustered_smbd=True) as lab:
-        yield lab
-
-
-def ctdb_ok(cluster: LabCluster, pnn: int, *args: str) -> str:
-    result = cluster.ctdb(pnn, *args)
-    assert result.returncode == 0, f"ctdb {' '.join(args)} on node {pnn}: {result.stderr.strip()}"
-    return result.stdout
+    yield from clustered_cluster(tmp_path_factory, "loss")
 
 
 def readkey(cluster: LabCluster, pnn: int, key: str) -> str:

@@ -22,6 +22,9 @@ import pytest
 
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 
+sys.path.insert(0, str(Path(__file__).parent))
+from clustered_pyctdbd import clustered_cluster, ctdb_ok  # noqa: E402
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 CLIENT = Path(__file__).with_name("clustered_smb_client.py")
@@ -34,15 +37,7 @@ SWEEP_WITHIN = 15.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with LabCluster(3, daemon="pyctdbd", clients=1, workdir=tmp_path_factory.mktemp("sweep"),
-                    clustered_smbd=True) as lab:
-        yield lab
-
-
-def ctdb_ok(cluster: LabCluster, pnn: int, *args: str) -> str:
-    result = cluster.ctdb(pnn, *args)
-    assert result.returncode == 0, f"ctdb {' '.join(args)} on node {pnn}: {result.stderr.strip()}"
-    return result.stdout
+    yield from clustered_cluster(tmp_path_factory, "sweep")
 
 
 def opens(cluster: LabCluster, ip: str, prefix: str, count: int) -> None:
