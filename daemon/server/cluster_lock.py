@@ -9,7 +9,10 @@ ctdb_mutex_fcntl_helper or ctdb_etcd_lock work unchanged. The helper writes one 
 held (it keeps running), '1' contention, '2' timeout, '3' error.
 
 pyctdbd's own helper is started *armed* one attempt ahead: it waits for a byte before it tries
-the lock, so an election never waits for an interpreter to start.
+the lock, so an election never waits for an interpreter to start. The spare for the next attempt
+starts `spare_delay` after a lost attempt, not at once: an election follows a node's death, and
+an interpreter start (tens of ms of CPU) is best kept out of the recovery and takeover that come
+next. An attempt within that delay starts its helper itself, as without a spare.
 
 The daemon never blocks on it: `take()` is a coroutine with a deadline; a helper that does not
 answer in time is killed and the attempt reported as a timeout. A held lock is lost when the
@@ -58,12 +61,14 @@ class ClusterLock:
     on_lost: Callable[[str], None]
     log: Callable[[str], None]
     timeout: float = 10.0
+    spare_delay: float = 2.0
     _proc: asyncio.subprocess.Process | None = None
     _held: bool = False
     _watch: asyncio.Task | None = None
     _renew: asyncio.Task | None = None
     _spare: asyncio.subprocess.Process | None = None    # an armed own helper, started ahead
     _spare_task: asyncio.Task | None = None
+    _spare_waiting: bool = False                        # the spare's task is in its delay
     _closed: bool = False
 
     @property
@@ -88,8 +93,7 @@ class ClusterLock:
         """Run the helper and wait (at most `timeout`) for its answer."""
         if self._held:
             return LockStatus.HELD
-        if self._spare_task is not None:
-            await asyncio.shield(self._spare_task)
+        await self._settle_spare()
         proc, self._spare = self._spare, None
         if proc is not None and proc.returncode is not None:
             proc = None
@@ -126,12 +130,30 @@ class ClusterLock:
 
         async def spawn() -> None:
             try:
+                if self.spare_delay > 0:
+                    await asyncio.sleep(self.spare_delay)
+                self._spare_waiting = False
                 self._spare = await self._spawn()
             except OSError:
                 self._spare = None          # take() will try, and log, again
             finally:
-                self._spare_task = None
+                if self._spare_task is asyncio.current_task():
+                    self._spare_task = None
+                    self._spare_waiting = False
+        self._spare_waiting = self.spare_delay > 0
         self._spare_task = asyncio.get_running_loop().create_task(spawn())
+
+    async def _settle_spare(self) -> None:
+        """A spare still in its delay is dropped (no interpreter started yet); one starting is
+        waited for."""
+        if self._spare_task is None:
+            return
+        if self._spare_waiting:
+            self._spare_task.cancel()
+            self._spare_task = None
+            self._spare_waiting = False
+        else:
+            await asyncio.shield(self._spare_task)
 
     async def _answer(self, proc: asyncio.subprocess.Process) -> LockStatus:
         assert proc.stdout is not None
@@ -192,8 +214,7 @@ class ClusterLock:
         """Release the lock and stop the spare helper (daemon shutdown)."""
         self._closed = True
         await self.release()
-        if self._spare_task is not None:
-            await asyncio.shield(self._spare_task)
+        await self._settle_spare()
         spare, self._spare = self._spare, None
         if spare is not None:
             await self._kill(spare, signal.SIGTERM)

@@ -54,11 +54,13 @@ def test_a_frozen_daemon_loses_the_lock_after_its_lease_and_another_takes_it(tmp
 def test_the_armed_spare_makes_a_lock_attempt_fast(tmp_path):
     async def main():
         argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
-        lock = ClusterLock(argv, lambda r: None, lambda m: None)
+        lock = ClusterLock(argv, lambda r: None, lambda m: None, spare_delay=0.1)
         blocker = ClusterLock(argv, lambda r: None, lambda m: None)
         assert await blocker.take() is LockStatus.HELD
         assert await lock.take() is LockStatus.CONTENTION       # cold: starts an interpreter
-        await asyncio.sleep(1.0)                                 # the spare is ready by now
+        assert lock._spare is None                               # not at once: after the delay
+        await asyncio.sleep(1.1)                                 # the spare is ready by now
+        assert lock._spare is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await lock.take() is LockStatus.CONTENTION
@@ -71,6 +73,23 @@ def test_the_armed_spare_makes_a_lock_attempt_fast(tmp_path):
         # A spare answers without an interpreter start (tens of ms on this machine, more under
         # load); generous bound so a loaded CI machine does not fail it.
         assert warm < 0.25, warm
+    run(main())
+
+
+def test_an_attempt_within_the_spare_delay_starts_its_own_helper_and_drops_the_waiting_spare(tmp_path):
+    async def main():
+        argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
+        lock = ClusterLock(argv, lambda r: None, lambda m: None, spare_delay=30.0)
+        blocker = ClusterLock(argv, lambda r: None, lambda m: None)
+        assert await blocker.take() is LockStatus.HELD
+        assert await lock.take() is LockStatus.CONTENTION
+        waiting = lock._spare_task
+        assert waiting is not None and lock._spare_waiting
+        await blocker.close()
+        assert await asyncio.wait_for(lock.take(), 10) is LockStatus.HELD   # not 30 s
+        assert waiting.cancelled() or waiting.done()
+        assert lock._spare_task is None and lock._spare is None
+        await lock.close()
     run(main())
 
 
