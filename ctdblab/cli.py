@@ -460,6 +460,8 @@ def _soak_verdict(results_path: Path) -> int:
     for kind, c in checks["convergence"].items():
         print(f"{kind:<19} {c['converged']}/{c['faults']} converged, p50 {c['p50_s']} s, "
               f"max {c['max_s']} s", file=sys.stderr)
+    for check, why in (checks.get("not_checked") or {}).items():
+        print(f"{check}: not checked ({why})", file=sys.stderr)
     if failed:
         print("SAFETY VIOLATIONS: " + ", ".join(f"{k} {n}" for k, n in failed.items())
               + " (each with its history lines in report.md)", file=sys.stderr)

@@ -114,6 +114,8 @@ def soak_section(datasets: list[Dataset]) -> list[str]:
         for check, verdict in checks.get("verdicts", {}).items():
             lines.append(f"| {check} | {'ok' if verdict['ok'] else '**FAILED**'} | "
                          f"{verdict['violations']} |")
+        for check, why in (checks.get("not_checked") or {}).items():
+            lines.append(f"| {check} | not checked: {why} | – |")
         lines += ["", "| fault kind | faults | converged | p50 convergence (s) | max (s) | "
                   "failed to apply |", "|---|---|---|---|---|---|"]
         for kind, c in checks.get("convergence", {}).items():

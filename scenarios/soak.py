@@ -30,6 +30,7 @@ from ctdblab.errors import UserError
 from ctdblab.history import History, load_numbered
 
 from .soak_checks import Bounds, check_soak
+from .soak_deaths import PROBE as DEATHS_PROBE, import_deaths, node_logs, nodes_file_addresses
 from .soak_invariants import arp_violations, node_violations
 from .soak_schedule import ScheduledFault, describe, make_schedule, partition_groups, resolve_target
 from .truth import DEFAULT_PERIOD_S, TruthSampler, describe_macs
@@ -73,6 +74,11 @@ def run_soak(*, daemon: str, nodes: int, faults: int, seed: int, tunables: str, 
                 soak.run_episode(fault, len(schedule), t0)
         finally:
             sampler.stop()
+            try:
+                import_deaths(history, [cluster.daemon_log(n) for n in cluster.nodes],
+                              [cluster.plan.private_ip(n.index) for n in cluster.nodes])
+            except OSError as e:        # the run's verdicts stand; false_deaths is not checked
+                history.record(events.note(f"the daemons' logs could not be read: {e}"))
             history.record(events.run_end(0))
             cost = sampler.cost()
         history.run = None
@@ -190,13 +196,22 @@ class SoakNemesis:
 
 def recheck_soak(run_dir: Path) -> dict[str, Any]:
     """Check a soak's history again with the current checkers (the bounds it ran with) and
-    replace ``checks`` in its results.json; returns the new checks."""
+    replace ``checks`` in its results.json; returns the new checks. A history from before the
+    deaths were imported gets them now from the logs the run left (``cluster/nodes/*``)."""
     import json
 
     results_path = Path(run_dir) / "results.json"
     results = json.loads(results_path.read_text())
     if results.get("scenario") != "soak":
         raise UserError(f"{results_path}: not a soak run (scenario {results.get('scenario')!r})")
-    results["checks"] = check_soak(load_numbered(Path(run_dir) / "history.jsonl"))
+    history_path = Path(run_dir) / "history.jsonl"
+    numbered = load_numbered(history_path)
+    has_deaths = any(e["kind"] == "capture" and e.get("probe") == DEATHS_PROBE for _, e in numbered)
+    logs = node_logs(Path(run_dir) / "cluster")
+    if not has_deaths and logs:
+        with History(history_path) as history:
+            import_deaths(history, logs, nodes_file_addresses(Path(run_dir) / "cluster"))
+        numbered = load_numbered(history_path)
+    results["checks"] = check_soak(numbered)
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
     return results["checks"]

@@ -34,6 +34,9 @@ Checks (each a list of violations; a check with none is ok):
 ``runaway``        from ``runaway_grace_s`` after an undo until the next fault, no daemon's CPU
                    rate above ``cpu_cores`` or log growth above ``log_bytes_per_s``, measured
                    over spans of at least ``runaway_span_s``
+``false_deaths``   no node declared dead by a daemon unless a fault involving it or the declaring
+                   node was under way or undone less than ``death_grace_s`` before
+                   (``soak_deaths``; made only when the history holds the daemons' deaths)
 
 A violation lists ``lines``: the history lines of the samples (or ARP rounds, or fault events)
 that show it, first and last of each stretch and the fault's own events.
@@ -47,6 +50,7 @@ from typing import Any, Iterable
 from ctdblab.events import RUN_END, RUN_START, Event
 from ctdblab.stats import summarize
 
+from .soak_deaths import false_deaths
 from .soak_invariants import answer_nodes, arp_violations, ip_holders, node_violations, nodes_text
 
 Numbered = tuple[int, Event]
@@ -92,6 +96,11 @@ class Bounds:
     ``stable_s``: converged means every invariant held without a break for this long (two
     sampling periods); one consistent instant in the middle of a takeover run does not count.
     The convergence time is when that unbroken stretch began.
+    ``death_grace_s``: a node undone (thawed, healed, powered on) may still be declared dead,
+    or declare others dead, while it catches up -- a thawed daemon's timers fire late, a booting
+    one connects and is re-admitted; pyctdbd converges within ~2 s and real ctdbd within ~10 s
+    of an undo (README, soak table), so 10 s. A death later than that, or of a node no fault
+    touched, is a false failover.
     ``runaway_*``: after ``runaway_grace_s`` (10 s) of catching up, a daemon idles at a few %
     of a core (README: idle cost) and logs a few lines per fault; above half a core or 20 kB/s
     of log over 10 s or more it is spinning.
@@ -107,6 +116,7 @@ class Bounds:
     runaway_span_s: float = 10.0
     cpu_cores: float = 0.5
     log_bytes_per_s: float = 20000.0
+    death_grace_s: float = 10.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -484,6 +494,7 @@ def _runaway(facts: SoakFacts, ep: Episode, t0: float, t1: float) -> list[dict]:
 
 def check_soak(numbered: Iterable[Numbered], bounds: Bounds | None = None) -> dict[str, Any]:
     """Every check over the whole soak history: the ``checks`` part of results.json."""
+    numbered = list(numbered)
     facts = soak_facts(numbered, bounds)
     episodes, violations = [], []
     for k, ep in enumerate(facts.episodes):
@@ -501,9 +512,19 @@ def check_soak(numbered: Iterable[Numbered], bounds: Bounds | None = None) -> di
         convergence[kind] = {"faults": len(recs), "converged": len(conv),
                              "p50_s": s.get("p50"), "max_s": s.get("max"),
                              "failed_to_apply": sum(1 for r in recs if r["failed"])}
-    counts = {c: sum(1 for v in violations if v["check"] == c) for c in CHECKS}
+    checks = list(CHECKS)
+    not_checked = {}
+    imported, deaths = false_deaths(numbered, facts.episodes, facts.bounds.death_grace_s,
+                                     facts.t_end)
+    if imported:
+        checks.append("false_deaths")
+        violations += deaths
+    else:
+        not_checked["false_deaths"] = "the history holds no deaths from the daemons' logs"
+    counts = {c: sum(1 for v in violations if v["check"] == c) for c in checks}
     return {
-        "verdicts": {c: {"ok": counts[c] == 0, "violations": counts[c]} for c in CHECKS},
+        "verdicts": {c: {"ok": counts[c] == 0, "violations": counts[c]} for c in checks},
+        "not_checked": not_checked,
         "violations": violations,
         "episodes": episodes,
         "convergence": convergence,

@@ -1,0 +1,106 @@
+"""False deaths in a soak (scenarios/soak_deaths.py): the daemons' "node X is dead" lines read
+from their logs, and judged against the faults under way."""
+
+from __future__ import annotations
+
+from soak_history import Soak
+
+from ctdblab import events
+from ctdblab.history import History, load_numbered
+from ctdblab.scenarios.soak_deaths import PROBE, import_deaths, nodes_file_addresses
+
+ADDRS = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+
+
+def _death(soak, t, me, dead):
+    soak.history.record(events.log_line(me, "detect", f"{ADDRS[me]}:4379: node {ADDRS[dead]}:4379 "
+                                        "is dead: 1 connected", "pyctdbd", t=t, dead_node=dead))
+
+
+def _read(soak):
+    soak.history.record(events.capture(PROBE, "soak", "read", logs=3, deaths=0))
+
+
+def _freeze_soak(tmp_path):
+    soak = Soak(tmp_path, [{"index": 0, "kind": "freeze_nonleader", "role": "nonleader",
+                            "pick": 0, "hold_s": 5}])
+    soak.steady(1.0, 10.0)
+    soak.fault(10.0, "freeze", 2, "begin", 0)
+    soak.fault(10.01, "freeze", 2, "end", 0)
+    soak.fault(15.0, "thaw", 2, "begin", 0)
+    soak.fault(15.01, "thaw", 2, "end", 0)
+    soak.steady(15.5, 40.0)
+    return soak
+
+
+def test_deaths_involving_the_fault_are_explained_and_others_are_false_failovers(tmp_path):
+    soak = _freeze_soak(tmp_path)
+    _death(soak, 10.2, 0, 2)            # the frozen node, by a peer
+    _death(soak, 15.3, 2, 1)            # the thawed node's late timers, within the grace
+    _death(soak, 12.0, 0, 1)            # node 1: no fault on 0 or 1 -> false
+    _death(soak, 26.0, 1, 2)            # the thawed node, 11 s after the thaw -> false
+    _read(soak)
+    result = soak.check()
+    found = [v for v in result["violations"] if v["check"] == "false_deaths"]
+    assert [(v["node"], round(v["t_first"])) for v in found] == [(1, 12), (2, 26)]
+    assert "node 0 declared node 1 dead" in found[0]["message"] and found[0]["lines"]
+    assert result["verdicts"]["false_deaths"] == {"ok": False, "violations": 2}
+
+
+def test_a_partition_explains_deaths_across_it_but_not_within_a_side(tmp_path):
+    soak = Soak(tmp_path, [{"index": 0, "kind": "partition_minority", "role": "nonleader",
+                            "pick": 0, "hold_s": 15, "minority": 1}])
+    soak.steady(1.0, 10.0)
+    soak.fault(10.0, "partition", None, "begin", 0, groups=[[0], [1, 2]])
+    soak.fault(10.01, "partition", None, "end", 0, groups=[[0], [1, 2]])
+    soak.fault(25.0, "heal", None, "begin", 0)
+    soak.fault(25.01, "heal", None, "end", 0)
+    soak.steady(25.5, 40.0)
+    _death(soak, 10.3, 1, 0)
+    _death(soak, 10.3, 0, 2)
+    _death(soak, 11.0, 1, 2)            # both on the majority side
+    _read(soak)
+    result = soak.check()
+    found = [v for v in result["violations"] if v["check"] == "false_deaths"]
+    assert [(v["node"], v["lines"] != []) for v in found] == [(2, True)]
+
+
+def test_a_clean_soak_with_the_deaths_read_passes_and_one_without_says_not_checked(tmp_path):
+    soak = _freeze_soak(tmp_path / "a")
+    _death(soak, 10.2, 0, 2)
+    _read(soak)
+    result = soak.check()
+    assert result["verdicts"]["false_deaths"] == {"ok": True, "violations": 0}
+    assert result["not_checked"] == {}
+    older = _freeze_soak(tmp_path / "b")             # a history from before the import
+    result = older.check()
+    assert "false_deaths" not in result["verdicts"]
+    assert "no deaths" in result["not_checked"]["false_deaths"]
+
+
+def test_import_reads_both_daemons_death_lines_and_maps_addresses_to_pnns(tmp_path):
+    logs = []
+    for pnn, text in enumerate([
+        "2026-12-05T12:47:19.299482+00:00 vm ctdbd[25335]: 198.18.0.1:4379: node 198.18.0.3:4379 "
+        "is dead: 3 connected\n"
+        "2026-12-05T12:47:19.3+00:00 vm ctdbd[25335]: dead count reached for node 2\n",
+        "2026-12-05T12:48:00.000001+00:00 vm pyctdbd[77]: 198.18.0.2:4379: node 198.18.0.1:4379 "
+        "is dead: 1 connected (reported dead by node 2)\nnot a log line\n",
+    ]):
+        path = tmp_path / f"n{pnn}.log"
+        path.write_text(text)
+        logs.append(path)
+    history_path = tmp_path / "history.jsonl"
+    with History(history_path) as history:
+        assert import_deaths(history, logs, ADDRS) == 2
+    got = [e for _, e in load_numbered(history_path)]
+    deaths = [(e["node"], e["dead_node"], e["program"]) for e in got if e.get("event") == "detect"]
+    assert deaths == [(0, 2, "ctdbd"), (1, 0, "pyctdbd")]
+    assert got[-1]["probe"] == PROBE and got[-1]["deaths"] == 2 and got[-1]["logs"] == 2
+
+
+def test_the_nodes_file_gives_the_addresses_in_pnn_order(tmp_path):
+    nodes = tmp_path / "nodes" / "cx0n1" / "etc-ctdb" / "upper"
+    nodes.mkdir(parents=True)
+    (nodes / "nodes").write_text("198.18.0.1\n#198.18.0.2\n\n198.18.0.3:4379\n")
+    assert nodes_file_addresses(tmp_path) == ADDRS
