@@ -44,6 +44,14 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
 _TIMESPEC = struct.Struct("=qq")
 
 RECONNECT_INTERVAL = 1.0          # s, as CTDB
+#: s before dialling again after losing a connection that had been up for a RECONNECT_INTERVAL
+#: or more. When this node declares a live peer dead (a burst of packet loss that just ended),
+#: the peer sees the connection torn down, declares this node dead in turn and -- if it leads --
+#: gives this node's public IPs away, while this node keeps them until it hears the leader again:
+#: one reconnect interval of two nodes answering ARP for one IP. Dialling again at once shrinks
+#: that to a round trip. A connection that dies young waits the full interval, so a peer that
+#: keeps dropping us costs at most one quick redial per interval.
+QUICK_REDIAL = 0.02
 CONNECT_TIMEOUT = 1.0             # s without SYN-ACK before starting over
 MAX_WRITE_BUFFER = 32 * 1024 * 1024   # a peer that stops reading this much is dropped
 #: The largest single message worth queueing to a peer: a packet over DEFAULT_MAX_PACKET_SIZE
@@ -404,8 +412,11 @@ class NodeTransport:
             for frame in waiting:
                 self.send(peer.pnn, frame)
             self._update(peer)
+            established = loop.time()
             await protocol.lost
-            await asyncio.sleep(RECONNECT_INTERVAL if not self._closed else 0)
+            lasted = loop.time() - established
+            await asyncio.sleep(0 if self._closed else
+                                QUICK_REDIAL if lasted >= RECONNECT_INTERVAL else RECONNECT_INTERVAL)
 
     def _outbound_lost(self, protocol: _Outbound, exc: Exception | None) -> None:
         peer = protocol.peer

@@ -184,3 +184,38 @@ def test_a_node_shutting_down_keeps_its_connections_but_is_not_reconnected():
             await a.t.close()
             await b.t.close()
     run(main())
+
+
+def test_a_connection_lost_after_a_while_is_dialled_again_at_once_a_young_one_after_the_interval(
+        monkeypatch):
+    """After a death this node declared (the peer lost its connection and declares us dead in
+    turn), the quick redial re-admits us before a whole reconnect interval has passed; a
+    connection that keeps dying young waits the interval, so a flapping peer costs no storm."""
+    from ctdblab.daemon.net import transport
+    monkeypatch.setattr(transport, "RECONNECT_INTERVAL", 0.5)
+    monkeypatch.setattr(transport, "QUICK_REDIAL", 0.02)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        a, b = Node(0, addrs, port), Node(1, addrs, port)
+        await a.t.start()
+        await b.t.start()
+        try:
+            await until(lambda: a.up == [1] and b.up == [0])
+            await asyncio.sleep(0.6)                      # an established connection
+            t0 = loop.time()
+            a.t.drop_peer(1, "test")
+            await until(lambda: len(a.up) == 2 and len(b.up) == 2, timeout=5)
+            quick = loop.time() - t0
+            t1 = loop.time()
+            a.t.drop_peer(1, "test again")                # young: it just came up
+            await until(lambda: len(a.up) == 3 and len(b.up) == 3, timeout=5)
+            slow = loop.time() - t1
+        finally:
+            await a.t.close()
+            await b.t.close()
+        assert quick < 0.4, quick
+        assert slow >= 0.45, slow
+    run(main())
