@@ -18,7 +18,8 @@ Rules, CTDB's unless marked:
   membership changed during the failed run (a death being detected right then) it reruns at
   once;
 * a node that keeps failing runs collects ban credits: 2 × nodes within RecoveryGracePeriod
-  bans it for RecoveryBanPeriod (unless EnableBans = 0);
+  bans it for RecoveryBanPeriod (unless EnableBans = 0); a failed takeover control earns one,
+  the culprit of a failed database recovery one per node (two such recoveries ban it);
 * pyctdbd: at a fresh cluster's start (no IP hosted yet, daemon started moments ago) the first
   allocation waits for nodes that are not connected or still unhealthy, each at most
   `startup_settle` seconds, so IPs are not handed around node by node.
@@ -174,13 +175,16 @@ class LeaderScheduler:
         self.need_recovery = self.need_takeover = True
         return delay
 
-    def blame(self, pnn: int, why: str, now: float, node_count: int) -> Ban | None:
-        """`pnn` failed a control of a run (a node that is gone is not to blame: the shell does
-        not call this for it). Returns a ban once it collected 2 × node_count credits."""
+    def blame(self, pnn: int, why: str, now: float, node_count: int,
+              credits: int = 1) -> Ban | None:
+        """`pnn` failed a control of a run (`credits`: 1), or was the culprit of a failed
+        database recovery (the shell gives node_count, as CTDB's banning message does); a node
+        that is gone is not to blame: the shell does not call this for it. Returns a ban once
+        it collected 2 × node_count credits."""
         count, since = self.ban_credits.get(pnn, (0, now))
         if now - since > self.settings.grace_period:
             count, since = 0, now
-        count += 1
+        count += credits
         self.ban_credits[pnn] = (count, since)
         if count < 2 * node_count or not self.settings.enable_bans:
             return None

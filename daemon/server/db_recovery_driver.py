@@ -80,6 +80,17 @@ class RecoveryOutcome:
     def __bool__(self) -> bool:
         return self.ok
 
+    def banning_culprit(self) -> int | None:
+        """The node to blame for a failed recovery, as CTDB's recovery helper picks it: the one
+        that failed the most steps, if that is at least NUM_RETRIES (a database failed every
+        attempt because of it). The leader gives it one credit per node: two such recoveries
+        ban it. Not one credit per failed step: with a dozen databases, one recovery that a
+        flapping node broke would ban it at once."""
+        if not self.ban_credits:
+            return None
+        pnn, failures = max(self.ban_credits.items(), key=lambda item: (item[1], -item[0]))
+        return pnn if failures >= NUM_RETRIES else None
+
 
 class DatabaseRecoveryDriver:
     def __init__(self, my_pnn: int, messenger: Messenger, tunables: Tunables, *,

@@ -179,9 +179,12 @@ class LeaderService:
                 outcome = await self.db_recovery.recover(plan.targets, plan.generation,
                                                          old_map=previous_map,
                                                          new_map=plan.vnnmap.map)
-                for pnn, credits in outcome.ban_credits.items():
-                    for _ in range(credits):
-                        self._blame(pnn, "database recovery failed")
+                culprit = outcome.banning_culprit()
+                # A node that is gone is not to blame (its death starts the next recovery).
+                if culprit is not None and (culprit == self.node.my_pnn
+                                            or self.messenger.is_connected(culprit)):
+                    self._blame(culprit, "database recovery failed",
+                                credits=len(self.node.nodemap.peers()) + 1)
                 if not outcome:
                     return False
                 continue
@@ -291,8 +294,9 @@ class LeaderService:
                 self._blame(pnn, f"{opcode.name} failed")
         return ok
 
-    def _blame(self, pnn: int, why: str) -> None:
-        ban = self.scheduler.blame(pnn, why, self.clock(), len(self.node.nodemap.peers()) + 1)
+    def _blame(self, pnn: int, why: str, credits: int = 1) -> None:
+        ban = self.scheduler.blame(pnn, why, self.clock(), len(self.node.nodemap.peers()) + 1,
+                                   credits=credits)
         if ban is not None:
             self._ban(ban)
 

@@ -118,3 +118,20 @@ def test_health_follows_monitor_results_with_ctdbs_timeout_count():
     assert failed.healthy is False and "Node became UNHEALTHY (50.samba: smbd not listening)" in [t for _, t in failed.logs]
     cancelled = h.result(MonitorResult(False, cancelled=True), healthy_now=False)
     assert cancelled.healthy is None and cancelled.wait == 0.2
+
+
+def test_the_culprit_of_a_failed_database_recovery_is_banned_after_two_such_recoveries():
+    s = leading()
+    assert s.blame(1, "database recovery failed", 0.0, 3, credits=3) is None
+    ban = s.blame(1, "database recovery failed", 1.0, 3, credits=3)
+    assert ban is not None and ban.pnn == 1 and ban.credits == 6
+
+
+def test_a_recovery_culprit_needs_a_database_that_failed_every_attempt_because_of_it():
+    from ctdblab.daemon.server.db_recovery_driver import RecoveryOutcome
+    assert RecoveryOutcome(False, ban_credits={}).banning_culprit() is None
+    assert RecoveryOutcome(False, ban_credits={2: 2}).banning_culprit() is None
+    assert RecoveryOutcome(False, ban_credits={2: 3, 0: 1}).banning_culprit() == 2
+    # one failed step per database of sixteen is still one node's fault: the most failures
+    assert RecoveryOutcome(False, ban_credits={2: 16, 1: 30}).banning_culprit() == 1
+    assert RecoveryOutcome(False, ban_credits={2: 5, 1: 5}).banning_culprit() == 1

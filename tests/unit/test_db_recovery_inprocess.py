@@ -239,6 +239,7 @@ async def _a_failing_node_fails_the_database_and_earns_ban_credits(mesh, monkeyp
     outcome = await mesh.nodes[0].driver.recover([0, 1, 2], 77)
     assert not outcome.ok
     assert outcome.ban_credits == {2: 3}             # pulled from node 2 (highest seqnum), 3 tries
+    assert outcome.banning_culprit() == 2
     assert (outcome.recovered, outcome.total) == (2, 3)
     for node in mesh.nodes.values():
         # the failed database stays frozen, with no transaction left open; the others thawed
