@@ -24,7 +24,8 @@ Checks (each a list of violations; a check with none is ok):
                    (stretches up to ``transient_s`` forgiven)
 ``arp_exclusive``  from the undo until the next fault, never two nodes answering one ARP round
                    for the same IP (both had it configured at once); stretches already reported
-                   by ``both_sides`` are not reported again
+                   by ``both_sides`` are not reported again; a thawed node's own answers in its
+                   first ``thaw_release_s`` after the thaw are not counted
 ``nodes_ok_bound`` every powered node OK within ``node_ok_s`` of the undo
 ``takeover``       while a node is powered off, crashed or frozen, from ``takeover_s`` after the
                    fault on, every public IP is configured on exactly one *live* node (powered,
@@ -96,6 +97,11 @@ class Bounds:
     ``stable_s``: converged means every invariant held without a break for this long (two
     sampling periods); one consistent instant in the middle of a takeover run does not count.
     The convergence time is when that unbroken stretch began.
+    ``thaw_release_s``: a frozen node's kernel keeps answering ARP for the addresses it had
+    (the lab freezes the daemon's processes, not the host's kernel) until its daemon runs again
+    and drops what moved away: pyctdbd did so 4 ms after SIGCONT (soak seed 12, 2026-12-05),
+    an ARP request in those ms got two answers. 0.1 s covers the scheduling of a woken daemon on
+    a loaded machine; later answers from it count.
     ``death_grace_s``: a node undone (thawed, healed, powered on) may still be declared dead,
     or declare others dead, while it catches up -- a thawed daemon's timers fire late, a booting
     one connects and is re-admitted; pyctdbd converges within ~2 s and real ctdbd within ~10 s
@@ -117,6 +123,7 @@ class Bounds:
     cpu_cores: float = 0.5
     log_bytes_per_s: float = 20000.0
     death_grace_s: float = 10.0
+    thaw_release_s: float = 0.1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -422,11 +429,15 @@ def _doubled_answers(facts: SoakFacts, ep: Episode, t_next: float, found: list[d
     reported = [(v["ip"], v["t_first"], v["t_last"]) for v in found if v["check"] == "both_sides"]
     open_: dict[str, list] = {}             # ip -> [t_first, t_last, lines, nodes seen]
     stretches: list[tuple[str, list]] = []
+    thawed = ep.target if ep.kind.startswith("freeze") else None
     for obs in _window(facts, ep.undone, t_next):
         if obs.source != "arp":
             continue
+        waking = thawed is not None and obs.t < ep.undone + facts.bounds.thaw_release_s
         for ip in facts.public_ips:
             who = answer_nodes(obs.answers.get(ip, []), facts.macs)
+            if waking and thawed in who:
+                continue
             if len(who) >= 2 and not any(i == ip and t0 <= obs.t <= t1 for i, t0, t1 in reported):
                 s = open_.setdefault(ip, [obs.t, obs.t, [], set()])
                 s[1] = obs.t

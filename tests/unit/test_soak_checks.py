@@ -258,3 +258,19 @@ def test_a_doubled_ip_is_followed_past_the_heal_until_one_side_lets_go(tmp_path)
     result = soak.check()
     (v,) = [v for v in result["violations"] if v["check"] == "both_sides"]
     assert v["t_first"] == 22.0 and v["t_last"] == 29.0     # the last ARP round still showed it
+
+
+@pytest.mark.parametrize("after_thaw, counted", [(0.004, False), (0.3, True)])
+def test_a_thawed_nodes_own_arp_answers_count_only_after_its_first_moments(tmp_path, after_thaw,
+                                                                         counted):
+    soak = Soak(tmp_path, _freeze_schedule())
+    soak.steady(1.0, 10.0)
+    moved = {"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": [1]}
+    soak.steady(10.0, 15.0, owners=moved, status={0: {"0": "OK", "1": "OK", "2": "DISCONNECTED"}})
+    _freeze(soak)                                  # thawed at 15.01
+    both = {"198.19.8.1": [0], "198.19.8.2": [1], "198.19.8.3": [1, 2]}
+    soak.arp(15.01 + after_thaw + 0.4, owners=both, t_sent=15.01 + after_thaw,
+             t_replied=15.01 + after_thaw)
+    soak.steady(15.6, 40.0)
+    found = [v for v in soak.check()["violations"] if v["check"] == "arp_exclusive"]
+    assert bool(found) == counted
