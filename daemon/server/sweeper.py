@@ -9,10 +9,11 @@ under the key's chain lock by `RecordCalls`), then tells it the sweep is complet
 It starts SweepDelayMs after recovery mode ends (0: never). One sweep at a time, databases one
 after the other, a short pause between batches: it runs in the background at low priority. A
 failure (a node that does not answer -- also one of an older build, which does not know
-PYCTDB_SWEEP_KEYS --, a malformed reply, recovery mode, a new generation) abandons that database's sweep with
-a WARNING and the sweep goes on with the next; the abandoned ones are tried again after a backoff
-(doubling, at most `MAX_BACKOFF`), and a new recovery starts afresh. The core logs one INFO line per database when a sweep completes, and
-counts sweeps completed and abandoned (`KeySettling.sweeps`).
+PYCTDB_SWEEP_KEYS --, a malformed reply, recovery mode, a new generation) abandons that
+database's sweep with a WARNING and the sweep goes on with the next; the abandoned ones are
+tried again after a backoff (doubling, at most `MAX_BACKOFF`), and a new recovery starts afresh.
+The core logs one INFO line per database when a sweep completes, and counts sweeps completed
+and abandoned (`KeySettling.sweeps`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ class Sweeper:
             except Exception as exc:        # SweepFailed, or a bug: never into the loop
                 # The others go on: what failed one database (a key list too big for a packet,
                 # a listing that failed there) need not touch the next one.
-                log.warning("sweep of db %s abandoned: %s", self._name(db_id), exc)
-                abandoned.append(self._name(db_id))
+                name = self._name(db_id)
+                log.warning("sweep of db %s abandoned: %s", name, exc)
+                abandoned.append(name)
         if abandoned:
             log.warning("sweep abandoned for %s; next try in %.0f s",
                         ", ".join(abandoned), self.backoff)

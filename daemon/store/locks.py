@@ -290,7 +290,7 @@ class ChainLocker:
         self.name = name or os.path.basename(tdb.path)
         self.helper_argv = list(helper_argv) if helper_argv is not None else lock_helper_argv(env)
         base_env = dict(os.environ if env is None else env)
-        base_env.setdefault("CTDB_NOSETSCHED", "1")  # children start unprivileged (SCHED_RESET_ON_FORK)
+        base_env.setdefault("CTDB_NOSETSCHED", "1")  # children start unprivileged (RESET_ON_FORK)
         self.env = base_env
         self.log = log or (lambda message: None)
         self.warn_after = warn_after
