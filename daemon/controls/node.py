@@ -33,6 +33,13 @@ def get_pnn(ctx: ControlContext, req: Request) -> Result:
     return Result(ctx.pnn)
 
 
+@handles(Control.PYCTDB_LEADER)
+def pyctdb_leader(ctx: ControlContext, req: Request) -> Result:
+    """The leader this node follows: a node that lost its own link to the leader asks its
+    peers (core/node.py, LeaderElsewhere)."""
+    return reply_with(req, ctx.node.leader)
+
+
 @handles(Control.GET_PID)
 def get_pid(ctx: ControlContext, req: Request) -> Result:
     return Result(os.getpid())

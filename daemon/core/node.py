@@ -160,6 +160,15 @@ class LockAnswer:
 
 
 @dataclass(frozen=True)
+class LeaderElsewhere:
+    """Connected node `witness` follows `leader` (PYCTDB_LEADER), asked while this node had no
+    leader and met contention on the cluster lock."""
+
+    leader: int
+    witness: int
+
+
+@dataclass(frozen=True)
 class LockLost:
     reason: str
 
@@ -211,7 +220,7 @@ class NewSettings:
 
 Event = (Start | PeerConnected | PeerDisconnected | Traffic | PeerKeepalive | Heartbeats | HeartbeatMessage | DeathReport
          | PeerState | PeerFlags | LeaderAnnounced | ElectionVote | LockAnswer | LockLost | Tick
-         | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
+         | LeaderElsewhere | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
 
 
 # -- actions (besides the detector's and the election's, passed through) ---------------------
@@ -331,6 +340,7 @@ class NodeCore:
     #: rate-limited: a hostile or broken peer must not fill the disk through our log.
     log_limit: LogLimiter = field(default_factory=LogLimiter)
     _leaderless_deadline: float | None = None
+    _cut_off_from_leader: int | None = None     # the leader a peer follows and we cannot reach
 
     def __post_init__(self) -> None:
         self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
@@ -621,6 +631,24 @@ class NodeCore:
     def _lock_answer(self, ev: LockAnswer, now: float) -> list[Action]:
         return self._election(self.election.lock_result(ev.status, now), now)
 
+    def _leader_elsewhere(self, ev: LeaderElsewhere, now: float) -> list[Action]:
+        """This node lost its link to the leader (declared it dead, tore the connection down),
+        yet a peer it still reaches follows that leader: the leader is alive, saw the torn-down
+        connection as this node's death and has given its public IPs to others. Keeping them
+        would have two nodes answer ARP for them until the link comes back (soak: a burst of
+        packet loss on one node, 3 of 30 loss faults). So they go now; the leader's takeover run
+        hands IPs back once it reaches this node again. A frozen leader is no such case: the
+        peers called an election too (this node's broadcast) and hear nothing from it."""
+        if (self.election.leader != UNKNOWN_PNN or ev.leader in (UNKNOWN_PNN, self.my_pnn)
+                or self._is_connected_peer(ev.leader) or not self._is_connected_peer(ev.witness)
+                or self._cut_off_from_leader == ev.leader):
+            return []
+        self._cut_off_from_leader = ev.leader
+        return [Log(logging.WARNING, f"Node {ev.witness} follows leader {ev.leader}, which this node "
+                                     "cannot reach: releasing its public IPs until the leader "
+                                     "reaches it again"),
+                DropAllIPs(f"cut off from leader {ev.leader}")]
+
     def _lock_lost(self, ev: LockLost, now: float) -> list[Action]:
         return ([Log(logging.ERROR, f"Cluster lock lost: {ev.reason}")]
                 + self._election(self.election.lock_lost(now), now))
@@ -655,6 +683,7 @@ class NodeCore:
             self._leaderless_deadline = now + max(1.0, self.settings.drop_all_ips_after)
         else:
             self._leaderless_deadline = None
+            self._cut_off_from_leader = None
         if change.new == self.my_pnn:
             actions += self._leader_work(True, True, "became leader")
         return actions
@@ -741,6 +770,7 @@ _HANDLERS = {
     PeerState: NodeCore._peer_state, PeerFlags: NodeCore._peer_flags,
     LeaderAnnounced: NodeCore._leader_announced, ElectionVote: NodeCore._election_vote,
     LockAnswer: NodeCore._lock_answer, LockLost: NodeCore._lock_lost, Tick: NodeCore._tick,
+    LeaderElsewhere: NodeCore._leader_elsewhere,
     SetHealth: NodeCore._set_health, Admin: NodeCore._admin, SetBan: NodeCore._set_ban,
     SetRole: NodeCore._set_role, SetRunstate: NodeCore._set_runstate,
     NewSettings: NodeCore._new_settings,

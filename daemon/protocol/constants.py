@@ -185,6 +185,7 @@ class Control(IntEnum):
     PYCTDB_GATHER_COPIES = 0x70790005
     PYCTDB_RECOVERY_HANDOFFS = 0x70790006
     PYCTDB_SWEEP_KEYS = 0x70790007      # a node's keys a sweeping lmaster must settle
+    PYCTDB_LEADER = 0x70790008          # the leader the answering node follows
 
 
 #: Opcodes CTDB still defines but marks obsolete; a daemon answers them with an error.

@@ -180,6 +180,7 @@ _SPECS = [
     _spec(C.PYCTDB_RECOVERY_DEFER, RecoveryDefer, None, note="pyctdbd only"),
     _spec(C.PYCTDB_GATHER_COPIES, RecBufferList, RecBufferList, note="pyctdbd only"),
     _spec(C.PYCTDB_SWEEP_KEYS, SweepKeys, RecBufferList, note="pyctdbd only"),
+    _spec(C.PYCTDB_LEADER, None, U32_CODEC, note="pyctdbd only: the leader followed (UNKNOWN_PNN: none)"),
     # Databases
     _spec(C.DB_ATTACH, STRING_CODEC, U32_CODEC, note="name -> db_id; flags may carry ATTACH_RECOVERY"),
     _spec(C.DB_ATTACH_PERSISTENT, STRING_CODEC, U32_CODEC, note="name -> db_id"),

@@ -19,21 +19,24 @@ from ..config import CtdbConf, Tunables
 from ..core.election import ElectionSettings
 from ..core.membership import DetectorSettings, grid_point_after
 from ..core.node import (
-    Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, LeaderWork,
-    LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
+    Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats,
+    LeaderElsewhere, LeaderWork, LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
     ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan, SetRole, Shutdown, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
 from ..net.rpc import ControlError
 from ..protocol import (
-    BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, Control, ReqKeepalive, ReqMessage,
-    Srvid, encode_packet, pack_message,
+    BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN, Control, ProtocolError,
+    ReqKeepalive, ReqMessage, Srvid, encode_packet, pack_message, unpack_reply,
 )
 from ..protocol import internal
 from .cluster_lock import ClusterLock
 from .messenger import Messenger
 from .wire import election_to_wire
+
+#: s a peer has to say which leader it follows (a control it answers at once).
+PEER_LEADER_TIMEOUT = 0.5
 
 DRAIN_EVERY = 2          # read the heartbeat socket every this many timer runs
 
@@ -283,9 +286,31 @@ class NodeService:
             notice("Cluster lock taken successfully (%.0f ms)", took)
         elif status is LockStatus.CONTENTION:
             notice("Unable to take cluster lock - contention (%.0f ms)", took)
+            if self.core.leader == UNKNOWN_PNN:
+                self.spawn(self._ask_peers_for_leader(), "ask-peers-for-leader")
         else:
             log.error("Unable to take cluster lock - %s (%.0f ms)", status.name.lower(), took)
         self.step(LockAnswer(status))
+
+    async def _ask_peers_for_leader(self) -> None:
+        """Someone holds the lock while this node has no leader: do the peers it reaches follow
+        a leader it cannot reach? (core/node.py, LeaderElsewhere). A peer of an older build
+        answers the control as unknown: no answer, no conclusion."""
+        peers = self.messenger.connected_peers()
+        if not peers:
+            return
+        replies = await self.messenger.controls(peers, Control.PYCTDB_LEADER, timeout=PEER_LEADER_TIMEOUT)
+        for pnn in peers:
+            reply = replies[pnn]
+            if isinstance(reply, Exception) or reply.status != 0:
+                continue
+            try:
+                leader = unpack_reply(Control.PYCTDB_LEADER, reply.data)
+            except ProtocolError:
+                continue
+            if leader != UNKNOWN_PNN:
+                self.step(LeaderElsewhere(leader, pnn))
+                return
 
     def lock_lost(self, reason: str) -> None:
         self.step(LockLost(reason))

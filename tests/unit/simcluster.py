@@ -35,7 +35,7 @@ from ctdblab.daemon.core.election import (
 from ctdblab.daemon.core.membership import DetectorSettings, SendHeartbeat, SendKeepalive, SendWatch
 from ctdblab.daemon.core.node import (
     DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats,
-    LeaderAnnounced, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings, PeerConnected,
+    LeaderAnnounced, LeaderElsewhere, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings, PeerConnected,
     PeerDisconnected, PeerState, ProbePeer, ReportDeath, SendState, SetBan, SetHealth, SetRunstate, Start, Tick,
     Traffic,
 )
@@ -47,6 +47,13 @@ from ctdblab.daemon.core.takeover import IPReport, TakeoverPlan, nodes_to_ask_av
 from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, Runstate
 
 RECONNECT = 1.0
+
+
+@dataclass(frozen=True)
+class _AskLeader:
+    """The answer of `peer` to PYCTDB_LEADER, read when it arrives."""
+
+    peer: int
 
 
 @dataclass
@@ -203,6 +210,11 @@ class Sim:
         if pnn not in self.powered:
             return
         node = self.nodes[pnn]
+        if isinstance(event, _AskLeader):            # a peer's PYCTDB_LEADER answer arrives
+            leader = self.nodes[event.peer].core.leader
+            if leader == UNKNOWN_PNN or node.core.leader != UNKNOWN_PNN:
+                return
+            event = LeaderElsewhere(leader, event.peer)
         for action in node.core.step(event, self.now):
             self._act(node, action)
 
@@ -267,6 +279,12 @@ class Sim:
         status = LockStatus.HELD if self.lock_owner == pnn else LockStatus.CONTENTION
         heapq.heappush(self._queue, (self.now + 0.002, next(self._seq), pnn, (pnn, LockAnswer(status), False)))
         self.pairs.add(frozenset((pnn, pnn)))        # lets the answer "arrive" at pnn itself
+        if status is LockStatus.CONTENTION:
+            # The shell then asks the peers it reaches which leader they follow (PYCTDB_LEADER;
+            # the first that names one is reported): their answer as of a round trip later.
+            for p in sorted(self._peers(self.nodes[pnn])):
+                if self.link_up(pnn, p) and self.link_up(p, pnn):
+                    self.send(p, pnn, _AskLeader(p), traffic=False, after=self.delay + 0.002)
 
     # -- the leader's jobs -------------------------------------------------------------------------
     def _job_soon(self, node: SimNode, delay: float | None = None) -> None:

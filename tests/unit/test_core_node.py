@@ -194,6 +194,47 @@ def test_no_leader_for_drop_all_ips_after_seconds_drops_the_ips():
     assert DropAllIPs("no leader") in actions
 
 
+def _lost_the_leader_with_peers_left(n=5):
+    """Node 0 of `n`, connected to all, follows node 1, then loses its link to node 1 only."""
+    from ctdblab.daemon.core.node import LeaderAnnounced
+    c = core(n=n)
+    for p in range(1, n):
+        c.step(PeerConnected(p), 0.0)
+    c.step(LeaderAnnounced(1, 1), 0.1)
+    c.step(PeerDisconnected(1, "no traffic"), 1.0)
+    assert c.leader == UNKNOWN_PNN
+    return c
+
+
+def test_a_peer_following_a_leader_this_node_cannot_reach_makes_it_drop_its_ips_once():
+    from ctdblab.daemon.core.node import LeaderAnnounced, LeaderElsewhere
+    c = _lost_the_leader_with_peers_left()
+    actions = c.step(LeaderElsewhere(1, 2), 1.3)
+    assert DropAllIPs("cut off from leader 1") in actions
+    assert any("Node 2 follows leader 1, which this node cannot reach" in t for t in texts(actions))
+    assert c.step(LeaderElsewhere(1, 3), 1.6) == []           # once per loss of the leader
+    c.step(PeerConnected(1), 2.0)
+    c.step(LeaderAnnounced(1, 1), 2.1)                        # the leader reaches us again
+    c.step(PeerDisconnected(1, "no traffic"), 5.0)
+    assert DropAllIPs("cut off from leader 1") in c.step(LeaderElsewhere(1, 2), 5.3)
+
+
+def test_a_leader_this_node_reaches_or_an_unknown_one_or_a_stranger_witness_drops_nothing():
+    from ctdblab.daemon.core.node import LeaderElsewhere
+    c = _lost_the_leader_with_peers_left()
+    assert c.step(LeaderElsewhere(2, 3), 1.3) == []            # node 2 leads: we reach it
+    assert c.step(LeaderElsewhere(UNKNOWN_PNN, 3), 1.3) == []  # the peer has no leader either
+    assert c.step(LeaderElsewhere(0, 3), 1.3) == []            # "you lead": not elsewhere
+    c.step(PeerDisconnected(4, "no traffic"), 1.4)
+    assert c.step(LeaderElsewhere(1, 4), 1.5) == []            # a witness we do not reach
+    from ctdblab.daemon.core.node import LeaderAnnounced
+    d = core(n=5)
+    for p in range(1, 5):
+        d.step(PeerConnected(p), 0.0)
+    d.step(LeaderAnnounced(2, 2), 0.1)                         # we follow a leader ourselves
+    assert d.step(LeaderElsewhere(1, 3), 0.5) == []
+
+
 # -- CTDB's keepalive version rule (docs/ctdbd-gaps-spec.md §4.1, measured on ctdbd 4.17) ------
 NEWER = keepalive_version(4, 18)
 

@@ -307,3 +307,35 @@ def test_a_one_way_cut_is_detected_by_the_side_that_hears_nothing():
     assert sim.nodes[other].leader == UNKNOWN_PNN
     assert ips_of(sim, other) == []
     assert all(len(h) == 1 for h in sim.hosts().values())
+
+
+def test_a_node_cut_off_from_the_leader_alone_drops_its_ips_at_once_not_after_the_long_bound():
+    """Packet loss on one node's link from the leader: the node declares the leader dead and
+    tears the connection down, so the leader declares it dead too and gives its IPs to others,
+    while the node, still among the majority, would keep them until it hears the leader again.
+    The peers it reaches follow the leader (PYCTDB_LEADER), so it drops them at once -- not
+    after drop_all_ips_after (3 s here, 120 s in CTDB)."""
+    sim = formed(5)
+    leader = sim.leaders().pop()
+    other = next(p for p in range(5) if p != leader)
+    cut = sim.now
+    sim.dropped.add((leader, other))
+    samples = watch_ips(sim, cut + 2.5)
+    assert ips_of(sim, other) == [] and sim.nodes[other].leader == UNKNOWN_PNN
+    assert sim.logged(other, f"follows leader {leader}, which this node cannot reach")
+    assert all(len(h) == 1 for h in sim.hosts().values())
+    doubled = [t for ip in samples for t, holders in samples[ip] if len(holders) > 1]
+    assert not doubled or max(doubled) - cut < 1.5, doubled      # not until the 3 s bound
+
+
+@pytest.mark.parametrize("lease", [0.0, 1.5])
+def test_survivors_of_a_dead_leader_drop_nothing_while_its_lock_runs_out(lease):
+    """A leader that dies holding a lock with a lease (a frozen leader's lock looks the same):
+    every survivor meets contention and asks its peers, who follow no leader -- nobody drops
+    IPs, and the new leader is elected once the lease runs out."""
+    sim = formed(5, lock_lease=lease)
+    leader = sim.leaders().pop()
+    sim.power_off(leader)
+    survivors = set(range(5)) - {leader}
+    sim.run_until(lambda: sim.settled(survivors), timeout=10)
+    assert not any(sim.logged(p, "which this node cannot reach") for p in survivors)
