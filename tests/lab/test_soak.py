@@ -22,7 +22,10 @@ def test_a_short_pyctdbd_soak_is_checked_on_ground_truth(tmp_path):
     assert {"results.json", "history.jsonl", "report.md", "soak_timeline.png"} <= names
     results = json.loads((out / "results.json").read_text())
     checks = results["checks"]
-    assert set(checks["verdicts"]) == set(CHECKS)
+    # the daemons' deaths were read from their logs, so false_deaths is checked too
+    assert set(checks["verdicts"]) == set(CHECKS) | {"false_deaths"} and checks["not_checked"] == {}
+    deaths = [e for e in read_history(out / "history.jsonl") if e.get("probe") == "daemonlog"]
+    assert len(deaths) == 1 and deaths[0]["logs"] == 3
     assert len(checks["episodes"]) == 4
     assert [e["kind"] for e in checks["episodes"]] == [f["kind"] for f in results["schedule"]]
     # real samples: every node sampled many times, addresses read, ARP answered
