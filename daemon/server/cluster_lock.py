@@ -68,7 +68,7 @@ class ClusterLock:
     _renew: asyncio.Task | None = None
     _spare: asyncio.subprocess.Process | None = None    # an armed own helper, started ahead
     _spare_task: asyncio.Task | None = None
-    _spare_waiting: bool = False                        # the spare's task is in its delay
+    _spare_timer: asyncio.TimerHandle | None = None     # the spare's start, in its delay
     _closed: bool = False
 
     @property
@@ -124,35 +124,36 @@ class ClusterLock:
         return proc
 
     def _prepare_spare(self) -> None:
-        """Start the next armed helper in the background (own helper only)."""
-        if not self.own_helper or self._closed or self._spare is not None or self._spare_task is not None:
+        """Start the next armed helper in the background, `spare_delay` from now (own helper
+        only)."""
+        if (not self.own_helper or self._closed or self._spare is not None
+                or self._spare_task is not None or self._spare_timer is not None):
             return
+        if self.spare_delay > 0:
+            self._spare_timer = asyncio.get_running_loop().call_later(self.spare_delay,
+                                                                      self._start_spare)
+        else:
+            self._start_spare()
+
+    def _start_spare(self) -> None:
+        self._spare_timer = None
 
         async def spawn() -> None:
             try:
-                if self.spare_delay > 0:
-                    await asyncio.sleep(self.spare_delay)
-                self._spare_waiting = False
                 self._spare = await self._spawn()
             except OSError:
                 self._spare = None          # take() will try, and log, again
             finally:
-                if self._spare_task is asyncio.current_task():
-                    self._spare_task = None
-                    self._spare_waiting = False
-        self._spare_waiting = self.spare_delay > 0
+                self._spare_task = None
         self._spare_task = asyncio.get_running_loop().create_task(spawn())
 
     async def _settle_spare(self) -> None:
         """A spare still in its delay is dropped (no interpreter started yet); one starting is
         waited for."""
-        if self._spare_task is None:
-            return
-        if self._spare_waiting:
-            self._spare_task.cancel()
-            self._spare_task = None
-            self._spare_waiting = False
-        else:
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+            self._spare_timer = None
+        if self._spare_task is not None:
             await asyncio.shield(self._spare_task)
 
     async def _answer(self, proc: asyncio.subprocess.Process) -> LockStatus:

@@ -83,12 +83,12 @@ def test_an_attempt_within_the_spare_delay_starts_its_own_helper_and_drops_the_w
         blocker = ClusterLock(argv, lambda r: None, lambda m: None)
         assert await blocker.take() is LockStatus.HELD
         assert await lock.take() is LockStatus.CONTENTION
-        waiting = lock._spare_task
-        assert waiting is not None and lock._spare_waiting
+        waiting = lock._spare_timer
+        assert waiting is not None and lock._spare_task is None    # in its delay, not started
         await blocker.close()
         assert await asyncio.wait_for(lock.take(), 10) is LockStatus.HELD   # not 30 s
-        assert waiting.cancelled() or waiting.done()
-        assert lock._spare_task is None and lock._spare is None
+        assert waiting.cancelled()
+        assert lock._spare_timer is None and lock._spare_task is None and lock._spare is None
         await lock.close()
     run(main())
 
