@@ -20,8 +20,9 @@ from ..core.election import ElectionSettings
 from ..core.membership import DetectorSettings, grid_point_after
 from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats,
-    LeaderElsewhere, LeaderWork, LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings, OwnFlagsChanged, PeerJoined,
-    ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan, SetRole, Shutdown, Tick,
+    LeaderElsewhere, LeaderWork, LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings,
+    OwnFlagsChanged, PeerJoined, ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan,
+    SetRole, Shutdown, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
@@ -299,10 +300,11 @@ class NodeService:
         peers = self.messenger.connected_peers()
         if not peers:
             return
-        replies = await self.messenger.controls(peers, Control.PYCTDB_LEADER, timeout=PEER_LEADER_TIMEOUT)
+        replies = await self.messenger.controls(peers, Control.PYCTDB_LEADER,
+                                                timeout=PEER_LEADER_TIMEOUT)
         for pnn in peers:
             reply = replies[pnn]
-            if isinstance(reply, Exception) or reply.status != 0:
+            if isinstance(reply, Exception):          # a failed control is a ControlError
                 continue
             try:
                 leader = unpack_reply(Control.PYCTDB_LEADER, reply.data)
