@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 
@@ -27,15 +28,26 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
+@contextlib.asynccontextmanager
+async def connected_pair():
+    """Nodes 0 and 1 on fresh loopback addresses, both up; (a, b, addresses, port). Both are
+    closed afterwards, also when the test fails."""
+    addrs = _addresses()
+    port = random.randint(20000, 60000)
+    a, b = Node(0, addrs, port), Node(1, addrs, port)
+    await a.t.start()
+    await b.t.start()
+    try:
+        await until(lambda: a.up == [1] and b.up == [0])
+        yield a, b, addrs, port
+    finally:
+        await a.t.close()
+        await b.t.close()
+
+
 def test_pair_connects_and_carries_frames():
     async def main():
-        addrs = _addresses()
-        port = random.randint(20000, 60000)
-        a, b = Node(0, addrs, port), Node(1, addrs, port)
-        await a.t.start()
-        await b.t.start()
-        try:
-            await until(lambda: a.up == [1] and b.up == [0])
+        async with connected_pair() as (a, b, addrs, port):
             frame = encode_packet(ReqMessage(0x1234, b"hello"), destnode=1, srcnode=0, reqid=7)
             assert a.t.send(1, frame)
             await until(lambda: b.frames)
@@ -51,9 +63,6 @@ def test_pair_connects_and_carries_frames():
             a.t.drop_peer(1, "test")
             await until(lambda: a.down and b.down)
             await until(lambda: a.up == [1, 1] and b.up == [0, 0], timeout=5)
-        finally:
-            await a.t.close()
-            await b.t.close()
     run(main())
 
 
@@ -121,22 +130,16 @@ def test_a_second_connection_from_a_peer_replaces_the_working_one_only_once_it_t
     connection (a fuzzer's idle connections caused a false failover); a restarted peer's new
     connection takes over with its first packet."""
     async def main():
-        addrs = _addresses()
-        port = random.randint(20000, 60000)
-        a, b = Node(0, addrs, port), Node(1, addrs, port)
-        await a.t.start()
-        await b.t.start()
-        loop = asyncio.get_running_loop()
+        async with connected_pair() as (a, b, addrs, port):
+            loop = asyncio.get_running_loop()
 
-        async def dial_as_node_0() -> socket.socket:
-            s = socket.socket()
-            s.setblocking(False)
-            s.bind((addrs[0], 0))
-            await loop.sock_connect(s, (addrs[1], port))
-            return s
+            async def dial_as_node_0() -> socket.socket:
+                s = socket.socket()
+                s.setblocking(False)
+                s.bind((addrs[0], 0))
+                await loop.sock_connect(s, (addrs[1], port))
+                return s
 
-        try:
-            await until(lambda: a.up == [1] and b.up == [0])
             idle = [await dial_as_node_0() for _ in range(5)]         # silent, on node 0's address
             garbled = await dial_as_node_0()
             await loop.sock_sendall(garbled, b"\x28\x00\x00\x00NOT-A-CTDB-PACKET-AT-ALL-REALLY-NOT-IT")
@@ -156,21 +159,12 @@ def test_a_second_connection_from_a_peer_replaces_the_working_one_only_once_it_t
             assert b.down == []
             for s in idle + [garbled, talker]:
                 s.close()
-        finally:
-            await a.t.close()
-            await b.t.close()
     run(main())
 
 
 def test_a_node_shutting_down_keeps_its_connections_but_is_not_reconnected():
     async def main():
-        addrs = _addresses()
-        port = random.randint(20000, 60000)
-        a, b = Node(0, addrs, port), Node(1, addrs, port)
-        await a.t.start()
-        await b.t.start()
-        try:
-            await until(lambda: a.up == [1] and b.up == [0])
+        async with connected_pair() as (a, b, addrs, port):
             a.t.stop_admitting()                       # node 0 begins its shutdown
             frame = encode_packet(ReqMessage(0x1234, b"still here"), destnode=1, srcnode=0, reqid=7)
             assert a.t.send(1, frame)                  # what is up keeps working
@@ -180,9 +174,6 @@ def test_a_node_shutting_down_keeps_its_connections_but_is_not_reconnected():
             await asyncio.sleep(1.5)                   # more than a reconnect interval
             assert a.up == [1] and b.up == [0]         # nobody brought the pair back
             assert not a.t.is_connected(1) and not b.t.is_connected(0)
-        finally:
-            await a.t.close()
-            await b.t.close()
     run(main())
 
 
@@ -197,13 +188,7 @@ def test_a_connection_lost_after_a_while_is_dialled_again_at_once_a_young_one_af
 
     async def main():
         loop = asyncio.get_running_loop()
-        addrs = _addresses()
-        port = random.randint(20000, 60000)
-        a, b = Node(0, addrs, port), Node(1, addrs, port)
-        await a.t.start()
-        await b.t.start()
-        try:
-            await until(lambda: a.up == [1] and b.up == [0])
+        async with connected_pair() as (a, b, addrs, port):
             await asyncio.sleep(0.6)                      # an established connection
             t0 = loop.time()
             a.t.drop_peer(1, "test")
@@ -213,9 +198,6 @@ def test_a_connection_lost_after_a_while_is_dialled_again_at_once_a_young_one_af
             a.t.drop_peer(1, "test again")                # young: it just came up
             await until(lambda: len(a.up) == 3 and len(b.up) == 3, timeout=5)
             slow = loop.time() - t1
-        finally:
-            await a.t.close()
-            await b.t.close()
         assert quick < 0.4, quick
         assert slow >= 0.45, slow
     run(main())
