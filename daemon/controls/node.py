@@ -36,8 +36,8 @@ def get_pnn(ctx: ControlContext, req: Request) -> Result:
 @handles(Control.PYCTDB_LEADER)
 def pyctdb_leader(ctx: ControlContext, req: Request) -> Result:
     """The leader this node follows: a node that lost its own link to the leader asks its
-    peers (core/node.py, LeaderElsewhere)."""
-    return reply_with(req, ctx.node.leader)
+    peers (core/node.py, LeaderElsewhere and leader_followed)."""
+    return reply_with(req, ctx.node.leader_followed())
 
 
 @handles(Control.GET_PID)

@@ -91,6 +91,10 @@ class NodeService:
     def leader(self) -> int:
         return self.core.leader
 
+    def leader_followed(self) -> int:
+        """PYCTDB_LEADER's answer (core/node.py, NodeCore.leader_followed)."""
+        return self.core.leader_followed(self.clock())
+
     @property
     def is_leader(self) -> bool:
         return self.core.is_leader

@@ -211,7 +211,7 @@ class Sim:
             return
         node = self.nodes[pnn]
         if isinstance(event, _AskLeader):            # a peer's PYCTDB_LEADER answer arrives
-            leader = self.nodes[event.peer].core.leader
+            leader = self.nodes[event.peer].core.leader_followed(self.now)
             if leader == UNKNOWN_PNN or node.core.leader != UNKNOWN_PNN:
                 return
             event = LeaderElsewhere(leader, event.peer)

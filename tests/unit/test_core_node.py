@@ -76,15 +76,33 @@ def watched(c: NodeCore, pnn: int, at: float) -> None:
     c.step(Heartbeats(((pnn, at),)), at)
 
 
-def test_a_watcher_believes_a_death_report_only_after_half_a_dead_timeout_of_silence():
+def test_a_watcher_refutes_asks_or_believes_a_death_report_by_its_own_silence():
+    from ctdblab.daemon.core.node import ProbePeer, Traffic
     c = core()                                     # dead timeout 400 ms
     c.step(PeerConnected(1), 0.0)
     c.step(PeerConnected(2), 0.0)
+    # (Ticks come on time: a late tick would count as our own stall and refresh every peer.)
+    for i in range(1, 21):
+        c.step(Tick(), i * 0.05)
     watched(c, 1, 1.0)
     kept = c.step(DeathReport(1, 2, 2), 1.1)       # its last heartbeat came 100 ms ago
     assert DropPeer not in kinds(kept) and c.nodemap.nodes[1].connected
     assert "but we heard from it 100 ms ago: keeping it" in texts(kept)[0]
-    believed = c.step(DeathReport(1, 2, 2), 1.25)  # 250 ms of silence >= 200 ms
+    # 250 ms: two heartbeats missed, not yet three quarters of the timeout: node 1 is asked,
+    # and its answer keeps it (the reporter may be the one losing packets).
+    for t in (1.05, 1.1, 1.15, 1.2, 1.25):
+        c.step(Tick(), t)
+    asked = c.step(DeathReport(1, 2, 2), 1.25)
+    assert ProbePeer(1) in asked and DropPeer not in kinds(asked)
+    c.step(Traffic(1), 1.26)
+    kept = []
+    for t in (1.3, 1.35, 1.4, 1.45):
+        kept += c.step(Tick(), t)
+    assert DropPeer not in kinds(kept) and c.nodemap.nodes[1].connected
+    assert any("node 1 answered: keeping it" in t for t in texts(kept))
+    for t in (1.5, 1.55):
+        c.step(Tick(), t)
+    believed = c.step(DeathReport(1, 2, 2), 1.26 + 0.31)  # 310 ms of silence >= 300 ms
     assert DropPeer in kinds(believed) and not c.nodemap.nodes[1].connected
     assert c.step(DeathReport(0, 2, 2), 1.6)[0].text.startswith("Node 2 declared this node dead")
 
@@ -217,6 +235,32 @@ def test_a_peer_following_a_leader_this_node_cannot_reach_makes_it_drop_its_ips_
     c.step(LeaderAnnounced(1, 1), 2.1)                        # the leader reaches us again
     c.step(PeerDisconnected(1, "no traffic"), 5.0)
     assert DropAllIPs("cut off from leader 1") in c.step(LeaderElsewhere(1, 2), 5.3)
+
+
+def test_a_peer_that_dropped_its_leader_for_an_election_still_names_it_while_it_hears_it():
+    """PYCTDB_LEADER's answer: a node that lost its link to a live leader calls an election,
+    and its peers drop that leader; asked who leads, they name the leader they still hear."""
+    from ctdblab.daemon.core.node import LeaderAnnounced, Traffic
+    c = core(n=4)
+    for p in (1, 2, 3):
+        c.step(PeerConnected(p), 0.0)
+    c.step(LeaderAnnounced(1, 1), 0.1)
+    assert c.leader_followed(0.1) == 1
+    c.step(Traffic(1), 1.0)
+    c.step(LeaderAnnounced(2, UNKNOWN_PNN), 1.0)             # node 2 calls an election
+    assert c.leader == UNKNOWN_PNN
+    assert c.leader_followed(1.1) == 1                        # heard 100 ms ago
+    assert c.leader_followed(1.25) == UNKNOWN_PNN             # silent for half the dead timeout
+    c.step(Traffic(1), 1.3)
+    assert c.leader_followed(1.35) == 1
+    c.step(PeerDisconnected(1, "no traffic"), 1.4)            # a leader we no longer reach
+    assert c.leader_followed(1.4) == UNKNOWN_PNN
+    d = core(n=4)
+    for p in (1, 2, 3):
+        d.step(PeerConnected(p), 0.0)
+    d.step(LeaderAnnounced(1, 1), 0.1)
+    d.step(LeaderAnnounced(3, 3), 0.2)                        # a new leader, announced
+    assert d.leader_followed(0.2) == 3
 
 
 def test_a_leader_this_node_reaches_or_an_unknown_one_or_a_stranger_witness_drops_nothing():

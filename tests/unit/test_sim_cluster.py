@@ -325,7 +325,10 @@ def test_a_node_cut_off_from_the_leader_alone_drops_its_ips_at_once_not_after_th
     assert sim.logged(other, f"follows leader {leader}, which this node cannot reach")
     assert all(len(h) == 1 for h in sim.hosts().values())
     doubled = [t for ip in samples for t, holders in samples[ip] if len(holders) > 1]
-    assert not doubled or max(doubled) - cut < 1.5, doubled      # not until the 3 s bound
+    # Not until the 3 s bound, and not until the leader wins again either: the peers dropped
+    # the leader on this node's election call, and still name it while they hear it (when
+    # they answered "unknown", this ran to 0.99 s here; 1.5 s in a soak).
+    assert not doubled or max(doubled) - cut < 0.5, doubled
 
 
 @pytest.mark.parametrize("lease", [0.0, 1.5])
