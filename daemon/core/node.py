@@ -175,7 +175,11 @@ class LockLost:
 
 @dataclass(frozen=True)
 class Tick:
-    pass
+    """The timer fired. `cpu`: this daemon's CPU seconds so far (time.process_time), so that a
+    stall can say whether the daemon was busy (its own work blocked the loop) or not running
+    (the machine did not schedule it)."""
+
+    cpu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,7 @@ class NodeCore:
     _leaderless_deadline: float | None = None
     _cut_off_from_leader: int | None = None     # the leader a peer follows and we cannot reach
     _previous_leader: int | None = None         # the leader followed before it became unknown
+    _last_tick: tuple[float, float] | None = None   # (now, CPU seconds) at the previous tick
 
     def __post_init__(self) -> None:
         self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
@@ -517,7 +522,7 @@ class NodeCore:
             self.detector.watch_request(ev.pnn, ev.kind == 1, now)
         return []
 
-    def _detector(self, actions: list, now: float) -> list[Action]:
+    def _detector(self, actions: list, now: float, busy: str = "") -> list[Action]:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, PeerDead):
@@ -529,8 +534,8 @@ class NodeCore:
                     out += self._ask_unwatched(action.pnn, now)
             elif isinstance(action, LoopStalled):
                 out.append(Log(logging.WARNING, f"Event loop stalled: timer ran {action.late * 1000:.0f} ms "
-                                                "late; restarting failure-detection timeouts instead of "
-                                                "declaring peers dead"))
+                                                f"late{busy}; restarting failure-detection timeouts instead "
+                                                "of declaring peers dead"))
             else:
                 out.append(action)
         return out
@@ -761,7 +766,13 @@ class NodeCore:
 
     # -- time and settings -----------------------------------------------------------------------
     def _tick(self, ev: Tick, now: float) -> list[Action]:
-        actions = self._detector(self.detector.tick(now), now)
+        busy = ""
+        if ev.cpu is not None:
+            if self._last_tick is not None and now > self._last_tick[0]:
+                since, cpu = now - self._last_tick[0], ev.cpu - self._last_tick[1]
+                busy = f" (this daemon used {cpu * 1000:.0f} ms of CPU in the last {since * 1000:.0f} ms)"
+            self._last_tick = (now, ev.cpu)
+        actions = self._detector(self.detector.tick(now), now, busy)
         actions += self._settle_probes(now)
         actions += self._election(self.election.tick(now), now)
         if self.nodemap.ban.banned and now >= self.nodemap.ban.expires_at():

@@ -146,7 +146,7 @@ class NodeService:
             arrivals = transport.drain_fast(now - time.time())
             if arrivals:
                 self.core.step(Heartbeats(tuple(arrivals)), now)
-        self.execute(self.core.step(Tick(), now))
+        self.execute(self.core.step(Tick(time.process_time()), now))
 
     # -- actions ---------------------------------------------------------------------------------
     def execute(self, actions: Iterable) -> None:

@@ -331,3 +331,20 @@ def test_a_node_cut_off_from_the_majority_enters_recovery_mode_so_it_commits_not
     assert EnterRecoveryMode() in actions
     assert any(isinstance(a, DropAllIPs) for a in actions)
     assert any("recovery mode until it is recovered again" in t for t in texts(actions))
+
+
+def test_a_stall_says_how_much_cpu_the_daemon_used_meanwhile():
+    """Busy (its own work blocked the loop) or not running (the machine did not schedule it):
+    the two call for different fixes, and the log line tells them apart."""
+    c = core()
+    c.step(PeerConnected(1), 0.0)
+    watched(c, 1, 0.0)
+    for i in range(1, 5):
+        c.step(Tick(cpu=1.0 + i * 0.001), i * 0.1)
+    starved = texts(c.step(Tick(cpu=1.010), 1.0))         # 600 ms late, 6 ms of CPU
+    assert any(t.startswith("Event loop stalled: timer ran") and
+               "(this daemon used 6 ms of CPU in the last 600 ms)" in t for t in starved), starved
+    for i in range(11, 15):
+        c.step(Tick(cpu=1.010 + (i - 10) * 0.001), i * 0.1)
+    busy = texts(c.step(Tick(cpu=1.6), 2.0))               # 600 ms late, 586 ms of CPU
+    assert any("(this daemon used 586 ms of CPU in the last 600 ms)" in t for t in busy), busy
