@@ -197,7 +197,8 @@ class SoakNemesis:
 def recheck_soak(run_dir: Path) -> dict[str, Any]:
     """Check a soak's history again with the current checkers (the bounds it ran with) and
     replace ``checks`` in its results.json; returns the new checks. A history from before the
-    deaths were imported gets them now from the logs the run left (``cluster/nodes/*``)."""
+    deaths (or the loop stalls) were imported gets them now from the logs the run left
+    (``cluster/nodes/*``)."""
     import json
 
     results_path = Path(run_dir) / "results.json"
@@ -206,11 +207,12 @@ def recheck_soak(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{results_path}: not a soak run (scenario {results.get('scenario')!r})")
     history_path = Path(run_dir) / "history.jsonl"
     numbered = load_numbered(history_path)
-    has_deaths = any(e["kind"] == "capture" and e.get("probe") == DEATHS_PROBE for _, e in numbered)
+    reads = [e for _, e in numbered if e["kind"] == "capture" and e.get("probe") == DEATHS_PROBE]
     logs = node_logs(Path(run_dir) / "cluster")
-    if not has_deaths and logs:
+    if logs and (not reads or not any("stalls" in e for e in reads)):
         with History(history_path) as history:
-            import_deaths(history, logs, nodes_file_addresses(Path(run_dir) / "cluster"))
+            import_deaths(history, logs, nodes_file_addresses(Path(run_dir) / "cluster"),
+                          stalls_only=bool(reads))
         numbered = load_numbered(history_path)
     results["checks"] = check_soak(numbered)
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True))

@@ -13,6 +13,13 @@ A death is *explained* when an episode of the schedule was under way, from its f
 ``death_grace_s`` after it was undone, and it involved the node declared dead or the node
 declaring it: the target of a power cycle, crash, freeze, loss or flap, or -- for a partition --
 two nodes on different sides of it. Anything else is a violation of ``false_deaths``.
+
+The daemons' "Event loop stalled: timer ran N ms late" lines are imported too (``event: stall``;
+pyctdbd adds how much CPU the daemon used meanwhile): a false death that falls in a stall of the
+node declared dead, or of the node declaring it, says so in its message -- a daemon that did not
+run for longer than the dead timeout was dead to its peers, and whether it was busy in its own
+work or not run by the machine (other real-time daemons on the same cores) tells what to fix.
+It stays a violation: the check reports, the reader judges.
 """
 
 from __future__ import annotations
@@ -26,32 +33,67 @@ from ctdblab.cluster.daemonlog import read_log
 from ctdblab.history import History
 
 DEATH = re.compile(r"^(?P<me>[\d.]+):\d+: node (?P<addr>[\d.]+):\d+ is dead")
+STALL = re.compile(r"^Event loop stalled: timer ran (?P<late>\d+) ms late"
+                   r"(?: \(this daemon used (?P<cpu>\d+) ms of CPU in the last (?P<span>\d+) ms\))?")
 PROBE = "daemonlog"
+#: A stall "covers" a death from this long before it began to this long after it was logged
+#: (the peer's timer and the log line are a few ms apart; a packet in flight adds a little).
+STALL_SLACK_S = 0.5
 
 
 def node_logs(cluster_dir: Path) -> list[Path]:
-    """Every node's daemon log under a lab cluster's work directory."""
-    return sorted(Path(cluster_dir).glob("nodes/*/log/ctdb/log.ctdb"))
+    """Every node's daemon log under a lab cluster's work directory, in PNN order (node
+    directories end in n1, n2, ... n10: numeric order, not the string order)."""
+    def number(path: Path) -> tuple[int, str]:
+        m = re.search(r"n(\d+)$", path.parts[-4])
+        return (int(m.group(1)) if m else 0, str(path))
+    return sorted(Path(cluster_dir).glob("nodes/*/log/ctdb/log.ctdb"), key=number)
 
 
 def import_deaths(history: History, logs: Iterable[Path], addresses: list[str],
-                  since: float = 0.0) -> int:
-    """Record every death the logs hold (from ``since`` on) in the history; returns how many.
-    ``addresses``: the nodes' private addresses in PNN order (the nodes file)."""
+                  since: float = 0.0, *, stalls_only: bool = False) -> int:
+    """Record every death and every loop stall the logs hold (from ``since`` on) in the
+    history; returns the number of deaths. ``addresses``: the nodes' private addresses in PNN
+    order (the nodes file); ``logs``: the nodes' logs in PNN order (a stall line names no
+    address). ``stalls_only``: for a history whose deaths were imported before stalls were."""
     pnn = {addr: i for i, addr in enumerate(addresses)}
-    found = read = 0
-    for path in logs:
+    found = read = stalls = 0
+    for node, path in enumerate(logs):
         read += 1
         for line in read_log(path, since=since):
             m = DEATH.search(line.message)
-            if m is None:
+            if m is not None and not stalls_only:
+                found += 1
+                history.record(events.log_line(pnn.get(m.group("me"), -1), "detect",
+                                               line.message[:300], line.program, t=line.t,
+                                               dead_node=pnn.get(m.group("addr"), -1)))
                 continue
-            found += 1
-            history.record(events.log_line(pnn.get(m.group("me"), -1), "detect",
-                                           line.message[:300], line.program, t=line.t,
-                                           dead_node=pnn.get(m.group("addr"), -1)))
-    history.record(events.capture(PROBE, "soak", "read", logs=read, deaths=found))
+            m = None if m is not None else STALL.search(line.message)
+            if m is not None:
+                stalls += 1
+                cpu = {} if m.group("cpu") is None else {"cpu_ms": int(m.group("cpu")),
+                                                        "span_ms": int(m.group("span"))}
+                history.record(events.log_line(node, "stall", line.message[:300], line.program,
+                                               t=line.t, late_ms=int(m.group("late")), **cpu))
+    if stalls_only:
+        history.record(events.capture(PROBE, "soak", "stalls", logs=read, stalls=stalls))
+    else:
+        history.record(events.capture(PROBE, "soak", "read", logs=read, deaths=found, stalls=stalls))
     return found
+
+
+def _stall_note(stall: dict) -> str:
+    text = f"node {stall['node']}'s daemon had stalled {stall['late_ms']} ms"
+    if "cpu_ms" in stall:
+        cause = ("busy in its own work" if stall["cpu_ms"] >= stall["late_ms"] / 2
+                 else "not run by the machine")
+        text += f", using {stall['cpu_ms']} ms of CPU in {stall['span_ms']} ms ({cause})"
+    return text
+
+
+def _covering_stalls(stalls: list[dict], t: float, nodes: tuple[int, int]) -> list[dict]:
+    return [s for s in stalls if s["node"] in nodes
+            and s["t"] - s["late_ms"] / 1000 - STALL_SLACK_S <= t <= s["t"] + STALL_SLACK_S]
 
 
 def nodes_file_addresses(cluster_dir: Path) -> list[str]:
@@ -79,21 +121,26 @@ def false_deaths(numbered: Iterable[tuple[int, dict]], episodes: list[Any], grac
                  t_end: float) -> tuple[bool, list[dict]]:
     """(whether the history has the daemons' deaths at all, the false ones as violations).
     Deaths after ``t_end`` (the run's end: the lab stopping the daemons) do not count."""
-    deaths, imported = [], False
+    deaths, stalls, imported = [], [], False
     for line, e in numbered:
         if e["kind"] == "capture" and e.get("probe") == PROBE and e.get("what") == "read":
             imported = True
         elif e["kind"] == "state" and e.get("what") == "log" and e.get("event") == "detect" \
                 and "dead_node" in e:
             deaths.append((line, e))
+        elif e["kind"] == "state" and e.get("what") == "log" and e.get("event") == "stall":
+            stalls.append({**e, "line": line})
     found = []
     for line, e in deaths:
         t, me, dead = e["t"], e.get("node"), e["dead_node"]
         if t > t_end or any(ep.begin is not None and ep.begin <= t <= (ep.undone or float("inf")) + grace
                and _involved(ep, me, dead) for ep in episodes):
             continue
-        found.append({"check": "false_deaths", "lines": [line], "node": dead, "t_first": t,
+        covering = _covering_stalls(stalls, t, (dead, me))
+        note = "".join(f"; {_stall_note(s)}" for s in covering)
+        found.append({"check": "false_deaths", "lines": [line] + [s["line"] for s in covering],
+                      "node": dead, "t_first": t,
                       "message": f"node {me} declared node {dead} dead with no fault on either "
                                  f"under way (or undone within {grace:g} s): "
-                                 f"{e.get('message', '')}"})
+                                 f"{e.get('message', '')}{note}"})
     return imported, found

@@ -104,3 +104,58 @@ def test_the_nodes_file_gives_the_addresses_in_pnn_order(tmp_path):
     nodes.mkdir(parents=True)
     (nodes / "nodes").write_text("198.18.0.1\n#198.18.0.2\n\n198.18.0.3:4379\n")
     assert nodes_file_addresses(tmp_path) == ADDRS
+
+
+def _stall(soak, t, node, late_ms, cpu_ms=None, span_ms=None):
+    cpu = {} if cpu_ms is None else {"cpu_ms": cpu_ms, "span_ms": span_ms}
+    soak.history.record(events.log_line(node, "stall", f"Event loop stalled: timer ran {late_ms} ms late",
+                                        "pyctdbd", t=t, late_ms=late_ms, **cpu))
+
+
+def test_a_false_death_in_a_stall_of_either_node_says_so_and_stays_a_violation(tmp_path):
+    soak = _freeze_soak(tmp_path)
+    _death(soak, 22.0, 0, 1)
+    _stall(soak, 22.3, 1, 400, cpu_ms=9, span_ms=480)      # node 1 did not run 21.9-22.3
+    _death(soak, 30.0, 1, 0)
+    _stall(soak, 30.2, 1, 350, cpu_ms=340, span_ms=420)    # the declaring node, busy
+    _death(soak, 35.0, 0, 1)
+    _stall(soak, 37.0, 1, 300)                             # 1.7 s later: not this death's
+    _read(soak)
+    found = [v for v in soak.check()["violations"] if v["check"] == "false_deaths"]
+    assert len(found) == 3
+    assert found[0]["message"].endswith("; node 1's daemon had stalled 400 ms, using 9 ms of CPU "
+                                        "in 480 ms (not run by the machine)")
+    assert len(found[0]["lines"]) == 2
+    assert "using 340 ms of CPU in 420 ms (busy in its own work)" in found[1]["message"]
+    assert "stalled" not in found[2]["message"] and len(found[2]["lines"]) == 1
+
+
+def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
+    logs = []
+    for pnn, text in enumerate([
+        "2026-12-05T12:47:19.3+00:00 vm pyctdbd[5]: Event loop stalled: timer ran 401 ms late; "
+        "restarting failure-detection timeouts instead of declaring peers dead\n",
+        "2026-12-05T12:48:00.0+00:00 vm pyctdbd[6]: Event loop stalled: timer ran 319 ms late "
+        "(this daemon used 7 ms of CPU in the last 402 ms); restarting failure-detection "
+        "timeouts instead of declaring peers dead\n",
+    ]):
+        path = tmp_path / f"n{pnn}.log"
+        path.write_text(text)
+        logs.append(path)
+    history_path = tmp_path / "history.jsonl"
+    with History(history_path) as history:
+        assert import_deaths(history, logs, ADDRS) == 0
+    got = [e for _, e in load_numbered(history_path)]
+    stalls = [(e["node"], e["late_ms"], e.get("cpu_ms"), e.get("span_ms"))
+              for e in got if e.get("event") == "stall"]
+    assert stalls == [(0, 401, None, None), (1, 319, 7, 402)]
+    assert got[-1]["stalls"] == 2
+
+
+def test_node_logs_come_in_pnn_order_past_nine_nodes(tmp_path):
+    from ctdblab.scenarios.soak_deaths import node_logs
+    for n in (1, 2, 10, 11):
+        d = tmp_path / "nodes" / f"cx0n{n}" / "log" / "ctdb"
+        d.mkdir(parents=True)
+        (d / "log.ctdb").write_text("")
+    assert [p.parts[-4] for p in node_logs(tmp_path)] == ["cx0n1", "cx0n2", "cx0n10", "cx0n11"]
