@@ -15,10 +15,11 @@ declaring it: the target of a power cycle, crash, freeze, loss or flap, or -- fo
 two nodes on different sides of it. Anything else is a violation of ``false_deaths``.
 
 The daemons' "Event loop stalled: timer ran N ms late" lines are imported too (``event: stall``;
-pyctdbd adds how much CPU the daemon used meanwhile): a false death that falls in a stall of the
-node declared dead, or of the node declaring it, says so in its message -- a daemon that did not
-run for longer than the dead timeout was dead to its peers, and whether it was busy in its own
-work or not run by the machine (other real-time daemons on the same cores) tells what to fix.
+pyctdbd adds how much CPU its loop used and how long it waited for one meanwhile): a false death
+that falls in a stall of the node declared dead, or of the node declaring it, says so in its
+message -- a daemon that did not run for longer than the dead timeout was dead to its peers,
+and whether it was busy in its own work, waiting for a CPU (other real-time daemons on the same
+cores) or blocked in the kernel tells what to fix.
 It stays a violation: the check reports, the reader judges.
 """
 
@@ -34,7 +35,8 @@ from ctdblab.history import History
 
 DEATH = re.compile(r"^(?P<me>[\d.]+):\d+: node (?P<addr>[\d.]+):\d+ is dead")
 STALL = re.compile(r"^Event loop stalled: timer ran (?P<late>\d+) ms late"
-                   r"(?: \(this daemon used (?P<cpu>\d+) ms of CPU in the last (?P<span>\d+) ms\))?")
+                   r"(?: \(this daemon used (?P<cpu>\d+) ms of CPU"
+                   r"(?: and waited (?P<wait>\d+) ms for one)? in the last (?P<span>\d+) ms\))?")
 PROBE = "daemonlog"
 #: A stall "covers" a death from this long before it began to this long after it was logged
 #: (the peer's timer and the log line are a few ms apart; a packet in flight adds a little).
@@ -73,6 +75,8 @@ def import_deaths(history: History, logs: Iterable[Path], addresses: list[str],
                 stalls += 1
                 cpu = {} if m.group("cpu") is None else {"cpu_ms": int(m.group("cpu")),
                                                         "span_ms": int(m.group("span"))}
+                if m.group("wait") is not None:
+                    cpu["wait_ms"] = int(m.group("wait"))
                 history.record(events.log_line(node, "stall", line.message[:300], line.program,
                                                t=line.t, late_ms=int(m.group("late")), **cpu))
     if stalls_only:
@@ -84,11 +88,19 @@ def import_deaths(history: History, logs: Iterable[Path], addresses: list[str],
 
 def _stall_note(stall: dict) -> str:
     text = f"node {stall['node']}'s daemon had stalled {stall['late_ms']} ms"
-    if "cpu_ms" in stall:
-        cause = ("busy in its own work" if stall["cpu_ms"] >= stall["late_ms"] / 2
-                 else "not run by the machine")
-        text += f", using {stall['cpu_ms']} ms of CPU in {stall['span_ms']} ms ({cause})"
-    return text
+    if "cpu_ms" not in stall:
+        return text
+    half = stall["late_ms"] / 2
+    if stall["cpu_ms"] >= half:
+        cause = "busy in its own work"
+    elif "wait_ms" not in stall:
+        cause = "not running"
+    elif stall["wait_ms"] >= half:
+        cause = "waiting for a CPU"
+    else:
+        cause = "blocked in the kernel"
+    waited = f" and waiting {stall['wait_ms']} ms for one" if "wait_ms" in stall else ""
+    return text + f", using {stall['cpu_ms']} ms of CPU{waited} in {stall['span_ms']} ms ({cause})"
 
 
 def _covering_stalls(stalls: list[dict], t: float, nodes: tuple[int, int]) -> list[dict]:

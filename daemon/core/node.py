@@ -175,11 +175,12 @@ class LockLost:
 
 @dataclass(frozen=True)
 class Tick:
-    """The timer fired. `cpu`: this daemon's CPU seconds so far (time.process_time), so that a
-    stall can say whether the daemon was busy (its own work blocked the loop) or not running
-    (the machine did not schedule it)."""
+    """The timer fired. `cpu`, `waited`: the loop thread's seconds on a CPU and waiting for one
+    so far (server/loop_clock.py), so that a stall can say whether the loop was busy in its
+    own work, waiting for a CPU, or blocked in the kernel."""
 
     cpu: float | None = None
+    waited: float | None = None
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ class NodeCore:
     _leaderless_deadline: float | None = None
     _cut_off_from_leader: int | None = None     # the leader a peer follows and we cannot reach
     _previous_leader: int | None = None         # the leader followed before it became unknown
-    _last_tick: tuple[float, float] | None = None   # (now, CPU seconds) at the previous tick
+    _last_tick: tuple[float, float, float | None] | None = None   # (now, cpu, waited) then
 
     def __post_init__(self) -> None:
         self.detector = FailureDetector(self.my_pnn, self.settings.detector, self.now)
@@ -768,10 +769,14 @@ class NodeCore:
     def _tick(self, ev: Tick, now: float) -> list[Action]:
         busy = ""
         if ev.cpu is not None:
-            if self._last_tick is not None and now > self._last_tick[0]:
-                since, cpu = now - self._last_tick[0], ev.cpu - self._last_tick[1]
-                busy = f" (this daemon used {cpu * 1000:.0f} ms of CPU in the last {since * 1000:.0f} ms)"
-            self._last_tick = (now, ev.cpu)
+            last = self._last_tick
+            if last is not None and now > last[0]:
+                since, cpu = now - last[0], ev.cpu - last[1]
+                waited = ("" if ev.waited is None or last[2] is None
+                          else f" and waited {(ev.waited - last[2]) * 1000:.0f} ms for one")
+                busy = (f" (this daemon used {cpu * 1000:.0f} ms of CPU{waited} in the last "
+                        f"{since * 1000:.0f} ms)")
+            self._last_tick = (now, ev.cpu, ev.waited)
         actions = self._detector(self.detector.tick(now), now, busy)
         actions += self._settle_probes(now)
         actions += self._election(self.election.tick(now), now)

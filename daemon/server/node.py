@@ -33,6 +33,7 @@ from ..protocol import (
 )
 from ..protocol import internal
 from .cluster_lock import ClusterLock
+from .loop_clock import LoopClock
 from .messenger import Messenger
 from .wire import election_to_wire
 
@@ -71,6 +72,7 @@ class NodeService:
         self.reschedule = reschedule
         self.stopped = False
         self._ticks = 0
+        self._loop_clock = LoopClock()       # read every tick, on the loop's thread
         self._heartbeat_frames: dict[int, bytes] = {}
         self._leader_frames: dict[tuple[int, int], bytes] = {}
 
@@ -146,7 +148,8 @@ class NodeService:
             arrivals = transport.drain_fast(now - time.time())
             if arrivals:
                 self.core.step(Heartbeats(tuple(arrivals)), now)
-        self.execute(self.core.step(Tick(time.process_time()), now))
+        cpu, waited = self._loop_clock.read()
+        self.execute(self.core.step(Tick(cpu, waited), now))
 
     # -- actions ---------------------------------------------------------------------------------
     def execute(self, actions: Iterable) -> None:

@@ -348,3 +348,8 @@ def test_a_stall_says_how_much_cpu_the_daemon_used_meanwhile():
         c.step(Tick(cpu=1.010 + (i - 10) * 0.001), i * 0.1)
     busy = texts(c.step(Tick(cpu=1.6), 2.0))               # 600 ms late, 586 ms of CPU
     assert any("(this daemon used 586 ms of CPU in the last 600 ms)" in t for t in busy), busy
+    for i in range(21, 25):
+        c.step(Tick(cpu=1.6 + (i - 20) * 0.001, waited=0.1), i * 0.1)
+    queued = texts(c.step(Tick(cpu=1.606, waited=0.680), 3.0))   # 580 ms waiting for a CPU
+    assert any("(this daemon used 2 ms of CPU and waited 580 ms for one in the last 600 ms)" in t
+               for t in queued), queued

@@ -106,8 +106,10 @@ def test_the_nodes_file_gives_the_addresses_in_pnn_order(tmp_path):
     assert nodes_file_addresses(tmp_path) == ADDRS
 
 
-def _stall(soak, t, node, late_ms, cpu_ms=None, span_ms=None):
+def _stall(soak, t, node, late_ms, cpu_ms=None, span_ms=None, wait_ms=None):
     cpu = {} if cpu_ms is None else {"cpu_ms": cpu_ms, "span_ms": span_ms}
+    if wait_ms is not None:
+        cpu["wait_ms"] = wait_ms
     soak.history.record(events.log_line(node, "stall", f"Event loop stalled: timer ran {late_ms} ms late",
                                         "pyctdbd", t=t, late_ms=late_ms, **cpu))
 
@@ -115,19 +117,22 @@ def _stall(soak, t, node, late_ms, cpu_ms=None, span_ms=None):
 def test_a_false_death_in_a_stall_of_either_node_says_so_and_stays_a_violation(tmp_path):
     soak = _freeze_soak(tmp_path)
     _death(soak, 22.0, 0, 1)
-    _stall(soak, 22.3, 1, 400, cpu_ms=9, span_ms=480)      # node 1 did not run 21.9-22.3
+    _stall(soak, 22.3, 1, 400, cpu_ms=9, span_ms=480, wait_ms=390)   # node 1 did not run
     _death(soak, 30.0, 1, 0)
     _stall(soak, 30.2, 1, 350, cpu_ms=340, span_ms=420)    # the declaring node, busy
     _death(soak, 35.0, 0, 1)
     _stall(soak, 37.0, 1, 300)                             # 1.7 s later: not this death's
+    _death(soak, 38.0, 0, 1)
+    _stall(soak, 38.1, 1, 100, cpu_ms=2, span_ms=115, wait_ms=5)
     _read(soak)
     found = [v for v in soak.check()["violations"] if v["check"] == "false_deaths"]
-    assert len(found) == 3
+    assert len(found) == 4
     assert found[0]["message"].endswith("; node 1's daemon had stalled 400 ms, using 9 ms of CPU "
-                                        "in 480 ms (not run by the machine)")
+                                        "and waiting 390 ms for one in 480 ms (waiting for a CPU)")
     assert len(found[0]["lines"]) == 2
     assert "using 340 ms of CPU in 420 ms (busy in its own work)" in found[1]["message"]
     assert "stalled" not in found[2]["message"] and len(found[2]["lines"]) == 1
+    assert found[3]["message"].endswith("(blocked in the kernel)")
 
 
 def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
@@ -138,6 +143,9 @@ def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
         "2026-12-05T12:48:00.0+00:00 vm pyctdbd[6]: Event loop stalled: timer ran 319 ms late "
         "(this daemon used 7 ms of CPU in the last 402 ms); restarting failure-detection "
         "timeouts instead of declaring peers dead\n",
+        "2026-12-05T12:49:00.0+00:00 vm pyctdbd[7]: Event loop stalled: timer ran 61 ms late "
+        "(this daemon used 8 ms of CPU and waited 50 ms for one in the last 76 ms); restarting "
+        "failure-detection timeouts instead of declaring peers dead\n",
     ]):
         path = tmp_path / f"n{pnn}.log"
         path.write_text(text)
@@ -146,10 +154,10 @@ def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
     with History(history_path) as history:
         assert import_deaths(history, logs, ADDRS) == 0
     got = [e for _, e in load_numbered(history_path)]
-    stalls = [(e["node"], e["late_ms"], e.get("cpu_ms"), e.get("span_ms"))
+    stalls = [(e["node"], e["late_ms"], e.get("cpu_ms"), e.get("span_ms"), e.get("wait_ms"))
               for e in got if e.get("event") == "stall"]
-    assert stalls == [(0, 401, None, None), (1, 319, 7, 402)]
-    assert got[-1]["stalls"] == 2
+    assert stalls == [(0, 401, None, None, None), (1, 319, 7, 402, None), (2, 61, 8, 76, 50)]
+    assert got[-1]["stalls"] == 3
 
 
 def test_node_logs_come_in_pnn_order_past_nine_nodes(tmp_path):
