@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ..log import NOTICE
+from ..spawn import popen, watch_exit
 from .scriptdir import EventScriptError, ScriptInfo, list_scripts, set_script_enabled
 from .stock import StockReplacements
 
@@ -267,7 +268,7 @@ class EventRunner:
         self._current: _Request | None = None
         self._worker: asyncio.Task[None] | None = None
         self._last: dict[str, EventResult] = {}
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Future] = set()
         self._live_groups: set[int] = set()      # timed-out process groups not yet SIGKILLed
         self._closed = False
 
@@ -430,18 +431,22 @@ class EventRunner:
 
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                info.name, request.event, *request.args,
+            # Started off the loop (daemon/spawn.py: the loop must not wait for the exec).
+            proc = await popen(
+                [info.name, request.event, *request.args],
                 executable=str(info.path), stdin=subprocess.DEVNULL, stdout=write_fd,
                 stderr=write_fd, env=self.env, cwd="/", close_fds=True, process_group=0)
         except OSError as exc:
             os.close(read_fd)
             return finished(result_of_exec_error(exc.errno or errno.EIO))
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
 
         collector = _OutputCollector(loop, read_fd, self.output_limit)
-        exited = loop.create_task(proc.wait())
+        exited = watch_exit(proc)
         self._keep(exited)
         cancelled = loop.create_task(request.cancel.wait())
         try:
@@ -508,7 +513,7 @@ class EventRunner:
         for line in out.decode(errors="replace").splitlines():
             log.error("event_debug: %s", line)
 
-    def _keep(self, task: asyncio.Task) -> None:
+    def _keep(self, task: asyncio.Future) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

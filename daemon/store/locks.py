@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..spawn import popen, watch_exit
 from .tdbfile import TdbFile
 
 STOCK_LOCK_HELPER = "/usr/libexec/ctdb/ctdb_lock_helper"
@@ -150,40 +151,25 @@ class _Turn:
 class _Helper:
     """One running lock helper: the process, the status pipe and exit notification."""
 
-    def __init__(self, command: list[str], args: list[str], env: Mapping[str, str]) -> None:
-        """Run ``command <daemon pid> <write fd> args...``."""
+    def __init__(self, proc: subprocess.Popen, rfd: int) -> None:
+        self.proc = proc
+        self.rfd = rfd
+        self.exited = watch_exit(proc)
+
+    @classmethod
+    async def start(cls, command: list[str], args: list[str], env: Mapping[str, str]) -> _Helper:
+        """Run ``command <daemon pid> <write fd> args...`` (started off the loop: spawn.py)."""
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
-            self.proc = subprocess.Popen(
-                [*command, str(os.getpid()), str(wfd), *args],
-                pass_fds=(wfd,), close_fds=True, stdin=subprocess.DEVNULL, env=dict(env))
+            proc = await popen([*command, str(os.getpid()), str(wfd), *args],
+                               pass_fds=(wfd,), close_fds=True, stdin=subprocess.DEVNULL,
+                               env=dict(env))
         except BaseException:
             os.close(rfd)
             raise
         finally:
             os.close(wfd)
-        self.rfd = rfd
-        self.exited = asyncio.get_running_loop().create_future()
-        self._pidfd: int | None = None
-        try:
-            self._pidfd = os.pidfd_open(self.proc.pid)
-        except OSError:
-            self._pidfd = None
-        loop = asyncio.get_running_loop()
-        if self._pidfd is not None:
-            loop.add_reader(self._pidfd, self._on_exit)
-
-    def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._pidfd is not None:
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        code = self.proc.poll()
-        if code is None:
-            code = self.proc.wait()
-        if not self.exited.done():
-            self.exited.set_result(code)
+        return cls(proc, rfd)
 
     async def answer(self) -> bool:
         """Wait for the status byte: True locked; False failed (byte 1, or exit without one)."""
@@ -219,9 +205,6 @@ class _Helper:
                 self.proc.send_signal(sig)
             except ProcessLookupError:
                 pass
-        if self._pidfd is None and self.proc.returncode is None:
-            # No pidfd (very old kernel): reap in the background without blocking the loop.
-            asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
 
 class HeldLock:
@@ -373,7 +356,7 @@ class ChainLocker:
         warn = _Warner(self, key, start)
         try:
             try:
-                helper = _Helper(self.helper_argv, self.helper_args(key), self.env)
+                helper = await _Helper.start(self.helper_argv, self.helper_args(key), self.env)
             except OSError as exc:
                 self.stats.record(time.monotonic() - start, False)
                 raise LockError(f"cannot run lock helper {self.helper_argv[0]}: "

@@ -1,0 +1,78 @@
+"""Starting a child process without the event loop waiting for it to exec.
+
+``subprocess.Popen`` (and asyncio's subprocess transport, which calls it on the loop) returns
+only once the child has exec'd: it reads an error pipe that the exec closes. The daemon runs
+real-time (SCHED_RR) and its children do not (SCHED_RESET_ON_FORK, so a script cannot hog a
+core), so when other real-time work keeps the cores busy the child waits for a CPU while the
+loop sleeps in that read -- a priority inversion. In the lab (five daemons on two cores, all
+recovering at once) the fast-profile soak saw loop stalls of 30-180 ms in which the loop used
+~5 ms of CPU and waited ~1 ms for one; py-spy put them in Popen, for lock helpers and event
+scripts. With a 60 ms dead timeout that is a node declared dead. Here Popen runs in a worker
+thread and the loop awaits it, so the loop keeps serving heartbeats meanwhile; the exit is
+watched through a pidfd (no SIGCHLD handler, no child-watcher thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+#: Spawns are short and rare (a lock helper, one event script at a time); two threads let a
+#: slow exec not hold up the next one.
+_SPAWNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
+
+
+async def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **kwargs)`` in a worker thread; raises what Popen raises. If
+    the caller is cancelled meanwhile, the child is killed and reaped once it exists (a lock
+    helper nobody waits for would take a lock for nobody)."""
+    started = asyncio.get_running_loop().run_in_executor(
+        _SPAWNER, functools.partial(subprocess.Popen, argv, **kwargs))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(_kill_unwanted)
+        raise
+
+
+def _kill_unwanted(started: asyncio.Future[subprocess.Popen]) -> None:
+    if started.cancelled() or started.exception() is not None:
+        return
+    proc = started.result()
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    watch_exit(proc)
+
+
+def watch_exit(proc: subprocess.Popen) -> asyncio.Future[int]:
+    """A future that gets the child's exit code when it exits (reaped then)."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int] = loop.create_future()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        pidfd = None
+
+    def reaped(code: int) -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    if pidfd is None:
+        # No pidfd (a kernel before 5.3): wait in a thread instead.
+        loop.run_in_executor(None, proc.wait).add_done_callback(lambda f: reaped(proc.returncode))
+        return exited
+
+    def on_exit() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = proc.poll()
+        reaped(proc.wait() if code is None else code)
+
+    loop.add_reader(pidfd, on_exit)
+    return exited
