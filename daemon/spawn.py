@@ -76,3 +76,81 @@ def watch_exit(proc: subprocess.Popen) -> asyncio.Future[int]:
 
     loop.add_reader(pidfd, on_exit)
     return exited
+
+
+class _PipeWriter:
+    """A child's stdin for the few bytes the daemon writes (never waits: a full pipe drops
+    the byte -- the child is not reading and will be dealt with by its owner)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.write(self.fd, data)
+        except (BlockingIOError, BrokenPipeError):
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Process:
+    """The parts of ``asyncio.subprocess.Process`` the daemon uses (``stdin.write/close``,
+    ``stdout``/``stderr`` stream readers, ``wait``, ``returncode``, ``send_signal``, ``kill``),
+    for a child started off the loop by :func:`start`."""
+
+    def __init__(self, proc: subprocess.Popen, stdin: _PipeWriter | None,
+                 stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None) -> None:
+        self.popen = proc
+        self.pid = proc.pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited = watch_exit(proc)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
+async def start(argv: list[str], *, stdin: bool = False, stdout: bool = False,
+                stderr: bool = False, **kwargs: Any) -> Process:
+    """Start `argv` off the loop with the chosen standard streams as pipes (the others from
+    /dev/null); like ``asyncio.create_subprocess_exec`` otherwise."""
+    pipe = {True: subprocess.PIPE, False: subprocess.DEVNULL}
+    proc = await popen(argv, stdin=pipe[stdin], stdout=pipe[stdout], stderr=pipe[stderr],
+                       bufsize=0, **kwargs)
+    loop = asyncio.get_running_loop()
+
+    async def reader(file: Any) -> asyncio.StreamReader:
+        stream = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
+        return stream
+
+    try:
+        out = await reader(proc.stdout) if stdout else None
+        err = await reader(proc.stderr) if stderr else None
+    except BaseException:
+        proc.kill()
+        watch_exit(proc)
+        raise
+    writer = None
+    if stdin:
+        writer = _PipeWriter(os.dup(proc.stdin.fileno()))
+        proc.stdin.close()
+    return Process(proc, writer, out, err)

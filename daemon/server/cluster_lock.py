@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .. import spawn
 from ..core.election import LockStatus
 
 OWN_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_lock_helper.py")
@@ -62,11 +63,11 @@ class ClusterLock:
     log: Callable[[str], None]
     timeout: float = 10.0
     spare_delay: float = 2.0
-    _proc: asyncio.subprocess.Process | None = None
+    _proc: spawn.Process | None = None
     _held: bool = False
     _watch: asyncio.Task | None = None
     _renew: asyncio.Task | None = None
-    _spare: asyncio.subprocess.Process | None = None    # an armed own helper, started ahead
+    _spare: spawn.Process | None = None    # an armed own helper, started ahead
     _spare_task: asyncio.Task | None = None
     _spare_timer: asyncio.TimerHandle | None = None     # the spare's start, in its delay
     _closed: bool = False
@@ -113,13 +114,12 @@ class ClusterLock:
             if not self._held:
                 self._prepare_spare()
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self) -> spawn.Process:
         argv = list(self.argv)
         if self.own_helper:
             argv.insert(argv.index(OWN_HELPER) + 1, "--armed")
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        # Started off the loop (daemon/spawn.py: the loop must not wait for the exec).
+        proc = await spawn.start(argv, stdin=True, stdout=True, stderr=True, start_new_session=True)
         asyncio.get_running_loop().create_task(self._relay_stderr(proc))
         return proc
 
@@ -138,14 +138,14 @@ class ClusterLock:
     def _start_spare(self) -> None:
         self._spare_timer = None
 
-        async def spawn() -> None:
+        async def start_spare() -> None:
             try:
                 self._spare = await self._spawn()
             except OSError:
                 self._spare = None          # take() will try, and log, again
             finally:
                 self._spare_task = None
-        self._spare_task = asyncio.get_running_loop().create_task(spawn())
+        self._spare_task = asyncio.get_running_loop().create_task(start_spare())
 
     async def _settle_spare(self) -> None:
         """A spare still in its delay is dropped (no interpreter started yet); one starting is
@@ -156,7 +156,7 @@ class ClusterLock:
         if self._spare_task is not None:
             await asyncio.shield(self._spare_task)
 
-    async def _answer(self, proc: asyncio.subprocess.Process) -> LockStatus:
+    async def _answer(self, proc: spawn.Process) -> LockStatus:
         assert proc.stdout is not None
         try:
             answer = await asyncio.wait_for(proc.stdout.read(1), self.timeout)
@@ -188,7 +188,7 @@ class ClusterLock:
             self._renew = asyncio.create_task(self._renew_lease(proc))
         return status
 
-    async def _renew_lease(self, proc: asyncio.subprocess.Process) -> None:
+    async def _renew_lease(self, proc: spawn.Process) -> None:
         """A byte every quarter lease from the event loop: a frozen loop sends none."""
         assert proc.stdin is not None
         try:
@@ -224,7 +224,7 @@ class ClusterLock:
         """Fire-and-forget release (for synchronous callers)."""
         asyncio.get_running_loop().create_task(self.release())
 
-    async def _watch_helper(self, proc: asyncio.subprocess.Process) -> None:
+    async def _watch_helper(self, proc: spawn.Process) -> None:
         code = await proc.wait()
         if self._proc is proc and self._held:
             self._held = False
@@ -232,7 +232,7 @@ class ClusterLock:
             self.on_lost(f"cluster lock helper exited with status {code}")
             self._prepare_spare()
 
-    async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
+    async def _relay_stderr(self, proc: spawn.Process) -> None:
         assert proc.stderr is not None
         try:
             while True:
@@ -245,7 +245,7 @@ class ClusterLock:
         except (asyncio.CancelledError, OSError):
             return
 
-    async def _kill(self, proc: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -> int | None:
+    async def _kill(self, proc: spawn.Process, sig: int = signal.SIGKILL) -> int | None:
         if proc.returncode is None:
             try:
                 proc.send_signal(sig)

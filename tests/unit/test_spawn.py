@@ -1,0 +1,97 @@
+"""daemon/spawn.py: children started off the event loop, their exit watched through a pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctdblab.daemon import spawn
+
+
+def test_popen_runs_the_child_and_watch_exit_gives_its_code():
+    async def main():
+        proc = await spawn.popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+        return await spawn.watch_exit(proc), proc.returncode
+    assert asyncio.run(main()) == (3, 3)
+
+
+def test_the_loop_keeps_running_while_a_child_is_started():
+    # A slow exec is simulated by a slow Popen: the loop's timer must not wait for it.
+    slow = spawn._SPAWNER.submit(time.sleep, 0)      # the pool exists
+    slow.result()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ticks = []
+        timer = loop.call_later(0.01, lambda: ticks.append(loop.time()))
+        start = loop.time()
+        original = subprocess.Popen
+
+        def slow_popen(*args, **kwargs):
+            time.sleep(0.2)
+            return original(*args, **kwargs)
+        spawn_popen = spawn.subprocess.Popen
+        spawn.subprocess.Popen = slow_popen
+        try:
+            proc = await spawn.popen([sys.executable, "-c", "pass"])
+        finally:
+            spawn.subprocess.Popen = spawn_popen
+        await spawn.watch_exit(proc)
+        timer.cancel()
+        return ticks, start
+    ticks, start = asyncio.run(main())
+    assert ticks and ticks[0] - start < 0.15
+
+
+def test_start_gives_stream_pipes_and_a_process_like_asyncios():
+    script = "import sys; c = sys.stdin.buffer.read(1); sys.stdout.buffer.write(c * 2); " \
+             "sys.stdout.flush(); sys.stderr.write('line\\n'); sys.exit(0)"
+
+    async def main():
+        proc = await spawn.start([sys.executable, "-c", script], stdin=True, stdout=True,
+                                 stderr=True)
+        proc.stdin.write(b"x")
+        out = await asyncio.wait_for(proc.stdout.read(2), 10)
+        err = await asyncio.wait_for(proc.stderr.readline(), 10)
+        code = await proc.wait()
+        proc.stdin.close()
+        proc.stdin.write(b"y")                # closed: ignored, not an error
+        return out, err, code, proc.returncode
+    assert asyncio.run(main()) == (b"xx", b"line\n", 0, 0)
+
+
+def _running_with(token: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_caller_cancelled_while_the_child_starts_leaves_no_child_behind():
+    token = f"spawn-test-{os.getpid()}-{time.monotonic_ns()}"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(spawn.popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                             token]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):                 # killed and reaped once Popen has returned
+            await asyncio.sleep(0.05)
+            if not _running_with(token):
+                return []
+        return _running_with(token)
+    assert asyncio.run(main()) == []
