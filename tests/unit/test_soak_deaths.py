@@ -78,22 +78,28 @@ def test_a_clean_soak_with_the_deaths_read_passes_and_one_without_says_not_check
     assert "no deaths" in result["not_checked"]["false_deaths"]
 
 
-def test_import_reads_both_daemons_death_lines_and_maps_addresses_to_pnns(tmp_path):
+def _import(tmp_path, texts: list[str]) -> tuple[int, list[dict]]:
+    """Node PNN's log holds texts[PNN]; the import's count of deaths, and the history after."""
     logs = []
-    for pnn, text in enumerate([
-        "2026-12-05T12:47:19.299482+00:00 vm ctdbd[25335]: 198.18.0.1:4379: node 198.18.0.3:4379 "
-        "is dead: 3 connected\n"
-        "2026-12-05T12:47:19.3+00:00 vm ctdbd[25335]: dead count reached for node 2\n",
-        "2026-12-05T12:48:00.000001+00:00 vm pyctdbd[77]: 198.18.0.2:4379: node 198.18.0.1:4379 "
-        "is dead: 1 connected (reported dead by node 2)\nnot a log line\n",
-    ]):
+    for pnn, text in enumerate(texts):
         path = tmp_path / f"n{pnn}.log"
         path.write_text(text)
         logs.append(path)
     history_path = tmp_path / "history.jsonl"
     with History(history_path) as history:
-        assert import_deaths(history, logs, ADDRS) == 2
-    got = [e for _, e in load_numbered(history_path)]
+        found = import_deaths(history, logs, ADDRS)
+    return found, [e for _, e in load_numbered(history_path)]
+
+
+def test_import_reads_both_daemons_death_lines_and_maps_addresses_to_pnns(tmp_path):
+    found, got = _import(tmp_path, [
+        "2026-12-05T12:47:19.299482+00:00 vm ctdbd[25335]: 198.18.0.1:4379: node 198.18.0.3:4379 "
+        "is dead: 3 connected\n"
+        "2026-12-05T12:47:19.3+00:00 vm ctdbd[25335]: dead count reached for node 2\n",
+        "2026-12-05T12:48:00.000001+00:00 vm pyctdbd[77]: 198.18.0.2:4379: node 198.18.0.1:4379 "
+        "is dead: 1 connected (reported dead by node 2)\nnot a log line\n",
+    ])
+    assert found == 2
     deaths = [(e["node"], e["dead_node"], e["program"]) for e in got if e.get("event") == "detect"]
     assert deaths == [(0, 2, "ctdbd"), (1, 0, "pyctdbd")]
     assert got[-1]["probe"] == PROBE and got[-1]["deaths"] == 2 and got[-1]["logs"] == 2
@@ -136,8 +142,7 @@ def test_a_false_death_in_a_stall_of_either_node_says_so_and_stays_a_violation(t
 
 
 def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
-    logs = []
-    for pnn, text in enumerate([
+    found, got = _import(tmp_path, [
         "2026-12-05T12:47:19.3+00:00 vm pyctdbd[5]: Event loop stalled: timer ran 401 ms late; "
         "restarting failure-detection timeouts instead of declaring peers dead\n",
         "2026-12-05T12:48:00.0+00:00 vm pyctdbd[6]: Event loop stalled: timer ran 319 ms late "
@@ -146,14 +151,8 @@ def test_import_reads_stall_lines_with_and_without_the_cpu_note(tmp_path):
         "2026-12-05T12:49:00.0+00:00 vm pyctdbd[7]: Event loop stalled: timer ran 61 ms late "
         "(this daemon used 8 ms of CPU and waited 50 ms for one in the last 76 ms); restarting "
         "failure-detection timeouts instead of declaring peers dead\n",
-    ]):
-        path = tmp_path / f"n{pnn}.log"
-        path.write_text(text)
-        logs.append(path)
-    history_path = tmp_path / "history.jsonl"
-    with History(history_path) as history:
-        assert import_deaths(history, logs, ADDRS) == 0
-    got = [e for _, e in load_numbered(history_path)]
+    ])
+    assert found == 0
     stalls = [(e["node"], e["late_ms"], e.get("cpu_ms"), e.get("span_ms"), e.get("wait_ms"))
               for e in got if e.get("event") == "stall"]
     assert stalls == [(0, 401, None, None, None), (1, 319, 7, 402, None), (2, 61, 8, 76, 50)]
