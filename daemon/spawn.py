@@ -18,12 +18,26 @@ import asyncio
 import functools
 import os
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+def _run_like_the_main_thread() -> None:
+    """A worker thread gets the main thread's scheduling policy. With SCHED_RESET_ON_FORK a new
+    thread starts SCHED_OTHER, and a non-real-time thread that holds the GIL while real-time
+    daemons keep the cores busy would stall the loop waiting for the GIL (the same inversion
+    as the exec wait). Its children still start SCHED_OTHER (the flag is kept)."""
+    main = threading.main_thread().native_id
+    try:
+        os.sched_setscheduler(0, os.sched_getscheduler(main), os.sched_getparam(main))
+    except (OSError, AttributeError):
+        pass
+
+
 #: Spawns are short and rare (a lock helper, one event script at a time); two threads let a
 #: slow exec not hold up the next one.
-_SPAWNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
+_SPAWNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn",
+                              initializer=_run_like_the_main_thread)
 
 
 async def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen:

@@ -95,3 +95,22 @@ def test_a_caller_cancelled_while_the_child_starts_leaves_no_child_behind():
                 return []
         return _running_with(token)
     assert asyncio.run(main()) == []
+
+
+def test_worker_threads_take_the_main_threads_scheduling_policy():
+    # Run in a child interpreter: it may change its own policy (root: SCHED_RR; otherwise the
+    # unprivileged SCHED_BATCH stands in for "not the default").
+    script = r"""
+import asyncio, os, sys
+from ctdblab.daemon import spawn
+try:
+    os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except PermissionError:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+main = os.sched_getscheduler(0)
+worker = spawn._SPAWNER.submit(os.sched_getscheduler, 0).result()
+print(main, worker)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    main, worker = out.stdout.split()
+    assert main == worker and int(main) != os.SCHED_OTHER, out.stderr
