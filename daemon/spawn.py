@@ -34,10 +34,15 @@ def _run_like_the_main_thread() -> None:
         pass
 
 
+def thread_pool(max_workers: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads run at the main thread's scheduling policy."""
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name,
+                              initializer=_run_like_the_main_thread)
+
+
 #: Spawns are short and rare (a lock helper, one event script at a time); two threads let a
 #: slow exec not hold up the next one.
-_SPAWNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn",
-                              initializer=_run_like_the_main_thread)
+_SPAWNER = thread_pool(2, "spawn")
 
 
 async def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen:
