@@ -19,16 +19,18 @@ CLASS_LIMIT = 500
 #: Which top-level parts of the daemon each part may import. Lower layers never import higher.
 ALLOWED = {
     "log": set(),
+    "spawn": set(),          # children started off the loop: a foundation, like log
     "protocol": {"log"},
     "config": {"protocol", "log"},
-    "events": {"log"},
+    "events": {"log", "spawn"},
     "failover": {"log"},
     "core": {"protocol", "config", "log"},
     "net": {"protocol", "log"},
-    "store": {"protocol", "config", "log"},
-    "server": {"core", "net", "store", "protocol", "config", "events", "failover", "log"},
+    "store": {"protocol", "config", "log", "spawn"},
+    "server": {"core", "net", "store", "protocol", "config", "events", "failover", "log", "spawn"},
     "controls": {"server", "core", "net", "store", "protocol", "config", "events", "failover", "log"},
-    "main": {"controls", "server", "core", "net", "store", "protocol", "config", "events", "failover", "log"},
+    "main": {"controls", "server", "core", "net", "store", "protocol", "config", "events", "failover",
+             "log", "spawn"},
     "__init__": set(),
 }
 
