@@ -18,7 +18,6 @@ import asyncio
 import functools
 import os
 import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,8 +26,8 @@ def _run_like_the_main_thread() -> None:
     thread starts SCHED_OTHER, and a non-real-time thread that holds the GIL while real-time
     daemons keep the cores busy would stall the loop waiting for the GIL (the same inversion
     as the exec wait). Its children still start SCHED_OTHER (the flag is kept)."""
-    main = threading.main_thread().native_id
-    try:
+    main = os.getpid()       # the main thread's id is the process id (also after a fork,
+    try:                     # where threading.main_thread().native_id is the parent's)
         os.sched_setscheduler(0, os.sched_getscheduler(main), os.sched_getparam(main))
     except (OSError, AttributeError):
         pass

@@ -100,9 +100,13 @@ def test_a_caller_cancelled_while_the_child_starts_leaves_no_child_behind():
 def test_worker_threads_take_the_main_threads_scheduling_policy():
     # Run in a child interpreter: it may change its own policy (root: SCHED_RR; otherwise the
     # unprivileged SCHED_BATCH stands in for "not the default").
+    # It forks first, as the daemon does when it detaches.
     script = r"""
 import asyncio, os, sys
 from ctdblab.daemon import spawn
+if os.fork():
+    os.wait()
+    sys.exit(0)
 try:
     os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
 except PermissionError:
