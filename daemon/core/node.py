@@ -767,17 +767,19 @@ class NodeCore:
 
     # -- time and settings -----------------------------------------------------------------------
     def _tick(self, ev: Tick, now: float) -> list[Action]:
-        busy = ""
+        last = self._last_tick
         if ev.cpu is not None:
-            last = self._last_tick
-            if last is not None and now > last[0]:
-                since, cpu = now - last[0], ev.cpu - last[1]
-                waited = ("" if ev.waited is None or last[2] is None
-                          else f" and waited {(ev.waited - last[2]) * 1000:.0f} ms for one")
-                busy = (f" (this daemon used {cpu * 1000:.0f} ms of CPU{waited} in the last "
-                        f"{since * 1000:.0f} ms)")
             self._last_tick = (now, ev.cpu, ev.waited)
-        actions = self._detector(self.detector.tick(now), now, busy)
+        detected = self.detector.tick(now)
+        busy = ""
+        if any(isinstance(a, LoopStalled) for a in detected) and ev.cpu is not None \
+                and last is not None and now > last[0]:
+            # Only for the log line of a stall: formatting it every tick would cost idle CPU.
+            waited = ("" if ev.waited is None or last[2] is None
+                      else f" and waited {(ev.waited - last[2]) * 1000:.0f} ms for one")
+            busy = (f" (this daemon used {(ev.cpu - last[1]) * 1000:.0f} ms of CPU{waited} in "
+                    f"the last {(now - last[0]) * 1000:.0f} ms)")
+        actions = self._detector(detected, now, busy)
         actions += self._settle_probes(now)
         actions += self._election(self.election.tick(now), now)
         if self.nodemap.ban.banned and now >= self.nodemap.ban.expires_at():
