@@ -63,22 +63,22 @@ def import_deaths(history: History, logs: Iterable[Path], addresses: list[str],
     for node, path in enumerate(logs):
         read += 1
         for line in read_log(path, since=since):
-            m = DEATH.search(line.message)
-            if m is not None and not stalls_only:
-                found += 1
-                history.record(events.log_line(pnn.get(m.group("me"), -1), "detect",
-                                               line.message[:300], line.program, t=line.t,
-                                               dead_node=pnn.get(m.group("addr"), -1)))
+            death = DEATH.search(line.message)
+            if death is not None:
+                if not stalls_only:
+                    found += 1
+                    history.record(events.log_line(pnn.get(death.group("me"), -1), "detect",
+                                                   line.message[:300], line.program, t=line.t,
+                                                   dead_node=pnn.get(death.group("addr"), -1)))
                 continue
-            m = None if m is not None else STALL.search(line.message)
-            if m is not None:
-                stalls += 1
-                cpu = {} if m.group("cpu") is None else {"cpu_ms": int(m.group("cpu")),
-                                                        "span_ms": int(m.group("span"))}
-                if m.group("wait") is not None:
-                    cpu["wait_ms"] = int(m.group("wait"))
-                history.record(events.log_line(node, "stall", line.message[:300], line.program,
-                                               t=line.t, late_ms=int(m.group("late")), **cpu))
+            stall = STALL.search(line.message)
+            if stall is None:
+                continue
+            stalls += 1
+            detail = {name + "_ms": int(stall.group(name))
+                      for name in ("cpu", "span", "wait") if stall.group(name) is not None}
+            history.record(events.log_line(node, "stall", line.message[:300], line.program,
+                                           t=line.t, late_ms=int(stall.group("late")), **detail))
     if stalls_only:
         history.record(events.capture(PROBE, "soak", "stalls", logs=read, stalls=stalls))
     else:
