@@ -342,7 +342,7 @@ def recovery_pause_from_env(environ: Mapping[str, str]) -> float:
 async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str, env: dict[str, str],
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
     watch_children_with_pidfds()
-    # run_in_executor(None, ...) threads at the loop's own priority too (daemon/spawn.py).
+    # run_in_executor(None, ...) threads at the loop's own priority too (daemon/spawn).
     asyncio.get_running_loop().set_default_executor(spawn.thread_pool(4, "worker"))
     log = logging.getLogger("ctdblab.daemon")
     fake = args.fake_ip_effects or os.environ.get("PYCTDBD_FAKE_IP_EFFECTS") == "1"

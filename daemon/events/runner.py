@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import stat
-import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,7 +46,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ..log import NOTICE
-from ..spawn import popen, watch_exit
+from .. import spawn
+from ..spawn import start_child, watch_exit
 from .scriptdir import EventScriptError, ScriptInfo, list_scripts, set_script_enabled
 from .stock import StockReplacements
 
@@ -431,11 +431,11 @@ class EventRunner:
 
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            # Started off the loop (daemon/spawn.py: the loop must not wait for the exec).
-            proc = await popen(
+            # Started off the loop (daemon/spawn: the loop must not wait for the exec).
+            proc = await start_child(
                 [info.name, request.event, *request.args],
-                executable=str(info.path), stdin=subprocess.DEVNULL, stdout=write_fd,
-                stderr=write_fd, env=self.env, cwd="/", close_fds=True, process_group=0)
+                executable=str(info.path), stdout=write_fd, stderr=write_fd, env=self.env,
+                cwd="/", new_process_group=True)
         except OSError as exc:
             os.close(read_fd)
             return finished(result_of_exec_error(exc.errno or errno.EIO))
@@ -496,15 +496,20 @@ class EventRunner:
 
     async def _run_debug_script(self, pid: int, event: str) -> None:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                str(self.debug_script), str(pid), event, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd="/",
-                close_fds=True, process_group=0)
+            proc = await spawn.start([str(self.debug_script), str(pid), event], stdout=True,
+                                     stderr="stdout", env=self.env, cwd="/",
+                                     new_process_group=True)
         except OSError as exc:
             log.warning("cannot run debug script %s: %s", self.debug_script, exc.strerror)
             return
+        async def output() -> bytes:
+            assert proc.stdout is not None
+            out = await proc.stdout.read()
+            await proc.wait()
+            return out
+
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), DEBUG_SCRIPT_TIMEOUT)
+            out = await asyncio.wait_for(output(), DEBUG_SCRIPT_TIMEOUT)
         except asyncio.TimeoutError:
             _killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

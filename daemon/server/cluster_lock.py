@@ -118,8 +118,8 @@ class ClusterLock:
         argv = list(self.argv)
         if self.own_helper:
             argv.insert(argv.index(OWN_HELPER) + 1, "--armed")
-        # Started off the loop (daemon/spawn.py: the loop must not wait for the exec).
-        proc = await spawn.start(argv, stdin=True, stdout=True, stderr=True, start_new_session=True)
+        # Started off the loop (daemon/spawn: the loop must not wait for the exec).
+        proc = await spawn.start(argv, stdin=True, stdout=True, stderr=True, new_session=True)
         asyncio.get_running_loop().create_task(self._relay_stderr(proc))
         return proc
 

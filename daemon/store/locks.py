@@ -46,14 +46,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..spawn import popen, watch_exit
+from ..spawn import Child, start_child, watch_exit
 from .tdbfile import TdbFile
 
 STOCK_LOCK_HELPER = "/usr/libexec/ctdb/ctdb_lock_helper"
@@ -151,19 +150,19 @@ class _Turn:
 class _Helper:
     """One running lock helper: the process, the status pipe and exit notification."""
 
-    def __init__(self, proc: subprocess.Popen, rfd: int) -> None:
+    def __init__(self, proc: Child, rfd: int) -> None:
         self.proc = proc
         self.rfd = rfd
         self.exited = watch_exit(proc)
 
     @classmethod
     async def start(cls, command: list[str], args: list[str], env: Mapping[str, str]) -> _Helper:
-        """Run ``command <daemon pid> <write fd> args...`` (started off the loop: spawn.py)."""
+        """Run ``command <daemon pid> 3 args...`` with the status pipe as its descriptor 3
+        (started off the loop: daemon/spawn)."""
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = await popen([*command, str(os.getpid()), str(wfd), *args],
-                               pass_fds=(wfd,), close_fds=True, stdin=subprocess.DEVNULL,
-                               env=dict(env))
+            proc = await start_child([*command, str(os.getpid()), "3", *args], keep=[wfd],
+                                     env=dict(env))
         except BaseException:
             os.close(rfd)
             raise

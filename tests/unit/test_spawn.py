@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,15 +14,32 @@ import pytest
 from ctdblab.daemon import spawn
 
 
-def test_popen_runs_the_child_and_watch_exit_gives_its_code():
+def test_start_child_runs_the_child_and_watch_exit_gives_its_code():
     async def main():
-        proc = await spawn.popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+        proc = await spawn.start_child([sys.executable, "-c", "import sys; sys.exit(3)"])
         return await spawn.watch_exit(proc), proc.returncode
     assert asyncio.run(main()) == (3, 3)
 
 
+def test_a_child_killed_by_a_signal_has_a_negative_returncode_like_popens():
+    async def main():
+        proc = await spawn.start_child([sys.executable, "-c", "import time; time.sleep(60)"])
+        proc.send_signal(signal.SIGTERM)
+        code = await spawn.watch_exit(proc)
+        proc.send_signal(signal.SIGTERM)       # reaped: nothing is signalled, no error
+        return code
+    assert asyncio.run(main()) == -signal.SIGTERM
+
+
+def test_a_missing_program_raises_file_not_found_like_popen():
+    async def main():
+        await spawn.start_child(["/nonexistent/ctdblab-no-such-program"])
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(main())
+
+
 def test_the_loop_keeps_running_while_a_child_is_started():
-    # A slow exec is simulated by a slow Popen: the loop's timer must not wait for it.
+    # A slow exec is simulated by a slow spawn: the loop's timer must not wait for it.
     slow = spawn._SPAWNER.submit(time.sleep, 0)      # the pool exists
     slow.result()
 
@@ -30,17 +48,16 @@ def test_the_loop_keeps_running_while_a_child_is_started():
         ticks = []
         timer = loop.call_later(0.01, lambda: ticks.append(loop.time()))
         start = loop.time()
-        original = subprocess.Popen
+        original = spawn.posix.spawn
 
-        def slow_popen(*args, **kwargs):
+        def slow_spawn(*args, **kwargs):
             time.sleep(0.2)
             return original(*args, **kwargs)
-        spawn_popen = spawn.subprocess.Popen
-        spawn.subprocess.Popen = slow_popen
+        spawn.posix.spawn = slow_spawn
         try:
-            proc = await spawn.popen([sys.executable, "-c", "pass"])
+            proc = await spawn.start_child([sys.executable, "-c", "pass"])
         finally:
-            spawn.subprocess.Popen = spawn_popen
+            spawn.posix.spawn = original
         await spawn.watch_exit(proc)
         timer.cancel()
         return ticks, start
@@ -65,6 +82,16 @@ def test_start_gives_stream_pipes_and_a_process_like_asyncios():
     assert asyncio.run(main()) == (b"xx", b"line\n", 0, 0)
 
 
+def test_start_can_send_stderr_into_the_stdout_pipe():
+    script = "import sys; sys.stdout.write('out\\n'); sys.stdout.flush(); sys.stderr.write('err\\n')"
+
+    async def main():
+        proc = await spawn.start([sys.executable, "-c", script], stdout=True, stderr="stdout")
+        out = await asyncio.wait_for(proc.stdout.read(), 10)
+        return out, await proc.wait(), proc.stderr
+    assert asyncio.run(main()) == (b"out\nerr\n", 0, None)
+
+
 def _running_with(token: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -83,13 +110,13 @@ def test_a_caller_cancelled_while_the_child_starts_leaves_no_child_behind():
 
     async def main():
         loop = asyncio.get_running_loop()
-        task = loop.create_task(spawn.popen([sys.executable, "-c", "import time; time.sleep(60)",
-                                             token]))
+        task = loop.create_task(spawn.start_child(
+            [sys.executable, "-c", "import time; time.sleep(60)", token]))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):                 # killed and reaped once Popen has returned
+        for _ in range(100):                 # killed and reaped once it has started
             await asyncio.sleep(0.05)
             if not _running_with(token):
                 return []

@@ -7,9 +7,13 @@ core), so when other real-time work keeps the cores busy the child waits for a C
 loop sleeps in that read -- a priority inversion. In the lab (five daemons on two cores, all
 recovering at once) the fast-profile soak saw loop stalls of 30-180 ms in which the loop used
 ~5 ms of CPU and waited ~1 ms for one; py-spy put them in Popen, for lock helpers and event
-scripts. With a 60 ms dead timeout that is a node declared dead. Here Popen runs in a worker
-thread and the loop awaits it, so the loop keeps serving heartbeats meanwhile; the exit is
-watched through a pidfd (no SIGCHLD handler, no child-watcher thread).
+scripts. With a 60 ms dead timeout that is a node declared dead.
+
+So children start in a worker thread through posix_spawn (:mod:`.posix`), whose ctypes call
+lets go of the GIL while the child execs -- Popen in a thread was not enough: on Python 3.11 it
+holds the GIL through the exec, and after the first fix the same soak still saw 77 stalls of
+31-197 ms with the loop asleep (waiting for that GIL). The exit is watched through a pidfd (no
+SIGCHLD handler, no child-watcher thread).
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import subprocess
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from . import posix
+from .posix import DEVNULL
 
 def _run_like_the_main_thread() -> None:
     """A worker thread gets the main thread's scheduling policy. With SCHED_RESET_ON_FORK a new
@@ -39,17 +46,61 @@ def thread_pool(max_workers: int, name: str) -> ThreadPoolExecutor:
                               initializer=_run_like_the_main_thread)
 
 
-#: Spawns are short and rare (a lock helper, one event script at a time); two threads let a
-#: slow exec not hold up the next one.
-_SPAWNER = thread_pool(2, "spawn")
+#: Spawns are short (a lock helper, an event script); a freeze starts one lock helper per
+#: database at once, and a thread waits while its child is starved of a CPU before it execs,
+#: so four threads let slow execs overlap.
+_SPAWNER = thread_pool(4, "spawn")
 
 
-async def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **kwargs)`` in a worker thread; raises what Popen raises. If
-    the caller is cancelled meanwhile, the child is killed and reaped once it exists (a lock
-    helper nobody waits for would take a lock for nobody)."""
+class Child:
+    """A started program, like the parts of ``subprocess.Popen`` the daemon uses: ``pid``,
+    ``returncode`` (negative: killed by that signal), ``poll``, ``wait``, ``send_signal``,
+    ``kill``. Signals are only sent while it is unreaped, so the pid cannot be someone else's."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _reap(self, options: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, options)
+            except ChildProcessError:       # reaped elsewhere: nothing more to learn
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self) -> int:
+        code = self._reap(0)
+        assert code is not None
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        return f"Child(pid={self.pid}, returncode={self.returncode})"
+
+
+def _spawn(argv: list[str], kwargs: dict[str, Any]) -> Child:
+    return Child(posix.spawn(argv, **kwargs))
+
+
+async def start_child(argv: list[str], **kwargs: Any) -> Child:
+    """Start ``argv`` in a worker thread (keywords as :func:`.posix.spawn`); raises OSError as
+    posix_spawn fails (a missing program: FileNotFoundError). If the caller is cancelled
+    meanwhile, the child is killed and reaped once it exists (a lock helper nobody waits for
+    would take a lock for nobody)."""
     started = asyncio.get_running_loop().run_in_executor(
-        _SPAWNER, functools.partial(subprocess.Popen, argv, **kwargs))
+        _SPAWNER, functools.partial(_spawn, list(argv), kwargs))
     try:
         return await asyncio.shield(started)
     except asyncio.CancelledError:
@@ -57,7 +108,7 @@ async def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen:
         raise
 
 
-def _kill_unwanted(started: asyncio.Future[subprocess.Popen]) -> None:
+def _kill_unwanted(started: asyncio.Future[Child]) -> None:
     if started.cancelled() or started.exception() is not None:
         return
     proc = started.result()
@@ -68,7 +119,7 @@ def _kill_unwanted(started: asyncio.Future[subprocess.Popen]) -> None:
     watch_exit(proc)
 
 
-def watch_exit(proc: subprocess.Popen) -> asyncio.Future[int]:
+def watch_exit(proc: Child) -> asyncio.Future[int]:
     """A future that gets the child's exit code when it exits (reaped then)."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[int] = loop.create_future()
@@ -123,52 +174,74 @@ class Process:
     ``stdout``/``stderr`` stream readers, ``wait``, ``returncode``, ``send_signal``, ``kill``),
     for a child started off the loop by :func:`start`."""
 
-    def __init__(self, proc: subprocess.Popen, stdin: _PipeWriter | None,
+    def __init__(self, child: Child, stdin: _PipeWriter | None,
                  stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None) -> None:
-        self.popen = proc
-        self.pid = proc.pid
+        self.child = child
+        self.pid = child.pid
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        self._exited = watch_exit(proc)
+        self._exited = watch_exit(child)
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.returncode
+        return self.child.returncode
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
 
     def send_signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
+        self.child.send_signal(sig)
 
     def kill(self) -> None:
-        self.popen.kill()
+        self.child.kill()
 
 
 async def start(argv: list[str], *, stdin: bool = False, stdout: bool = False,
-                stderr: bool = False, **kwargs: Any) -> Process:
+                stderr: bool | str = False, **kwargs: Any) -> Process:
     """Start `argv` off the loop with the chosen standard streams as pipes (the others from
-    /dev/null); like ``asyncio.create_subprocess_exec`` otherwise."""
-    pipe = {True: subprocess.PIPE, False: subprocess.DEVNULL}
-    proc = await popen(argv, stdin=pipe[stdin], stdout=pipe[stdout], stderr=pipe[stderr],
-                       bufsize=0, **kwargs)
+    /dev/null; ``stderr="stdout"`` sends it into the stdout pipe); like
+    ``asyncio.create_subprocess_exec`` otherwise (keywords as :func:`.posix.spawn`)."""
     loop = asyncio.get_running_loop()
+    ours: list[int] = []     # the daemon's ends
+    theirs: list[int] = []   # the child's ends, closed here once it has started
 
-    async def reader(file: Any) -> asyncio.StreamReader:
+    def pipe(wanted: bool, child_reads: bool) -> int:
+        if not wanted:
+            return DEVNULL
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        ours.append(wfd if child_reads else rfd)
+        theirs.append(rfd if child_reads else wfd)
+        return theirs[-1]
+
+    try:
+        in_fd = pipe(stdin, True)
+        out_fd = pipe(stdout, False)
+        err_fd = out_fd if stderr == "stdout" else pipe(bool(stderr), False)
+        child = await start_child(argv, stdin=in_fd, stdout=out_fd, stderr=err_fd, **kwargs)
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    ends = iter(ours)
+    writer = _PipeWriter(next(ends)) if stdin else None
+    out_end = next(ends) if stdout else None
+    err_end = next(ends) if stderr is True else None
+
+    async def reader(fd: int) -> asyncio.StreamReader:
         stream = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
+                                     os.fdopen(fd, "rb", buffering=0))
         return stream
 
     try:
-        out = await reader(proc.stdout) if stdout else None
-        err = await reader(proc.stderr) if stderr else None
+        out = await reader(out_end) if out_end is not None else None
+        err = await reader(err_end) if err_end is not None else None
     except BaseException:
-        proc.kill()
-        watch_exit(proc)
+        child.kill()
+        watch_exit(child)
         raise
-    writer = None
-    if stdin:
-        writer = _PipeWriter(os.dup(proc.stdin.fileno()))
-        proc.stdin.close()
-    return Process(proc, writer, out, err)
+    return Process(child, writer, out, err)
