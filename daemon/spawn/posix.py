@@ -27,6 +27,9 @@ import signal
 from collections.abc import Mapping, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
+#: glibc 2.34 and later (Debian 12 has 2.36). Without it only the descriptors Python opens are
+#: closed (close-on-exec, PEP 446) -- everything the daemon opens itself.
+_HAS_CLOSEFROM = hasattr(_libc, "posix_spawn_file_actions_addclosefrom_np")
 
 # glibc's flag values (spawn.h).
 _SETPGROUP = 0x02
@@ -97,8 +100,9 @@ def spawn(argv: Sequence[str], *, executable: str | None = None,
             for index, source in enumerate(keep):
                 _check(_libc.posix_spawn_file_actions_adddup2(
                     actions, _above(source, floor, dups), 3 + index), "adddup2")
-            _check(_libc.posix_spawn_file_actions_addclosefrom_np(actions, floor),
-                   "addclosefrom_np")
+            if _HAS_CLOSEFROM:
+                _check(_libc.posix_spawn_file_actions_addclosefrom_np(actions, floor),
+                       "addclosefrom_np")
             if cwd is not None:
                 _check(_libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)),
                        "addchdir_np")
