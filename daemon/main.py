@@ -342,7 +342,9 @@ def recovery_pause_from_env(environ: Mapping[str, str]) -> float:
 async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str, env: dict[str, str],
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
     watch_children_with_pidfds()
-    # run_in_executor(None, ...) threads at the loop's own priority too (daemon/spawn).
+    # The threads that start children, and run_in_executor(None, ...)'s, at the loop's own
+    # priority and all made now: one made later by a busy daemon stalls the loop (daemon/spawn).
+    spawn.start_spawner()
     asyncio.get_running_loop().set_default_executor(spawn.thread_pool(4, "worker"))
     log = logging.getLogger("ctdblab.daemon")
     fake = args.fake_ip_effects or os.environ.get("PYCTDBD_FAKE_IP_EFFECTS") == "1"

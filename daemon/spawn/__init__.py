@@ -22,6 +22,7 @@ import asyncio
 import functools
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,15 +42,36 @@ def _run_like_the_main_thread() -> None:
 
 
 def thread_pool(max_workers: int, name: str) -> ThreadPoolExecutor:
-    """A thread pool whose threads run at the main thread's scheduling policy."""
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name,
+    """A thread pool whose threads run at the main thread's scheduling policy and all exist
+    when it is returned. ThreadPoolExecutor starts a thread on demand, and Python's
+    ``Thread.start`` waits until the new thread has run; a thread made by a real-time thread
+    with SCHED_RESET_ON_FORK starts SCHED_OTHER, so when real-time work keeps the cores busy
+    that wait lasts up to the kernel's real-time throttling period: an 800 ms loop stall
+    measured (``benchmarks.spawn_inversion``) the first time a busy daemon needed a thread.
+    So they are all made at once, while the daemon starts."""
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name,
                               initializer=_run_like_the_main_thread)
+    # Tasks that wait for each other occupy distinct threads, so the pool makes them all.
+    everyone = threading.Barrier(max_workers)
+    for started in [pool.submit(everyone.wait, 30.0) for _ in range(max_workers)]:
+        started.result()
+    return pool
 
 
 #: Spawns are short (a lock helper, an event script); a freeze starts one lock helper per
 #: database at once, and a thread waits while its child is starved of a CPU before it execs,
 #: so four threads let slow execs overlap.
-_SPAWNER = thread_pool(4, "spawn")
+SPAWN_THREADS = 4
+_spawner: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def start_spawner() -> ThreadPoolExecutor:
+    """The spawn threads of this process, made now if they do not exist yet (the daemon calls
+    this at start-up, after it has forked to detach: threads do not survive a fork)."""
+    global _spawner
+    if _spawner is None or _spawner[0] != os.getpid():
+        _spawner = (os.getpid(), thread_pool(SPAWN_THREADS, "spawn"))
+    return _spawner[1]
 
 
 class Child:
@@ -100,7 +122,7 @@ async def start_child(argv: list[str], **kwargs: Any) -> Child:
     meanwhile, the child is killed and reaped once it exists (a lock helper nobody waits for
     would take a lock for nobody)."""
     started = asyncio.get_running_loop().run_in_executor(
-        _SPAWNER, functools.partial(_spawn, list(argv), kwargs))
+        start_spawner(), functools.partial(_spawn, list(argv), kwargs))
     try:
         return await asyncio.shield(started)
     except asyncio.CancelledError:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -40,8 +41,7 @@ def test_a_missing_program_raises_file_not_found_like_popen():
 
 def test_the_loop_keeps_running_while_a_child_is_started():
     # A slow exec is simulated by a slow spawn: the loop's timer must not wait for it.
-    slow = spawn._SPAWNER.submit(time.sleep, 0)      # the pool exists
-    slow.result()
+    spawn.start_spawner()                            # the pool exists
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -139,9 +139,42 @@ try:
 except PermissionError:
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 main = os.sched_getscheduler(0)
-worker = spawn._SPAWNER.submit(os.sched_getscheduler, 0).result()
+worker = spawn.start_spawner().submit(os.sched_getscheduler, 0).result()
 print(main, worker)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     main, worker = out.stdout.split()
     assert main == worker and int(main) != os.SCHED_OTHER, out.stderr
+
+
+def test_a_thread_pool_has_all_its_threads_when_it_is_returned():
+    # A thread made on demand by a busy real-time daemon stalls its loop (Thread.start waits
+    # for a thread that starts SCHED_OTHER), so none may be made later.
+    before = {t.name for t in threading.enumerate()}
+    pool = spawn.thread_pool(3, "prestart-test")
+    try:
+        made = {t.name for t in threading.enumerate()} - before
+        assert len([name for name in made if name.startswith("prestart-test")]) == 3
+    finally:
+        pool.shutdown()
+
+
+def test_the_spawner_is_made_again_in_a_forked_child():
+    # The daemon forks to detach: a pool made before has no threads in the child.
+    script = r"""
+import asyncio, os, sys
+from ctdblab.daemon import spawn
+before = spawn.start_spawner()
+pid = os.fork()
+if pid:
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+after = spawn.start_spawner()
+async def main():
+    child = await spawn.start_child([sys.executable, "-c", "pass"])
+    return await spawn.watch_exit(child)
+code = asyncio.run(asyncio.wait_for(main(), 20))
+os._exit(0 if after is not before and code == 0 else 3)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
