@@ -52,6 +52,9 @@ def _check(result: int, what: str) -> None:
 
 def _strings(items: Sequence[str | bytes]) -> ctypes.Array:
     encoded = [item if isinstance(item, bytes) else os.fsencode(item) for item in items]
+    for item in encoded:
+        if b"\0" in item:          # C would cut the string there (Popen refuses it too)
+            raise ValueError(f"embedded null byte in {item[:40]!r}")
     return (ctypes.c_char_p * (len(encoded) + 1))(*encoded, None)
 
 
@@ -70,7 +73,8 @@ def spawn(argv: Sequence[str], *, executable: str | None = None,
           stdin: int = DEVNULL, stdout: int = DEVNULL, stderr: int = DEVNULL,
           keep: Sequence[int] = (), new_session: bool = False,
           new_process_group: bool = False) -> int:
-    """Start ``executable`` (default ``argv[0]``, searched in $PATH when it has no ``/``) and
+    """Start ``executable`` (default ``argv[0]``, searched in this process's $PATH when it has
+    no ``/``) and
     return its pid. ``stdin``/``stdout``/``stderr`` are descriptors of this process or DEVNULL;
     ``keep`` are descriptors the child gets as 3, 4, ...; everything else is closed."""
     if not argv:

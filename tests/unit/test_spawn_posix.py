@@ -116,6 +116,10 @@ def test_a_missing_program_or_directory_is_an_oserror_with_errno():
         posix.spawn(["/bin/true"], cwd="/nonexistent/directory")
     with pytest.raises(ValueError):
         posix.spawn([])
+    with pytest.raises(ValueError):
+        posix.spawn(["/bin/true", "a\0b"])
+    with pytest.raises(ValueError):
+        posix.spawn(["/bin/true"], env={"X": "a\0b"})
 
 
 def test_the_gil_is_free_while_the_child_has_not_execd(tmp_path, monkeypatch):
