@@ -74,9 +74,9 @@ def spawn(argv: Sequence[str], *, executable: str | None = None,
           keep: Sequence[int] = (), new_session: bool = False,
           new_process_group: bool = False) -> int:
     """Start ``executable`` (default ``argv[0]``, searched in this process's $PATH when it has
-    no ``/``) and
-    return its pid. ``stdin``/``stdout``/``stderr`` are descriptors of this process or DEVNULL;
-    ``keep`` are descriptors the child gets as 3, 4, ...; everything else is closed."""
+    no ``/``) and return its pid. ``stdin``/``stdout``/``stderr`` are descriptors of this
+    process or DEVNULL; ``keep`` are descriptors the child gets as 3, 4, ...; everything else
+    is closed."""
     if not argv:
         raise ValueError("spawn: empty argv")
     program = executable if executable is not None else argv[0]
