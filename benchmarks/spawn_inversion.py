@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import mmap
 import os
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def start_posix_spawn() -> None:
     spawn.Child(spawn.posix.spawn(["/bin/true"])).wait()
 
 
-async def measure(start_one, seconds: float, pool) -> tuple[list[float], int]:
+async def measure(start_one, seconds: float, pool, remap: bool) -> tuple[list[float], int]:
     loop = asyncio.get_running_loop()
     lateness: list[float] = []
     stop = time.monotonic() + seconds
@@ -62,6 +63,8 @@ async def measure(start_one, seconds: float, pool) -> tuple[list[float], int]:
     async def ticker() -> None:
         while time.monotonic() < stop:
             asked = time.monotonic()
+            if remap:                          # what allocating and freeing memory does
+                mmap.mmap(-1, 1 << 20).close()
             await asyncio.sleep(0.001)
             lateness.append(time.monotonic() - asked - 0.001)
 
@@ -76,14 +79,14 @@ async def measure(start_one, seconds: float, pool) -> tuple[list[float], int]:
     return lateness, started
 
 
-def run_mode(name: str, start_one, seconds: float, cpu: int) -> dict:
+def run_mode(name: str, start_one, seconds: float, cpu: int, remap: bool) -> dict:
     pool = spawn.thread_pool(1, "bench")      # its thread made before the core is busy
     spinner = subprocess.Popen(
         ["chrt", "-f", "1", "taskset", "-c", str(cpu), sys.executable, "-c",
          SPINNER.format(seconds=seconds + 0.5)])
     try:
         time.sleep(0.2)                       # the spinner is on the core
-        lateness, started = asyncio.run(measure(start_one, seconds, pool))
+        lateness, started = asyncio.run(measure(start_one, seconds, pool, remap))
     finally:
         spinner.kill()
         spinner.wait()
@@ -97,14 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--cpu", type=int, default=1)
+    parser.add_argument("--remap", action="store_true",
+                        help="the loop maps and unmaps 1 MiB each tick (needs the address space "
+                             "lock a child sharing it may hold)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root: the loop and the spinner run SCHED_FIFO")
     os.sched_setaffinity(0, {args.cpu})
     realtime(2)
-    rows = [run_mode("Popen in a thread", start_popen, args.seconds, args.cpu),
-            run_mode("Popen, fork not vfork", start_popen_fork, args.seconds, args.cpu),
-            run_mode("posix_spawn", start_posix_spawn, args.seconds, args.cpu)]
+    rows = [run_mode("Popen in a thread", start_popen, args.seconds, args.cpu, args.remap),
+            run_mode("Popen, fork not vfork", start_popen_fork, args.seconds, args.cpu, args.remap),
+            run_mode("posix_spawn (pyctdbd)", start_posix_spawn, args.seconds, args.cpu,
+                     args.remap)]
     print(f"{'children started by':24} {'children':>8} {'ticks':>6} {'late p50':>9} "
           f"{'p99':>9} {'max':>9}")
     for row in rows:
