@@ -20,6 +20,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import socket
 import sys
@@ -324,6 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def grow_descriptor_table(upto: int = 1024) -> None:
+    """Make the descriptor table hold ``upto`` descriptors (or the soft limit) now, while the
+    daemon has one thread: a process with several threads waits for an RCU grace period each
+    time its table grows, and the loop slept 5-12 ms in pipe() when a freeze's lock helpers
+    first took it past 64 descriptors."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return
+    highest = min(upto, soft if soft != resource.RLIM_INFINITY else upto) - 1
+    if highest < 3:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # The lowest free descriptor from `highest` up: never one in use.
+        os.close(fcntl.fcntl(null, fcntl.F_DUPFD_CLOEXEC, highest))
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
 def recovery_pause_from_env(environ: Mapping[str, str]) -> float:
     """PYCTDBD_RECOVERY_PAUSE_S: seconds (0..30) every recovery this node leads waits before its
     databases stage, so a lab test can land a second fault mid-recovery. Unset: 0."""
@@ -342,6 +365,7 @@ def recovery_pause_from_env(environ: Mapping[str, str]) -> float:
 async def _run(config: DaemonConfig, my_pnn: int, socket_path: str, eventd_socket: str, env: dict[str, str],
                args: argparse.Namespace, handler: logging.Handler, report) -> int:
     watch_children_with_pidfds()
+    grow_descriptor_table()
     # The threads that start children, and run_in_executor(None, ...)'s, at the loop's own
     # priority and all made now: one made later by a busy daemon stalls the loop (daemon/spawn).
     spawn.start_spawner()

@@ -178,3 +178,68 @@ os._exit(0 if after is not before and code == 0 else 3)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_fork_waits_for_a_spawned_child_that_shares_memory_and_holds_new_ones_off(monkeypatch):
+    # posix.spawn stands in for a child that has not exec'd yet: it returns when released.
+    release = threading.Event()
+    calls = []
+
+    def slow_spawn(argv, **kwargs):
+        calls.append(argv[0])
+        if argv[0] == "first":
+            release.wait(10)
+        return os.getpid()                  # never waited for: Child only keeps the pid
+    monkeypatch.setattr(spawn.posix, "spawn", slow_spawn)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(spawn.start_child(["first"]))
+        while not calls:
+            await asyncio.sleep(0.001)
+        entered = []
+
+        async def fork():
+            async with spawn.fork_window():
+                entered.append(loop.time())
+                await_free = list(calls)    # what had started when the fork ran
+            return await_free
+        forking = loop.create_task(fork())
+        await asyncio.sleep(0.05)
+        waited_while_sharing = not entered  # the loop ran meanwhile (this line)
+        second = loop.create_task(spawn.start_child(["second"]))
+        await asyncio.sleep(0.02)
+        release.set()
+        started_before_fork = await forking
+        await first
+        await second
+        return waited_while_sharing, started_before_fork, calls
+    waited, before_fork, calls = asyncio.run(main())
+    assert waited
+    assert before_fork == ["first"]          # "second" waited for the fork
+    assert calls == ["first", "second"]
+
+
+def test_a_cancelled_fork_wait_lets_spawns_go_on(monkeypatch):
+    release = threading.Event()
+    monkeypatch.setattr(spawn.posix, "spawn",
+                        lambda argv, **kwargs: release.wait(10) and os.getpid())
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(spawn.start_child(["first"]))
+        await asyncio.sleep(0.02)
+
+        async def fork():
+            async with spawn.fork_window():
+                pass
+        forking = loop.create_task(fork())
+        await asyncio.sleep(0.02)
+        forking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forking
+        release.set()
+        await first
+        # A spawn after the cancelled wait is not held off by it.
+        return await asyncio.wait_for(spawn.start_child(["second"]), 5)
+    assert asyncio.run(main()).pid == os.getpid()
