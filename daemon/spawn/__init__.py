@@ -19,12 +19,10 @@ SIGCHLD handler, no child-watcher thread).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -114,57 +112,8 @@ class Child:
         return f"Child(pid={self.pid}, returncode={self.returncode})"
 
 
-# Until it execs, a posix_spawn child shares the daemon's memory (glibc clones with CLONE_VM).
-# os.fork() write-locks every memory area of the process (dup_mmap), so a fork in the loop
-# thread waits for a page fault of that child to finish -- and the child is SCHED_OTHER, kept
-# off the CPU by the real-time daemons. Seen in a 5-node fast-profile cluster: the loop thread
-# in uninterruptible sleep in dup_mmap for 22-38 ms while a spawn thread waited for its child's
-# exec, the stalls of 35-60 ms at recovery commits and one false death in the soak. So a fork
-# waits (without blocking the loop) until no such child is left, and no new one starts until
-# the fork is done.
-_gate = threading.Condition()
-_sharing_memory = 0     # posix_spawn children that have not exec'd yet
-_forks_waiting = 0
-
-
 def _spawn(argv: list[str], kwargs: dict[str, Any]) -> Child:
-    global _sharing_memory
-    with _gate:
-        _gate.wait_for(lambda: _forks_waiting == 0)
-        _sharing_memory += 1
-    try:
-        return Child(posix.spawn(argv, **kwargs))
-    finally:
-        with _gate:
-            _sharing_memory -= 1
-
-
-@contextlib.asynccontextmanager
-async def fork_window(poll: float = 0.001) -> AsyncIterator[None]:
-    """Around ``os.fork()`` in the loop thread: waits, polling, until no posix_spawn child shares
-    this process's memory, and keeps new spawns waiting until the block ends. The block must
-    not await (it holds a thread lock): the fork and nothing else."""
-    global _forks_waiting
-    with _gate:
-        _forks_waiting += 1
-    try:
-        while True:
-            _gate.acquire()
-            if _sharing_memory == 0:
-                break
-            _gate.release()
-            await asyncio.sleep(poll)
-    except BaseException:
-        with _gate:
-            _forks_waiting -= 1
-            _gate.notify_all()
-        raise
-    try:
-        yield
-    finally:
-        _forks_waiting -= 1
-        _gate.notify_all()
-        _gate.release()
+    return Child(posix.spawn(argv, **kwargs))
 
 
 async def start_child(argv: list[str], **kwargs: Any) -> Child:

@@ -15,10 +15,7 @@ daemon's loop only waits for a pipe. pyctdbd does the same with ``os.fork()``:
 - the daemon must hold no lock of that file while it forks (libtdb refuses a transaction with
   locks held and a traverse would misjudge them): :class:`~.database.Database` forks while it
   holds the database's turn;
-- the child's exit is watched with a pidfd (no SIGCHLD handler, no child-watcher thread);
-- the fork waits until no child started by posix_spawn still shares the daemon's memory
-  (``spawn.fork_window``: a fork write-locks every memory area, and would sleep until such a
-  child, starved of CPU, finished a page fault).
+- the child's exit is watched with a pidfd (no SIGCHLD handler, no child-watcher thread).
 
 Measured on this project's VM (2 cores, ext4 on virtio; ``tests/unit/test_store_child.py -s``
 prints them):
@@ -49,7 +46,6 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..spawn import fork_window
 from .libtdb import libc
 from .tdbfile import TdbFile
 
@@ -168,7 +164,7 @@ class _Child:
         return b"".join(chunks)
 
 
-async def start_call(fn: Callable[[], Any]) -> _Child:
+def start_call(fn: Callable[[], Any]) -> _Child:
     """Fork now; the child runs ``fn()`` and reports its (picklable) result. Await it with
     :func:`call_result`."""
     def body(wfd: int) -> None:
@@ -177,8 +173,7 @@ async def start_call(fn: Callable[[], Any]) -> _Child:
         except BaseException as exc:  # reported to the parent
             payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}"))
         _write_all(wfd, payload)
-    async with fork_window():
-        return _Child(body)
+    return _Child(body)
 
 
 async def call_result(child: _Child) -> Any:
@@ -202,7 +197,7 @@ async def call_result(child: _Child) -> Any:
 
 async def run_in_child(fn: Callable[[], Any]) -> Any:
     """Run ``fn()`` in a forked child; return its (picklable) result or raise ChildError."""
-    return await call_result(await start_call(fn))
+    return await call_result(start_call(fn))
 
 
 def transaction_call(tdb: TdbFile, fn: Callable[[TdbFile], Any]) -> Callable[[], Any]:
@@ -226,7 +221,7 @@ async def transaction_in_child(tdb: TdbFile, fn: Callable[[TdbFile], Any]) -> An
     return await run_in_child(transaction_call(tdb, fn))
 
 
-async def start_traverse(tdb: TdbFile, read_only: bool = True, batch: int = 65536) -> _Child:
+def start_traverse(tdb: TdbFile, read_only: bool = True, batch: int = 65536) -> _Child:
     """Fork now; the child traverses ``tdb`` and streams the records. Read them with
     :func:`traverse_records`."""
     def body(wfd: int) -> None:
@@ -251,8 +246,7 @@ async def start_traverse(tdb: TdbFile, read_only: bool = True, batch: int = 6553
         else:
             buf.extend(_FRAME.pack(b"E", 0, 0))
         _write_all(wfd, bytes(buf))
-    async with fork_window():
-        return _Child(body)
+    return _Child(body)
 
 
 async def traverse_records(child: _Child) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -290,5 +284,5 @@ async def traverse_in_child(tdb: TdbFile, *, read_only: bool = True
                             ) -> AsyncIterator[tuple[bytes, bytes]]:
     """Every (key, value) of the file, read by ``tdb_traverse_read`` (or ``tdb_traverse``) in a
     forked child and streamed over a pipe."""
-    async for item in traverse_records(await start_traverse(tdb, read_only)):
+    async for item in traverse_records(start_traverse(tdb, read_only)):
         yield item

@@ -147,7 +147,7 @@ class Database:
     async def run_in_child(self, fn: Callable[[TdbFile], Any]) -> Any:
         """``fn(tdb)`` in a forked child (forked while no task holds a lock of this file)."""
         async with self.locker.quiet():
-            started = await child.start_call(lambda: fn(self.tdb))
+            started = child.start_call(lambda: fn(self.tdb))
         with self._child_reports():
             return await child.call_result(started)
 
@@ -155,14 +155,14 @@ class Database:
         """``fn(tdb)`` inside a TDB transaction, committed (with fsync unless NOSYNC) in a forked
         child; ChildError if ``fn`` raises (nothing written) or the commit fails."""
         async with self.locker.quiet():
-            started = await child.start_call(child.transaction_call(self.tdb, fn))
+            started = child.start_call(child.transaction_call(self.tdb, fn))
         with self._child_reports():
             return await child.call_result(started)
 
     async def traverse(self, read_only: bool = True) -> AsyncIterator[tuple[bytes, bytes]]:
         """Every (key, value) of the file (values include their ltdb header), from a child."""
         async with self.locker.quiet():
-            started = await child.start_traverse(self.tdb, read_only)
+            started = child.start_traverse(self.tdb, read_only)
         with self._child_reports():
             async for item in child.traverse_records(started):
                 if len(item[1]) < LTDB_HEADER_SIZE and self.reports is not None:
@@ -194,7 +194,7 @@ async def run_in_child_over(dbs: list[Database], fn: Callable[[list[TdbFile]], A
     async with contextlib.AsyncExitStack() as turns:
         for db in sorted(dbs, key=lambda d: d.db_id):
             await turns.enter_async_context(db.locker.quiet())
-        started = await child.start_call(lambda: fn([db.tdb for db in dbs]))
+        started = child.start_call(lambda: fn([db.tdb for db in dbs]))
     return await child.call_result(started)
 
 
