@@ -466,7 +466,8 @@ class DatabaseRecoveryService:
                 raise PullStreamError("database is not attached")
             async with self._busy_lock(action.db_id):
                 self._usable_lock(action.db_id)
-                await run_in_child(commit_in_child(db.tdb, action.wiped, action.writes))
+                await run_in_child(commit_in_child(db.tdb, action.wiped, action.writes),
+                                   realtime=True)
         except (PullStreamError, ChildError, TdbError, OSError) as exc:
             error = str(exc)
         self._feed(rn.CommitDone(action.db_id, error))

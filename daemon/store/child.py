@@ -50,6 +50,7 @@ from .libtdb import libc
 from .tdbfile import TdbFile
 
 _PR_SET_PDEATHSIG = 1
+_RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
 
 _FRAME = struct.Struct("<cII")  # kind, key length, data length
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -82,11 +83,40 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-class _Child:
-    """A forked child, its result pipe, and its exit."""
+def _daemon_policy() -> tuple[int, os.sched_param] | None:
+    """The calling thread's real-time policy (without SCHED_RESET_ON_FORK), or None."""
+    try:
+        policy = os.sched_getscheduler(0) & ~_RESET_ON_FORK
+        if policy not in (os.SCHED_RR, os.SCHED_FIFO):
+            return None
+        return policy, os.sched_getparam(0)
+    except OSError:
+        return None
 
-    def __init__(self, body: Callable[[int], None]) -> None:
+
+def _take_policy(policy: tuple[int, os.sched_param] | None) -> None:
+    if policy is not None:
+        try:
+            os.sched_setscheduler(0, *policy)
+        except OSError:
+            pass
+
+
+class _Child:
+    """A forked child, its result pipe, and its exit.
+
+    A child starts SCHED_OTHER (the daemon's SCHED_RESET_ON_FORK) but takes the daemon's
+    real-time policy to exit, and for all of its work when ``realtime`` (transactions): while
+    it writes back the file's pages (fsync) and while it unmaps them at exit, it holds the
+    lock of the file's mappings that the daemon's next fork must take for writing. Kept off
+    the CPU by real-time daemons, a SCHED_OTHER child held it for tens of milliseconds: the
+    daemon's loop slept in fork (dup_mmap) for 22-69 ms at recovery commits, seen with the
+    tasks' kernel stacks in a 5-node fast-profile cluster -- a false death at a 60 ms dead
+    timeout."""
+
+    def __init__(self, body: Callable[[int], None], realtime: bool = False) -> None:
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        policy = _daemon_policy()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -95,10 +125,13 @@ class _Child:
             try:
                 os.close(rfd)
                 _child_setup()
+                if realtime:
+                    _take_policy(policy)
                 body(wfd)
             except BaseException:
                 code = 1
             finally:
+                _take_policy(policy)
                 os._exit(code)
         os.close(wfd)
         self.pid = pid
@@ -164,16 +197,17 @@ class _Child:
         return b"".join(chunks)
 
 
-def start_call(fn: Callable[[], Any]) -> _Child:
+def start_call(fn: Callable[[], Any], realtime: bool = False) -> _Child:
     """Fork now; the child runs ``fn()`` and reports its (picklable) result. Await it with
-    :func:`call_result`."""
+    :func:`call_result`. ``realtime``: the child runs ``fn`` at the daemon's real-time policy
+    (for transactions; see :class:`_Child`)."""
     def body(wfd: int) -> None:
         try:
             payload = pickle.dumps((True, fn()))
         except BaseException as exc:  # reported to the parent
             payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}"))
         _write_all(wfd, payload)
-    return _Child(body)
+    return _Child(body, realtime)
 
 
 async def call_result(child: _Child) -> Any:
@@ -195,9 +229,9 @@ async def call_result(child: _Child) -> Any:
     return value
 
 
-async def run_in_child(fn: Callable[[], Any]) -> Any:
+async def run_in_child(fn: Callable[[], Any], realtime: bool = False) -> Any:
     """Run ``fn()`` in a forked child; return its (picklable) result or raise ChildError."""
-    return await call_result(start_call(fn))
+    return await call_result(start_call(fn, realtime))
 
 
 def transaction_call(tdb: TdbFile, fn: Callable[[TdbFile], Any]) -> Callable[[], Any]:
@@ -218,7 +252,7 @@ async def transaction_in_child(tdb: TdbFile, fn: Callable[[TdbFile], Any]) -> An
     """``tdb_transaction_start``, ``fn(tdb)``, ``tdb_transaction_commit`` in a forked child (the
     commit's fsyncs happen there). An exception in ``fn`` cancels the transaction and is raised
     here as ChildError; nothing is written then."""
-    return await run_in_child(transaction_call(tdb, fn))
+    return await run_in_child(transaction_call(tdb, fn), realtime=True)
 
 
 def start_traverse(tdb: TdbFile, read_only: bool = True, batch: int = 65536) -> _Child:

@@ -155,7 +155,7 @@ class Database:
         """``fn(tdb)`` inside a TDB transaction, committed (with fsync unless NOSYNC) in a forked
         child; ChildError if ``fn`` raises (nothing written) or the commit fails."""
         async with self.locker.quiet():
-            started = child.start_call(child.transaction_call(self.tdb, fn))
+            started = child.start_call(child.transaction_call(self.tdb, fn), realtime=True)
         with self._child_reports():
             return await child.call_result(started)
 

@@ -345,3 +345,27 @@ def test_slow_disk_stalls_the_loop_only_when_committing_in_it(tmp_path):
           f"{worst['loop'] * 1000:.0f} ms, in a child {worst['child'] * 1000:.0f} ms")
     assert worst["loop"] >= 0.12  # the shim works: 4 syncs per commit, in the loop
     assert worst["child"] < 0.1
+
+
+def test_a_transaction_child_runs_at_the_daemons_real_time_policy_others_do_not():
+    # In a child interpreter that may set itself SCHED_RR (root); otherwise nothing to check.
+    script = r"""
+import asyncio, os, sys
+from ctdblab.daemon.store import child
+try:
+    os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+except PermissionError:
+    print("unprivileged")
+    sys.exit(0)
+async def main():
+    plain = await child.run_in_child(lambda: os.sched_getscheduler(0))
+    realtime = await child.run_in_child(lambda: os.sched_getscheduler(0), realtime=True)
+    return plain, realtime
+print(*asyncio.run(main()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    if out.stdout.strip() == "unprivileged":
+        pytest.skip("needs CAP_SYS_NICE to run real-time")
+    plain, realtime = map(int, out.stdout.split())
+    assert plain == os.SCHED_OTHER, out.stderr
+    assert realtime == os.SCHED_RR
