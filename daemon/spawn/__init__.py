@@ -29,6 +29,7 @@ from typing import Any
 from . import posix
 from .posix import DEVNULL
 
+
 def _run_like_the_main_thread() -> None:
     """A worker thread gets the main thread's scheduling policy. With SCHED_RESET_ON_FORK a new
     thread starts SCHED_OTHER, and a non-real-time thread that holds the GIL while real-time
@@ -47,7 +48,7 @@ def thread_pool(max_workers: int, name: str) -> ThreadPoolExecutor:
     ``Thread.start`` waits until the new thread has run; a thread made by a real-time thread
     with SCHED_RESET_ON_FORK starts SCHED_OTHER, so when real-time work keeps the cores busy
     that wait lasts up to the kernel's real-time throttling period: an 800 ms loop stall
-    measured (``benchmarks.spawn_inversion``) the first time a busy daemon needed a thread.
+    measured with a real-time spinner on the loop's core, the first time it needed a thread.
     So they are all made at once, while the daemon starts."""
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name,
                               initializer=_run_like_the_main_thread)
