@@ -502,6 +502,7 @@ class EventRunner:
         except OSError as exc:
             log.warning("cannot run debug script %s: %s", self.debug_script, exc.strerror)
             return
+
         async def output() -> bytes:
             assert proc.stdout is not None
             out = await proc.stdout.read()

@@ -12,8 +12,9 @@ scripts. With a 60 ms dead timeout that is a node declared dead.
 So children start in a worker thread through posix_spawn (:mod:`.posix`), whose ctypes call
 lets go of the GIL while the child execs -- Popen in a thread was not enough: on Python 3.11 it
 holds the GIL through the exec, and after the first fix the same soak still saw 77 stalls of
-31-197 ms with the loop asleep (waiting for that GIL). The exit is watched through a pidfd (no
-SIGCHLD handler, no child-watcher thread).
+31-197 ms with the loop asleep (part of them waiting for that GIL; forks behind starved
+children were the rest, see store/child.py). The exit is watched through a pidfd (no SIGCHLD
+handler, no child-watcher thread).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ the cores busy the child can wait for a CPU for up to the kernel's real-time thr
 the GIL, so the event loop, which needs the GIL for its next timer, sleeps: a loop stall with no
 CPU used ("blocked in the kernel" in the daemon's stall log). Measured on this machine with the
 caller at SCHED_FIFO 2 and a SCHED_FIFO 1 spinner on the same core: Popen in a worker thread
-left a 1 ms loop timer up to 950 ms late; this binding, whose foreign call releases the GIL like
-every ctypes call, left it at most 20 ms late.
+left a 1 ms loop timer 950-997 ms late at worst; this binding, whose foreign call releases the
+GIL like every ctypes call, 1.2-53 ms (50 ms is the kernel's real-time throttling;
+``benchmarks.spawn_inversion``, 3 runs).
 
 glibc's posix_spawn clones with CLONE_VM | CLONE_VFORK and returns the child's exec error (so
 a missing program is an OSError here, as with Popen). The child's file actions: the chosen
