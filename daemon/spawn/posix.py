@@ -16,7 +16,10 @@ glibc's posix_spawn clones with CLONE_VM | CLONE_VFORK and returns the child's e
 a missing program is an OSError here, as with Popen). The child's file actions: the chosen
 descriptors are duplicated onto 0, 1, 2 and then 3, 4, ... (``keep``), every other descriptor
 from there up is closed, the directory is changed; its signal mask is emptied and SIGPIPE and
-SIGXFSZ, which Python ignores, go back to their defaults (as Popen's ``restore_signals``).
+SIGXFSZ, which Python ignores, go back to their defaults (as Popen's ``restore_signals``). A
+``scheduler`` is set by the child first of all; with SCHED_RESET_ON_FORK, which glibc's setter
+refuses, it is written into the attribute's policy field (found at import and checked by
+reading it back), so a child can stay real-time until it execs while nothing it forks is.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ _HAS_CLOSEFROM = hasattr(_libc, "posix_spawn_file_actions_addclosefrom_np")
 _SETPGROUP = 0x02
 _SETSIGDEF = 0x04
 _SETSIGMASK = 0x08
+_SETSCHEDULER = 0x20
 _SETSID = 0x80
 
 #: Opaque glibc types, allocated larger than they are (80, 336 and 128 bytes on x86-64).
@@ -44,6 +48,40 @@ _OPAQUE_SIZE = 1024
 DEVNULL = -1  #: a standard stream from /dev/null
 #: What DEVNULL opens (stdin read-only, stdout and stderr write-only).
 NULL_DEVICE = b"/dev/null"
+
+
+RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
+
+
+def _policy_offset() -> int | None:
+    """Where posix_spawnattr_t keeps the policy, found by setting it twice (glibc's setter
+    refuses SCHED_RESET_ON_FORK, its child passes the field to sched_setscheduler as it is)."""
+    attr = ctypes.create_string_buffer(_OPAQUE_SIZE)
+    if _libc.posix_spawnattr_init(attr) != 0:
+        return None
+    try:
+        _libc.posix_spawnattr_setschedpolicy(attr, os.SCHED_RR)
+        first = attr.raw
+        _libc.posix_spawnattr_setschedpolicy(attr, os.SCHED_FIFO)
+        second = attr.raw
+        for offset in range(0, _OPAQUE_SIZE - 3, 4):
+            if (int.from_bytes(first[offset:offset + 4], "little") == os.SCHED_RR
+                    and int.from_bytes(second[offset:offset + 4], "little") == os.SCHED_FIFO):
+                ctypes.memmove(ctypes.addressof(attr) + offset,
+                               (os.SCHED_RR | RESET_ON_FORK).to_bytes(4, "little"), 4)
+                policy = ctypes.c_int(0)
+                _libc.posix_spawnattr_getschedpolicy(attr, ctypes.byref(policy))
+                return offset if policy.value == os.SCHED_RR | RESET_ON_FORK else None
+        return None
+    finally:
+        _libc.posix_spawnattr_destroy(attr)
+
+
+#: The policy field's offset; None where it cannot be found (then no child starts real-time).
+_POLICY_OFFSET = _policy_offset()
+#: Can a child keep a real-time policy until it execs, with SCHED_RESET_ON_FORK set (so nothing
+#: it forks is real-time)? See :func:`spawn`'s ``scheduler``.
+REALTIME_UNTIL_EXEC = _POLICY_OFFSET is not None
 
 
 def _check(result: int, what: str) -> None:
@@ -57,6 +95,16 @@ def _strings(items: Sequence[str | bytes]) -> ctypes.Array:
         if b"\0" in item:          # C would cut the string there (Popen refuses it too)
             raise ValueError(f"embedded null byte in {item[:40]!r}")
     return (ctypes.c_char_p * (len(encoded) + 1))(*encoded, None)
+
+
+def _set_scheduler(attr: ctypes.Array, policy: int, priority: int) -> None:
+    _check(_libc.posix_spawnattr_setschedpolicy(attr, policy & ~RESET_ON_FORK), "setschedpolicy")
+    _check(_libc.posix_spawnattr_setschedparam(attr, ctypes.byref(ctypes.c_int(priority))),
+           "setschedparam")
+    if policy & RESET_ON_FORK:
+        if _POLICY_OFFSET is None:
+            raise OSError(22, "this C library's posix_spawn cannot set SCHED_RESET_ON_FORK")
+        ctypes.memmove(ctypes.addressof(attr) + _POLICY_OFFSET, policy.to_bytes(4, "little"), 4)
 
 
 def _above(fd: int, floor: int, dups: list[int]) -> int:
@@ -73,11 +121,13 @@ def spawn(argv: Sequence[str], *, executable: str | None = None,
           env: Mapping[str, str] | None = None, cwd: str | None = None,
           stdin: int = DEVNULL, stdout: int = DEVNULL, stderr: int = DEVNULL,
           keep: Sequence[int] = (), new_session: bool = False,
-          new_process_group: bool = False) -> int:
+          new_process_group: bool = False,
+          scheduler: tuple[int, int] | None = None) -> int:
     """Start ``executable`` (default ``argv[0]``, searched in this process's $PATH when it has
     no ``/``) and return its pid. ``stdin``/``stdout``/``stderr`` are descriptors of this
     process or DEVNULL; ``keep`` are descriptors the child gets as 3, 4, ...; everything else
-    is closed."""
+    is closed. ``scheduler`` (policy, priority): the child sets it before its file actions; the
+    policy may carry SCHED_RESET_ON_FORK when REALTIME_UNTIL_EXEC."""
     if not argv:
         raise ValueError("spawn: empty argv")
     program = executable if executable is not None else argv[0]
@@ -126,6 +176,9 @@ def spawn(argv: Sequence[str], *, executable: str | None = None,
             elif new_process_group:
                 flags |= _SETPGROUP
                 _check(_libc.posix_spawnattr_setpgroup(attr, 0), "setpgroup")
+            if scheduler is not None:
+                _set_scheduler(attr, *scheduler)
+                flags |= _SETSCHEDULER
             _check(_libc.posix_spawnattr_setflags(attr, ctypes.c_short(flags)), "setflags")
 
             pid = ctypes.c_int(0)

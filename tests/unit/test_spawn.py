@@ -143,8 +143,44 @@ worker = spawn.start_spawner().submit(os.sched_getscheduler, 0).result()
 print(main, worker)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
-    main, worker = out.stdout.split()
-    assert main == worker and int(main) != os.SCHED_OTHER, out.stderr
+    main, worker = map(int, out.stdout.split())
+    # The spawn threads drop SCHED_RESET_ON_FORK: their children set their own policy.
+    assert main & ~os.SCHED_RESET_ON_FORK == worker and main != os.SCHED_OTHER, out.stderr
+
+
+#: Prints its own policy and that of a child it forks, once its parent has had time to act.
+FORKING_CHILD = """
+import os, time
+time.sleep(0.3)
+pid = os.fork()
+if pid == 0:
+    print(os.sched_getscheduler(0), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.sched_getscheduler(0), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="real-time scheduling needs root")
+def test_a_child_of_a_realtime_daemon_is_sched_other_once_started_and_so_is_what_it_forks():
+    script = r"""
+import asyncio, os, sys
+from ctdblab.daemon import spawn
+os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+async def main():
+    rfd, wfd = os.pipe()
+    child = await spawn.start_child([sys.executable, "-c", sys.argv[1]], stdout=wfd)
+    os.close(wfd)
+    at_start = os.sched_getscheduler(child.pid)
+    code = await spawn.watch_exit(child)
+    print(at_start, code, *os.read(rfd, 100).decode().split())
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script, FORKING_CHILD], capture_output=True,
+                         text=True, timeout=30)
+    other = str(os.SCHED_OTHER)
+    # at start, exit code, the grandchild's policy, the child's own
+    assert out.stdout.split() == [other, "0", other, other], out.stderr
 
 
 def test_a_thread_pool_has_all_its_threads_when_it_is_returned():

@@ -107,6 +107,17 @@ def test_new_session_and_new_process_group():
     assert pgid == pid and sid != pid
 
 
+def test_the_child_sets_the_scheduler_it_is_given_also_with_reset_on_fork():
+    # (Unprivileged, a child may not make itself real-time; it may set the flag.)
+    assert posix.REALTIME_UNTIL_EXEC         # glibc's policy field was found (Debian 12)
+    script = "import os; print(os.sched_getscheduler(0))"
+    if os.geteuid() == 0:
+        wanted = os.SCHED_RR | posix.RESET_ON_FORK
+        assert int(output_of(script, scheduler=(wanted, 1))) == wanted
+    flagged = os.SCHED_OTHER | posix.RESET_ON_FORK
+    assert int(output_of(script, scheduler=(flagged, 0))) == flagged
+
+
 def test_a_missing_program_or_directory_is_an_oserror_with_errno():
     with pytest.raises(FileNotFoundError):
         posix.spawn(["/nonexistent/program"])
