@@ -260,9 +260,17 @@ class SendState:
 
 @dataclass(frozen=True)
 class FailControls:
-    """Controls waiting on `pnn` will never be answered (it disconnected)."""
+    """Controls waiting on `pnn` will never be answered: it disconnected (`gone`), or it has
+    just connected, so they were sent while it was not connected -- queued for a connection
+    still being made, their replies perhaps queued on the far side for a connection that went
+    (seen: a recovery's GET_DBNAME waited its whole 30 s, the cluster without public IPs)."""
 
     pnn: int
+    gone: bool = True
+
+    @property
+    def reason(self) -> str:
+        return "node is disconnected" if self.gone else "node reconnected while the control waited"
 
 
 @dataclass(frozen=True)
@@ -432,6 +440,8 @@ class NodeCore:
                                                     f"{len(self.connected_peers())} connected")]
         actions += self.detector.peer_up(ev.pnn, now)
         actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
+        if change is not None:
+            actions.append(FailControls(ev.pnn, gone=False))
         actions += [SendState(ev.pnn), PeerJoined(ev.pnn)]
         if change is not None:
             actions += self._leader_work(True, True, f"node {ev.pnn} connected")

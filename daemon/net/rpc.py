@@ -3,7 +3,9 @@
 Used for the daemon's own work (takeover runs, flag pushes) and to forward a local client's
 control to the node it names. A pending control fails with a `ControlError` when its timeout
 passes or when the node disconnects ("node is disconnected", as ctdbd answers); a control to a
-node that is not connected fails at once.
+node that is not connected fails at once. One that was queued for a node still connecting fails
+when that queue is thrown away or the node comes up: its reply may have been lost with the
+connections that came and went, and a recovery must not wait the whole timeout for it.
 """
 
 from __future__ import annotations
@@ -88,12 +90,12 @@ class ControlClient:
             pending.future.set_result(reply)
         return True
 
-    def node_down(self, pnn: int) -> int:
+    def node_down(self, pnn: int, reason: str = "node is disconnected") -> int:
         """Fail every control waiting on `pnn`; returns how many."""
         failed = 0
         for pending in list(self._pending.values()):
             if pending.pnn == pnn and not pending.future.done():
-                pending.future.set_exception(ControlError("node is disconnected"))
+                pending.future.set_exception(ControlError(reason))
                 failed += 1
         return failed
 

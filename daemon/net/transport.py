@@ -174,6 +174,9 @@ class NodeTransport:
     on_peer_up: Callable[[int], None]
     on_peer_down: Callable[[int, str], None]
     log: Log
+    #: Frames queued for a peer not connected yet were thrown away (its connection went first):
+    #: the controls among them will get no reply.
+    on_undelivered: Callable[[int], None] = lambda pnn: None
     _peers: dict[int, _Peer] = field(default_factory=dict)
     _server: asyncio.base_events.Server | None = None
     _by_address: dict[str, int] = field(default_factory=dict)
@@ -345,7 +348,7 @@ class NodeTransport:
         if peer is None:
             return
         self._log(f"Tearing down connection to dead node :{pnn} ({reason})")
-        peer.waiting.clear()
+        self._discard_waiting(peer)
         if peer.outbound is not None and peer.outbound.transport is not None:
             peer.outbound.transport.abort()
         for inbound in (peer.standby, peer.inbound):
@@ -369,6 +372,11 @@ class NodeTransport:
         return sent, received
 
     # -- connection bookkeeping ------------------------------------------------------------------
+    def _discard_waiting(self, peer: _Peer) -> None:
+        if peer.waiting:
+            peer.waiting.clear()
+            self.on_undelivered(peer.pnn)
+
     def _update(self, peer: _Peer, reason: str = "") -> None:
         both = (peer.outbound is not None and peer.inbound is not None
                 and peer.outbound.transport is not None and not peer.outbound.transport.is_closing()
@@ -468,7 +476,7 @@ class NodeTransport:
         if peer.standby is not None and not peer.standby.closing:
             self._promote(peer.standby, "the old one closed")
             return
-        peer.waiting.clear()
+        self._discard_waiting(peer)
         self._update(peer, f"inbound connection lost ({_describe(exc) if exc else 'closed'})")
 
 

@@ -109,7 +109,8 @@ class Daemon:
         self.local = LocalServer(options.socket_path, lambda client, frame: self.clients.on_frame(client, frame),
                                  self._on_client_gone, lambda m: log.warning("%s", m))
         self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
-                                       self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m))
+                                       self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m),
+                                       self._on_undelivered)
         self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
                                 lock_setting=lock_spec.setting if lock_spec else "",
                                 start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
@@ -303,6 +304,10 @@ class Daemon:
 
     def _on_peer_down(self, pnn: int, reason: str) -> None:
         self.node.step(PeerDisconnected(pnn, reason))
+
+    def _on_undelivered(self, pnn: int) -> None:
+        """Frames queued for `pnn` while it connected were thrown away: no reply will come."""
+        self.messenger.rpc.node_down(pnn, "node is disconnected")
 
     def _on_node_frame(self, pnn: int, frame: bytes) -> None:
         if self.tasks.shutting_down:

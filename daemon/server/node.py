@@ -213,8 +213,9 @@ class NodeService:
             self.messenger.send_message(action.dest, internal.NODE_STATE, data)
 
     def _fail_controls(self, action: FailControls) -> None:
-        self.messenger.rpc.node_down(action.pnn)
-        self.events.peer_gone(action.pnn)
+        self.messenger.rpc.node_down(action.pnn, action.reason)
+        if action.gone:
+            self.events.peer_gone(action.pnn)
 
     def _broadcast_leader(self, action: BroadcastLeader) -> None:
         """The 1 Hz leader broadcast, to every connected node and local clients; the frames

@@ -45,6 +45,8 @@ def test_connect_and_disconnect_are_logged_in_ctdbs_words_and_fail_pending_contr
     up = c.step(PeerConnected(1), 1.0)
     assert "198.18.0.1:4379: connected to 198.18.0.2:4379 - 1 connected" in texts(up)
     assert SendState(1) in up
+    # What waited on it was sent while it was not connected: it may never be answered.
+    assert FailControls(1, gone=False) in up
     down = c.step(PeerDisconnected(1, "connection reset"), 2.0)
     assert "198.18.0.1:4379: node 198.18.0.2:4379 is dead: 0 connected (connection reset)" in texts(down)
     assert FailControls(1) in down

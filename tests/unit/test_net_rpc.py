@@ -36,6 +36,11 @@ def test_reply_matching_timeout_and_disconnect():
         assert rpc.node_down(2) == 1
         with pytest.raises(ControlError, match="disconnected"):
             await task
+        task = asyncio.create_task(rpc.request(2, Control.PING, timeout=5))
+        await asyncio.sleep(0)
+        assert rpc.node_down(2, "node reconnected while the control waited") == 1
+        with pytest.raises(ControlError, match="reconnected"):
+            await task
         with pytest.raises(ControlError, match="disconnected"):
             await rpc.request(9, Control.PING)                            # cannot even send
         assert rpc.pending_count() == 0

@@ -201,3 +201,32 @@ def test_a_connection_lost_after_a_while_is_dialled_again_at_once_a_young_one_af
         assert quick < 0.4, quick
         assert slow >= 0.45, slow
     run(main())
+
+
+def test_frames_queued_for_a_peer_still_connecting_are_reported_when_thrown_away():
+    """A peer connected to us while our connection to it is not up yet: frames for it wait.
+    If its connection goes before ours comes up they are thrown away, and the owner hears of it
+    (the controls among them would otherwise wait their whole timeout for a reply)."""
+    async def main():
+        addrs = _addresses()
+        port = random.randint(20000, 60000)
+        b = Node(1, addrs, port)
+        undelivered = []
+        b.t.on_undelivered = undelivered.append
+        await b.t.start()
+        try:
+            loop = asyncio.get_running_loop()
+            s = socket.socket()                    # node 0 dials in; nobody listens for it
+            s.setblocking(False)
+            s.bind((addrs[0], 0))
+            await loop.sock_connect(s, (addrs[1], port))
+            frame = encode_packet(ReqMessage(0x1234, b"for later"), destnode=0, srcnode=1, reqid=3)
+            await until(lambda: b.t.send(0, frame))         # queued once the inbound is there
+            assert undelivered == [] and b.down == []
+            s.close()
+            await until(lambda: undelivered == [0])
+            assert b.down == []                             # it was never up: not a death
+            assert not b.t.send(0, frame)
+        finally:
+            await b.t.close()
+    run(main())
