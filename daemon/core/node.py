@@ -440,7 +440,7 @@ class NodeCore:
                                                     f"{len(self.connected_peers())} connected")]
         actions += self.detector.peer_up(ev.pnn, now)
         actions += self._election(self.election.set_connected(self.connected_peers(), now), now)
-        if change is not None:
+        if change is not None:      # before anything below sends the node a new control
             actions.append(FailControls(ev.pnn, gone=False))
         actions += [SendState(ev.pnn), PeerJoined(ev.pnn)]
         if change is not None:

@@ -307,7 +307,7 @@ class Daemon:
 
     def _on_undelivered(self, pnn: int) -> None:
         """Frames queued for `pnn` while it connected were thrown away: no reply will come."""
-        self.messenger.rpc.node_down(pnn, "node is disconnected")
+        self.messenger.rpc.node_down(pnn)
 
     def _on_node_frame(self, pnn: int, frame: bytes) -> None:
         if self.tasks.shutting_down:

@@ -119,13 +119,14 @@ class Child:
         return f"Child(pid={self.pid}, returncode={self.returncode})"
 
 
-def _realtime_without_reset() -> tuple[int, int] | None:
-    """This thread's real-time policy and priority when its children inherit it, else None."""
+def realtime_policy() -> tuple[int, os.sched_param] | None:
+    """The calling thread's real-time policy (without SCHED_RESET_ON_FORK) and its parameters;
+    None when it is not real-time."""
     try:
-        policy = os.sched_getscheduler(0)
-        if policy & posix.RESET_ON_FORK or policy not in (os.SCHED_FIFO, os.SCHED_RR):
+        policy = os.sched_getscheduler(0) & ~posix.RESET_ON_FORK
+        if policy not in (os.SCHED_RR, os.SCHED_FIFO):
             return None
-        return policy, os.sched_getparam(0).sched_priority
+        return policy, os.sched_getparam(0)
     except (OSError, AttributeError):
         return None
 
@@ -142,11 +143,12 @@ def start_child_now(argv: list[str], **kwargs: Any) -> Child:
     back to SCHED_OTHER here as soon as posix_spawn returns, which is when it has exec'd. With
     a SCHED_FIFO 1 spinner on the core, a spawn thread at SCHED_FIFO 2 started 27-1168 children
     of /bin/true in 3 s the old way, 3665-4306 this way (``benchmarks.spawn_inversion``)."""
-    realtime = _realtime_without_reset()
-    if realtime is None:
-        return Child(posix.spawn(argv, **kwargs))
-    policy, priority = realtime
-    pid = posix.spawn(argv, scheduler=(policy | posix.RESET_ON_FORK, priority), **kwargs)
+    realtime = realtime_policy()
+    if realtime is None or os.sched_getscheduler(0) & posix.RESET_ON_FORK:
+        return Child(posix.spawn(argv, **kwargs))      # starts SCHED_OTHER (or stays it)
+    policy, param = realtime
+    pid = posix.spawn(argv, scheduler=(policy | posix.RESET_ON_FORK, param.sched_priority),
+                      **kwargs)
     child = Child(pid)
     try:
         os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))

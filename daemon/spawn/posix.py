@@ -53,6 +53,10 @@ NULL_DEVICE = b"/dev/null"
 RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
 
 
+def _write_policy(attr: ctypes.Array, offset: int, policy: int) -> None:
+    ctypes.memmove(ctypes.addressof(attr) + offset, policy.to_bytes(4, "little"), 4)
+
+
 def _policy_offset() -> int | None:
     """Where posix_spawnattr_t keeps the policy, found by setting it twice (glibc's setter
     refuses SCHED_RESET_ON_FORK, its child passes the field to sched_setscheduler as it is)."""
@@ -67,8 +71,7 @@ def _policy_offset() -> int | None:
         for offset in range(0, _OPAQUE_SIZE - 3, 4):
             if (int.from_bytes(first[offset:offset + 4], "little") == os.SCHED_RR
                     and int.from_bytes(second[offset:offset + 4], "little") == os.SCHED_FIFO):
-                ctypes.memmove(ctypes.addressof(attr) + offset,
-                               (os.SCHED_RR | RESET_ON_FORK).to_bytes(4, "little"), 4)
+                _write_policy(attr, offset, os.SCHED_RR | RESET_ON_FORK)
                 policy = ctypes.c_int(0)
                 _libc.posix_spawnattr_getschedpolicy(attr, ctypes.byref(policy))
                 return offset if policy.value == os.SCHED_RR | RESET_ON_FORK else None
@@ -104,7 +107,7 @@ def _set_scheduler(attr: ctypes.Array, policy: int, priority: int) -> None:
     if policy & RESET_ON_FORK:
         if _POLICY_OFFSET is None:
             raise OSError(22, "this C library's posix_spawn cannot set SCHED_RESET_ON_FORK")
-        ctypes.memmove(ctypes.addressof(attr) + _POLICY_OFFSET, policy.to_bytes(4, "little"), 4)
+        _write_policy(attr, _POLICY_OFFSET, policy)
 
 
 def _above(fd: int, floor: int, dups: list[int]) -> int:

@@ -46,11 +46,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from ..spawn import realtime_policy
 from .libtdb import libc
 from .tdbfile import TdbFile
 
 _PR_SET_PDEATHSIG = 1
-_RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
 
 _FRAME = struct.Struct("<cII")  # kind, key length, data length
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -83,17 +83,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _daemon_policy() -> tuple[int, os.sched_param] | None:
-    """The calling thread's real-time policy (without SCHED_RESET_ON_FORK), or None."""
-    try:
-        policy = os.sched_getscheduler(0) & ~_RESET_ON_FORK
-        if policy not in (os.SCHED_RR, os.SCHED_FIFO):
-            return None
-        return policy, os.sched_getparam(0)
-    except OSError:
-        return None
-
-
 def _take_policy(policy: tuple[int, os.sched_param] | None) -> None:
     if policy is not None:
         try:
@@ -116,7 +105,7 @@ class _Child:
 
     def __init__(self, body: Callable[[int], None], realtime: bool = False) -> None:
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
-        policy = _daemon_policy()
+        policy = realtime_policy()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
