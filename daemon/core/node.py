@@ -395,6 +395,13 @@ class NodeCore:
         return (bool(self.capabilities & CAP_RECMASTER) and not self.nodemap.inactive
                 and not self.quorum.cut_off)
 
+    def hosting_refusal(self) -> str | None:
+        """Why this node must not host public IPs now (core/quorum.py), or None."""
+        if self.quorum.cut_off:
+            return (f"cut off from the majority ({len(self.connected_peers()) + 1} of "
+                    f"{self.quorum.members} nodes connected)")
+        return None
+
     def connected_peers(self) -> set[int]:
         return {p for p in self.nodemap.connected_pnns() if p != self.my_pnn}
 

@@ -129,7 +129,8 @@ class Daemon:
                                       self.tasks)
         self.ips = PublicIPService(public, nodemap, options.effects, self.connections, self.scripts,
                                    self.messenger, self.tunables, self.tasks,
-                                   failover_disabled=self.failover_disabled, ban_self=self.monitor.ban_self)
+                                   failover_disabled=self.failover_disabled, ban_self=self.monitor.ban_self,
+                                   hosting_refusal=core.hosting_refusal)
         self.leader = LeaderService(core, self.messenger, self.tunables, self.tasks, started_at=now,
                                     clock=self.clock, failover_disabled=self.failover_disabled,
                                     ips_hosted=self.ips.any_hosted, ban_this_node=self.node.ban,

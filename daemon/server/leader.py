@@ -162,7 +162,19 @@ class LeaderService:
                 self._wakeup.set()
 
     # -- recovery --------------------------------------------------------------------------------
+    def _still_leading(self, what: str) -> bool:
+        """Leadership can end while a run waits for its controls (cut off from the majority, or
+        the cluster lock lost). A run that went on would act for a cluster this node no longer
+        leads: seen in the lab, a leader cut off between two deaths recovered alone, left the
+        recovery mode it had entered to protect persistent commits and gave itself every IP."""
+        if self.node.is_leader:
+            return True
+        notice("%s abandoned: this node is no longer the leader", what)
+        return False
+
     async def _recover(self) -> bool:
+        if not self._still_leading("Recovery"):
+            return False
         current = self.vnnmap()
         previous_map = current.map if current.generation != INVALID_GENERATION else []
         plan = plan_recovery(self.node.nodemap.active_pnns(), self.node.lmaster_pnns(),
@@ -170,6 +182,8 @@ class LeaderService:
         timeout = float(self.tunables.get("RecoverTimeout"))
         notice("Recovery initiated: generation %u, vnnmap %s", plan.generation, plan.vnnmap.map)
         for stage in plan.stages:
+            if not self._still_leading("Recovery"):
+                return False
             if stage.databases:
                 if self.recovery_pause > 0:
                     log.warning("Recovery paused for %.1f s before the databases "
@@ -213,6 +227,8 @@ class LeaderService:
         return ok
 
     async def _takeover_run(self, force_rebalance: tuple[int, ...]) -> bool:
+        if not self._still_leading("Takeover run"):
+            return False
         notice("Takeover run starting")
         flags = [n.flags for n in self.node.nodemap.nodes]
         connected = self.node.nodemap.connected_pnns()
@@ -234,6 +250,8 @@ class LeaderService:
             if ips is None:
                 return False
             available[pnn] = [str(ip.addr.canonical()) for ip in ips.ips]
+        if not self._still_leading("Takeover run"):
+            return False
         try:
             plan = plan_takeover_run(
                 flags, known, available, algorithm=self.tunables.get("IPAllocAlgorithm"),
@@ -253,6 +271,8 @@ class LeaderService:
         # RELEASE_IP to non-owners, then TAKEOVER_IP to owners, each stage in parallel.
         if not await self._each([(r.pnn, pack_request(Control.RELEASE_IP, public_ip(r.new_owner, r.ip)))
                                  for r in plan.releases], Control.RELEASE_IP, left()):
+            return False
+        if not self._still_leading("Takeover run"):
             return False
         if not await self._each([(t.pnn, pack_request(Control.TAKEOVER_IP, public_ip(t.pnn, t.ip)))
                                  for t in plan.takes], Control.TAKEOVER_IP, left()):

@@ -33,8 +33,11 @@ RECONCILE_TIMEOUT = 2.0      # s for the leader's table of public IPs
 class PublicIPService:
     def __init__(self, table: PublicIPs, nodemap: NodeMap, effects: Effects, connections: ConnectionTracker,
                  scripts: ScriptEvents, messenger: Messenger, tunables: Tunables, tasks: Tasks, *,
-                 failover_disabled: bool, ban_self: Callable[[str], None]) -> None:
+                 failover_disabled: bool, ban_self: Callable[[str], None],
+                 hosting_refusal: Callable[[], str | None] = lambda: None) -> None:
         self.table = table
+        #: Why this node must not host public IPs now (cut off from the majority), or None.
+        self.hosting_refusal = hosting_refusal
         self.nodemap = nodemap
         self.effects = effects
         self.connections = connections
@@ -71,6 +74,8 @@ class PublicIPService:
 
     def available(self) -> list[Vnn]:
         """The IPs this node could host now (CTDB's ONLY_AVAILABLE)."""
+        if self.hosting_refusal() is not None:
+            return []
         can_host = self.nodemap.can_host_ips()
         return [v for v in self.table if self.table.available(v, can_host)]
 
@@ -103,10 +108,21 @@ class PublicIPService:
                      vnn.prefixlen, vnn.iface)
             vnn.pnn = my_pnn
             return Result(0)
+        refusal = self.hosting_refusal()
+        if refusal is not None:
+            log.error("Takeover of IP %s/%u refused: this node is %s", vnn.ip, vnn.prefixlen, refusal)
+            return Result(-1, errmsg=f"this node is {refusal}")
         if vnn.update_in_flight:
             notice("Takeover of IP %s/%u rejected update for this IP already in flight", vnn.ip, vnn.prefixlen)
             return Result(-1, errmsg="update already in flight")
-        return await self.take(vnn)
+        result = await self.take(vnn)
+        refusal = self.hosting_refusal()
+        if result.status == 0 and refusal is not None:
+            # Cut off while the takeip event ran: the release of all IPs skipped this one.
+            log.error("Releasing IP %s/%u just taken: this node is now %s", vnn.ip, vnn.prefixlen, refusal)
+            await self.release_held(vnn, UNKNOWN_PNN)
+            return Result(-1, errmsg=f"this node is {refusal}")
+        return result
 
     async def release(self, ip: str | None, new_owner: int) -> Result:
         vnn = self.table.find(ip) if ip else None

@@ -355,3 +355,17 @@ def test_a_stall_says_how_much_cpu_the_daemon_used_meanwhile():
     queued = texts(c.step(Tick(cpu=1.606, waited=0.680), 3.0))   # 580 ms waiting for a CPU
     assert any("(this daemon used 2 ms of CPU and waited 580 ms for one in the last 600 ms)" in t
                for t in queued), queued
+
+
+def test_a_node_cut_off_from_the_majority_says_why_it_must_not_host_ips():
+    """The public IP service asks this before it takes an IP (server/public_ips.py)."""
+    c = core(pnn=1)
+    c.step(PeerConnected(0), 1.0)
+    c.step(PeerConnected(2), 1.0)
+    assert c.hosting_refusal() is None
+    c.step(PeerDisconnected(0, "test"), 2.0)
+    assert c.hosting_refusal() is None                     # 2 of 3: still the majority
+    c.step(PeerDisconnected(2, "test"), 2.1)
+    assert c.hosting_refusal() == "cut off from the majority (1 of 3 nodes connected)"
+    c.step(PeerConnected(2), 3.0)
+    assert c.hosting_refusal() is None
