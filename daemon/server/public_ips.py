@@ -38,6 +38,7 @@ class PublicIPService:
         self.table = table
         #: Why this node must not host public IPs now (cut off from the majority), or None.
         self.hosting_refusal = hosting_refusal
+        self._refused = False       # hosting was refused since the last takeover run asked for
         self.nodemap = nodemap
         self.effects = effects
         self.connections = connections
@@ -75,6 +76,7 @@ class PublicIPService:
     def available(self) -> list[Vnn]:
         """The IPs this node could host now (CTDB's ONLY_AVAILABLE)."""
         if self.hosting_refusal() is not None:
+            self._refused = True
             return []
         can_host = self.nodemap.can_host_ips()
         return [v for v in self.table if self.table.available(v, can_host)]
@@ -110,6 +112,7 @@ class PublicIPService:
             return Result(0)
         refusal = self.hosting_refusal()
         if refusal is not None:
+            self._refused = True
             log.error("Takeover of IP %s/%u refused: this node is %s", vnn.ip, vnn.prefixlen, refusal)
             return Result(-1, errmsg=f"this node is {refusal}")
         if vnn.update_in_flight:
@@ -296,11 +299,17 @@ class PublicIPService:
         self._next_verify = now + max(1, self.tunables.get("RecoverInterval"))
         if self.failover_disabled or leader == UNKNOWN_PNN or self.nodemap.me.flags:
             return
-        unassigned = [v for v in self.available() if v.pnn == UNKNOWN_PNN]
-        if not unassigned:
-            return
-        for vnn in unassigned:
-            log.warning("Unassigned IP %s can be served by this node", vnn.ip)
+        if self._refused and self.hosting_refusal() is None:
+            # The runs while it was cut off gave it nothing, and its rejoining the majority
+            # changes no flag that would make the leader run again: ask, once.
+            self._refused = False
+            notice("This node may host public IPs again (no longer cut off from the majority)")
+        else:
+            unassigned = [v for v in self.available() if v.pnn == UNKNOWN_PNN]
+            if not unassigned:
+                return
+            for vnn in unassigned:
+                log.warning("Unassigned IP %s can be served by this node", vnn.ip)
         notice("Trigger takeoverrun")
         self._asked_until = now + VERIFY_WAIT
         self.messenger.send_message(leader, Srvid.TAKEOVER_RUN,

@@ -12,7 +12,7 @@ from ctdblab.daemon.config import Tunables
 from ctdblab.daemon.core.nodes import NodeMap
 from ctdblab.daemon.core.publicips import PublicIPs
 from ctdblab.daemon.failover.effects import RecordingEffects
-from ctdblab.daemon.protocol.constants import Runstate
+from ctdblab.daemon.protocol.constants import Runstate, Srvid
 from ctdblab.daemon.server.public_ips import PublicIPService
 from ctdblab.daemon.server.tasks import Tasks
 
@@ -21,8 +21,14 @@ IPS = ["198.19.8.1", "198.19.8.2"]
 
 
 class Messenger:
+    def __init__(self):
+        self.messages: list[tuple[int, int]] = []
+
     def deliver_local(self, srvid, data):
         pass
+
+    def send_message(self, pnn, srvid, data):
+        self.messages.append((pnn, srvid))
 
 
 class Connections:
@@ -84,3 +90,21 @@ def test_an_ip_taken_while_the_node_was_cut_off_is_released_at_once():
     assert result.status == -1
     assert effects.held == {}
     assert svc.held_ips() == []
+
+
+def test_a_node_back_among_the_majority_asks_the_leader_for_a_takeover_run_once():
+    """The runs while it was cut off gave it nothing, and nothing else would make the leader
+    run again: a node that rejoined through several peers one after the other stayed empty."""
+    refusal = ["cut off from the majority (2 of 5 nodes connected)"]
+    svc, _ = service(refusal)
+    for vnn in svc.table:
+        vnn.pnn = 2                              # the majority serves them all
+    assert svc.available() == []                 # the leader's run while it was cut off
+    svc.verify(10.0, leader=1)
+    assert svc.messenger.messages == []          # still cut off: nothing to ask for
+    refusal[0] = None
+    svc.verify(11.0, leader=1)
+    assert svc.messenger.messages == [(1, Srvid.TAKEOVER_RUN)]
+    svc._asked_until = 0.0                       # the run it asked for ended
+    svc.verify(12.0, leader=1)
+    assert svc.messenger.messages == [(1, Srvid.TAKEOVER_RUN)]     # once
