@@ -194,3 +194,36 @@ def test_a_frozen_leader_is_replaced_and_its_ips_served_by_the_majority(cluster,
     cluster.wait_until(cluster.healthy, 30, "healthy after the thaw")
     cluster.wait_until(lambda: all(len([p for p in range(3) if ip in configured(cluster, p)]) == 1
                                    for ip in cluster.public_ips()), 10, "every IP on exactly one node")
+
+
+HEAL_HOST_BOUND = 8.0      # s from the heal until the rejoined node hosts a public IP again
+
+
+def test_a_node_isolated_from_five_hosts_public_ips_again_after_the_heal(lab_cluster, tmp_path):
+    """Rejoining, the node reconnects to its peers one after the other (each dial retries on its
+    own 1 s clock). Connected to the leader alone it is still cut off (2 of 5), so the run the
+    leader starts for it gives it nothing; back among the majority it asks for a run itself
+    (server/public_ips.py `verify`). Before that it could stay without IPs until some other
+    event made the leader run again."""
+    cluster = lab_cluster(5, daemon="pyctdbd", tunables="aggressive", clustered_smbd=False)
+    leader = cluster.leader(0)
+    victim = next(p for p in range(5) if p != leader)
+    others = [p for p in range(5) if p != victim]
+    assert configured(cluster, victim)
+    with History(tmp_path / "h.jsonl") as history:
+        nemesis = chaos.Nemesis(cluster, history)
+        nemesis.inject(chaos.Partition([others, [victim]]))
+        try:
+            cluster.wait_until(lambda: not configured(cluster, victim), RELEASE_BOUND + 1.0,
+                               f"node {victim} releasing its IPs")
+            cluster.wait_until(lambda: set().union(*(configured(cluster, p) for p in others))
+                               == set(cluster.public_ips()), SERVE_BOUND, "the majority serving every IP")
+        finally:
+            nemesis.inject(chaos.Heal())
+        took = cluster.wait_until(lambda: bool(configured(cluster, victim)), HEAL_HOST_BOUND,
+                                  f"node {victim} hosting a public IP again")
+    asked = "may host public IPs again" in log_text(cluster, victim)
+    print(f"\nisolated from five: node {victim} hosted a public IP {took:.2f} s after the heal "
+          f"({'it asked for a takeover run' if asked else 'the leader ran at its rejoin'})")
+    cluster.wait_until(lambda: all(len([p for p in range(5) if ip in configured(cluster, p)]) == 1
+                                   for ip in cluster.public_ips()), 10, "every IP on exactly one node")
