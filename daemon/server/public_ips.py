@@ -105,16 +105,16 @@ class PublicIPService:
         if vnn is None:
             log.info("takeoverip called for an ip '%s' that is not a public address", ip)
             return Result(0)
-        if vnn.iface is not None and self.holds_on_host(vnn):
-            log.info("Redundant takeover of IP %s/%u on interface %s (ip already held)", vnn.ip,
-                     vnn.prefixlen, vnn.iface)
-            vnn.pnn = my_pnn
-            return Result(0)
         refusal = self.hosting_refusal()
         if refusal is not None:
             self._refused = True
             log.error("Takeover of IP %s/%u refused: this node is %s", vnn.ip, vnn.prefixlen, refusal)
             return Result(-1, errmsg=f"this node is {refusal}")
+        if vnn.iface is not None and self.holds_on_host(vnn):
+            log.info("Redundant takeover of IP %s/%u on interface %s (ip already held)", vnn.ip,
+                     vnn.prefixlen, vnn.iface)
+            vnn.pnn = my_pnn
+            return Result(0)
         if vnn.update_in_flight:
             notice("Takeover of IP %s/%u rejected update for this IP already in flight", vnn.ip, vnn.prefixlen)
             return Result(-1, errmsg="update already in flight")

@@ -108,3 +108,13 @@ def test_a_node_back_among_the_majority_asks_the_leader_for_a_takeover_run_once(
     svc._asked_until = 0.0                       # the run it asked for ended
     svc.verify(12.0, leader=1)
     assert svc.messenger.messages == [(1, Srvid.TAKEOVER_RUN)]     # once
+
+
+def test_a_cut_off_node_does_not_acknowledge_an_ip_it_still_holds():
+    """Its release of every IP may still be under way: a stale TAKEOVER_IP for one of them is
+    refused too, so no leader counts on it."""
+    refusal = [None]
+    svc, effects = service(refusal)
+    assert asyncio.run(svc.takeover(IPS[0], ME)).status == 0
+    refusal[0] = "cut off from the majority (1 of 3 nodes connected)"
+    assert asyncio.run(svc.takeover(IPS[0], ME)).status == -1
