@@ -31,6 +31,21 @@ def _nft(node: LabHost, script: str) -> None:
         raise RuntimeError(f"nft on {node.name} failed: {result.stderr.strip()}")
 
 
+def drop_private_traffic(cluster: LabCluster, pnn: int, peers: list[int]) -> None:
+    """Node `pnn` drops its private-network traffic with `peers` (the partition table, added
+    to what the table already holds; a powered-off node is left alone)."""
+    node = cluster.node(pnn)
+    if not peers or not node.powered:
+        return
+    addrs = ", ".join(cluster.plan.private_ip(p) for p in peers)
+    iface = cluster.backend.iface(node, "private")
+    _nft(node, f"""table inet {PARTITION_TABLE} {{
+  chain input {{ type filter hook input priority -10; iifname "{iface}" ip saddr {{ {addrs} }} drop; }}
+  chain output {{ type filter hook output priority -10; oifname "{iface}" ip daddr {{ {addrs} }} drop; }}
+}}
+""")
+
+
 @dataclass
 class Partition(Fault):
     """Split the private network: nodes only reach nodes of their own group.  Nodes left out
@@ -47,19 +62,8 @@ class Partition(Fault):
         groups = self.complete_groups(cluster)
         for group in groups:
             others = sorted({n.index for n in cluster.nodes} - set(group))
-            if not others:
-                continue
-            addrs = ", ".join(cluster.plan.private_ip(p) for p in others)
             for pnn in group:
-                node = cluster.node(pnn)
-                if not node.powered:
-                    continue
-                iface = cluster.backend.iface(node, "private")
-                _nft(node, f"""table inet {PARTITION_TABLE} {{
-  chain input {{ type filter hook input priority -10; iifname "{iface}" ip saddr {{ {addrs} }} drop; }}
-  chain output {{ type filter hook output priority -10; oifname "{iface}" ip daddr {{ {addrs} }} drop; }}
-}}
-""")
+                drop_private_traffic(cluster, pnn, others)
         return Outcome(fields={"groups": groups})
 
     def complete_groups(self, cluster: LabCluster) -> list[list[int]]:

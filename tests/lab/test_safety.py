@@ -196,24 +196,13 @@ def test_a_frozen_leader_is_replaced_and_its_ips_served_by_the_majority(cluster,
                                    for ip in cluster.public_ips()), 10, "every IP on exactly one node")
 
 
-
 HEAL_HOST_BOUND = 8.0      # s from the heal until the rejoined node hosts a public IP again
 
 
 def drop_only(cluster, pnn: int, peers: list[int]) -> None:
     """Node `pnn`'s partition rules now drop its private traffic with `peers` only."""
-    node = cluster.node(pnn)
-    node.run(["nft", "delete", "table", "inet", chaos.network.PARTITION_TABLE], timeout=10)
-    if not peers:
-        return
-    iface = cluster.backend.iface(node, "private")
-    addrs = ", ".join(cluster.plan.private_ip(p) for p in peers)
-    result = node.run(["nft", "-f", "-"], timeout=10, input=f"""table inet {chaos.network.PARTITION_TABLE} {{
-  chain input {{ type filter hook input priority -10; iifname "{iface}" ip saddr {{ {addrs} }} drop; }}
-  chain output {{ type filter hook output priority -10; oifname "{iface}" ip daddr {{ {addrs} }} drop; }}
-}}
-""")
-    assert result.returncode == 0, result.stderr
+    cluster.node(pnn).run(["nft", "delete", "table", "inet", chaos.network.PARTITION_TABLE], timeout=10)
+    chaos.network.drop_private_traffic(cluster, pnn, peers)
 
 
 def test_a_node_that_rejoins_through_the_leader_first_hosts_public_ips_again(lab_cluster, tmp_path):
