@@ -15,6 +15,12 @@ has attached (reference/clustered-db.md §1: 9 volatile — smbXsrv_{open,tcon,s
 version}_global, leases, locking, brlock, g_lock — and 7 persistent — secrets, passdb,
 account_policy, group_mapping, share_info, registry, ctdb): one SMB session per node
 (smbclient on the node itself) attaches the per-session ones; the names attached are printed.
+``--daemons pyctdbd,keepalived --tunables fast`` sets pyctdbd beside keepalived, the fast
+profile's yardstick (smbd runs standalone with keepalived, which has no clustered database).
+When the profile's heartbeats are faster than 100 ms, a bare asyncio loop waking at the heartbeat
+interval and sending one datagram per peer (`benchmarks.wakeup_floor`) runs during each pyctdbd
+window: the machine's floor for any Python daemon at that rate, printed beside the figures (it
+moved from 0.70 % to 1.65 % of a core between two days on the lab VM).
 ``--profile SECONDS`` then records each pyctdbd with py-spy for that long after the window
 (`py-spy record --format raw`; the files are named in the output).
 """
@@ -22,15 +28,18 @@ account_policy, group_mapping, share_info, registry, ctdb): one SMB session per 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from ctdblab import chaos
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.cluster.profiles import get_profile
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.stats import median
 
@@ -64,9 +73,33 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(cluster: LabCluster, window: float) -> list[dict]:
+def start_floor(heartbeat_ms: int | None, peers: int, window: float) -> subprocess.Popen | None:
+    """`benchmarks.wakeup_floor` for the window, at the heartbeat rate, on the host; None when
+    the profile keeps CTDB's slow heartbeats (the floor is then far below any figure)."""
+    if not heartbeat_ms or heartbeat_ms >= 100:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.wakeup_floor", "--json", "--interval", str(heartbeat_ms / 1000),
+         "--datagrams", str(peers), "--seconds", str(window)],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+
+
+def floor_result(proc: subprocess.Popen | None) -> dict | None:
+    if proc is None:
+        return None
+    out, _ = proc.communicate(timeout=120)
+    try:
+        return json.loads(out)
+    except ValueError:
+        progress(f"wakeup_floor printed no result (exit {proc.returncode})")
+        return None
+
+
+def measure(cluster: LabCluster, window: float, heartbeat_ms: int | None = None) -> tuple[list[dict], dict | None]:
+    """Each node's daemon CPU and memory over `window`, and the wake-up floor measured meanwhile."""
     procs = {n.index: list(chaos.daemon_processes(cluster, n.index)) for n in cluster.nodes}
     before = {pid: cpu_ticks(pid) for pids in procs.values() for pid in pids}
+    floor = start_floor(heartbeat_ms, len(cluster.nodes) - 1, window)
     t0 = time.monotonic()
     time.sleep(window)
     elapsed = time.monotonic() - t0
@@ -87,7 +120,7 @@ def measure(cluster: LabCluster, window: float) -> list[dict]:
                      "cpu_pct": 100 * own / TICK / elapsed,
                      "cpu_with_scripts_pct": 100 * (own + kids) / TICK / elapsed,
                      "rss_mib": rss / 1024, "pss_mib": pss / 1024})
-    return rows
+    return rows, floor_result(floor)
 
 
 def attached_databases(cluster: LabCluster, pnn: int) -> list[str]:
@@ -143,15 +176,18 @@ def main() -> int:
                    help="py-spy each pyctdbd for SECONDS after the window")
     p.add_argument("--profile-dir", type=Path, default=Path("results") / time.strftime("idle-profile-%Y%m%d-%H%M%S"))
     args = p.parse_args()
+    heartbeat_ms = get_profile(args.tunables).pyctdbd_tunables.get("HeartbeatIntervalMs")
     out = []
     notes = []
     for daemon in args.daemons.split(","):
+        # keepalived has no clustered database: smbd runs standalone beside it
+        clustered = bool(args.clustered_smbd) and daemon != "keepalived"
         for n in (int(x) for x in args.nodes.split(",")):
-            progress(f"{daemon}: {n} nodes{' with clustered smbd' if args.clustered_smbd else ''}")
+            progress(f"{daemon}: {n} nodes{' with clustered smbd' if clustered else ''}")
             with LabCluster(n, daemon=daemon, tunables=args.tunables, clients=0, progress=progress,
-                            clustered_smbd=bool(args.clustered_smbd)) as cluster:
+                            clustered_smbd=clustered) as cluster:
                 dbs = None
-                if args.clustered_smbd:
+                if clustered:
                     names = attach_samba_databases(cluster)
                     dbs = min(len(v) for v in names.values())
                     missing = sorted(set(SAMBA_DATABASES) - set.intersection(*map(set, names.values())))
@@ -160,7 +196,13 @@ def main() -> int:
                                  f"databases per node; missing {missing or 'none'}; others {extra or 'none'}")
                     progress(notes[-1])
                 time.sleep(10)
-                rows = measure(cluster, args.window)
+                rows, floor = measure(cluster, args.window, heartbeat_ms if daemon == "pyctdbd" else None)
+                if floor:
+                    out.append([f"floor ({n - 1} datagrams/{heartbeat_ms} ms)", n, None, floor["cpu_pct"],
+                                None, None, None, None, None, None])
+                    notes.append(f"floor, {n} nodes: a bare asyncio loop waking every {heartbeat_ms} ms and "
+                                 f"sending {n - 1} datagrams per wake-up, during the pyctdbd window: "
+                                 f"{floor['us_per_wakeup']:.0f} µs of CPU per wake-up")
                 if args.profile and daemon == "pyctdbd":
                     files = profile(cluster, args.profile, args.profile_dir / f"{n}-nodes")
                     notes.append(f"py-spy profiles ({args.profile:.0f} s each): "
@@ -169,13 +211,16 @@ def main() -> int:
             mx = lambda key: max(r[key] for r in rows)
             out.append([daemon, n, dbs, med("cpu_pct"), mx("cpu_pct"), med("cpu_with_scripts_pct"),
                         med("rss_mib"), mx("rss_mib"), med("pss_mib"), rows[0]["procs"]])
-    for n in (int(x) for x in args.nodes.split(",")):      # pyctdbd / ctdbd, same run
+    for n in (int(x) for x in args.nodes.split(",")):      # pyctdbd / each reference, same run
         py = next((r for r in out if r[0] == "pyctdbd" and r[1] == n), None)
-        ref = next((r for r in out if r[0] == "ctdb" and r[1] == n), None)
-        if py and ref:
-            out.append(["ratio py/ctdb", n, None] + [a / b if b else None for a, b in zip(py[3:9], ref[3:9])]
-                       + [None])
-    smbd = "clustered smbd, not counted" if args.clustered_smbd else "smbd not counted"
+        for reference, label in (("ctdb", "ctdb"), ("keepalived", "keepalived")):
+            ref = next((r for r in out if r[0] == reference and r[1] == n), None)
+            if py and ref:
+                out.append([f"ratio py/{label}", n, None]
+                           + [a / b if a is not None and b else None for a, b in zip(py[3:9], ref[3:9])]
+                           + [None])
+    smbd = ("clustered smbd (standalone with keepalived), not counted" if args.clustered_smbd
+            else "smbd not counted")
     print(f"\nidle cost per node over {args.window:.0f} s ({args.tunables} tunables; {smbd})")
     print(table(["daemon", "nodes", "dbs", "cpu% p50", "cpu% max", "cpu%+scripts", "RSS MiB p50",
                  "RSS MiB max", "PSS MiB p50", "procs/node"], out))

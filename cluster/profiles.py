@@ -8,7 +8,9 @@
 ``fast``        aggressive, and for pyctdbd heartbeats every 15 ms with a 60 ms dead timeout
                 (keepalived's 10 ms VRRP adverts are the yardstick: lab.md Part C).  10/50 ms
                 cost 1.73 % of a core per idle daemon, 15/60 ms 0.97 % (target 1.5 %), with
-                client resets at 0.05-0.07 s either way.  ctdbd has no such tunables and runs
+                client resets at 0.05-0.07 s either way; on a day when the VM's wake-ups cost
+                twice as much, 15/60 ms measured 1.97 % (`benchmarks.idle_cost` prints the
+                floor beside it).  ctdbd has no such tunables and runs
                 it as ``aggressive``.
 
 keepalived (``--daemon keepalived``) reads none of CTDB's tunables: a profile gives it its VRRPv3
