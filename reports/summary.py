@@ -18,6 +18,7 @@ from ctdblab.stats import median
 
 from .datachecks import data_check_section
 from .load import Dataset
+from .smb_resume import smb_resume_section
 from .soak import soak_section
 from .upgrade import upgrade_section
 from .stats import (CLASSIC_TALK_GBE_MB_S, METRIC_MEANINGS, REFERENCE_DAEMONS, comparison_pairs, metric_names,
@@ -50,6 +51,7 @@ def render_report(datasets: list[Dataset], out_dir: Path, plots: Iterable[Path] 
         lines += _failover_metrics(failover)
         lines += _ratios(failover)
         lines += _per_run(failover)
+        lines += smb_resume_section(failover)
         lines += data_check_section(failover)
     if scaling:
         lines += _scaling(scaling)

@@ -159,9 +159,8 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
     m["reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{SMB_PORT}")))
     m["unregistered_reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{PLAIN_PORT}")))
     m["tickled_reset_s"] = since_cut(first(lambda e: _tcp_reset(e, f"{vip}:{TICKLED_PORT}")))
-    m["smb_resumed_s"] = since_cut(first(
-        lambda e: e["kind"] == "op" and str(e.get("process", "")).startswith("smb-retry")
-        and e.get("type") == "ok" and e["t"] - e.get("latency_s", 0) >= t_cut))
+    resumed = first_smb_resumed(after_cut, t_cut)
+    m["smb_resumed_s"] = since_cut(None if resumed is None else resumed["t"])
     m["smb_session_closed_s"] = since_cut(first(
         lambda e: e.get("probe") == "smb_hold" and e.get("what") == "closed"))
     # Ops started up to the settling (else the window end): a run that goes on watching for a
@@ -192,6 +191,36 @@ def failover_metrics(events: Iterable[Event]) -> tuple[dict[str, float | None], 
     notes = [f"{name}: n/a: {not_applicable[name]}" if name in not_applicable
              else f"{name}: {WHY[name]}{watched}" for name in METRICS if m.get(name) is None]
     return m, notes
+
+
+def _smb_retry_success_after(e: Event, t_cut: float) -> bool:
+    """A connect+read of the SMB retriers that began at or after the cut and succeeded."""
+    return (e["kind"] == "op" and str(e.get("process", "")).startswith("smb-retry")
+            and e.get("type") == "ok" and e["t"] - e.get("latency_s", 0) >= t_cut)
+
+
+def first_smb_resumed(events: Iterable[Event], t_cut: float) -> Event | None:
+    """The op that ends smb_resumed_s: the first successful retry begun after the cut."""
+    done = [e for e in events if isinstance(e.get("t"), (int, float)) and _smb_retry_success_after(e, t_cut)]
+    return min(done, key=lambda e: e["t"]) if done else None
+
+
+#: The SMB client's phases, in the order a retry goes through them (scenarios/probes/smbops.py).
+SMB_STEPS = ("connect", "session", "tree", "open", "read", "close")
+
+
+def smb_resume_steps(events: Iterable[Event], t_cut: float) -> dict[str, float] | None:
+    """Where the retry that resumed SMB spent its time: when it began after the cut
+    (``began_s``), each phase's seconds, and when it ended (``done_s``); None without one."""
+    op = first_smb_resumed(events, t_cut)
+    if op is None or not isinstance(op.get("latency_s"), (int, float)):
+        return None
+    steps = op.get("steps") if isinstance(op.get("steps"), dict) else {}
+    out = {"began_s": round(op["t"] - op["latency_s"] - t_cut, 4)}
+    out.update({name: float(steps[name]) for name in SMB_STEPS
+                if isinstance(steps.get(name), (int, float))})
+    out["done_s"] = round(op["t"] - t_cut, 4)
+    return out
 
 
 def not_applicable_metrics(start: Event) -> dict[str, str]:

@@ -170,3 +170,33 @@ def test_large_latency_samples_are_thinned_but_keep_the_tail():
     ranks = _plotted_ranks(100_000)
     assert len(ranks) < 2_100 and ranks[0] == 0
     assert ranks[-500:] == list(range(99_500, 100_000))  # every one of the slowest 500 ops
+
+
+def test_smb_resumed_breakdown_gives_the_p50_of_each_phase_of_the_resuming_retry(tmp_path):
+    from ctdblab import events as ev
+    from test_reports_synthetic import T0
+    run_dir = write_failover(tmp_path / "pyctdbd", "pyctdbd", ops_per_run=1)
+    results = json.loads((run_dir / "results.json").read_text())
+    lines = []
+    for run in results["runs"][:3]:                       # the three non-leader runs
+        t_cut, k = run["t_cut"], run["run"]
+        steps = {"connect": 0.02 + 0.01 * k, "session": 0.03, "tree": 0.004, "open": 0.005,
+                 "read": 0.002, "close": 0.001}
+        began = t_cut + 0.08 + 0.01 * k
+        lines.append(ev.op_ok("smb-retry", "smb_connect_read", 1, latency_s=0.07, t=began + 0.07,
+                              target="198.19.8.2", role="victim", steps=steps) | {"run": k})
+        # a retry begun before the cut that ended after it is not the resuming one
+        lines.append(ev.op_ok("smb-retry", "smb_connect_read", 0, latency_s=0.5, t=t_cut + 0.05,
+                              target="198.19.8.2", role="victim", steps={"connect": 0.4}) | {"run": k})
+    with (run_dir / "history.jsonl").open("a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in lines)
+    assert T0 <= results["runs"][0]["t_cut"]
+    report = render_report(load_datasets(run_dir), run_dir)
+    section = report.split("## SMB resumed: where the time went", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| pyctdbd")]
+    assert rows == ["| pyctdbd | non-leader victim | 3 | 0.090 | 0.030 | 0.030 | 0.004 | 0.005 | 0.002 "
+                    "| 0.001 | 0.160 |"]
+
+
+def test_no_smb_resumed_breakdown_without_smb_retries(combined):
+    assert "SMB resumed: where the time went" not in combined[2]

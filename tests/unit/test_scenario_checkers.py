@@ -118,3 +118,26 @@ def test_check_failover_splits_a_history_by_run():
     assert records[1]["t_cut"] == CUT + 100
     assert records[0]["leader_before"] == 0 and records[0]["victim_role"] == "nonleader"
     assert any(n.startswith("unregistered_reset_s:") for n in records[0]["notes"])
+
+
+def test_smb_resume_steps_come_from_the_retry_that_ended_smb_resumed():
+    from ctdblab.scenarios.checkers import smb_resume_steps
+    events = observations() + [
+        # began after the cut, but ended later than the one at 1000.60: not the resuming retry
+        ev_(1000.70, "op", process="smb-retry", type="ok", latency_s=0.65,
+            steps={"connect": 0.6, "session": 0.05}),
+        ev_(1000.59, "op", process="smb-retry", type="fail", latency_s=0.2),
+    ]
+    events[[i for i, e in enumerate(events) if e["t"] == 1000.60][0]]["steps"] = {
+        "connect": 0.04, "session": 0.03, "tree": 0.01, "open": 0.01, "read": 0.005, "close": 0.005,
+        "unknown_phase": 9.0}
+    steps = smb_resume_steps(facts_events() + events, CUT)
+    assert steps == {"began_s": 0.5, "connect": 0.04, "session": 0.03, "tree": 0.01, "open": 0.01,
+                     "read": 0.005, "close": 0.005, "done_s": 0.6}
+    assert list(steps) == ["began_s", "connect", "session", "tree", "open", "read", "close", "done_s"]
+
+
+def test_smb_resume_steps_without_a_resuming_retry_is_none():
+    from ctdblab.scenarios.checkers import smb_resume_steps
+    before_cut_only = [ev_(1000.30, "op", process="smb-retry", type="ok", latency_s=0.5)]
+    assert smb_resume_steps(facts_events() + before_cut_only, CUT) is None
