@@ -160,6 +160,16 @@ class LockAnswer:
 
 
 @dataclass(frozen=True)
+class LeaderDroppedMe:
+    """Connected node `src` tells us that `leader` reported us (`dead`) dead: it refuted the
+    report, but the leader has given our public IPs to others."""
+
+    src: int
+    dead: int
+    leader: int
+
+
+@dataclass(frozen=True)
 class LeaderElsewhere:
     """Connected node `witness` follows `leader` (PYCTDB_LEADER), asked while this node had no
     leader and met contention on the cluster lock."""
@@ -225,7 +235,7 @@ class NewSettings:
 
 Event = (Start | PeerConnected | PeerDisconnected | Traffic | PeerKeepalive | Heartbeats | HeartbeatMessage | DeathReport
          | PeerState | PeerFlags | LeaderAnnounced | ElectionVote | LockAnswer | LockLost | Tick
-         | LeaderElsewhere | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
+         | LeaderElsewhere | LeaderDroppedMe | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
 
 
 # -- actions (besides the detector's and the election's, passed through) ---------------------
@@ -242,6 +252,14 @@ class ReportDeath:
     """Tell every connected peer that our detector found `dead` dead."""
 
     dead: int
+
+
+@dataclass(frozen=True)
+class TellDropped:
+    """Tell `pnn` that its death report by `leader` was refuted here (internal.NODE_DROPPED)."""
+
+    pnn: int
+    leader: int
 
 
 @dataclass(frozen=True)
@@ -324,8 +342,14 @@ class Log:
 
 Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
-          | ProbePeer | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
+          | ProbePeer | TellDropped | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
           | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
+
+def tell_dropped(report: DeathReport, leader: int) -> list[Action]:
+    """We refuted `report`: if it came from the leader, the leader moves the node's IPs all the
+    same, and the node may not know (the leader's teardown can be lost on its way): tell it."""
+    return [TellDropped(report.dead, report.reporter)] if report.reporter == leader else []
+
 
 _ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
           "continue": NodeMap.cont}
@@ -577,13 +601,28 @@ class NodeCore:
             return self._believe_report(ev.dead, f"reported dead by node {ev.reporter}", now)
         if verdict is Verdict.REFUTED:
             silence = self.detector.silence(ev.dead, now) or 0.0
-            return self._limited("report-refuted", logging.WARNING,
-                                 f"Node {ev.reporter} reports node {ev.dead} dead, but we heard from it "
-                                 f"{silence * 1000:.0f} ms ago: keeping it", now)
+            return (self._limited("report-refuted", logging.WARNING,
+                                  f"Node {ev.reporter} reports node {ev.dead} dead, but we heard from it "
+                                  f"{silence * 1000:.0f} ms ago: keeping it", now)
+                    + tell_dropped(ev, self.election.leader))
         if verdict is Verdict.PROBE:
             return [Log(logging.INFO, f"Node {ev.reporter} reports node {ev.dead} dead; asking node "
                                       f"{ev.dead} (we do not watch it)"), ProbePeer(ev.dead)]
         return []
+
+    def _leader_dropped_me(self, ev: LeaderDroppedMe, now: float) -> list[Action]:
+        """Our leader reported us dead and a peer refuted it. If the leader did drop us, it gives
+        our IPs away while our link to it still looks up (soak: loss on our links, its teardown
+        lost; two nodes answered ARP for 1.1 s). So we ask the leader: no answer within the
+        confirm timeout and we have lost it (the cut-off path then drops our IPs, as the peers
+        follow it); an answer and the notice was stale, or false."""
+        leader = self.election.leader
+        if (ev.dead != self.my_pnn or ev.leader != leader or leader in (UNKNOWN_PNN, self.my_pnn, ev.src)
+                or not self._is_connected_peer(ev.src) or not self._is_connected_peer(leader)
+                or not self.death_reports.ask(leader, ev.src, now)):
+            return []
+        return [Log(logging.WARNING, f"Node {ev.src} says leader {leader} declared this node dead: "
+                                     "asking the leader"), ProbePeer(leader)]
 
     def _ask_unwatched(self, lost: int, now: float) -> list[Action]:
         """We lost a peer we watch: are we the one cut off? Ask the peers we do not watch."""
@@ -605,6 +644,7 @@ class NodeCore:
                     actions += self._limited("report-refuted", logging.WARNING,
                                              f"Node {reporter} reports node {pnn} dead, but node {pnn} "
                                              "answered: keeping it", now)
+                    actions += tell_dropped(DeathReport(pnn, reporter, reporter), self.election.leader)
             else:
                 why = "after a peer we watch died" if mine else f"reported dead by node {reporter}"
                 actions += self._believe_report(pnn, f"{why}, no answer within {waited:.0f} ms", now)
@@ -824,7 +864,7 @@ _HANDLERS = {
     PeerState: NodeCore._peer_state, PeerFlags: NodeCore._peer_flags,
     LeaderAnnounced: NodeCore._leader_announced, ElectionVote: NodeCore._election_vote,
     LockAnswer: NodeCore._lock_answer, LockLost: NodeCore._lock_lost, Tick: NodeCore._tick,
-    LeaderElsewhere: NodeCore._leader_elsewhere,
+    LeaderElsewhere: NodeCore._leader_elsewhere, LeaderDroppedMe: NodeCore._leader_dropped_me,
     SetHealth: NodeCore._set_health, Admin: NodeCore._admin, SetBan: NodeCore._set_ban,
     SetRole: NodeCore._set_role, SetRunstate: NodeCore._set_runstate,
     NewSettings: NodeCore._new_settings,

@@ -11,6 +11,9 @@ NODE_DEAD          0xF9A2000000000000  u32 dead pnn, u32 reporter pnn
 NODE_STATE         0xF9A3000000000000  u32 pnn, u32 flags, u32 runstate, u32 capabilities
 RECOVERY_WANTED    0xF9A4000000000000  u32 pnn: that node went into recovery mode on its own
                                        (`ctdb recover`), so the leader must run a recovery
+NODE_DROPPED       0xF9A5000000000000  u32 dead pnn, u32 leader pnn (as NODE_DEAD): sent to the
+                                       node itself by a peer that refuted the leader's report
+                                       that it is dead, since the leader gives its IPs away
 =================  ==================  ======================================================
 
 `peek_heartbeat` reads a heartbeat message straight from a frame: it is most of a node's idle
@@ -29,7 +32,8 @@ HEARTBEAT = 0xF9A1000000000000
 NODE_DEAD = 0xF9A2000000000000
 NODE_STATE = 0xF9A3000000000000
 RECOVERY_WANTED = 0xF9A4000000000000
-INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE, RECOVERY_WANTED})
+NODE_DROPPED = 0xF9A5000000000000
+INTERNAL = frozenset({HEARTBEAT, NODE_DEAD, NODE_STATE, RECOVERY_WANTED, NODE_DROPPED})
 HEARTBEAT_UNWATCH = 0
 HEARTBEAT_WATCH = 1
 HEARTBEAT_BEAT = 2

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..config import DaemonConfig
 from ..core.node import (
-    DeathReport, ElectionVote, HeartbeatMessage, LeaderAnnounced, NodeCore, PeerConnected,
+    DeathReport, ElectionVote, HeartbeatMessage, LeaderAnnounced, LeaderDroppedMe, NodeCore, PeerConnected,
     PeerDisconnected, PeerFlags, PeerKeepalive, PeerState, SetRunstate, Start,
 )
 from ..core.nodes import NodeMap
@@ -388,6 +388,9 @@ class Daemon:
             elif srvid == internal.NODE_DEAD:
                 report = internal.NodeDead.unpack(data)
                 self.node.step(DeathReport(report.dead, report.reporter, src))
+            elif srvid == internal.NODE_DROPPED:
+                dropped = internal.NodeDead.unpack(data)
+                self.node.step(LeaderDroppedMe(src, dropped.dead, dropped.reporter))
             elif srvid == internal.NODE_STATE:
                 state = internal.NodeState.unpack(data)
                 self.node.step(PeerState(src, state.pnn, state.flags, state.runstate, state.capabilities))

@@ -22,7 +22,7 @@ from ..core.node import (
     Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats,
     LeaderElsewhere, LeaderWork, LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings,
     OwnFlagsChanged, PeerJoined, ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan,
-    SetRole, Shutdown, Tick,
+    SetRole, Shutdown, TellDropped, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
@@ -194,6 +194,10 @@ class NodeService:
         self.messenger.broadcast(internal.NODE_DEAD, internal.NodeDead(action.dead, self.core.my_pnn).pack(),
                                  include_self=False)
 
+    def _tell_dropped(self, action: TellDropped) -> None:
+        self.messenger.send_message(action.pnn, internal.NODE_DROPPED,
+                                    internal.NodeDead(action.pnn, action.leader).pack())
+
     def _probe_peer(self, action: ProbePeer) -> None:
         """GET_PNN, which every CTDB node answers at once: the answer (any packet from the
         peer, in fact) is the proof of life the node core waits for."""
@@ -275,7 +279,7 @@ class NodeService:
     _ACTIONS: dict[type, Callable] = {
         Log: _log, SendHeartbeat: _send_heartbeat, SendWatch: _send_watch,
         SendKeepalive: _send_keepalive, DropPeer: _drop_peer, ReportDeath: _report_death,
-        ProbePeer: _probe_peer,
+        ProbePeer: _probe_peer, TellDropped: _tell_dropped,
         SendState: _send_state, FailControls: _fail_controls, BroadcastLeader: _broadcast_leader,
         SendLeader: _send_leader, BroadcastElection: _broadcast_election, TakeLock: _take_lock,
         ReleaseLock: _release_lock, LeaderChanged: _leader_changed, LeaderWork: _leader_work,

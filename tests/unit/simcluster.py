@@ -35,9 +35,9 @@ from ctdblab.daemon.core.election import (
 from ctdblab.daemon.core.membership import DetectorSettings, SendHeartbeat, SendKeepalive, SendWatch
 from ctdblab.daemon.core.node import (
     DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats,
-    LeaderAnnounced, LeaderElsewhere, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings, PeerConnected,
-    PeerDisconnected, PeerState, ProbePeer, ReportDeath, SendState, SetBan, SetHealth, SetRunstate, Start, Tick,
-    Traffic,
+    LeaderAnnounced, LeaderDroppedMe, LeaderElsewhere, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings,
+    PeerConnected, PeerDisconnected, PeerState, ProbePeer, ReportDeath, SendState, SetBan, SetHealth,
+    SetRunstate, Start, TellDropped, Tick, Traffic,
 )
 from ctdblab.daemon.core.nodes import NodeMap
 from ctdblab.daemon.core.publicips import PublicIPs
@@ -240,6 +240,8 @@ class Sim:
         elif isinstance(a, ReportDeath):
             for p in self._peers(node):
                 self.send(src, p, DeathReport(a.dead, src, src))
+        elif isinstance(a, TellDropped):
+            self.send(src, a.pnn, LeaderDroppedMe(src, a.pnn, a.leader))
         elif isinstance(a, ProbePeer):
             # The control and its reply: the reply is traffic if the peer is up and reachable.
             if self.link_up(src, a.pnn):

@@ -331,6 +331,62 @@ def test_a_node_cut_off_from_the_leader_alone_drops_its_ips_at_once_not_after_th
     assert not doubled or max(doubled) - cut < 0.5, doubled
 
 
+def test_a_node_the_leader_alone_declared_dead_releases_its_ips_when_its_peers_tell_it():
+    """Packet loss between the leader and a node that does not watch the leader: the leader
+    declares the node dead and gives its IPs away, but its teardown never reaches the node,
+    which still reaches every other node and hears nothing amiss. The peers refute the
+    leader's report (they hear the node) and tell the node, which asks the leader, gets no
+    answer and releases its IPs, instead of keeping them until its own link to the leader
+    finally breaks (soak: 1.1 s of two nodes answering ARP for one IP)."""
+    sim = formed(5)
+    leader = sim.leaders().pop()
+    node = (leader - 1) % 5                 # the leader watches it; it does not watch the leader
+    held = ips_of(sim, node)
+    assert held
+    cut = sim.now
+    sim.dropped |= {(leader, node), (node, leader)}
+    samples = watch_ips(sim, cut + 2.0)
+    assert sim.logged(leader, f"dead count reached for node {node}")
+    assert sim.logged(node, f"says leader {leader} declared this node dead")
+    assert ips_of(sim, node) == []
+    assert all(len(h) == 1 for h in sim.hosts().values())
+    doubled = [t for ip in samples for t, holders in samples[ip] if len(holders) > 1]
+    # The leader's dead timeout (0.4 s), the node's question to the leader (0.2 s), then the
+    # cut-off path; without the notice the IPs stayed doubled until the end (2 s).
+    assert not doubled or max(doubled) - cut < 0.8, doubled
+
+
+def test_a_notice_that_the_leader_dropped_us_makes_us_ask_the_leader_once():
+    from ctdblab.daemon.core.node import LeaderDroppedMe, ProbePeer
+    sim = formed(3)
+    leader = sim.leaders().pop()
+    node, peer = [p for p in range(3) if p != leader]
+    core = sim.nodes[node].core
+    now = sim.now
+    assert core.step(LeaderDroppedMe(peer, node, peer), now) == []          # not our leader
+    assert core.step(LeaderDroppedMe(peer, peer, leader), now) == []        # about another node
+    assert core.step(LeaderDroppedMe(7, node, leader), now) == []           # not a connected node
+    assert core.step(LeaderDroppedMe(leader, node, leader), now) == []      # the leader would say so
+    asked = core.step(LeaderDroppedMe(peer, node, leader), now)
+    assert [a for a in asked if isinstance(a, ProbePeer)] == [ProbePeer(leader)]
+    assert core.step(LeaderDroppedMe(peer, node, leader), now + 0.01) == []   # already asking
+
+
+def test_a_notice_while_the_leader_still_answers_changes_nothing():
+    """A report in the leader's name that the leader did not act on (forged, or stale): the
+    node asks the leader, which answers, and keeps its IPs."""
+    from ctdblab.daemon.core.node import DeathReport
+    sim = formed(5)
+    leader = sim.leaders().pop()
+    node = (leader - 1) % 5
+    refuter = next(p for p in range(5) if p not in (leader, node))
+    hosts, plans = sim.hosts(), len(sim.plans)
+    sim.step(refuter, DeathReport(node, leader, leader))
+    sim.run(2.0)
+    assert sim.logged(node, f"says leader {leader} declared this node dead")
+    assert sim.hosts() == hosts and len(sim.plans) == plans and sim.settled()
+
+
 @pytest.mark.parametrize("lease", [0.0, 1.5])
 def test_survivors_of_a_dead_leader_drop_nothing_while_its_lock_runs_out(lease):
     """A leader that dies holding a lock with a lease (a frozen leader's lock looks the same):
