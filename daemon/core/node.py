@@ -342,8 +342,9 @@ class Log:
 
 Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
-          | ProbePeer | TellDropped | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode | DropAllIPs
-          | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
+          | ProbePeer | TellDropped | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode
+          | DropAllIPs | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
+
 
 def tell_dropped(report: DeathReport, leader: int) -> list[Action]:
     """We refuted `report`: if it came from the leader, the leader moves the node's IPs all the
