@@ -46,6 +46,11 @@ def drop_private_traffic(cluster: LabCluster, pnn: int, peers: list[int]) -> Non
 """)
 
 
+def allow_private_traffic(node: LabHost) -> None:
+    """Remove the node's partition table: its private network carries everything again."""
+    node.run(["nft", "delete", "table", "inet", PARTITION_TABLE], timeout=10)
+
+
 @dataclass
 class Partition(Fault):
     """Split the private network: nodes only reach nodes of their own group.  Nodes left out
@@ -84,7 +89,7 @@ class Heal(Fault):
     def apply(self, cluster: LabCluster) -> Outcome:
         for node in cluster.nodes:
             if node.powered:
-                node.run(["nft", "delete", "table", "inet", PARTITION_TABLE], timeout=10)
+                allow_private_traffic(node)
         return Outcome()
 
 

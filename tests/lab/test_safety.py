@@ -201,7 +201,7 @@ HEAL_HOST_BOUND = 8.0      # s from the heal until the rejoined node hosts a pub
 
 def drop_only(cluster, pnn: int, peers: list[int]) -> None:
     """Node `pnn`'s partition rules now drop its private traffic with `peers` only."""
-    cluster.node(pnn).run(["nft", "delete", "table", "inet", chaos.network.PARTITION_TABLE], timeout=10)
+    chaos.network.allow_private_traffic(cluster.node(pnn))
     chaos.network.drop_private_traffic(cluster, pnn, peers)
 
 
