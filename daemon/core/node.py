@@ -346,10 +346,10 @@ Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLead
           | DropAllIPs | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
 
 
-def tell_dropped(report: DeathReport, leader: int) -> list[Action]:
-    """We refuted `report`: if it came from the leader, the leader moves the node's IPs all the
-    same, and the node may not know (the leader's teardown can be lost on its way): tell it."""
-    return [TellDropped(report.dead, report.reporter)] if report.reporter == leader else []
+def tell_dropped(dead: int, reporter: int, leader: int) -> list[Action]:
+    """We refuted `reporter`'s report that `dead` is dead: if the leader made it, it moves the
+    node's IPs all the same, and the node may not know (the teardown can be lost): tell it."""
+    return [TellDropped(dead, reporter)] if reporter == leader else []
 
 
 _ADMIN = {"disable": NodeMap.disable, "enable": NodeMap.enable, "stop": NodeMap.stop,
@@ -605,7 +605,7 @@ class NodeCore:
             return (self._limited("report-refuted", logging.WARNING,
                                   f"Node {ev.reporter} reports node {ev.dead} dead, but we heard from it "
                                   f"{silence * 1000:.0f} ms ago: keeping it", now)
-                    + tell_dropped(ev, self.election.leader))
+                    + tell_dropped(ev.dead, ev.reporter, self.election.leader))
         if verdict is Verdict.PROBE:
             return [Log(logging.INFO, f"Node {ev.reporter} reports node {ev.dead} dead; asking node "
                                       f"{ev.dead} (we do not watch it)"), ProbePeer(ev.dead)]
@@ -645,7 +645,7 @@ class NodeCore:
                     actions += self._limited("report-refuted", logging.WARNING,
                                              f"Node {reporter} reports node {pnn} dead, but node {pnn} "
                                              "answered: keeping it", now)
-                    actions += tell_dropped(DeathReport(pnn, reporter, reporter), self.election.leader)
+                    actions += tell_dropped(pnn, reporter, self.election.leader)
             else:
                 why = "after a peer we watch died" if mine else f"reported dead by node {reporter}"
                 actions += self._believe_report(pnn, f"{why}, no answer within {waited:.0f} ms", now)
