@@ -16,6 +16,9 @@ make a healthy node drop a live peer (IPs would move back and forth). The rules:
   machine, a lossy moment) we ask X as a non-watcher does. Believing at half the dead timeout
   once made a node drop a healthy peer on the word of a node under packet loss (soak: 2 false
   deaths in 200 faults).
+* If we watch X and hold it past its timeout because its kernel answers (core/membership.py: a
+  stalled daemon on a live host), the report is refuted: our detector declares X dead itself
+  if the stall outlasts the hold.
 * Otherwise we have no fresh evidence (non-watchers hear from X only every few seconds), so we
   ask X: a control it answers at once (`ProbePeer`). Any packet from X within `confirm_timeout`
   refutes the report; silence confirms it. This costs a non-watcher `confirm_timeout` (by
@@ -60,9 +63,12 @@ class DeathReports:
         return self.dead_timeout / 2 if self.dead_timeout > 0 else min(1.0, self.keepalive_interval)
 
     def judge(self, dead: int, reporter: int, watching: bool, silence: float | None,
-              now: float) -> Verdict:
+              now: float, held: bool = False) -> Verdict:
         """A report that `dead` is dead. `watching`: its fast heartbeats reach us; `silence`:
-        seconds since we last heard from it (None: not connected)."""
+        seconds since we last heard from it (None: not connected); `held`: it is past its
+        timeout but its kernel answers."""
+        if watching and held:
+            return Verdict.REFUTED
         if watching and silence is not None:
             if silence >= self.dead_timeout * 3 / 4:
                 return Verdict.BELIEVE

@@ -20,6 +20,18 @@ Two detectors run side by side on the same traffic (any packet from a peer count
 A watcher whose own loop stalled (its tick arrives much later than scheduled) grants its watched
 peers a fresh timeout instead of blaming them for its own stall.
 
+A *peer's* stall looks like its death: its heartbeats stop. Their kernels tell them apart. A
+host whose daemon is blocked for a few tens of milliseconds (in a system call, descheduled on a
+loaded machine) still answers an ICMP echo from its network stack; a host that lost power, or
+sits behind a partition, does not. So when a watched peer has been silent for two thirds of its
+timeout the detector asks its kernel (`ProbeKernel`, once a heartbeat tick while the silence
+lasts), and an answer received during the silence holds the verdict: the peer is dead one
+timeout after its kernel's last answer, but never later than twice its timeout of silence
+(`HOLD_FACTOR`). A power-off is declared exactly as before (no answer ever comes); a frozen or
+wedged daemon on a live host is declared dead after twice the timeout instead of once. The fast
+soak found the case (seed 16): a daemon blocked 52 ms in the kernel, against 60 ms timeouts with
+15 ms heartbeats, was declared dead by its watcher.
+
 A peer's timeout also stretches with the jitter its heartbeats have shown lately: it is the
 larger of `DeadTimeoutMs` and twice the longest gap between its recent heartbeats (the gap
 decays by 0.5 % a beat; at most four dead timeouts). On a quiet network the gaps are one
@@ -98,19 +110,40 @@ class PeerDead:
 
 
 @dataclass(frozen=True)
+class ProbeKernel:
+    """Ask `pnn`'s kernel whether its host is up (an ICMP echo); the answer comes back as
+    `kernel_answer`."""
+
+    pnn: int
+
+
+@dataclass(frozen=True)
+class PeerStalled:
+    """`pnn`'s heartbeats resumed after `silence` seconds, past its timeout, while its kernel
+    answered: a stall, not a death."""
+
+    pnn: int
+    silence: float
+
+
+@dataclass(frozen=True)
 class LoopStalled:
     """Our own tick came `late` seconds after it was due: timeouts were restarted, not fired."""
 
     late: float
 
 
-Action = SendHeartbeat | SendWatch | SendKeepalive | PeerDead | LoopStalled
+Action = SendHeartbeat | SendWatch | SendKeepalive | PeerDead | ProbeKernel | PeerStalled | LoopStalled
 
 
 #: How a peer's timeout follows the jitter of its heartbeats (see the module docstring).
 GAP_FACTOR = 2.0
 GAP_DECAY = 0.995
 MAX_STRETCH = 4.0
+#: When a silent peer's kernel is asked (fraction of its timeout), and how far its answers can
+#: hold the verdict (multiple of its timeout; never past MAX_STRETCH dead timeouts).
+PROBE_AFTER = 2 / 3
+HOLD_FACTOR = 2.0
 
 
 @dataclass
@@ -121,6 +154,8 @@ class _Peer:
     watched: bool = False      # we watch it on the fast path (it asked us to)
     fast_seen: bool = False    # a fast heartbeat arrived since it asked: its clock runs
     recent_gap: float = 0.0    # longest recent silence between its heartbeats (decaying)
+    kernel_rx: float = float("-inf")   # its kernel's latest answer to ProbeKernel
+    stalled_for: float = 0.0   # a held silence that ended with a heartbeat, to be reported
 
 
 @dataclass
@@ -167,6 +202,8 @@ class FailureDetector:
         if peer is not None:
             peer.rx_count += 1
             if now > peer.last_rx:
+                if peer.kernel_rx > peer.last_rx:
+                    self._note_held_silence(peer, now)
                 peer.last_rx = now
 
     def watch_request(self, pnn: int, watch: bool, now: float) -> None:
@@ -191,10 +228,18 @@ class FailureDetector:
         peer.rx_count += 1
         if now > peer.last_rx:
             if peer.watched and peer.fast_seen:
+                if peer.kernel_rx > peer.last_rx:
+                    self._note_held_silence(peer, now)
                 peer.recent_gap = max(now - peer.last_rx, peer.recent_gap * GAP_DECAY)
             peer.last_rx = now
         if peer.watched:
             peer.fast_seen = True
+
+    def kernel_answer(self, pnn: int, at: float) -> None:
+        """`pnn`'s kernel answered a `ProbeKernel` (`at`: when the answer arrived)."""
+        peer = self._peers.get(pnn)
+        if peer is not None and at > peer.kernel_rx:
+            peer.kernel_rx = at
 
     def tick(self, now: float) -> list[Action]:
         s = self.settings
@@ -209,6 +254,8 @@ class FailureDetector:
                 actions += self._heartbeats
                 if late > s.dead_timeout / 2:
                     stalled = late
+                else:
+                    actions += self._probes_and_stalls(now)
         if s.fast_path:
             due = self._earliest_dead_deadline()
             if stalled is None and due is not None and now - due > s.dead_timeout / 2:
@@ -246,7 +293,7 @@ class FailureDetector:
         earliest = None
         for p in self._peers.values():
             if p.watched and p.fast_seen:
-                due = p.last_rx + self.timeout_of(p)
+                due = self._dead_at(p)
                 if earliest is None or due < earliest:
                     earliest = due
         return earliest
@@ -255,6 +302,30 @@ class FailureDetector:
         """The peer's dead timeout, stretched by the jitter of its recent heartbeats."""
         base = self.settings.dead_timeout
         return min(max(base, GAP_FACTOR * peer.recent_gap), MAX_STRETCH * base)
+
+    def _dead_at(self, peer: _Peer) -> float:
+        """When the watched `peer` is dead if nothing more arrives: one timeout of silence, or,
+        if its kernel answered during the silence, one timeout after that answer, within
+        HOLD_FACTOR timeouts of silence."""
+        timeout = self.timeout_of(peer)
+        due = peer.last_rx + timeout
+        if peer.kernel_rx > peer.last_rx:
+            hold = min(HOLD_FACTOR * timeout, MAX_STRETCH * self.settings.dead_timeout)
+            due = max(due, min(peer.kernel_rx + timeout, peer.last_rx + hold))
+        return due
+
+    def _note_held_silence(self, peer: _Peer, now: float) -> None:
+        """`peer` is heard again after a silence its kernel answered through: if it outlasted
+        the timeout, it was a stall the hold saved (reported on the next tick)."""
+        gap = now - peer.last_rx
+        if peer.watched and peer.fast_seen and gap > self.timeout_of(peer):
+            peer.stalled_for = gap
+
+    def held(self, pnn: int, now: float) -> bool:
+        """`pnn` is past its timeout of silence but its kernel answers: we are holding it."""
+        peer = self._peers.get(pnn)
+        return (peer is not None and peer.watched and peer.fast_seen and peer.kernel_rx > peer.last_rx
+                and peer.last_rx + self.timeout_of(peer) <= now < self._dead_at(peer))
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -305,17 +376,33 @@ class FailureDetector:
         self._heartbeats = [SendHeartbeat(p) for p in new]
         return actions
 
+    def _probes_and_stalls(self, now: float) -> list[Action]:
+        """On a heartbeat tick: ask the kernels of peers silent for PROBE_AFTER of their timeout,
+        and report held silences that ended."""
+        actions: list[Action] = []
+        for pnn, peer in self._peers.items():
+            if not (peer.watched and peer.fast_seen):
+                continue
+            if peer.stalled_for:
+                actions.append(PeerStalled(pnn, peer.stalled_for))
+                peer.stalled_for = 0.0
+            if now - peer.last_rx >= PROBE_AFTER * self.timeout_of(peer):
+                actions.append(ProbeKernel(pnn))
+        return actions
+
     def _check_dead(self, now: float) -> list[Action]:
         s = self.settings
         actions: list[Action] = []
         for pnn in sorted(self._peers):
             peer = self._peers[pnn]
-            timeout = self.timeout_of(peer)
-            if peer.watched and peer.fast_seen and now - peer.last_rx > timeout:
+            if peer.watched and peer.fast_seen and now > self._dead_at(peer):
+                timeout = self.timeout_of(peer)
                 silent_ms = (now - peer.last_rx) * 1000
                 stretched = f", stretched to {timeout * 1000:.0f} ms by jitter" if timeout > s.dead_timeout else ""
+                held = (f"; its kernel last answered {(now - peer.kernel_rx) * 1000:.0f} ms ago"
+                        if peer.kernel_rx > peer.last_rx else "")
                 actions.append(PeerDead(pnn, f"no traffic for {silent_ms:.0f} ms "
-                                             f"(dead timeout {s.dead_timeout * 1000:.0f} ms{stretched})", True))
+                                             f"(dead timeout {s.dead_timeout * 1000:.0f} ms{stretched}{held})", True))
         for action in actions:
             self._peers.pop(action.pnn, None)
         if actions:

@@ -38,8 +38,8 @@ from .election import (
 from .loglimit import LogLimiter
 from .quorum import Quorum
 from .membership import (
-    DetectorSettings, FailureDetector, LoopStalled, PeerDead, SendHeartbeat, SendKeepalive,
-    SendWatch,
+    DetectorSettings, FailureDetector, LoopStalled, PeerDead, PeerStalled, ProbeKernel, SendHeartbeat,
+    SendKeepalive, SendWatch,
 )
 from .nodes import FlagChange, NodeMap
 
@@ -89,6 +89,13 @@ class Traffic:
 @dataclass(frozen=True)
 class Heartbeats:
     """Fast-channel heartbeats read from the socket: (pnn, arrival time) pairs."""
+
+    arrivals: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class KernelAnswers:
+    """Peers' kernels answered ProbeKernel: (pnn, arrival time) pairs."""
 
     arrivals: tuple[tuple[int, float], ...]
 
@@ -233,7 +240,8 @@ class NewSettings:
     settings: NodeSettings
 
 
-Event = (Start | PeerConnected | PeerDisconnected | Traffic | PeerKeepalive | Heartbeats | HeartbeatMessage | DeathReport
+Event = (Start | PeerConnected | PeerDisconnected | Traffic | PeerKeepalive | Heartbeats | KernelAnswers
+         | HeartbeatMessage | DeathReport
          | PeerState | PeerFlags | LeaderAnnounced | ElectionVote | LockAnswer | LockLost | Tick
          | LeaderElsewhere | LeaderDroppedMe | SetHealth | Admin | SetBan | SetRole | SetRunstate | NewSettings)
 
@@ -340,10 +348,21 @@ class Log:
     text: str
 
 
-Action = (SendHeartbeat | SendWatch | SendKeepalive | BroadcastLeader | SendLeader
+Action = (SendHeartbeat | SendWatch | SendKeepalive | ProbeKernel | BroadcastLeader | SendLeader
           | BroadcastElection | TakeLock | ReleaseLock | LeaderChanged | DropPeer | ReportDeath
           | ProbePeer | TellDropped | SendState | FailControls | PeerJoined | LeaderWork | EnterRecoveryMode
           | DropAllIPs | OwnFlagsChanged | RunstateChanged | Shutdown | Log)
+
+
+def stall_detail(ev: Tick, last: tuple[float, float, float | None] | None, now: float) -> str:
+    """What the loop did during its stall, for the log line (formatted only then: every tick
+    would cost idle CPU)."""
+    if ev.cpu is None or last is None or now <= last[0]:
+        return ""
+    waited = ("" if ev.waited is None or last[2] is None
+              else f" and waited {(ev.waited - last[2]) * 1000:.0f} ms for one")
+    return (f" (this daemon used {(ev.cpu - last[1]) * 1000:.0f} ms of CPU{waited} in "
+            f"the last {(now - last[0]) * 1000:.0f} ms)")
 
 
 def tell_dropped(dead: int, reporter: int, leader: int) -> list[Action]:
@@ -558,6 +577,11 @@ class NodeCore:
             self.detector.fast_heartbeat(pnn, min(arrival, now))
         return []
 
+    def _kernel_answers(self, ev: KernelAnswers, now: float) -> list[Action]:
+        for pnn, arrival in ev.arrivals:
+            self.detector.kernel_answer(pnn, min(arrival, now))
+        return []
+
     def _heartbeat_message(self, ev: HeartbeatMessage, now: float) -> list[Action]:
         if ev.kind == 2:
             self.detector.fast_heartbeat(ev.pnn, now)
@@ -575,6 +599,9 @@ class NodeCore:
                 out += self._declare_dead(action.pnn, action.reason, now)
                 if action.fast:
                     out += self._ask_unwatched(action.pnn, now)
+            elif isinstance(action, PeerStalled):
+                out.append(Log(NOTICE, f"Node {action.pnn} was silent for {action.silence * 1000:.0f} ms "
+                                       "while its kernel answered: a stall, not a death"))
             elif isinstance(action, LoopStalled):
                 out.append(Log(logging.WARNING, f"Event loop stalled: timer ran {action.late * 1000:.0f} ms "
                                                 f"late{busy}; restarting failure-detection timeouts instead "
@@ -596,15 +623,16 @@ class NodeCore:
                                  now)
         if not self._is_connected_peer(ev.dead) or ev.dead == ev.reporter:
             return []
+        held = self.detector.held(ev.dead, now)
         verdict = self.death_reports.judge(ev.dead, ev.reporter, self.detector.watching(ev.dead),
-                                           self.detector.silence(ev.dead, now), now)
+                                           self.detector.silence(ev.dead, now), now, held=held)
         if verdict is Verdict.BELIEVE:
             return self._believe_report(ev.dead, f"reported dead by node {ev.reporter}", now)
         if verdict is Verdict.REFUTED:
             silence = self.detector.silence(ev.dead, now) or 0.0
+            evidence = "its kernel answers" if held else f"we heard from it {silence * 1000:.0f} ms ago"
             return (self._limited("report-refuted", logging.WARNING,
-                                  f"Node {ev.reporter} reports node {ev.dead} dead, but we heard from it "
-                                  f"{silence * 1000:.0f} ms ago: keeping it", now)
+                                  f"Node {ev.reporter} reports node {ev.dead} dead, but {evidence}: keeping it", now)
                     + tell_dropped(ev.dead, ev.reporter, self.election.leader))
         if verdict is Verdict.PROBE:
             return [Log(logging.INFO, f"Node {ev.reporter} reports node {ev.dead} dead; asking node "
@@ -829,14 +857,7 @@ class NodeCore:
         if ev.cpu is not None:
             self._last_tick = (now, ev.cpu, ev.waited)
         detected = self.detector.tick(now)
-        busy = ""
-        if any(isinstance(a, LoopStalled) for a in detected) and ev.cpu is not None \
-                and last is not None and now > last[0]:
-            # Only for the log line of a stall: formatting it every tick would cost idle CPU.
-            waited = ("" if ev.waited is None or last[2] is None
-                      else f" and waited {(ev.waited - last[2]) * 1000:.0f} ms for one")
-            busy = (f" (this daemon used {(ev.cpu - last[1]) * 1000:.0f} ms of CPU{waited} in "
-                    f"the last {(now - last[0]) * 1000:.0f} ms)")
+        busy = stall_detail(ev, last, now) if any(isinstance(a, LoopStalled) for a in detected) else ""
         actions = self._detector(detected, now, busy)
         actions += self._settle_probes(now)
         actions += self._election(self.election.tick(now), now)
@@ -860,7 +881,8 @@ class NodeCore:
 
 _HANDLERS = {
     Start: NodeCore._start, PeerConnected: NodeCore._peer_connected, PeerDisconnected: NodeCore._peer_disconnected,
-    Traffic: NodeCore._traffic, Heartbeats: NodeCore._heartbeats, PeerKeepalive: NodeCore._peer_keepalive,
+    Traffic: NodeCore._traffic, Heartbeats: NodeCore._heartbeats, KernelAnswers: NodeCore._kernel_answers,
+    PeerKeepalive: NodeCore._peer_keepalive,
     HeartbeatMessage: NodeCore._heartbeat_message, DeathReport: NodeCore._death_report,
     PeerState: NodeCore._peer_state, PeerFlags: NodeCore._peer_flags,
     LeaderAnnounced: NodeCore._leader_announced, ElectionVote: NodeCore._election_vote,

@@ -14,18 +14,19 @@ from typing import Protocol
 from ..core.election import (
     BroadcastElection, BroadcastLeader, LeaderChanged, LockStatus, ReleaseLock, SendLeader, TakeLock,
 )
-from ..core.membership import SendHeartbeat, SendKeepalive, SendWatch
+from ..core.membership import ProbeKernel, SendHeartbeat, SendKeepalive, SendWatch
 from ..config import CtdbConf, Tunables
 from ..core.election import ElectionSettings
 from ..core.membership import DetectorSettings, grid_point_after
 from ..core.node import (
-    Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats,
+    Admin, DropAllIPs, DropPeer, EnterRecoveryMode, Event, FailControls, Heartbeats, KernelAnswers,
     LeaderElsewhere, LeaderWork, LockAnswer, LockLost, Log, NewSettings, NodeCore, NodeSettings,
     OwnFlagsChanged, PeerJoined, ProbePeer, ReportDeath, RunstateChanged, SendState, SetBan,
     SetRole, Shutdown, TellDropped, Tick,
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
+from ..net.kernel_probe import KernelProbe
 from ..net.rpc import ControlError
 from ..protocol import (
     BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN, Control, ProtocolError,
@@ -41,6 +42,7 @@ from .wire import election_to_wire
 PEER_LEADER_TIMEOUT = 0.5
 
 DRAIN_EVERY = 2          # read the heartbeat socket every this many timer runs
+PROBE_ANSWERS_FOR = 1.0  # s after an echo request during which its socket is read every tick
 
 
 class NodeEvents(Protocol):
@@ -74,6 +76,8 @@ class NodeService:
         self._ticks = 0
         self._loop_clock = LoopClock()       # read every tick, on the loop's thread
         self._heartbeat_frames: dict[int, bytes] = {}
+        self._kernel_probe: KernelProbe | None = None
+        self._probe_answers_until = 0.0
         self._leader_frames: dict[tuple[int, int], bytes] = {}
 
     # -- queries ---------------------------------------------------------------------------------
@@ -148,6 +152,10 @@ class NodeService:
             arrivals = transport.drain_fast(now - time.time())
             if arrivals:
                 self.core.step(Heartbeats(tuple(arrivals)), now)
+        if self._kernel_probe is not None and now < self._probe_answers_until:
+            answers = self._kernel_probe.drain(now - time.time())
+            if answers:
+                self.core.step(KernelAnswers(tuple(answers)), now)
         cpu, waited = self._loop_clock.read()
         self.execute(self.core.step(Tick(cpu, waited), now))
 
@@ -175,6 +183,16 @@ class NodeService:
         else:
             self.messenger.send_message(action.pnn, internal.HEARTBEAT,
                                         internal.pack_heartbeat(internal.HEARTBEAT_BEAT))
+
+    def _probe_kernel(self, action: ProbeKernel) -> None:
+        """An echo request to a silent peer's host (net/kernel_probe.py), read on later ticks."""
+        transport = self.messenger.transport
+        if transport is None:
+            return
+        if self._kernel_probe is None:
+            self._kernel_probe = KernelProbe(transport.addresses, log.warning)
+        if self._kernel_probe.send(action.pnn):
+            self._probe_answers_until = self.clock() + PROBE_ANSWERS_FOR
 
     def _send_watch(self, action: SendWatch) -> None:
         kind = internal.HEARTBEAT_WATCH if action.watch else internal.HEARTBEAT_UNWATCH
@@ -277,7 +295,7 @@ class NodeService:
         self.events.request_shutdown(action.reason)
 
     _ACTIONS: dict[type, Callable] = {
-        Log: _log, SendHeartbeat: _send_heartbeat, SendWatch: _send_watch,
+        Log: _log, SendHeartbeat: _send_heartbeat, ProbeKernel: _probe_kernel, SendWatch: _send_watch,
         SendKeepalive: _send_keepalive, DropPeer: _drop_peer, ReportDeath: _report_death,
         ProbePeer: _probe_peer, TellDropped: _tell_dropped,
         SendState: _send_state, FailControls: _fail_controls, BroadcastLeader: _broadcast_leader,
@@ -331,6 +349,8 @@ class NodeService:
 
     async def release_lock(self) -> None:
         """Shutdown: release the lock and stop the spare helper."""
+        if self._kernel_probe is not None:
+            self._kernel_probe.close()
         if self.lock is not None:
             await self.lock.close()
 

@@ -15,7 +15,10 @@ What is modelled, and how it maps to the daemon's shell (daemon/server/):
   lock does (set `lock_lease` to model a lock service whose lease has to run out first);
 * the leader's jobs run instantly at `job_delay` after they are due; controls to a node the
   leader cannot reach fail; a node with `fail_takeover` set fails every TAKEOVER_IP it gets;
-* a node's first recovery makes it RUNNING and healthy (its startup and monitor events pass).
+* a node's first recovery makes it RUNNING and healthy (its startup and monitor events pass);
+* `freeze` stops a node's daemon for a while (a stall, or SIGSTOP): it neither ticks nor reads;
+  what is sent to it waits in its kernel until the thaw, and its kernel still answers
+  `ProbeKernel` (unless `kernel_answers` is off, as on a host without raw sockets).
 
 Every takeover plan a leader carries out is kept in `Sim.plans` for the tests to inspect.
 """
@@ -32,9 +35,9 @@ from ctdblab.daemon.core.election import (
     BroadcastElection, BroadcastLeader, ElectionSettings, LeaderChanged, LockStatus, ReleaseLock,
     SendLeader, TakeLock,
 )
-from ctdblab.daemon.core.membership import DetectorSettings, SendHeartbeat, SendKeepalive, SendWatch
+from ctdblab.daemon.core.membership import DetectorSettings, ProbeKernel, SendHeartbeat, SendKeepalive, SendWatch
 from ctdblab.daemon.core.node import (
-    DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats,
+    DeathReport, DropAllIPs, DropPeer, ElectionVote, EnterRecoveryMode, HeartbeatMessage, Heartbeats, KernelAnswers,
     LeaderAnnounced, LeaderDroppedMe, LeaderElsewhere, LeaderWork, LockAnswer, Log, NodeCore, NodeSettings,
     PeerConnected, PeerDisconnected, PeerState, ProbePeer, ReportDeath, SendState, SetBan, SetHealth,
     SetRunstate, Start, TellDropped, Tick, Traffic,
@@ -79,8 +82,10 @@ class Sim:
     def __init__(self, n: int, *, lock: bool = True, ips_per_node: int = 2, delay: float = 0.001,
                  heartbeat: float = 0.1, dead_timeout: float = 0.4, drop_all_ips_after: float = 5.0,
                  no_ip_failback: bool = False, enable_bans: bool = True, lock_lease: float = 0.0,
-                 job_delay: float = 0.01, seed: int = 1) -> None:
+                 job_delay: float = 0.01, seed: int = 1, kernel_answers: bool = True) -> None:
         self.n = n
+        self.kernel_answers = kernel_answers
+        self.frozen: dict[int, float] = {}                  # pnn -> when its daemon runs again
         self.now = 0.0
         self.delay = delay
         self.lock_enabled = lock
@@ -133,6 +138,9 @@ class Sim:
             self.lock_owner = None
             self.lock_free_at = self.now + self.lock_lease
 
+    def freeze(self, pnn: int, seconds: float) -> None:
+        self.frozen[pnn] = self.now + seconds
+
     def partition(self, *groups: set[int]) -> None:
         self.groups = [set(g) for g in groups]
 
@@ -174,6 +182,9 @@ class Sim:
         candidates.append((self._next_dial, self._dial))
         for pnn in sorted(self.powered):
             node = self.nodes[pnn]
+            if pnn in self.frozen:
+                candidates.append((self.frozen[pnn], lambda p=pnn: self.frozen.pop(p)))
+                continue
             candidates.append((node.core.next_deadline(), lambda p=pnn: self.step(p, Tick())))
             if node.job_due is not None:
                 candidates.append((node.job_due, lambda p=pnn: self._leader_job(p)))
@@ -199,6 +210,15 @@ class Sim:
 
     def _deliver(self) -> None:
         when, _, dst, (src, event, traffic) = heapq.heappop(self._queue)
+        if dst in self.frozen and self.now >= self.frozen[dst]:
+            del self.frozen[dst]
+        if dst in self.frozen:                       # waits in the kernel until the thaw
+            heapq.heappush(self._queue, (self.frozen[dst], next(self._seq), dst, (src, event, traffic)))
+            return
+        if traffic is None:                          # kernel to kernel: no connection needed
+            if self.link_up(src, dst):
+                self.step(dst, event)
+            return
         if not self.link_up(src, dst) or frozenset((src, dst)) not in self.pairs:
             return
         if traffic:
@@ -227,6 +247,13 @@ class Sim:
             node.log.append((self.now, a.level, a.text))
         elif isinstance(a, SendHeartbeat):
             self.send(src, a.pnn, Heartbeats(((src, self.now + self.delay),)))
+        elif isinstance(a, ProbeKernel):
+            # The echo and its answer, from the peer's kernel: answered while the peer's host is
+            # up and the links both ways work, whatever its daemon is doing.
+            if self.kernel_answers and self.link_up(src, a.pnn) and self.link_up(a.pnn, src):
+                at = self.now + 2 * self.delay
+                heapq.heappush(self._queue, (at, next(self._seq), src,
+                                             (a.pnn, KernelAnswers(((a.pnn, at),)), None)))
         elif isinstance(a, SendWatch):
             self.send(src, a.pnn, HeartbeatMessage(src, 1 if a.watch else 0))
         elif isinstance(a, SendKeepalive):
@@ -244,8 +271,9 @@ class Sim:
             self.send(src, a.pnn, LeaderDroppedMe(src, a.pnn, a.leader))
         elif isinstance(a, ProbePeer):
             # The control and its reply: the reply is traffic if the peer is up and reachable.
-            if self.link_up(src, a.pnn):
-                self.send(a.pnn, src, None, after=self.delay)
+            if self.link_up(src, a.pnn):            # a frozen daemon answers once it thaws
+                wait = max(0.0, self.frozen.get(a.pnn, self.now) - self.now)
+                self.send(a.pnn, src, None, after=self.delay + wait)
         elif isinstance(a, SendState):
             me = node.core.nodemap.me
             state = PeerState(src, src, me.flags, me.runstate, node.core.capabilities)

@@ -7,6 +7,8 @@ from ctdblab.daemon.core.membership import (
     FailureDetector,
     LoopStalled,
     PeerDead,
+    PeerStalled,
+    ProbeKernel,
     SendHeartbeat,
     SendKeepalive,
     SendWatch,
@@ -217,3 +219,92 @@ def test_jittery_heartbeats_stretch_the_timeout_so_a_late_one_does_not_kill():
     calm = _detector()
     _run(calm, beats + [beats[-1] + k * 0.015 for k in range(1, 600)], until=beats[-1] + 600 * 0.015)
     assert calm.timeout_of(calm._peers[1]) == pytest.approx(0.06)
+
+
+def _run_probing(det: FailureDetector, beats: list[float], until: float, answers: bool,
+                 answer_until: float = float("inf")) -> tuple[float | None, list]:
+    """As _run, and peer 1's kernel answers each ProbeKernel 0.2 ms later while `answers` and
+    before `answer_until` (a host that is up; after that instant it lost power). Returns the
+    time of death (or None) and every action."""
+    pending = sorted(beats)
+    answers_due: list[float] = []
+    seen: list = []
+    while True:
+        due = det.next_deadline()
+        nxt = min(pending[:1] + answers_due[:1], default=None)
+        if nxt is not None and nxt <= due:
+            if answers_due and answers_due[0] == nxt:
+                det.kernel_answer(1, answers_due.pop(0))
+            else:
+                det.fast_heartbeat(1, pending.pop(0))
+            continue
+        if due > until:
+            return None, seen
+        acts = det.tick(due)
+        seen += acts
+        for a in of(acts, ProbeKernel):
+            if answers and due < answer_until:
+                answers_due.append(due + 0.0002)
+        if of(acts, PeerDead):
+            return due, seen
+
+
+def _stall(at: float, length: float) -> list[float]:
+    """15 ms heartbeats from peer 1 for 1 s with no beat in [at, at + length)."""
+    beats = [0.001 + i * 0.015 for i in range(67)]
+    return [b for b in beats if not at <= b < at + length]
+
+
+def test_a_silent_peer_kernel_is_asked_at_two_thirds_of_its_timeout():
+    det = _detector()
+    dead_at, acts = _run_probing(det, [0.001 + i * 0.015 for i in range(10)], until=1.0, answers=False)
+    last = 0.001 + 9 * 0.015
+    probes = of(acts, ProbeKernel)
+    assert probes == [ProbeKernel(1)] * 2                # the ticks at 44 and 59 ms of silence
+    # No answer (powered off, partitioned): dead after the plain timeout, not a bit later.
+    assert dead_at is not None and last + 0.06 <= dead_at <= last + 0.062
+    reason = of(acts, PeerDead)[0].reason
+    assert "kernel" not in reason
+
+
+def test_a_stall_its_kernel_answers_through_is_not_a_death():
+    """Fast soak seed 16: a daemon blocked 52 ms in the kernel was declared dead by a watcher
+    with a 60 ms timeout. Its kernel answers an echo meanwhile: the watcher holds."""
+    beats = _stall(0.3, 0.085)              # 85 ms without a heartbeat, then alive again
+    det = _detector()
+    dead_at, acts = _run_probing(det, beats, until=1.0, answers=True)
+    assert dead_at is None
+    stalls = of(acts, PeerStalled)
+    assert len(stalls) == 1 and stalls[0].pnn == 1 and stalls[0].silence == pytest.approx(0.105)   # 6 beats missed
+    # The same stall without kernel answers is a death: the test can fail.
+    det = _detector()
+    dead_at, _ = _run_probing(det, beats, until=1.0, answers=False)
+    assert dead_at is not None
+
+
+def test_a_frozen_peer_on_a_live_host_is_dead_after_twice_its_timeout():
+    beats = [0.001 + i * 0.015 for i in range(20)]
+    det = _detector()
+    dead_at, acts = _run_probing(det, beats, until=2.0, answers=True)
+    assert dead_at is not None and beats[-1] + 0.12 <= dead_at <= beats[-1] + 0.122
+    assert "its kernel last answered" in of(acts, PeerDead)[0].reason
+
+
+def test_a_host_that_loses_power_during_a_hold_is_dead_one_timeout_after_its_last_answer():
+    beats = [0.001 + i * 0.015 for i in range(20)]
+    det = _detector()
+    # Its kernel answers the first probe (at ~45 ms of silence), then the host is gone.
+    dead_at, acts = _run_probing(det, beats, until=2.0, answers=True, answer_until=beats[-1] + 0.05)
+    first_answer = beats[-1] + 0.045 + 0.0002
+    assert dead_at is not None and dead_at == pytest.approx(first_answer + 0.06, abs=0.0015)
+
+
+def test_held_is_true_only_past_the_timeout_while_the_kernel_answers():
+    det = _detector()
+    det.fast_heartbeat(1, 0.001)
+    assert not det.held(1, 0.03)
+    det.kernel_answer(1, 0.045)
+    assert not det.held(1, 0.05)                         # not past its timeout yet
+    assert det.held(1, 0.07)
+    assert not det.held(1, 0.125)                        # twice the timeout: no longer
+    assert not det.held(2, 0.07)                         # unknown peer

@@ -369,3 +369,30 @@ def test_a_node_cut_off_from_the_majority_says_why_it_must_not_host_ips():
     assert c.hosting_refusal() == "cut off from the majority (1 of 3 nodes connected)"
     c.step(PeerConnected(2), 3.0)
     assert c.hosting_refusal() is None
+
+
+def test_a_watched_peer_whose_kernel_answers_is_held_and_reports_of_its_death_refuted():
+    from ctdblab.daemon.core.membership import ProbeKernel
+    from ctdblab.daemon.core.node import KernelAnswers
+    c = core()                                     # heartbeat 100 ms, dead timeout 400 ms
+    c.step(PeerConnected(1), 0.0)
+    c.step(PeerConnected(2), 0.0)
+    for i in range(1, 21):
+        c.step(Tick(), i * 0.05)
+    watched(c, 1, 1.0)                             # its last heartbeat
+    probes = []
+    for t in (1.1, 1.2, 1.3):                      # 2/3 of 400 ms: asked from 1.3 on
+        probes += c.step(Tick(), t)
+    assert ProbeKernel(1) in probes
+    c.step(KernelAnswers(((1, 1.301),)), 1.31)
+    held = c.step(Tick(), 1.45)                    # past its timeout: held, not dropped
+    assert DropPeer not in kinds(held) and c.nodemap.nodes[1].connected
+    kept = c.step(DeathReport(1, 2, 2), 1.46)
+    assert DropPeer not in kinds(kept)
+    assert "reports node 1 dead, but its kernel answers: keeping it" in texts(kept)[0]
+    # It stays silent and its kernel stops answering: dead one timeout after the last answer.
+    dead = []
+    for t in (1.5, 1.55, 1.6, 1.65, 1.7, 1.71):    # on time: a late tick would be our own stall
+        dead += c.step(Tick(), t)
+    assert any(isinstance(a, DropPeer) and a.pnn == 1 for a in dead)
+    assert any("its kernel last answered 409 ms ago" in x for x in texts(dead))

@@ -398,3 +398,57 @@ def test_survivors_of_a_dead_leader_drop_nothing_while_its_lock_runs_out(lease):
     survivors = set(range(5)) - {leader}
     sim.run_until(lambda: sim.settled(survivors), timeout=10)
     assert not any(sim.logged(p, "which this node cannot reach") for p in survivors)
+
+
+def fast_formed(n: int = 5, **kw) -> Sim:
+    """The fast profile's detector: 15 ms heartbeats, 60 ms dead timeout."""
+    return formed(n, heartbeat=0.015, dead_timeout=0.06, **kw)
+
+
+def deaths_logged(sim: Sim) -> list[str]:
+    return [text for p in sim.nodes for _, _, text in sim.nodes[p].log if "dead count reached" in text]
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead_while_its_kernel_answers(answers):
+    """Fast soak seed 16: a daemon blocked 52 ms in the kernel lost its watchers' 60 ms timeout
+    and was declared dead. Its watchers now ask its kernel first."""
+    sim = fast_formed(kernel_answers=answers)
+    victim = next(p for p in range(5) if p not in sim.leaders())
+    before = {ip: hosts for ip, hosts in sim.hosts().items()}
+    sim.freeze(victim, 0.09)
+    sim.run(2.0)
+    if answers:
+        assert deaths_logged(sim) == []
+        assert sim.hosts() == before                          # no IP moved
+        assert any(sim.logged(p, f"Node {victim} was silent for") for p in range(5))
+    else:                                                      # what it did before: the test can fail
+        assert any(f"node {victim}" in text for text in deaths_logged(sim))
+
+
+def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_twice_the_dead_timeout():
+    sim = fast_formed()
+    victim = next(p for p in range(5) if p not in sim.leaders())
+    sim.freeze(victim, 30.0)
+    survivors = set(range(5)) - {victim}
+    took = sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
+                                     for p in survivors), timeout=5)
+    # twice the dead timeout + a heartbeat of phase + the non-watchers' question (30 ms)
+    assert 0.12 <= took <= 0.12 + 0.015 + 0.03 + 0.01, took
+    assert any("its kernel last answered" in text for text in deaths_logged(sim))
+
+
+@pytest.mark.parametrize("fault", ["power_off", "partition"])
+def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault):
+    """No kernel answers behind a power-off or a partition: detection is as fast as before."""
+    sim = fast_formed()
+    victim = next(p for p in range(5) if p not in sim.leaders())
+    survivors = set(range(5)) - {victim}
+    if fault == "power_off":
+        sim.power_off(victim)
+    else:
+        sim.partition({victim}, survivors)
+    took = sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
+                                     for p in survivors), timeout=5)
+    assert took <= 0.06 + 0.015 + 0.03 + 0.01, took
+    assert not any("its kernel last answered" in text for text in deaths_logged(sim))
