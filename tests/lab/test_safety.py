@@ -238,3 +238,30 @@ def test_a_node_that_rejoins_through_the_leader_first_hosts_public_ips_again(lab
     assert "may host public IPs again" in log_text(cluster, victim)
     cluster.wait_until(lambda: all(len([p for p in range(5) if ip in configured(cluster, p)]) == 1
                                    for ip in cluster.public_ips()), 10, "every IP on exactly one node")
+
+
+def test_fast_profile_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead(lab_cluster, tmp_path):
+    """Fast profile (60 ms dead timeout): a non-leader daemon stopped for 75 ms, three times.
+    Its watchers ask its kernel (ICMP echo from inside the namespaces) and hold: no death, no IP
+    moved. Without the echo every one of these stalls was a death (75 ms + up to a heartbeat
+    of 15 ms of silence against 60 ms)."""
+    cluster = lab_cluster(3, daemon="pyctdbd", tunables="fast", clustered_smbd=False, clients=0)
+    victim = next(p for p in range(3) if p != cluster.leader(0))
+    cluster.wait_until(lambda: all(len([p for p in range(3) if ip in configured(cluster, p)]) == 1
+                                   for ip in cluster.public_ips()), 10, "every IP on exactly one node")
+    before = {p: configured(cluster, p) for p in range(3)}
+    with History(tmp_path / "stall.jsonl") as history:
+        nemesis = chaos.Nemesis(cluster, history)
+        for _ in range(3):
+            pids = nemesis.inject(chaos.Freeze(victim))
+            time.sleep(0.075)
+            nemesis.inject(chaos.Thaw(victim, pids))
+            time.sleep(1.0)
+    logs = {p: log_text(cluster, p) for p in range(3)}
+    deaths = [line for p in range(3) for line in logs[p].splitlines() if "dead count reached" in line]
+    assert deaths == [], "\n".join(deaths)
+    held = [line for p in range(3) if p != victim for line in logs[p].splitlines()
+            if f"Node {victim} was silent for" in line]
+    print("\n" + "\n".join(held))
+    assert held, "no watcher held the stalled node (were the stalls shorter than the timeout?)"
+    assert {p: configured(cluster, p) for p in range(3)} == before
