@@ -5,13 +5,17 @@
                 §14.3): KeepaliveInterval=1, KeepaliveLimit=2 and shorter election, recovery,
                 takeover and monitor timers.
 ``aggressive_lt2``  aggressive plus ``[cluster] leader timeout = 2`` in ctdb.conf.
-``fast``        aggressive, and for pyctdbd heartbeats every 15 ms with a 60 ms dead timeout
-                (keepalived's 10 ms VRRP adverts are the yardstick: lab.md Part C).  10/50 ms
-                cost 1.73 % of a core per idle daemon, 15/60 ms 0.97 % (target 1.5 %), with
-                client resets at 0.05-0.07 s either way; on a day when the VM's wake-ups cost
-                twice as much, 15/60 ms measured 1.97 % (`benchmarks.idle_cost` prints the
-                floor beside it).  ctdbd has no such tunables and runs
-                it as ``aggressive``.
+``fast``        aggressive, and for pyctdbd heartbeats every 20 ms with a 60 ms dead timeout
+                (keepalived's 10 ms VRRP adverts are the yardstick: lab.md Part C).  Until
+                2026-12-06 it was 15/60 ms: 0.97-1.97 % of a core per idle daemon depending on
+                the day (target 1.5 %; `benchmarks.idle_cost` prints the VM's floor beside it).
+                Since a watcher asks a silent peer's kernel before declaring it dead
+                (core/membership.py), a stall or two lost heartbeats no longer cost a death,
+                so the beats need not come four to a timeout: 20 ms keeps the detection (60 ms
+                of silence, 50 ms after the cut on average instead of 52.5) and wakes the
+                daemon 60 times a second instead of 77 (same cluster, alternating: 1.08-1.10 %
+                against 1.30-1.36 %).  ctdbd has no such tunables and runs it as
+                ``aggressive``.
 
 keepalived (``--daemon keepalived``) reads none of CTDB's tunables: a profile gives it its VRRPv3
 advert interval, ``vrrp_advert_s`` — 0.1 s in every profile (lab.md Part C: IP moved in 0.35 s, no
@@ -47,7 +51,7 @@ PROFILES = {
     "aggressive": Profile("aggressive", dict(_AGGRESSIVE)),
     "aggressive_lt2": Profile("aggressive_lt2", dict(_AGGRESSIVE), {"leader timeout": "2"}),
     "fast": Profile("fast", dict(_AGGRESSIVE),
-                    pyctdbd_tunables={"HeartbeatIntervalMs": 15, "DeadTimeoutMs": 60},
+                    pyctdbd_tunables={"HeartbeatIntervalMs": 20, "DeadTimeoutMs": 60},
                     vrrp_advert_s=0.01),
 }
 

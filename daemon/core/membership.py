@@ -23,9 +23,9 @@ peers a fresh timeout instead of blaming them for its own stall.
 A *peer's* stall looks like its death: its heartbeats stop. Their kernels tell them apart. A
 host whose daemon is blocked for a few tens of milliseconds (in a system call, descheduled on a
 loaded machine) still answers an ICMP echo from its network stack; a host that lost power, or
-sits behind a partition, does not. So when a watched peer has been silent for two thirds of its
-timeout the detector asks its kernel (`ProbeKernel`, once a heartbeat tick while the silence
-lasts), and an answer received during the silence holds the verdict: the peer is dead one
+sits behind a partition, does not. So when a watched peer has missed a heartbeat and its deadline
+comes before the next tick but one, the detector asks its kernel (`ProbeKernel`, once a
+heartbeat tick while the silence lasts; `probe_due`), and an answer received during the silence holds the verdict: the peer is dead one
 timeout after its kernel's last answer, but never later than twice its timeout of silence
 (`HOLD_FACTOR`). A power-off is declared exactly as before (no answer ever comes); a frozen or
 wedged daemon on a live host is declared dead after twice the timeout instead of once. The fast
@@ -140,9 +140,8 @@ Action = SendHeartbeat | SendWatch | SendKeepalive | PeerDead | ProbeKernel | Pe
 GAP_FACTOR = 2.0
 GAP_DECAY = 0.995
 MAX_STRETCH = 4.0
-#: When a silent peer's kernel is asked (fraction of its timeout), and how far its answers can
-#: hold the verdict (multiple of its timeout; never past MAX_STRETCH dead timeouts).
-PROBE_AFTER = 2 / 3
+#: How far a silent peer's kernel's answers can hold the verdict (multiple of its timeout;
+#: never past MAX_STRETCH dead timeouts).
 HOLD_FACTOR = 2.0
 
 
@@ -281,11 +280,20 @@ class FailureDetector:
             return due + 0.0005
         return when
 
-    def dead_deadline_due(self, now: float) -> bool:
-        """True when some watched peer's dead timeout has run out (as far as we know): the
-        shell must read its queued heartbeats before calling `tick`."""
-        due = self._earliest_dead_deadline()
-        return due is not None and due <= now
+    def heartbeats_wanted(self, now: float) -> bool:
+        """True when the shell must read its queued heartbeats before calling `tick`: as far as
+        we know, a watched peer's dead deadline falls before the next heartbeat tick (it would
+        cost a wake-up of its own, or a death), or its kernel is due to be asked. The shell
+        reads the socket only every few ticks otherwise, so "as far as we know" can be a tick
+        or two stale: with 25 ms heartbeats that staleness alone once cost 20 extra wake-ups a
+        second, and an echo request every other tick."""
+        if not self.settings.fast_path:
+            return False
+        horizon = now + self.settings.heartbeat_interval
+        for p in self._peers.values():
+            if p.watched and p.fast_seen and (self._probe_due(p, now) or self._dead_at(p) <= horizon):
+                return True
+        return False
 
     def _earliest_dead_deadline(self) -> float | None:
         if not self.settings.fast_path:
@@ -320,6 +328,14 @@ class FailureDetector:
         gap = now - peer.last_rx
         if peer.watched and peer.fast_seen and gap > self.timeout_of(peer):
             peer.stalled_for = gap
+
+    def _probe_due(self, peer: _Peer, now: float) -> bool:
+        """Ask `peer`'s kernel on this tick: a heartbeat is missed (its silence passed one and a
+        half intervals) and its deadline comes before the tick after next, so the answer is in
+        before the deadline (a fixed fraction of the timeout fell just after the last tick
+        before the deadline at 20 ms heartbeats: the echo went out too late to count)."""
+        interval = self.settings.heartbeat_interval
+        return now - peer.last_rx >= 1.5 * interval and self._dead_at(peer) <= now + 1.5 * interval
 
     def held(self, pnn: int, now: float) -> bool:
         """`pnn` is past its timeout of silence but its kernel answers: we are holding it."""
@@ -377,8 +393,8 @@ class FailureDetector:
         return actions
 
     def _probes_and_stalls(self, now: float) -> list[Action]:
-        """On a heartbeat tick: ask the kernels of peers silent for PROBE_AFTER of their timeout,
-        and report held silences that ended."""
+        """On a heartbeat tick: ask the kernels of peers whose probe is due, and report held
+        silences that ended."""
         actions: list[Action] = []
         for pnn, peer in self._peers.items():
             if not (peer.watched and peer.fast_seen):
@@ -386,7 +402,7 @@ class FailureDetector:
             if peer.stalled_for:
                 actions.append(PeerStalled(pnn, peer.stalled_for))
                 peer.stalled_for = 0.0
-            if now - peer.last_rx >= PROBE_AFTER * self.timeout_of(peer):
+            if self._probe_due(peer, now):
                 actions.append(ProbeKernel(pnn))
         return actions
 

@@ -457,8 +457,8 @@ class NodeCore:
         return [p for p in self.nodemap.active_pnns() if self.capabilities_of(p) & CAP_LMASTER]
 
     def wants_heartbeats(self, now: float) -> bool:
-        """A watched peer's dead timeout ran out: read the queued heartbeats before the tick."""
-        return self.detector.dead_deadline_due(now)
+        """Read the queued heartbeats before this tick (core/membership.py, heartbeats_wanted)."""
+        return self.detector.heartbeats_wanted(now)
 
     def next_deadline(self) -> float:
         when = self.detector.next_deadline()

@@ -254,7 +254,7 @@ class Daemon:
         self.transport.stop_admitting()
         self.node.step(SetRunstate(Runstate.SHUTDOWN))
         self.node.stopped = True
-        await self.node.release_lock()
+        await self.node.close()
         if self.node.is_leader:
             self.messenger.broadcast(Srvid.LEADER, pack_message(Srvid.LEADER, UNKNOWN_PNN))
         await self.ips.release_all("shutdown")

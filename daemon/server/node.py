@@ -347,8 +347,8 @@ class NodeService:
     def lock_lost(self, reason: str) -> None:
         self.step(LockLost(reason))
 
-    async def release_lock(self) -> None:
-        """Shutdown: release the lock and stop the spare helper."""
+    async def close(self) -> None:
+        """Shutdown: close the echo sockets, release the lock and stop the spare helper."""
         if self._kernel_probe is not None:
             self._kernel_probe.close()
         if self.lock is not None:

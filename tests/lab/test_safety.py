@@ -244,7 +244,7 @@ def test_fast_profile_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dea
     """Fast profile (60 ms dead timeout): a non-leader daemon stopped for 75 ms, three times.
     Its watchers ask its kernel (ICMP echo from inside the namespaces) and hold: no death, no IP
     moved. Without the echo every one of these stalls was a death (75 ms + up to a heartbeat
-    of 15 ms of silence against 60 ms)."""
+    of 20 ms of silence against 60 ms)."""
     cluster = lab_cluster(3, daemon="pyctdbd", tunables="fast", clustered_smbd=False, clients=0)
     victim = next(p for p in range(3) if p != cluster.leader(0))
     cluster.wait_until(lambda: all(len([p for p in range(3) if ip in configured(cluster, p)]) == 1

@@ -255,7 +255,7 @@ def _stall(at: float, length: float) -> list[float]:
     return [b for b in beats if not at <= b < at + length]
 
 
-def test_a_silent_peer_kernel_is_asked_at_two_thirds_of_its_timeout():
+def test_a_silent_peer_kernel_is_asked_on_the_ticks_before_its_deadline():
     det = _detector()
     dead_at, acts = _run_probing(det, [0.001 + i * 0.015 for i in range(10)], until=1.0, answers=False)
     last = 0.001 + 9 * 0.015
@@ -308,3 +308,19 @@ def test_held_is_true_only_past_the_timeout_while_the_kernel_answers():
     assert det.held(1, 0.07)
     assert not det.held(1, 0.125)                        # twice the timeout: no longer
     assert not det.held(2, 0.07)                         # unknown peer
+
+
+@pytest.mark.parametrize("interval, wanted", [(0.015, False), (0.025, True)])
+def test_heartbeats_are_read_before_a_tick_that_would_act_on_stale_arrivals(interval, wanted):
+    """The shell reads the heartbeat socket every second tick. Two ticks of staleness are 30 ms
+    at 15 ms heartbeats (no deadline or echo request is near: no read needed) but 50 ms at
+    25 ms: a missed heartbeat with the deadline near (an echo would go to a live peer), and
+    the deadline before the next tick (a wake-up of its own)."""
+    det = FailureDetector(0, DetectorSettings(heartbeat_interval=interval, dead_timeout=0.06), now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    det.fast_heartbeat(1, 1.0 + 0.0002)                 # read at the tick at 1.0
+    now = 1.0 + 2 * interval                             # two ticks later, nothing read since
+    assert det.heartbeats_wanted(now) is wanted
+    assert det.heartbeats_wanted(1.0 + 0.07)             # past the deadline: always
+    assert not FailureDetector(0, DetectorSettings(dead_timeout=0), now=0.0).heartbeats_wanted(5.0)

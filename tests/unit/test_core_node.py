@@ -381,7 +381,7 @@ def test_a_watched_peer_whose_kernel_answers_is_held_and_reports_of_its_death_re
         c.step(Tick(), i * 0.05)
     watched(c, 1, 1.0)                             # its last heartbeat
     probes = []
-    for t in (1.1, 1.2, 1.3):                      # 2/3 of 400 ms: asked from 1.3 on
+    for t in (1.1, 1.2, 1.3):                      # asked once its deadline (1.4) is within 150 ms
         probes += c.step(Tick(), t)
     assert ProbeKernel(1) in probes
     c.step(KernelAnswers(((1, 1.301),)), 1.31)

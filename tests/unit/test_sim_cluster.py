@@ -401,8 +401,8 @@ def test_survivors_of_a_dead_leader_drop_nothing_while_its_lock_runs_out(lease):
 
 
 def fast_formed(n: int = 5, **kw) -> Sim:
-    """The fast profile's detector: 15 ms heartbeats, 60 ms dead timeout."""
-    return formed(n, heartbeat=0.015, dead_timeout=0.06, **kw)
+    """The fast profile's detector: 20 ms heartbeats, 60 ms dead timeout."""
+    return formed(n, heartbeat=0.02, dead_timeout=0.06, **kw)
 
 
 def deaths_logged(sim: Sim) -> list[str]:
