@@ -26,7 +26,7 @@ from ..core.node import (
 )
 from ..core.nodes import NodeMap
 from ..log import log, notice
-from ..net.kernel_probe import KernelProbe
+from ..failover.kernel_probe import KernelProbe
 from ..net.rpc import ControlError
 from ..protocol import (
     BROADCAST_ALL, BROADCAST_CONNECTED, KEEPALIVE_VERSION_4_17, UNKNOWN_PNN, Control, ProtocolError,
@@ -185,7 +185,7 @@ class NodeService:
                                         internal.pack_heartbeat(internal.HEARTBEAT_BEAT))
 
     def _probe_kernel(self, action: ProbeKernel) -> None:
-        """An echo request to a silent peer's host (net/kernel_probe.py), read on later ticks."""
+        """An echo request to a silent peer's host (failover/kernel_probe.py), read on later ticks."""
         transport = self.messenger.transport
         if transport is None:
             return

@@ -1,4 +1,4 @@
-"""net/kernel_probe.py: echo requests and the answers that count."""
+"""failover/kernel_probe.py: echo requests and the answers that count."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from ctdblab.daemon.net.kernel_probe import (
-    ICMP_ECHO_REPLY, PAYLOAD, KernelProbe, checksum, echo_request, parse_echo_reply,
-)
+from ctdblab.daemon.failover.packets import internet_checksum as checksum
+from ctdblab.daemon.failover.kernel_probe import ICMP_ECHO_REPLY, PAYLOAD, KernelProbe, echo_request, parse_echo_reply
 
 
 def ipv4_header(src: str = "198.18.0.2") -> bytes:

@@ -21,6 +21,8 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
+from .packets import internet_checksum
+
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 SOL_RAW = 255
@@ -32,23 +34,13 @@ _ECHO = struct.Struct("!BBHHH")       # type, code, checksum, identifier, sequen
 PAYLOAD = b"pyctdbd kernel probe"
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def echo_request(ident: int, seq: int, v6: bool) -> bytes:
     """An echo request; for IPv6 the kernel fills in the checksum (it covers a pseudo-header)."""
     kind = ICMP6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST
     body = _ECHO.pack(kind, 0, 0, ident, seq & 0xFFFF) + PAYLOAD
     if v6:
         return body
-    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+    return body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
 
 
 def parse_echo_reply(packet: bytes, ident: int, v6: bool) -> bool:
