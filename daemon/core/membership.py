@@ -25,9 +25,9 @@ host whose daemon is blocked for a few tens of milliseconds (in a system call, d
 loaded machine) still answers an ICMP echo from its network stack; a host that lost power, or
 sits behind a partition, does not. So when a watched peer has missed a heartbeat and its deadline
 comes before the next tick but one, the detector asks its kernel (`ProbeKernel`, once a
-heartbeat tick while the silence lasts; `probe_due`), and an answer received during the silence holds the verdict: the peer is dead one
-timeout after its kernel's last answer, but never later than twice its timeout of silence
-(`HOLD_FACTOR`). A power-off is declared exactly as before (no answer ever comes); a frozen or
+heartbeat tick while the silence lasts; `_probe_due`), and an answer received during the
+silence holds the verdict: the peer is dead one timeout after its kernel's last answer, but
+never later than twice its timeout of silence (`HOLD_FACTOR`). A power-off is declared exactly as before (no answer ever comes); a frozen or
 wedged daemon on a live host is declared dead after twice the timeout instead of once. The fast
 soak found the case (seed 16): a daemon blocked 52 ms in the kernel, against 60 ms timeouts with
 15 ms heartbeats, was declared dead by its watcher.
