@@ -27,10 +27,10 @@ sits behind a partition, does not. So when a watched peer has missed a heartbeat
 comes before the next tick but one, the detector asks its kernel (`ProbeKernel`, once a
 heartbeat tick while the silence lasts; `_probe_due`), and an answer received during the
 silence holds the verdict: the peer is dead one timeout after its kernel's last answer, but
-never later than twice its timeout of silence (`HOLD_FACTOR`). A power-off is declared exactly as before (no answer ever comes); a frozen or
-wedged daemon on a live host is declared dead after twice the timeout instead of once. The fast
-soak found the case (seed 16): a daemon blocked 52 ms in the kernel, against 60 ms timeouts with
-15 ms heartbeats, was declared dead by its watcher.
+never later than twice its timeout of silence (`HOLD_FACTOR`). A power-off is declared exactly
+as before (no answer ever comes); a frozen or wedged daemon on a live host is declared dead after
+twice the timeout instead of once. The fast soak found the case (seed 16): a daemon blocked 52 ms
+in the kernel, against 60 ms timeouts with 15 ms heartbeats, was declared dead by its watcher.
 
 A peer's timeout also stretches with the jitter its heartbeats have shown lately: it is the
 larger of `DeadTimeoutMs` and twice the longest gap between its recent heartbeats (the gap
@@ -201,8 +201,7 @@ class FailureDetector:
         if peer is not None:
             peer.rx_count += 1
             if now > peer.last_rx:
-                if peer.kernel_rx > peer.last_rx:
-                    self._note_held_silence(peer, now)
+                self._note_held_silence(peer, now)
                 peer.last_rx = now
 
     def watch_request(self, pnn: int, watch: bool, now: float) -> None:
@@ -227,8 +226,7 @@ class FailureDetector:
         peer.rx_count += 1
         if now > peer.last_rx:
             if peer.watched and peer.fast_seen:
-                if peer.kernel_rx > peer.last_rx:
-                    self._note_held_silence(peer, now)
+                self._note_held_silence(peer, now)
                 peer.recent_gap = max(now - peer.last_rx, peer.recent_gap * GAP_DECAY)
             peer.last_rx = now
         if peer.watched:
@@ -323,10 +321,11 @@ class FailureDetector:
         return due
 
     def _note_held_silence(self, peer: _Peer, now: float) -> None:
-        """`peer` is heard again after a silence its kernel answered through: if it outlasted
-        the timeout, it was a stall the hold saved (reported on the next tick)."""
+        """`peer` is heard again: if its kernel answered during the silence and the silence
+        outlasted the timeout, it was a stall the hold saved (reported on the next tick)."""
         gap = now - peer.last_rx
-        if peer.watched and peer.fast_seen and gap > self.timeout_of(peer):
+        if (peer.kernel_rx > peer.last_rx and peer.watched and peer.fast_seen
+                and gap > self.timeout_of(peer)):
             peer.stalled_for = gap
 
     def _probe_due(self, peer: _Peer, now: float) -> bool:

@@ -14,7 +14,6 @@ a silent peer dead after its timeout, as it did before the probe existed.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import struct
@@ -57,26 +56,20 @@ def parse_echo_reply(packet: bytes, ident: int, v6: bool) -> bool:
     return kind == want and code == 0 and got_ident == ident and packet[_ECHO.size:].startswith(PAYLOAD)
 
 
-def _canon(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return address
-
-
 class KernelProbe:
-    """Echo requests to the nodes of `addresses` (indexed by PNN) and their answers."""
+    """Echo requests to the nodes of `addresses` (indexed by PNN) and their answers; `pnn_at`
+    names the node an answer came from (the transport's own lookup, which knows every
+    spelling of a node's address)."""
 
-    def __init__(self, addresses: Sequence[str | None], log: Callable[[str], None],
-                 ident: int | None = None) -> None:
+    def __init__(self, addresses: Sequence[str | None], pnn_at: Callable[[str], int | None],
+                 log: Callable[[str], None]) -> None:
         self.addresses = addresses       # the transport's list (PNN -> address; None: deleted)
+        self._pnn_at = pnn_at
         self._log = log
-        self.ident = (os.getpid() if ident is None else ident) & 0xFFFF
+        self.ident = os.getpid() & 0xFFFF
         self._seq = 0
         self._sockets: dict[int, socket.socket] = {}
         self._unavailable: set[int] = set()
-        self.sent = 0
-        self.answers = 0
 
     def send(self, pnn: int) -> bool:
         """Ask node `pnn`'s kernel; False if that cannot be done (no raw socket, no route)."""
@@ -94,13 +87,11 @@ class KernelProbe:
             sock.sendto(echo_request(self.ident, self._seq, v6), (address, 0))
         except OSError:
             return False          # no route, or the neighbour is unresolved: no answer either
-        self.sent += 1
         return True
 
     def drain(self, wall_to_loop: float) -> list[tuple[int, float]]:
         """Answers queued since the last call: [(pnn, arrival on the loop clock)]."""
         out: list[tuple[int, float]] = []
-        by_address = {_canon(a): pnn for pnn, a in enumerate(self.addresses) if a is not None}
         for family, sock in self._sockets.items():
             v6 = family == socket.AF_INET6
             for _ in range(4096):      # other processes' echo replies land here too
@@ -110,7 +101,7 @@ class KernelProbe:
                     break
                 except OSError:
                     break
-                pnn = by_address.get(_canon(source[0]))
+                pnn = self._pnn_at(source[0])
                 if pnn is None or not parse_echo_reply(data, self.ident, v6):
                     continue
                 arrival = time.time()
@@ -119,7 +110,6 @@ class KernelProbe:
                         sec, nsec = _TIMESPEC.unpack_from(raw)
                         arrival = sec + nsec * 1e-9
                 out.append((pnn, arrival + wall_to_loop))
-        self.answers += len(out)
         return out
 
     def close(self) -> None:

@@ -337,6 +337,10 @@ class NodeTransport:
                       f"(latest from {address})")
             self._bad_fast = 0
 
+    def pnn_at(self, address: str) -> int | None:
+        """The node whose address this is (any spelling the kernel gives it), or None."""
+        return self._by_address.get(_canon(address))
+
     def is_connected(self, pnn: int) -> bool:
         peer = self._peers.get(pnn)
         return bool(peer and peer.connected)
@@ -433,7 +437,7 @@ class NodeTransport:
             self._update(peer, f"outbound connection lost ({_describe(exc) if exc else 'closed'})")
 
     def _inbound_made(self, protocol: _Inbound, address: str) -> None:
-        pnn = self._by_address.get(_canon(address))
+        pnn = self.pnn_at(address)
         if pnn is None:
             self._log(f"refusing node connection from {address}: not an address in the nodes list")
             protocol.close()

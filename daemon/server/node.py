@@ -190,7 +190,7 @@ class NodeService:
         if transport is None:
             return
         if self._kernel_probe is None:
-            self._kernel_probe = KernelProbe(transport.addresses, log.warning)
+            self._kernel_probe = KernelProbe(transport.addresses, transport.pnn_at, log.warning)
         if self._kernel_probe.send(action.pnn):
             self._probe_answers_until = self.clock() + PROBE_ANSWERS_FOR
 

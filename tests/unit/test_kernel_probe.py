@@ -47,14 +47,14 @@ def test_only_echo_replies_to_our_identifier_count():
 
 def test_unknown_or_deleted_nodes_are_not_asked():
     logged = []
-    probe = KernelProbe(["198.18.0.1", None], logged.append)
+    probe = KernelProbe(["198.18.0.1", None], {"198.18.0.1": 0}.get, logged.append)
     assert not probe.send(1) and not probe.send(2) and not probe.send(-1)
     assert probe.drain(0.0) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
 def test_the_loopback_kernel_answers_with_a_timestamp_on_the_loop_clock():
-    probe = KernelProbe(["127.0.0.1", "::1"], print)
+    probe = KernelProbe(["127.0.0.1", "::1"], {"127.0.0.1": 0, "::1": 1}.get, print)
     before = time.time()
     assert probe.send(0) and probe.send(1)
     answers: list = []
@@ -72,6 +72,6 @@ def test_without_raw_sockets_the_probe_says_so_once_and_stays_off(monkeypatch):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(socket, "socket", refuse)
     logged = []
-    probe = KernelProbe(["198.18.0.1", "198.18.0.2"], logged.append)
+    probe = KernelProbe(["198.18.0.1", "198.18.0.2"], {}.get, logged.append)
     assert not probe.send(0) and not probe.send(1)
     assert len(logged) == 1 and "cannot open a raw ICMP socket (Operation not permitted)" in logged[0]
