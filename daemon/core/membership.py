@@ -40,8 +40,20 @@ packets wait tens of milliseconds in the kernel (the lab under stress-ng: gaps o
 15 ms heartbeats), a late heartbeat no longer kills a live peer, while a peer that stops
 altogether is still declared dead after its (stretched) timeout.
 
+**Paced mode** (`look_interval` > 0). A Python event loop that wakes on every heartbeat tick
+costs more CPU than the beats themselves (docs/fast-profile-idle.md). So at short intervals the
+shell hands the beats to a pacer thread (net/pacer.py): it sends them on the heartbeat grid,
+reads the arrivals, and wakes the loop only when a watched peer's silence reaches
+`ALARM_BEATS` intervals -- the silence at which a kernel probe starts to be due. The detector
+then no longer emits `SendHeartbeat` on its ticks (`heartbeat_targets()` tells the shell where
+the pacer sends), and it looks every `look_interval` while no watched peer is *suspect* (silent
+for `ALARM_BEATS` intervals); a suspect peer brings back the tick on every heartbeat grid point
+until it is heard or dead, exactly as without the pacer. Dead deadlines of peers that are not
+suspect set no timer: the pacer's alarm comes first. Detection times do not change: the alarm
+arrives on the grid point where the unpaced detector would have probed.
+
 Sans-I/O: inputs are calls with the current time, outputs are action objects; the shell calls
-`tick()` at `next_deadline()`.
+`tick()` at `next_deadline()` (and, paced, also when the pacer raises its alarm).
 """
 
 from __future__ import annotations
@@ -61,6 +73,9 @@ class DetectorSettings:
     #: and keepalives arrive together, and a node wakes up once where it would wake up N times
     #: (this is what keeps idle CPU low at 16 nodes).
     wall_offset: float = 0.0
+    #: s between the detector's looks while no peer is suspect, when a pacer thread sends and
+    #: reads the heartbeats (module docstring); 0: the detector ticks on every heartbeat.
+    look_interval: float = 0.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -69,10 +84,22 @@ class DetectorSettings:
             raise ValueError("dead timeout, keepalive interval and limit must be sensible")
         if self.watchers < 1:
             raise ValueError("at least one watcher is needed")
+        if self.look_interval < 0:
+            raise ValueError("look interval must not be negative")
 
     @property
     def fast_path(self) -> bool:
         return self.dead_timeout > 0
+
+    @property
+    def paced(self) -> bool:
+        """Heartbeats are sent and read by the shell's pacer thread."""
+        return self.fast_path and self.look_interval > 0
+
+    @property
+    def alarm_silence(self) -> float:
+        """A watched peer silent this long is suspect (paced: the pacer wakes the loop)."""
+        return ALARM_BEATS * self.heartbeat_interval
 
 
 def grid_point_after(when: float, phase: float, interval: float) -> float:
@@ -143,6 +170,9 @@ MAX_STRETCH = 4.0
 #: How far a silent peer's kernel's answers can hold the verdict (multiple of its timeout;
 #: never past MAX_STRETCH dead timeouts).
 HOLD_FACTOR = 2.0
+#: A peer silent for this many heartbeat intervals has missed a beat: its kernel may be asked,
+#: and a paced detector looks at it on every heartbeat tick.
+ALARM_BEATS = 1.5
 
 
 @dataclass
@@ -242,13 +272,18 @@ class FailureDetector:
         s = self.settings
         actions: list[Action] = []
         stalled = None
-        if now >= self._next_fast:
-            late = now - self._next_fast
+        # Paced, a suspect peer turns a look into a heartbeat tick at once: this is the pacer's
+        # alarm, or a peer that fell silent just before a look.
+        alarmed = (s.paced and self._next_fast - now > s.heartbeat_interval / 2
+                   and self._any_suspect(now))
+        if now >= self._next_fast or alarmed:
+            late = max(0.0, now - self._next_fast)
             self._last_fast_tick = now
             # The next grid point after now, not after the missed deadline: no catch-up bursts.
-            self._next_fast = self._grid_after(now, s.heartbeat_interval)
+            self._next_fast = self._next_fast_after(now)
             if s.fast_path:
-                actions += self._heartbeats
+                if not s.paced:
+                    actions += self._heartbeats
                 if late > s.dead_timeout / 2:
                     stalled = late
                 else:
@@ -270,10 +305,11 @@ class FailureDetector:
         return actions
 
     def next_deadline(self) -> float:
-        """When to call `tick` next: the next heartbeat or keepalive tick, or the moment a
-        watched peer's dead timeout runs out (so detection is not rounded up to a tick)."""
+        """When to call `tick` next: the next heartbeat or keepalive tick (paced: the next look),
+        or the moment a watched peer's dead timeout runs out (so detection is not rounded up to
+        a tick; paced, only a suspect peer's counts: the pacer's alarm covers the others)."""
         when = self._next_fast if self._next_fast < self._next_slow else self._next_slow
-        due = self._earliest_dead_deadline()
+        due = self._earliest_dead_deadline(suspects_only=self.settings.paced)
         if due is not None and due + 0.0005 < when:
             return due + 0.0005
         return when
@@ -293,12 +329,31 @@ class FailureDetector:
                 return True
         return False
 
-    def _earliest_dead_deadline(self) -> float | None:
+    def heartbeat_targets(self) -> tuple[int, ...]:
+        """The peers this node heartbeats (its watchers): where a pacer sends."""
+        return tuple(h.pnn for h in self._heartbeats)
+
+    def _any_suspect(self, now: float) -> bool:
+        alarm = self.settings.alarm_silence
+        return any(p.watched and p.fast_seen and now - p.last_rx >= alarm
+                   for p in self._peers.values())
+
+    def _next_fast_after(self, now: float) -> float:
+        """The next heartbeat tick; paced, the next look unless a peer is suspect."""
+        s = self.settings
+        if s.paced and not self._any_suspect(now):
+            return self._grid_after(now, s.look_interval)
+        return self._grid_after(now, s.heartbeat_interval)
+
+    def _earliest_dead_deadline(self, suspects_only: bool = False) -> float | None:
         if not self.settings.fast_path:
             return None
         earliest = None
+        alarm = self.settings.alarm_silence
         for p in self._peers.values():
             if p.watched and p.fast_seen:
+                if suspects_only and self._last_fast_tick - p.last_rx < alarm:
+                    continue        # not suspect at the last tick: the pacer's alarm covers it
                 due = self._dead_at(p)
                 if earliest is None or due < earliest:
                     earliest = due

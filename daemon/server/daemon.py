@@ -114,7 +114,7 @@ class Daemon:
         self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
                                 lock_setting=lock_spec.setting if lock_spec else "",
                                 start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
-                                reschedule=self._reschedule)
+                                reschedule=self._reschedule, tick_now=self._tick_now)
         self.scripts = ScriptEvents(options.event_dir, options.script_env,
                                     debug_script_path(conf.event_debug_script, cfg.paths.etc_dir),
                                     self.tunables, stock_dir=f"{cfg.paths.data_dir}/events/legacy")
@@ -237,6 +237,7 @@ class Daemon:
         notice("Keepalive monitoring has been started")
         self.node.step(SetRunstate(Runstate.FIRST_RECOVERY))
         self._timer_armed = True
+        self.node.settings_changed(self._node_settings())   # the pacer, now the fast channel is up
         self.node.step(Start())
         self.tasks.spawn(self.leader.run(), "leader-duties")
         self.tasks.spawn(self.connections.run(), "tickles")
@@ -286,6 +287,14 @@ class Daemon:
             self._timer.cancel()
         self._timer_when = when
         self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _tick_now(self) -> None:
+        """The heartbeat pacer's alarm: run the timer now instead of at its next look."""
+        if self.tasks.shutting_down or not self._timer_armed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._on_timer()
 
     def _on_timer(self) -> None:
         self._timer = None

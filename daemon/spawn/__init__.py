@@ -31,7 +31,7 @@ from . import posix
 from .posix import DEVNULL
 
 
-def _run_like_the_main_thread(reset_on_fork: bool = True) -> None:
+def run_like_the_main_thread(reset_on_fork: bool = True) -> None:
     """A worker thread gets the main thread's scheduling policy. With SCHED_RESET_ON_FORK a new
     thread starts SCHED_OTHER, and a non-real-time thread that holds the GIL while real-time
     daemons keep the cores busy would stall the loop waiting for the GIL (the same inversion
@@ -56,7 +56,7 @@ def thread_pool(max_workers: int, name: str, *, reset_on_fork: bool = True) -> T
     measured with a real-time spinner on the loop's core, the first time it needed a thread.
     So they are all made at once, while the daemon starts."""
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name,
-                              initializer=functools.partial(_run_like_the_main_thread,
+                              initializer=functools.partial(run_like_the_main_thread,
                                                             reset_on_fork))
     # Tasks that wait for each other occupy distinct threads, so the pool makes them all.
     everyone = threading.Barrier(max_workers)

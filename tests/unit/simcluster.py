@@ -18,7 +18,11 @@ What is modelled, and how it maps to the daemon's shell (daemon/server/):
 * a node's first recovery makes it RUNNING and healthy (its startup and monitor events pass);
 * `freeze` stops a node's daemon for a while (a stall, or SIGSTOP): it neither ticks nor reads;
   what is sent to it waits in its kernel until the thaw, and its kernel still answers
-  `ProbeKernel` (unless `kernel_answers` is off, as on a host without raw sockets).
+  `ProbeKernel` (unless `kernel_answers` is off, as on a host without raw sockets);
+* `paced` runs every node's detector in paced mode with the daemon's pacer thread modelled
+  (server/heartbeat_pacer.py): on every heartbeat grid point each running node sends its beats
+  and checks its watched peers; arrivals wait in the node until its core next steps, and a
+  peer silent for the alarm silence makes the node tick at once (once per silence).
 
 Every takeover plan a leader carries out is kept in `Sim.plans` for the tests to inspect.
 """
@@ -53,6 +57,14 @@ RECONNECT = 1.0
 
 
 @dataclass(frozen=True)
+class _PacedBeat:
+    """A heartbeat the receiver's pacer thread reads (paced mode)."""
+
+    src: int
+    at: float
+
+
+@dataclass(frozen=True)
 class _AskLeader:
     """The answer of `peer` to PYCTDB_LEADER, read when it arrives."""
 
@@ -69,6 +81,9 @@ class SimNode:
     fail_takeover: bool = False
     log: list[tuple[float, int, str]] = field(default_factory=list)
     job_due: float | None = None
+    arrivals: list[tuple[int, float]] = field(default_factory=list)   # paced: read, not yet fed
+    heard: dict[int, float] = field(default_factory=dict)             # paced: the pacer's view
+    alarmed: set[int] = field(default_factory=set)
 
     @property
     def leader(self) -> int:
@@ -82,8 +97,12 @@ class Sim:
     def __init__(self, n: int, *, lock: bool = True, ips_per_node: int = 2, delay: float = 0.001,
                  heartbeat: float = 0.1, dead_timeout: float = 0.4, drop_all_ips_after: float = 5.0,
                  no_ip_failback: bool = False, enable_bans: bool = True, lock_lease: float = 0.0,
-                 job_delay: float = 0.01, seed: int = 1, kernel_answers: bool = True) -> None:
+                 job_delay: float = 0.01, seed: int = 1, kernel_answers: bool = True,
+                 paced: bool = False) -> None:
         self.n = n
+        self.paced = paced
+        self.heartbeat = heartbeat
+        self._next_beat = heartbeat
         self.kernel_answers = kernel_answers
         self.frozen: dict[int, float] = {}                  # pnn -> when its daemon runs again
         self.now = 0.0
@@ -100,7 +119,8 @@ class Sim:
         self.ips = [f"198.19.8.{i + 1}" for i in range(n * ips_per_node)]
         self.settings = NodeSettings(
             DetectorSettings(heartbeat_interval=heartbeat, dead_timeout=dead_timeout,
-                             keepalive_interval=5.0, keepalive_limit=5),
+                             keepalive_interval=5.0, keepalive_limit=5,
+                             look_interval=3 * heartbeat if paced else 0.0),
             ElectionSettings(lock_enabled=lock, leader_timeout=5.0, election_timeout=0.3,
                              lock_retry=0.3, startup_grace=max(0.5, 2 * heartbeat + 0.3)),
             drop_all_ips_after=drop_all_ips_after)
@@ -180,6 +200,8 @@ class Sim:
             when, _, dst, item = self._queue[0]
             candidates.append((when, self._deliver))
         candidates.append((self._next_dial, self._dial))
+        if self.paced:
+            candidates.append((self._next_beat, self._pacer_beat))
         for pnn in sorted(self.powered):
             node = self.nodes[pnn]
             if pnn in self.frozen:
@@ -200,6 +222,27 @@ class Sim:
             for me, peer in ((a, b), (b, a)):
                 if not self.nodes[me].core.nodemap.nodes[peer].connected:
                     self.step(me, PeerConnected(peer))
+
+    def _pacer_beat(self) -> None:
+        """Every node's pacer thread on one heartbeat grid point: send, then raise alarms."""
+        self._next_beat = round(self._next_beat + self.heartbeat, 9)
+        running = [p for p in sorted(self.powered) if p not in self.frozen or self.now >= self.frozen[p]]
+        for pnn in running:
+            self.frozen.pop(pnn, None)
+            for target in self.nodes[pnn].core.detector.heartbeat_targets():
+                self.send(pnn, target, _PacedBeat(pnn, self.now + self.delay), traffic=False)
+        alarm_after = self.settings.detector.alarm_silence
+        for pnn in running:
+            node = self.nodes[pnn]
+            for src, at in node.arrivals:
+                if at > node.heard.get(src, float("-inf")):
+                    node.heard[src] = at
+                    node.alarmed.discard(src)
+            silent = [p for p in node.core.detector.watched_peers()
+                      if p in node.heard and self.now - node.heard[p] >= alarm_after and p not in node.alarmed]
+            if silent:
+                node.alarmed.update(silent)
+                self.step(pnn, Tick())
 
     # -- messages ----------------------------------------------------------------------------------
     def send(self, src: int, dst: int, event: Any, traffic: bool = True, after: float = 0.0) -> None:
@@ -230,6 +273,16 @@ class Sim:
         if pnn not in self.powered:
             return
         node = self.nodes[pnn]
+        if isinstance(event, _PacedBeat):            # read by the pacer, fed at the next step
+            node.arrivals.append((event.src, event.at))
+            return
+        if node.arrivals:
+            arrivals, node.arrivals = node.arrivals, []
+            for src, at in arrivals:
+                if at > node.heard.get(src, float("-inf")):
+                    node.heard[src] = at
+                    node.alarmed.discard(src)
+            node.core.step(Heartbeats(tuple(arrivals)), self.now)
         if isinstance(event, _AskLeader):            # a peer's PYCTDB_LEADER answer arrives
             leader = self.nodes[event.peer].core.leader_followed(self.now)
             if leader == UNKNOWN_PNN or node.core.leader != UNKNOWN_PNN:

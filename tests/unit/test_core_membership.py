@@ -324,3 +324,131 @@ def test_heartbeats_are_read_before_a_tick_that_would_act_on_stale_arrivals(inte
     assert det.heartbeats_wanted(now) is wanted
     assert det.heartbeats_wanted(1.0 + 0.07)             # past the deadline: always
     assert not FailureDetector(0, DetectorSettings(dead_timeout=0), now=0.0).heartbeats_wanted(5.0)
+
+
+# -- paced mode: a pacer thread sends and reads the heartbeats; the detector looks less often ----
+PACED = DetectorSettings(heartbeat_interval=0.02, dead_timeout=0.06, look_interval=0.06)
+UNPACED = DetectorSettings(heartbeat_interval=0.02, dead_timeout=0.06)
+
+
+def _beats_20ms(until: float, gap: tuple[float, float] | None = None) -> list[float]:
+    """Peer 1's heartbeats on the 20 ms grid (0.3 ms on the wire), none inside `gap`."""
+    beats = [k * 0.02 + 0.0003 for k in range(1, int(until / 0.02) + 1)]
+    return [b for b in beats if gap is None or not gap[0] <= b < gap[1]]
+
+
+def _run_shell(settings: DetectorSettings, beats: list[float], until: float, *, answers: bool = True,
+               answer_until: float = float("inf"), alarms: bool = True):
+    """The daemon's shell around peer 0's detector, as server/node.py and heartbeat_pacer.py
+    drive it. Unpaced, the loop ticks at `next_deadline()` and reads arrivals first. Paced, a
+    pacer on every 20 ms grid point raises the alarm (once per silence) when peer 1 has been
+    silent for `alarm_silence`, which makes the loop tick at once; otherwise the loop ticks at
+    `next_deadline()`. Peer 1's kernel answers a probe 0.2 ms later while `answers` and before
+    `answer_until`. Returns (time of death or None, every action, loop wake-ups)."""
+    det = FailureDetector(0, settings, now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    pending = sorted(beats)
+    answers_due: list[float] = []
+    seen, wakes = [], 0
+    grid = 0.02
+    alarmed = False
+    heard = float("-inf")                 # the pacer's view of peer 1's latest beat
+
+    def loop_tick(now: float):
+        nonlocal wakes
+        wakes += 1
+        while pending and pending[0] <= now:
+            det.fast_heartbeat(1, pending.pop(0))
+        while answers_due and answers_due[0] <= now:
+            det.kernel_answer(1, answers_due.pop(0))
+        acts = det.tick(now)
+        seen.extend(acts)
+        for _ in of(acts, ProbeKernel):
+            if answers and now < answer_until:
+                answers_due.append(now + 0.0002)
+        return of(acts, PeerDead)
+
+    while True:
+        due = det.next_deadline()
+        if settings.paced and grid <= due:
+            now, grid = grid, round(grid + 0.02, 9)
+            last = max((b for b in beats if b <= now), default=None)
+            if last is not None and last > heard:
+                heard, alarmed = last, False
+            if alarms and det.watching(1) and now - heard >= settings.alarm_silence and not alarmed:
+                alarmed = True
+                if loop_tick(now):
+                    return now, seen, wakes
+            continue
+        if due > until:
+            return None, seen, wakes
+        if loop_tick(due):
+            return due, seen, wakes
+
+
+def test_paced_detector_sends_no_heartbeats_and_looks_every_third_beat():
+    _, acts, wakes = _run_shell(PACED, _beats_20ms(2.0), until=2.0)
+    assert of(acts, SendHeartbeat) == [] and of(acts, PeerDead) == []
+    _, unpaced_acts, unpaced_wakes = _run_shell(UNPACED, _beats_20ms(2.0), until=2.0)
+    assert len(of(unpaced_acts, SendHeartbeat)) == unpaced_wakes      # one per tick
+    assert 95 <= unpaced_wakes <= 101 and 31 <= wakes <= 35               # 20 ms against 60 ms
+
+
+def test_paced_heartbeat_targets_are_the_watchers():
+    det = FailureDetector(2, PACED, now=0.0)
+    for p in (0, 1, 3, 4):
+        det.peer_up(p, 0.0)
+    assert det.heartbeat_targets() == (3, 4)
+    det.peer_down(3, 0.1)
+    assert det.heartbeat_targets() == (4, 0)
+
+
+@pytest.mark.parametrize("settings", [PACED, UNPACED], ids=["paced", "unpaced"])
+def test_paced_detection_equals_unpaced_for_a_power_off(settings):
+    beats = _beats_20ms(1.0)
+    dead_at, acts, _ = _run_shell(settings, beats, until=2.0, answers=False)
+    assert dead_at is not None and beats[-1] + 0.06 <= dead_at <= beats[-1] + 0.0606
+    assert len(of(acts, ProbeKernel)) >= 1           # its kernel was asked before the verdict
+
+
+@pytest.mark.parametrize("settings", [PACED, UNPACED], ids=["paced", "unpaced"])
+def test_paced_stall_with_kernel_answers_is_no_death_and_is_reported(settings):
+    beats = _beats_20ms(1.0, gap=(0.5, 0.59))             # 90 ms without a beat, then alive
+    dead_at, acts, _ = _run_shell(settings, beats, until=1.0)
+    assert dead_at is None
+    assert [s.pnn for s in of(acts, PeerStalled)] == [1]
+    dead_at, _, _ = _run_shell(settings, beats, until=1.0, answers=False)
+    assert dead_at is not None                            # without answers the same gap kills
+
+
+@pytest.mark.parametrize("settings", [PACED, UNPACED], ids=["paced", "unpaced"])
+def test_paced_frozen_peer_on_a_live_host_is_dead_after_twice_its_timeout(settings):
+    beats = _beats_20ms(0.5)
+    dead_at, acts, _ = _run_shell(settings, beats, until=2.0)
+    assert dead_at is not None and beats[-1] + 0.12 <= dead_at <= beats[-1] + 0.1206
+    assert "its kernel last answered" in of(acts, PeerDead)[0].reason
+
+
+def test_paced_looks_return_to_every_beat_only_while_a_peer_is_suspect():
+    det = FailureDetector(0, PACED, now=0.0)
+    det.peer_up(1, 0.0)
+    det.watch_request(1, True, 0.0)
+    det.fast_heartbeat(1, 0.0203)
+    det.tick(0.0205)
+    assert det.next_deadline() == pytest.approx(0.06)    # quiet: the next look
+    det.fast_heartbeat(1, 0.0403)
+    det.tick(0.06)                                        # peer silent 19.7 ms: not suspect
+    assert det.next_deadline() == pytest.approx(0.12)
+    acts = det.tick(0.08)                                 # the pacer's alarm: 39.7 ms of silence
+    assert of(acts, ProbeKernel) == [ProbeKernel(1)]      # its deadline (100.3 ms) is near
+    assert det.next_deadline() == pytest.approx(0.1)      # every beat now
+    det.fast_heartbeat(1, 0.1003)
+    det.tick(0.1005)
+    assert det.next_deadline() == pytest.approx(0.12)     # heard: back to the looks
+
+
+def test_look_interval_is_validated():
+    with pytest.raises(ValueError):
+        DetectorSettings(look_interval=-1)
+    assert not DetectorSettings(dead_timeout=0, look_interval=0.06).paced

@@ -431,3 +431,35 @@ def test_no_ip_failback_keeps_a_returning_node_empty(cluster):
         cluster.ok(pnn, "setvar", "NoIPFailback", "0")
     cluster.ok(0, "ipreallocate")
     cluster.wait_for("node 2 given an IP back", lambda: victim in cluster.ips(0).values())
+
+
+def test_fast_heartbeats_are_paced_by_a_thread_and_a_frozen_node_is_still_declared_dead(tmp_path):
+    """20 ms heartbeats (the fast profile's): every daemon hands them to its pacer thread, the
+    cluster stays whole while idle, a SIGSTOPped node is declared dead by the millisecond path
+    (not CTDB's keepalive count), and setting a slow interval at run time stops the pacer."""
+    c = LocalCluster(tmp_path, 3, tunables={"HeartbeatIntervalMs": 20, "DeadTimeoutMs": 60})
+    c.start()
+    try:
+        c.wait_for("settled", c.settled, timeout=30)
+        for pnn in range(3):
+            assert "are sent by a pacer thread; the loop looks every 60 ms" in c.log(pnn).read_text()
+        time.sleep(2.0)
+        assert c.healthy(), c.describe()
+        assert not any("dead" in c.log(p).read_text().lower() for p in range(3))
+        victim = (int(c.ok(0, "leader")) + 1) % 3
+        watcher = (victim + 1) % 3
+        c.signal(victim, signal.SIGSTOP)
+        try:
+            c.wait_for("victim DISCONNECTED", lambda: c.status_flags(watcher)[victim].startswith("DISCONNECTED"),
+                       timeout=5, interval=0.02)
+        finally:
+            c.signal(victim, signal.SIGCONT)
+        # One of its two watchers declares it; the other may hear that verdict first.
+        assert any(re.search(r"dead count reached for node \d+ \(no traffic for \d+ ms", c.log(p).read_text())
+                   for p in range(3) if p != victim), "the millisecond path did not declare the frozen node dead"
+        c.wait_for("victim back", c.healthy, timeout=20)
+        c.ok(0, "setvar", "HeartbeatIntervalMs", "100")
+        c.wait_for("pacer stopped on node 0",
+                   lambda: "Heartbeats are sent from the event loop again" in c.log(0).read_text(), timeout=5)
+    finally:
+        c.stop()

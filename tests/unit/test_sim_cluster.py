@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from ctdblab.daemon.core.node import Tick
 from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, NodeFlag
 
 from simcluster import Sim
@@ -409,11 +410,15 @@ def deaths_logged(sim: Sim) -> list[str]:
     return [text for p in sim.nodes for _, _, text in sim.nodes[p].log if "dead count reached" in text]
 
 
+PACING = pytest.mark.parametrize("paced", [False, True], ids=["loop", "paced"])
+
+
+@PACING
 @pytest.mark.parametrize("answers", [True, False])
-def test_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead_while_its_kernel_answers(answers):
+def test_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead_while_its_kernel_answers(answers, paced):
     """Fast soak seed 16: a daemon blocked 52 ms in the kernel lost its watchers' 60 ms timeout
     and was declared dead. Its watchers now ask its kernel first."""
-    sim = fast_formed(kernel_answers=answers)
+    sim = fast_formed(kernel_answers=answers, paced=paced)
     victim = next(p for p in range(5) if p not in sim.leaders())
     before = {ip: hosts for ip, hosts in sim.hosts().items()}
     sim.freeze(victim, 0.09)
@@ -426,8 +431,9 @@ def test_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead_while_its_k
         assert any(f"node {victim}" in text for text in deaths_logged(sim))
 
 
-def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_twice_the_dead_timeout():
-    sim = fast_formed()
+@PACING
+def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_twice_the_dead_timeout(paced):
+    sim = fast_formed(paced=paced)
     victim = next(p for p in range(5) if p not in sim.leaders())
     sim.freeze(victim, 30.0)
     survivors = set(range(5)) - {victim}
@@ -438,10 +444,11 @@ def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_twice_the_dead_t
     assert any("its kernel last answered" in text for text in deaths_logged(sim))
 
 
+@PACING
 @pytest.mark.parametrize("fault", ["power_off", "partition"])
-def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault):
+def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault, paced):
     """No kernel answers behind a power-off or a partition: detection is as fast as before."""
-    sim = fast_formed()
+    sim = fast_formed(paced=paced)
     victim = next(p for p in range(5) if p not in sim.leaders())
     survivors = set(range(5)) - {victim}
     if fault == "power_off":
@@ -452,3 +459,21 @@ def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault):
                                      for p in survivors), timeout=5)
     assert took <= 0.06 + 0.015 + 0.03 + 0.01, took
     assert not any("its kernel last answered" in text for text in deaths_logged(sim))
+
+
+def test_a_paced_cluster_stays_whole_and_its_cores_look_a_third_as_often():
+    counts = {}
+    for paced in (False, True):
+        sim = fast_formed(paced=paced)
+        ticks = [0]
+        step = sim.step
+
+        def counting(pnn, event, step=step, ticks=ticks):
+            if isinstance(event, Tick):
+                ticks[0] += 1
+            step(pnn, event)
+        sim.step = counting
+        sim.run(10.0)
+        assert deaths_logged(sim) == [] and sim.settled()
+        counts[paced] = ticks[0] / 5 / 10.0
+    assert 49 <= counts[False] <= 52 and 16 <= counts[True] <= 18.5, counts

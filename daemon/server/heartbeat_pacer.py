@@ -1,0 +1,166 @@
+"""The heartbeat pacer: a thread that sends this node's fast heartbeats and reads its peers', so
+the event loop does not wake for every beat (core/membership.py, "paced mode").
+
+Why a thread: at 20 ms heartbeats the daemon's asyncio loop woke 60 times a second, and one
+wake-up of an asyncio loop costs 120-320 µs of CPU on the lab VM against ~65 µs for a plain
+Python thread that sleeps (docs/fast-profile-idle.md). The pacer sleeps on the heartbeat grid
+(the same wall-clock grid on every node, so the beats of a whole cluster go out together), sends
+the prepared frames, reads the socket (arrivals keep the kernel's receive time) and goes back to
+sleep. The loop looks every few beats and takes the arrivals then (`take_arrivals`). It is woken
+at once (`wake`) only when a watched peer has been silent for the detector's alarm silence: the
+moment its kernel may need asking, from which on the detector ticks on every beat again.
+
+What the loop owns and the thread only reads: the frames and their destinations, the watched
+peers, the timing. Each is replaced whole by the loop (a tuple or frozenset, one reference
+store), never mutated, so the thread sees either the old or the new value.
+
+A liveness stamp keeps the pacer honest: it sends only while the loop has looked within
+`liveness_limit` seconds. A loop that is wedged (blocked in a call, not frozen: a frozen process
+stops the thread too) therefore falls silent like a dead one, at most that much later than it
+would without the pacer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..core.membership import grid_point_after
+from ..spawn import run_like_the_main_thread
+
+#: s between retries when a beat failed with an unexpected error (logged once a minute).
+ERROR_PAUSE = 0.1
+ERROR_LOG_EVERY = 60.0
+
+
+class FastChannel(Protocol):
+    """What the pacer uses of the node transport (net/transport.py)."""
+
+    def send_fast(self, pnn: int, frame: bytes) -> bool: ...
+    def drain_fast(self, wall_to_loop: float) -> list[tuple[int, float]]: ...
+
+
+@dataclass(frozen=True)
+class PacerTiming:
+    interval: float          # s between beats
+    phase: float             # the grid's offset on the loop clock (the detector's wall_offset)
+    alarm_silence: float     # s of a watched peer's silence that wakes the loop
+    liveness_limit: float    # s since the loop's last look after which no beat goes out
+
+
+class HeartbeatPacer:
+    def __init__(self, channel: FastChannel, timing: PacerTiming, *, wake: Callable[[], None],
+                 warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.channel = channel
+        self.timing = timing
+        self.wake = wake              # thread-safe: wakes the loop for a look now
+        self.warn = warn
+        self.clock = clock            # the loop's clock (asyncio's is time.monotonic)
+        self._targets: tuple[tuple[int, bytes], ...] = ()
+        self._watched: frozenset[int] = frozenset()
+        self._alive_at = clock()
+        self._arrivals: list[tuple[int, float]] = []
+        self._arrivals_lock = threading.Lock()
+        self._last: dict[int, float] = {}        # thread only: latest arrival per peer
+        self._alarmed: set[int] = set()          # thread only: alarm raised, no beat since
+        self._known_watched: frozenset[int] = frozenset()   # thread only
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._error_logged = float("-inf")
+        self.beats = 0                            # grid points served (for tests and stats)
+        self.alarms = 0
+
+    # -- the loop's side -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="heartbeat-pacer", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the beat it is in; at most one interval)."""
+        self._stopping = True
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(1.0, 2 * self.timing.interval))
+
+    def set_targets(self, targets: tuple[tuple[int, bytes], ...]) -> None:
+        """(pnn, frame) for every peer this node heartbeats."""
+        self._targets = targets
+
+    def set_watched(self, pnns: frozenset[int]) -> None:
+        """The peers whose silence raises the alarm (those the detector's clock runs for)."""
+        self._watched = pnns
+
+    def set_timing(self, timing: PacerTiming) -> None:
+        self.timing = timing
+
+    def loop_alive(self, now: float) -> None:
+        self._alive_at = now
+
+    def take_arrivals(self) -> list[tuple[int, float]]:
+        """Every heartbeat read since the last call: [(pnn, arrival on the loop clock)]."""
+        if not self._arrivals:
+            return []
+        with self._arrivals_lock:
+            arrivals, self._arrivals = self._arrivals, []
+        return arrivals
+
+    # -- the thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        # A real-time daemon's pacer must be real-time too, or a loaded machine delays the beats
+        # (spawn/__init__.py says why a new thread does not inherit the policy by itself).
+        run_like_the_main_thread()
+        while not self._stopping:
+            timing = self.timing
+            now = self.clock()
+            time.sleep(max(0.0, grid_point_after(now, timing.phase, timing.interval) - now))
+            if self._stopping:
+                break
+            try:
+                self.beat(timing)
+            except Exception as exc:      # never let one bad beat end the heartbeats
+                now = self.clock()
+                if now - self._error_logged >= ERROR_LOG_EVERY:
+                    self._error_logged = now
+                    self.warn(f"heartbeat pacer: {exc!r}")
+                time.sleep(ERROR_PAUSE)
+
+    def beat(self, timing: PacerTiming) -> None:
+        """One grid point: send, read, raise the alarm if a watched peer is silent too long."""
+        self.beats += 1
+        now = self.clock()
+        if now - self._alive_at <= timing.liveness_limit:
+            for pnn, frame in self._targets:
+                self.channel.send_fast(pnn, frame)
+        last = self._last
+        watched = self._watched
+        if watched is not self._known_watched:
+            for pnn in watched - self._known_watched:   # newly watched: its clock starts anew
+                last.pop(pnn, None)
+                self._alarmed.discard(pnn)
+            self._known_watched = watched
+        arrivals = self.channel.drain_fast(now - time.time())
+        if arrivals:
+            with self._arrivals_lock:
+                self._arrivals.extend(arrivals)
+            for pnn, at in arrivals:
+                if at > last.get(pnn, float("-inf")):
+                    last[pnn] = at
+                    self._alarmed.discard(pnn)
+        alarm = False
+        for pnn in watched:
+            at = last.get(pnn)
+            # A peer not heard since the pacer started has no clock yet (the detector's
+            # `fast_seen`); one silent past the alarm raises it once per silence.
+            if at is not None and now - at >= timing.alarm_silence and pnn not in self._alarmed:
+                self._alarmed.add(pnn)
+                alarm = True
+        if alarm:
+            self.alarms += 1
+            self.wake()
