@@ -22,6 +22,8 @@ would without the pacer.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.membership import grid_point_after
+from ..core.node import Action, Heartbeats, NewSettings, NodeCore, NodeSettings
+from ..log import log, notice
 from ..spawn import run_like_the_main_thread
+
+#: Heartbeats this often or more go to the pacer thread; slower ones cost the loop little
+#: (0.4 % of a core at the default 100 ms) and keep the simpler path.
+PACE_AT_MOST = 0.05      # s
+#: Paced, the detector looks every this many heartbeat intervals while no peer is suspect.
+LOOK_BEATS = 3
 
 #: s between retries when a beat failed with an unexpected error (logged once a minute).
 ERROR_PAUSE = 0.1
@@ -39,6 +49,8 @@ ERROR_LOG_EVERY = 60.0
 class FastChannel(Protocol):
     """What the pacer uses of the node transport (net/transport.py)."""
 
+    @property
+    def has_fast_channel(self) -> bool: ...
     def send_fast(self, pnn: int, frame: bytes) -> bool: ...
     def drain_fast(self, wall_to_loop: float) -> list[tuple[int, float]]: ...
 
@@ -164,3 +176,118 @@ class HeartbeatPacer:
         if alarm:
             self.alarms += 1
             self.wake()
+
+
+class PacedHeartbeats:
+    """The event loop's side of the pacer (server/node.py owns one): starts, retimes and stops
+    the thread as the timing settings ask, feeds what it read to the node core, and hands it
+    what the core decided (where to send, whose silence to watch). Runs on the loop only."""
+
+    def __init__(self, core: NodeCore, channel: Callable[[], FastChannel | None],
+                 frame_for: Callable[[int], bytes], *, clock: Callable[[], float],
+                 tick_now: Callable[[], None] | None) -> None:
+        self.core = core
+        self.channel = channel          # the node transport, once it is up
+        self.frame_for = frame_for      # the heartbeat frame for a peer
+        self.clock = clock
+        self.tick_now = tick_now        # runs the daemon's timer at once (the pacer's alarm)
+        self.pacer: HeartbeatPacer | None = None
+        self.failed = False             # the thread ended once: the loop keeps the beats
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._targets: tuple[int, ...] | None = None
+        self._watched: frozenset[int] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.pacer is not None
+
+    def settings_for(self, settings: NodeSettings) -> NodeSettings:
+        """Start, retime or stop the pacer for these settings; returns the settings the core
+        gets (its detector paced or not)."""
+        detector = settings.detector
+        channel = self.channel()
+        wanted = (detector.fast_path and detector.heartbeat_interval <= PACE_AT_MOST
+                  and channel is not None and channel.has_fast_channel and self.tick_now is not None
+                  and not self.failed)
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            wanted = False
+        if not wanted:
+            if self.pacer is not None:
+                notice("Heartbeats are sent from the event loop again")
+            self.stop()
+            return dataclasses.replace(settings, detector=dataclasses.replace(detector, look_interval=0.0))
+        assert channel is not None
+        look = LOOK_BEATS * detector.heartbeat_interval
+        timing = PacerTiming(interval=detector.heartbeat_interval, phase=detector.wall_offset,
+                             alarm_silence=detector.alarm_silence,
+                             # the loop looks every `look` s; a wedged loop stops the beats
+                             # one dead timeout after a look it missed
+                             liveness_limit=look + detector.dead_timeout)
+        if self.pacer is None:
+            self.pacer = HeartbeatPacer(channel, timing, wake=self._wake, warn=log.warning, clock=self.clock)
+            self.pacer.loop_alive(self.clock())
+            self._targets = self._watched = None
+            self.pacer.start()
+            notice("Heartbeats every %.0f ms are sent by a pacer thread; the loop looks every %.0f ms",
+                   detector.heartbeat_interval * 1000, look * 1000)
+        else:
+            self.pacer.set_timing(timing)
+        return dataclasses.replace(settings, detector=dataclasses.replace(detector, look_interval=look))
+
+    def stop(self) -> None:
+        """Stop the thread; the heartbeats it read and the core has not seen go to the core."""
+        pacer, self.pacer = self.pacer, None
+        if pacer is not None:
+            pacer.close()
+            arrivals = pacer.take_arrivals()
+            if arrivals:
+                self.core.step(Heartbeats(tuple(arrivals)), self.clock())
+
+    def look(self, now: float) -> list[Action]:
+        """The loop's timer ran: tell the pacer the loop lives and take what it read. If its
+        thread has ended, the loop takes the heartbeats back for good (the actions of that
+        change of settings are returned)."""
+        pacer = self.pacer
+        if pacer is None:
+            return []
+        if not pacer.running:
+            log.error("The heartbeat pacer thread ended: heartbeats go out from the event loop again")
+            self.failed = True
+            return self.core.step(NewSettings(self.settings_for(self.core.settings)), now)
+        pacer.loop_alive(now)
+        self.feed(now)
+        return []
+
+    def feed(self, now: float) -> None:
+        """The heartbeats read since the last call, to the core."""
+        if self.pacer is not None:
+            arrivals = self.pacer.take_arrivals()
+            if arrivals:
+                self.core.step(Heartbeats(tuple(arrivals)), now)
+
+    def sync(self) -> None:
+        """After the core stepped: hand the pacer its watchers and watched peers if they changed."""
+        pacer = self.pacer
+        if pacer is None:
+            return
+        detector = self.core.detector
+        targets = detector.heartbeat_targets()
+        if targets != self._targets:
+            self._targets = targets
+            pacer.set_targets(tuple((pnn, self.frame_for(pnn)) for pnn in targets))
+        watched = frozenset(detector.watched_peers())
+        if watched != self._watched:
+            self._watched = watched
+            pacer.set_watched(watched)
+
+    def _wake(self) -> None:
+        """On the pacer's thread: a watched peer is silent; have the loop look now."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._alarm)
+
+    def _alarm(self) -> None:
+        if self.pacer is not None and self.tick_now is not None:
+            self.tick_now()

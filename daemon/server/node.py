@@ -7,7 +7,6 @@ on the daemon's other services through the small `NodeEvents` port.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -35,7 +34,7 @@ from ..protocol import (
 )
 from ..protocol import internal
 from .cluster_lock import ClusterLock
-from .heartbeat_pacer import HeartbeatPacer, PacerTiming
+from .heartbeat_pacer import PacedHeartbeats
 from .loop_clock import LoopClock
 from .messenger import Messenger
 from .wire import election_to_wire
@@ -45,11 +44,6 @@ PEER_LEADER_TIMEOUT = 0.5
 
 DRAIN_EVERY = 2          # read the heartbeat socket every this many timer runs
 PROBE_ANSWERS_FOR = 1.0  # s after an echo request during which its socket is read every tick
-#: Heartbeats this often or more go to the pacer thread (server/heartbeat_pacer.py); slower
-#: ones cost the loop little (0.4 % of a core at the default 100 ms) and keep the simpler path.
-PACE_AT_MOST = 0.05      # s
-#: Paced, the detector looks every this many heartbeat intervals while no peer is suspect.
-LOOK_BEATS = 3
 
 
 class NodeEvents(Protocol):
@@ -88,11 +82,8 @@ class NodeService:
         self._kernel_probe: KernelProbe | None = None
         self._probe_answers_until = 0.0
         self._leader_frames: dict[tuple[int, int], bytes] = {}
-        self._pacer: HeartbeatPacer | None = None
-        self._pacer_failed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._paced_targets: tuple[int, ...] | None = None
-        self._paced_watched: frozenset[int] | None = None
+        self.paced = PacedHeartbeats(core, lambda: messenger.transport, self._heartbeat_frame,
+                                     clock=clock, tick_now=tick_now)
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -145,84 +136,8 @@ class NodeService:
     def settings_changed(self, settings: NodeSettings) -> None:
         """Timing tunables changed: the detector and the election use them from now on (with
         the pacer thread, or without, as the new heartbeat interval calls for)."""
-        self.step(NewSettings(self._with_pacing(settings)))
-
-    # -- the heartbeat pacer ---------------------------------------------------------------------
-    def _with_pacing(self, settings: NodeSettings) -> NodeSettings:
-        """Start, retime or stop the pacer for these settings; the settings the core gets."""
-        detector = settings.detector
-        transport = self.messenger.transport
-        wanted = (detector.fast_path and detector.heartbeat_interval <= PACE_AT_MOST
-                  and transport is not None and transport.has_fast_channel and self.tick_now is not None
-                  and not self.stopped and not self._pacer_failed)
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            wanted = False
-        if not wanted:
-            if self._pacer is not None:
-                notice("Heartbeats are sent from the event loop again")
-            self._stop_pacer()
-            return dataclasses.replace(settings, detector=dataclasses.replace(detector, look_interval=0.0))
-        look = LOOK_BEATS * detector.heartbeat_interval
-        timing = PacerTiming(interval=detector.heartbeat_interval, phase=detector.wall_offset,
-                             alarm_silence=detector.alarm_silence,
-                             # the loop looks every `look` s; a wedged loop stops the beats
-                             # one dead timeout after a look it missed
-                             liveness_limit=look + detector.dead_timeout)
-        if self._pacer is None:
-            self._pacer = HeartbeatPacer(transport, timing, wake=self._wake_from_pacer,
-                                         warn=log.warning, clock=self.clock)
-            self._pacer.loop_alive(self.clock())
-            self._paced_targets = self._paced_watched = None
-            self._pacer.start()
-            notice("Heartbeats every %.0f ms are sent by a pacer thread; the loop looks every %.0f ms",
-                   detector.heartbeat_interval * 1000, look * 1000)
-        else:
-            self._pacer.set_timing(timing)
-        return dataclasses.replace(settings, detector=dataclasses.replace(detector, look_interval=look))
-
-    def _stop_pacer(self) -> None:
-        """Stop the thread; the heartbeats it read and the core has not seen go to the core."""
-        pacer, self._pacer = self._pacer, None
-        if pacer is not None:
-            pacer.close()
-            arrivals = pacer.take_arrivals()
-            if arrivals and not self.stopped:
-                self.core.step(Heartbeats(tuple(arrivals)), self.clock())
-
-    def _wake_from_pacer(self) -> None:
-        """On the pacer's thread: a watched peer is silent; have the loop look now."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._pacer_alarm)
-
-    def _pacer_alarm(self) -> None:
-        if not self.stopped and self.tick_now is not None:
-            self.tick_now()
-
-    def _feed_paced_heartbeats(self, now: float) -> None:
-        pacer = self._pacer
-        if pacer is None:
-            return
-        arrivals = pacer.take_arrivals()
-        if arrivals:
-            self.core.step(Heartbeats(tuple(arrivals)), now)
-
-    def _sync_pacer(self) -> None:
-        """Hand the pacer what the core decided: where to send, whose silence to watch."""
-        pacer = self._pacer
-        if pacer is None:
-            return
-        detector = self.core.detector
-        targets = detector.heartbeat_targets()
-        if targets != self._paced_targets:
-            self._paced_targets = targets
-            pacer.set_targets(tuple((pnn, self._heartbeat_frame(pnn)) for pnn in targets))
-        watched = frozenset(detector.watched_peers())
-        if watched != self._paced_watched:
-            self._paced_watched = watched
-            pacer.set_watched(watched)
+        if not self.stopped:
+            self.step(NewSettings(self.paced.settings_for(settings)))
 
     # -- inputs ----------------------------------------------------------------------------------
     def step(self, event: Event) -> None:
@@ -231,9 +146,9 @@ class NodeService:
         now = self.clock()
         # Paced, the core hears the heartbeats read since the last look before anything that
         # may judge a peer's silence (a death report above all).
-        self._feed_paced_heartbeats(now)
+        self.paced.feed(now)
         self.execute(self.core.step(event, now))
-        self._sync_pacer()
+        self.paced.sync()
         self.reschedule()
 
     def note_traffic(self, pnn: int, now: float) -> None:
@@ -245,14 +160,8 @@ class NodeService:
         only every few ticks, and always before a peer could be declared dead."""
         self._ticks += 1
         transport = self.messenger.transport
-        if self._pacer is not None:
-            if not self._pacer.running:
-                log.error("The heartbeat pacer thread ended: heartbeats go out from the event loop again")
-                self._pacer_failed = True
-                self.execute(self.core.step(NewSettings(self._with_pacing(self.core.settings)), now))
-            else:
-                self._pacer.loop_alive(now)
-                self._feed_paced_heartbeats(now)
+        if self.paced.active:
+            self.execute(self.paced.look(now))
         elif transport is not None and transport.has_fast_channel and (
                 self._ticks % DRAIN_EVERY == 0 or self.core.wants_heartbeats(now)):
             arrivals = transport.drain_fast(now - time.time())
@@ -264,7 +173,7 @@ class NodeService:
                 self.core.step(KernelAnswers(tuple(answers)), now)
         cpu, waited = self._loop_clock.read()
         self.execute(self.core.step(Tick(cpu, waited), now))
-        self._sync_pacer()
+        self.paced.sync()
 
     # -- actions ---------------------------------------------------------------------------------
     def execute(self, actions: Iterable) -> None:
@@ -460,7 +369,7 @@ class NodeService:
     async def close(self) -> None:
         """Shutdown: stop the pacer, close the echo sockets, release the lock and stop the
         spare helper."""
-        self._stop_pacer()
+        self.paced.stop()
         if self._kernel_probe is not None:
             self._kernel_probe.close()
         if self.lock is not None:

@@ -93,7 +93,7 @@ def test_slow_heartbeats_are_not_paced_and_a_slower_setting_stops_the_pacer():
         node, _ = await service(0.02)
         assert node.core.settings.detector.paced
         node.settings_changed(settings(0.1))
-        assert not node.core.settings.detector.paced and node._pacer is None
+        assert not node.core.settings.detector.paced and not node.paced.active
         await node.close()
     asyncio.run(main())
 
@@ -101,11 +101,11 @@ def test_slow_heartbeats_are_not_paced_and_a_slower_setting_stops_the_pacer():
 def test_a_pacer_thread_that_ends_hands_the_heartbeats_back_to_the_loop_for_good(caplog):
     async def main():
         node, _ = await service(0.02)
-        node._pacer.close()                  # the thread is gone (as if it had died)
+        node.paced.pacer.close()                  # the thread is gone (as if it had died)
         with caplog.at_level(logging.ERROR, logger="ctdblab"):
             node.tick(asyncio.get_running_loop().time())
         assert "pacer thread ended" in caplog.text
-        assert not node.core.settings.detector.paced and node._pacer is None
+        assert not node.core.settings.detector.paced and not node.paced.active
         node.settings_changed(settings(0.02))            # not started again
         assert not node.core.settings.detector.paced
         await node.close()
