@@ -31,6 +31,9 @@ never later than twice its timeout of silence (`HOLD_FACTOR`). A power-off is de
 as before (no answer ever comes); a frozen or wedged daemon on a live host is declared dead after
 twice the timeout instead of once. The fast soak found the case (seed 16): a daemon blocked 52 ms
 in the kernel, against 60 ms timeouts with 15 ms heartbeats, was declared dead by its watcher.
+No fast-path verdict is given before the peer's kernel was asked during its silence and had
+`answer_wait` to answer: a watcher whose own tick came too late to ask in time (its loop
+waited for a CPU) asks then, and decides an interval later.
 
 A peer's timeout also stretches with the jitter its heartbeats have shown lately: it is the
 larger of `DeadTimeoutMs` and twice the longest gap between its recent heartbeats (the gap
@@ -184,6 +187,7 @@ class _Peer:
     fast_seen: bool = False    # a fast heartbeat arrived since it asked: its clock runs
     recent_gap: float = 0.0    # longest recent silence between its heartbeats (decaying)
     kernel_rx: float = float("-inf")   # its kernel's latest answer to ProbeKernel
+    asked_at: float = float("-inf")    # the first ProbeKernel of its current silence
     stalled_for: float = 0.0   # a held silence that ended with a heartbeat, to be reported
 
 
@@ -373,7 +377,16 @@ class FailureDetector:
         if peer.kernel_rx > peer.last_rx:
             hold = min(HOLD_FACTOR * timeout, MAX_STRETCH * self.settings.dead_timeout)
             due = max(due, min(peer.kernel_rx + timeout, peer.last_rx + hold))
+        if peer.asked_at > peer.last_rx:
+            # Its kernel's answer needs time to come and be read (the next tick).
+            due = max(due, peer.asked_at + self.answer_wait)
         return due
+
+    @property
+    def answer_wait(self) -> float:
+        """How long a verdict waits after the kernel's first echo request of a silence: a
+        heartbeat interval (the answer is read on the next tick), at most a quarter timeout."""
+        return min(self.settings.heartbeat_interval, self.settings.dead_timeout / 4)
 
     def _note_held_silence(self, peer: _Peer, now: float) -> None:
         """`peer` is heard again: if its kernel answered during the silence and the silence
@@ -458,6 +471,8 @@ class FailureDetector:
                 peer.stalled_for = 0.0
             if self._probe_due(peer, now):
                 actions.append(ProbeKernel(pnn))
+                if peer.asked_at <= peer.last_rx:
+                    peer.asked_at = now
         return actions
 
     def _check_dead(self, now: float) -> list[Action]:
@@ -466,6 +481,12 @@ class FailureDetector:
         for pnn in sorted(self._peers):
             peer = self._peers[pnn]
             if peer.watched and peer.fast_seen and now > self._dead_at(peer):
+                if peer.asked_at <= peer.last_rx:
+                    # No verdict before its kernel was asked: this tick came too late to ask
+                    # in time (the loop or the pacer's alarm was held up, on a loaded machine).
+                    actions.append(ProbeKernel(pnn))
+                    peer.asked_at = now
+                    continue
                 timeout = self.timeout_of(peer)
                 silent_ms = (now - peer.last_rx) * 1000
                 stretched = f", stretched to {timeout * 1000:.0f} ms by jitter" if timeout > s.dead_timeout else ""
@@ -473,9 +494,10 @@ class FailureDetector:
                         if peer.kernel_rx > peer.last_rx else "")
                 actions.append(PeerDead(pnn, f"no traffic for {silent_ms:.0f} ms "
                                              f"(dead timeout {s.dead_timeout * 1000:.0f} ms{stretched}{held})", True))
-        for action in actions:
-            self._peers.pop(action.pnn, None)
-        if actions:
+        dead = [a.pnn for a in actions if isinstance(a, PeerDead)]
+        for pnn in dead:
+            self._peers.pop(pnn, None)
+        if dead:
             actions += self._rewatch()
         return actions
 

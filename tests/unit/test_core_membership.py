@@ -74,7 +74,9 @@ def test_dead_deadline_is_a_timer_of_its_own():
     while not deaths and t < 2:
         t = det.next_deadline()
         deaths = of(det.tick(t), PeerDead)
-    assert deaths and t == pytest.approx(0.26, abs=0.002)
+    # Its kernel was first asked on the tick at 0.2 s (190 ms of silence): the verdict waits a
+    # quarter timeout for the answer, to 0.2625 s, not for the next tick at 0.3 s.
+    assert deaths and t == pytest.approx(0.2625, abs=0.002)
 
 
 def test_unwatched_peer_is_not_declared_by_fast_path():
@@ -452,3 +454,27 @@ def test_look_interval_is_validated():
     with pytest.raises(ValueError):
         DetectorSettings(look_interval=-1)
     assert not DetectorSettings(dead_timeout=0, look_interval=0.06).paced
+
+
+def test_no_verdict_before_the_kernel_was_asked_even_when_the_alarm_comes_late():
+    """The paced fast profile under stress-ng (2026-12-06): a watcher's look came 82 ms into a
+    peer's silence -- its pacer's alarm or its loop held up by the load -- and declared the
+    peer dead on the spot, its kernel never asked; the peer was only waiting for a CPU."""
+    for answers in (True, False):
+        det = FailureDetector(0, PACED, now=0.0)
+        det.peer_up(1, 0.0)
+        det.watch_request(1, True, 0.0)
+        det.fast_heartbeat(1, 1.0003)
+        det.tick(1.0005)
+        det.tick(1.02)                                     # a look: 19.7 ms of silence
+        assert det.next_deadline() == pytest.approx(1.08)  # the alarm (due at 1.04) never came
+        acts = det.tick(1.0823)                            # the next look: 82 ms of silence
+        assert of(acts, PeerDead) == [] and of(acts, ProbeKernel) == [ProbeKernel(1)]
+        assert det.next_deadline() == pytest.approx(1.0823 + 0.015 + 0.0005)
+        if answers:
+            det.kernel_answer(1, 1.0825)
+        acts = det.tick(det.next_deadline())
+        if answers:                                        # held: a stall, not (yet) a death
+            assert of(acts, PeerDead) == [] and det.held(1, 1.098)
+        else:                                              # no answer: dead, 15 ms after the ask
+            assert [a.pnn for a in of(acts, PeerDead)] == [1]
