@@ -33,7 +33,7 @@ twice the timeout instead of once. The fast soak found the case (seed 16): a dae
 in the kernel, against 60 ms timeouts with 15 ms heartbeats, was declared dead by its watcher.
 No fast-path verdict is given before the peer's kernel was asked during its silence and had
 `answer_wait` to answer: a watcher whose own tick came too late to ask in time (its loop
-waited for a CPU) asks then, and decides an interval later.
+waited for a CPU) asks then, and decides `answer_wait` later.
 
 A peer's timeout also stretches with the jitter its heartbeats have shown lately: it is the
 larger of `DeadTimeoutMs` and twice the longest gap between its recent heartbeats (the gap
@@ -45,15 +45,16 @@ altogether is still declared dead after its (stretched) timeout.
 
 **Paced mode** (`look_interval` > 0). A Python event loop that wakes on every heartbeat tick
 costs more CPU than the beats themselves (docs/fast-profile-idle.md). So at short intervals the
-shell hands the beats to a pacer thread (net/pacer.py): it sends them on the heartbeat grid,
-reads the arrivals, and wakes the loop only when a watched peer's silence reaches
-`ALARM_BEATS` intervals -- the silence at which a kernel probe starts to be due. The detector
-then no longer emits `SendHeartbeat` on its ticks (`heartbeat_targets()` tells the shell where
-the pacer sends), and it looks every `look_interval` while no watched peer is *suspect* (silent
-for `ALARM_BEATS` intervals); a suspect peer brings back the tick on every heartbeat grid point
-until it is heard or dead, exactly as without the pacer. Dead deadlines of peers that are not
-suspect set no timer: the pacer's alarm comes first. Detection times do not change: the alarm
-arrives on the grid point where the unpaced detector would have probed.
+shell hands the beats to a pacer thread (server/heartbeat_pacer.py): it sends them on the
+heartbeat grid, reads the arrivals, and wakes the loop only when a watched peer's silence
+reaches `ALARM_BEATS` intervals -- the silence at which a kernel probe starts to be due. The
+detector then no longer emits `SendHeartbeat` on its ticks (`heartbeat_targets()` tells the
+shell where the pacer sends), and it looks every `look_interval` while no watched peer is
+*suspect* (silent for `ALARM_BEATS` intervals); a suspect peer brings back the tick on every
+heartbeat grid point until it is heard or dead, exactly as without the pacer. Dead deadlines of
+peers that are not suspect set no timer: the pacer's alarm comes first. Detection times do not
+change: the alarm arrives on the grid point where the unpaced detector would have probed; an
+alarm held up past the deadline still gets the kernel asked before any verdict (above).
 
 Sans-I/O: inputs are calls with the current time, outputs are action objects; the shell calls
 `tick()` at `next_deadline()` (and, paced, also when the pacer raises its alarm).

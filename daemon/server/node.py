@@ -74,7 +74,6 @@ class NodeService:
         self.clock = clock
         self.spawn = spawn
         self.reschedule = reschedule
-        self.tick_now = tick_now      # runs the daemon's timer at once (the pacer's alarm)
         self.stopped = False
         self._ticks = 0
         self._loop_clock = LoopClock()       # read every tick, on the loop's thread
@@ -82,6 +81,7 @@ class NodeService:
         self._kernel_probe: KernelProbe | None = None
         self._probe_answers_until = 0.0
         self._leader_frames: dict[tuple[int, int], bytes] = {}
+        # tick_now runs the daemon's timer at once: the pacer's alarm
         self.paced = PacedHeartbeats(core, lambda: messenger.transport, self._heartbeat_frame,
                                      clock=clock, tick_now=tick_now)
 
