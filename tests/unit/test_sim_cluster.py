@@ -432,15 +432,15 @@ def test_a_daemon_stalled_past_the_dead_timeout_is_not_declared_dead_while_its_k
 
 
 @PACING
-def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_twice_the_dead_timeout(paced):
+def test_a_frozen_daemon_on_a_live_host_is_declared_dead_within_three_dead_timeouts(paced):
     sim = fast_formed(paced=paced)
     victim = next(p for p in range(5) if p not in sim.leaders())
     sim.freeze(victim, 30.0)
     survivors = set(range(5)) - {victim}
     took = sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
                                      for p in survivors), timeout=5)
-    # twice the dead timeout + a heartbeat of phase + the non-watchers' question (30 ms)
-    assert 0.12 <= took <= 0.12 + 0.015 + 0.03 + 0.01, took
+    # three dead timeouts + a heartbeat of phase + the non-watchers' question (30 ms)
+    assert 0.18 <= took <= 0.18 + 0.02 + 0.03 + 0.01, took
     assert any("its kernel last answered" in text for text in deaths_logged(sim))
 
 
