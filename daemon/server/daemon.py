@@ -299,7 +299,10 @@ class Daemon:
     def _on_timer(self) -> None:
         self._timer = None
         now = self.clock()
-        self.node.tick(now)
+        try:
+            self.node.tick(now)
+        except Exception:       # logged, and the timer lives on: without it nothing detects a death
+            log.exception("failure-detection tick failed")
         try:
             self.db.tick(now)
             self.connections.poll(now)

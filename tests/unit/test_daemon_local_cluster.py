@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -450,8 +451,16 @@ def test_fast_heartbeats_are_paced_by_a_thread_and_a_frozen_node_is_still_declar
         watcher = (victim + 1) % 3
         c.signal(victim, signal.SIGSTOP)
         try:
-            c.wait_for("victim DISCONNECTED", lambda: c.status_flags(watcher)[victim].startswith("DISCONNECTED"),
-                       timeout=5, interval=0.02)
+            try:
+                c.wait_for("victim DISCONNECTED",
+                           lambda: c.status_flags(watcher)[victim].startswith("DISCONNECTED"),
+                           timeout=5, interval=0.02)
+            except AssertionError as exc:
+                # Seen once in a full suite run (2026-12-06), not reproduced alone or under
+                # stress-ng: say what the victim and every node were doing.
+                state = Path(f"/proc/{c.procs[victim].pid}/stat").read_text().split()[2]
+                stderr = {p: (c.node_dir(p) / "stderr").read_text()[-2000:] for p in range(3)}
+                raise AssertionError(f"{exc}\nvictim {victim} state {state}; stderr {stderr}") from None
         finally:
             c.signal(victim, signal.SIGCONT)
         # One of its two watchers declares it; the other may hear that verdict first.
