@@ -283,13 +283,15 @@ class FailureDetector:
         stalled = None
         # Paced, a suspect peer turns a look into a heartbeat tick at once: this is the pacer's
         # alarm, or a peer that fell silent just before a look.
-        alarmed = (s.paced and self._next_fast - now > s.heartbeat_interval / 2
-                   and self._any_suspect(now))
+        suspect = s.paced and self._any_suspect(now)
+        alarmed = suspect and self._next_fast - now > s.heartbeat_interval / 2
         if now >= self._next_fast or alarmed:
             late = max(0.0, now - self._next_fast)
             self._last_fast_tick = now
-            # The next grid point after now, not after the missed deadline: no catch-up bursts.
-            self._next_fast = self._next_fast_after(now)
+            # The next grid point after now, not after the missed deadline: no catch-up bursts;
+            # paced, the next look unless a peer is suspect.
+            period = s.look_interval if s.paced and not suspect else s.heartbeat_interval
+            self._next_fast = self._grid_after(now, period)
             if s.fast_path:
                 if not s.paced:
                     actions += self._heartbeats
@@ -342,26 +344,20 @@ class FailureDetector:
         """The peers this node heartbeats (its watchers): where a pacer sends."""
         return tuple(h.pnn for h in self._heartbeats)
 
-    def _any_suspect(self, now: float) -> bool:
-        alarm = self.settings.alarm_silence
-        return any(p.watched and p.fast_seen and now - p.last_rx >= alarm
-                   for p in self._peers.values())
+    def _suspect(self, peer: _Peer, now: float) -> bool:
+        """A watched peer that has missed a beat: silent for the alarm silence or longer."""
+        return peer.watched and peer.fast_seen and now - peer.last_rx >= self.settings.alarm_silence
 
-    def _next_fast_after(self, now: float) -> float:
-        """The next heartbeat tick; paced, the next look unless a peer is suspect."""
-        s = self.settings
-        if s.paced and not self._any_suspect(now):
-            return self._grid_after(now, s.look_interval)
-        return self._grid_after(now, s.heartbeat_interval)
+    def _any_suspect(self, now: float) -> bool:
+        return any(self._suspect(p, now) for p in self._peers.values())
 
     def _earliest_dead_deadline(self, suspects_only: bool = False) -> float | None:
         if not self.settings.fast_path:
             return None
         earliest = None
-        alarm = self.settings.alarm_silence
         for p in self._peers.values():
             if p.watched and p.fast_seen:
-                if suspects_only and self._last_fast_tick - p.last_rx < alarm:
+                if suspects_only and not self._suspect(p, self._last_fast_tick):
                     continue        # not suspect at the last tick: the pacer's alarm covers it
                 due = self._dead_at(p)
                 if earliest is None or due < earliest:
@@ -406,8 +402,8 @@ class FailureDetector:
         half intervals) and its deadline comes before the tick after next, so the answer is in
         before the deadline (a fixed fraction of the timeout fell just after the last tick
         before the deadline at 20 ms heartbeats: the echo went out too late to count)."""
-        interval = self.settings.heartbeat_interval
-        return now - peer.last_rx >= 1.5 * interval and self._dead_at(peer) <= now + 1.5 * interval
+        horizon = now + 1.5 * self.settings.heartbeat_interval
+        return now - peer.last_rx >= self.settings.alarm_silence and self._dead_at(peer) <= horizon
 
     def held(self, pnn: int, now: float) -> bool:
         """`pnn` is past its timeout of silence but its kernel answers: we are holding it."""
@@ -475,10 +471,15 @@ class FailureDetector:
                 actions.append(PeerStalled(pnn, peer.stalled_for))
                 peer.stalled_for = 0.0
             if self._probe_due(peer, now):
-                actions.append(ProbeKernel(pnn))
-                if peer.asked_at <= peer.last_rx:
-                    peer.asked_at = now
+                actions.append(self._ask_kernel(pnn, peer, now))
         return actions
+
+    @staticmethod
+    def _ask_kernel(pnn: int, peer: _Peer, now: float) -> ProbeKernel:
+        """An echo request to `peer`'s host; the first of a silence starts `answer_wait`."""
+        if peer.asked_at <= peer.last_rx:
+            peer.asked_at = now
+        return ProbeKernel(pnn)
 
     def _check_dead(self, now: float) -> list[Action]:
         s = self.settings
@@ -489,8 +490,7 @@ class FailureDetector:
                 if peer.asked_at <= peer.last_rx:
                     # No verdict before its kernel was asked: this tick came too late to ask
                     # in time (the loop or the pacer's alarm was held up, on a loaded machine).
-                    actions.append(ProbeKernel(pnn))
-                    peer.asked_at = now
+                    actions.append(self._ask_kernel(pnn, peer, now))
                     continue
                 timeout = self.timeout_of(peer)
                 silent_ms = (now - peer.last_rx) * 1000
