@@ -9,7 +9,8 @@
 #
 # Set-up is idempotent and quick when nothing changed: Debian packages are installed only if
 # missing, the virtualenv (.venv, with the system site-packages, where Debian's Mininet lives)
-# is refreshed only when pyproject.toml changes.  `ctdblab` and `pyctdbd` are linked into
+# is refreshed only when pyproject.toml changes, pyctdbd's native heartbeat pacer is compiled
+# only when its C source changes.  `ctdblab` and `pyctdbd` are linked into
 # /usr/local/bin so they can be used from anywhere afterwards.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ APT_PACKAGES=(
     ctdb samba smbclient samba-testsuite samba-vfs-modules stress-ng keepalived
     etcd-server python3-etcd curl
     debootstrap
+    gcc libc6-dev
 )
 
 say() { printf 'ctdblab.sh: %s\n' "$*" >&2; }
@@ -78,8 +80,19 @@ ensure_venv() {
     ln -sfn "$venv/bin/pyctdbd" /usr/local/bin/pyctdbd
 }
 
+# pyctdbd's native heartbeat pacer (daemon/native/): built again only when its source changed.
+ensure_native() {
+    local out
+    out=$("$venv/bin/python" -c 'from ctdblab.daemon import native; p = native.library_path(); print(p if p.exists() else "")') \
+        || die "cannot check the native heartbeat pacer"
+    [ -n "$out" ] && return 0
+    say "building pyctdbd's native heartbeat pacer"
+    "$venv/bin/python" -m ctdblab.daemon.native >/dev/null || die "building the native heartbeat pacer failed"
+}
+
 ensure_packages
 ensure_venv
+ensure_native
 
 cmd=${1:-help}
 case "$cmd" in

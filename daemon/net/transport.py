@@ -328,13 +328,29 @@ class NodeTransport:
         self._fast_received += len(out)
         return out
 
-    def _note_bad_fast(self, address: str) -> None:
-        self._bad_fast += 1
+    # -- for a pacer that reads and writes the fast socket itself (native/) ---------------------
+    def fast_fileno(self) -> int | None:
+        return self._udp.fileno() if self._udp is not None else None
+
+    def fast_peers(self) -> dict[int, str]:
+        """PNN -> address of every node whose heartbeats count."""
+        return {pnn: peer.address for pnn, peer in self._peers.items()}
+
+    def count_fast(self, sent: int, received: int, bad: int) -> None:
+        """Heartbeats a pacer sent, received and dropped on this socket (statistics, the
+        occasional bad-datagram log line)."""
+        self._fast_sent += sent
+        self._fast_received += received
+        if bad:
+            self._note_bad_fast(None, bad)
+
+    def _note_bad_fast(self, address: str | None, count: int = 1) -> None:
+        self._bad_fast += count
         now = time.monotonic()
         if now - self._bad_fast_logged > 10:
             self._bad_fast_logged = now
-            self._log(f"dropped {self._bad_fast} bad or unknown heartbeat datagrams "
-                      f"(latest from {address})")
+            latest = f" (latest from {address})" if address else ""
+            self._log(f"dropped {self._bad_fast} bad or unknown heartbeat datagrams{latest}")
             self._bad_fast = 0
 
     def pnn_at(self, address: str) -> int | None:

@@ -8,6 +8,7 @@ import pytest
 
 from ctdblab.daemon.core.node import Tick
 from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, NodeFlag
+from ctdblab.daemon.server.heartbeat_pacer import LOOK_BEATS
 
 from simcluster import Sim
 
@@ -461,7 +462,7 @@ def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault, paced)
     assert not any("its kernel last answered" in text for text in deaths_logged(sim))
 
 
-def test_a_paced_cluster_stays_whole_and_its_cores_look_a_third_as_often():
+def test_a_paced_cluster_stays_whole_and_its_cores_look_once_in_look_beats():
     counts = {}
     for paced in (False, True):
         sim = fast_formed(paced=paced)
@@ -476,4 +477,5 @@ def test_a_paced_cluster_stays_whole_and_its_cores_look_a_third_as_often():
         sim.run(10.0)
         assert deaths_logged(sim) == [] and sim.settled()
         counts[paced] = ticks[0] / 5 / 10.0
-    assert 49 <= counts[False] <= 52 and 16 <= counts[True] <= 18.5, counts
+    looks = 50 / LOOK_BEATS
+    assert 49 <= counts[False] <= 52 and looks - 0.5 <= counts[True] <= looks + 1.5, counts
