@@ -4,10 +4,11 @@ Why not packaging/build's wheel or .deb: the lab must test exactly the tree it r
 Mininet backend runs the worktree's pyctdbd too), and the failover scenario also runs the lab's
 probes on the client hosts and on the victim (``tcp_listener``), which neither package carries.
 So the payload is the orchestrator's own ``ctdblab`` modules that run on a host — the daemon
-(standard library + ctypes on libtdb1, event scripts included), the probes and the two small
-modules they import — zipped from wherever this ``ctdblab`` is imported from.  Installing it
-touches nothing but ``install_dir`` (no dpkg, no systemd unit); ``ctdblab down --hosts`` leaves
-it for the next run, and ``rm -rf install_dir`` removes it.
+(standard library + ctypes on libtdb1, event scripts included, and the native heartbeat pacer
+as built here: a host that cannot load it paces its beats with the Python thread), the probes
+and the two small modules they import — zipped from wherever this ``ctdblab`` is imported from.
+Installing it touches nothing but ``install_dir`` (no dpkg, no systemd unit); ``ctdblab down
+--hosts`` leaves it for the next run, and ``rm -rf install_dir`` removes it.
 
 On the host (``INSTALL`` = the inventory's ``install_dir``)::
 

@@ -47,7 +47,7 @@ altogether is still declared dead after its (stretched) timeout.
 
 **Paced mode** (`look_interval` > 0). A Python event loop that wakes on every heartbeat tick
 costs more CPU than the beats themselves (docs/fast-profile-idle.md). So at short intervals the
-shell hands the beats to a pacer thread (server/heartbeat_pacer.py): it sends them on the
+shell hands the beats to a pacer thread (server/heartbeat_pacer.py, native_pacer.py): it sends them on the
 heartbeat grid, reads the arrivals, and wakes the loop only when a watched peer's silence
 reaches `ALARM_BEATS` intervals -- the silence at which a kernel probe starts to be due. The
 detector then no longer emits `SendHeartbeat` on its ticks (`heartbeat_targets()` tells the

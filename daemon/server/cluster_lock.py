@@ -63,6 +63,8 @@ class ClusterLock:
     log: Callable[[str], None]
     timeout: float = 10.0
     spare_delay: float = 2.0
+    #: puts the lease renewals on the daemon's ticks (no wake-up of their own)
+    align: Callable[[float], float] = lambda when: when
     _proc: spawn.Process | None = None
     _held: bool = False
     _watch: asyncio.Task | None = None
@@ -189,12 +191,16 @@ class ClusterLock:
         return status
 
     async def _renew_lease(self, proc: spawn.Process) -> None:
-        """A byte every quarter lease from the event loop: a frozen loop sends none."""
+        """A byte every quarter lease from the event loop, on the first tick after it is due
+        (at most a look later: 120 ms paced, against a lease of a second or more): a frozen
+        loop sends none."""
         assert proc.stdin is not None
+        loop = asyncio.get_running_loop()
         try:
             while self._proc is proc and self._held:
                 proc.stdin.write(b".")
-                await asyncio.sleep(self.lease / 4)
+                now = loop.time()
+                await asyncio.sleep(max(0.0, self.align(now + self.lease / 4) - now))
         except (OSError, RuntimeError):
             return                          # the helper is gone; _watch_helper reports it
 

@@ -100,7 +100,7 @@ class Daemon:
         self.cluster_lock = None if lock_spec is None else ClusterLock(
             helper_argv(lock_spec.lock_file, lock_spec.command, named_helper, lock_lease(dead_timeout)),
             lambda reason: self.node.lock_lost(reason), lambda m: log.error("%s", m),
-            timeout=max(5.0, float(conf.leader_timeout)))
+            timeout=max(5.0, float(conf.leader_timeout)), align=lambda when: self.node.on_tick_grid(when))
         now = self.clock()
         core = NodeCore(self.my_pnn, nodemap, self._node_settings(), now, wall_offset=now - time.time(),
                         capabilities=capabilities, start_wall=self.start_wall, port=options.port)

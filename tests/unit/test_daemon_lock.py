@@ -51,6 +51,28 @@ def test_a_frozen_daemon_loses_the_lock_after_its_lease_and_another_takes_it(tmp
     run(main())
 
 
+def test_lease_renewals_on_the_daemons_look_grid_keep_the_lock(tmp_path):
+    """Renewals wait for the first look (120 ms grid) after a quarter lease, so they cost no
+    wake-up of their own; the lock is still kept across several leases."""
+    async def main():
+        argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
+        asked: list[float] = []
+
+        def on_grid(when: float) -> float:
+            asked.append(when)
+            return (when // 0.12 + 1) * 0.12
+        lost: list[str] = []
+        holder = ClusterLock(argv, lost.append, lambda m: None, align=on_grid)
+        other = ClusterLock(argv, lambda r: None, lambda m: None)
+        assert await holder.take() is LockStatus.HELD
+        await asyncio.sleep(3.0)                     # three leases
+        assert lost == [] and await other.take() is LockStatus.CONTENTION
+        assert 8 <= len(asked) <= 14, asked          # a renewal every 250-370 ms
+        await holder.close()
+        await other.close()
+    run(main())
+
+
 def test_the_armed_spare_makes_a_lock_attempt_fast(tmp_path):
     async def main():
         argv = helper_argv(str(tmp_path / "lock"), None, None, lease=1.0)
