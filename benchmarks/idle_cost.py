@@ -21,6 +21,9 @@ When the profile's heartbeats are faster than 100 ms, a bare asyncio loop waking
 interval and sending one datagram per peer (`benchmarks.wakeup_floor`) runs during each pyctdbd
 window: the machine's floor for any Python daemon at that rate, printed beside the figures (it
 moved from 0.70 % to 1.65 % of a core between two days on the lab VM).
+``--daemons pyctdbd,pyctdbd-python,...``: ``pyctdbd-python`` is pyctdbd with its native heartbeat
+pacer unused (``PYCTDBD_NATIVE=0``: the Python pacer thread paces the fast profile's beats),
+printed with its ratio to pyctdbd, so the two pacers compare in one run.
 ``--profile SECONDS`` then records each pyctdbd with py-spy for that long after the window
 (`py-spy record --format raw`; the files are named in the output).
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 
 from ctdblab import chaos
 from ctdblab.cluster.lab import LabCluster
+from ctdblab.cluster.launchers import get_launcher
 from ctdblab.cluster.profiles import get_profile
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.stats import median
@@ -46,6 +50,8 @@ from ctdblab.stats import median
 from .common import progress, table
 
 TICK = os.sysconf("SC_CLK_TCK")
+#: pyctdbd with the Python pacer thread instead of the native one
+PYTHON_PACED = "pyctdbd-python"
 #: The databases of a running clustered Samba 4.17 (reference/clustered-db.md §1).
 SAMBA_DATABASES = (
     [f"smbXsrv_{x}_global.tdb" for x in ("open", "tcon", "session", "client", "version")]
@@ -184,8 +190,10 @@ def main() -> int:
         clustered = bool(args.clustered_smbd) and daemon != "keepalived"
         for n in (int(x) for x in args.nodes.split(",")):
             progress(f"{daemon}: {n} nodes{' with clustered smbd' if clustered else ''}")
-            with LabCluster(n, daemon=daemon, tunables=args.tunables, clients=0, progress=progress,
-                            clustered_smbd=clustered) as cluster:
+            launcher = get_launcher("pyctdbd" if daemon == PYTHON_PACED else daemon, smb_clustered=clustered)
+            if daemon == PYTHON_PACED:
+                launcher.env["PYCTDBD_NATIVE"] = "0"
+            with LabCluster(n, daemon=launcher, tunables=args.tunables, clients=0, progress=progress) as cluster:
                 dbs = None
                 if clustered:
                     names = attach_samba_databases(cluster)
@@ -196,14 +204,14 @@ def main() -> int:
                                  f"databases per node; missing {missing or 'none'}; others {extra or 'none'}")
                     progress(notes[-1])
                 time.sleep(10)
-                rows, floor = measure(cluster, args.window, heartbeat_ms if daemon == "pyctdbd" else None)
+                rows, floor = measure(cluster, args.window, heartbeat_ms if daemon.startswith("pyctdbd") else None)
                 if floor:
                     out.append([f"floor ({n - 1} datagrams/{heartbeat_ms} ms)", n, None, floor["cpu_pct"],
                                 None, None, None, None, None, None])
                     notes.append(f"floor, {n} nodes: a bare asyncio loop waking every {heartbeat_ms} ms and "
                                  f"sending {n - 1} datagrams per wake-up, during the pyctdbd window: "
                                  f"{floor['us_per_wakeup']:.0f} µs of CPU per wake-up")
-                if args.profile and daemon == "pyctdbd":
+                if args.profile and daemon.startswith("pyctdbd"):
                     files = profile(cluster, args.profile, args.profile_dir / f"{n}-nodes")
                     notes.append(f"py-spy profiles ({args.profile:.0f} s each): "
                                  + ", ".join(map(str, files)))
@@ -213,10 +221,11 @@ def main() -> int:
                         med("rss_mib"), mx("rss_mib"), med("pss_mib"), rows[0]["procs"]])
     for n in (int(x) for x in args.nodes.split(",")):      # pyctdbd / each reference, same run
         py = next((r for r in out if r[0] == "pyctdbd" and r[1] == n), None)
-        for reference, label in (("ctdb", "ctdb"), ("keepalived", "keepalived")):
+        for reference, label in (("ctdb", "py/ctdb"), ("keepalived", "py/keepalived"),
+                                 (PYTHON_PACED, "native/Python pacer")):
             ref = next((r for r in out if r[0] == reference and r[1] == n), None)
             if py and ref:
-                out.append([f"ratio py/{label}", n, None]
+                out.append([f"ratio {label}", n, None]
                            + [a / b if a is not None and b else None for a, b in zip(py[3:9], ref[3:9])]
                            + [None])
     smbd = ("clustered smbd (standalone with keepalived), not counted" if args.clustered_smbd
