@@ -20,6 +20,7 @@ CLASS_LIMIT = 500
 ALLOWED = {
     "log": set(),
     "spawn": set(),          # children started off the loop: a foundation, like log
+    "native": set(),         # the C heartbeat pacer's loader: a foundation, standard library only
     "protocol": {"log"},
     "config": {"protocol", "log"},
     "events": {"log", "spawn"},
@@ -27,7 +28,8 @@ ALLOWED = {
     "core": {"protocol", "config", "log"},
     "net": {"protocol", "log"},
     "store": {"protocol", "config", "log", "spawn"},
-    "server": {"core", "net", "store", "protocol", "config", "events", "failover", "log", "spawn"},
+    "server": {"core", "net", "store", "protocol", "config", "events", "failover", "log", "spawn",
+               "native"},
     "controls": {"server", "core", "net", "store", "protocol", "config", "events", "failover", "log"},
     "main": {"controls", "server", "core", "net", "store", "protocol", "config", "events", "failover",
              "log", "spawn"},
