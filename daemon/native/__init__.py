@@ -70,7 +70,7 @@ def build(out_dir: Path | None = None) -> Path:
     if compiler is None:
         raise NativeBuildError("no C compiler (cc or gcc) found: install Debian's gcc and libc6-dev")
     target = out_dir / library_name()
-    partial = target.with_suffix(".so.partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")   # builds may race
     command = [compiler, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-o", str(partial), str(SOURCE), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -109,6 +109,12 @@ def heartbeat_pacer_library() -> ctypes.CDLL | None:
         return None
     _loaded = lib
     return lib
+
+
+def forget_load_error() -> None:
+    """Look for the library again at the next call (after a build)."""
+    global _load_error
+    _load_error = None
 
 
 def load_error() -> str | None:

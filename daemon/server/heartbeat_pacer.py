@@ -242,7 +242,10 @@ class PacedHeartbeats:
         """The native pacer when its library is built and the channel offers its socket, else
         the Python thread; started. Also says which, for the log."""
         lib = heartbeat_pacer_library() if self.native else None
-        reason = "Python: " + (load_error() or f"{NATIVE_ENV}=0") if lib is None else ""
+        if lib is None:
+            reason = "Python: " + (load_error() or f"{NATIVE_ENV}=0")
+        else:
+            reason = "Python: the transport offers no socket of its own"
         if lib is not None and self._loop is not None and hasattr(channel, "fast_fileno"):
             wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             native = None
@@ -251,7 +254,7 @@ class PacedHeartbeats:
                 native.loop_alive(self.clock())
                 self._loop.add_reader(wake_fd, self._on_wake_fd, wake_fd)
                 native.start()
-            except OSError as exc:
+            except Exception as exc:       # (OSError above all) never lose the beats over it
                 log.warning("The native heartbeat pacer failed (%s): a Python thread paces the beats", exc)
                 if native is not None:
                     native.close()

@@ -435,7 +435,8 @@ def test_no_ip_failback_keeps_a_returning_node_empty(cluster):
 
 
 @pytest.mark.parametrize("pacer", ["native", "Python"])
-def test_fast_heartbeats_are_paced_by_a_thread_and_a_frozen_node_is_still_declared_dead(tmp_path, monkeypatch, pacer):
+def test_fast_heartbeats_are_paced_by_a_thread_and_a_frozen_node_is_still_declared_dead(
+        tmp_path, monkeypatch, pacer, native_pacer_library):
     """20 ms heartbeats (the fast profile's): every daemon hands them to its pacer thread (the
     native one, or the Python one it falls back to), the cluster stays whole while idle, a
     SIGSTOPped node is declared dead by the millisecond path (not CTDB's keepalive count), and

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from ctdblab.daemon import native
-from ctdblab.daemon.native import heartbeat_pacer_library
 from ctdblab.daemon.protocol import KEEPALIVE_VERSION_4_17, ReqKeepalive, encode_packet
 from ctdblab.daemon.net.transport import SO_TIMESTAMPNS
 from ctdblab.daemon.server.native_pacer import NativeHeartbeatPacer
@@ -22,14 +21,9 @@ TIMING = PacerTiming(interval=0.02, phase=0.0, alarm_silence=0.03, liveness_limi
 ME, PEER1, PEER2, STRANGER = "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"
 
 
-@pytest.fixture(scope="module")
-def lib():
-    if heartbeat_pacer_library() is None:         # a fresh source change: build it, as setup does
-        native.build()
-        native._load_error = None
-    loaded = heartbeat_pacer_library()
-    assert loaded is not None, native.load_error()
-    return loaded
+@pytest.fixture
+def lib(native_pacer_library):
+    return native_pacer_library
 
 
 def keepalive(src: int, dest: int = 0) -> bytes:

@@ -113,3 +113,53 @@ def test_a_pacer_thread_that_ends_hands_the_heartbeats_back_to_the_loop_for_good
         assert not node.core.settings.detector.paced
         await node.close()
     asyncio.run(main())
+
+
+class SocketTransport(FakeTransport):
+    """A transport that offers the native pacer its socket (a descriptor that cannot be used
+    when `fileno` is -1)."""
+
+    port = 4379
+
+    def __init__(self, fileno: int) -> None:
+        super().__init__()
+        self.fileno = fileno
+
+    def fast_fileno(self) -> int:
+        return self.fileno
+
+    def fast_peers(self) -> dict[int, str]:
+        return {1: "198.18.0.2", 2: "198.18.0.3"}
+
+    def count_fast(self, sent: int, received: int, bad: int) -> None:
+        pass
+
+
+def test_the_native_pacer_is_used_when_offered_a_socket_and_a_failing_one_falls_back_to_python(
+        caplog, native_pacer_library):
+    import socket
+
+    from ctdblab.daemon.server.heartbeat_pacer import HeartbeatPacer
+    from ctdblab.daemon.server.native_pacer import NativeHeartbeatPacer
+
+    async def run_with(transport) -> tuple[type, str]:
+        node, _ = await service(0.1)              # slow: no pacer until the transport is set
+        node.messenger.transport = transport
+        with caplog.at_level(logging.INFO, logger="ctdblab"):
+            node.settings_changed(settings(0.02))
+        kind = type(node.paced.pacer)
+        await node.close()
+        return kind, caplog.text
+
+    async def main():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            kind, _ = await run_with(SocketTransport(sock.fileno()))
+            assert kind is NativeHeartbeatPacer
+            kind, said = await run_with(SocketTransport(-1))      # os.dup fails
+            assert kind is HeartbeatPacer
+            assert "The native heartbeat pacer failed" in said
+            assert "(Python: the native pacer failed" in said
+        finally:
+            sock.close()
+    asyncio.run(main())
