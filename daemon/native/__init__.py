@@ -1,6 +1,7 @@
 """pyctdbd's one native part: the heartbeat pacer thread in C (heartbeat_pacer.c), loaded with
 ctypes. It is optional: without it the daemon paces its fast heartbeats with a Python thread
-(server/heartbeat_pacer.py), which costs about half a per cent of a core more at 20 ms beats.
+(server/heartbeat_pacer.py), which costs 0.2-0.3 % of a core more at 20 ms beats
+(docs/fast-profile-idle.md).
 
 The library is built from the shipped source with the system's C compiler, by `./ctdblab.sh`
 in the lab, by the Debian package's postinst, or by hand:
