@@ -78,6 +78,13 @@ def wake_fd():
     os.close(fd)
 
 
+@pytest.fixture
+def pacer(lib, channel, wake_fd):
+    made = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
+    yield made
+    made.close()
+
+
 def woken(fd: int) -> int:
     try:
         return os.eventfd_read(fd)
@@ -89,110 +96,90 @@ def settle() -> None:
     time.sleep(0.02)          # loopback datagrams are queued by then
 
 
-def test_a_beat_sends_the_frames_and_reads_the_peers_beats_with_their_kernel_time(lib, channel, wake_fd):
-    pacer = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
+def test_a_beat_sends_the_frames_and_reads_the_peers_beats_with_their_kernel_time(pacer, channel):
+    now = time.monotonic()
+    pacer.loop_alive(now)
+    pacer.set_targets(((1, b"to-1"), (2, b"to-2"), (7, b"no such peer")))
+    channel.from_peer(1, keepalive(1))
+    channel.from_peer(2, keepalive(2))
+    settle()
+    now = time.monotonic()
+    assert not pacer.beat(now, now - time.time())
+    assert channel.peers[1].recvfrom(64) == (b"to-1", (ME, channel.port))
+    assert channel.peers[2].recvfrom(64) == (b"to-2", (ME, channel.port))
+    arrivals = pacer.take_arrivals()
+    assert [pnn for pnn, _ in arrivals] == [1, 2]
+    for _, at in arrivals:                 # the kernel's receive time, on the loop clock
+        assert now - 0.5 < at <= now + 0.005
+    assert pacer.take_arrivals() == []
+    pacer.count()
+    assert channel.counted == [(2, 2, 0)]
+
+
+def test_datagrams_that_are_not_the_senders_keepalive_are_dropped_and_counted(pacer, channel):
+    channel.from_peer(1, keepalive(2))              # claims another node
+    channel.from_peer(9, keepalive(9))              # from an address that is no node's
+    channel.from_peer(1, keepalive(1)[:-1] + b"")   # shorter than its length field
+    channel.from_peer(1, b"x" * 40)                 # no CTDB header
+    channel.from_peer(2, keepalive(2)[:20])          # shorter than a header
+    channel.from_peer(2, keepalive(2))              # the one good one
+    settle()
+    now = time.monotonic()
+    pacer.beat(now, now - time.time())
+    assert [pnn for pnn, _ in pacer.take_arrivals()] == [2]
+    pacer.count()
+    assert channel.counted == [(0, 1, 5)]
+
+
+def test_no_beats_go_out_once_the_loop_has_not_looked_for_the_liveness_limit(pacer, channel):
+    pacer.set_targets(((1, b"beat"),))
+    pacer.loop_alive(100.0)
+    pacer.beat(100.119, 0.0)
+    pacer.beat(100.121, 0.0)                 # the loop is wedged: the node falls silent
+    pacer.loop_alive(100.121)
+    pacer.beat(100.122, 0.0)
+    channel.peers[1].settimeout(0.2)
+    got = []
     try:
-        now = time.monotonic()
-        pacer.loop_alive(now)
-        pacer.set_targets(((1, b"to-1"), (2, b"to-2"), (7, b"no such peer")))
-        channel.from_peer(1, keepalive(1))
-        channel.from_peer(2, keepalive(2))
-        settle()
-        now = time.monotonic()
-        assert not pacer.beat(now, now - time.time())
-        assert channel.peers[1].recvfrom(64) == (b"to-1", (ME, channel.port))
-        assert channel.peers[2].recvfrom(64) == (b"to-2", (ME, channel.port))
-        arrivals = pacer.take_arrivals()
-        assert [pnn for pnn, _ in arrivals] == [1, 2]
-        for _, at in arrivals:                 # the kernel's receive time, on the loop clock
-            assert now - 0.5 < at <= now + 0.005
-        assert pacer.take_arrivals() == []
-        pacer.count()
-        assert channel.counted == [(2, 2, 0)]
-    finally:
-        pacer.close()
+        while True:
+            got.append(channel.peers[1].recvfrom(64)[0])
+    except TimeoutError:
+        pass
+    assert got == [b"beat", b"beat"]
 
 
-def test_datagrams_that_are_not_the_senders_keepalive_are_dropped_and_counted(lib, channel, wake_fd):
-    pacer = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
-    try:
-        channel.from_peer(1, keepalive(2))              # claims another node
-        channel.from_peer(9, keepalive(9))              # from an address that is no node's
-        channel.from_peer(1, keepalive(1)[:-1] + b"")   # shorter than its length field
-        channel.from_peer(1, b"x" * 40)                 # no CTDB header
-        channel.from_peer(2, keepalive(2)[:20])          # shorter than a header
-        channel.from_peer(2, keepalive(2))              # the one good one
-        settle()
-        now = time.monotonic()
-        pacer.beat(now, now - time.time())
-        assert [pnn for pnn, _ in pacer.take_arrivals()] == [2]
-        pacer.count()
-        assert channel.counted == [(0, 1, 5)]
-    finally:
-        pacer.close()
+def test_a_silent_watched_peer_raises_the_alarm_once_per_silence_through_the_eventfd(pacer, channel, wake_fd):
+    wall_to_loop = time.monotonic() - time.time()
+    pacer.set_watched(frozenset({1, 2}))
+    channel.from_peer(1, keepalive(1))
+    channel.from_peer(2, keepalive(2))
+    settle()
+    t0 = time.monotonic()
+    assert not pacer.beat(t0, wall_to_loop)
+    heard = max(at for _, at in pacer.take_arrivals())
+    assert not pacer.beat(heard + 0.029, wall_to_loop) and woken(wake_fd) == 0
+    channel.from_peer(2, keepalive(2))       # peer 2 beats again, peer 1 stays silent
+    settle()
+    later = time.monotonic()
+    assert pacer.beat(later + 0.011, wall_to_loop)
+    assert woken(wake_fd) == 1 and pacer.alarms == 1
+    assert not pacer.beat(later + 0.031, wall_to_loop)    # the same silence: no second alarm
+    channel.from_peer(1, keepalive(1))       # peer 1 is back; its next silence alarms again
+    settle()
+    back = time.monotonic()
+    assert not pacer.beat(back, wall_to_loop)
+    assert pacer.beat(back + 0.05, wall_to_loop) and pacer.alarms == 2
 
 
-def test_no_beats_go_out_once_the_loop_has_not_looked_for_the_liveness_limit(lib, channel, wake_fd):
-    pacer = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
-    try:
-        pacer.set_targets(((1, b"beat"),))
-        pacer.loop_alive(100.0)
-        pacer.beat(100.119, 0.0)
-        pacer.beat(100.121, 0.0)                 # the loop is wedged: the node falls silent
-        pacer.loop_alive(100.121)
-        pacer.beat(100.122, 0.0)
-        channel.peers[1].settimeout(0.2)
-        got = []
-        try:
-            while True:
-                got.append(channel.peers[1].recvfrom(64)[0])
-        except TimeoutError:
-            pass
-        assert got == [b"beat", b"beat"]
-    finally:
-        pacer.close()
-
-
-def test_a_silent_watched_peer_raises_the_alarm_once_per_silence_through_the_eventfd(lib, channel, wake_fd):
-    pacer = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
-    try:
-        wall_to_loop = time.monotonic() - time.time()
-        pacer.set_watched(frozenset({1, 2}))
-        channel.from_peer(1, keepalive(1))
-        channel.from_peer(2, keepalive(2))
-        settle()
-        t0 = time.monotonic()
-        assert not pacer.beat(t0, wall_to_loop)
-        heard = max(at for _, at in pacer.take_arrivals())
-        assert not pacer.beat(heard + 0.029, wall_to_loop) and woken(wake_fd) == 0
-        channel.from_peer(2, keepalive(2))       # peer 2 beats again, peer 1 stays silent
-        settle()
-        later = time.monotonic()
-        assert pacer.beat(later + 0.011, wall_to_loop)
-        assert woken(wake_fd) == 1 and pacer.alarms == 1
-        assert not pacer.beat(later + 0.031, wall_to_loop)    # the same silence: no second alarm
-        channel.from_peer(1, keepalive(1))       # peer 1 is back; its next silence alarms again
-        settle()
-        back = time.monotonic()
-        assert not pacer.beat(back, wall_to_loop)
-        assert pacer.beat(back + 0.05, wall_to_loop) and pacer.alarms == 2
-    finally:
-        pacer.close()
-
-
-def test_a_peer_not_heard_since_it_became_watched_raises_no_alarm(lib, channel, wake_fd):
-    pacer = NativeHeartbeatPacer(lib, channel, TIMING, wake_fd=wake_fd)
-    try:
-        channel.from_peer(1, keepalive(1))
-        settle()
-        now = time.monotonic()
-        pacer.beat(now, now - time.time())
-        pacer.set_watched(frozenset({1}))       # newly watched: its clock starts anew
-        assert not pacer.beat(now + 1.0, now - time.time())
-        pacer.set_watched(frozenset({1, 5000}))  # a pnn beyond any node's is ignored
-        assert not pacer.beat(now + 2.0, now - time.time())
-    finally:
-        pacer.close()
+def test_a_peer_not_heard_since_it_became_watched_raises_no_alarm(pacer, channel):
+    channel.from_peer(1, keepalive(1))
+    settle()
+    now = time.monotonic()
+    pacer.beat(now, now - time.time())
+    pacer.set_watched(frozenset({1}))       # newly watched: its clock starts anew
+    assert not pacer.beat(now + 1.0, now - time.time())
+    pacer.set_watched(frozenset({1, 5000}))  # a pnn beyond any node's is ignored
+    assert not pacer.beat(now + 2.0, now - time.time())
 
 
 def test_the_thread_beats_on_the_grid_and_hands_over_what_it_read_when_closed(lib, channel, wake_fd):
