@@ -45,7 +45,7 @@ struct hp_peer {
 };
 
 struct hp_pacer {
-    int fd;                     /* the fast channel's UDP socket (owned by the transport) */
+    int fd;                     /* the fast channel's UDP socket (the caller's own duplicate) */
     int wake_fd;                /* an eventfd the loop reads (owned by the loop) */
     uint32_t magic, version, op_keepalive;
     int32_t npnn;               /* pnns are 0 .. npnn-1 */

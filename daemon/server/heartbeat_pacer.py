@@ -250,7 +250,7 @@ class PacedHeartbeats:
             wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             native = None
             try:
-                native = NativeHeartbeatPacer(lib, channel, timing, wake_fd=wake_fd, clock=self.clock)
+                native = NativeHeartbeatPacer(lib, channel, timing, wake_fd=wake_fd)
                 native.loop_alive(self.clock())
                 self._loop.add_reader(wake_fd, self._on_wake_fd, wake_fd)
                 native.start()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
-from collections.abc import Callable
 
 from ..native import address_key, sockaddr_bytes
 from ..protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, Operation
@@ -22,14 +20,13 @@ class NativeHeartbeatPacer:
     TAKE_BATCH = 256
 
     def __init__(self, lib: ctypes.CDLL, channel: NativeChannel, timing: PacerTiming, *,
-                 wake_fd: int, clock: Callable[[], float] = time.monotonic) -> None:
+                 wake_fd: int) -> None:
         fd = channel.fast_fileno()
         if fd is None:
             raise OSError("the fast channel has no socket")
         self.lib = lib
         self.channel = channel
-        self.clock = clock
-        peers = channel.fast_peers()
+        self._peers = peers = channel.fast_peers()     # fixed for the transport's life
         self._npnn = max(peers, default=0) + 1
         # Its own descriptor of the socket: the thread never sends into a number the transport
         # closed and the kernel gave to another file.
@@ -90,7 +87,7 @@ class NativeHeartbeatPacer:
         os.close(self._fd)
 
     def set_targets(self, targets: tuple[tuple[int, bytes], ...]) -> None:
-        port, peers = self.channel.port, self.channel.fast_peers()
+        port, peers = self.channel.port, self._peers
         known = [(pnn, frame) for pnn, frame in targets if pnn in peers]
         tos = [sockaddr_bytes(peers[pnn], port) for pnn, _ in known]
         frames = [frame for _, frame in known]
