@@ -234,7 +234,8 @@ def test_rsn_regression_is_refused_and_nothing_of_that_commit_is_written_there(t
         await n2.db.store_ltdb(b"k", LtdbHeader(9, 2), b"newer")
         payload, _ = smbd_commit(n0, {b"other": b"x", b"k": b"v"})
         answer = trans3_commit(n0, payload)
-        await until(lambda: bool(n0.recoveries))
+        # node 2's refusal can reach node 0 before node 1's commit (in its own child) is done
+        await until(lambda: bool(n0.recoveries) and n1.seqnum() == 1)
         # node 2 cancelled its whole transaction; nodes 0 and 1 applied it
         assert n2.read(b"k") == (LtdbHeader(9, 2), b"newer")
         assert n2.read(b"other") is None and n2.seqnum() == 0
