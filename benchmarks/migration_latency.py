@@ -109,7 +109,7 @@ class CtdbConnection:
     def control(self, opcode: int, value=None, srvid: int = 0):
         reqid = self._send(ReqControl(opcode, srvid, 0, 0, pack_request(opcode, value)))
         reply = self._reply(reqid).body
-        if reply.status != 0 and opcode not in (Control.GET_PNN,):
+        if reply.status != 0 and opcode not in (Control.GET_PNN, Control.GET_PID):   # status = the answer
             raise RuntimeError(f"{Control(opcode).name} failed: status {reply.status} {reply.errmsg}")
         return reply
 
@@ -354,6 +354,7 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
                 time.sleep(0.1)
         conn.close()
     admin.close()
+    pids = daemon_pids(cluster, args.nodes)
     client_nodes = [int(x) for x in args.client_nodes.split(",")][:args.clients]
     key = key_with_lmaster(vnnmap, args.lmaster)
     workers = [Worker(cluster.socket(p), key) for p in client_nodes]
@@ -367,6 +368,7 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
             for w in workers:
                 w.ask("reset")
             started = time.monotonic()
+            cpu_before = cpu_seconds(pids)
             if mode == "fresh":
                 workers[0].ask(f"fresh {args.rounds}")
             elif mode in ("turns", "spaced"):
@@ -381,6 +383,7 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
                 for w in workers:
                     w.read()
             elapsed = time.monotonic() - started
+            daemon_cpu = cpu_seconds(pids) - cpu_before
             # fresh: the first client alone (fresh keys leave the shared counter alone)
             results = [w.ask("results") for w in (workers[:1] if mode == "fresh" else workers)]
             calls = [ns / 1e6 for r in results for ns in r["calls_ns"]]
@@ -388,6 +391,7 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
             total += len(uses) if mode == "contend" else 0
             out[mode] = {"calls_ms": calls, "uses_ms": uses, "elapsed_s": elapsed,
                          "migrations": sum(r["migrations"] for r in results),
+                         "daemon_cpu_s": daemon_cpu,
                          "uses_per_client": [len(r["uses_ns"]) for r in results]}
             progress(f"{cluster.daemon}: {mode}: {len(uses)} uses, {len(calls)} migrations in {elapsed:.1f} s")
         final = workers[0].ask("use")["count"]
@@ -399,6 +403,30 @@ def measure(cluster: Cluster, args: argparse.Namespace) -> dict:
     return out
 
 
+def daemon_pids(cluster: Cluster, nodes: int) -> list[int]:
+    """Each node's daemon process, as it answers GET_PID (what `ctdb getpid` prints)."""
+    pids = []
+    for pnn in range(nodes):
+        conn = CtdbConnection(cluster.socket(pnn))
+        try:
+            pids.append(conn.control(Control.GET_PID).status)
+        finally:
+            conn.close()
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (all their threads) and of the children they have
+    reaped, from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))   # utime stime cutime cstime
+    return total / tick
+
+
 def summary(mode_result: dict) -> dict:
     calls, uses = mode_result["calls_ms"], mode_result["uses_ms"]
     pct = lambda values, q: percentile(values, q) if values else None
@@ -406,7 +434,9 @@ def summary(mode_result: dict) -> dict:
             "use_p50": pct(uses, 50), "use_p99": pct(uses, 99),
             "uses": len(uses), "fair": min(mode_result["uses_per_client"]) / max(mode_result["uses_per_client"])
             if uses else None, "migrations_per_use": (mode_result["migrations"] / len(uses)) if uses else None,
-            "uses_per_s": len(uses) / mode_result["elapsed_s"] if mode_result["elapsed_s"] else None}
+            "uses_per_s": len(uses) / mode_result["elapsed_s"] if mode_result["elapsed_s"] else None,
+            # every node's daemon together, per migration asked for (µs)
+            "cpu_us": (mode_result["daemon_cpu_s"] / len(calls) * 1e6) if calls else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,21 +487,23 @@ def print_results(results: dict[str, dict], args: argparse.Namespace) -> None:
         sums = {d: summary(r[mode]) for d, r in results.items() if mode in r}
         for daemon, s in sums.items():
             rows.append([daemon, mode, s["uses"], s["call_p50"], s["call_p99"], s["use_p50"], s["use_p99"],
-                         s["migrations_per_use"], s["uses_per_s"], s["fair"]])
+                         s["migrations_per_use"], s["uses_per_s"], s["fair"], s["cpu_us"]])
         if "pyctdbd" in sums and "ctdb" in sums:
             a, b = sums["pyctdbd"], sums["ctdb"]
             ratio = lambda k: (a[k] / b[k]) if a[k] and b[k] else None
             rows.append(["ratio py/ctdb", mode, None, ratio("call_p50"), ratio("call_p99"), ratio("use_p50"),
-                         ratio("use_p99"), ratio("migrations_per_use"), ratio("uses_per_s"), None])
+                         ratio("use_p99"), ratio("migrations_per_use"), ratio("uses_per_s"), None,
+                         ratio("cpu_us")])
     first = next(iter(results.values()))
     print(f"\nrecord migration latency, {args.nodes} nodes, {len(first['client_nodes'])} smbd-like clients "
           f"on nodes {first['client_nodes']}, key's lmaster node {first['lmaster']}; ms")
     for daemon, r in results.items():
         print(f"  {daemon}: {r['where']}; counter {'OK' if r['counter_ok'] else 'WRONG'} {r['counter']}")
     print(table(["daemon", "mode", "uses", "call p50", "call p99", "lock-to-use p50", "lock-to-use p99",
-                 "migr/use", "uses/s", "min/max uses"], rows))
+                 "migr/use", "uses/s", "min/max uses", "daemon CPU µs/migr"], rows))
     print("call: REQ_CALL sent -> REPLY_CALL; lock-to-use: first chain-lock attempt -> record usable here; "
-          "min/max uses: the least served client's uses over the most served one's")
+          "min/max uses: the least served client's uses over the most served one's; daemon CPU: "
+          "all nodes' daemon processes (user + system, 10 ms ticks), per migration asked for")
 
 
 if __name__ == "__main__":

@@ -34,5 +34,9 @@ def test_every_mode_runs_and_every_use_is_counted(tmp_path, capsys, monkeypatch)
     assert len(result["contend"]["uses_ms"]) > 0
     # fresh: one new key per use, each migrated once from its (other) lmaster
     assert len(result["fresh"]["uses_ms"]) == 6 and result["fresh"]["migrations"] == 6
+    # the daemons' own CPU is read from /proc for every mode (ticks: it may be 0 for 6 uses)
+    assert all(result[mode]["daemon_cpu_s"] >= 0 for mode in ("turns", "spaced", "contend", "fresh"))
+    assert result["contend"]["daemon_cpu_s"] > 0               # 0.3 s of busy daemons
     printed = capsys.readouterr().out
     assert "record migration latency" in printed and "lock-to-use p50" in printed
+    assert "daemon CPU µs/migr" in printed
