@@ -852,7 +852,54 @@ def test_collapse_timeout_resends_the_call_and_releases_held_calls():
     # The record lands for the re-sent call: the client is answered, the held call let in.
     landed = core.step(PeerPacket(1, again.reqid, 5, ReplyDmaster(DB, 8, key, b"v", 0)), None, 31.0)
     assert ReplyToClient("c", 1, ReplyCall(0, b"")) in landed
-    assert Requeue(held, core.settings.local_grace) in landed
+    # a peer asked while the record was on its way: the longer, contended pin
+    assert Requeue(held, core.settings.contended_grace) in landed
+
+
+def _landing_pin(core: MigrationCore, key: bytes, *, collapsed: bool, peer_asks: bool,
+                 lmaster_here: bool = False) -> float:
+    """Land `key` for a local call (maybe with a second local call collapsed into it, maybe
+    with a peer's call arriving on the way) and return how long a peer's call then waits.
+    `lmaster_here`: this node is the key's lmaster and node 2 the dmaster; the record comes
+    back as node 2's REQ_DMASTER (and a peer's call on the way is routed on, not held)."""
+    held = (LtdbHeader(3, 2), b"old") if lmaster_here else None
+    (send,) = _sends(core.step(LocalCall("a", 1, DB, key, NULL, MIGRATE), held, 0.0))
+    if collapsed:
+        assert _sends(core.step(LocalCall("b", 2, DB, key, NULL, MIGRATE), held, 0.1)) == []
+    if peer_asks:
+        on_way = core.step(PeerPacket(1, 40, 5, ReqCall(MIGRATE, DB, NULL, 0, key)), held, 0.2)
+        assert bool(_sends(on_way)) == lmaster_here      # routed by the lmaster, else held
+    if lmaster_here:
+        arrival = PeerPacket(2, 9, 5, ReqDmaster(DB, 9, 0, key, b"v", 0))
+    else:
+        arrival = PeerPacket(1, send.reqid, 5, ReplyDmaster(DB, 8, key, b"v", 0))
+    landed = core.step(arrival, held, 1.0)
+    store = [a for a in landed if isinstance(a, StoreRecord) and a.header.dmaster == 0][-1]
+    later = PeerPacket(1, 41, 5, ReqCall(MIGRATE, DB, NULL, 0, key))
+    (wait,) = core.step(later, (store.header, store.data), 1.0)
+    assert isinstance(wait, Requeue)
+    return wait.delay
+
+
+def test_a_contended_record_is_pinned_longer_than_one_handed_over():
+    """One local client, nobody else asking on the way: the short pin (two nodes taking turns
+    wait 2 ms, not 10). Two local clients collapsed into the call, or a peer asking while the
+    record was on its way (held here, or routed on by the lmaster): contended_grace."""
+    settings = MigrationSettings(pnn=0)
+    assert 0 < settings.local_grace < settings.contended_grace
+
+    def pin(lmaster: int = 1, **kwargs) -> float:
+        core = MigrationCore(settings, VnnMap(5, [0, 1, 2]))
+        core.step(DbAttached(DB, "locking.tdb"))
+        return _landing_pin(core, key_with_lmaster(lmaster, 3), **kwargs)
+
+    assert pin(collapsed=False, peer_asks=False) == pytest.approx(settings.local_grace)
+    assert pin(collapsed=True, peer_asks=False) == pytest.approx(settings.contended_grace)
+    assert pin(collapsed=False, peer_asks=True) == pytest.approx(settings.contended_grace)
+    assert pin(lmaster=0, collapsed=False, peer_asks=False, lmaster_here=True) == \
+        pytest.approx(settings.local_grace)
+    assert pin(lmaster=0, collapsed=False, peer_asks=True, lmaster_here=True) == \
+        pytest.approx(settings.contended_grace)
 
 
 def test_client_gone_and_detach():

@@ -37,6 +37,7 @@ class Flight:
     primary: Waiter | None  # its client, still waiting (None once it went away)
     waiters: list[Waiter] = field(default_factory=list)         # collapsed local calls
     deferred: list[PeerPacket] = field(default_factory=list)    # peers' calls held here
+    contended: bool = False  # a peer asked for the record while this migration was under way
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,14 @@ class MigrationSettings:
     #: s: after a record lands for waiting local clients, peers' calls for it wait this long so
     #: the clients can take the chain lock first (pyctdbd; see the core's docstring).
     local_grace: float = 0.002
+    #: s: the pin instead when the record is contended: two or more local calls waited for it
+    #: (collapsed into one migration), or a peer asked for it while it was on its way here (held
+    #: or routed on by this node). Its local clients then get a longer turn with it before it
+    #: moves on. The spread cell of benchmarks.contended_opens (one locking record hot on 3
+    #: nodes, 2026-12-07) with every pin this long: 0 / 1 / 2 / 5 / 10 / 20 ms gave 523 / 799 /
+    #: 1 091 / 1 380 / 1 507 / 1 322 opens/s (ctdbd: 1 093). A hand-over to one waiting client
+    #: keeps `local_grace`, so two nodes taking turns on a record wait 2 ms, not this.
+    contended_grace: float = 0.010
     #: s: a migration not finished after this long is sent again and its collapsed callers are
     #: released (ctdbd's 30 s deferred-fetch timeout, ``dfq_timeout``).
     collapse_timeout: float = 30.0
