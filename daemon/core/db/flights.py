@@ -37,7 +37,12 @@ class Flight:
     primary: Waiter | None  # its client, still waiting (None once it went away)
     waiters: list[Waiter] = field(default_factory=list)         # collapsed local calls
     deferred: list[PeerPacket] = field(default_factory=list)    # peers' calls held here
-    contended: bool = False  # a peer asked for the record while this migration was under way
+    peer_asked: bool = False  # a peer asked for the record while this migration was under way
+
+    @property
+    def contended(self) -> bool:
+        """Several local calls wait for the record, or a peer asked for it on its way."""
+        return self.peer_asked or bool(self.waiters)
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ from .migration_events import (
     RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
     StoreRecord, SweepFinished, SweptCopies, Tick, VnnMapChanged,
 )
+from .pins import Pins, pin_for
 from .recovery_gate import RecoveryGate
 from .settling import KeySettling
 
@@ -214,7 +215,7 @@ class MigrationCore:
         self.stats = CallStatistics()
         self.db_stats: dict[int, DbCallStatistics] = {}
         self.flights = FlightTable()
-        self.pins: dict[tuple[int, bytes], float] = {}
+        self.pins = Pins()
         self.settling = KeySettling(self.pnn, self.databases)    # after a membership change
 
     # -- queries -------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ class MigrationCore:
         from_here = pkt.srcnode == self.pnn
         if header.dmaster != self.pnn:
             if flight is not None and not from_here:
-                flight.contended = True
+                flight.peer_asked = True
                 if self.lmaster(key) != self.pnn:
                     flight.deferred.append(pkt)
                     self.stats.deferred_calls += 1
@@ -363,9 +364,9 @@ class MigrationCore:
             actions += self._complete_here(flight, fetched, now)
             if from_here:
                 return actions
-            return actions + [Requeue(pkt, self._pin_left(db.db_id, key, now))]
-        if not from_here and self._pin_left(db.db_id, key, now) > 0:
-            return actions + [Requeue(pkt, self._pin_left(db.db_id, key, now))]
+            return actions + [Requeue(pkt, self.pins.left(db.db_id, key, now))]
+        if not from_here and self.pins.left(db.db_id, key, now) > 0:
+            return actions + [Requeue(pkt, self.pins.left(db.db_id, key, now))]
         self._count_hops(db, key, body.hopcount)
         if not from_here:
             return actions + self._send_dmaster(db, key, fetched, pkt, now)
@@ -527,13 +528,9 @@ class MigrationCore:
             served = True
         actions += [Requeue(self._rerun(flight, w)) for w in flight.waiters]
         served = served or bool(flight.waiters)
-        delay = 0.0
-        if served:
-            busy = flight.contended or bool(flight.waiters)
-            grace = self.settings.contended_grace if busy else self.settings.local_grace
-            if grace > 0:
-                delay = grace
-                self.pins[(flight.db_id, flight.key)] = now + delay
+        delay = pin_for(flight, self.settings) if served else 0.0
+        if delay > 0:
+            self.pins.pin(flight.db_id, flight.key, now + delay)
         actions += [Requeue(p, delay) for p in flight.deferred]
         return actions
 
@@ -616,9 +613,7 @@ class MigrationCore:
                             f"generation {self.generation}")] + self._req_call(pkt, record, now, own=True)
 
     def _tick(self, now: float) -> list[Action]:
-        for pin, until in list(self.pins.items()):
-            if until <= now:
-                del self.pins[pin]
+        self.pins.expire(now)
         for stats in self.db_stats.values():
             stats.expire_migrations(now)
         actions: list[Action] = []
@@ -639,8 +634,7 @@ class MigrationCore:
             error = ReplyError(-1, _error_text(f"database 0x{db_id:08x} detached"))
             actions += self._end_flight(flight, error, now, fail_all=True)
         self.databases.pop(db_id, None)
-        for pin in [p for p in self.pins if p[0] == db_id]:
-            del self.pins[pin]
+        self.pins.drop_db(db_id)
         return actions
 
     # -- helpers -------------------------------------------------------------------------------
@@ -701,10 +695,6 @@ class MigrationCore:
     def _count_hops(self, db: DbAttached, key: bytes, hopcount: int) -> None:
         self.stats.count_hops(hopcount)
         self.db_stats.setdefault(db.db_id, DbCallStatistics()).count_hops(hopcount)
-
-    def _pin_left(self, db_id: int, key: bytes, now: float) -> float:
-        until = self.pins.get((db_id, key))
-        return 0.0 if until is None or until <= now else until - now
 
     def _call_packet(self, flight: Flight, hopcount: int) -> ReqCall:
         call = flight.call
