@@ -16,6 +16,10 @@ Measured per use, in the client:
 * **lock-to-use**: first chain-lock attempt -> the record locked here with dmaster == this node
   (all the migrations it took included).
 
+Measured per migration, in the daemons: **daemon CPU**, user + system time of every node's
+daemon process (the pid each answers to GET_PID; all its threads and the children it reaped)
+from ``/proc``, over the mode's run, divided by the migrations asked for.
+
 Modes: ``turns`` — the clients use the record in strict turn (a coordinator hands the turn on), so
 every use needs exactly one migration and nothing contends: the latency of one migration, the
 next one asked for right after the last use (pyctdbd pins a record that landed for a local
