@@ -1,6 +1,6 @@
 """Records pinned to this node after they landed for its local clients (see
 :mod:`.migration`, "A record that lands for waiting local clients is pinned"): how long a
-landing pins its record, and how long a peer's call for a pinned record still waits. Pure data.
+landing pins its record, and how long a peer's call for a pinned record still waits. No I/O.
 """
 
 from __future__ import annotations
