@@ -1,11 +1,14 @@
-"""Shared bits of the benchmarks: progress lines and plain-text tables."""
+"""Shared bits of the benchmarks: progress lines, plain-text tables and process CPU."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 T0 = time.monotonic()
+#: Clock ticks per second (/proc/PID/stat counts CPU time in these).
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def progress(message: str) -> None:
@@ -26,3 +29,10 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(own utime+stime, reaped children's cutime+cstime) in clock ticks (all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -47,9 +46,8 @@ from ctdblab.cluster.profiles import get_profile
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.stats import median
 
-from .common import progress, table
+from .common import TICK, cpu_ticks, progress, table
 
-TICK = os.sysconf("SC_CLK_TCK")
 #: pyctdbd with the Python pacer thread instead of the native one
 PYTHON_PACED = "pyctdbd-python"
 #: The databases of a running clustered Samba 4.17 (reference/clustered-db.md §1).
@@ -59,13 +57,6 @@ SAMBA_DATABASES = (
     + [f"{x}.tdb" for x in ("secrets", "passdb", "account_policy", "group_mapping", "share_info",
                             "registry", "ctdb")])
 PY_SPY = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
-
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """(own utime+stime, reaped children's cutime+cstime) in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

@@ -67,7 +67,7 @@ from ctdblab.daemon.protocol.ltdb import LTDB_HEADER_SIZE
 from ctdblab.daemon.store import TdbFile
 from ctdblab.stats import percentile
 
-from .common import progress, table
+from .common import TICK, cpu_ticks, progress, table
 
 REPO = Path(__file__).resolve().parents[1]
 DB_NAME = "migration_bench.tdb"
@@ -422,13 +422,7 @@ def daemon_pids(cluster: Cluster, nodes: int) -> list[int]:
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes (all their threads) and of the children they have
     reaped, from /proc/PID/stat."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += sum(int(fields[i]) for i in (11, 12, 13, 14))   # utime stime cutime cstime
-    return total / tick
+    return sum(sum(cpu_ticks(pid)) for pid in pids) / TICK
 
 
 def summary(mode_result: dict) -> dict:

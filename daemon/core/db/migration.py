@@ -365,8 +365,9 @@ class MigrationCore:
             if from_here:
                 return actions
             return actions + [Requeue(pkt, self.pins.left(db.db_id, key, now))]
-        if not from_here and self.pins.left(db.db_id, key, now) > 0:
-            return actions + [Requeue(pkt, self.pins.left(db.db_id, key, now))]
+        pinned = 0.0 if from_here else self.pins.left(db.db_id, key, now)
+        if pinned > 0:
+            return actions + [Requeue(pkt, pinned)]
         self._count_hops(db, key, body.hopcount)
         if not from_here:
             return actions + self._send_dmaster(db, key, fetched, pkt, now)
