@@ -15,9 +15,12 @@ cluster daemon on every open.  smbtorture runs in the lab client; each daemon ge
 the runs alternate between the daemons, so load from elsewhere on the machine hits both alike.
 
 A short uncounted warm-up round comes first (``--warmup``; the first run on a fresh cluster was
-about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the spread/one-node ratio
-per daemon, and pyctdbd/ctdbd per mode when both ran.  A daemon whose cluster does not come up
-is reported as not measured (the other is still measured).
+about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the
+spread/one-node ratio per daemon, and pyctdbd/ctdbd per mode when both ran.  Each run also
+records the CPU all nodes' daemon processes spent per open (from ``/proc``) and how busy the
+whole machine was: on a small machine the one-node cell is CPU-bound, and then the daemons' CPU
+per open decides it.  A daemon whose cluster does not come up is reported as not measured (the
+other is still measured).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import subprocess
 import sys
 from contextlib import ExitStack
 
+from ctdblab import chaos
 from ctdblab.cluster.lab import ClusterNotReady, LabCluster
 from ctdblab.cluster.samba import SHARE, SMB_PASSWORD, SMB_USER
 from ctdblab.stats import median
 
-from .common import progress, table
+from .common import TICK, cpu_ticks, progress, table
 
 DAEMONS = ("ctdb", "pyctdbd")
 SUMMARY = re.compile(r"open\[num/s=(\d+),avslat=([0-9.]+),minlat=([0-9.]+),maxlat=([0-9.]+)\]")
@@ -51,14 +55,45 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
             f"--option=torture:nprocs={args.nprocs}", f"--option=torture:qdepth={args.qdepth}",
             f"--option=torture:timelimit={seconds}", "--option=torture:progress=no",
             "smb2.bench.path-contention-shared"]
+    cpu_before, busy_before = daemon_cpu(cluster), machine_busy()
     done = cluster.client(0).run(argv, timeout=seconds + 120)
+    cpu_after, busy_after = daemon_cpu(cluster), machine_busy()
     found = SUMMARY.findall(done.stderr + done.stdout)    # comments go to stderr, verdicts to stdout
     if done.returncode != 0 or not found or "success: path-contention-shared" not in done.stdout:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         raise RuntimeError(f"smbtorture bench failed (exit {done.returncode}): {' / '.join(tail)}")
     opens, avg, low, high = found[-1]
+    # smbtorture's count covers its --timelimit; the CPU windows add its connect and teardown,
+    # a second or so of light work, so the per-open CPU is a slight overestimate for both daemons.
+    total_opens = max(1, int(opens) * seconds)
+    per_node = [(cpu_after[pnn] - cpu_before.get(pnn, 0)) / TICK * 1e6 / total_opens
+                for pnn in sorted(cpu_after)]
+    busy, elapsed = (a - b for a, b in zip(busy_after, busy_before))
     return {"opens_s": int(opens), "avg_latency_ms": float(avg) * 1e3,
-            "max_latency_ms": float(high) * 1e3}
+            "max_latency_ms": float(high) * 1e3, "daemon_cpu_us": per_node,
+            "machine_busy_pct": 100 * busy / elapsed if elapsed else 0.0}
+
+
+def daemon_cpu(cluster: LabCluster) -> dict[int, int]:
+    """Each node's daemon processes' CPU so far, children reaped included, in clock ticks."""
+    out = {}
+    for node in cluster.nodes:
+        ticks = 0
+        for pid in chaos.daemon_processes(cluster, node.index):
+            try:
+                ticks += sum(cpu_ticks(pid))
+            except OSError:           # a helper that ended between the listing and the read
+                pass
+        out[node.index] = ticks
+    return out
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat: how loaded the machine was."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]                       # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def start_cluster(daemon: str, args: argparse.Namespace, stack: ExitStack) -> tuple:
@@ -124,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                         progress(f"{daemon}: not measured: {failures[daemon]}")
                         continue
                     progress(f"{daemon} {label} {mode}: {result['opens_s']} opens/s, "
-                             f"avg latency {result['avg_latency_ms']:.2f} ms")
+                             f"avg latency {result['avg_latency_ms']:.2f} ms, daemon CPU per open "
+                             f"{sum(result['daemon_cpu_us']):.0f} us (nodes "
+                             f"{', '.join(f'{c:.0f}' for c in result['daemon_cpu_us'])}), "
+                             f"machine {result['machine_busy_pct']:.0f} % busy")
                     if label != "warm-up":
                         results.setdefault(daemon, {"one": [], "spread": []})[mode].append(result)
 
@@ -140,14 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         runs = results[daemon]
         m = {mode: median([r["opens_s"] for r in runs[mode]]) for mode in runs}
         lat = {mode: median([r["avg_latency_ms"] for r in runs[mode]]) for mode in runs}
+        cpu = {mode: median([sum(r["daemon_cpu_us"]) for r in runs[mode]]) for mode in runs}
+        busy = {mode: median([r["machine_busy_pct"] for r in runs[mode]]) for mode in runs}
         medians[daemon] = m
         rows.append([daemon,
                      f"{m['one']:.0f} ({', '.join(str(r['opens_s']) for r in runs['one'])})",
                      f"{m['spread']:.0f} ({', '.join(str(r['opens_s']) for r in runs['spread'])})",
                      f"{m['spread'] / m['one']:.2f}" if m["one"] else "-",
-                     f"{lat['one']:.2f} / {lat['spread']:.2f}"])
+                     f"{lat['one']:.2f} / {lat['spread']:.2f}",
+                     f"{cpu['one']:.0f} / {cpu['spread']:.0f}",
+                     f"{busy['one']:.0f} / {busy['spread']:.0f}"])
     print(table(["daemon", "through 1 node", f"spread over {args.nodes}", "spread/one",
-                 "avg latency ms (one / spread)"], rows))
+                 "avg latency ms (one / spread)", "daemon CPU us/open", "machine busy %"], rows))
+    print("\ndaemon CPU us/open: all nodes' daemon processes (helpers they reaped included) over a "
+          "run, per open; machine busy %: all CPUs, the whole machine, over the same run")
     if "ctdb" in medians and "pyctdbd" in medians:
         ref, py = medians["ctdb"], medians["pyctdbd"]
         print("\npyctdbd / ctdbd: " + ", ".join(
