@@ -91,9 +91,10 @@ def daemon_cpu(cluster: LabCluster) -> dict[int, int]:
 def machine_busy() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs from /proc/stat: how loaded the machine was."""
     with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]                       # idle + iowait
-    return sum(values) - idle, sum(values)
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    # guest time is already inside user and nice; steal is the hypervisor's, not this VM's work
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
 
 
 def start_cluster(daemon: str, args: argparse.Namespace, stack: ExitStack) -> tuple:
