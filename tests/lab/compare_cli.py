@@ -239,8 +239,13 @@ def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
         same_topology(ours, subnet)
         report: list[tuple[str, bool]] = []
         try:
-            # Node 0 first, the others 2 s later, in both clusters: node 0 wins the lock race in
-            # both, so "Leader:" is the same state on both sides.
+            # Node 0 leads in both clusters, so "Leader:" is the same state on both sides. Real
+            # ctdbd's node 0, started 2 s before the others, takes the cluster lock alone.
+            # pyctdbd's does not lead without a majority (core/quorum.py); started together,
+            # nodes 1 and 2 could form one between themselves before node 0's redial (every
+            # 1 s, as CTDB) reached them, and node 1 would lead (one full suite run of
+            # 2026-12-07). So node 1 starts next, where node 0 races first (core/node.py
+            # LOCK_STAGGER), and node 2 once pyctdbd's node 0 leads.
             for c in (real, ours):
                 c.build_network()
                 c.configure()
@@ -248,7 +253,11 @@ def compare(keep_dir: Path | None = None) -> list[tuple[str, bool]]:
                 c.start_node(0)
             time.sleep(2)
             for c in (real, ours):
-                for pnn in range(1, c.n):
+                c.start_node(1)
+            ours.wait_for("node 0 to lead", lambda: ours.ctdb(0, "leader").stdout.strip() == "0",
+                          timeout=30, interval=0.2)
+            for c in (real, ours):
+                for pnn in range(2, c.n):
                     c.start_node(pnn)
             settle(real, real.healthy, 90)
             settle(ours, ours.healthy, 30)
