@@ -80,14 +80,15 @@ ensure_venv() {
     ln -sfn "$venv/bin/pyctdbd" /usr/local/bin/pyctdbd
 }
 
-# pyctdbd's native heartbeat pacer (daemon/native/): built again only when its source changed.
+# pyctdbd's native parts (daemon/native/: the heartbeat pacer, the node plane): built again
+# only when a source changed.
 ensure_native() {
     local out
-    out=$("$venv/bin/python" -c 'from ctdblab.daemon import native; p = native.library_path(); print(p if p.exists() else "")') \
-        || die "cannot check the native heartbeat pacer"
-    [ -n "$out" ] && return 0
-    say "building pyctdbd's native heartbeat pacer"
-    "$venv/bin/python" -m ctdblab.daemon.native >/dev/null || die "building the native heartbeat pacer failed"
+    out=$("$venv/bin/python" -c 'from ctdblab.daemon import native; print(all(native.library_path(s).exists() for s in native.SOURCES))') \
+        || die "cannot check pyctdbd's native parts"
+    [ "$out" = True ] && return 0
+    say "building pyctdbd's native parts"
+    "$venv/bin/python" -m ctdblab.daemon.native >/dev/null || die "building pyctdbd's native parts failed"
 }
 
 ensure_packages

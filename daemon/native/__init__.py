@@ -25,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "heartbeat_pacer.c"
+#: Every native source the daemon ships (node_plane.c: see node_plane.py; not used by the
+#: daemon yet).
+SOURCES = (SOURCE, HERE / "node_plane.c")
 ABI = 1                      # HP_ABI in the source
 
 # (argtypes, restype) of every function the library exports
@@ -54,31 +57,32 @@ class NativeBuildError(Exception):
     pass
 
 
-def library_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return f"_heartbeat_pacer-{digest}.so"
+def library_name(source: Path = SOURCE) -> str:
+    """``_<source stem>-<hash of the source>.so``."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    return f"_{source.stem}-{digest}.so"
 
 
-def library_path() -> Path:
-    return HERE / library_name()
+def library_path(source: Path = SOURCE) -> Path:
+    return HERE / library_name(source)
 
 
-def build(out_dir: Path | None = None) -> Path:
-    """Compile the library next to its source (or into `out_dir`); returns its path. Stale
-    builds of other source versions there are removed."""
+def build(out_dir: Path | None = None, source: Path = SOURCE) -> Path:
+    """Compile one library (the pacer's by default) next to its source (or into `out_dir`);
+    returns its path. Stale builds of other versions of that source there are removed."""
     out_dir = out_dir or HERE
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise NativeBuildError("no C compiler (cc or gcc) found: install Debian's gcc and libc6-dev")
-    target = out_dir / library_name()
+    target = out_dir / library_name(source)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")   # builds may race
-    command = [compiler, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-o", str(partial), str(SOURCE), "-lm"]
+    command = [compiler, "-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-o", str(partial), str(source), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise NativeBuildError(f"{' '.join(command)} failed (exit {result.returncode}):\n{result.stderr.strip()}")
     os.replace(partial, target)
-    for stale in out_dir.glob("_heartbeat_pacer-*.so"):
+    for stale in out_dir.glob(f"_{source.stem}-*.so"):
         if stale != target:
             stale.unlink(missing_ok=True)
     return target

@@ -39,6 +39,7 @@ from ..protocol.constants import Operation
 from ..protocol.errors import ProtocolError
 from ..protocol.header import keepalive_source, peek_operation
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, PacketReader
+from .plane_links import RECEIVE, SEND, PlaneLinks
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
 _TIMESPEC = struct.Struct("=qq")
@@ -95,8 +96,7 @@ class _Outbound(asyncio.Protocol):
             _tune_socket(sock)
 
     def data_received(self, data: bytes) -> None:
-        self.mesh._log(f"node {self.peer.pnn} ({self.peer.address}) sent {len(data)} bytes on our "
-                       "outbound connection, which is send-only: dropping it")
+        self.mesh._dropping_bad(self, f"sent {len(data)} bytes on a send-only connection")
         if self.transport is not None:
             self.transport.abort()
 
@@ -131,10 +131,15 @@ class _Inbound(asyncio.Protocol):
         try:
             frames = self.reader.feed(data)
         except ProtocolError as exc:
-            which = "second connection" if peer.standby is self else "connection"
-            self.mesh._log(f"dropping {which} from node {peer.pnn} ({peer.address}): "
-                           f"malformed data: {exc}")
+            self.mesh._dropping_bad(self, f"malformed data: {exc}")
             self.close()
+            return
+        self.frames_received(frames)
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        """Whole frames, from our reader or from the native plane's."""
+        peer = self.peer
+        if peer is None or self.closing:
             return
         if frames and peer.standby is self:
             self.mesh._promote(self, "it sent a packet")
@@ -185,6 +190,11 @@ class NodeTransport:
     _udp: socket.socket | None = None
     _bad_fast: int = 0
     _bad_fast_logged: float = 0.0
+    #: Carry the connections' bytes in the native node plane (net/plane_links.py) instead of
+    #: asyncio's transports.
+    use_plane: bool = False
+    _plane: PlaneLinks | None = None
+    _listener: socket.socket | None = None
     _sent_ops: dict[int, int] = field(default_factory=dict)        # frames by operation
     _received_ops: dict[int, int] = field(default_factory=dict)
     _fast_sent: int = 0
@@ -206,9 +216,13 @@ class NodeTransport:
                 continue
             self._peers[pnn] = _Peer(pnn, address)
             self._by_address[_canon(address)] = pnn
-        self._server = await loop.create_server(
-            lambda: _Inbound(self), host=self.my_address, port=self.port, reuse_address=True,
-            backlog=64)
+        if self.use_plane:
+            self._plane = PlaneLinks(DEFAULT_MAX_PACKET_SIZE, self._dropping_bad)
+            self._listen_for_plane(loop)
+        else:
+            self._server = await loop.create_server(
+                lambda: _Inbound(self), host=self.my_address, port=self.port, reuse_address=True,
+                backlog=64)
         try:
             udp = socket.socket(_family(self.my_address), socket.SOCK_DGRAM)
             udp.setblocking(False)
@@ -230,11 +244,13 @@ class NodeTransport:
         self._leaving = True
         if self._server is not None:
             self._server.close()
+        self._close_listener()
 
     async def close(self) -> None:
         self._closed = True
         if self._server is not None:
             self._server.close()
+        self._close_listener()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -253,6 +269,10 @@ class NodeTransport:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._plane is not None:
+            await asyncio.sleep(0)            # the aborted connections' connection_lost first
+            self._plane.close()
+            self._plane = None
 
     # -- sending ----------------------------------------------------------------------------------
     def send(self, pnn: int, frame: bytes) -> bool:
@@ -391,6 +411,52 @@ class NodeTransport:
             received[keepalive] = received.get(keepalive, 0) + self._fast_received
         return sent, received
 
+    # -- the native plane's listener ------------------------------------------------------------
+    def _listen_for_plane(self, loop: asyncio.AbstractEventLoop) -> None:
+        listener = socket.socket(_family(self.my_address), socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.my_address, self.port))
+            listener.listen(64)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        loop.add_reader(listener.fileno(), self._accept_for_plane)
+
+    def _accept_for_plane(self) -> None:
+        while self._listener is not None and self._plane is not None:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._log(f"accepting a node connection failed: {_describe(exc)}")
+                return
+            _tune_socket(sock)
+            self._plane.adopt(sock, RECEIVE, _Inbound(self))
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            except RuntimeError:
+                pass
+            self._listener.close()
+            self._listener = None
+
+    def _dropping_bad(self, protocol: _Inbound | _Outbound, what: str) -> None:
+        """Log why a connection from or to a peer is dropped for what it sent."""
+        peer = protocol.peer
+        if peer is None:
+            return
+        if isinstance(protocol, _Outbound):
+            self._log(f"node {peer.pnn} ({peer.address}) {what} (our outbound one): dropping it")
+            return
+        which = "second connection" if peer.standby is protocol else "connection"
+        self._log(f"dropping {which} from node {peer.pnn} ({peer.address}): {what}")
+
     # -- connection bookkeeping ------------------------------------------------------------------
     def _discard_waiting(self, peer: _Peer) -> None:
         if peer.waiting:
@@ -418,7 +484,12 @@ class NodeTransport:
                 sock.bind((self.my_address, 0))
                 await asyncio.wait_for(loop.sock_connect(sock, (peer.address, self.port)),
                                        CONNECT_TIMEOUT)
-                _, protocol = await loop.create_connection(lambda: _Outbound(self, peer), sock=sock)
+                if self._plane is not None:
+                    _tune_socket(sock)
+                    protocol = _Outbound(self, peer)
+                    self._plane.adopt(sock, SEND, protocol)
+                else:
+                    _, protocol = await loop.create_connection(lambda: _Outbound(self, peer), sock=sock)
             except asyncio.CancelledError:
                 raise
             except (OSError, asyncio.TimeoutError) as exc:

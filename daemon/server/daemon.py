@@ -29,6 +29,7 @@ from ..core.tickles import TickleTable
 from ..failover.effects import Effects
 from ..log import log, notice, python_level
 from ..net.local import Client, LocalServer
+from ..net import plane_links
 from ..net.transport import MAX_NODE_MESSAGE, NodeTransport
 from ..protocol import (
     CAP_DEFAULT, CAP_LMASTER, CAP_RECMASTER, CTDB_PORT, UNKNOWN_PNN, ControlFlag, Operation,
@@ -110,7 +111,7 @@ class Daemon:
                                  self._on_client_gone, lambda m: log.warning("%s", m))
         self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
                                        self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m),
-                                       self._on_undelivered)
+                                       self._on_undelivered, use_plane=_node_plane_wanted())
         self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
                                 lock_setting=lock_spec.setting if lock_spec else "",
                                 start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
@@ -470,3 +471,17 @@ class Daemon:
     def _on_client_gone(self, client: Client) -> None:
         self.connections.client_gone(client.client_id, self.ips.is_held)
         self.db.client_gone(client)
+
+
+def _node_plane_wanted() -> bool:
+    """PYCTDBD_NODE_PLANE=1 asks for the native node plane (opt-in while it only moves bytes);
+    without its library the daemon says so and uses asyncio's transports."""
+    if os.environ.get(plane_links.ENV, "0") != "1":
+        return False
+    why = plane_links.plane_unavailable()
+    if why is not None:
+        log.warning("%s=1, but the native node plane cannot be used (%s): node connections "
+                    "stay on asyncio's transports", plane_links.ENV, why)
+        return False
+    notice(f"Node connections go through the native node plane ({plane_links.ENV}=1)")
+    return True

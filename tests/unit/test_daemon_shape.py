@@ -26,7 +26,7 @@ ALLOWED = {
     "events": {"log", "spawn"},
     "failover": {"log"},
     "core": {"protocol", "config", "log"},
-    "net": {"protocol", "log"},
+    "net": {"protocol", "log", "native"},
     "store": {"protocol", "config", "log", "spawn"},
     "server": {"core", "net", "store", "protocol", "config", "events", "failover", "log", "spawn",
                "native"},

@@ -1,4 +1,6 @@
-"""The node mesh on loopback addresses: pairing, framing, hostile bytes, strangers, fast channel."""
+"""The node mesh on loopback addresses: pairing, framing, hostile bytes, strangers, fast channel.
+Every test runs twice: with asyncio's transports and with the native node plane carrying the
+connections (net/plane_links.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import random
 import socket
 
+import pytest
 from aio_helpers import until
 from ctdblab.daemon.net.transport import NodeTransport
 from ctdblab.daemon.protocol import ReqKeepalive, ReqMessage, decode_packet, encode_packet
@@ -17,11 +20,26 @@ def _addresses(n=2):
     return [f"127.{a}.{b}.{i + 1}" for i in range(n)]
 
 
+USE_PLANE = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["asyncio", "plane"])
+def transport_kind(request):
+    global USE_PLANE
+    if request.param:
+        from ctdblab.daemon.native import node_plane
+        node_plane.library(build_if_missing=True)
+    USE_PLANE = request.param
+    yield request.param
+    USE_PLANE = False
+
+
 class Node:
     def __init__(self, pnn, addresses, port):
         self.frames, self.up, self.down, self.logs = [], [], [], []
         self.t = NodeTransport(pnn, addresses, port, lambda p, f: self.frames.append((p, f)),
-                               self.up.append, lambda p, r: self.down.append((p, r)), self.logs.append)
+                               self.up.append, lambda p, r: self.down.append((p, r)), self.logs.append,
+                               use_plane=USE_PLANE)
 
 
 def run(coro):

@@ -1,0 +1,147 @@
+"""Node connections carried by the native node plane (daemon/native/node_plane.py) instead of
+asyncio's transports, behind the same interface: `PlaneLinks.adopt(sock, kind, protocol)` hands
+a connected socket to the plane and gives the protocol a transport look-alike (`write`,
+`is_closing`, `get_write_buffer_size`, `abort`/`close`, `get_extra_info("peername")`), so
+NodeTransport's bookkeeping (peers, standby connections, promotion, back-pressure) is the same
+for both. Frames come from the plane already cut (its framing is PacketReader's node mode,
+tests/unit/test_native_node_plane.py) and go to ``protocol.frames_received``; a close the plane
+reports goes to ``protocol.connection_lost``, with the plane's reason.
+
+Opt-in for now (``PYCTDBD_NODE_PLANE=1`` in the daemon's environment): the plane moves bytes and
+decides nothing yet; handling hot record packets in it comes next (docs/native-hot-path.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from ..native import NativeBuildError
+from ..native.node_plane import CLOSED, RECEIVE, SEND, NodePlane, library
+
+__all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
+           "plane_unavailable"]
+
+#: "1" in the daemon's environment: the node connections go through the native plane.
+ENV = "PYCTDBD_NODE_PLANE"
+
+
+def plane_unavailable() -> str | None:
+    """Why the plane cannot be used here, or None when it can."""
+    try:
+        library()
+    except (OSError, AttributeError, NativeBuildError) as exc:
+        return str(exc)
+    return None
+
+
+class PlaneClosed(ConnectionError):
+    """Why the plane closed a connection (its words)."""
+
+
+class PlaneLinkTransport:
+    """One plane connection as NodeTransport's protocols expect a transport to look."""
+
+    __slots__ = ("links", "conn", "protocol", "peername", "_closing", "_queued")
+
+    def __init__(self, links: PlaneLinks, conn: int, protocol, peername) -> None:
+        self.links = links
+        self.conn = conn
+        self.protocol = protocol
+        self.peername = peername
+        self._closing = False
+        self._queued = 0
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        left = self.links.plane.send(self.conn, data)
+        if left is None:          # failed: the plane's CLOSED event follows with the reason
+            self._queued = 0
+            return
+        self._queued = left
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued after the latest write (the plane's own count then)."""
+        return self._queued
+
+    def get_extra_info(self, name: str, default=None):
+        return self.peername if name == "peername" else default
+
+    def abort(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.links._forget(self.conn)
+        self.links.plane.close(self.conn)
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    close = abort
+
+    def _closed_by_plane(self, reason: str) -> None:
+        self._closing = True
+        self.protocol.connection_lost(PlaneClosed(reason))
+
+
+class PlaneLinks:
+    """The plane, its connections by id, and the loop's reader of its wake descriptor."""
+
+    def __init__(self, max_packet: int, on_bad_data: Callable[[object, str], None]) -> None:
+        self.plane = NodePlane(max_packet)
+        self.on_bad_data = on_bad_data            # (protocol, reason): log it, naming the peer
+        self._links: dict[int, PlaneLinkTransport] = {}
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.plane.wake_fd, self._drain)
+
+    def adopt(self, sock: socket.socket, kind: int, protocol) -> PlaneLinkTransport:
+        """Hand ``sock`` (connected) to the plane; ``protocol.connection_made`` gets the
+        transport look-alike."""
+        try:
+            peername = sock.getpeername()
+        except OSError:
+            peername = None
+        conn = self.plane.add(sock, kind)
+        transport = PlaneLinkTransport(self, conn, protocol, peername)
+        self._links[conn] = transport
+        protocol.connection_made(transport)
+        return transport
+
+    def _forget(self, conn: int) -> None:
+        self._links.pop(conn, None)
+
+    def _drain(self) -> None:
+        batch: list[bytes] = []
+        batch_link: PlaneLinkTransport | None = None
+        for kind, conn, body in self.plane.events():
+            link = self._links.get(conn)
+            if link is None:
+                continue                          # closed by the loop meanwhile
+            if kind == CLOSED:
+                if batch_link is not None:
+                    batch_link.protocol.frames_received(batch)
+                    batch, batch_link = [], None
+                self._links.pop(conn, None)
+                if body.startswith("malformed data: ") or "send-only" in body:
+                    self.on_bad_data(link.protocol, body)
+                link._closed_by_plane(body)
+                continue
+            if link is not batch_link and batch_link is not None:
+                batch_link.protocol.frames_received(batch)
+                batch = []
+            batch_link = link
+            batch.append(body)
+        if batch_link is not None and batch:
+            batch_link.protocol.frames_received(batch)
+
+    def close(self) -> None:
+        """Stop the plane: every connection it still holds is closed."""
+        try:
+            self._loop.remove_reader(self.plane.wake_fd)
+        except (RuntimeError, ValueError):
+            pass
+        self._links.clear()
+        self.plane.destroy()
