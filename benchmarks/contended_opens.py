@@ -17,9 +17,10 @@ the runs alternate between the daemons, so load from elsewhere on the machine hi
 A short uncounted warm-up round comes first (``--warmup``; the first run on a fresh cluster was
 about 30 % slower).  Printed: opens/s per mode (median of ``--repeat`` runs, with the runs), the
 spread/one-node ratio per daemon, and pyctdbd/ctdbd per mode when both ran.  Each run also
-records the CPU all nodes' daemon processes spent per open (from ``/proc``) and how busy the
-whole machine was: on a small machine the one-node cell is CPU-bound, and then the daemons' CPU
-per open decides it.  A daemon whose cluster does not come up is reported as not measured (the
+records the CPU all nodes' daemon processes spent per open (from ``/proc``), the packets they
+received per open (smbd's and other nodes' record packets, from ``ctdb statistics``) and so
+their CPU per packet, and how busy the whole machine was: on a small machine the one-node cell
+is CPU-bound, and then the daemons' CPU per open decides it.  A daemon whose cluster does not come up is reported as not measured (the
 other is still measured).
 """
 
@@ -55,9 +56,11 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
             f"--option=torture:nprocs={args.nprocs}", f"--option=torture:qdepth={args.qdepth}",
             f"--option=torture:timelimit={seconds}", "--option=torture:progress=no",
             "smb2.bench.path-contention-shared"]
+    packets_before = packets_in(cluster)
     cpu_before, busy_before = daemon_cpu(cluster), machine_busy()
     done = cluster.client(0).run(argv, timeout=seconds + 120)
     cpu_after, busy_after = daemon_cpu(cluster), machine_busy()
+    packets_after = packets_in(cluster)
     found = SUMMARY.findall(done.stderr + done.stdout)    # comments go to stderr, verdicts to stdout
     if done.returncode != 0 or not found or "success: path-contention-shared" not in done.stdout:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
@@ -69,9 +72,34 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
     per_node = [(cpu_after[pnn] - cpu_before.get(pnn, 0)) / TICK * 1e6 / total_opens
                 for pnn in sorted(cpu_after)]
     busy, elapsed = (a - b for a, b in zip(busy_after, busy_before))
+    # Packets over the whole window (the statistics are read outside the CPU window, so the
+    # ctdb tool's own control packets add a handful to thousands).
+    packets = [(packets_after.get(pnn, 0) - packets_before.get(pnn, 0)) / total_opens
+               for pnn in sorted(cpu_after)]
     return {"opens_s": int(opens), "avg_latency_ms": float(avg) * 1e3,
             "max_latency_ms": float(high) * 1e3, "daemon_cpu_us": per_node,
+            "packets_per_open": packets,
             "machine_busy_pct": 100 * busy / elapsed if elapsed else 0.0}
+
+
+#: The counters of ``ctdb statistics`` that count the packets a daemon handles in this bench:
+#: everything its local clients (smbd) send it, and the record packets other nodes send it.
+#: (ctdbd's node_packets_recv also counts the controls it routes to itself, so it is not used.)
+PACKETS_IN = ("client_packets_recv", "node.req_call", "node.reply_call", "node.req_dmaster",
+              "node.reply_dmaster", "node.reply_error")
+
+
+def packets_in(cluster: LabCluster) -> dict[int, int]:
+    """Each node's PACKETS_IN so far, from its own `ctdb -X statistics` (0 if unreadable)."""
+    out = {}
+    for node in cluster.nodes:
+        try:
+            lines = cluster.ctdb(node.index, "-X", "statistics").stdout.strip().splitlines()
+            fields = dict(zip(lines[0].strip("|").split("|"), lines[1].strip("|").split("|")))
+            out[node.index] = sum(int(fields[name]) for name in PACKETS_IN)
+        except (subprocess.SubprocessError, IndexError, KeyError, ValueError):
+            out[node.index] = 0
+    return out
 
 
 def daemon_cpu(cluster: LabCluster) -> dict[int, int]:
@@ -163,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"avg latency {result['avg_latency_ms']:.2f} ms, daemon CPU per open "
                              f"{sum(result['daemon_cpu_us']):.0f} us (nodes "
                              f"{', '.join(f'{c:.0f}' for c in result['daemon_cpu_us'])}), "
+                             f"packets in per open {sum(result['packets_per_open']):.2f} (nodes "
+                             f"{', '.join(f'{c:.2f}' for c in result['packets_per_open'])}), "
                              f"machine {result['machine_busy_pct']:.0f} % busy")
                     if label != "warm-up":
                         results.setdefault(daemon, {"one": [], "spread": []})[mode].append(result)
@@ -174,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     medians: dict[str, dict[str, float]] = {}
     for daemon in daemons:
         if daemon in failures:
-            rows.append([daemon, "not measured", "", "", ""])
+            rows.append([daemon, "not measured"] + [""] * 7)
             continue
         runs = results[daemon]
         m = {mode: median([r["opens_s"] for r in runs[mode]]) for mode in runs}
         lat = {mode: median([r["avg_latency_ms"] for r in runs[mode]]) for mode in runs}
         cpu = {mode: median([sum(r["daemon_cpu_us"]) for r in runs[mode]]) for mode in runs}
         busy = {mode: median([r["machine_busy_pct"] for r in runs[mode]]) for mode in runs}
+        packets = {mode: median([sum(r["packets_per_open"]) for r in runs[mode]]) for mode in runs}
+        per_packet = {mode: median([sum(r["daemon_cpu_us"]) / sum(r["packets_per_open"])
+                                    if sum(r["packets_per_open"]) else 0.0 for r in runs[mode]])
+                      for mode in runs}
         medians[daemon] = m
         rows.append([daemon,
                      f"{m['one']:.0f} ({', '.join(str(r['opens_s']) for r in runs['one'])})",
@@ -188,11 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"{m['spread'] / m['one']:.2f}" if m["one"] else "-",
                      f"{lat['one']:.2f} / {lat['spread']:.2f}",
                      f"{cpu['one']:.0f} / {cpu['spread']:.0f}",
+                     f"{packets['one']:.2f} / {packets['spread']:.2f}",
+                     f"{per_packet['one']:.0f} / {per_packet['spread']:.0f}",
                      f"{busy['one']:.0f} / {busy['spread']:.0f}"])
     print(table(["daemon", "through 1 node", f"spread over {args.nodes}", "spread/one",
-                 "avg latency ms (one / spread)", "daemon CPU us/open", "machine busy %"], rows))
+                 "avg latency ms (one / spread)", "daemon CPU us/open", "packets in/open",
+                 "daemon CPU us/packet", "machine busy %"], rows))
     print("\ndaemon CPU us/open: all nodes' daemon processes (helpers they reaped included) over a "
-          "run, per open; machine busy %: all CPUs, the whole machine, over the same run")
+          "run, per open; packets in/open: what all daemons received per open (smbd's packets and "
+          "the record packets of other nodes, from `ctdb statistics`), and the daemon CPU per such "
+          "packet; machine busy %: all CPUs, the whole machine, over the same run")
     if "ctdb" in medians and "pyctdbd" in medians:
         ref, py = medians["ctdb"], medians["pyctdbd"]
         print("\npyctdbd / ctdbd: " + ", ".join(
