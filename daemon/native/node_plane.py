@@ -117,7 +117,7 @@ class NodePlane:
                 continue
             if got == 0:
                 return out
-            raw = self._buf.raw[:got] if got < len(self._buf) else self._buf.raw
+            raw = ctypes.string_at(self._buf, got)          # the taken bytes only, not the buffer
             pos = 0
             while pos < got:
                 kind, conn, length = _EVENT_HEAD.unpack_from(raw, pos)
