@@ -88,6 +88,21 @@ def build(out_dir: Path | None = None, source: Path = SOURCE) -> Path:
     return target
 
 
+def load_library(path: Path, signatures: dict[str, tuple[list, object]], abi_function: str,
+                 abi: int) -> ctypes.CDLL:
+    """Load a built library and declare its functions; OSError (AttributeError for a missing
+    function) if it is not the ABI this source expects."""
+    lib = ctypes.CDLL(str(path))
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    found = getattr(lib, abi_function)()
+    if found != abi:
+        raise OSError(f"ABI {found}, expected {abi}")
+    return lib
+
+
 _loaded: ctypes.CDLL | None = None
 _load_error: str | None = None
 
@@ -102,13 +117,7 @@ def heartbeat_pacer_library() -> ctypes.CDLL | None:
         _load_error = f"{path.name} is not built (python3 -m {__name__} builds it)"
         return None
     try:
-        lib = ctypes.CDLL(str(path))
-        for name, (argtypes, restype) in _SIGNATURES.items():
-            function = getattr(lib, name)
-            function.argtypes = argtypes
-            function.restype = restype
-        if lib.hp_abi() != ABI:
-            raise OSError(f"ABI {lib.hp_abi()}, expected {ABI}")
+        lib = load_library(path, _SIGNATURES, "hp_abi", ABI)
     except (OSError, AttributeError) as exc:
         _load_error = f"{path} cannot be loaded: {exc}"
         return None

@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 
-from . import HERE, NativeBuildError, build, library_path
+from . import HERE, NativeBuildError, build, library_path, load_library
 
 SOURCE = HERE / "node_plane.c"
 ABI = 1                       # NP_ABI in the source
@@ -57,13 +57,10 @@ def library(build_if_missing: bool = False) -> ctypes.CDLL:
         if not build_if_missing:
             raise OSError(f"{path.name} is not built (python3 -m pyctdbd.native builds it)")
         build(source=SOURCE)
-    lib = ctypes.CDLL(str(path))
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        function = getattr(lib, name)
-        function.argtypes = argtypes
-        function.restype = restype
-    if lib.np_abi() != ABI:
-        raise OSError(f"{path} has ABI {lib.np_abi()}, expected {ABI}")
+    try:
+        lib = load_library(path, _SIGNATURES, "np_abi", ABI)
+    except OSError as exc:
+        raise OSError(f"{path} cannot be loaded: {exc}") from None
     _loaded = lib
     return lib
 
