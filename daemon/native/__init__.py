@@ -25,8 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "heartbeat_pacer.c"
-#: Every native source the daemon ships (node_plane.c: see node_plane.py; not used by the
-#: daemon yet).
+#: Every native source the daemon ships (node_plane.c: see node_plane.py; opt-in,
+#: PYCTDBD_NODE_PLANE=1).
 SOURCES = (SOURCE, HERE / "node_plane.c")
 ABI = 1                      # HP_ABI in the source
 

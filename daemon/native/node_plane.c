@@ -137,6 +137,37 @@ static void closed_with_errno(struct np_plane *p, struct np_conn *c, const char 
     mark_closed(p, c, reason);
 }
 
+/* Why the header at h (avail bytes of it arrived) is malformed, written into reason (nonzero);
+ * 0 while what has arrived of it is well-formed. */
+static int header_problem(const struct np_plane *p, const unsigned char *h, size_t avail,
+                          char *reason, size_t size)
+{
+    uint32_t length, magic, version;
+    memcpy(&length, h, 4);
+    if (length < HEADER_SIZE)
+        return snprintf(reason, size, "malformed data: stream: packet length %u is shorter than "
+                        "the %d-byte header", length, HEADER_SIZE);
+    if (length > p->max_packet)
+        return snprintf(reason, size, "malformed data: stream: packet length %u exceeds the "
+                        "limit of %u", length, p->max_packet);
+    if (length % ALIGNMENT)
+        return snprintf(reason, size, "malformed data: stream: node packet length %u is not a "
+                        "multiple of %d", length, ALIGNMENT);
+    if (avail >= 8) {
+        memcpy(&magic, h + 4, 4);
+        if (magic != CTDB_MAGIC)
+            return snprintf(reason, size, "malformed data: stream: bad magic 0x%08x "
+                            "(expected 0x%08x)", magic, CTDB_MAGIC);
+    }
+    if (avail >= 12) {
+        memcpy(&version, h + 8, 4);
+        if (version != CTDB_VERSION)
+            return snprintf(reason, size, "malformed data: stream: unsupported protocol "
+                            "version %u", version);
+    }
+    return 0;
+}
+
 /* Cut whole frames off the receive buffer (mutex held); a malformed header closes. */
 static void cut_frames(struct np_plane *p, struct np_conn *c)
 {
@@ -145,44 +176,12 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
     while (!c->closing && c->rlen - pos >= 4) {
         const unsigned char *h = c->rbuf + pos;
         size_t avail = c->rlen - pos;
-        uint32_t length, magic, version;
+        if (header_problem(p, h, avail, reason, sizeof reason)) {
+            mark_closed(p, c, reason);
+            break;
+        }
+        uint32_t length;
         memcpy(&length, h, 4);
-        if (length < HEADER_SIZE) {
-            snprintf(reason, sizeof reason, "malformed data: stream: packet length %u is shorter "
-                     "than the %d-byte header", length, HEADER_SIZE);
-            mark_closed(p, c, reason);
-            break;
-        }
-        if (length > p->max_packet) {
-            snprintf(reason, sizeof reason, "malformed data: stream: packet length %u exceeds the "
-                     "limit of %u", length, p->max_packet);
-            mark_closed(p, c, reason);
-            break;
-        }
-        if (length % ALIGNMENT) {
-            snprintf(reason, sizeof reason, "malformed data: stream: node packet length %u is not a "
-                     "multiple of %d", length, ALIGNMENT);
-            mark_closed(p, c, reason);
-            break;
-        }
-        if (avail >= 8) {
-            memcpy(&magic, h + 4, 4);
-            if (magic != CTDB_MAGIC) {
-                snprintf(reason, sizeof reason, "malformed data: stream: bad magic 0x%08x "
-                         "(expected 0x%08x)", magic, CTDB_MAGIC);
-                mark_closed(p, c, reason);
-                break;
-            }
-        }
-        if (avail >= 12) {
-            memcpy(&version, h + 8, 4);
-            if (version != CTDB_VERSION) {
-                snprintf(reason, sizeof reason, "malformed data: stream: unsupported protocol "
-                         "version %u", version);
-                mark_closed(p, c, reason);
-                break;
-            }
-        }
         if (avail < length)
             break;
         if (push_event(p, NP_FRAME, c->id, h, length) != 0) {

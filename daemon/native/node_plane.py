@@ -1,9 +1,9 @@
 """The native node plane (node_plane.c), loaded with ctypes: a thread that moves the node
 connections' bytes and frames them without the Python loop, waking the loop once per burst.
 
-Not used by the daemon yet. It is the first part of the native path for hot record packets
-(docs/native-hot-path.md): the next parts hand it the node connections in net/transport.py and
-let it answer the lmaster's grant itself. Until then it is built and tested on its own
+The first part of the native path for hot record packets (docs/native-hot-path.md). The daemon
+hands it the node connections only when PYCTDBD_NODE_PLANE=1 (net/plane_links.py): until the
+next part lets it answer the lmaster's grant itself, it gains nothing. Tested on its own
 (tests/unit/test_native_node_plane.py), including against PacketReader's framing rules.
 
 Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND)``

@@ -56,11 +56,8 @@ class PlaneLinkTransport:
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        left = self.links.plane.send(self.conn, data)
-        if left is None:          # failed: the plane's CLOSED event follows with the reason
-            self._queued = 0
-            return
-        self._queued = left
+        # None: the send failed, and the plane's CLOSED event follows with the reason
+        self._queued = self.links.plane.send(self.conn, data) or 0
 
     def is_closing(self) -> bool:
         return self._closing
@@ -114,27 +111,25 @@ class PlaneLinks:
         self._links.pop(conn, None)
 
     def _drain(self) -> None:
+        """Deliver the plane's events in order, a connection's consecutive frames as one list."""
         batch: list[bytes] = []
         batch_link: PlaneLinkTransport | None = None
         for kind, conn, body in self.plane.events():
             link = self._links.get(conn)
             if link is None:
                 continue                          # closed by the loop meanwhile
-            if kind == CLOSED:
-                if batch_link is not None:
-                    batch_link.protocol.frames_received(batch)
-                    batch, batch_link = [], None
-                self._links.pop(conn, None)
-                if body.startswith("malformed data: ") or "send-only" in body:
-                    self.on_bad_data(link.protocol, body)
-                link._closed_by_plane(body)
-                continue
-            if link is not batch_link and batch_link is not None:
+            if batch and (link is not batch_link or kind == CLOSED):
                 batch_link.protocol.frames_received(batch)
                 batch = []
             batch_link = link
-            batch.append(body)
-        if batch_link is not None and batch:
+            if kind != CLOSED:
+                batch.append(body)
+                continue
+            self._links.pop(conn, None)
+            if body.startswith("malformed data: ") or "send-only" in body:
+                self.on_bad_data(link.protocol, body)
+            link._closed_by_plane(body)
+        if batch:
             batch_link.protocol.frames_received(batch)
 
     def close(self) -> None:
