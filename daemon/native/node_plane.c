@@ -11,8 +11,24 @@
  * sends are written at once when the connection's queue is empty and queued otherwise; the
  * thread writes the rest when the socket takes more. One mutex guards all shared state; the
  * thread alone closes descriptors and frees connections (so a descriptor number is never
- * reused under a call that still uses it). Handling some frames here without the loop comes
- * later; the plane decides nothing today.
+ * reused under a call that still uses it).
+ *
+ * The lmaster's grant (step 2, opt-in with np_grant_setup): a peer's REQ_CALL for a record this
+ * node is lmaster and dmaster of, or that nobody holds, is answered here with the REPLY_DMASTER,
+ * exactly as core/db/migration.py decides it, without waking the loop. The rules that keep that
+ * safe (docs/native-hot-path.md):
+ *  - the loop holds the "rest" mutex except while it sleeps in epoll (np_rest_release /
+ *    np_rest_take around its wait), and the thread grants only holding it: it uses the loop's
+ *    TDB contexts while the loop is in no libtdb call and its state is at rest;
+ *  - the loop publishes what the grant must respect (np_grant_publish: generation, lmasters,
+ *    databases open to grants with their contexts, the keys it has state for, which connection
+ *    is whose) before it sleeps; after any loop run that state is stale and nothing is granted
+ *    until the next publish;
+ *  - only when no frame waits for the loop (nothing overtakes a frame it has not taken);
+ *  - what a grant must leave behind (statistics, the hand-off log, the vacuum's queue) is logged
+ *    for the loop, which takes it (np_grant_take) as soon as it wakes, before anything else.
+ * Anything else — another packet, a busy key, a contended chain lock, a record held elsewhere,
+ * a failed store — goes to the loop as a frame, unchanged.
  *
  * Events for the loop, each: u32 kind, i32 connection id, u32 length, then length bytes
  * (the frame, or a reason in UTF-8), padded to 8 bytes. */
@@ -29,7 +45,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define NP_ABI 1
+#define NP_ABI 2
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
@@ -50,7 +66,63 @@ struct np_conn {
     unsigned char *wbuf;        /* send: bytes not yet written, from whead */
     size_t whead, wlen, wcap;
     uint64_t frames_in, frames_out, bytes_in, bytes_out;
+    int32_t peer_pnn;           /* receive: the node whose current inbound connection this is (-1) */
     struct np_conn *next;
+};
+
+/* ---- the lmaster's grant: its state ---- */
+
+typedef struct { unsigned char *dptr; size_t dsize; } np_tdb_data;
+
+struct np_tdb_log {             /* struct tdb_logging_context */
+    void (*log_fn)(void *, int, const char *, ...);
+    void *log_private;
+};
+
+struct np_tdb_fns {             /* libtdb's functions, passed in by the loader (the library
+                                   is not linked against libtdb: Python loaded it already) */
+    np_tdb_data (*fetch)(void *, np_tdb_data);
+    int (*store)(void *, np_tdb_data, np_tdb_data, int);
+    int (*chainlock_nonblock)(void *, np_tdb_data);
+    int (*chainunlock)(void *, np_tdb_data);
+    unsigned int (*hash)(np_tdb_data *);
+    int (*error)(void *);
+    void (*set_logging)(void *, const struct np_tdb_log *);
+    void *(*logging_private)(void *);
+    /* the log function every file of the daemon was opened with (store/libtdb.py): put back
+     * after a grant, with the file's own log_private */
+    void (*loop_log_fn)(void *, int, const char *, ...);
+};
+
+struct np_busy {                /* a key the loop has state for */
+    uint32_t db_id, keylen, hash;
+    const unsigned char *key;   /* into np_grants.busy_blob */
+};
+
+struct np_grants {
+    int enabled;
+    struct np_tdb_fns fn;
+    uint32_t max_key;
+    /* published by the loop (np_grant_publish) */
+    int published;
+    uint64_t published_run;     /* the loop run it describes; stale once loop_runs moved on */
+    int open;                   /* not banned, not in recovery, a vnnmap */
+    uint32_t pnn, generation;
+    uint32_t *lmasters, nlmasters;
+    uint32_t *db_ids, ndbs;
+    void **ctxs;
+    int32_t *send_conn;         /* by pnn: the connection replies to that node go on (-1) */
+    uint32_t nsend;
+    struct np_busy *busy;       /* open addressing, nbusy_slots a power of two */
+    uint32_t nbusy_slots;
+    unsigned char *busy_blob;
+    int wanted;                 /* a peer asked for a key this node is lmaster of */
+    /* for the loop: one entry per grant, taken by np_grant_take */
+    unsigned char *log;
+    size_t loglen, logcap;
+    unsigned char *out;         /* the reply being built */
+    size_t outcap;
+    uint64_t granted, declined_stale, declined_busy, declined_order, declined_other;
 };
 
 struct np_plane {
@@ -67,6 +139,10 @@ struct np_plane {
     unsigned char *ev;          /* queued events */
     size_t evlen, evcap;
     uint64_t wakes;
+    pthread_mutex_t rest;       /* held by the loop except while it sleeps */
+    int rest_held;              /* by the loop (its thread only reads and writes this) */
+    uint64_t loop_runs;         /* times the loop woke and took rest again */
+    struct np_grants g;
 };
 
 int np_abi(void) { return NP_ABI; }
@@ -168,6 +244,364 @@ static int header_problem(const struct np_plane *p, const unsigned char *h, size
     return 0;
 }
 
+/* ---- the lmaster's grant ---- */
+
+#define OP_REQ_CALL 0u
+#define OP_REPLY_DMASTER 3u
+#define REQ_CALL_HEAD 56            /* header + flags, db_id, callid, hopcount, keylen, calldatalen */
+#define LTDB_HEADER 24
+#define TDB_REPLACE 1
+#define TDB_ERR_NOEXIST 8
+#define RF_MIGRATED_WITH_DATA 0x00010000u
+#define RF_VACUUM_MIGRATED 0x00020000u
+#define RF_AUTOMATIC 0x00040000u
+#define RF_RO_FLAGS 0x0f000000u
+#define GRANT_MAX_QUEUED (1u << 20) /* a peer this far behind gets its replies from the loop */
+#define GRANT_LOG_MAX (1u << 20)    /* the loop has not taken this much yet: let it catch up */
+
+static int flush(struct np_plane *p, struct np_conn *c);
+
+static uint32_t rd32(const unsigned char *b) { uint32_t v; memcpy(&v, b, 4); return v; }
+static uint64_t rd64(const unsigned char *b) { uint64_t v; memcpy(&v, b, 8); return v; }
+static void wr32(unsigned char *b, uint32_t v) { memcpy(b, &v, 4); }
+static void wr64(unsigned char *b, uint64_t v) { memcpy(b, &v, 8); }
+
+struct ltdb_header { uint64_t rsn; uint32_t dmaster, reserved1, flags; };
+
+static void pack_header(unsigned char *b, const struct ltdb_header *h)
+{
+    wr64(b, h->rsn);
+    wr32(b + 8, h->dmaster);
+    wr32(b + 12, h->reserved1);
+    wr32(b + 16, h->flags);
+    memset(b + 20, 0, 4);
+}
+
+/* ctdb_ltdb_store_server's rules for a volatile database (core/db/ltdbrules.py `store`, with a
+ * vnnmap): changes *h to what is stored; returns whether the record is kept, and in *schedule
+ * whether it goes on the vacuum's queue. */
+static int store_rules(struct ltdb_header *h, size_t datalen, uint32_t pnn, uint32_t lmaster,
+                       int *schedule)
+{
+    uint32_t flags = h->flags;
+    int keep = 0, sched = 0;
+    if (datalen)
+        keep = 1;
+    else if (flags & RF_RO_FLAGS)
+        keep = 1;
+    else if (flags & RF_AUTOMATIC)
+        keep = sched = 1;
+    else if (flags & RF_MIGRATED_WITH_DATA)
+        keep = 1;
+    else if (pnn == lmaster) {
+        if ((flags & RF_VACUUM_MIGRATED) && pnn == h->dmaster)
+            keep = sched = 1;
+        if (!(flags & RF_VACUUM_MIGRATED))
+            keep = 1;
+        else if (pnn != h->dmaster)
+            keep = 1;
+    } else if (pnn == h->dmaster)
+        keep = 1;
+    if (keep && pnn == h->dmaster && !(flags & RF_RO_FLAGS)) {
+        h->rsn += 1;
+        if (!datalen)
+            sched = 1;
+    }
+    h->flags = flags & ~(RF_VACUUM_MIGRATED | RF_AUTOMATIC);
+    *schedule = sched && keep;
+    return keep;
+}
+
+static int store_record(const struct np_tdb_fns *fn, void *ctx, np_tdb_data key,
+                        const struct ltdb_header *h, const unsigned char *data, size_t datalen)
+{
+    unsigned char small[512];
+    size_t total = LTDB_HEADER + datalen;
+    unsigned char *val = total <= sizeof small ? small : malloc(total);
+    if (val == NULL)
+        return -1;
+    pack_header(val, h);
+    if (datalen)
+        memcpy(val + LTDB_HEADER, data, datalen);
+    np_tdb_data v = {val, total};
+    int rc = fn->store(ctx, key, v, TDB_REPLACE);
+    if (val != small)
+        free(val);
+    return rc;
+}
+
+/* libtdb's log during a grant. tdb_fetch of a corrupt chain fails with CORRUPT or IO, which
+ * the grant leaves to the loop; libtdb's other lookups answer NOEXIST there and only their log
+ * says why (store/tdbfile.py), so as a second guard a grant that made libtdb complain (FATAL or
+ * ERROR, as the loop counts them) also leaves the packet to the loop, which reads the record
+ * again with the file's own log function back in place and reports it. */
+static void *(*grant_logging_private)(void *);
+
+static void grant_log(void *tdb, int level, const char *fmt, ...)
+{
+    (void)fmt;
+    unsigned *complaints = grant_logging_private(tdb);
+    if (level <= 1 && complaints != NULL)
+        (*complaints)++;
+}
+
+/* What a grant did besides the reply. */
+struct grant_info {
+    uint32_t stores;            /* records written */
+    uint32_t scheduled;         /* the initial store put the record on the vacuum's queue */
+    struct ltdb_header sched;   /* with this header */
+};
+
+/* The lmaster's grant of the REQ_CALL `f` (checked by the caller: a whole REQ_CALL, this node
+ * the key's lmaster) on the database `ctx`, as core/db/migration.py's `_req_call` for a record
+ * this node holds (or nobody holds) and no state of the core names the key: the initial store
+ * of a missing record, the store naming the new dmaster, the REPLY_DMASTER. Returns the reply's
+ * length (in *out), 0 when the loop must handle the packet and nothing was written, -1 when it
+ * must and the initial store was made (info says so). */
+static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
+                            const unsigned char *f, unsigned char **out, size_t *outcap,
+                            struct grant_info *info)
+{
+    uint32_t src = rd32(f + 24), keylen = rd32(f + 48);
+    np_tdb_data key = {(unsigned char *)f + REQ_CALL_HEAD, keylen};
+    memset(info, 0, sizeof *info);
+    void *loop_private = fn->logging_private(ctx);
+    unsigned complaints = 0;
+    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
+    grant_logging_private = fn->logging_private;
+    fn->set_logging(ctx, &ours);
+    if (fn->chainlock_nonblock(ctx, key) != 0) {
+        fn->set_logging(ctx, &theirs);
+        return 0;                                   /* smbd (or a helper) holds the chain */
+    }
+    int64_t result = 0;
+    np_tdb_data rec = fn->fetch(ctx, key);
+    struct ltdb_header h;
+    const unsigned char *data = NULL;
+    size_t datalen = 0;
+    if (complaints)
+        goto unlock;                                /* a corrupt chain: the loop reports it */
+    if (rec.dptr == NULL) {
+        if (fn->error(ctx) != TDB_ERR_NOEXIST)
+            goto unlock;                            /* the loop reports it */
+        /* ltdb_initial_header with this node as lmaster, stored at once */
+        struct ltdb_header initial = {0, pnn, 0, RF_AUTOMATIC};
+        int sched;
+        store_rules(&initial, 0, pnn, pnn, &sched);
+        if (store_record(fn, ctx, key, &initial, NULL, 0) != 0)
+            goto unlock;
+        info->stores = 1;
+        info->scheduled = sched;
+        info->sched = initial;
+        h = initial;
+    } else {
+        if (rec.dsize < LTDB_HEADER)
+            goto unlock;                            /* a short record: the loop reports it */
+        h.rsn = rd64(rec.dptr);
+        h.dmaster = rd32(rec.dptr + 8);
+        h.reserved1 = rd32(rec.dptr + 12);
+        h.flags = rd32(rec.dptr + 16);
+        if (h.dmaster != pnn)
+            goto unlock;                            /* held elsewhere: the loop redirects */
+        data = rec.dptr + LTDB_HEADER;
+        datalen = rec.dsize - LTDB_HEADER;
+    }
+    /* ctdb_call_send_dmaster, then ctdb_send_dmaster_reply on the lmaster */
+    struct ltdb_header given = h;
+    if (datalen)
+        given.flags |= RF_MIGRATED_WITH_DATA;
+    given.dmaster = src;
+    int sched = 0;
+    int keep = store_rules(&given, datalen, pnn, pnn, &sched);
+    if (!keep || sched)
+        goto declined;                              /* not a plain grant: the loop decides */
+    size_t length = 32 + 24 + (size_t)keylen + datalen + 4;
+    size_t padded = (length + 7) & ~(size_t)7;
+    if (grow(out, outcap, padded) != 0)
+        goto declined;
+    if (store_record(fn, ctx, key, &given, data, datalen) != 0)
+        goto declined;
+    info->stores++;
+    unsigned char *o = *out;
+    wr32(o, (uint32_t)padded);
+    wr32(o + 4, CTDB_MAGIC);
+    wr32(o + 8, CTDB_VERSION);
+    wr32(o + 12, rd32(f + 12));                     /* generation */
+    wr32(o + 16, OP_REPLY_DMASTER);
+    wr32(o + 20, src);                              /* destnode */
+    wr32(o + 24, pnn);                              /* srcnode */
+    wr32(o + 28, rd32(f + 28));                     /* reqid */
+    o += 32;
+    wr32(o, rd32(f + 36));                          /* db_id */
+    memset(o + 4, 0, 4);
+    wr64(o + 8, given.rsn);
+    wr32(o + 16, keylen);
+    wr32(o + 20, (uint32_t)datalen);
+    o += 24;
+    memcpy(o, f + REQ_CALL_HEAD, keylen);
+    o += keylen;
+    if (datalen)
+        memcpy(o, data, datalen);
+    o += datalen;
+    wr32(o, given.flags);
+    memset(o + 4, 0, padded - length);
+    result = (int64_t)padded;
+    goto unlock;
+declined:
+    result = info->stores ? -1 : 0;
+unlock:
+    fn->chainunlock(ctx, key);
+    fn->set_logging(ctx, &theirs);
+    free(rec.dptr);
+    return result;
+}
+
+/* For tests: grant_record on a context of the caller's (who holds no lock of it). */
+int64_t np_grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
+                        const unsigned char *frame, uint32_t len, unsigned char *out, uint64_t cap,
+                        uint64_t *info)
+{
+    if (len < REQ_CALL_HEAD || (uint64_t)REQ_CALL_HEAD + rd32(frame + 48) + rd32(frame + 52) > len)
+        return 0;
+    unsigned char *buf = NULL;
+    size_t bufcap = 0;
+    struct grant_info gi;
+    int64_t n = grant_record(fn, ctx, pnn, frame, &buf, &bufcap, &gi);
+    if (n > 0 && (uint64_t)n > cap)
+        n = -2;                                     /* the caller's buffer is too small */
+    else if (n > 0)
+        memcpy(out, buf, (size_t)n);
+    free(buf);
+    info[0] = gi.stores;
+    info[1] = gi.scheduled;
+    info[2] = gi.sched.rsn;
+    info[3] = gi.sched.dmaster;
+    info[4] = gi.sched.reserved1;
+    info[5] = gi.sched.flags;
+    return n;
+}
+
+static uint32_t busy_hash(uint32_t db_id, uint32_t key_hash)
+{
+    return key_hash ^ (db_id * 0x9e3779b9u);
+}
+
+static int is_busy(const struct np_grants *g, uint32_t db_id, const unsigned char *key,
+                   uint32_t keylen, uint32_t key_hash)
+{
+    if (g->nbusy_slots == 0)
+        return 0;
+    uint32_t mask = g->nbusy_slots - 1;
+    for (uint32_t i = busy_hash(db_id, key_hash) & mask;; i = (i + 1) & mask) {
+        const struct np_busy *b = &g->busy[i];
+        if (b->key == NULL)
+            return 0;
+        if (b->db_id == db_id && b->keylen == keylen && b->hash == key_hash
+            && memcmp(b->key, key, keylen) == 0)
+            return 1;
+    }
+}
+
+static int32_t send_conn_of(const struct np_grants *g, uint32_t pnn)
+{
+    return pnn < g->nsend ? g->send_conn[pnn] : -1;
+}
+
+/* Log a grant (or an initial store the loop must know of) for the loop (mutex held). */
+static int log_grant(struct np_grants *g, const unsigned char *f, int granted,   /* bits: 1 granted, 4 reply lost */
+                     const struct grant_info *info)
+{
+    uint32_t keylen = rd32(f + 48);
+    size_t size = 40 + (size_t)keylen;
+    size_t padded = (size + 7) & ~(size_t)7;
+    if (grow(&g->log, &g->logcap, g->loglen + padded) != 0)
+        return -1;
+    unsigned char *e = g->log + g->loglen;
+    wr32(e, rd32(f + 36));                          /* db_id */
+    wr32(e + 4, rd32(f + 24));                      /* srcnode */
+    wr32(e + 8, rd32(f + 44));                      /* hopcount */
+    wr32(e + 12, (uint32_t)granted | (info->scheduled ? 2u : 0u));
+    wr32(e + 16, info->stores);
+    wr32(e + 20, keylen);
+    wr64(e + 24, info->sched.rsn);
+    wr32(e + 32, info->sched.dmaster);
+    wr32(e + 36, info->sched.flags);
+    memcpy(e + 40, f + REQ_CALL_HEAD, keylen);
+    memset(e + size, 0, padded - size);
+    g->loglen += padded;
+    return 0;
+}
+
+/* A frame from receive connection c (mutex held): granted here (1) or for the loop (0). */
+static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
+{
+    struct np_grants *g = &p->g;
+    if (!g->enabled || !g->published || len < REQ_CALL_HEAD || rd32(f + 16) != OP_REQ_CALL)
+        return 0;
+    uint32_t keylen = rd32(f + 48);
+    if ((uint64_t)REQ_CALL_HEAD + keylen + rd32(f + 52) > len || keylen == 0 || keylen > g->max_key) {
+        g->declined_other++;
+        return 0;
+    }
+    np_tdb_data key = {(unsigned char *)f + REQ_CALL_HEAD, keylen};
+    uint32_t key_hash = g->fn.hash(&key);
+    if (g->nlmasters == 0 || g->lmasters[key_hash % g->nlmasters] != g->pnn)
+        return 0;                                   /* not ours to grant: the loop routes it */
+    g->wanted = 1;
+    if (g->published_run != p->loop_runs) {
+        g->declined_stale++;
+        return 0;
+    }
+    if (p->evlen) {
+        g->declined_order++;
+        return 0;
+    }
+    uint32_t src = rd32(f + 24), db_id = rd32(f + 36);
+    void *ctx = NULL;
+    for (uint32_t i = 0; i < g->ndbs; i++)
+        if (g->db_ids[i] == db_id)
+            ctx = g->ctxs[i];
+    int32_t out_id = send_conn_of(g, src);
+    struct np_conn *out = out_id > 0 ? find(p, out_id) : NULL;
+    if (!g->open || rd32(f + 12) != g->generation || src == g->pnn || c->peer_pnn != (int32_t)src
+        || ctx == NULL || out == NULL || out->closing || out->wlen > GRANT_MAX_QUEUED
+        || g->loglen > GRANT_LOG_MAX) {
+        g->declined_other++;
+        return 0;
+    }
+    if (is_busy(g, db_id, key.dptr, keylen, key_hash)) {
+        g->declined_busy++;
+        return 0;
+    }
+    if (pthread_mutex_trylock(&p->rest) != 0) {
+        g->declined_other++;                        /* the loop is awake after all */
+        return 0;
+    }
+    struct grant_info info;
+    int64_t n = grant_record(&g->fn, ctx, g->pnn, f, &g->out, &g->outcap, &info);
+    pthread_mutex_unlock(&p->rest);
+    if (n <= 0) {
+        if (n < 0)
+            log_grant(g, f, 0, &info);              /* the loop must know of the initial store */
+        g->declined_other++;
+        return 0;
+    }
+    int lost = grow(&out->wbuf, &out->wcap, out->whead + out->wlen + (size_t)n) != 0;
+    if (lost) {
+        /* the record is given and its reply cannot go: the loop forces a recovery (log flag 4) */
+        mark_closed(p, out, "out of memory queueing a frame to send");
+    } else {
+        memcpy(out->wbuf + out->whead + out->wlen, g->out, (size_t)n);
+        out->wlen += (size_t)n;
+        out->frames_out++;
+        flush(p, out);
+    }
+    log_grant(g, f, lost ? 5 : 1, &info);
+    c->frames_in++;
+    g->granted++;
+    return 1;
+}
+
 /* Cut whole frames off the receive buffer (mutex held); a malformed header closes. */
 static void cut_frames(struct np_plane *p, struct np_conn *c)
 {
@@ -184,6 +618,10 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
         memcpy(&length, h, 4);
         if (avail < length)
             break;
+        if (try_grant(p, c, h, length)) {
+            pos += length;
+            continue;
+        }
         if (push_event(p, NP_FRAME, c->id, h, length) != 0) {
             mark_closed(p, c, "out of memory queueing a frame");
             break;
@@ -335,7 +773,8 @@ void *np_create(int wake_fd, uint32_t max_packet)
     p->next_id = 1;
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (p->epfd < 0 || p->ctl_fd < 0 || pthread_mutex_init(&p->mu, NULL) != 0) {
+    if (p->epfd < 0 || p->ctl_fd < 0 || pthread_mutex_init(&p->mu, NULL) != 0
+        || pthread_mutex_init(&p->rest, NULL) != 0) {
         if (p->epfd >= 0) close(p->epfd);
         if (p->ctl_fd >= 0) close(p->ctl_fd);
         free(p);
@@ -371,6 +810,7 @@ int32_t np_add(struct np_plane *p, int fd, int kind)
         p->next_id = 1;
     c->fd = fd;
     c->kind = kind;
+    c->peer_pnn = -1;
     struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)c->id};
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
         int err = errno;
@@ -475,6 +915,231 @@ uint64_t np_wakes(struct np_plane *p)
     return w;
 }
 
+/* ---- the lmaster's grant: the loop's side ---- */
+
+/* Turn grants on: libtdb's functions, the largest key accepted (the loop's limit). The loop
+ * holds rest from now on, except between np_rest_release and np_rest_take. */
+int np_grant_setup(struct np_plane *p, const struct np_tdb_fns *fn, uint32_t max_key)
+{
+    if (fn == NULL || !fn->fetch || !fn->store || !fn->chainlock_nonblock || !fn->chainunlock
+        || !fn->hash || !fn->error || !fn->set_logging || !fn->logging_private || !fn->loop_log_fn)
+        return -EINVAL;
+    if (!p->rest_held) {
+        pthread_mutex_lock(&p->rest);
+        p->rest_held = 1;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->g.fn = *fn;
+    p->g.max_key = max_key;
+    p->g.enabled = 1;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* The loop goes to sleep: the thread may grant (with what was published for this run). */
+void np_rest_release(struct np_plane *p)
+{
+    if (p->rest_held) {
+        p->rest_held = 0;
+        pthread_mutex_unlock(&p->rest);
+    }
+}
+
+/* The loop woke up: no grant from now until it sleeps again. Returns bit 1 when grants wait to
+ * be taken, bit 2 when the thread met peers' calls for keys this node is lmaster of (so the
+ * loop should publish before every sleep). */
+int np_rest_take(struct np_plane *p)
+{
+    if (!p->rest_held) {
+        pthread_mutex_lock(&p->rest);
+        p->rest_held = 1;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->loop_runs++;
+    int flags = (p->g.loglen ? 1 : 0) | (p->g.wanted ? 2 : 0);
+    pthread_mutex_unlock(&p->mu);
+    return flags;
+}
+
+static int grant_pub_read(const unsigned char **at, const unsigned char *end, void *to, size_t n)
+{
+    if ((size_t)(end - *at) < n)
+        return -1;
+    memcpy(to, *at, n);
+    *at += n;
+    return 0;
+}
+
+/* Publish what grants must respect, for the loop run under way (blob NULL: nothing changed
+ * since the last publish). Blob, little-endian: u32 open, pnn, generation, nlmasters, ndbs,
+ * nlinks, nbusy; u32 lmasters[nlmasters]; {u32 db_id, u32 0, u64 context} x ndbs; {i32 conn,
+ * i32 pnn, u32 role (1: pnn's current inbound connection, 2: the one to send to pnn on)} x
+ * nlinks; {u32 db_id, u32 keylen, key} x nbusy. 0, or -EINVAL (nothing changed). */
+int np_grant_publish(struct np_plane *p, const unsigned char *blob, uint64_t len)
+{
+    struct np_grants *g = &p->g;
+    pthread_mutex_lock(&p->mu);
+    if (blob == NULL) {
+        int rc = g->published ? 0 : -EINVAL;
+        if (rc == 0)
+            g->published_run = p->loop_runs;
+        pthread_mutex_unlock(&p->mu);
+        return rc;
+    }
+    const unsigned char *at = blob, *end = blob + len;
+    uint32_t head[7];
+    int rc = -EINVAL;
+    uint32_t *lm = NULL, *db_ids = NULL, nsend = 0;
+    void **ctxs = NULL;
+    int32_t *send = NULL;
+    struct np_busy *busy = NULL;
+    unsigned char *busy_blob = NULL;
+    uint32_t slots = 0;
+    if (grant_pub_read(&at, end, head, sizeof head) != 0 || head[3] > 65536 || head[4] > 65536
+        || head[5] > 65536 || head[6] > (1u << 24))
+        goto out;
+    lm = calloc(head[3] + 1, sizeof *lm);
+    db_ids = calloc(head[4] + 1, sizeof *db_ids);
+    ctxs = calloc(head[4] + 1, sizeof *ctxs);
+    if (!lm || !db_ids || !ctxs || grant_pub_read(&at, end, lm, head[3] * sizeof *lm) != 0)
+        goto out;
+    for (uint32_t i = 0; i < head[4]; i++) {
+        uint32_t pair[2];
+        uint64_t ctx;
+        if (grant_pub_read(&at, end, pair, 8) != 0 || grant_pub_read(&at, end, &ctx, 8) != 0)
+            goto out;
+        db_ids[i] = pair[0];
+        ctxs[i] = (void *)(uintptr_t)ctx;
+    }
+    const unsigned char *links = at;
+    for (uint32_t i = 0; i < head[5]; i++) {
+        int32_t link[3];
+        if (grant_pub_read(&at, end, link, 12) != 0)
+            goto out;
+        if (link[2] == 2 && link[1] >= 0 && (uint32_t)link[1] + 1 > nsend)
+            nsend = (uint32_t)link[1] + 1;
+    }
+    send = malloc((nsend + 1) * sizeof *send);
+    if (send == NULL)
+        goto out;
+    for (uint32_t i = 0; i <= nsend; i++)
+        send[i] = -1;
+    size_t busy_bytes = (size_t)(end - at);
+    busy_blob = malloc(busy_bytes + 1);
+    for (slots = 8; slots < 2 * head[6] + 2; slots *= 2)
+        ;
+    busy = calloc(slots, sizeof *busy);
+    if (busy_blob == NULL || busy == NULL)
+        goto out;
+    memcpy(busy_blob, at, busy_bytes);
+    const unsigned char *b = busy_blob, *bend = busy_blob + busy_bytes;
+    for (uint32_t i = 0; i < head[6]; i++) {
+        uint32_t pair[2];
+        if (grant_pub_read(&b, bend, pair, 8) != 0 || pair[1] > (size_t)(bend - b))
+            goto out;
+        np_tdb_data key = {(unsigned char *)b, pair[1]};
+        uint32_t kh = g->fn.hash ? g->fn.hash(&key) : 0;
+        for (uint32_t j = busy_hash(pair[0], kh) & (slots - 1);; j = (j + 1) & (slots - 1)) {
+            if (busy[j].key == NULL) {
+                busy[j] = (struct np_busy){pair[0], pair[1], kh, b};
+                break;
+            }
+        }
+        b += pair[1];
+    }
+    if (b != bend)
+        goto out;
+    /* all read: install it */
+    for (struct np_conn *c = p->conns; c; c = c->next)
+        c->peer_pnn = -1;
+    for (uint32_t i = 0; i < head[5]; i++) {
+        int32_t link[3];
+        memcpy(link, links + 12 * i, 12);
+        if (link[2] == 2 && link[1] >= 0)
+            send[link[1]] = link[0];
+        struct np_conn *c = link[2] == 1 ? find(p, link[0]) : NULL;
+        if (c != NULL && c->kind == NP_RECEIVE)
+            c->peer_pnn = link[1];
+    }
+    free(g->lmasters);
+    free(g->db_ids);
+    free(g->ctxs);
+    free(g->send_conn);
+    free(g->busy);
+    free(g->busy_blob);
+    g->open = head[0] != 0;
+    g->pnn = head[1];
+    g->generation = head[2];
+    g->lmasters = lm;
+    g->nlmasters = head[3];
+    g->db_ids = db_ids;
+    g->ctxs = ctxs;
+    g->ndbs = head[4];
+    g->send_conn = send;
+    g->nsend = nsend;
+    g->busy = busy;
+    g->nbusy_slots = slots;
+    g->busy_blob = busy_blob;
+    g->published = 1;
+    g->published_run = p->loop_runs;
+    lm = db_ids = NULL;
+    ctxs = NULL;
+    send = NULL;
+    busy = NULL;
+    busy_blob = NULL;
+    rc = 0;
+out:
+    pthread_mutex_unlock(&p->mu);
+    free(lm);
+    free(db_ids);
+    free(ctxs);
+    free(send);
+    free(busy);
+    free(busy_blob);
+    return rc;
+}
+
+/* Move the grants logged since the last take into buf (whole entries). Entry: u32 db_id,
+ * srcnode, hopcount, what (1 granted, 2 the initial store scheduled the record for deletion,
+ * 4 the reply could not be queued), stores, keylen; u64 rsn, u32 dmaster, u32 flags of the
+ * scheduled header; the key; padded to 8. Returns bytes copied; -(size needed) when the first
+ * entry does not fit. */
+int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
+{
+    struct np_grants *g = &p->g;
+    pthread_mutex_lock(&p->mu);
+    size_t pos = 0;
+    while (pos < g->loglen) {
+        size_t padded = (40 + (size_t)rd32(g->log + pos + 20) + 7) & ~(size_t)7;
+        if (pos + padded > cap)
+            break;
+        pos += padded;
+    }
+    if (pos == 0 && g->loglen) {
+        int64_t need = (int64_t)((40 + (size_t)rd32(g->log + 20) + 7) & ~(size_t)7);
+        pthread_mutex_unlock(&p->mu);
+        return -need;
+    }
+    memcpy(buf, g->log, pos);
+    memmove(g->log, g->log + pos, g->loglen - pos);
+    g->loglen -= pos;
+    pthread_mutex_unlock(&p->mu);
+    return (int64_t)pos;
+}
+
+/* granted, declined because the published state was stale, because the key was busy, because
+ * a frame waited for the loop, for another reason. */
+void np_grant_counters(struct np_plane *p, uint64_t *out)
+{
+    pthread_mutex_lock(&p->mu);
+    out[0] = p->g.granted;
+    out[1] = p->g.declined_stale;
+    out[2] = p->g.declined_busy;
+    out[3] = p->g.declined_order;
+    out[4] = p->g.declined_other;
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* Stop the thread and close every connection the plane still holds. */
 void np_destroy(struct np_plane *p)
 {
@@ -491,6 +1156,17 @@ void np_destroy(struct np_plane *p)
     close(p->epfd);
     close(p->ctl_fd);
     free(p->ev);
+    struct np_grants *g = &p->g;
+    free(g->lmasters);
+    free(g->db_ids);
+    free(g->ctxs);
+    free(g->send_conn);
+    free(g->busy);
+    free(g->busy_blob);
+    free(g->log);
+    free(g->out);
+    np_rest_release(p);
+    pthread_mutex_destroy(&p->rest);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

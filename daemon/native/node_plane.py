@@ -1,16 +1,22 @@
 """The native node plane (node_plane.c), loaded with ctypes: a thread that moves the node
 connections' bytes and frames them without the Python loop, waking the loop once per burst.
 
-The first part of the native path for hot record packets (docs/native-hot-path.md). The daemon
-hands it the node connections only when PYCTDBD_NODE_PLANE=1 (net/plane_links.py): until the
-next part lets it answer the lmaster's grant itself, it gains nothing. Tested on its own
-(tests/unit/test_native_node_plane.py), including against PacketReader's framing rules.
+The native path for hot record packets (docs/native-hot-path.md). The daemon hands it the node
+connections only when PYCTDBD_NODE_PLANE=1 (net/plane_links.py); with PYCTDBD_NATIVE_GRANTS=1
+it also answers the lmaster's grant itself (server/native_grants.py). Tested on its own
+(tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py), including against
+PacketReader's framing rules and the migration core's decisions.
 
 Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND)``
 takes over a connected socket (the plane closes it); ``send(id, frame)``; ``close(id)``;
 ``wake_fd`` becomes readable when events wait, and ``events()`` takes them all:
 ``(FRAME, id, frame)`` and ``(CLOSED, id, reason)``. After a CLOSED event, or ``close(id)``, the
 id has no more events.
+
+Grants: ``enable_grants(tdb_functions(libtdb), max_key)`` (the calling thread holds the plane's
+rest from then on); around every sleep of the loop ``rest_release()`` / ``rest_take()``;
+``publish(blob)`` what grants must respect (see ``np_grant_publish`` in the source);
+``grants()`` takes what the thread granted.
 """
 
 from __future__ import annotations
@@ -19,15 +25,49 @@ import ctypes
 import os
 import socket
 import struct
+from typing import NamedTuple
 
 from . import HERE, NativeBuildError, build, library_path, load_library
 
 SOURCE = HERE / "node_plane.c"
-ABI = 1                       # NP_ABI in the source
+ABI = 2                       # NP_ABI in the source
 FRAME, CLOSED = 1, 2          # event kinds
 RECEIVE, SEND = 1, 2          # what a connection is for
 
 _EVENT_HEAD = struct.Struct("=IiI")
+_GRANT_HEAD = struct.Struct("<6IQII")
+#: np_rest_take's answer: grants wait to be taken; peers asked this node as lmaster.
+GRANTS_WAITING, GRANTS_WANTED = 1, 2
+#: Grant entries' `what` bits.
+GRANTED, SCHEDULED, REPLY_LOST = 1, 2, 4
+
+
+class TdbFunctions(ctypes.Structure):
+    """libtdb's functions the grant calls (struct np_tdb_fns)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("fetch", "store", "chainlock_nonblock", "chainunlock", "hash", "error",
+                 "set_logging", "logging_private", "loop_log_fn")]
+
+
+def tdb_functions(libtdb: ctypes.CDLL, log_function: int) -> TdbFunctions:
+    """The functions of the libtdb the daemon loaded (its store's), for the grant, and the log
+    function its files were opened with (put back after each grant)."""
+    names = ("tdb_fetch", "tdb_store", "tdb_chainlock_nonblock", "tdb_chainunlock",
+             "tdb_jenkins_hash", "tdb_error", "tdb_set_logging_function", "tdb_get_logging_private")
+    return TdbFunctions(*[ctypes.cast(getattr(libtdb, n), ctypes.c_void_p) for n in names], log_function)
+
+
+class Grant(NamedTuple):
+    """One entry of the grant log: what the thread did for a peer's REQ_CALL."""
+
+    db_id: int
+    srcnode: int
+    hopcount: int
+    what: int                   # GRANTED | SCHEDULED | REPLY_LOST
+    stores: int
+    key: bytes
+    scheduled: tuple[int, int, int]      # (rsn, dmaster, flags) of the record queued for deletion
 _INITIAL_TAKE = 1 << 20
 
 _SIGNATURES: dict[str, tuple[list, object]] = {
@@ -41,6 +81,15 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_counters": ([ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int),
     "np_wakes": ([ctypes.c_void_p], ctypes.c_uint64),
     "np_destroy": ([ctypes.c_void_p], None),
+    "np_grant_setup": ([ctypes.c_void_p, ctypes.POINTER(TdbFunctions), ctypes.c_uint32], ctypes.c_int),
+    "np_rest_release": ([ctypes.c_void_p], None),
+    "np_rest_take": ([ctypes.c_void_p], ctypes.c_int),
+    "np_grant_publish": ([ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64], ctypes.c_int),
+    "np_grant_take": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64], ctypes.c_int64),
+    "np_grant_counters": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)], None),
+    "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
+                         ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
+                         ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
 }
 
 _loaded: ctypes.CDLL | None = None
@@ -134,6 +183,50 @@ class NodePlane:
         """How often the plane has woken the loop."""
         return self._lib.np_wakes(self._plane)
 
+    # -- the lmaster's grant ---------------------------------------------------------------------
+    def enable_grants(self, functions: TdbFunctions, max_key: int) -> None:
+        """Let the thread grant; the calling thread (the loop's) holds the rest from now on."""
+        self._tdb_functions = functions          # kept alive: the thread calls through it
+        rc = self._lib.np_grant_setup(self._plane, ctypes.byref(functions), max_key)
+        if rc != 0:
+            raise OSError(-rc, f"np_grant_setup failed: {os.strerror(-rc)}")
+
+    def rest_release(self) -> None:
+        self._lib.np_rest_release(self._plane)
+
+    def rest_take(self) -> int:
+        """GRANTS_WAITING | GRANTS_WANTED."""
+        return self._lib.np_rest_take(self._plane)
+
+    def publish(self, blob: bytes | None) -> None:
+        """What grants must respect now (None: the same as last time)."""
+        rc = self._lib.np_grant_publish(self._plane, blob, 0 if blob is None else len(blob))
+        if rc != 0:
+            raise ValueError("np_grant_publish refused the state (malformed, or none yet)")
+
+    def grants(self) -> list[Grant]:
+        """The thread's grants since the last call, in order."""
+        out: list[Grant] = []
+        while True:
+            got = self._lib.np_grant_take(self._plane, self._buf, len(self._buf))
+            if got < 0:
+                self._buf = ctypes.create_string_buffer(-got)
+                continue
+            if got == 0:
+                return out
+            raw = ctypes.string_at(self._buf, got)
+            pos = 0
+            while pos < got:
+                db_id, src, hop, what, stores, keylen, rsn, dmaster, flags = _GRANT_HEAD.unpack_from(raw, pos)
+                key = raw[pos + 40:pos + 40 + keylen]
+                out.append(Grant(db_id, src, hop, what, stores, key, (rsn, dmaster, flags)))
+                pos += (40 + keylen + 7) & ~7
+
+    def grant_counters(self) -> dict[str, int]:
+        out = (ctypes.c_uint64 * 5)()
+        self._lib.np_grant_counters(self._plane, out)
+        return dict(zip(("granted", "stale", "busy", "order", "other"), out))
+
     def destroy(self) -> None:
         """Stop the thread; close every connection it holds and the wake descriptor."""
         if self._plane:
@@ -142,4 +235,19 @@ class NodePlane:
             os.close(self.wake_fd)
 
 
-__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "RECEIVE", "SEND"]
+def grant_record(functions: TdbFunctions, context: int, pnn: int, frame: bytes,
+                 lib: ctypes.CDLL | None = None) -> tuple[bytes | None, tuple[int, ...]]:
+    """The thread's grant decision on one TDB context (for tests): (the REPLY_DMASTER, or None
+    when the loop must handle the packet; (stores, scheduled, rsn, dmaster, reserved1, flags))."""
+    lib = lib or library()
+    out = ctypes.create_string_buffer(len(frame) + (4 << 20))
+    info = (ctypes.c_uint64 * 6)()
+    n = lib.np_grant_record(ctypes.byref(functions), context, pnn, frame, len(frame), out, len(out), info)
+    if n == -2:
+        raise ValueError("reply larger than the test's buffer")
+    return (ctypes.string_at(out, n) if n > 0 else None), tuple(info)
+
+
+__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "RECEIVE", "SEND",
+           "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
+           "GRANTS_WANTED", "GRANTED", "SCHEDULED", "REPLY_LOST"]

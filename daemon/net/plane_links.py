@@ -7,24 +7,29 @@ for both. Frames come from the plane already cut (its framing is PacketReader's 
 tests/unit/test_native_node_plane.py) and go to ``protocol.frames_received``; a close the plane
 reports goes to ``protocol.connection_lost``, with the plane's reason.
 
-Opt-in for now (``PYCTDBD_NODE_PLANE=1`` in the daemon's environment): the plane moves bytes and
-decides nothing yet; handling hot record packets in it comes next (docs/native-hot-path.md).
+Opt-in for now (``PYCTDBD_NODE_PLANE=1`` in the daemon's environment). With grants on
+(``enable_grants``, server/native_grants.py) the plane's thread also answers the lmaster's grant
+itself; then the loop's selector is wrapped (`RestSelector`) so the loop hands the plane its
+"rest" while it sleeps and takes it back when it wakes (docs/native-hot-path.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import selectors
 import socket
 from collections.abc import Callable
 
 from ..native import NativeBuildError
-from ..native.node_plane import CLOSED, RECEIVE, SEND, NodePlane, library
+from ..native.node_plane import CLOSED, RECEIVE, SEND, NodePlane, TdbFunctions, library
 
 __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
-           "plane_unavailable"]
+           "GRANTS_ENV", "plane_unavailable", "RestSelector"]
 
 #: "1" in the daemon's environment: the node connections go through the native plane.
 ENV = "PYCTDBD_NODE_PLANE"
+#: "1": the plane also answers the lmaster's grant (implies ENV=1).
+GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
 
 
 def plane_unavailable() -> str | None:
@@ -132,11 +137,71 @@ class PlaneLinks:
         if batch:
             batch_link.protocol.frames_received(batch)
 
+    def enable_grants(self, functions: TdbFunctions, max_key: int, before_sleep: Callable[[], None],
+                      after_wake: Callable[[int], None]) -> bool:
+        """Let the plane's thread grant while the loop sleeps: the loop's selector is wrapped so
+        that ``before_sleep()`` runs (and the rest is released) before every wait that may
+        sleep, and ``after_wake(flags)`` right after it (the rest taken back, before any
+        callback). False when this loop's selector cannot be wrapped (not asyncio's own
+        selector loop): then nothing changes."""
+        loop = self._loop
+        inner = getattr(loop, "_selector", None)
+        if not isinstance(loop, asyncio.SelectorEventLoop) or not isinstance(inner, selectors.BaseSelector):
+            return False
+        self.plane.enable_grants(functions, max_key)
+        # asyncio.BaseSelectorEventLoop keeps its selector in `_selector` and waits only in
+        # its `select`; Python 3.11's asyncio.run has no loop factory to pass a selector in.
+        loop._selector = RestSelector(inner, self.plane, before_sleep, after_wake)   # type: ignore[attr-defined]
+        return True
+
     def close(self) -> None:
         """Stop the plane: every connection it still holds is closed."""
         try:
             self._loop.remove_reader(self.plane.wake_fd)
         except (RuntimeError, ValueError):
             pass
+        selector = getattr(self._loop, "_selector", None)
+        if isinstance(selector, RestSelector) and selector.plane is self.plane:
+            self._loop._selector = selector.inner      # type: ignore[attr-defined]
         self._links.clear()
         self.plane.destroy()
+
+
+class RestSelector(selectors.BaseSelector):
+    """The loop's selector, with the node plane's rest handed over while the loop sleeps. A
+    wait with timeout 0 (callbacks ready) is not a sleep: the loop keeps the rest."""
+
+    def __init__(self, inner: selectors.BaseSelector, plane: NodePlane,
+                 before_sleep: Callable[[], None], after_wake: Callable[[int], None]) -> None:
+        self.inner = inner
+        self.plane = plane
+        self.before_sleep = before_sleep
+        self.after_wake = after_wake
+
+    def select(self, timeout: float | None = None):
+        if timeout is not None and timeout <= 0:
+            return self.inner.select(timeout)
+        self.before_sleep()                 # never raises (server/native_grants.py)
+        self.plane.rest_release()
+        try:
+            return self.inner.select(timeout)
+        finally:
+            self.after_wake(self.plane.rest_take())
+
+    def register(self, fileobj, events, data=None):
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj):
+        return self.inner.unregister(fileobj)
+
+    def modify(self, fileobj, events, data=None):
+        return self.inner.modify(fileobj, events, data)
+
+    def get_key(self, fileobj):
+        return self.inner.get_key(fileobj)
+
+    def get_map(self):
+        return self.inner.get_map()
+
+    def close(self) -> None:
+        self.inner.close()

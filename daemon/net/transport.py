@@ -39,7 +39,7 @@ from ..protocol.constants import Operation
 from ..protocol.errors import ProtocolError
 from ..protocol.header import keepalive_source, peek_operation
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, PacketReader
-from .plane_links import RECEIVE, SEND, PlaneLinks
+from .plane_links import RECEIVE, SEND, PlaneLinks, PlaneLinkTransport
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)          # Linux value
 _TIMESPEC = struct.Struct("=qq")
@@ -410,6 +410,34 @@ class NodeTransport:
         if self._fast_received:
             received[keepalive] = received.get(keepalive, 0) + self._fast_received
         return sent, received
+
+    # -- the native plane ------------------------------------------------------------------------
+    @property
+    def plane(self) -> PlaneLinks | None:
+        """The native node plane carrying the connections, if it does."""
+        return self._plane
+
+    def plane_links(self) -> list[tuple[int, int, int]]:
+        """(plane connection id, pnn, role) for the plane's grants: role 1 the peer's current
+        inbound connection, 2 ours to it (only while it is up and no frame waits for it)."""
+        out = []
+        for pnn, peer in self._peers.items():
+            inbound = peer.inbound
+            if inbound is not None and not inbound.closing and isinstance(inbound.transport, PlaneLinkTransport):
+                out.append((inbound.transport.conn, pnn, 1))
+            outbound = peer.outbound.transport if peer.outbound is not None else None
+            if isinstance(outbound, PlaneLinkTransport) and not outbound.is_closing() and not peer.waiting:
+                out.append((outbound.conn, pnn, 2))
+        return out
+
+    def count_answered(self, pnn: int, received_op: int, sent_op: int, count: int) -> None:
+        """`count` frames from `pnn` the plane answered itself, one frame each (statistics)."""
+        peer = self._peers.get(pnn)
+        if peer is not None:
+            peer.rx_packets += count
+            peer.tx_packets += count
+        self._received_ops[received_op] = self._received_ops.get(received_op, 0) + count
+        self._sent_ops[sent_op] = self._sent_ops.get(sent_op, 0) + count
 
     # -- the native plane's listener ------------------------------------------------------------
     def _listen_for_plane(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -47,6 +47,7 @@ from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
 from .memory import memory_report
 from .messenger import Messenger
+from .native_grants import NativeGrants
 from .monitor import MonitorService
 from .node import NodeService, node_settings
 from .public_ips import PublicIPService
@@ -107,6 +108,7 @@ class Daemon:
                         capabilities=capabilities, start_wall=self.start_wall, port=options.port)
         self.dispatcher = ControlDispatcher(controls, self.tasks.spawn)
         self.messenger = Messenger(self.my_pnn, nodemap, self.dispatcher, self.route_message)
+        self._native_grants: NativeGrants | None = None
         self.local = LocalServer(options.socket_path, lambda client, frame: self.clients.on_frame(client, frame),
                                  self._on_client_gone, lambda m: log.warning("%s", m))
         self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
@@ -235,6 +237,7 @@ class Daemon:
             await self._close_sockets()
             return 1
         self.messenger.transport = self.transport
+        self._start_native_grants()
         notice("Keepalive monitoring has been started")
         self.node.step(SetRunstate(Runstate.FIRST_RECOVERY))
         self._timer_armed = True
@@ -267,6 +270,8 @@ class Daemon:
         self.tasks.cancel_all()
         if self._timer is not None:
             self._timer.cancel()
+        if self._native_grants is not None:
+            notice("%s", self._native_grants.summary())
         await self.transport.close()
         await self._close_sockets()
         self.db.close()
@@ -313,6 +318,16 @@ class Daemon:
         self._reschedule()
 
     # -- the node mesh ---------------------------------------------------------------------------
+    def _start_native_grants(self) -> None:
+        links = self.transport.plane
+        if links is None or os.environ.get(plane_links.GRANTS_ENV, "0") != "1":
+            return
+        grants = NativeGrants(links, self.transport, self.db.record_calls, self.db.databases.database,
+                              self.node.note_traffic)
+        if grants.start():
+            self._native_grants = grants
+            notice(f"The native node plane answers the lmaster's grant ({plane_links.GRANTS_ENV}=1)")
+
     def _on_peer_up(self, pnn: int) -> None:
         self.node.step(PeerConnected(pnn))
 
@@ -474,9 +489,10 @@ class Daemon:
 
 
 def _node_plane_wanted() -> bool:
-    """PYCTDBD_NODE_PLANE=1 asks for the native node plane (opt-in while it only moves bytes);
-    without its library the daemon says so and uses asyncio's transports."""
-    if os.environ.get(plane_links.ENV, "0") != "1":
+    """PYCTDBD_NODE_PLANE=1 asks for the native node plane, PYCTDBD_NATIVE_GRANTS=1 for the plane
+    answering the lmaster's grant too (both opt-in, docs/native-hot-path.md); without its library
+    the daemon says so and uses asyncio's transports."""
+    if os.environ.get(plane_links.ENV, "0") != "1" and os.environ.get(plane_links.GRANTS_ENV, "0") != "1":
         return False
     why = plane_links.plane_unavailable()
     if why is not None:

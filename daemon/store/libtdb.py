@@ -301,3 +301,9 @@ def logging_context(sink: Callable[[int, str], None] | None) -> tuple[TDB_LOGGIN
 
 def drop_logging(token: int) -> None:
     _SINKS.pop(token, None)
+
+
+def log_function_address() -> int:
+    """The address of the log function every context opened through :func:`logging_context`
+    has (native code that swaps a context's logging for a while puts this one back)."""
+    return ctypes.cast(_log_fn, c_void_p).value

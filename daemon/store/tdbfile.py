@@ -173,6 +173,13 @@ class TdbFile:
         state = "closed" if self._ctx is None else f"flags {self.flags:#x}"
         return f"TdbFile({self.path!r}, {state})"
 
+    @property
+    def context(self) -> int:
+        """The libtdb context (``struct tdb_context *``), for native code that shares this open
+        file (the node plane's grant, daemon/native/node_plane.c): it must be used only while
+        this process makes no other libtdb call on it."""
+        return self._h()
+
     def _h(self) -> int:
         if self._ctx is None:
             raise TdbError("tdb", TdbErr.EINVAL, errno.EBADF, self.path, "file is closed")

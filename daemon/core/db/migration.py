@@ -171,7 +171,7 @@ __all__ = [
     "Event", "FlightView", "ForceRecovery", "GatherCopies", "KeysUnsettled", "LocalCall", "Log",
     "MigrationCore", "MigrationSettings", "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient",
     "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned", "StoreRecord", "SweepFinished",
-    "SweptCopies", "Tick", "VnnMapChanged",
+    "SweptCopies", "Tick", "VnnMapChanged", "granted_natively",
 ]
 
 _WANT_READONLY = int(CallFlag.WANT_READONLY)
@@ -702,3 +702,14 @@ class MigrationCore:
         return ReqCall(call.flags, flight.db_id, call.callid, hopcount, flight.key, call.calldata)
 
 
+def granted_natively(core: MigrationCore, db_id: int, key: bytes, hopcount: int, now: float) -> None:
+    """The native node plane answered a peer's REQ_CALL for a record this node is lmaster and
+    dmaster of (or nobody holds) with its REPLY_DMASTER: `_req_call` -> `_send_dmaster` ->
+    `_dmaster_reply`, decided in C when no state of the core names the key
+    (docs/native-hot-path.md). What that path leaves in the core: the statistics and the
+    hand-off log (tests/unit/test_native_grants.py holds both paths to the same result)."""
+    core.stats.node_req_call += 1
+    core.stats.count_hops(hopcount)
+    core.db_stats.setdefault(db_id, DbCallStatistics()).count_hops(hopcount)
+    core.stats.migrations_out += 1
+    core.handoffs.gave(db_id, key, now)
