@@ -974,7 +974,8 @@ static int grant_pub_read(const unsigned char **at, const unsigned char *end, vo
  * since the last publish). Blob, little-endian: u32 open, pnn, generation, nlmasters, ndbs,
  * nlinks, nbusy; u32 lmasters[nlmasters]; {u32 db_id, u32 0, u64 context} x ndbs; {i32 conn,
  * i32 pnn, u32 role (1: pnn's current inbound connection, 2: the one to send to pnn on)} x
- * nlinks; {u32 db_id, u32 keylen, key} x nbusy. 0, or -EINVAL (nothing changed). */
+ * nlinks; {u32 db_id, u32 keylen, key} x nbusy (at most 1 << 20). 0, or -EINVAL (nothing
+ * changed). */
 int np_grant_publish(struct np_plane *p, const unsigned char *blob, uint64_t len)
 {
     struct np_grants *g = &p->g;
@@ -996,7 +997,7 @@ int np_grant_publish(struct np_plane *p, const unsigned char *blob, uint64_t len
     unsigned char *busy_blob = NULL;
     uint32_t slots = 0;
     if (grant_pub_read(&at, end, head, sizeof head) != 0 || head[3] > 65536 || head[4] > 65536
-        || head[5] > 65536 || head[6] > (1u << 24))
+        || head[5] > 65536 || head[6] > (1u << 20))
         goto out;
     lm = calloc(head[3] + 1, sizeof *lm);
     db_ids = calloc(head[4] + 1, sizeof *db_ids);

@@ -149,8 +149,9 @@ class PlaneLinks:
         if not isinstance(loop, asyncio.SelectorEventLoop) or not isinstance(inner, selectors.BaseSelector):
             return False
         self.plane.enable_grants(functions, max_key)
-        # asyncio.BaseSelectorEventLoop keeps its selector in `_selector` and waits only in
-        # its `select`; Python 3.11's asyncio.run has no loop factory to pass a selector in.
+        # asyncio.BaseSelectorEventLoop keeps its selector in `_selector` and waits only in its
+        # `select`; the daemon's loop runs already when the plane starts, so it is wrapped here
+        # rather than built with a selector of ours.
         loop._selector = RestSelector(inner, self.plane, before_sleep, after_wake)   # type: ignore[attr-defined]
         return True
 

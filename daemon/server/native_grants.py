@@ -45,6 +45,9 @@ _DB = struct.Struct("<IIQ")
 _LINK = struct.Struct("<iiI")
 _BUSY = struct.Struct("<II")
 _REQ_CALL = int(Operation.REQ_CALL)
+#: More keys with state than this (a node with thousands of calls under way) and the node grants
+#: nothing until they are fewer (np_grant_publish refuses more than 1 << 20).
+MAX_BUSY_KEYS = 100_000
 _REPLY_DMASTER = int(Operation.REPLY_DMASTER)
 
 
@@ -62,7 +65,6 @@ class NativeGrants:
         self._published_map: object = None
         self._last_blob: bytes | None = None
         self._failed: set[str] = set()
-        self.granted = 0
 
     def start(self) -> bool:
         """Turn the plane's grants on; False if this loop cannot have them (logged)."""
@@ -109,6 +111,8 @@ class NativeGrants:
             dbs.append(_DB.pack(db_id, 0, db.tdb.context))
         links = [_LINK.pack(*link) for link in self.transport.plane_links()]
         busy = self.busy_keys()
+        if len(busy) > MAX_BUSY_KEYS:            # the thread's table stays small: no grants now
+            open_, busy = False, set()
         return b"".join([
             _HEAD.pack(int(open_), core.pnn, core.generation, len(lmasters), len(dbs), len(links),
                        len(busy)),
@@ -160,7 +164,6 @@ class NativeGrants:
         for pnn, count in by_peer.items():
             self.transport.count_answered(pnn, _REQ_CALL, _REPLY_DMASTER, count)
             self.note_traffic(pnn, now)
-        self.granted += sum(by_peer.values())
 
     def summary(self) -> str:
         """One line for the log: the thread's grants and why it left packets to the loop."""
