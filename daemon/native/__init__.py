@@ -1,9 +1,11 @@
-"""pyctdbd's one native part: the heartbeat pacer thread in C (heartbeat_pacer.c), loaded with
-ctypes. It is optional: without it the daemon paces its fast heartbeats with a Python thread
+"""pyctdbd's native parts, in C, loaded with ctypes: the heartbeat pacer thread
+(heartbeat_pacer.c, this module) and the node plane (node_plane.c, node_plane.py). Both are
+optional: without the pacer the daemon paces its fast heartbeats with a Python thread
 (server/heartbeat_pacer.py), which costs 0.2-0.3 % of a core more at 20 ms beats
-(docs/fast-profile-idle.md).
+(docs/fast-profile-idle.md); without the plane it carries the node connections with asyncio's
+transports and answers every record call in Python (docs/native-hot-path.md).
 
-The library is built from the shipped source with the system's C compiler, by `./ctdblab.sh`
+Each library is built from the shipped source with the system's C compiler, by `./ctdblab.sh`
 in the lab, by the Debian package's postinst, or by hand:
 
     python3 -m pyctdbd.native            (python3 -m ctdblab.daemon.native in the lab's tree)
@@ -25,8 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "heartbeat_pacer.c"
-#: Every native source the daemon ships (node_plane.c: see node_plane.py; opt-in,
-#: PYCTDBD_NODE_PLANE=1).
+#: Every native source the daemon ships (node_plane.c: see node_plane.py).
 SOURCES = (SOURCE, HERE / "node_plane.c")
 ABI = 1                      # HP_ABI in the source
 

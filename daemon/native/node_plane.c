@@ -13,7 +13,7 @@
  * thread alone closes descriptors and frees connections (so a descriptor number is never
  * reused under a call that still uses it).
  *
- * The lmaster's grant (step 2, opt-in with np_grant_setup): a peer's REQ_CALL for a record this
+ * The lmaster's grant (step 2, with np_grant_setup): a peer's REQ_CALL for a record this
  * node is lmaster and dmaster of, or that nobody holds, is answered here with the REPLY_DMASTER,
  * exactly as core/db/migration.py decides it, without waking the loop. The rules that keep that
  * safe (docs/native-hot-path.md):

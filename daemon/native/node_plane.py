@@ -2,8 +2,8 @@
 connections' bytes and frames them without the Python loop, waking the loop once per burst.
 
 The native path for hot record packets (docs/native-hot-path.md). The daemon hands it the node
-connections only when PYCTDBD_NODE_PLANE=1 (net/plane_links.py); with PYCTDBD_NATIVE_GRANTS=1
-it also answers the lmaster's grant itself (server/native_grants.py). Tested on its own
+connections (net/plane_links.py) and lets it answer the lmaster's grant itself
+(server/native_grants.py) unless PYCTDBD_NATIVE_GRANTS=0 or PYCTDBD_NATIVE=0. Tested on its own
 (tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py), including against
 PacketReader's framing rules and the migration core's decisions.
 

@@ -109,11 +109,12 @@ class Daemon:
         self.dispatcher = ControlDispatcher(controls, self.tasks.spawn)
         self.messenger = Messenger(self.my_pnn, nodemap, self.dispatcher, self.route_message)
         self._native_grants: NativeGrants | None = None
+        self._native = _native_path()
         self.local = LocalServer(options.socket_path, lambda client, frame: self.clients.on_frame(client, frame),
                                  self._on_client_gone, lambda m: log.warning("%s", m))
         self.transport = NodeTransport(self.my_pnn, addresses, options.port, self._on_node_frame,
                                        self._on_peer_up, self._on_peer_down, lambda m: log.warning("%s", m),
-                                       self._on_undelivered, use_plane=_node_plane_wanted())
+                                       self._on_undelivered, use_plane=self._native[0])
         self.node = NodeService(core, self.messenger, self, lock=self.cluster_lock,
                                 lock_setting=lock_spec.setting if lock_spec else "",
                                 start_wall=self.start_wall, clock=self.clock, spawn=self.tasks.spawn,
@@ -320,13 +321,13 @@ class Daemon:
     # -- the node mesh ---------------------------------------------------------------------------
     def _start_native_grants(self) -> None:
         links = self.transport.plane
-        if links is None or os.environ.get(plane_links.GRANTS_ENV, "0") != "1":
+        if links is None or not self._native[1]:
             return
         grants = NativeGrants(links, self.transport, self.db.record_calls, self.db.databases.database,
                               self.node.note_traffic)
         if grants.start():
             self._native_grants = grants
-            notice(f"The native node plane answers the lmaster's grant ({plane_links.GRANTS_ENV}=1)")
+            notice("The native node plane answers the lmaster's grant")
 
     def _on_peer_up(self, pnn: int) -> None:
         self.node.step(PeerConnected(pnn))
@@ -488,16 +489,19 @@ class Daemon:
         self.db.client_gone(client)
 
 
-def _node_plane_wanted() -> bool:
-    """PYCTDBD_NODE_PLANE=1 asks for the native node plane, PYCTDBD_NATIVE_GRANTS=1 for the plane
-    answering the lmaster's grant too (both opt-in, docs/native-hot-path.md); without its library
-    the daemon says so and uses asyncio's transports."""
-    if os.environ.get(plane_links.ENV, "0") != "1" and os.environ.get(plane_links.GRANTS_ENV, "0") != "1":
-        return False
+def _native_path() -> tuple[bool, bool]:
+    """(node plane, grants): both by default (docs/native-hot-path.md; PYCTDBD_NATIVE_GRANTS=0
+    or PYCTDBD_NATIVE=0 turn them off, PYCTDBD_NODE_PLANE=1 asks for the plane alone); without
+    the plane's library the daemon says so and uses asyncio's transports."""
+    plane, grants = plane_links.native_path_wanted(os.environ)
+    if not plane:
+        return False, False
     why = plane_links.plane_unavailable()
     if why is not None:
-        log.warning("%s=1, but the native node plane cannot be used (%s): node connections "
-                    "stay on asyncio's transports", plane_links.ENV, why)
-        return False
-    notice(f"Node connections go through the native node plane ({plane_links.ENV}=1)")
-    return True
+        asked = "1" in (os.environ.get(plane_links.ENV), os.environ.get(plane_links.GRANTS_ENV))
+        (log.warning if asked else log.info)(
+            "The native node plane cannot be used (%s): node connections stay on asyncio's "
+            "transports", why)
+        return False, False
+    notice("Node connections go through the native node plane")
+    return True, grants

@@ -335,7 +335,13 @@ def test_database_names_with_slash_or_absurd_length_are_refused_and_nothing_is_c
     # 244 bytes is the longest name whose file `<name>.<pnn>` fits NAME_MAX for any pnn.
     longest = "w" * 244
     ident = c.attach(longest)
-    assert Client(cluster.socket(2)).value(Control.GET_DBNAME, ident) == longest
+    # the attach reaches the other nodes as a NOREPLY broadcast (as ctdbd's): wait for node 2's
+    other = Client(cluster.socket(2))
+    cluster.wait_for("node 2 to attach it too",
+                     lambda: other.control(Control.GET_DBNAME, pack_request(Control.GET_DBNAME, ident)).status == 0,
+                     timeout=10)
+    assert other.value(Control.GET_DBNAME, ident) == longest
+    other.close()
     c.close()
 
 
@@ -472,6 +478,9 @@ def test_volatile_file_corrupted_while_attached_is_logged_and_never_read_as_miss
     cs = clients(cluster)
     ident = cs[1].attach(name)
     cs[1].attach(other)
+    for c in cs:                    # every node's smbd attaches (the broadcast may still be on its way)
+        assert c.attach(name) == ident
+        c.attach(other)
     for i in range(1, 6):
         cluster.ok(1, "writekey", name, f"rkey{i}", f"value{i}")
     cluster.ok(1, "writekey", other, "k", "v")

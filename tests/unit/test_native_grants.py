@@ -587,3 +587,60 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
             store.close()
 
     asyncio.run(main())
+
+
+# -- the daemon: on by default, end to end -------------------------------------------------------
+
+def test_the_daemons_grant_natively_by_default_and_count_it(tmp_path, lib):
+    """Three pyctdbd daemons with their default environment: calls from node 0's client for
+    keys other nodes are lmaster of are answered, the lmasters' threads granted them, and
+    `ctdb statistics` there counts them as the Python path does."""
+    import re
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from pyctdbd_cluster import LocalCluster, have_ctdb_cli
+    from test_db_bad_input import Client
+    from ctdblab.daemon.protocol import Operation
+
+    if not have_ctdb_cli():
+        pytest.skip("Debian's ctdb tool is not installed")
+    cluster = LocalCluster(tmp_path / "cluster", 3)
+    cluster.start()
+    try:
+        cluster.wait_for("a settled cluster", cluster.settled, timeout=40)
+        client = Client(cluster.socket(0))
+        ident = client.attach("native_grants.tdb")
+        for pnn in (1, 2):
+            Client(cluster.socket(pnn)).attach("native_grants.tdb")
+        rng = random.Random(40)
+        keys = [rng.randbytes(16) for _ in range(300)]
+        for key in keys:
+            reply = client.call(ident, key)
+            assert reply.header.operation == Operation.REPLY_CALL and reply.body.status == 0
+        req_calls = 0
+        for pnn in (1, 2):
+            text = cluster.ok(pnn, "statistics")
+            node_part = text.split("\n node\n", 1)[1].split("\n client\n", 1)[0]
+            req_calls += int(re.search(r"^\s+req_call\s+(\d+)", node_part, re.M).group(1))
+        client.close()
+    finally:
+        cluster.stop()
+    logs = [cluster.log(pnn).read_text() for pnn in range(3)]
+    assert all("Node connections go through the native node plane" in t for t in logs)
+    assert all("The native node plane answers the lmaster's grant" in t for t in logs)
+    granted = [int(m) for t in logs[1:] for m in re.findall(r"Native grants: (\d+) granted", t)]
+    assert sum(granted) >= 150, granted          # ~2/3 of the keys have their lmaster there
+    assert req_calls >= sum(granted)             # the lmasters' statistics count the grants
+
+
+@pytest.mark.parametrize("env, wanted", [
+    ({}, (True, True)),
+    ({"PYCTDBD_NATIVE_GRANTS": "0"}, (False, False)),
+    ({"PYCTDBD_NATIVE_GRANTS": "0", "PYCTDBD_NODE_PLANE": "1"}, (True, False)),
+    ({"PYCTDBD_NATIVE": "0"}, (False, False)),
+    ({"PYCTDBD_NATIVE": "0", "PYCTDBD_NATIVE_GRANTS": "1"}, (False, False)),
+    ({"PYCTDBD_NATIVE_GRANTS": "1"}, (True, True)),
+])
+def test_the_environment_turns_the_native_path_off(env, wanted):
+    from ctdblab.daemon.net.plane_links import native_path_wanted
+    assert native_path_wanted(env) == wanted
