@@ -961,6 +961,16 @@ int np_rest_take(struct np_plane *p)
     return flags;
 }
 
+static void free_published(struct np_grants *g)
+{
+    free(g->lmasters);
+    free(g->db_ids);
+    free(g->ctxs);
+    free(g->send_conn);
+    free(g->busy);
+    free(g->busy_blob);
+}
+
 static int grant_pub_read(const unsigned char **at, const unsigned char *end, void *to, size_t n)
 {
     if ((size_t)(end - *at) < n)
@@ -1062,12 +1072,7 @@ int np_grant_publish(struct np_plane *p, const unsigned char *blob, uint64_t len
         if (c != NULL && c->kind == NP_RECEIVE)
             c->peer_pnn = link[1];
     }
-    free(g->lmasters);
-    free(g->db_ids);
-    free(g->ctxs);
-    free(g->send_conn);
-    free(g->busy);
-    free(g->busy_blob);
+    free_published(g);
     g->open = head[0] != 0;
     g->pnn = head[1];
     g->generation = head[2];
@@ -1157,15 +1162,9 @@ void np_destroy(struct np_plane *p)
     close(p->epfd);
     close(p->ctl_fd);
     free(p->ev);
-    struct np_grants *g = &p->g;
-    free(g->lmasters);
-    free(g->db_ids);
-    free(g->ctxs);
-    free(g->send_conn);
-    free(g->busy);
-    free(g->busy_blob);
-    free(g->log);
-    free(g->out);
+    free_published(&p->g);
+    free(p->g.log);
+    free(p->g.out);
     np_rest_release(p);
     pthread_mutex_destroy(&p->rest);
     pthread_mutex_destroy(&p->mu);
