@@ -30,8 +30,9 @@
  * Anything else — another packet, a busy key, a contended chain lock, a record held elsewhere,
  * a failed store — goes to the loop as a frame, unchanged.
  *
- * Events for the loop, each: u32 kind, i32 connection id, u32 length, then length bytes
- * (the frame, or a reason in UTF-8), padded to 8 bytes. */
+ * Events for the loop, each: u32 kind (1 a frame, 2 closed, 3 closed for what the peer sent),
+ * i32 connection id, u32 length, then length bytes (the frame, or a reason in UTF-8), padded
+ * to 8 bytes. */
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,7 +53,7 @@
 #define CTDB_VERSION 1u
 #define READ_CHUNK 65536
 
-enum { NP_FRAME = 1, NP_CLOSED = 2 };
+enum { NP_FRAME = 1, NP_CLOSED = 2, NP_CLOSED_BAD = 3 };   /* BAD: for what the peer sent */
 enum { NP_RECEIVE = 1, NP_SEND = 2 };     /* what a connection is for */
 
 struct np_conn {
@@ -194,16 +195,22 @@ static int push_event(struct np_plane *p, uint32_t kind, int32_t id, const void 
     return 0;
 }
 
-/* Stop a connection's events and have the thread close it (mutex held). */
-static void mark_closed(struct np_plane *p, struct np_conn *c, const char *reason)
+/* Stop a connection's events and have the thread close it (mutex held); the loop gets an
+ * event of `kind` with the reason, if there is one. */
+static void mark_closed_as(struct np_plane *p, struct np_conn *c, const char *reason, uint32_t kind)
 {
     if (c->closing)
         return;
     c->closing = 1;
     if (reason != NULL)
-        push_event(p, NP_CLOSED, c->id, reason, (uint32_t)strlen(reason));
+        push_event(p, kind, c->id, reason, (uint32_t)strlen(reason));
     uint64_t one = 1;
     (void)!write(p->ctl_fd, &one, sizeof one);
+}
+
+static void mark_closed(struct np_plane *p, struct np_conn *c, const char *reason)
+{
+    mark_closed_as(p, c, reason, NP_CLOSED);
 }
 
 static void closed_with_errno(struct np_plane *p, struct np_conn *c, const char *what, int err)
@@ -611,7 +618,7 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
         const unsigned char *h = c->rbuf + pos;
         size_t avail = c->rlen - pos;
         if (header_problem(p, h, avail, reason, sizeof reason)) {
-            mark_closed(p, c, reason);
+            mark_closed_as(p, c, reason, NP_CLOSED_BAD);
             break;
         }
         uint32_t length;
@@ -706,7 +713,7 @@ static void on_readable(struct np_plane *p, struct np_conn *c, unsigned char *ch
     } else if (c->kind == NP_SEND) {
         char reason[96];
         snprintf(reason, sizeof reason, "sent %zd bytes on a send-only connection", n);
-        mark_closed(p, c, reason);
+        mark_closed_as(p, c, reason, NP_CLOSED_BAD);
     } else {
         c->bytes_in += (uint64_t)n;
         if (grow(&c->rbuf, &c->rcap, c->rlen + (size_t)n) != 0) {

@@ -10,8 +10,9 @@ PacketReader's framing rules and the migration core's decisions.
 Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND)``
 takes over a connected socket (the plane closes it); ``send(id, frame)``; ``close(id)``;
 ``wake_fd`` becomes readable when events wait, and ``events()`` takes them all:
-``(FRAME, id, frame)`` and ``(CLOSED, id, reason)``. After a CLOSED event, or ``close(id)``, the
-id has no more events.
+``(FRAME, id, frame)``, ``(CLOSED, id, reason)`` and ``(CLOSED_BAD, id, reason)`` (the peer
+sent malformed data, or data on a send-only connection). After a close event, or
+``close(id)``, the id has no more events.
 
 Grants: ``enable_grants(tdb_functions(libtdb), max_key)`` (the calling thread holds the plane's
 rest from then on); around every sleep of the loop ``rest_release()`` / ``rest_take()``;
@@ -31,7 +32,7 @@ from . import HERE, NativeBuildError, build, library_path, load_library
 
 SOURCE = HERE / "node_plane.c"
 ABI = 2                       # NP_ABI in the source
-FRAME, CLOSED = 1, 2          # event kinds
+FRAME, CLOSED, CLOSED_BAD = 1, 2, 3     # event kinds (CLOSED_BAD: for what the peer sent)
 RECEIVE, SEND = 1, 2          # what a connection is for
 
 _EVENT_HEAD = struct.Struct("=IiI")
@@ -248,6 +249,6 @@ def grant_record(functions: TdbFunctions, context: int, pnn: int, frame: bytes,
     return (ctypes.string_at(out, n) if n > 0 else None), tuple(info)
 
 
-__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "RECEIVE", "SEND",
+__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSED_BAD", "RECEIVE", "SEND",
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
            "GRANTS_WANTED", "GRANTED", "SCHEDULED", "REPLY_LOST"]

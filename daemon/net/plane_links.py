@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Mapping
 
 from ..native import NativeBuildError
-from ..native.node_plane import CLOSED, RECEIVE, SEND, NodePlane, TdbFunctions, library
+from ..native.node_plane import CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane, TdbFunctions, library
 
 __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
            "GRANTS_ENV", "NATIVE_ENV", "native_path_wanted", "plane_unavailable", "RestSelector"]
@@ -136,15 +136,15 @@ class PlaneLinks:
             link = self._links.get(conn)
             if link is None:
                 continue                          # closed by the loop meanwhile
-            if batch and (link is not batch_link or kind == CLOSED):
+            if batch and (link is not batch_link or kind != FRAME):
                 batch_link.protocol.frames_received(batch)
                 batch = []
             batch_link = link
-            if kind != CLOSED:
+            if kind == FRAME:
                 batch.append(body)
                 continue
             self._links.pop(conn, None)
-            if body.startswith("malformed data: ") or "send-only" in body:
+            if kind == CLOSED_BAD:
                 self.on_bad_data(link.protocol, body)
             link._closed_by_plane(body)
         if batch:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ctdblab.daemon.native import node_plane
-from ctdblab.daemon.native.node_plane import CLOSED, FRAME, RECEIVE, SEND, NodePlane
+from ctdblab.daemon.native.node_plane import CLOSED, CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane
 from ctdblab.daemon.protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION
 from ctdblab.daemon.protocol.errors import ProtocolError
 from ctdblab.daemon.protocol.packets import PacketReader
@@ -114,10 +114,11 @@ def test_framing_and_its_errors_match_packet_reader(plane, seed):
         except BrokenPipeError:          # the plane closed after the malformed header
             assert error is not None
             break
-    got = wait_events(plane, lambda ev: any(k == CLOSED for k, _, _ in ev)
+    got = wait_events(plane, lambda ev: any(k in (CLOSED, CLOSED_BAD) for k, _, _ in ev)
                       or (error is None and len(ev) >= len(expected)))
     assert [body for kind, _, body in got if kind == FRAME] == expected
-    closes = [reason for kind, c, reason in got if kind == CLOSED]
+    assert not any(kind == CLOSED for kind, _, _ in got)       # bad data is its own kind
+    closes = [reason for kind, c, reason in got if kind == CLOSED_BAD]
     if error is None:
         assert closes == []
     else:
@@ -181,9 +182,10 @@ def test_closes_say_why(plane):
     tx_peer.sendall(b"x" * 24)                       # a send-only connection must stay silent
     broken_peer.close()
     got = wait_events(plane, lambda ev: len(ev) >= 3)
-    assert sorted((c, reason) for _, c, reason in got) == sorted([
-        (rx_id, "closed by the peer"), (tx_id, "sent 24 bytes on a send-only connection"),
-        (broken_id, "closed by the peer")])              # a send-only one notices too
+    assert sorted((c, kind, reason) for kind, c, reason in got) == sorted([
+        (rx_id, CLOSED, "closed by the peer"),
+        (tx_id, CLOSED_BAD, "sent 24 bytes on a send-only connection"),
+        (broken_id, CLOSED, "closed by the peer")])      # a send-only one notices too
     assert plane.send(broken_id, frame(32)) is None
     time.sleep(0.1)
     assert plane.events() == []                           # one CLOSED each, nothing after
