@@ -117,7 +117,7 @@ struct np_grants {
     struct np_busy *busy;       /* open addressing, nbusy_slots a power of two */
     uint32_t nbusy_slots;
     unsigned char *busy_blob;
-    int wanted;                 /* a peer asked for a key this node is lmaster of */
+    volatile int wanted;        /* a peer asked for a key this node is lmaster of (0 -> 1 once) */
     /* for the loop: one entry per grant, taken by np_grant_take */
     unsigned char *log;
     size_t loglen, logcap;
@@ -1138,6 +1138,14 @@ int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
     g->loglen -= pos;
     pthread_mutex_unlock(&p->mu);
     return (int64_t)pos;
+}
+
+/* Where the thread notes that peers have asked this node as their lmaster (the loop hands over
+ * its rest only then). The loop reads it without the mutex before each sleep: an int that goes
+ * from 0 to 1 once, and a late read costs one packet handled by the loop. */
+const volatile int *np_grant_wanted_flag(struct np_plane *p)
+{
+    return &p->g.wanted;
 }
 
 /* granted, declined because the published state was stale, because the key was busy, because

@@ -88,6 +88,7 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_grant_publish": ([ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64], ctypes.c_int),
     "np_grant_take": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64], ctypes.c_int64),
     "np_grant_counters": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)], None),
+    "np_grant_wanted_flag": ([ctypes.c_void_p], ctypes.c_void_p),
     "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                          ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
@@ -191,6 +192,7 @@ class NodePlane:
         rc = self._lib.np_grant_setup(self._plane, ctypes.byref(functions), max_key)
         if rc != 0:
             raise OSError(-rc, f"np_grant_setup failed: {os.strerror(-rc)}")
+        self._wanted = ctypes.c_int.from_address(self._lib.np_grant_wanted_flag(self._plane))
 
     def rest_release(self) -> None:
         self._lib.np_rest_release(self._plane)
@@ -222,6 +224,12 @@ class NodePlane:
                 key = raw[pos + 40:pos + 40 + keylen]
                 out.append(Grant(db_id, src, hop, what, stores, key, (rsn, dmaster, flags)))
                 pos += (40 + keylen + 7) & ~7
+
+    @property
+    def grants_wanted(self) -> bool:
+        """Whether peers have asked this node as their lmaster (per the published lmasters); read
+        from the plane's memory without a call."""
+        return self._wanted.value != 0
 
     def grant_counters(self) -> dict[str, int]:
         out = (ctypes.c_uint64 * 5)()

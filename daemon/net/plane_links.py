@@ -150,13 +150,13 @@ class PlaneLinks:
         if batch:
             batch_link.protocol.frames_received(batch)
 
-    def enable_grants(self, functions: TdbFunctions, max_key: int, before_sleep: Callable[[], None],
+    def enable_grants(self, functions: TdbFunctions, max_key: int, before_sleep: Callable[[], bool],
                       after_wake: Callable[[int], None]) -> bool:
         """Let the plane's thread grant while the loop sleeps: the loop's selector is wrapped so
-        that ``before_sleep()`` runs (and the rest is released) before every wait that may
-        sleep, and ``after_wake(flags)`` right after it (the rest taken back, before any
-        callback). False when this loop's selector cannot be wrapped (not asyncio's own
-        selector loop): then nothing changes."""
+        that ``before_sleep()`` runs before every wait that may sleep and, when it answers
+        True, the rest is released for the wait and ``after_wake(flags)`` runs right after it
+        (the rest taken back, before any callback). False when this loop's selector cannot be
+        wrapped (not asyncio's own selector loop): then nothing changes."""
         loop = self._loop
         inner = getattr(loop, "_selector", None)
         if not isinstance(loop, asyncio.SelectorEventLoop) or not isinstance(inner, selectors.BaseSelector):
@@ -183,19 +183,21 @@ class PlaneLinks:
 
 class RestSelector(selectors.BaseSelector):
     """The loop's selector, with the node plane's rest handed over while the loop sleeps. A
-    wait with timeout 0 (callbacks ready) is not a sleep: the loop keeps the rest."""
+    wait with timeout 0 (callbacks ready) is not a sleep: the loop keeps the rest; so it does
+    when ``before_sleep()`` says the thread has nothing to grant (a node no peer asks as its
+    lmaster pays two calls less per wake-up)."""
 
     def __init__(self, inner: selectors.BaseSelector, plane: NodePlane,
-                 before_sleep: Callable[[], None], after_wake: Callable[[int], None]) -> None:
+                 before_sleep: Callable[[], bool], after_wake: Callable[[int], None]) -> None:
         self.inner = inner
         self.plane = plane
         self.before_sleep = before_sleep
         self.after_wake = after_wake
 
     def select(self, timeout: float | None = None):
-        if timeout is not None and timeout <= 0:
+        # before_sleep never raises (server/native_grants.py)
+        if (timeout is not None and timeout <= 0) or not self.before_sleep():
             return self.inner.select(timeout)
-        self.before_sleep()                 # never raises (server/native_grants.py)
         self.plane.rest_release()
         try:
             return self.inner.select(timeout)

@@ -8,7 +8,8 @@ result). It does so only while the loop sleeps, and only with what the loop publ
 run it just finished. This module is that loop side:
 
 * **before every sleep** (once peers have asked this node as their lmaster; before that only
-  when the vnnmap changed) it publishes what a grant must respect: this node's pnn, the
+  when the vnnmap changed, and the loop keeps the rest: the thread cannot grant) it publishes
+  what a grant must respect: this node's pnn, the
   generation, the lmasters; whether the node may grant at all (a vnnmap, not banned, not in
   recovery); the databases open to grants (attached, volatile, healthy, no unsettled keys after
   a membership change, no lock of this daemon held on them — a freeze's, a contended chain's,
@@ -30,9 +31,7 @@ from collections.abc import Callable
 
 from ..core.db.migration import granted_natively
 from ..log import log
-from ..native.node_plane import (
-    GRANTED, GRANTS_WAITING, GRANTS_WANTED, REPLY_LOST, SCHEDULED, tdb_functions,
-)
+from ..native.node_plane import GRANTED, GRANTS_WAITING, REPLY_LOST, SCHEDULED, tdb_functions
 from ..net.plane_links import PlaneLinks
 from ..net.transport import NodeTransport
 from ..protocol.constants import Operation
@@ -75,20 +74,31 @@ class NativeGrants:
         return ok
 
     # -- around the loop's sleep ------------------------------------------------------------------
-    def before_sleep(self) -> None:
+    def before_sleep(self) -> bool:
+        """Publish for the thread; True: let it grant while the loop sleeps. Until peers ask
+        this node as their lmaster (the thread notes it) only a new vnnmap is published, and the
+        loop keeps its rest."""
         try:
-            if not self.wanted and self.core.vnnmap is self._published_map:
-                return
-            blob = self.state()
-            self.links.plane.publish(None if blob == self._last_blob else blob)
-            self._last_blob = blob
-            self._published_map = self.core.vnnmap
+            if not self.wanted:
+                if self.core.vnnmap is not self._published_map:
+                    self._publish()
+                self.wanted = self.links.plane.grants_wanted
+                if not self.wanted:
+                    return False
+            self._publish()
+            return True
         except Exception as exc:
             self._complain("publish", exc)
+            return False
+
+    def _publish(self) -> None:
+        blob = self.state()
+        self.links.plane.publish(None if blob == self._last_blob else blob)
+        self._last_blob = blob
+        self._published_map = self.core.vnnmap
 
     def after_wake(self, flags: int) -> None:
         try:
-            self.wanted = bool(flags & GRANTS_WANTED)
             if flags & GRANTS_WAITING:
                 self.take()
         except Exception as exc:

@@ -472,7 +472,7 @@ def test_the_loop_publishes_before_it_sleeps_and_takes_the_grants_when_it_wakes(
             assert grants.start()
             assert isinstance(loop._selector, RestSelector)
             peer_out.setblocking(False)
-            keys = own_keys(random.Random(21), 3)
+            keys = own_keys(random.Random(21), 4)
 
             async def ask(key: bytes, reqid: int, wait: float = 2.0) -> bytes:
                 # sent from another thread once the loop sleeps (sent while it runs, the frame
@@ -483,13 +483,24 @@ def test_the_loop_publishes_before_it_sleeps_and_takes_the_grants_when_it_wakes(
                 except asyncio.TimeoutError:
                     return b""
 
+            # Until a peer asks this node as its lmaster the loop keeps its rest: the first such
+            # call is the loop's, and from then on the thread grants.
+            assert not links.plane.grants_wanted
+            assert await ask(keys[3], 9, wait=0.2) == b""
+            assert [decode_packet(f).header.reqid for _, f in sent] == [9]
+            assert links.plane.grants_wanted
+            sent.clear()
+            scheduled.clear()
+            base = (core.stats.node_req_call, core.stats.migrations_out, calls.counters.immediate,
+                    calls.counters.packets_sent, calls.counters.stores)
+
             reply = decode_packet(await ask(keys[0], 1))
             assert isinstance(reply.body, ReplyDmaster) and reply.header.reqid == 1
             await asyncio.sleep(0.01)                    # a wake after the grant: taken
             assert links.plane.grant_counters()["granted"] == 1
-            assert core.stats.node_req_call == 1 and core.stats.migrations_out == 1
-            assert calls.counters.immediate == 1 and calls.counters.packets_sent == 1
-            assert calls.counters.stores == 2            # the initial store and the grant's
+            assert (core.stats.node_req_call, core.stats.migrations_out, calls.counters.immediate,
+                    calls.counters.packets_sent) == (base[0] + 1, base[1] + 1, base[2] + 1, base[3] + 1)
+            assert calls.counters.stores == base[4] + 2  # the initial store and the grant's
             assert [(d, k) for d, k, _ in scheduled] == [(DB, keys[0])]
             assert transport.answered == [(0, 0, 3, 1)] and traffic == [0]
             assert keys[0] in core.handoffs.take(DB, time.monotonic())
@@ -505,7 +516,7 @@ def test_the_loop_publishes_before_it_sleeps_and_takes_the_grants_when_it_wakes(
             reply = decode_packet(await ask(keys[2], 3))       # and the thread grants again
             assert reply.header.reqid == 3
             await asyncio.sleep(0.01)
-            assert links.plane.grant_counters()["granted"] == 2 and core.stats.migrations_out == 3
+            assert links.plane.grant_counters()["granted"] == 2 and core.stats.migrations_out == base[1] + 3
         finally:
             links.close()
             assert not isinstance(loop._selector, RestSelector)
