@@ -44,10 +44,10 @@ _DB = struct.Struct("<IIQ")
 _LINK = struct.Struct("<iiI")
 _BUSY = struct.Struct("<II")
 _REQ_CALL = int(Operation.REQ_CALL)
+_REPLY_DMASTER = int(Operation.REPLY_DMASTER)
 #: More keys with state than this (a node with thousands of calls under way) and the node grants
 #: nothing until they are fewer (np_grant_publish refuses more than 1 << 20).
 MAX_BUSY_KEYS = 100_000
-_REPLY_DMASTER = int(Operation.REPLY_DMASTER)
 
 
 class NativeGrants:
@@ -67,8 +67,9 @@ class NativeGrants:
 
     def start(self) -> bool:
         """Turn the plane's grants on; False if this loop cannot have them (logged)."""
-        ok = self.links.enable_grants(tdb_functions(libtdb.lib, libtdb.log_function_address()), self.calls.max_key_size,
-                                      self.before_sleep, self.after_wake)
+        functions = tdb_functions(libtdb.lib, libtdb.log_function_address())
+        ok = self.links.enable_grants(functions, self.calls.max_key_size, self.before_sleep,
+                                      self.after_wake)
         if not ok:
             log.warning("The native grant needs asyncio's selector event loop: not enabled")
         return ok
