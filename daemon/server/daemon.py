@@ -490,9 +490,9 @@ class Daemon:
 
 
 def _native_path() -> tuple[bool, bool]:
-    """(node plane, grants): both by default (docs/native-hot-path.md; PYCTDBD_NATIVE_GRANTS=0
-    or PYCTDBD_NATIVE=0 turn them off, PYCTDBD_NODE_PLANE=1 asks for the plane alone); without
-    the plane's library the daemon says so and uses asyncio's transports."""
+    """(node plane, grants): PYCTDBD_NATIVE_GRANTS=1 asks for both, PYCTDBD_NODE_PLANE=1 for the
+    plane alone (opt-in, docs/native-hot-path.md); without the plane's library the daemon says
+    so and uses asyncio's transports."""
     plane, grants = plane_links.native_path_wanted(os.environ)
     if not plane:
         return False, False

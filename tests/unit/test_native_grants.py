@@ -600,12 +600,13 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
     asyncio.run(main())
 
 
-# -- the daemon: on by default, end to end -------------------------------------------------------
+# -- the daemon, end to end -----------------------------------------------------------------------
 
-def test_the_daemons_grant_natively_by_default_and_count_it(tmp_path, lib):
-    """Three pyctdbd daemons with their default environment: calls from node 0's client for
-    keys other nodes are lmaster of are answered, the lmasters' threads granted them, and
+def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
+    """Three pyctdbd daemons with PYCTDBD_NATIVE_GRANTS=1: calls from node 0's client for keys
+    other nodes are lmaster of are answered, the lmasters' threads granted them, and
     `ctdb statistics` there counts them as the Python path does."""
+    monkeypatch.setenv("PYCTDBD_NATIVE_GRANTS", "1")
     import re
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -645,10 +646,9 @@ def test_the_daemons_grant_natively_by_default_and_count_it(tmp_path, lib):
 
 
 @pytest.mark.parametrize("env, wanted", [
-    ({}, (True, True)),
+    ({}, (False, False)),
     ({"PYCTDBD_NATIVE_GRANTS": "0"}, (False, False)),
-    ({"PYCTDBD_NATIVE_GRANTS": "0", "PYCTDBD_NODE_PLANE": "1"}, (True, False)),
-    ({"PYCTDBD_NATIVE": "0"}, (False, False)),
+    ({"PYCTDBD_NODE_PLANE": "1"}, (True, False)),
     ({"PYCTDBD_NATIVE": "0", "PYCTDBD_NATIVE_GRANTS": "1"}, (False, False)),
     ({"PYCTDBD_NATIVE_GRANTS": "1"}, (True, True)),
 ])
