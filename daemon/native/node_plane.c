@@ -118,6 +118,7 @@ struct np_grants {
     uint32_t nbusy_slots;
     unsigned char *busy_blob;
     volatile int wanted;        /* a peer asked for a key this node is lmaster of (0 -> 1 once) */
+    volatile int asked;         /* a grant met a stale state or an awake loop: publish again */
     /* for the loop: one entry per grant, taken by np_grant_take */
     unsigned char *log;
     size_t loglen, logcap;
@@ -555,6 +556,7 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
     if (g->nlmasters == 0 || g->lmasters[key_hash % g->nlmasters] != g->pnn)
         return 0;                                   /* not ours to grant: the loop routes it */
     g->wanted = 1;
+    g->asked = 1;           /* any packet left to the loop asks for a fresh state; cleared below */
     if (g->published_run != p->loop_runs) {
         g->declined_stale++;
         return 0;
@@ -581,7 +583,7 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
         return 0;
     }
     if (pthread_mutex_trylock(&p->rest) != 0) {
-        g->declined_other++;                        /* the loop is awake after all */
+        g->declined_other++;                        /* the loop is awake, or kept its rest */
         return 0;
     }
     struct grant_info info;
@@ -604,6 +606,7 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
         flush(p, out);
     }
     log_grant(g, f, lost ? 5 : 1, &info);
+    g->asked = 0;           /* granted: the state it had is still good */
     c->frames_in++;
     g->granted++;
     return 1;
@@ -1146,6 +1149,14 @@ int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
 const volatile int *np_grant_wanted_flag(struct np_plane *p)
 {
     return &p->g.wanted;
+}
+
+/* Where the thread asks for a fresh state (it met a stale one, or the loop kept its rest); the
+ * loop reads and clears it without the mutex: a lost request costs one more packet for the
+ * loop, which asks again. */
+volatile int *np_grant_asked_flag(struct np_plane *p)
+{
+    return &p->g.asked;
 }
 
 /* granted, declined because the published state was stale, because the key was busy, because

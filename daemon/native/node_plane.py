@@ -89,6 +89,7 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_grant_take": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64], ctypes.c_int64),
     "np_grant_counters": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)], None),
     "np_grant_wanted_flag": ([ctypes.c_void_p], ctypes.c_void_p),
+    "np_grant_asked_flag": ([ctypes.c_void_p], ctypes.c_void_p),
     "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                          ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
@@ -193,6 +194,7 @@ class NodePlane:
         if rc != 0:
             raise OSError(-rc, f"np_grant_setup failed: {os.strerror(-rc)}")
         self._wanted = ctypes.c_int.from_address(self._lib.np_grant_wanted_flag(self._plane))
+        self._asked = ctypes.c_int.from_address(self._lib.np_grant_asked_flag(self._plane))
 
     def rest_release(self) -> None:
         self._lib.np_rest_release(self._plane)
@@ -230,6 +232,13 @@ class NodePlane:
         """Whether peers have asked this node as their lmaster (per the published lmasters); read
         from the plane's memory without a call."""
         return self._wanted.value != 0
+
+    def take_fresh_state_request(self) -> bool:
+        """Whether the thread asked for a fresh state since the last call (cleared here)."""
+        if self._asked.value == 0:
+            return False
+        self._asked.value = 0
+        return True
 
     def grant_counters(self) -> dict[str, int]:
         out = (ctypes.c_uint64 * 5)()

@@ -30,7 +30,7 @@ __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed",
 #: without grants).
 ENV = "PYCTDBD_NODE_PLANE"
 #: "1": the plane also answers the lmaster's grant (and then carries the node connections).
-#: Opt-in: it costs an idle daemon 0.1-0.17 % of a core more (docs/native-hot-path.md).
+#: Opt-in until it has had a soak and a full lab suite in its latest form (docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
 #: "0": no native part at all (server/heartbeat_pacer.py reads it too).
 NATIVE_ENV = "PYCTDBD_NATIVE"

@@ -48,6 +48,9 @@ _REPLY_DMASTER = int(Operation.REPLY_DMASTER)
 #: More keys with state than this (a node with thousands of calls under way) and the node grants
 #: nothing until they are fewer (np_grant_publish refuses more than 1 << 20).
 MAX_BUSY_KEYS = 100_000
+#: An lmaster whose thread granted or asked within this many seconds publishes before every
+#: sleep; after that it keeps its rest until the thread asks (that packet goes to the loop).
+HOT_WINDOW = 1.0
 
 
 class NativeGrants:
@@ -64,6 +67,7 @@ class NativeGrants:
         self._published_map: object = None
         self._last_blob: bytes | None = None
         self._failed: set[str] = set()
+        self._last_grant = float("-inf")    # when the loop last took grants or was asked
 
     def start(self) -> bool:
         """Turn the plane's grants on; False if this loop cannot have them (logged)."""
@@ -78,7 +82,10 @@ class NativeGrants:
     def before_sleep(self) -> bool:
         """Publish for the thread; True: let it grant while the loop sleeps. Until peers ask
         this node as their lmaster (the thread notes it) only a new vnnmap is published, and the
-        loop keeps its rest."""
+        loop keeps its rest. After that, the state is published — and the rest handed over —
+        only while there is demand: the thread granted, or left a packet it could have granted
+        to the loop and asked for a fresh state, within the last HOT_WINDOW seconds. An idle
+        lmaster then sleeps as any node does."""
         try:
             if not self.wanted:
                 if self.core.vnnmap is not self._published_map:
@@ -86,6 +93,11 @@ class NativeGrants:
                 self.wanted = self.links.plane.grants_wanted
                 if not self.wanted:
                     return False
+            now = self.calls.clock()
+            if self.links.plane.take_fresh_state_request():
+                self._last_grant = now          # demand: publish for a while, as after a grant
+            if now - self._last_grant >= HOT_WINDOW:
+                return False
             self._publish()
             return True
         except Exception as exc:
@@ -99,6 +111,8 @@ class NativeGrants:
         self._published_map = self.core.vnnmap
 
     def after_wake(self, flags: int) -> None:
+        if flags & GRANTS_WAITING:
+            self._last_grant = self.calls.clock()
         try:
             if flags & GRANTS_WAITING:
                 self.take()
