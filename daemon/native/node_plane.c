@@ -266,8 +266,36 @@ static int header_problem(const struct np_plane *p, const unsigned char *h, size
 #define RF_RO_FLAGS 0x0f000000u
 #define GRANT_MAX_QUEUED (1u << 20) /* a peer this far behind gets its replies from the loop */
 #define GRANT_LOG_MAX (1u << 20)    /* the loop has not taken this much yet: let it catch up */
+#define DMASTER_REPLY_HEAD 24       /* REPLY_DMASTER body: db_id, pad, rsn, keylen, datalen */
+#define GRANT_ENTRY_HEAD 40         /* a grant log entry before its key (np_grant_take) */
+
+static size_t grant_entry_size(uint32_t keylen)
+{
+    return (GRANT_ENTRY_HEAD + (size_t)keylen + 7) & ~(size_t)7;
+}
 
 static int flush(struct np_plane *p, struct np_conn *c);
+
+/* Queue a frame on a connection and write what the socket takes (mutex held). 0; -1 when it
+ * could not be queued (out of memory: the connection is closed); -2 when it was queued and the
+ * write failed (flush closed the connection). */
+static int queue_frame(struct np_plane *p, struct np_conn *c, const unsigned char *data, size_t len)
+{
+    if (grow(&c->wbuf, &c->wcap, c->whead + c->wlen + len) != 0) {
+        if (c->whead) {             /* room at the front: compact first */
+            memmove(c->wbuf, c->wbuf + c->whead, c->wlen);
+            c->whead = 0;
+        }
+        if (grow(&c->wbuf, &c->wcap, c->wlen + len) != 0) {
+            mark_closed(p, c, "out of memory queueing a frame to send");
+            return -1;
+        }
+    }
+    memcpy(c->wbuf + c->whead + c->wlen, data, len);
+    c->wlen += len;
+    c->frames_out++;
+    return flush(p, c) == 0 ? 0 : -2;
+}
 
 static uint32_t rd32(const unsigned char *b) { uint32_t v; memcpy(&v, b, 4); return v; }
 static uint64_t rd64(const unsigned char *b) { uint64_t v; memcpy(&v, b, 8); return v; }
@@ -343,7 +371,7 @@ static int store_record(const struct np_tdb_fns *fn, void *ctx, np_tdb_data key,
  * says why (store/tdbfile.py), so as a second guard a grant that made libtdb complain (FATAL or
  * ERROR, as the loop counts them) also leaves the packet to the loop, which reads the record
  * again with the file's own log function back in place and reports it. */
-static void *(*grant_logging_private)(void *);
+static void *(*grant_logging_private)(void *);     /* libtdb's, set by np_grant_setup/_record */
 
 static void grant_log(void *tdb, int level, const char *fmt, ...)
 {
@@ -376,7 +404,6 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
     void *loop_private = fn->logging_private(ctx);
     unsigned complaints = 0;
     struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
-    grant_logging_private = fn->logging_private;
     fn->set_logging(ctx, &ours);
     if (fn->chainlock_nonblock(ctx, key) != 0) {
         fn->set_logging(ctx, &theirs);
@@ -423,7 +450,7 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
     int keep = store_rules(&given, datalen, pnn, pnn, &sched);
     if (!keep || sched)
         goto declined;                              /* not a plain grant: the loop decides */
-    size_t length = 32 + 24 + (size_t)keylen + datalen + 4;
+    size_t length = HEADER_SIZE + DMASTER_REPLY_HEAD + (size_t)keylen + datalen + 4;
     size_t padded = (length + 7) & ~(size_t)7;
     if (grow(out, outcap, padded) != 0)
         goto declined;
@@ -439,13 +466,13 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
     wr32(o + 20, src);                              /* destnode */
     wr32(o + 24, pnn);                              /* srcnode */
     wr32(o + 28, rd32(f + 28));                     /* reqid */
-    o += 32;
+    o += HEADER_SIZE;
     wr32(o, rd32(f + 36));                          /* db_id */
     memset(o + 4, 0, 4);
     wr64(o + 8, given.rsn);
     wr32(o + 16, keylen);
     wr32(o + 20, (uint32_t)datalen);
-    o += 24;
+    o += DMASTER_REPLY_HEAD;
     memcpy(o, f + REQ_CALL_HEAD, keylen);
     o += keylen;
     if (datalen)
@@ -474,6 +501,7 @@ int64_t np_grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
     unsigned char *buf = NULL;
     size_t bufcap = 0;
     struct grant_info gi;
+    grant_logging_private = fn->logging_private;
     int64_t n = grant_record(fn, ctx, pnn, frame, &buf, &bufcap, &gi);
     if (n > 0 && (uint64_t)n > cap)
         n = -2;                                     /* the caller's buffer is too small */
@@ -520,8 +548,8 @@ static int log_grant(struct np_grants *g, const unsigned char *f, int granted,  
                      const struct grant_info *info)
 {
     uint32_t keylen = rd32(f + 48);
-    size_t size = 40 + (size_t)keylen;
-    size_t padded = (size + 7) & ~(size_t)7;
+    size_t size = GRANT_ENTRY_HEAD + (size_t)keylen;
+    size_t padded = grant_entry_size(keylen);
     if (grow(&g->log, &g->logcap, g->loglen + padded) != 0)
         return -1;
     unsigned char *e = g->log + g->loglen;
@@ -534,7 +562,7 @@ static int log_grant(struct np_grants *g, const unsigned char *f, int granted,  
     wr64(e + 24, info->sched.rsn);
     wr32(e + 32, info->sched.dmaster);
     wr32(e + 36, info->sched.flags);
-    memcpy(e + 40, f + REQ_CALL_HEAD, keylen);
+    memcpy(e + GRANT_ENTRY_HEAD, f + REQ_CALL_HEAD, keylen);
     memset(e + size, 0, padded - size);
     g->loglen += padded;
     return 0;
@@ -595,16 +623,10 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
         g->declined_other++;
         return 0;
     }
-    int lost = grow(&out->wbuf, &out->wcap, out->whead + out->wlen + (size_t)n) != 0;
-    if (lost) {
-        /* the record is given and its reply cannot go: the loop forces a recovery (log flag 4) */
-        mark_closed(p, out, "out of memory queueing a frame to send");
-    } else {
-        memcpy(out->wbuf + out->whead + out->wlen, g->out, (size_t)n);
-        out->wlen += (size_t)n;
-        out->frames_out++;
-        flush(p, out);
-    }
+    /* a reply that cannot even be queued (out of memory) leaves the record given and nobody
+     * told: the loop forces a recovery (log flag 4). A write error after queueing is the
+     * connection's loss, which the loop learns from its close. */
+    int lost = queue_frame(p, out, g->out, (size_t)n) == -1;
     log_grant(g, f, lost ? 5 : 1, &info);
     g->asked = 0;           /* granted: the state it had is still good */
     c->frames_in++;
@@ -845,21 +867,7 @@ int64_t np_send(struct np_plane *p, int32_t id, const unsigned char *data, uint3
         pthread_mutex_unlock(&p->mu);
         return -1;
     }
-    if (grow(&c->wbuf, &c->wcap, c->whead + c->wlen + len) != 0) {
-        if (c->whead) {             /* room at the front: compact first */
-            memmove(c->wbuf, c->wbuf + c->whead, c->wlen);
-            c->whead = 0;
-        }
-        if (grow(&c->wbuf, &c->wcap, c->wlen + len) != 0) {
-            mark_closed(p, c, "out of memory queueing a frame to send");
-            pthread_mutex_unlock(&p->mu);
-            return -1;
-        }
-    }
-    memcpy(c->wbuf + c->whead + c->wlen, data, len);
-    c->wlen += len;
-    c->frames_out++;
-    int64_t left = flush(p, c) == 0 ? (int64_t)c->wlen : -1;
+    int64_t left = queue_frame(p, c, data, len) == 0 ? (int64_t)c->wlen : -1;
     pthread_mutex_unlock(&p->mu);
     return left;
 }
@@ -940,6 +948,7 @@ int np_grant_setup(struct np_plane *p, const struct np_tdb_fns *fn, uint32_t max
     }
     pthread_mutex_lock(&p->mu);
     p->g.fn = *fn;
+    grant_logging_private = fn->logging_private;
     p->g.max_key = max_key;
     p->g.enabled = 1;
     pthread_mutex_unlock(&p->mu);
@@ -955,9 +964,8 @@ void np_rest_release(struct np_plane *p)
     }
 }
 
-/* The loop woke up: no grant from now until it sleeps again. Returns bit 1 when grants wait to
- * be taken, bit 2 when the thread met peers' calls for keys this node is lmaster of (so the
- * loop should publish before every sleep). */
+/* The loop woke up: no grant from now until it sleeps again. Returns 1 when grants wait to be
+ * taken (np_grant_take), else 0. */
 int np_rest_take(struct np_plane *p)
 {
     if (!p->rest_held) {
@@ -966,7 +974,7 @@ int np_rest_take(struct np_plane *p)
     }
     pthread_mutex_lock(&p->mu);
     p->loop_runs++;
-    int flags = (p->g.loglen ? 1 : 0) | (p->g.wanted ? 2 : 0);
+    int flags = p->g.loglen ? 1 : 0;
     pthread_mutex_unlock(&p->mu);
     return flags;
 }
@@ -1126,13 +1134,13 @@ int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
     pthread_mutex_lock(&p->mu);
     size_t pos = 0;
     while (pos < g->loglen) {
-        size_t padded = (40 + (size_t)rd32(g->log + pos + 20) + 7) & ~(size_t)7;
+        size_t padded = grant_entry_size(rd32(g->log + pos + 20));
         if (pos + padded > cap)
             break;
         pos += padded;
     }
     if (pos == 0 && g->loglen) {
-        int64_t need = (int64_t)((40 + (size_t)rd32(g->log + 20) + 7) & ~(size_t)7);
+        int64_t need = (int64_t)grant_entry_size(rd32(g->log + 20));
         pthread_mutex_unlock(&p->mu);
         return -need;
     }

@@ -36,9 +36,10 @@ FRAME, CLOSED, CLOSED_BAD = 1, 2, 3     # event kinds (CLOSED_BAD: for what the 
 RECEIVE, SEND = 1, 2          # what a connection is for
 
 _EVENT_HEAD = struct.Struct("=IiI")
-_GRANT_HEAD = struct.Struct("<6IQII")
-#: np_rest_take's answer: grants wait to be taken; peers asked this node as lmaster.
-GRANTS_WAITING, GRANTS_WANTED = 1, 2
+_INITIAL_TAKE = 1 << 20
+_GRANT_HEAD = struct.Struct("<6IQII")        # GRANT_ENTRY_HEAD in the source: before the key
+#: np_rest_take's answer: grants wait to be taken.
+GRANTS_WAITING = 1
 #: Grant entries' `what` bits.
 GRANTED, SCHEDULED, REPLY_LOST = 1, 2, 4
 
@@ -69,7 +70,7 @@ class Grant(NamedTuple):
     stores: int
     key: bytes
     scheduled: tuple[int, int, int]      # (rsn, dmaster, flags) of the record queued for deletion
-_INITIAL_TAKE = 1 << 20
+
 
 _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_abi": ([], ctypes.c_int),
@@ -200,7 +201,7 @@ class NodePlane:
         self._lib.np_rest_release(self._plane)
 
     def rest_take(self) -> int:
-        """GRANTS_WAITING | GRANTS_WANTED."""
+        """GRANTS_WAITING when the thread granted while the loop slept, else 0."""
         return self._lib.np_rest_take(self._plane)
 
     def publish(self, blob: bytes | None) -> None:
@@ -223,9 +224,10 @@ class NodePlane:
             pos = 0
             while pos < got:
                 db_id, src, hop, what, stores, keylen, rsn, dmaster, flags = _GRANT_HEAD.unpack_from(raw, pos)
-                key = raw[pos + 40:pos + 40 + keylen]
-                out.append(Grant(db_id, src, hop, what, stores, key, (rsn, dmaster, flags)))
-                pos += (40 + keylen + 7) & ~7
+                start = pos + _GRANT_HEAD.size
+                out.append(Grant(db_id, src, hop, what, stores, raw[start:start + keylen],
+                                 (rsn, dmaster, flags)))
+                pos += (_GRANT_HEAD.size + keylen + 7) & ~7
 
     @property
     def grants_wanted(self) -> bool:
@@ -268,4 +270,4 @@ def grant_record(functions: TdbFunctions, context: int, pnn: int, frame: bytes,
 
 __all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSED_BAD", "RECEIVE", "SEND",
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
-           "GRANTS_WANTED", "GRANTED", "SCHEDULED", "REPLY_LOST"]
+           "GRANTED", "SCHEDULED", "REPLY_LOST"]
