@@ -27,6 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "heartbeat_pacer.c"
+#: "0" in the daemon's environment: no native part is used (the pacer's Python thread paces the
+#: beats, the node plane stays off), to compare or to rule them out when debugging.
+NATIVE_ENV = "PYCTDBD_NATIVE"
 #: Every native source the daemon ships (node_plane.c: see node_plane.py).
 SOURCES = (SOURCE, HERE / "node_plane.c")
 ABI = 1                      # HP_ABI in the source

@@ -20,11 +20,11 @@ import selectors
 import socket
 from collections.abc import Callable, Mapping
 
-from ..native import NativeBuildError
+from ..native import NATIVE_ENV, NativeBuildError
 from ..native.node_plane import CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane, TdbFunctions, library
 
 __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
-           "GRANTS_ENV", "NATIVE_ENV", "native_path_wanted", "plane_unavailable", "RestSelector"]
+           "GRANTS_ENV", "native_path_wanted", "plane_unavailable", "RestSelector"]
 
 #: "1" in the daemon's environment: the node connections go through the native plane (also
 #: without grants).
@@ -32,8 +32,6 @@ ENV = "PYCTDBD_NODE_PLANE"
 #: "1": the plane also answers the lmaster's grant (and then carries the node connections).
 #: Opt-in until it has had a soak and a full lab suite in its latest form (docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
-#: "0": no native part at all (server/heartbeat_pacer.py reads it too).
-NATIVE_ENV = "PYCTDBD_NATIVE"
 
 
 def native_path_wanted(env: Mapping[str, str]) -> tuple[bool, bool]:

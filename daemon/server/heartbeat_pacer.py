@@ -37,7 +37,7 @@ from collections.abc import Callable
 from ..core.membership import grid_point_after
 from ..core.node import Action, Heartbeats, NewSettings, NodeCore, NodeSettings
 from ..log import log, notice
-from ..native import heartbeat_pacer_library, load_error
+from ..native import NATIVE_ENV, heartbeat_pacer_library, load_error
 from ..spawn import run_like_the_main_thread
 from .native_pacer import NativeHeartbeatPacer
 from .pacer_types import FastChannel, PacerTiming
@@ -51,10 +51,6 @@ PACE_AT_MOST = 0.05      # s
 #: how late a periodic service aligned to the ticks runs. Every third beat cost a 3-node fast
 #: cluster 27-30 loop wake-ups a second per daemon, every sixth 13-22 (one window, both).
 LOOK_BEATS = 6
-
-#: PYCTDBD_NATIVE=0 in the daemon's environment keeps the native pacer unused (to compare, or
-#: to rule it out when debugging).
-NATIVE_ENV = "PYCTDBD_NATIVE"
 
 #: s between retries when a beat failed with an unexpected error (logged once a minute).
 ERROR_PAUSE = 0.1
