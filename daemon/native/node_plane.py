@@ -1,9 +1,9 @@
 """The native node plane (node_plane.c), loaded with ctypes: a thread that moves the node
 connections' bytes and frames them without the Python loop, waking the loop once per burst.
 
-The native path for hot record packets (docs/native-hot-path.md). With PYCTDBD_NATIVE_GRANTS=1
-the daemon hands it the node connections (net/plane_links.py) and lets it answer the lmaster's
-grant itself (server/native_grants.py); PYCTDBD_NODE_PLANE=1 for the connections alone. Tested on its own
+The native path for hot record packets (docs/native-hot-path.md). Unless its environment says
+otherwise (net/plane_links.py native_path_wanted) the daemon hands it the node connections
+(net/plane_links.py) and lets it answer the lmaster's grant itself (server/native_grants.py). Tested on its own
 (tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py), including against
 PacketReader's framing rules and the migration core's decisions.
 

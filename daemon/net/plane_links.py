@@ -35,11 +35,13 @@ GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
 
 
 def native_path_wanted(env: Mapping[str, str]) -> tuple[bool, bool]:
-    """(plane, grants) as the daemon's environment asks: grants with PYCTDBD_NATIVE_GRANTS=1;
-    the plane with grants, or alone with PYCTDBD_NODE_PLANE=1; nothing with PYCTDBD_NATIVE=0."""
-    if env.get(NATIVE_ENV, "1") == "0":
+    """(plane, grants) as the daemon's environment asks. Both by default (since 2026-12-07: a
+    soak and the full suite with them on); PYCTDBD_NATIVE_GRANTS=0 leaves the grants to the loop
+    (and the plane too, unless PYCTDBD_NODE_PLANE=1); PYCTDBD_NODE_PLANE=0 or PYCTDBD_NATIVE=0:
+    no plane, no grants."""
+    if env.get(NATIVE_ENV, "1") == "0" or env.get(ENV, "") == "0":
         return False, False
-    grants = env.get(GRANTS_ENV, "0") == "1"
+    grants = env.get(GRANTS_ENV, "1") != "0"
     return grants or env.get(ENV, "0") == "1", grants
 
 

@@ -490,9 +490,9 @@ class Daemon:
 
 
 def _native_path() -> tuple[bool, bool]:
-    """(node plane, grants): PYCTDBD_NATIVE_GRANTS=1 asks for both, PYCTDBD_NODE_PLANE=1 for the
-    plane alone (opt-in, docs/native-hot-path.md); without the plane's library the daemon says
-    so and uses asyncio's transports."""
+    """(node plane, grants): both unless the environment turns them off (plane_links.
+    native_path_wanted, docs/native-hot-path.md); without the plane's library the daemon says so
+    (a warning when the environment asked for it by name) and uses asyncio's transports."""
     plane, grants = plane_links.native_path_wanted(os.environ)
     if not plane:
         return False, False

@@ -1,5 +1,5 @@
 """The lmaster's grant in the native node plane, from the loop's side (docs/native-hot-path.md,
-step 2; opt-in: PYCTDBD_NATIVE_GRANTS=1).
+step 2; on unless PYCTDBD_NATIVE_GRANTS=0).
 
 The plane's thread answers a peer's REQ_CALL for a record this node is lmaster and dmaster of,
 or that nobody holds, with the REPLY_DMASTER itself, deciding as ``core/db/migration.py`` does

@@ -603,10 +603,11 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
 # -- the daemon, end to end -----------------------------------------------------------------------
 
 def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
-    """Three pyctdbd daemons with PYCTDBD_NATIVE_GRANTS=1: calls from node 0's client for keys
-    other nodes are lmaster of are answered, the lmasters' threads granted them, and
+    """Three pyctdbd daemons as they start by default (grants on): calls from node 0's client for
+    keys other nodes are lmaster of are answered, the lmasters' threads granted them, and
     `ctdb statistics` there counts them as the Python path does."""
-    monkeypatch.setenv("PYCTDBD_NATIVE_GRANTS", "1")
+    for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE"):
+        monkeypatch.delenv(name, raising=False)
     import re
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -646,11 +647,13 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
 
 
 @pytest.mark.parametrize("env, wanted", [
-    ({}, (False, False)),
-    ({"PYCTDBD_NATIVE_GRANTS": "0"}, (False, False)),
-    ({"PYCTDBD_NODE_PLANE": "1"}, (True, False)),
-    ({"PYCTDBD_NATIVE": "0", "PYCTDBD_NATIVE_GRANTS": "1"}, (False, False)),
+    ({}, (True, True)),
     ({"PYCTDBD_NATIVE_GRANTS": "1"}, (True, True)),
+    ({"PYCTDBD_NATIVE_GRANTS": "0"}, (False, False)),
+    ({"PYCTDBD_NATIVE_GRANTS": "0", "PYCTDBD_NODE_PLANE": "1"}, (True, False)),
+    ({"PYCTDBD_NODE_PLANE": "0"}, (False, False)),
+    ({"PYCTDBD_NATIVE": "0"}, (False, False)),
+    ({"PYCTDBD_NATIVE": "0", "PYCTDBD_NATIVE_GRANTS": "1"}, (False, False)),
 ])
 def test_the_environment_turns_the_native_path_off(env, wanted):
     from ctdblab.daemon.net.plane_links import native_path_wanted
