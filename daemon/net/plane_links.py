@@ -7,7 +7,7 @@ for both. Frames come from the plane already cut (its framing is PacketReader's 
 tests/unit/test_native_node_plane.py) and go to ``protocol.frames_received``; a close the plane
 reports goes to ``protocol.connection_lost``, with the plane's reason.
 
-Opt-in (`native_path_wanted` reads the environment variables). With grants
+On by default, with grants (`native_path_wanted` reads the environment variables). With grants
 (``enable_grants``, server/native_grants.py) the plane's thread also answers the lmaster's grant
 itself, and the loop's selector is wrapped (`RestSelector`) so the loop hands the plane its
 "rest" while it sleeps and takes it back when it wakes (docs/native-hot-path.md).
@@ -26,11 +26,11 @@ from ..native.node_plane import CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane, Tdb
 __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
            "GRANTS_ENV", "native_path_wanted", "plane_unavailable", "RestSelector"]
 
-#: "1" in the daemon's environment: the node connections go through the native plane (also
-#: without grants).
+#: In the daemon's environment: "0" keeps the node connections on asyncio's transports (and so
+#: no grants); "1" puts them in the plane also when grants are off.
 ENV = "PYCTDBD_NODE_PLANE"
-#: "1": the plane also answers the lmaster's grant (and then carries the node connections).
-#: Opt-in until it has had a soak and a full lab suite in its latest form (docs/native-hot-path.md).
+#: "0": the loop answers the lmaster's grant (the default, since a soak and a full lab suite in
+#: its latest form, is the plane's thread: docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
 
 
