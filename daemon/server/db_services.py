@@ -61,6 +61,7 @@ class DatabaseServices:
             buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn,
             fast_path_count=lambda: int(tunables.get("VacuumFastPathCount")))
         self.record_calls.on_schedule = self.vacuum.schedule
+        self.record_calls.on_unschedule = self.vacuum.unschedule
         self._inactive = False
         self.databases.listeners.append(self._database_changed)
         self._banned = False

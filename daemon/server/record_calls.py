@@ -76,7 +76,7 @@ from ..core.db.migration import (
     Action, ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, Event,
     ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log, MigrationCore, PeerPacket,
     RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
-    StoreRecord, Tick, VnnMapChanged,
+    StoreRecord, Tick, UnscheduleDeletion, VnnMapChanged,
 )
 from ..log import log
 from ..net.local import Client
@@ -174,6 +174,8 @@ class RecordCalls:
         self.seq = itertools.count()
         #: Where the core's ScheduleForDeletion goes (the vacuum service's queue).
         self.on_schedule: Callable[[int, bytes, LtdbHeader], None] | None = None
+        #: Where the core's UnscheduleDeletion goes (the same queue).
+        self.on_unschedule: Callable[[int, bytes], None] | None = None
         #: Reads every active node's copy of a key for the core's GatherCopies: (copies, whether
         #: every node answered).
         self.gather_copies: Callable[[int, bytes], Awaitable[tuple[tuple, bool]]] | None = None
@@ -457,6 +459,10 @@ class RecordCalls:
                     self.counters.vacuum_candidates += 1
                     if self.on_schedule is not None:
                         self.on_schedule(action.db_id, bytes(action.key), action.header)
+                elif isinstance(action, UnscheduleDeletion):
+                    # after a failed store the queue keeps the key (ctdbd: neither happens)
+                    if failed is None and self.on_unschedule is not None:
+                        self.on_unschedule(action.db_id, bytes(action.key))
                 else:
                     raise TypeError(f"unknown action {type(action).__name__}")
             except Exception as exc:        # one bad action must not stop the others

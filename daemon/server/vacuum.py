@@ -2,7 +2,9 @@
 controls other nodes' runs send here (core/db/vacuum.py has the rules).
 
 * Records enter the queue from SCHEDULE_FOR_DELETION (smbd's deletes) and from the migration
-  core's own stores (`ScheduleForDeletion`).
+  core's own stores (`ScheduleForDeletion`); a store that keeps a record without scheduling it
+  takes it off again (`UnscheduleDeletion`, ctdbd's remove_from_delete_queue): the lmaster's
+  initial store of a record it then gives away never reaches a run.
 * Every `VacuumInterval` seconds each database with a queue gets one run (never two at once):
   up to RUN_BATCH records, each read under a chain lock that is *tried*, never waited for (a busy
   record is queued again: vacuuming never holds up smbd); candidates this node is lmaster of are
@@ -106,6 +108,13 @@ class VacuumService:
                 return
             queue = self.queues[db_id] = DeleteQueue()
         queue.add(key, header)
+
+    def unschedule(self, db_id: int, key: bytes) -> None:
+        """The record was stored and kept without being scheduled (given away by its lmaster,
+        filled with data): a run has nothing to do with it (ctdbd removes it from its queue)."""
+        queue = self.queues.get(db_id)
+        if queue is not None:
+            queue.discard(key)
 
     def recovery_mode(self, active: bool) -> None:
         self._recovering = active

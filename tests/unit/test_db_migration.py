@@ -34,7 +34,7 @@ from ctdblab.daemon.core.db.migration import (
     ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, ForceRecovery,
     GatherCopies, LocalCall, Log, MigrationCore, MigrationSettings, PeerPacket, RecoveryMode, Reissue,
     ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned, StoreRecord, Tick,
-    VnnMapChanged,
+    UnscheduleDeletion, VnnMapChanged,
 )
 from ctdblab.daemon.core.db.partial_recovery import Copy
 from ctdblab.daemon.protocol.constants import CallFlag, CallFunc, RecordFlag
@@ -189,7 +189,7 @@ class Sim:
             elif isinstance(a, DeleteRecord):
                 assert a.key == key
                 node.tdb.pop(a.key, None)
-            elif isinstance(a, ScheduleForDeletion):
+            elif isinstance(a, (ScheduleForDeletion, UnscheduleDeletion)):
                 pass
             elif isinstance(a, SendPacket):
                 self.send(p, a)

@@ -10,12 +10,19 @@ from pathlib import Path
 import pytest
 
 from ctdblab.daemon.core.db.ltdbrules import MIGRATED_WITH_DATA, lmaster_of
+from ctdblab.daemon.core.db.ltdbrules import store as ltdb_store
+from ctdblab.daemon.core.db.migration import (
+    DbAttached, MigrationCore, MigrationSettings, PeerPacket, ScheduleForDeletion, SendPacket,
+    UnscheduleDeletion,
+)
 from ctdblab.daemon.core.db.vacuum import (
     DeleteQueue, Triage, may_delete_copy, may_delete_here, triage,
 )
 from ctdblab.daemon.net.rpc import ControlError
 from ctdblab.daemon.protocol import Control, LtdbHeader, RecBuffer, ReplyControl
-from ctdblab.daemon.protocol.constants import CallFlag, RecordFlag
+from ctdblab.daemon.protocol.constants import CallFlag, CallFunc, RecordFlag
+from ctdblab.daemon.protocol.packets import ReplyDmaster, ReqCall
+from ctdblab.daemon.protocol.types import VnnMap
 from ctdblab.daemon.server.vacuum import VacuumService
 from ctdblab.daemon.store import DbDirs, DbKind, Store
 
@@ -61,6 +68,42 @@ def test_the_delete_queue_is_bounded_and_keeps_the_latest_schedule():
     q.add(b"k2", h(9, ME))
     assert [(k, hd.rsn) for k, hd in q.take(10)] == [(b"k3", 3), (b"k4", 4), (b"k2", 9)]
     assert len(q) == 0
+
+
+@pytest.mark.parametrize("case, header, data, pnn, lmaster, expected", [
+    # (keep, schedule, unschedule), as ctdb_ltdb_store_server decides keep / schedule_for_deletion
+    # / remove_from_delete_queue
+    ("lmaster gives an empty record away", h(3, 1), b"", 0, 0, (True, False, True)),
+    ("dmaster stores data", h(3, 0), b"x", 0, 1, (True, False, True)),
+    ("dmaster stores it empty", h(3, 0), b"", 0, 1, (True, True, False)),
+    ("initial store at the lmaster", h(0, 0, RecordFlag.AUTOMATIC), b"", 0, 0, (True, True, False)),
+    ("an empty copy leaves a node that is not its lmaster", h(3, 2), b"", 0, 1, (False, False, False)),
+    ("no vnnmap: stored as is", h(3, 2), b"", 0, None, (True, False, False)),
+])
+def test_a_kept_store_that_is_not_scheduled_leaves_the_queue(case, header, data, pnn, lmaster, expected):
+    stored = ltdb_store(header, data, pnn=pnn, lmaster=lmaster, persistent=False)
+    assert (stored.keep, stored.schedule_for_deletion, stored.unschedule) == expected, case
+
+
+def test_the_core_grant_leaves_nothing_for_the_lmasters_vacuum():
+    """The lmaster's grant of a missing record: its initial store goes on the queue and the
+    store that gives the record away takes it off (ctdbd's remove_from_delete_queue), so no run
+    looks at a record whose dmaster is elsewhere by then."""
+    core = MigrationCore(MigrationSettings(pnn=0), VnnMap(7, [0, 1, 2]))
+    core.step(DbAttached(0x1234, "locking.tdb", False))
+    key = keys_with_lmaster(0, 1)[0]
+    call = ReqCall(flags=CallFlag.IMMEDIATE_MIGRATION, db_id=0x1234, callid=CallFunc.NULL_FUNC,
+                   hopcount=0, key=key)
+    actions = core.step(PeerPacket(1, 5, 7, call), None, 0.0)
+    queue = DeleteQueue()
+    for action in actions:
+        if isinstance(action, ScheduleForDeletion):
+            queue.add(action.key, action.header)
+        elif isinstance(action, UnscheduleDeletion):
+            queue.discard(action.key)
+    assert any(isinstance(a, ScheduleForDeletion) for a in actions)      # the initial store
+    assert any(isinstance(a, SendPacket) and isinstance(a.body, ReplyDmaster) for a in actions)
+    assert len(queue) == 0
 
 
 # -- the service on three nodes ------------------------------------------------------------------
@@ -293,3 +336,16 @@ def test_a_long_run_gives_the_loop_back_and_stops_for_a_recovery(net):
         await n0.vacuum.run_now(n0.db.db_id)
         assert n0.vacuum.counters.deleted == 1000 and not any(n0.has(k) for k in keys)
     asyncio.run(main())
+
+
+def test_a_record_taken_off_the_queue_is_not_looked_at(net):
+    n0 = net.nodes[0]
+    given, deleted = keys_with_lmaster(0, 2)
+    for key in (given, deleted):
+        n0.put(key, h(1, ME))
+        n0.vacuum.schedule(n0.db.db_id, key, h(1, ME))
+    n0.vacuum.unschedule(n0.db.db_id, given)
+    n0.vacuum.unschedule(0xDEAD, given)             # a database without a queue: nothing to do
+    assert given not in n0.vacuum.queues[n0.db.db_id] and deleted in n0.vacuum.queues[n0.db.db_id]
+    asyncio.run(n0.vacuum.run_now(n0.db.db_id))
+    assert n0.has(given) and not n0.has(deleted)

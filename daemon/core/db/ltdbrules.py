@@ -74,6 +74,9 @@ class Stored:
     keep: bool
     header: LtdbHeader
     schedule_for_deletion: bool
+    #: ctdbd's remove_from_delete_queue: a record kept and not scheduled leaves the vacuum queue
+    #: (a give-away store at the lmaster, a store with data), so no run looks at it in vain.
+    unschedule: bool = False
 
 
 def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
@@ -84,6 +87,7 @@ def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
     rsn = header.rsn
     keep = False
     schedule = False
+    unschedule = False                      # ctdbd: only when it went through the rules below
     if lmaster is None:                     # no vnnmap: ctdbd stores as is
         keep = True
     else:
@@ -112,10 +116,12 @@ def store(header: LtdbHeader, data: bytes, *, pnn: int, lmaster: int | None,
             rsn += 1
             if not data:
                 schedule = True
+        unschedule = keep and not schedule
     if not persistent:
         # ctdbd stores a persistent record's header as given (an initial AUTOMATIC one too).
         flags &= ~(VACUUM_MIGRATED | AUTOMATIC)
-    return Stored(keep, LtdbHeader(rsn, header.dmaster, header.reserved1, flags), schedule and keep)
+    return Stored(keep, LtdbHeader(rsn, header.dmaster, header.reserved1, flags), schedule and keep,
+                  unschedule)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ The shell's contract
   REPLY_DMASTER must not be overtaken by a REQ_CALL sent after it.
 * Requeued events are ordinary events: ask ``lock_target`` again when they come back.
 * Actions: ``StoreRecord`` / ``DeleteRecord`` — write or delete that key (always the key of the
-  event being handled, under its lock); ``ScheduleForDeletion`` — for the vacuum engine, may be
-  ignored; ``SendPacket`` — encode ``body`` with the given destnode (never this node), srcnode
+  event being handled, under its lock); ``ScheduleForDeletion`` / ``UnscheduleDeletion`` — put the key
+  on the vacuum's queue or take it off (both may be ignored: the vacuum checks a record again); ``SendPacket`` — encode ``body`` with the given destnode (never this node), srcnode
   (not always this node: a redirected REQ_CALL keeps its origin), reqid and generation, and send
   it; a packet for a node that is not connected is dropped (the call is re-sent after the
   recovery that follows);
@@ -160,7 +160,7 @@ from .migration_events import (
     Action, ClientGone, CopiesGathered, DbAttached, DbDetached, DbThawed, DeleteRecord, Event,
     ForceRecovery, GatherCopies, KeysUnsettled, LocalCall, Log, MigrationSettings, PeerPacket,
     RecoveryMode, Reissue, ReplyToClient, Requeue, ScheduleForDeletion, SendPacket, SetBanned,
-    StoreRecord, SweepFinished, SweptCopies, Tick, VnnMapChanged,
+    StoreRecord, SweepFinished, SweptCopies, Tick, UnscheduleDeletion, VnnMapChanged,
 )
 from .pins import Pins, pin_for
 from .recovery_gate import RecoveryGate
@@ -171,7 +171,7 @@ __all__ = [
     "Event", "FlightView", "ForceRecovery", "GatherCopies", "KeysUnsettled", "LocalCall", "Log",
     "MigrationCore", "MigrationSettings", "PeerPacket", "RecoveryMode", "Reissue", "ReplyToClient",
     "Requeue", "ScheduleForDeletion", "SendPacket", "SetBanned", "StoreRecord", "SweepFinished",
-    "SweptCopies", "Tick", "VnnMapChanged", "granted_natively",
+    "SweptCopies", "Tick", "UnscheduleDeletion", "VnnMapChanged", "granted_natively",
 ]
 
 _WANT_READONLY = int(CallFlag.WANT_READONLY)
@@ -675,6 +675,8 @@ class MigrationCore:
             actions.append(DeleteRecord(db.db_id, key))
         if stored.schedule_for_deletion:
             actions.append(ScheduleForDeletion(db.db_id, key, stored.header))
+        elif stored.unschedule:
+            actions.append(UnscheduleDeletion(db.db_id, key))
         return actions
 
     def _call_local(self, db: DbAttached, key: bytes, fetched: Fetched,

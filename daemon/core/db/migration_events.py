@@ -206,6 +206,15 @@ class ScheduleForDeletion:
 
 
 @dataclass(frozen=True)
+class UnscheduleDeletion:
+    """Take this key off the vacuum queue: it was stored and kept without being scheduled
+    (ctdbd's ctdb_local_remove_from_delete_queue)."""
+
+    db_id: int
+    key: bytes
+
+
+@dataclass(frozen=True)
 class SendPacket:
     """Send `body` to node `dest` with this header (srcnode is not always this node: a
     redirected REQ_CALL keeps its origin)."""
@@ -258,5 +267,5 @@ class Log:
     text: str
 
 
-Action = Union[StoreRecord, DeleteRecord, ScheduleForDeletion, SendPacket, ReplyToClient, Requeue,
-               GatherCopies, ForceRecovery, Log]
+Action = Union[StoreRecord, DeleteRecord, ScheduleForDeletion, UnscheduleDeletion, SendPacket,
+               ReplyToClient, Requeue, GatherCopies, ForceRecovery, Log]
