@@ -3,9 +3,9 @@ connections' bytes and frames them without the Python loop, waking the loop once
 
 The native path for hot record packets (docs/native-hot-path.md). Unless its environment says
 otherwise (net/plane_links.py native_path_wanted) the daemon hands it the node connections
-(net/plane_links.py) and lets it answer the lmaster's grant itself (server/native_grants.py). Tested on its own
-(tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py), including against
-PacketReader's framing rules and the migration core's decisions.
+(net/plane_links.py) and lets it answer the lmaster's grant itself (server/native_grants.py).
+Tested on its own (tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py),
+including against PacketReader's framing rules and the migration core's decisions.
 
 Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND)``
 takes over a connected socket (the plane closes it); ``send(id, frame)``; ``close(id)``;

@@ -29,8 +29,8 @@ __all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed",
 #: In the daemon's environment: "0" keeps the node connections on asyncio's transports (and so
 #: no grants); "1" puts them in the plane also when grants are off.
 ENV = "PYCTDBD_NODE_PLANE"
-#: "0": the loop answers the lmaster's grant (the default, since a soak and a full lab suite in
-#: its latest form, is the plane's thread: docs/native-hot-path.md).
+#: "0": the loop answers the lmaster's grant. By default the plane's thread does (since it had a
+#: soak and a full lab suite in its latest form: docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
 
 

@@ -25,8 +25,9 @@ The shell's contract
   REPLY_DMASTER must not be overtaken by a REQ_CALL sent after it.
 * Requeued events are ordinary events: ask ``lock_target`` again when they come back.
 * Actions: ``StoreRecord`` / ``DeleteRecord`` — write or delete that key (always the key of the
-  event being handled, under its lock); ``ScheduleForDeletion`` / ``UnscheduleDeletion`` — put the key
-  on the vacuum's queue or take it off (both may be ignored: the vacuum checks a record again); ``SendPacket`` — encode ``body`` with the given destnode (never this node), srcnode
+  event being handled, under its lock); ``ScheduleForDeletion`` / ``UnscheduleDeletion`` — put
+  the key on the vacuum's queue or take it off (both may be ignored: a vacuum run checks the
+  record again); ``SendPacket`` — encode ``body`` with the given destnode (never this node), srcnode
   (not always this node: a redirected REQ_CALL keeps its origin), reqid and generation, and send
   it; a packet for a node that is not connected is dropped (the call is re-sent after the
   recovery that follows);
