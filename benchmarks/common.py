@@ -31,6 +31,26 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def threads_cpu_ns(pid: int) -> dict[int, int] | None:
+    """Each thread's time on a CPU so far, in nanoseconds (``/proc/PID/task/*/schedstat``), or
+    None without schedstats. Finer than ``cpu_ticks``: an idle daemon's 30 s windows differ by a
+    tick or two (0.033 % of a core each)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue                    # the thread ended meanwhile
+            return None
+    return out
+
+
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(own utime+stime, reaped children's cutime+cstime) in clock ticks (all threads)."""
     with open(f"/proc/{pid}/stat") as f:
