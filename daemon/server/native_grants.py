@@ -111,11 +111,11 @@ class NativeGrants:
         self._published_map = self.core.vnnmap
 
     def after_wake(self, flags: int) -> None:
-        if flags & GRANTS_WAITING:
-            self._last_grant = self.calls.clock()
+        if not flags & GRANTS_WAITING:
+            return
+        self._last_grant = self.calls.clock()
         try:
-            if flags & GRANTS_WAITING:
-                self.take()
+            self.take()
         except Exception as exc:
             self._complain("take", exc)
 
