@@ -42,15 +42,27 @@ from ..spawn import run_like_the_main_thread
 from .native_pacer import NativeHeartbeatPacer
 from .pacer_types import FastChannel, PacerTiming
 
-#: Heartbeats this often or more go to the pacer thread; slower ones cost the loop little
-#: (0.4 % of a core at the default 100 ms) and keep the simpler path.
-PACE_AT_MOST = 0.05      # s
+#: Heartbeats this often or more go to the pacer thread (the default 100 ms among them); slower
+#: ones wake the loop at most five times a second and keep the simpler path. Unpaced, the
+#: default's ten loop wake-ups a second cost an idle daemon 0.89 % of a core on the lab VM
+#: (18 runs a second at ~500 us), paced at 50 ms 0.53 % (2026-12-07, one standing cluster).
+PACE_AT_MOST = 0.2       # s
 #: Paced, the detector looks every this many heartbeat intervals while no peer is suspect
-#: (120 ms at 20 ms beats). The alarm, not the look, catches a silent peer, so the look only
-#: bounds how long a wedged loop keeps beating (the liveness limit: look + dead timeout) and
-#: how late a periodic service aligned to the ticks runs. Every third beat cost a 3-node fast
-#: cluster 27-30 loop wake-ups a second per daemon, every sixth 13-22 (one window, both).
+#: (120 ms at 20 ms beats), and at least every LOOK_AT_MOST s. The alarm, not the look,
+#: catches a silent peer, so the look only bounds how long a wedged loop keeps beating (the
+#: liveness limit: look + dead timeout), how late a periodic service aligned to the ticks runs
+#: and how soon the connection tracker finds a connection nobody registered (one look).
+#: Every third beat cost a 3-node fast cluster 27-30 loop wake-ups a second per daemon, every
+#: sixth 13-22 (one window, both).
 LOOK_BEATS = 6
+LOOK_AT_MOST = 0.6       # s
+
+
+def look_interval(heartbeat_interval: float) -> float:
+    """How often the loop looks at what the pacer read: LOOK_BEATS beats, at most LOOK_AT_MOST
+    s, at least one beat (so the look stays on the heartbeat grid)."""
+    beats = max(1, min(LOOK_BEATS, int(LOOK_AT_MOST / heartbeat_interval + 1e-9)))
+    return beats * heartbeat_interval
 
 #: s between retries when a beat failed with an unexpected error (logged once a minute).
 ERROR_PAUSE = 0.1
@@ -219,7 +231,7 @@ class PacedHeartbeats:
             self.stop()
             return dataclasses.replace(settings, detector=dataclasses.replace(detector, look_interval=0.0))
         assert channel is not None
-        look = LOOK_BEATS * detector.heartbeat_interval
+        look = look_interval(detector.heartbeat_interval)
         timing = PacerTiming(interval=detector.heartbeat_interval, phase=detector.wall_offset,
                              alarm_silence=detector.alarm_silence,
                              # the loop looks every `look` s; a wedged loop stops the beats

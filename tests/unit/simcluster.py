@@ -52,7 +52,7 @@ from ctdblab.daemon.core.recovery import plan_recovery
 from ctdblab.daemon.core.scheduler import LeaderScheduler, SchedulerSettings
 from ctdblab.daemon.core.takeover import IPReport, TakeoverPlan, nodes_to_ask_available, plan_takeover_run
 from ctdblab.daemon.protocol.constants import UNKNOWN_PNN, Runstate
-from ctdblab.daemon.server.heartbeat_pacer import LOOK_BEATS
+from ctdblab.daemon.server.heartbeat_pacer import look_interval
 
 RECONNECT = 1.0
 
@@ -121,7 +121,7 @@ class Sim:
         self.settings = NodeSettings(
             DetectorSettings(heartbeat_interval=heartbeat, dead_timeout=dead_timeout,
                              keepalive_interval=5.0, keepalive_limit=5,
-                             look_interval=LOOK_BEATS * heartbeat if paced else 0.0),
+                             look_interval=look_interval(heartbeat) if paced else 0.0),
             ElectionSettings(lock_enabled=lock, leader_timeout=5.0, election_timeout=0.3,
                              lock_retry=0.3, startup_grace=max(0.5, 2 * heartbeat + 0.3)),
             drop_all_ips_after=drop_all_ips_after)

@@ -13,7 +13,7 @@ from ctdblab.daemon.core.election import ElectionSettings
 from ctdblab.daemon.core.membership import DetectorSettings
 from ctdblab.daemon.core.node import NodeCore, NodeSettings, PeerConnected, Start
 from ctdblab.daemon.core.nodes import NodeMap
-from ctdblab.daemon.server.heartbeat_pacer import LOOK_BEATS
+from ctdblab.daemon.server.heartbeat_pacer import LOOK_BEATS, look_interval
 from ctdblab.daemon.server.node import NodeService
 
 
@@ -88,14 +88,35 @@ def test_short_heartbeats_are_paced_and_go_to_the_watchers():
     asyncio.run(main())
 
 
-def test_slow_heartbeats_are_not_paced_and_a_slower_setting_stops_the_pacer():
+def test_the_default_heartbeats_are_paced_and_looked_at_every_600_ms():
     async def main():
         node, _ = await service(0.1)
+        try:
+            assert node.core.settings.detector.paced
+            assert node.core.settings.detector.look_interval == pytest.approx(0.6)
+            point = node.on_tick_grid(1.001)
+            assert 1.001 < point <= 1.601 and node.on_tick_grid(point) == pytest.approx(point + 0.6)
+        finally:
+            await node.close()
+    asyncio.run(main())
+
+
+def test_the_look_is_six_beats_at_most_600_ms_at_least_one_beat():
+    assert look_interval(0.02) == pytest.approx(0.12)
+    assert look_interval(0.1) == pytest.approx(0.6)
+    assert look_interval(0.15) == pytest.approx(0.6)          # four beats
+    assert look_interval(0.2) == pytest.approx(0.6)           # three
+    assert look_interval(0.7) == pytest.approx(0.7)           # never less than one beat
+
+
+def test_slow_heartbeats_are_not_paced_and_a_slower_setting_stops_the_pacer():
+    async def main():
+        node, _ = await service(0.5)
         assert not node.core.settings.detector.paced
         await node.close()
         node, _ = await service(0.02)
         assert node.core.settings.detector.paced
-        node.settings_changed(settings(0.1))
+        node.settings_changed(settings(0.5))
         assert not node.core.settings.detector.paced and not node.paced.active
         await node.close()
     asyncio.run(main())
@@ -143,7 +164,7 @@ def test_the_native_pacer_is_used_when_offered_a_socket_and_a_failing_one_falls_
     from ctdblab.daemon.server.native_pacer import NativeHeartbeatPacer
 
     async def run_with(transport) -> tuple[type, str]:
-        node, _ = await service(0.1)              # slow: no pacer until the transport is set
+        node, _ = await service(0.5)              # slow: no pacer until the transport is set
         node.messenger.transport = transport
         with caplog.at_level(logging.INFO, logger="ctdblab"):
             node.settings_changed(settings(0.02))

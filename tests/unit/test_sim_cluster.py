@@ -479,3 +479,40 @@ def test_a_paced_cluster_stays_whole_and_its_cores_look_once_in_look_beats():
         counts[paced] = ticks[0] / 5 / 10.0
     looks = 50 / LOOK_BEATS
     assert 49 <= counts[False] <= 52 and looks - 0.5 <= counts[True] <= looks + 1.5, counts
+
+
+@pytest.mark.parametrize("fault", ["power_off", "partition", "freeze"])
+def test_the_default_profile_detects_as_fast_paced_as_from_the_loop(fault):
+    """The default 100 ms heartbeats are paced too (the loop looks every 600 ms): a lost host or
+    a frozen daemon is declared dead as soon as when the loop took every beat itself."""
+    took = {}
+    for paced in (False, True):
+        sim = formed(5, paced=paced)                  # 100 ms heartbeats, 400 ms dead timeout
+        victim = next(p for p in range(5) if p not in sim.leaders())
+        survivors = set(range(5)) - {victim}
+        if fault == "power_off":
+            sim.power_off(victim)
+        elif fault == "partition":
+            sim.partition({victim}, survivors)
+        else:
+            sim.freeze(victim, 30.0)
+        took[paced] = sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
+                                                for p in survivors), timeout=10)
+    assert took[True] <= took[False] + 0.1 + 0.03, took      # at most one beat, one question
+
+
+def test_a_paced_default_cluster_looks_every_six_hundred_ms():
+    sim = formed(5, paced=True)
+    assert sim.settings.detector.look_interval == pytest.approx(0.6)
+    ticks = [0]
+    step = sim.step
+
+    def counting(pnn, event):
+        if isinstance(event, Tick):
+            ticks[0] += 1
+        step(pnn, event)
+    sim.step = counting
+    sim.run(12.0)
+    assert deaths_logged(sim) == [] and sim.settled()
+    looks = ticks[0] / 5 / 12.0
+    assert 1 / 0.6 - 0.2 <= looks <= 1 / 0.6 + 0.5, looks
