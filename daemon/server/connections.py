@@ -22,6 +22,8 @@ from .wire import conn_of, wire_conn
 # s between looks at the TCP counters (while holding IPs). Each look costs ~40-60 us (reading
 # /proc/net/snmp); every 0.2 s rather than every 100 ms heartbeat tick took 0.03 % of a core off an
 # idle daemon, and a connection younger than that is one the client is still setting up.
+# The looks ride on the heartbeat timer, so with paced heartbeats they come once a look of the
+# loop (heartbeat_pacer.look_interval: 120 ms at 20 ms beats, 600 ms at the default 100 ms).
 POLL_INTERVAL = 0.2
 FALLBACK_INTERVAL = 1.0      # s; the loop's own pace when no heartbeat timer drives polls
 DRIVEN_INTERVAL = 30.0       # s; ... when one does (only to notice HeartbeatIntervalMs set to 0)
