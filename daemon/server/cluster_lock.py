@@ -49,10 +49,24 @@ def helper_argv(lock_file: str | None, command: Sequence[str] | None,
     return [sys.executable, "-S", "-E", OWN_HELPER, *lease_args, lock_file]
 
 
+def renewal_due(now: float, lease: float, align: Callable[[float], float]) -> float:
+    """When to renew the lease next: on the first tick of the daemon's grid after a quarter lease
+    (no wake-up of its own), unless that is more than half a lease away (the paced loop looks
+    only every 600 ms at the default heartbeats, against a 1.6 s lease): then on the first tick.
+    So renewals are never more than half a lease apart, and a loop that stalls less than half a
+    lease keeps the lock."""
+    due = align(now + lease / 4)
+    if due - now > lease / 2:
+        due = min(due, align(now))
+    return due
+
+
 def lock_lease(dead_timeout: float) -> float:
     """How long the own helper keeps the lock without a word from the daemon: four dead
-    timeouts, at least a second. A loop that stalls this long has long been declared dead by
-    its peers (after one dead timeout) anyway."""
+    timeouts, at least a second. A loop that stalls this long has been declared dead by its
+    peers anyway: unpaced after one dead timeout, paced once the pacer stops beating for it
+    (one look and one dead timeout) and one dead timeout later (1.4 s at the default 100 ms
+    heartbeats and 400 ms dead timeout, against a 1.6 s lease)."""
     return max(1.0, 4 * dead_timeout)
 
 
@@ -191,16 +205,15 @@ class ClusterLock:
         return status
 
     async def _renew_lease(self, proc: spawn.Process) -> None:
-        """A byte every quarter lease from the event loop, on the first tick after it is due
-        (at most a look later: 120 ms paced, against a lease of a second or more): a frozen
-        loop sends none."""
+        """A byte every quarter to half lease from the event loop, on its ticks (`renewal_due`):
+        a frozen loop sends none."""
         assert proc.stdin is not None
         loop = asyncio.get_running_loop()
         try:
             while self._proc is proc and self._held:
                 proc.stdin.write(b".")
                 now = loop.time()
-                await asyncio.sleep(max(0.0, self.align(now + self.lease / 4) - now))
+                await asyncio.sleep(max(0.0, renewal_due(now, self.lease, self.align) - now))
         except (OSError, RuntimeError):
             return                          # the helper is gone; _watch_helper reports it
 

@@ -176,3 +176,29 @@ def test_hung_and_broken_helpers(tmp_path):
         assert await ClusterLock([str(tmp_path / "missing")], lambda r: None,
                                  logs.append).take() is LockStatus.ERROR
     run(main())
+
+
+def grid(period: float):
+    return lambda when: (when // period + 1) * period
+
+
+def test_renewals_are_never_more_than_half_a_lease_apart_on_a_sparse_grid():
+    """The default heartbeats' paced loop looks every 600 ms against a 1.6 s lease: the first
+    tick after a quarter lease can be 1.0 s away, so the renewal takes the tick before it."""
+    from ctdblab.daemon.server.cluster_lock import renewal_due
+    on_look = grid(0.6)
+    now, gaps = 0.013, []
+    for _ in range(200):
+        due = renewal_due(now, 1.6, on_look)
+        assert due == on_look(due - 1e-9)            # on a tick: no wake-up of its own
+        gaps.append(due - now)
+        now = due + 0.0371                            # the loop runs a little after the tick
+    assert min(gaps) > 0 and max(gaps) <= 0.8, (min(gaps), max(gaps))
+
+
+def test_on_a_fine_grid_the_renewal_is_the_first_tick_after_a_quarter_lease():
+    from ctdblab.daemon.server.cluster_lock import renewal_due
+    on_look = grid(0.12)
+    for now in (0.0, 0.05, 1.234, 7.77):
+        assert renewal_due(now, 1.0, on_look) == on_look(now + 0.25)
+    assert renewal_due(3.0, 1.0, lambda when: when) == 3.25   # no grid: a quarter lease
