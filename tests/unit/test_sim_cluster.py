@@ -462,21 +462,26 @@ def test_a_lost_host_is_declared_dead_after_the_plain_dead_timeout(fault, paced)
     assert not any("its kernel last answered" in text for text in deaths_logged(sim))
 
 
+def ticks_per_node_second(sim: Sim, seconds: float) -> float:
+    """Run `sim` for `seconds` and count the Tick events its cores got, per node and second."""
+    ticks = [0]
+    step = sim.step
+
+    def counting(pnn, event):
+        if isinstance(event, Tick):
+            ticks[0] += 1
+        step(pnn, event)
+    sim.step = counting
+    sim.run(seconds)
+    return ticks[0] / sim.n / seconds
+
+
 def test_a_paced_cluster_stays_whole_and_its_cores_look_once_in_look_beats():
     counts = {}
     for paced in (False, True):
         sim = fast_formed(paced=paced)
-        ticks = [0]
-        step = sim.step
-
-        def counting(pnn, event, step=step, ticks=ticks):
-            if isinstance(event, Tick):
-                ticks[0] += 1
-            step(pnn, event)
-        sim.step = counting
-        sim.run(10.0)
+        counts[paced] = ticks_per_node_second(sim, 10.0)
         assert deaths_logged(sim) == [] and sim.settled()
-        counts[paced] = ticks[0] / 5 / 10.0
     looks = 50 / LOOK_BEATS
     assert 49 <= counts[False] <= 52 and looks - 0.5 <= counts[True] <= looks + 1.5, counts
 
@@ -504,15 +509,6 @@ def test_the_default_profile_detects_as_fast_paced_as_from_the_loop(fault):
 def test_a_paced_default_cluster_looks_every_six_hundred_ms():
     sim = formed(5, paced=True)
     assert sim.settings.detector.look_interval == pytest.approx(0.6)
-    ticks = [0]
-    step = sim.step
-
-    def counting(pnn, event):
-        if isinstance(event, Tick):
-            ticks[0] += 1
-        step(pnn, event)
-    sim.step = counting
-    sim.run(12.0)
+    looks = ticks_per_node_second(sim, 12.0)
     assert deaths_logged(sim) == [] and sim.settled()
-    looks = ticks[0] / 5 / 12.0
     assert 1 / 0.6 - 0.2 <= looks <= 1 / 0.6 + 0.5, looks
