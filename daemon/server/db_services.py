@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import CtdbConf, Tunables
+from ..core.db.ltdbrules import use_key_hash
 from ..core.db.migration import MigrationCore, MigrationSettings
 from ..core.db.registry import DbInfo
 from ..core.nodes import NodeMap
+from ..log import log
 from ..net.local import Client
 from ..protocol import NodeFlag, Runstate, VnnMap
+from ..store import libtdb
 from .databases import DatabaseService
 from .db_recovery import DatabaseRecoveryService
 from .messenger import Messenger
@@ -34,6 +37,8 @@ class DatabaseServices:
                  vnnmap: Callable[[], VnnMap], recovery_view: Callable[[], RecoveryView],
                  env: dict[str, str] | None = None,
                  align: Callable[[float], float] = lambda when: when) -> None:
+        if not use_key_hash(libtdb.key_hash):    # libtdb's lookup3 for the keys' lmasters
+            log.warning("libtdb's tdb_jenkins_hash disagrees with lookup3: keys are hashed in Python")
         self.databases = DatabaseService(my_pnn, conf, messenger, tunables, tasks, clock=clock,
                                          force_recovery=force_recovery, env=env, align=align)
         self.record_calls = RecordCalls(MigrationCore(MigrationSettings(my_pnn)), self.databases.database,

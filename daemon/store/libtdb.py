@@ -178,6 +178,16 @@ def jenkins_hash(data: bytes) -> int:
     return int(lib.tdb_jenkins_hash(ctypes.byref(td)))
 
 
+_JENKINS_OF_KEY = ctypes.CFUNCTYPE(c_uint, POINTER(TDB_KEY))(("tdb_jenkins_hash", lib))
+
+
+def key_hash(key: bytes) -> int:
+    """``tdb_jenkins_hash`` of a record key, as ctdbd hashes keys for their lmaster: the same
+    function as :func:`jenkins_hash` through a TDB_KEY, ~0.7 µs a key against 3-7 µs for the
+    pure lookup3 of ``protocol/ltdb.py`` (the core's default, see ``ltdbrules.use_key_hash``)."""
+    return _JENKINS_OF_KEY(ctypes.byref(key_data(key)))
+
+
 _ROBUST: bool | None = None
 
 
