@@ -46,7 +46,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define NP_ABI 2
+#define NP_ABI 3
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
@@ -93,6 +93,7 @@ struct np_tdb_fns {             /* libtdb's functions, passed in by the loader (
     /* the log function every file of the daemon was opened with (store/libtdb.py): put back
      * after a grant, with the file's own log_private */
     void (*loop_log_fn)(void *, int, const char *, ...);
+    int (*delete)(void *, np_tdb_data);             /* the vacuum's triage (np_vacuum_triage) */
 };
 
 struct np_busy {                /* a key the loop has state for */
@@ -515,6 +516,78 @@ int64_t np_grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
     info[4] = gi.sched.reserved1;
     info[5] = gi.sched.flags;
     return n;
+}
+
+/* ---- the vacuum's triage (called by the loop, which holds the rest: no grant runs) ---- */
+
+enum { VT_SKIP, VT_DELETED, VT_DELETE_LIST, VT_TO_LMASTER, VT_BUSY, VT_LOOP };
+
+/* Steps 1-3 of a fast vacuum run (core/db/vacuum.py `triage`, server/vacuum.py `_triage_one`)
+ * for n queued records of the database `ctx`, as the loop would do them one by one: each read
+ * under its chain lock, tried without blocking (busy: VT_BUSY); a record no longer as queued
+ * (missing, not empty, another dmaster, another rsn, read-only flags): VT_SKIP; this node not
+ * its lmaster: VT_TO_LMASTER; lmaster and migrated with data: VT_DELETE_LIST; otherwise deleted
+ * here (VT_DELETED). Anything libtdb complains about, a short record or a failed delete is
+ * VT_LOOP: the loop does that record again itself and reports it.
+ * `in`: n entries {u64 rsn, u32 flags (as queued), u32 keylen, key padded to 8}. out[i] gets
+ * the verdict; returns the number of chain locks taken for records not left to the loop,
+ * or -1 for a malformed `in`. */
+int64_t np_vacuum_triage(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
+                         const uint32_t *lmasters, uint32_t nlmasters,
+                         const unsigned char *in, uint64_t len, uint32_t n, uint8_t *out)
+{
+    if (fn == NULL || !fn->delete || !fn->fetch || !fn->chainlock_nonblock || !fn->hash)
+        return -1;
+    grant_logging_private = fn->logging_private;
+    void *loop_private = fn->logging_private(ctx);
+    unsigned complaints = 0;
+    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
+    int64_t locked = 0;
+    uint64_t pos = 0;
+    fn->set_logging(ctx, &ours);
+    for (uint32_t i = 0; i < n; i++) {
+        if (len - pos < 16 || len - pos - 16 < rd32(in + pos + 12)) {
+            locked = -1;
+            break;
+        }
+        uint64_t rsn = rd64(in + pos);
+        uint32_t queued_flags = rd32(in + pos + 8), keylen = rd32(in + pos + 12);
+        np_tdb_data key = {(unsigned char *)in + pos + 16, keylen};
+        pos += (16 + (uint64_t)keylen + 7) & ~(uint64_t)7;
+        if (nlmasters == 0) {
+            out[i] = VT_SKIP;
+            continue;
+        }
+        uint32_t lmaster = lmasters[fn->hash(&key) % nlmasters];
+        if (fn->chainlock_nonblock(ctx, key) != 0) {
+            out[i] = complaints ? VT_LOOP : VT_BUSY;
+            complaints = 0;
+            continue;
+        }
+        locked++;
+        np_tdb_data rec = fn->fetch(ctx, key);
+        uint8_t verdict;
+        if (complaints || (rec.dptr == NULL && fn->error(ctx) != TDB_ERR_NOEXIST)
+            || (rec.dptr != NULL && rec.dsize < LTDB_HEADER))
+            verdict = VT_LOOP;
+        else if (rec.dptr == NULL || rec.dsize != LTDB_HEADER || rd32(rec.dptr + 8) != pnn
+                 || rd64(rec.dptr) != rsn || (rd32(rec.dptr + 16) & RF_RO_FLAGS))
+            verdict = VT_SKIP;                      /* still_deletable: no */
+        else if (lmaster != pnn)
+            verdict = VT_TO_LMASTER;
+        else if (queued_flags & RF_MIGRATED_WITH_DATA)
+            verdict = VT_DELETE_LIST;
+        else
+            verdict = fn->delete(ctx, key) == 0 && !complaints ? VT_DELETED : VT_LOOP;
+        free(rec.dptr);
+        fn->chainunlock(ctx, key);
+        complaints = 0;
+        if (verdict == VT_LOOP)
+            locked--;                               /* the loop locks it again, and counts that */
+        out[i] = verdict;
+    }
+    fn->set_logging(ctx, &theirs);
+    return locked;
 }
 
 static uint32_t busy_hash(uint32_t db_id, uint32_t key_hash)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 from . import HERE, NativeBuildError, build, library_path, load_library
 
 SOURCE = HERE / "node_plane.c"
-ABI = 2                       # NP_ABI in the source
+ABI = 3                       # NP_ABI in the source
 FRAME, CLOSED, CLOSED_BAD = 1, 2, 3     # event kinds (CLOSED_BAD: for what the peer sent)
 RECEIVE, SEND = 1, 2          # what a connection is for
 
@@ -49,7 +49,7 @@ class TdbFunctions(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("fetch", "store", "chainlock_nonblock", "chainunlock", "hash", "error",
-                 "set_logging", "logging_private", "loop_log_fn")]
+                 "set_logging", "logging_private", "loop_log_fn", "delete")]
 
 
 def tdb_functions(libtdb: ctypes.CDLL, log_function: int) -> TdbFunctions:
@@ -57,7 +57,33 @@ def tdb_functions(libtdb: ctypes.CDLL, log_function: int) -> TdbFunctions:
     function its files were opened with (put back after each grant)."""
     names = ("tdb_fetch", "tdb_store", "tdb_chainlock_nonblock", "tdb_chainunlock",
              "tdb_jenkins_hash", "tdb_error", "tdb_set_logging_function", "tdb_get_logging_private")
-    return TdbFunctions(*[ctypes.cast(getattr(libtdb, n), ctypes.c_void_p) for n in names], log_function)
+    return TdbFunctions(*[ctypes.cast(getattr(libtdb, n), ctypes.c_void_p) for n in names], log_function,
+                        ctypes.cast(libtdb.tdb_delete, ctypes.c_void_p))
+
+
+#: np_vacuum_triage's verdicts, in the order of the source's enum
+VT_SKIP, VT_DELETED, VT_DELETE_LIST, VT_TO_LMASTER, VT_BUSY, VT_LOOP = range(6)
+_TRIAGE_HEAD = struct.Struct("<QII")             # rsn, flags, keylen (then the key, padded to 8)
+
+
+def vacuum_triage(lib: ctypes.CDLL, functions: TdbFunctions, context: int, pnn: int,
+                  lmasters: tuple[int, ...], entries: list[tuple[bytes, int, int]]) -> tuple[bytes, int]:
+    """np_vacuum_triage over `entries` (key, queued rsn, queued flags) of the database whose
+    libtdb context is `context`: one VT_* verdict per entry, and how many chain locks it took.
+    The caller holds the database's turn and, with grants on, the plane's rest (the loop)."""
+    parts = []
+    for key, rsn, flags in entries:
+        parts.append(_TRIAGE_HEAD.pack(rsn, flags, len(key)))
+        parts.append(key)
+        parts.append(bytes(-len(key) % 8))
+    blob = b"".join(parts)
+    out = (ctypes.c_uint8 * max(1, len(entries)))()
+    masters = (ctypes.c_uint32 * max(1, len(lmasters)))(*lmasters)
+    locked = lib.np_vacuum_triage(ctypes.byref(functions), context, pnn, masters, len(lmasters),
+                                  blob, len(blob), len(entries), out)
+    if locked < 0:
+        raise ValueError("np_vacuum_triage refused its input")
+    return bytes(out)[:len(entries)], locked
 
 
 class Grant(NamedTuple):
@@ -94,6 +120,9 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                          ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
+    "np_vacuum_triage": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32,
+                          ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint64,
+                          ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8)], ctypes.c_int64),
 }
 
 _loaded: ctypes.CDLL | None = None

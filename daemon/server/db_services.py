@@ -6,6 +6,7 @@ peers and clients that went away, time)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from ..config import CtdbConf, Tunables
@@ -27,6 +28,7 @@ from .sweeper import Sweeper
 from .tasks import Tasks
 from .traverses import TraverseService
 from .vacuum import VacuumService
+from .vacuum_triage import SliceTriage
 
 TICK_EVERY = 1.0          # s between the migration core's ticks (collapse timeouts, pins)
 
@@ -64,7 +66,9 @@ class DatabaseServices:
             lmasters=lambda: tuple(vnnmap().map), active_peers=messenger.active_peers,
             interval=lambda: float(tunables.get("VacuumInterval")),
             buffer_limit=lambda: int(tunables.get("RecBufferSizeLimit")), spawn=tasks.spawn,
-            fast_path_count=lambda: int(tunables.get("VacuumFastPathCount")))
+            fast_path_count=lambda: int(tunables.get("VacuumFastPathCount")),
+            triage=SliceTriage.for_daemon(my_pnn, self.record_calls.forget_settled,
+                                          os.environ if env is None else env))
         self.record_calls.on_schedule = self.vacuum.schedule
         self.record_calls.on_unschedule = self.vacuum.unschedule
         self._inactive = False

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.db.ltdbrules import lmaster_of
-from ..core.db.vacuum import DeleteQueue, Triage, may_delete_copy, may_delete_here, triage
+from ..core.db.vacuum import DeleteQueue, Triage, may_delete_copy, may_delete_here
 from ..log import log
 from ..net.rpc import ControlError
 from ..protocol import (
@@ -42,6 +42,7 @@ from ..store.tdbfile import TdbError, TdbFile
 from .messenger import Messenger
 from .record_calls import RecordCalls
 from .vacuum_fetch import VacuumFetches
+from .vacuum_triage import Counts, SliceTriage
 
 RUN_BATCH = 20_000          # queued records looked at per run and database
 SLICE = 200                 # records handled between two turns of the event loop (~5 ms)
@@ -80,8 +81,11 @@ class VacuumService:
                  messenger: Messenger, record_calls: RecordCalls, *, lmasters: Callable[[], tuple[int, ...]],
                  active_peers: Callable[[], list[int]], interval: Callable[[], float],
                  buffer_limit: Callable[[], int], spawn: Callable,
-                 fast_path_count: Callable[[], int] = lambda: 60) -> None:
+                 fast_path_count: Callable[[], int] = lambda: 60,
+                 triage: SliceTriage | None = None) -> None:
         self.pnn = my_pnn
+        # steps 1-3 of a run (natively where the daemon has the library: db_services.py)
+        self.triage = triage or SliceTriage(my_pnn, record_calls.forget_settled, None)
         self.lookup = lookup
         self.is_volatile = is_volatile
         self.messenger = messenger
@@ -189,8 +193,9 @@ class VacuumService:
             to_lmaster: dict[int, list[tuple[bytes, LtdbHeader]]] = {}
             delete_list: list[tuple[bytes, LtdbHeader]] = []
             batch = queue.take(RUN_BATCH)
-            for done, (key, queued) in enumerate(batch):
-                if done and done % SLICE == 0:
+            counts = Counts()
+            for done in range(0, len(batch), SLICE):
+                if done:
                     await asyncio.sleep(0)
                     if self._recovering:
                         # Records are being moved: nothing more is sent or deleted in this run;
@@ -198,14 +203,15 @@ class VacuumService:
                         for pending in [*batch[done:], *delete_list,
                                         *(r for recs in to_lmaster.values() for r in recs)]:
                             queue.add(*pending)
+                        self._count(counts)
                         return
-                lmaster = lmaster_of(key, lmasters)
-                verdict = self._triage_one(db, queue, key, queued, lmaster)
-                if verdict is Triage.TO_LMASTER:
-                    assert lmaster is not None
-                    to_lmaster.setdefault(lmaster, []).append((key, queued))
-                elif verdict is Triage.DELETE_LIST:
-                    delete_list.append((key, queued))
+                chunk = batch[done:done + SLICE]
+                for (key, queued), verdict in zip(chunk, self.triage.run(db, queue, chunk, lmasters, counts)):
+                    if verdict is Triage.TO_LMASTER:
+                        to_lmaster.setdefault(lmaster_of(key, lmasters), []).append((key, queued))
+                    elif verdict is Triage.DELETE_LIST:
+                        delete_list.append((key, queued))
+            self._count(counts)
             for lmaster, pairs in to_lmaster.items():
                 self._send_to_lmaster(db_id, lmaster, [RecData.with_header(0, k, h, b"") for k, h in pairs])
             if delete_list:
@@ -215,27 +221,10 @@ class VacuumService:
         finally:
             self._running.discard(db_id)
 
-    def _triage_one(self, db: Database, queue: DeleteQueue, key: bytes, queued: LtdbHeader,
-                    lmaster: int | None) -> Triage:
-        lock = db.try_lock(key)
-        if lock is None:
-            self.counters.busy += 1
-            queue.add(key, queued)
-            return Triage.SKIP
-        try:
-            verdict = triage(queued, db.tdb.fetch_ltdb(key), self.pnn, lmaster)
-            if verdict is Triage.DELETE_NOW:
-                db.tdb.delete(key)
-                self.counters.deleted += 1
-                self.record_calls.forget_settled(db.db_id, key)
-            elif verdict is Triage.SKIP:
-                self.counters.skipped += 1
-            return verdict
-        except TdbError as exc:
-            log.warning("vacuum: cannot read or delete a record of %s: %s", db.name, exc)
-            return Triage.SKIP
-        finally:
-            lock.release()
+    def _count(self, counts: Counts) -> None:
+        self.counters.deleted += counts.deleted
+        self.counters.skipped += counts.skipped
+        self.counters.busy += counts.busy
 
     def _send_to_lmaster(self, db_id: int, lmaster: int, records: list[RecData]) -> None:
         limit = max(1, self.buffer_limit())
