@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..core.db.ltdbrules import lmaster_of
 from ..core.db.vacuum import DeleteQueue, Triage, triage
-from ..log import log
+from ..log import log, notice
 from ..native import NATIVE_ENV, NativeBuildError
 from ..native import node_plane
 from ..protocol import LtdbHeader
@@ -58,12 +58,16 @@ class SliceTriage:
     def for_daemon(cls, pnn: int, forget_settled: Callable[[int, bytes], None],
                    env: Mapping[str, str]) -> SliceTriage:
         native = None
-        if env.get(NATIVE_ENV, "1") != "0" and env.get(ENV, "1") != "0":
+        if env.get(NATIVE_ENV, "1") == "0" or env.get(ENV, "1") == "0":
+            notice("The vacuum's triage runs in Python (%s=0 in the environment)",
+                     NATIVE_ENV if env.get(NATIVE_ENV, "1") == "0" else ENV)
+        else:
             try:
                 native = (node_plane.library(), node_plane.tdb_functions(libtdb.lib,
                                                                          libtdb.log_function_address()))
+                notice("The vacuum's triage runs natively (node plane library)")
             except (OSError, AttributeError, NativeBuildError) as exc:
-                log.info("The vacuum's triage runs in Python: %s", exc)
+                notice("The vacuum's triage runs in Python: %s", exc)
         return cls(pnn, forget_settled, native)
 
     def run(self, db: Database, queue: DeleteQueue, chunk: list[tuple[bytes, LtdbHeader]],
