@@ -168,3 +168,10 @@ def test_a_record_libtdb_complains_about_is_done_again_in_python(tmp_path, nativ
         assert verdicts == [Triage.SKIP] and shorts == [key] and counts.skipped == 1
     finally:
         store.close()
+
+
+def test_the_benchmark_prints_both_ways(capsys, native):
+    from benchmarks import vacuum_triage
+    vacuum_triage.main(["--records", "900", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "python/native" in out and "per record" in out
