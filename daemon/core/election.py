@@ -42,10 +42,12 @@ Sans-I/O: inputs are method calls with the current time, outputs are action obje
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from ..protocol.constants import UNKNOWN_PNN, NodeFlag
+from .membership import GRID_SLACK
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ class Election:
     _failed_attempts: int = 0                  # lock attempts failed in a row (for the backoff)
     _no_attempt_before: float | None = None    # the backoff, when lock_retry_max is set
     _next_broadcast: float | None = None
+    #: where a leader broadcast may go: the paced loop's look grid (NodeCore sets it), so the
+    #: broadcasts cost no wake-up of their own; None: every broadcast interval exactly
+    broadcast_align: Callable[[float], float] | None = None
 
     # -- inputs ----------------------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
@@ -352,8 +357,8 @@ class Election:
                 self.lock_pending = False
                 actions += self.force_election(now, "leader broadcast timeout")
         if self.is_leader and not self.in_election and self._next_broadcast is not None \
-                and now >= self._next_broadcast:
-            self._next_broadcast = now + self.settings.broadcast_interval
+                and now >= self._next_broadcast - GRID_SLACK:
+            self._next_broadcast = self._broadcast_after(now)
             actions.append(BroadcastLeader(self.my_pnn))
         return actions
 
@@ -374,6 +379,10 @@ class Election:
         return ElectionMessage(self.num_connected, self.priority_time, self.my_pnn, 0)
 
     # -- internals -------------------------------------------------------------------------------
+    def _broadcast_after(self, now: float) -> float:
+        due = now + self.settings.broadcast_interval
+        return due if self.broadcast_align is None else self.broadcast_align(due)
+
     def _set_leader(self, pnn: int, reason: str) -> list[Action]:
         if pnn == self.leader:
             return []
@@ -387,7 +396,7 @@ class Election:
         self._election_deadline = None
         self._leader_deadline = None
         actions = self._set_leader(self.my_pnn, reason)
-        self._next_broadcast = now + self.settings.broadcast_interval
+        self._next_broadcast = self._broadcast_after(now)
         return actions + [BroadcastLeader(self.my_pnn)]
 
     def _lock_election(self, now: float) -> list[Action]:

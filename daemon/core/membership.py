@@ -108,6 +108,12 @@ class DetectorSettings:
         return ALARM_BEATS * self.heartbeat_interval
 
 
+#: s: a deadline moved onto the look grid (`on_look_grid`) may come out an ulp after the look
+#: it was meant for (the grid's floats are computed along different paths); a tick that early
+#: takes it too, instead of a second tick at the same moment.
+GRID_SLACK = 1e-6
+
+
 def grid_point_after(when: float, phase: float, interval: float) -> float:
     """The first point of the grid `phase + k * interval` after `when` (computed the same way
     everywhere, so that timers meant to coincide get the same float)."""
@@ -210,14 +216,14 @@ class FailureDetector:
 
     def __post_init__(self) -> None:
         self._next_fast = self._grid_after(self.now, self.settings.heartbeat_interval)
-        self._next_slow = self._grid_after(self.now, self.settings.keepalive_interval)
+        self._next_slow = self._slow_after(self.now)
         self._last_fast_tick = self.now
 
     # -- inputs ----------------------------------------------------------------------------------
     def update_settings(self, settings: DetectorSettings, now: float) -> list[Action]:
         self.settings = settings
         self._next_fast = min(self._next_fast, self._grid_after(now, settings.heartbeat_interval))
-        self._next_slow = min(self._next_slow, self._grid_after(now, settings.keepalive_interval))
+        self._next_slow = min(self._next_slow, self._slow_after(now))
         for peer in self._peers.values():
             peer.last_rx = max(peer.last_rx, now)    # a new timeout starts now
         return self._rewatch()
@@ -311,7 +317,7 @@ class FailureDetector:
                 actions.append(LoopStalled(stalled))
             elif due is not None and now > due:
                 actions += self._check_dead(now)
-        if now >= self._next_slow:
+        if now >= self._next_slow - GRID_SLACK:
             actions += self._slow_tick(now)
         return actions
 
@@ -434,6 +440,19 @@ class FailureDetector:
         return peer is not None and peer.watched and peer.fast_seen
 
     # -- internals -------------------------------------------------------------------------------
+    def _slow_after(self, now: float) -> float:
+        """The next keepalive tick: on the keepalive grid and, paced, at the first look from
+        there (keepalives are seconds apart: a look late costs nothing, a wake-up of their own
+        would)."""
+        return self.on_look_grid(self._grid_after(now, self.settings.keepalive_interval))
+
+    def on_look_grid(self, when: float) -> float:
+        """Paced, the first look at or after `when` (where periodic sends go: no wake-up of
+        their own); `when` itself otherwise."""
+        if not self.settings.paced:
+            return when
+        return grid_point_after(when - GRID_SLACK, self.settings.wall_offset, self.settings.look_interval)
+
     def _grid_after(self, now: float, interval: float) -> float:
         t = grid_point_after(now, self.settings.wall_offset, interval)
         if t - now < interval / 4:          # too close: a tick right now would be a waste
@@ -509,7 +528,7 @@ class FailureDetector:
     def _slow_tick(self, now: float) -> list[Action]:
         s = self.settings
         late = now - self._next_slow
-        self._next_slow = self._grid_after(now, s.keepalive_interval)
+        self._next_slow = self._slow_after(now)
         actions: list[Action] = []
         stalled = late > s.keepalive_interval
         for pnn in sorted(self._peers):

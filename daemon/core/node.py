@@ -407,6 +407,7 @@ class NodeCore:
         self.quorum.update(1)
         self.election = Election(self.my_pnn, self.settings.election, self.start_wall,
                                  can_lead=self.can_lead)
+        self.election.broadcast_align = lambda when: self.detector.on_look_grid(when)
         self.death_reports = DeathReports(self.settings.detector.dead_timeout,
                                           self.settings.detector.keepalive_interval)
 

@@ -512,3 +512,33 @@ def test_a_paced_default_cluster_looks_every_six_hundred_ms():
     looks = ticks_per_node_second(sim, 12.0)
     assert deaths_logged(sim) == [] and sim.settled()
     assert 1 / 0.6 - 0.2 <= looks <= 1 / 0.6 + 0.5, looks
+
+
+def test_paced_leader_broadcasts_and_keepalives_go_on_the_looks():
+    """Paced, the leader's broadcasts (every second) and every node's keepalives (every 5 s) are
+    sent at the first look from when they are due: every tick of every core is a look."""
+    from ctdblab.daemon.core.node import BroadcastLeader, SendKeepalive
+    sim = formed(5, paced=True)
+    look = sim.settings.detector.look_interval
+    ticks, broadcasts, keepalives = [], [], []
+    step, act = sim.step, sim._act
+
+    def watching(pnn, event):
+        if isinstance(event, Tick):
+            ticks.append(sim.now)
+        step(pnn, event)
+
+    def acting(node, action):
+        if isinstance(action, BroadcastLeader):
+            broadcasts.append(sim.now)
+        elif isinstance(action, SendKeepalive):
+            keepalives.append(sim.now)
+        act(node, action)
+    sim.step, sim._act = watching, acting
+    sim.run(12.0)
+    assert deaths_logged(sim) == [] and sim.settled()
+    off_grid = [t for t in ticks if abs(t / look - round(t / look)) > 1e-6]
+    assert off_grid == [], off_grid[:5]
+    assert 9 <= len(broadcasts) <= 11, broadcasts             # one look after each second: 1.2 s
+    assert all(b - a <= 1.0 + look + 1e-6 for a, b in zip(broadcasts, broadcasts[1:]))
+    assert keepalives, "no keepalive in 12 s"
