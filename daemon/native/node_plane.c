@@ -37,6 +37,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define NP_ABI 3
+#define NP_ABI 4
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
@@ -132,6 +133,7 @@ struct np_plane {
     pthread_mutex_t mu;
     pthread_t thread;
     int started;
+    int policy, priority;       /* the thread's scheduling, set by np_start */
     int stopping;
     int epfd;
     int ctl_fd;                 /* eventfd: wakes the thread (a close, a stop) */
@@ -828,6 +830,10 @@ static void on_readable(struct np_plane *p, struct np_conn *c, unsigned char *ch
 static void *run(void *arg)
 {
     struct np_plane *p = arg;
+    if (p->policy >= 0) {
+        struct sched_param param = {.sched_priority = p->priority};
+        sched_setscheduler(0, p->policy, &param);   /* this thread only (Linux) */
+    }
     unsigned char *chunk = malloc(READ_CHUNK);
     struct epoll_event events[64];
     for (;;) {
@@ -890,10 +896,15 @@ void *np_create(int wake_fd, uint32_t max_packet)
     return p;
 }
 
-int np_start(struct np_plane *p)
+/* Start the thread with the scheduling policy and priority given (the loop's: a thread a
+ * real-time thread makes starts SCHED_OTHER, and an RT loop blocked on a mutex the plane's
+ * thread holds would wait for it behind every ordinary process; -1: leave it). */
+int np_start(struct np_plane *p, int policy, int priority)
 {
     if (p->started)
         return 0;
+    p->policy = policy;
+    p->priority = priority;
     int rc = pthread_create(&p->thread, NULL, run, p);
     if (rc == 0)
         p->started = 1;

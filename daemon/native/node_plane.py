@@ -31,7 +31,7 @@ from typing import NamedTuple
 from . import HERE, NativeBuildError, build, library_path, load_library
 
 SOURCE = HERE / "node_plane.c"
-ABI = 3                       # NP_ABI in the source
+ABI = 4                       # NP_ABI in the source
 FRAME, CLOSED, CLOSED_BAD = 1, 2, 3     # event kinds (CLOSED_BAD: for what the peer sent)
 RECEIVE, SEND = 1, 2          # what a connection is for
 
@@ -101,7 +101,7 @@ class Grant(NamedTuple):
 _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_abi": ([], ctypes.c_int),
     "np_create": ([ctypes.c_int, ctypes.c_uint32], ctypes.c_void_p),
-    "np_start": ([ctypes.c_void_p], ctypes.c_int),
+    "np_start": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_int),
     "np_add": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_int32),
     "np_send": ([ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_uint32], ctypes.c_int64),
     "np_close": ([ctypes.c_void_p, ctypes.c_int32], None),
@@ -147,6 +147,16 @@ def library(build_if_missing: bool = False) -> ctypes.CDLL:
     return lib
 
 
+def _main_thread_scheduling() -> tuple[int, int]:
+    """(policy, priority) of the process's main thread (the loop's, SCHED_RR in the lab and
+    under systemd as ctdbd runs), for the plane's thread; (-1, 0) if unknown."""
+    try:
+        main = os.getpid()
+        return os.sched_getscheduler(main), os.sched_getparam(main).sched_priority
+    except (OSError, AttributeError):
+        return -1, 0
+
+
 class NodePlane:
     def __init__(self, max_packet: int, *, lib: ctypes.CDLL | None = None) -> None:
         self._lib = lib or library()
@@ -155,7 +165,7 @@ class NodePlane:
         if not self._plane:
             os.close(self.wake_fd)
             raise OSError(f"np_create({max_packet}) failed")
-        rc = self._lib.np_start(self._plane)
+        rc = self._lib.np_start(self._plane, *_main_thread_scheduling())
         if rc != 0:
             self._lib.np_destroy(self._plane)
             os.close(self.wake_fd)

@@ -4,6 +4,7 @@ burst. Socket pairs stand in for node connections."""
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import socket
@@ -237,3 +238,30 @@ def test_bad_arguments_are_refused(plane, lib):
     theirs.close()
     with pytest.raises(OSError):
         NodePlane(16, lib=lib)                       # below a header
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting SCHED_RR needs root (the suite runs as root)")
+def test_the_planes_thread_takes_the_loops_real_time_policy(lib):
+    """The daemon's loop runs SCHED_RR (as ctdbd's); a thread it starts would run SCHED_OTHER, and
+    the loop, blocked on a mutex that thread holds, would wait behind every ordinary process."""
+    import threading
+    main = os.getpid()
+    assert threading.current_thread() is threading.main_thread()
+    before = set(os.listdir("/proc/self/task"))
+    saved = os.sched_getscheduler(main), os.sched_getparam(main)
+    # as the daemon runs: RR, reset on fork (so its children and new threads start SCHED_OTHER)
+    os.sched_setscheduler(main, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    try:
+        p = NodePlane(MAX, lib=lib)
+        try:
+            new = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(os.sched_getscheduler(t) & 0xFF == os.SCHED_RR
+                                                          for t in new):
+                time.sleep(0.01)
+            assert [os.sched_getscheduler(t) & 0xFF for t in new] == [os.SCHED_RR]
+            assert os.sched_getparam(new[0]).sched_priority == 1
+        finally:
+            p.destroy()
+    finally:
+        os.sched_setscheduler(main, saved[0], saved[1])
