@@ -213,6 +213,7 @@ class FailureDetector:
     _next_fast: float = 0.0
     _next_slow: float = 0.0
     _last_fast_tick: float = 0.0
+    _alarm_until: float = float("-inf")      # paced: tick on every beat until then (an alarm)
 
     def __post_init__(self) -> None:
         self._next_fast = self._grid_after(self.now, self.settings.heartbeat_interval)
@@ -283,13 +284,19 @@ class FailureDetector:
         if peer is not None and at > peer.kernel_rx:
             peer.kernel_rx = at
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, alarm: bool = False) -> list[Action]:
         s = self.settings
         actions: list[Action] = []
         stalled = None
+        if alarm and s.paced:
+            # The pacer saw a watched peer's heartbeats stop. This clock may not call it silent
+            # yet: a frame the loop took late counted as traffic when it was taken. So tick on
+            # every beat for one dead timeout, not only while a peer is suspect here: without
+            # that, a missed alarm waited for the next look (0.6 s at the default heartbeats).
+            self._alarm_until = now + s.dead_timeout + s.heartbeat_interval
         # Paced, a suspect peer turns a look into a heartbeat tick at once: this is the pacer's
         # alarm, or a peer that fell silent just before a look.
-        suspect = s.paced and self._any_suspect(now)
+        suspect = s.paced and (now < self._alarm_until or self._any_suspect(now))
         alarmed = suspect and self._next_fast - now > s.heartbeat_interval / 2
         if now >= self._next_fast or alarmed:
             late = max(0.0, now - self._next_fast)
@@ -326,7 +333,8 @@ class FailureDetector:
         or the moment a watched peer's dead timeout runs out (so detection is not rounded up to
         a tick; paced, only a suspect peer's counts: the pacer's alarm covers the others)."""
         when = self._next_fast if self._next_fast < self._next_slow else self._next_slow
-        due = self._earliest_dead_deadline(suspects_only=self.settings.paced)
+        due = self._earliest_dead_deadline(
+            suspects_only=self.settings.paced and self._last_fast_tick >= self._alarm_until)
         if due is not None and due + 0.0005 < when:
             return due + 0.0005
         return when

@@ -198,6 +198,7 @@ class Tick:
 
     cpu: float | None = None
     waited: float | None = None
+    alarm: bool = False            # run at once by the heartbeat pacer's alarm
 
 
 @dataclass(frozen=True)
@@ -857,7 +858,7 @@ class NodeCore:
         last = self._last_tick
         if ev.cpu is not None:
             self._last_tick = (now, ev.cpu, ev.waited)
-        detected = self.detector.tick(now)
+        detected = self.detector.tick(now, ev.alarm)
         busy = stall_detail(ev, last, now) if any(isinstance(a, LoopStalled) for a in detected) else ""
         actions = self._detector(detected, now, busy)
         actions += self._settle_probes(now)

@@ -301,13 +301,13 @@ class Daemon:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._on_timer()
+        self._on_timer(alarm=True)
 
-    def _on_timer(self) -> None:
+    def _on_timer(self, alarm: bool = False) -> None:
         self._timer = None
         now = self.clock()
         try:
-            self.node.tick(now)
+            self.node.tick(now, alarm)
         except Exception:       # logged, and the timer lives on: without it nothing detects a death
             log.exception("failure-detection tick failed")
         try:

@@ -155,7 +155,7 @@ class NodeService:
         """Any packet from a peer: the hot path, straight to the detector."""
         self.core.detector.traffic(pnn, now)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, alarm: bool = False) -> None:
         """The timer fired. Queued heartbeats carry their arrival time, so they need reading
         only every few ticks, and always before a peer could be declared dead."""
         self._ticks += 1
@@ -172,7 +172,7 @@ class NodeService:
             if answers:
                 self.core.step(KernelAnswers(tuple(answers)), now)
         cpu, waited = self._loop_clock.read()
-        self.execute(self.core.step(Tick(cpu, waited), now))
+        self.execute(self.core.step(Tick(cpu, waited, alarm), now))
         self.paced.sync()
 
     # -- actions ---------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class Sim:
                       if p in node.heard and self.now - node.heard[p] >= alarm_after and p not in node.alarmed]
             if silent:
                 node.alarmed.update(silent)
-                self.step(pnn, Tick())
+                self.step(pnn, Tick(alarm=True))
 
     # -- messages ----------------------------------------------------------------------------------
     def send(self, src: int, dst: int, event: Any, traffic: bool = True, after: float = 0.0) -> None:

@@ -542,3 +542,30 @@ def test_paced_leader_broadcasts_and_keepalives_go_on_the_looks():
     assert 9 <= len(broadcasts) <= 11, broadcasts             # one look after each second: 1.2 s
     assert all(b - a <= 1.0 + look + 1e-6 for a, b in zip(broadcasts, broadcasts[1:]))
     assert keepalives, "no keepalive in 12 s"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_frame_taken_late_does_not_hide_a_death_from_the_pacers_alarm(seed):
+    """Paced at the default heartbeats, a node powered off: its heartbeats stop, and the pacer
+    raises the alarm. Its watchers' loops took one more of its frames late (a busy loop counts
+    traffic when it takes it), so their clocks do not call it silent yet when the alarm comes.
+    Detection must still come that much later than without the frame (and a beat), not at the
+    next look."""
+    from ctdblab.daemon.core.node import Traffic
+
+    def detection(late_frame: bool) -> float:
+        sim = formed(5, paced=True, seed=seed)
+        sim.run(0.6 * seed + 0.13)                          # different phases against the looks
+        victim = next(p for p in range(5) if p not in sim.leaders())
+        survivors = set(range(5)) - {victim}
+        watchers = [p for p in survivors if victim in sim.nodes[p].core.detector.watched_peers()]
+        assert watchers
+        sim.power_off(victim)
+        sim.run(0.12)
+        if late_frame:
+            for w in watchers:                               # the late frame: taken just now
+                sim.step(w, Traffic(victim))
+        return 0.12 + sim.run_until(lambda: all(not sim.nodes[p].core.nodemap.nodes[victim].connected
+                                                for p in survivors), timeout=5)
+    plain, late = detection(False), detection(True)
+    assert late <= plain + 0.12 + 0.1 + 1e-6, (plain, late)   # the frame's lead and a beat
