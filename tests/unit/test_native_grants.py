@@ -191,27 +191,14 @@ def test_the_c_grant_decides_as_the_core(tmp_path, lib):
 
 def test_the_c_grant_leaves_a_locked_chain_alone(tmp_path, lib):
     """A chain another process holds (smbd) is not touched: the loop waits for it."""
-    import subprocess
-    import sys
+    from chain_holder import chain_held_elsewhere
     store, db = open_db(tmp_path / "n")
     try:
         key = own_keys(random.Random(3), 1)[0]
         db.tdb.store(key, LtdbHeader(5, PNN, 0, 0).pack() + b"data")
-        holder = subprocess.Popen(
-            [sys.executable, "-c", (
-                "import sys, os; sys.path.insert(0, sys.argv[1]); import libtdb\n"
-                "ctx = libtdb.lib.tdb_open_ex(sys.argv[2].encode(), 0, int(sys.argv[3], 0), os.O_RDWR, 0o600, None, None)\n"
-                "assert libtdb.lib.tdb_chainlock(ctx, libtdb.key_data(bytes.fromhex(sys.argv[4]))) == 0\n"
-                "print('locked', flush=True); sys.stdin.readline()\n"),
-             str(libtdb_dir()), db.path, hex(db.open_flags), key.hex()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        try:
-            assert holder.stdout.readline().strip() == b"locked"
+        with chain_held_elsewhere(db, key):
             reply, info = grant_record(FNS, db.tdb.context, PNN, req_call(random.Random(1), key), lib=lib)
             assert reply is None and info[0] == 0
-        finally:
-            holder.stdin.close()
-            holder.wait(10)
         assert db.tdb.fetch(key) == LtdbHeader(5, PNN, 0, 0).pack() + b"data"   # (fetch blocks on a held chain)
         reply, _ = grant_record(FNS, db.tdb.context, PNN, req_call(random.Random(1), key), lib=lib)
         assert reply is not None
@@ -242,11 +229,6 @@ def test_the_c_grant_leaves_a_corrupt_chain_to_the_loop(tmp_path, lib):
         assert db.tdb.complaints > before
     finally:
         store.close()
-
-
-def libtdb_dir():
-    import os
-    return os.path.dirname(libtdb.__file__)
 
 
 # -- the plane ---------------------------------------------------------------------------------

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -23,6 +21,8 @@ from ctdblab.daemon.native import node_plane
 from ctdblab.daemon.protocol.types import LtdbHeader
 from ctdblab.daemon.server.vacuum_triage import Counts, SliceTriage
 from ctdblab.daemon.store import DbDirs, DbKind, Store, libtdb
+
+from chain_holder import chain_held_elsewhere
 
 PNN = 1
 LMASTERS = (0, 1, 2)
@@ -113,22 +113,10 @@ def test_a_chain_another_process_holds_is_busy_and_queued_again(tmp_path, native
         queued = LtdbHeader(2, PNN, 0, 0)
         for key in keys:
             db.tdb.store(key, queued.pack())
-        holder = subprocess.Popen(
-            [sys.executable, "-c", (
-                "import sys, os; sys.path.insert(0, sys.argv[1]); import libtdb\n"
-                "ctx = libtdb.lib.tdb_open_ex(sys.argv[2].encode(), 0, int(sys.argv[3], 0), os.O_RDWR, 0o600, None, None)\n"
-                "assert libtdb.lib.tdb_chainlock(ctx, libtdb.key_data(bytes.fromhex(sys.argv[4]))) == 0\n"
-                "print('locked', flush=True); sys.stdin.readline()\n"),
-             libtdb.__file__.rsplit("/", 1)[0], db.path, hex(db.open_flags), keys[1].hex()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        try:
-            assert holder.stdout.readline().strip() == b"locked"
+        with chain_held_elsewhere(db, keys[1]):
             queue, counts = DeleteQueue(), Counts()
             verdicts = SliceTriage(PNN, lambda *a: None, native).run(
                 db, queue, [(key, queued) for key in keys], LMASTERS, counts)
-        finally:
-            holder.stdin.close()
-            holder.wait(10)
         assert verdicts[1] is Triage.SKIP and counts.busy == 1 and keys[1] in queue and len(queue) == 1
         assert db.tdb.fetch(keys[1]) == queued.pack()
     finally:
