@@ -214,6 +214,7 @@ class FailureDetector:
     _next_slow: float = 0.0
     _last_fast_tick: float = 0.0
     _alarm_until: float = float("-inf")      # paced: tick on every beat until then (an alarm)
+    _early_watch: dict[int, bool] = field(default_factory=dict)   # watch asked before our peer_up
 
     def __post_init__(self) -> None:
         self._next_fast = self._grid_after(self.now, self.settings.heartbeat_interval)
@@ -234,6 +235,8 @@ class FailureDetector:
         if pnn == self.my_pnn or pnn in self._peers:
             return []
         self._peers[pnn] = _Peer(last_rx=now)
+        if self._early_watch.pop(pnn, False):
+            self.watch_request(pnn, True, now)
         return self._rewatch()
 
     def peer_down(self, pnn: int, now: float) -> list[Action]:
@@ -254,6 +257,9 @@ class FailureDetector:
         """`pnn` asked us (on the reliable channel) to watch it, or to stop."""
         peer = self._peers.get(pnn)
         if peer is None:
+            # It counted both its connections to us up before we did (it asks at its peer_up):
+            # keep the request for ours, or it is lost and nobody fast-watches it.
+            self._early_watch[pnn] = watch
             return
         self.traffic(pnn, now)
         if watch and not peer.watched:

@@ -482,3 +482,19 @@ def test_no_verdict_before_the_kernel_was_asked_even_when_the_alarm_comes_late()
             assert of(acts, PeerDead) == [] and det.held(1, 1.098)
         else:                                              # no answer: dead, 15 ms after the ask
             assert [a.pnn for a in of(acts, PeerDead)] == [1]
+
+
+def test_a_watch_request_that_comes_before_the_connection_is_up_here_is_kept():
+    """The watched node asks at its own peer_up; ours can come later (our second connection to
+    it not up yet). A request dropped then left that node watched by nobody: a full suite's
+    SIGSTOPped node was never declared dead by the fast path."""
+    det = FailureDetector(0, FAST, now=0.0)
+    det.watch_request(1, True, 0.01)                 # before peer_up(1): kept
+    det.watch_request(2, True, 0.01)
+    det.watch_request(2, False, 0.02)                # the latest word counts
+    det.peer_up(1, 0.05)
+    det.peer_up(2, 0.05)
+    det.fast_heartbeat(1, 0.06)
+    det.fast_heartbeat(2, 0.06)
+    assert det.watched_peers() == [1]
+    assert det.watching(1) and not det.watching(2)
