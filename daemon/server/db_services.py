@@ -39,7 +39,7 @@ class DatabaseServices:
                  vnnmap: Callable[[], VnnMap], recovery_view: Callable[[], RecoveryView],
                  env: dict[str, str] | None = None,
                  align: Callable[[float], float] = lambda when: when) -> None:
-        if not use_key_hash(libtdb.key_hash):    # libtdb's lookup3 for the keys' lmasters
+        if not use_key_hash(libtdb.jenkins_hash):    # libtdb's lookup3 for the keys' lmasters
             log.warning("libtdb's tdb_jenkins_hash disagrees with lookup3: keys are hashed in Python")
         self.databases = DatabaseService(my_pnn, conf, messenger, tunables, tasks, clock=clock,
                                          force_recovery=force_recovery, env=env, align=align)

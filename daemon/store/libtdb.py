@@ -94,7 +94,6 @@ class TDB_KEY(Structure):
     _fields_ = [("dptr", c_char_p), ("dsize", c_size_t)]
 
 
-TDB_DATA_P = POINTER(TDB_DATA)
 # int (*parser)(TDB_DATA key, TDB_DATA data, void *private_data)
 PARSER = CFUNCTYPE(c_int, TDB_DATA, TDB_DATA, c_void_p)
 # int (*tdb_traverse_func)(struct tdb_context *, TDB_DATA key, TDB_DATA dbuf, void *state)
@@ -152,7 +151,7 @@ _proto("tdb_remove_flags", None, _CTX, c_uint)
 _proto("tdb_enable_seqnum", None, _CTX)
 _proto("tdb_increment_seqnum_nonblock", None, _CTX)
 _proto("tdb_map_size", c_size_t, _CTX)
-_proto("tdb_jenkins_hash", c_uint, TDB_DATA_P)
+_proto("tdb_jenkins_hash", c_uint, POINTER(TDB_KEY))
 _proto("tdb_check", c_int, _CTX, c_void_p, c_void_p)
 _proto("tdb_runtime_check_for_robust_mutexes", c_bool)
 
@@ -172,20 +171,10 @@ def key_data(key: bytes) -> TDB_KEY:
 
 def jenkins_hash(data: bytes) -> int:
     """libtdb's ``tdb_jenkins_hash`` (lookup3 hashlittle, initval 0): ctdbd's db_id of
-    ``name + NUL``, and the hash of keys in TDB_INCOMPATIBLE_HASH files."""
-    buf = ctypes.create_string_buffer(bytes(data), len(data))
-    td = TDB_DATA(ctypes.cast(buf, POINTER(c_ubyte)), len(data))
-    return int(lib.tdb_jenkins_hash(ctypes.byref(td)))
-
-
-_JENKINS_OF_KEY = ctypes.CFUNCTYPE(c_uint, POINTER(TDB_KEY))(("tdb_jenkins_hash", lib))
-
-
-def key_hash(key: bytes) -> int:
-    """``tdb_jenkins_hash`` of a record key, as ctdbd hashes keys for their lmaster: the same
-    function as :func:`jenkins_hash` through a TDB_KEY, ~0.7 µs a key against 3-7 µs for the
-    pure lookup3 of ``protocol/ltdb.py`` (the core's default, see ``ltdbrules.use_key_hash``)."""
-    return _JENKINS_OF_KEY(ctypes.byref(key_data(key)))
+    ``name + NUL``, a record key's hash for its lmaster (``ltdbrules.use_key_hash``: ~0.7 µs
+    a key against 3-7 µs for the pure lookup3 of ``protocol/ltdb.py``), and the hash of keys in
+    TDB_INCOMPATIBLE_HASH files. Passed as a TDB_KEY: no copy of the bytes."""
+    return int(lib.tdb_jenkins_hash(ctypes.byref(key_data(data))))
 
 
 _ROBUST: bool | None = None
