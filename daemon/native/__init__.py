@@ -140,6 +140,17 @@ def load_error() -> str | None:
     return _load_error
 
 
+def main_thread_scheduling() -> tuple[int, int]:
+    """(policy, priority) of the process's main thread -- the event loop's, SCHED_RR in the lab
+    and as ctdbd runs -- for a native thread to take itself (a thread a real-time thread with
+    RESET_ON_FORK makes starts SCHED_OTHER); (-1, 0) when unknown: the thread keeps its own."""
+    try:
+        main = os.getpid()       # the main thread's id is the process id
+        return os.sched_getscheduler(main), os.sched_getparam(main).sched_priority
+    except (OSError, AttributeError):
+        return -1, 0
+
+
 def sockaddr_bytes(address: str, port: int) -> bytes:
     """struct sockaddr_in or sockaddr_in6 for an address and port, as the kernel takes it."""
     if ":" in address:

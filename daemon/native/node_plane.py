@@ -28,7 +28,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from . import HERE, NativeBuildError, build, library_path, load_library
+from . import HERE, NativeBuildError, build, library_path, load_library, main_thread_scheduling
 
 SOURCE = HERE / "node_plane.c"
 ABI = 4                       # NP_ABI in the source
@@ -147,16 +147,6 @@ def library(build_if_missing: bool = False) -> ctypes.CDLL:
     return lib
 
 
-def _main_thread_scheduling() -> tuple[int, int]:
-    """(policy, priority) of the process's main thread (the loop's, SCHED_RR in the lab and
-    under systemd as ctdbd runs), for the plane's thread; (-1, 0) if unknown."""
-    try:
-        main = os.getpid()
-        return os.sched_getscheduler(main), os.sched_getparam(main).sched_priority
-    except (OSError, AttributeError):
-        return -1, 0
-
-
 class NodePlane:
     def __init__(self, max_packet: int, *, lib: ctypes.CDLL | None = None) -> None:
         self._lib = lib or library()
@@ -165,7 +155,7 @@ class NodePlane:
         if not self._plane:
             os.close(self.wake_fd)
             raise OSError(f"np_create({max_packet}) failed")
-        rc = self._lib.np_start(self._plane, *_main_thread_scheduling())
+        rc = self._lib.np_start(self._plane, *main_thread_scheduling())
         if rc != 0:
             self._lib.np_destroy(self._plane)
             os.close(self.wake_fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ..native import address_key, sockaddr_bytes
+from ..native import address_key, main_thread_scheduling, sockaddr_bytes
 from ..protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION, Operation
 from .pacer_types import NativeChannel, PacerTiming
 
@@ -59,11 +59,7 @@ class NativeHeartbeatPacer:
     def start(self) -> None:
         # The thread takes the main thread's policy itself, as run_like_the_main_thread does
         # for a Python thread (a thread a real-time thread makes starts SCHED_OTHER).
-        try:
-            main = os.getpid()
-            policy, priority = os.sched_getscheduler(main), os.sched_getparam(main).sched_priority
-        except (OSError, AttributeError):
-            policy, priority = -1, 0
+        policy, priority = main_thread_scheduling()
         assert self._handle is not None
         rc = self.lib.hp_start(self._handle, policy, priority)
         if rc != 0:
