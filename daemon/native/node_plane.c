@@ -524,7 +524,7 @@ int64_t np_grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
 
 enum { VT_SKIP, VT_DELETED, VT_DELETE_LIST, VT_TO_LMASTER, VT_BUSY, VT_LOOP };
 
-/* Steps 1-3 of a fast vacuum run (core/db/vacuum.py `triage`, server/vacuum.py `_triage_one`)
+/* Steps 1-3 of a fast vacuum run (core/db/vacuum.py `triage`, server/vacuum_triage.py `one`)
  * for n queued records of the database `ctx`, as the loop would do them one by one: each read
  * under its chain lock, tried without blocking (busy: VT_BUSY); a record no longer as queued
  * (missing, not empty, another dmaster, another rsn, read-only flags): VT_SKIP; this node not
