@@ -30,7 +30,13 @@
  * Anything else — another packet, a busy key, a contended chain lock, a record held elsewhere,
  * a failed store — goes to the loop as a frame, unchanged.
  *
- * Events for the loop, each: u32 kind (1 a frame, 2 closed, 3 closed for what the peer sent),
+ * Local clients (step 3's first part, NP_CLIENT): smbd's and the ctdb tool's connections, framed
+ * as net/local.py frames them (no 8-byte rule: smbd sends unpadded packets), with its bound on
+ * the incomplete packets all clients hold together; the loop gets their frames and writes to
+ * them through the plane like to the node connections.
+ *
+ * Events for the loop, each: u32 kind (1 a frame, 2 closed, 3 closed for what the peer sent,
+ * 4 a client closed for its stalled incomplete packet),
  * i32 connection id, u32 length, then length bytes (the frame, or a reason in UTF-8), padded
  * to 8 bytes. */
 
@@ -45,17 +51,20 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
-#define NP_ABI 4
+#define NP_ABI 5
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
 #define CTDB_VERSION 1u
 #define READ_CHUNK 65536
 
-enum { NP_FRAME = 1, NP_CLOSED = 2, NP_CLOSED_BAD = 3 };   /* BAD: for what the peer sent */
-enum { NP_RECEIVE = 1, NP_SEND = 2 };     /* what a connection is for */
+enum { NP_FRAME = 1, NP_CLOSED = 2, NP_CLOSED_BAD = 3,  /* BAD: for what the peer sent */
+       NP_CLOSED_STALLED = 4 };           /* a client evicted for its stalled incomplete packet */
+enum { NP_RECEIVE = 1, NP_SEND = 2,       /* what a connection is for */
+       NP_CLIENT = 3 };                   /* a local client: framed without the 8-byte rule, written to */
 
 struct np_conn {
     int32_t id;
@@ -69,6 +78,8 @@ struct np_conn {
     size_t whead, wlen, wcap;
     uint64_t frames_in, frames_out, bytes_in, bytes_out;
     int32_t peer_pnn;           /* receive: the node whose current inbound connection this is (-1) */
+    size_t held;                /* client: bytes of an incomplete packet counted in client_partial */
+    uint64_t progress_ns;       /* client: when that packet last grew (CLOCK_MONOTONIC) */
     struct np_conn *next;
 };
 
@@ -147,6 +158,8 @@ struct np_plane {
     pthread_mutex_t rest;       /* held by the loop except while it sleeps */
     int rest_held;              /* by the loop (its thread only reads and writes this) */
     uint64_t loop_runs;         /* times the loop woke and took rest again */
+    uint64_t client_partial;    /* bytes of incomplete packets all clients hold together */
+    uint64_t max_partial;       /* ... at most (np_set_max_partial; net/local.py's rule) */
     struct np_grants g;
 };
 
@@ -206,6 +219,8 @@ static void mark_closed_as(struct np_plane *p, struct np_conn *c, const char *re
     if (c->closing)
         return;
     c->closing = 1;
+    p->client_partial -= c->held;               /* what it sent of a packet is dropped now */
+    c->held = 0;
     if (reason != NULL)
         push_event(p, kind, c->id, reason, (uint32_t)strlen(reason));
     uint64_t one = 1;
@@ -227,7 +242,7 @@ static void closed_with_errno(struct np_plane *p, struct np_conn *c, const char 
 /* Why the header at h (avail bytes of it arrived) is malformed, written into reason (nonzero);
  * 0 while what has arrived of it is well-formed. */
 static int header_problem(const struct np_plane *p, const unsigned char *h, size_t avail,
-                          char *reason, size_t size)
+                          int node, char *reason, size_t size)
 {
     uint32_t length, magic, version;
     memcpy(&length, h, 4);
@@ -237,7 +252,7 @@ static int header_problem(const struct np_plane *p, const unsigned char *h, size
     if (length > p->max_packet)
         return snprintf(reason, size, "malformed data: stream: packet length %u exceeds the "
                         "limit of %u", length, p->max_packet);
-    if (length % ALIGNMENT)
+    if (node && length % ALIGNMENT)             /* clients may send unpadded packets (smbd does) */
         return snprintf(reason, size, "malformed data: stream: node packet length %u is not a "
                         "multiple of %d", length, ALIGNMENT);
     if (avail >= 8) {
@@ -717,7 +732,7 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
     while (!c->closing && c->rlen - pos >= 4) {
         const unsigned char *h = c->rbuf + pos;
         size_t avail = c->rlen - pos;
-        if (header_problem(p, h, avail, reason, sizeof reason)) {
+        if (header_problem(p, h, avail, c->kind != NP_CLIENT, reason, sizeof reason)) {
             mark_closed_as(p, c, reason, NP_CLOSED_BAD);
             break;
         }
@@ -725,7 +740,7 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
         memcpy(&length, h, 4);
         if (avail < length)
             break;
-        if (try_grant(p, c, h, length)) {
+        if (c->kind == NP_RECEIVE && try_grant(p, c, h, length)) {
             pos += length;
             continue;
         }
@@ -795,6 +810,55 @@ static void reap(struct np_plane *p)
     }
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* net/local.py's bound on incomplete packets (mutex held): while all clients together hold more
+ * than max_partial bytes of them, the client whose packet has made no progress for the longest
+ * time is disconnected, until the total fits or one holder is left (a single client may always
+ * send one packet of the largest size). */
+static void enforce_partial_limit(struct np_plane *p)
+{
+    while (p->client_partial > p->max_partial) {
+        struct np_conn *stalled = NULL;
+        int holders = 0;
+        for (struct np_conn *c = p->conns; c; c = c->next) {
+            if (c->kind != NP_CLIENT || c->closing || c->held == 0)
+                continue;
+            holders++;
+            if (stalled == NULL || c->progress_ns < stalled->progress_ns)
+                stalled = c;
+        }
+        if (holders <= 1)
+            return;
+        char reason[240];
+        snprintf(reason, sizeof reason, "has sent %zu bytes of a packet and nothing for %.1f s "
+                 "while clients hold %llu bytes of incomplete packets (limit %llu); disconnecting it",
+                 stalled->held, (double)(now_ns() - stalled->progress_ns) / 1e9,
+                 (unsigned long long)p->client_partial, (unsigned long long)p->max_partial);
+        mark_closed_as(p, stalled, reason, NP_CLOSED_STALLED);
+    }
+}
+
+/* A client's incomplete packet after its frames were cut (mutex held). */
+static void account_partial(struct np_plane *p, struct np_conn *c)
+{
+    if (c->kind != NP_CLIENT || c->closing)
+        return;
+    size_t held = c->rlen;
+    int grew = held > c->held;
+    p->client_partial = p->client_partial - c->held + held;
+    c->held = held;
+    if (grew) {
+        c->progress_ns = now_ns();
+        enforce_partial_limit(p);
+    }
+}
+
 static void on_readable(struct np_plane *p, struct np_conn *c, unsigned char *chunk)
 {
     /* recv outside the mutex: only this thread closes c->fd or frees c */
@@ -822,6 +886,7 @@ static void on_readable(struct np_plane *p, struct np_conn *c, unsigned char *ch
             memcpy(c->rbuf + c->rlen, chunk, (size_t)n);
             c->rlen += (size_t)n;
             cut_frames(p, c);
+            account_partial(p, c);
         }
     }
     pthread_mutex_unlock(&p->mu);
@@ -881,6 +946,7 @@ void *np_create(int wake_fd, uint32_t max_packet)
         return NULL;
     p->wake_fd = wake_fd;
     p->max_packet = max_packet;
+    p->max_partial = UINT64_MAX;                /* until np_set_max_partial */
     p->next_id = 1;
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -915,7 +981,7 @@ int np_start(struct np_plane *p, int policy, int priority)
  * connection's id, or -errno. */
 int32_t np_add(struct np_plane *p, int fd, int kind)
 {
-    if (kind != NP_RECEIVE && kind != NP_SEND)
+    if (kind != NP_RECEIVE && kind != NP_SEND && kind != NP_CLIENT)
         return -EINVAL;
     struct np_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -954,6 +1020,23 @@ int64_t np_send(struct np_plane *p, int32_t id, const unsigned char *data, uint3
     int64_t left = queue_frame(p, c, data, len) == 0 ? (int64_t)c->wlen : -1;
     pthread_mutex_unlock(&p->mu);
     return left;
+}
+
+/* The bound on incomplete packets all client connections may hold together. */
+void np_set_max_partial(struct np_plane *p, uint64_t max_partial)
+{
+    pthread_mutex_lock(&p->mu);
+    p->max_partial = max_partial;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Bytes of incomplete packets the client connections hold now. */
+uint64_t np_client_partial(struct np_plane *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t held = p->client_partial;
+    pthread_mutex_unlock(&p->mu);
+    return held;
 }
 
 /* Close a connection: no events for it from now on (ones already taken stay taken). */

@@ -7,11 +7,12 @@ otherwise (net/plane_links.py native_path_wanted) the daemon hands it the node c
 Tested on its own (tests/unit/test_native_node_plane.py, tests/unit/test_native_grants.py),
 including against PacketReader's framing rules and the migration core's decisions.
 
-Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND)``
+Use from one thread (the event loop's): ``NodePlane(max_packet)``; ``add(sock, RECEIVE|SEND|CLIENT)``
 takes over a connected socket (the plane closes it); ``send(id, frame)``; ``close(id)``;
 ``wake_fd`` becomes readable when events wait, and ``events()`` takes them all:
-``(FRAME, id, frame)``, ``(CLOSED, id, reason)`` and ``(CLOSED_BAD, id, reason)`` (the peer
-sent malformed data, or data on a send-only connection). After a close event, or
+``(FRAME, id, frame)``, ``(CLOSED, id, reason)``, ``(CLOSED_BAD, id, reason)`` (the peer
+sent malformed data, or data on a send-only connection) and ``(CLOSED_STALLED, id, reason)`` (a
+client evicted by ``set_max_partial``'s bound). After a close event, or
 ``close(id)``, the id has no more events.
 
 Grants: ``enable_grants(tdb_functions(libtdb), max_key)`` (the calling thread holds the plane's
@@ -31,9 +32,12 @@ from typing import NamedTuple
 from . import HERE, NativeBuildError, build, library_path, load_library, main_thread_scheduling
 
 SOURCE = HERE / "node_plane.c"
-ABI = 4                       # NP_ABI in the source
-FRAME, CLOSED, CLOSED_BAD = 1, 2, 3     # event kinds (CLOSED_BAD: for what the peer sent)
-RECEIVE, SEND = 1, 2          # what a connection is for
+ABI = 5                       # NP_ABI in the source
+#: event kinds (CLOSED_BAD: for what the peer sent; CLOSED_STALLED: a client's incomplete packet
+#: made no progress while clients held more than the plane's max_partial)
+FRAME, CLOSED, CLOSED_BAD, CLOSED_STALLED = 1, 2, 3, 4
+#: what a connection is for (CLIENT: a local client, framed as net/local.py frames, read and written)
+RECEIVE, SEND, CLIENT = 1, 2, 3
 
 _EVENT_HEAD = struct.Struct("=IiI")
 _INITIAL_TAKE = 1 << 20
@@ -105,6 +109,8 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_add": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_int32),
     "np_send": ([ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_uint32], ctypes.c_int64),
     "np_close": ([ctypes.c_void_p, ctypes.c_int32], None),
+    "np_set_max_partial": ([ctypes.c_void_p, ctypes.c_uint64], None),
+    "np_client_partial": ([ctypes.c_void_p], ctypes.c_uint64),
     "np_take": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64], ctypes.c_int64),
     "np_counters": ([ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int),
     "np_wakes": ([ctypes.c_void_p], ctypes.c_uint64),
@@ -180,6 +186,15 @@ class NodePlane:
 
     def close(self, conn: int) -> None:
         self._lib.np_close(self._plane, conn)
+
+    def set_max_partial(self, limit: int) -> None:
+        """Bound the bytes of incomplete packets all CLIENT connections hold together."""
+        self._lib.np_set_max_partial(self._plane, limit)
+
+    @property
+    def client_partial(self) -> int:
+        """Bytes of incomplete packets the CLIENT connections hold now."""
+        return self._lib.np_client_partial(self._plane)
 
     def events(self) -> list[tuple[int, int, bytes]]:
         """Every event waiting, in order (the wake descriptor is cleared first, so an event
@@ -297,6 +312,7 @@ def grant_record(functions: TdbFunctions, context: int, pnn: int, frame: bytes,
     return (ctypes.string_at(out, n) if n > 0 else None), tuple(info)
 
 
-__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSED_BAD", "RECEIVE", "SEND",
+__all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSED_BAD", "CLOSED_STALLED",
+           "RECEIVE", "SEND", "CLIENT",
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
            "GRANTED", "SCHEDULED", "REPLY_LOST"]

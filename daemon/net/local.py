@@ -18,6 +18,12 @@ message delivery to them.
   packet and stopping used to pin 193 MiB; now stalled senders make room for a working one.
 
 Dispatch of what clients send is the daemon's job: `on_frame(client, frame)`.
+
+With ``plane`` (a PlaneLinks, net/plane_links.py; opt-in, PYCTDBD_CLIENT_PLANE=1) the clients'
+connections go through the native node plane's thread instead of asyncio's transports: it frames
+them by the same rules and enforces the same bound on incomplete packets (node_plane.c), the
+loop gets whole frames and writes through the plane, and the same log lines name the client.
+That is the first part of step 3 of docs/native-hot-path.md (smbd's calls handled in the plane).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..protocol.constants import Srvid
 from ..protocol.errors import ProtocolError
 from ..protocol.header import peek_operation
 from ..protocol.packets import PacketReader
+from .plane_links import CLIENT, CLOSED_BAD, PlaneLinks
 
 MAX_CLIENT_QUEUE = 64 * 1024 * 1024
 MAX_PARTIAL_BYTES = 96 * 1024 * 1024
@@ -66,13 +73,12 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        creds = transport.get_extra_info("peercred")         # read before the plane took it
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-                self.pid, self.uid, _gid = _UCRED.unpack(creds)
-            except OSError:
-                pass
+        if creds is None and sock is not None:
+            creds = _peer_credentials(sock)
+        if creds is not None:
+            self.pid, self.uid, _gid = creds
         self.server._register(self)
 
     def data_received(self, data: bytes) -> None:
@@ -91,6 +97,12 @@ class Client(asyncio.Protocol):
             self.server._enforce_partial_limit()
         else:
             self._account(self.reader.buffered)
+        self.frames_received(frames)
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        """Whole frames, from our reader or from the native plane's."""
+        if self.closing:
+            return
         received = self.server._received_ops
         for frame in frames:
             self.packets_in += 1
@@ -146,11 +158,13 @@ class LocalServer:
     log: Callable[[str], None]
     max_queue: int = MAX_CLIENT_QUEUE
     max_partial: int = MAX_PARTIAL_BYTES
+    plane: PlaneLinks | None = None
     clients: dict[int, Client] = field(default_factory=dict)
     _partial_bytes: int = 0          # incomplete packets held for all clients together
     _by_srvid: dict[int, set[Client]] = field(default_factory=dict)
     _next_id: int = 1
     _server: asyncio.base_events.Server | None = None
+    _listener: socket.socket | None = None        # with the plane: our own accepting socket
     _sent_ops: dict[int, int] = field(default_factory=dict)        # frames by operation
     _received_ops: dict[int, int] = field(default_factory=dict)
 
@@ -162,14 +176,61 @@ class LocalServer:
         loop = asyncio.get_running_loop()
         old_umask = os.umask(0o077)
         try:
-            self._server = await loop.create_unix_server(lambda: Client(self), self.path, backlog=100)
+            if self.plane is not None:
+                self._listen_for_plane(loop)
+            else:
+                self._server = await loop.create_unix_server(lambda: Client(self), self.path, backlog=100)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o700)
 
+    def _listen_for_plane(self, loop: asyncio.AbstractEventLoop) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.path)
+            listener.listen(100)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self.plane.plane.set_max_partial(self.max_partial)
+        loop.add_reader(listener.fileno(), self._accept_for_plane)
+
+    def _accept_for_plane(self) -> None:
+        while self._listener is not None and self.plane is not None:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log(f"accepting a client failed: {exc}")
+                return
+            creds = _peer_credentials(sock)
+            try:
+                self.plane.adopt(sock, CLIENT, Client(self), extra={"peercred": creds},
+                                 on_trouble=self._plane_trouble)
+            except OSError as exc:
+                sock.close()
+                self.log(f"the native plane cannot take a client (pid {creds[0] if creds else '?'}): {exc}")
+
+    def _plane_trouble(self, client: Client, kind: int, reason: str) -> None:
+        """The plane closed a client for what it sent: the asyncio path's log lines."""
+        if kind == CLOSED_BAD:
+            self.log(f"client {client.client_id} (pid {client.pid}) sent {reason}; disconnecting it")
+        else:
+            self.log(f"client {client.client_id} (pid {client.pid}) {reason}")
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            except (RuntimeError, ValueError):
+                pass
+            self._listener.close()
+            self._listener = None
         for client in list(self.clients.values()):
             client.close()
         try:
@@ -180,7 +241,8 @@ class LocalServer:
 
     @property
     def partial_bytes(self) -> int:
-        return self._partial_bytes
+        """Bytes of incomplete packets all clients hold now."""
+        return self.plane.plane.client_partial if self.plane is not None else self._partial_bytes
 
     def _enforce_partial_limit(self) -> None:
         while self._partial_bytes > self.max_partial:
@@ -252,6 +314,14 @@ class LocalServer:
 
     def __len__(self) -> int:
         return len(self.clients)
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the client at the other end (SO_PEERCRED), None if unknown."""
+    try:
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return None
 
 
 def _clear_stale_socket(path: str) -> None:

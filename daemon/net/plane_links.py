@@ -21,10 +21,13 @@ import socket
 from collections.abc import Callable, Mapping
 
 from ..native import NATIVE_ENV, NativeBuildError
-from ..native.node_plane import CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane, TdbFunctions, library
+from ..native.node_plane import (
+    CLIENT, CLOSED_BAD, CLOSED_STALLED, FRAME, RECEIVE, SEND, NodePlane, TdbFunctions, library,
+)
 
-__all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "PlaneClosed", "ENV",
-           "GRANTS_ENV", "native_path_wanted", "plane_unavailable", "RestSelector"]
+__all__ = ["PlaneLinks", "PlaneLinkTransport", "RECEIVE", "SEND", "CLIENT", "CLOSED_BAD",
+           "CLOSED_STALLED", "PlaneClosed", "ENV", "GRANTS_ENV", "CLIENTS_ENV", "native_path_wanted",
+           "clients_in_plane_wanted", "plane_unavailable", "RestSelector"]
 
 #: In the daemon's environment: "0" keeps the node connections on asyncio's transports (and so
 #: no grants); "1" puts them in the plane also when grants are off.
@@ -32,6 +35,10 @@ ENV = "PYCTDBD_NODE_PLANE"
 #: "0": the loop answers the lmaster's grant. By default the plane's thread does (since it had a
 #: soak and a full lab suite in its latest form: docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
+#: "1": the local clients' connections (smbd, the ctdb tool) go through the plane too (with the
+#: node plane on). Off by default: it is step 3's first part (docs/native-hot-path.md) and gains
+#: nothing until the plane handles smbd's calls itself.
+CLIENTS_ENV = "PYCTDBD_CLIENT_PLANE"
 
 
 def native_path_wanted(env: Mapping[str, str]) -> tuple[bool, bool]:
@@ -43,6 +50,12 @@ def native_path_wanted(env: Mapping[str, str]) -> tuple[bool, bool]:
         return False, False
     grants = env.get(GRANTS_ENV, "1") != "0"
     return grants or env.get(ENV, "0") == "1", grants
+
+
+def clients_in_plane_wanted(env: Mapping[str, str]) -> bool:
+    """Whether the environment asks for the local clients in the plane (PYCTDBD_CLIENT_PLANE=1);
+    only with the plane itself on (native_path_wanted)."""
+    return env.get(CLIENTS_ENV, "0") == "1" and native_path_wanted(env)[0]
 
 
 def plane_unavailable() -> str | None:
@@ -61,13 +74,15 @@ class PlaneClosed(ConnectionError):
 class PlaneLinkTransport:
     """One plane connection as NodeTransport's protocols expect a transport to look."""
 
-    __slots__ = ("links", "conn", "protocol", "peername", "_closing", "_queued")
+    __slots__ = ("links", "conn", "protocol", "extra", "on_trouble", "_closing", "_queued")
 
-    def __init__(self, links: PlaneLinks, conn: int, protocol, peername) -> None:
+    def __init__(self, links: PlaneLinks, conn: int, protocol, extra: dict,
+                 on_trouble: Callable[[object, int, str], None] | None) -> None:
         self.links = links
         self.conn = conn
         self.protocol = protocol
-        self.peername = peername
+        self.extra = extra
+        self.on_trouble = on_trouble
         self._closing = False
         self._queued = 0
 
@@ -85,7 +100,8 @@ class PlaneLinkTransport:
         return self._queued
 
     def get_extra_info(self, name: str, default=None):
-        return self.peername if name == "peername" else default
+        """"peername", and what the adopter gave (a client's "peercred")."""
+        return self.extra.get(name, default)
 
     def abort(self) -> None:
         if self._closing:
@@ -105,22 +121,27 @@ class PlaneLinkTransport:
 class PlaneLinks:
     """The plane, its connections by id, and the loop's reader of its wake descriptor."""
 
-    def __init__(self, max_packet: int, on_bad_data: Callable[[object, str], None]) -> None:
+    def __init__(self, max_packet: int, on_bad_data: Callable[[object, str], None] | None = None) -> None:
         self.plane = NodePlane(max_packet)
-        self.on_bad_data = on_bad_data            # (protocol, reason): log it, naming the peer
+        # (protocol, reason): log it, naming the peer; for links adopted without on_trouble
+        self.on_bad_data = on_bad_data
         self._links: dict[int, PlaneLinkTransport] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.plane.wake_fd, self._drain)
 
-    def adopt(self, sock: socket.socket, kind: int, protocol) -> PlaneLinkTransport:
+    def adopt(self, sock: socket.socket, kind: int, protocol, *, extra: dict | None = None,
+              on_trouble: Callable[[object, int, str], None] | None = None) -> PlaneLinkTransport:
         """Hand ``sock`` (connected) to the plane; ``protocol.connection_made`` gets the
-        transport look-alike."""
+        transport look-alike (its ``get_extra_info`` answers "peername" and ``extra``'s names).
+        ``on_trouble(protocol, kind, reason)`` hears of a close for what the other side sent
+        (CLOSED_BAD, CLOSED_STALLED) before ``connection_lost``; without it, ``on_bad_data``."""
         try:
             peername = sock.getpeername()
         except OSError:
             peername = None
         conn = self.plane.add(sock, kind)
-        transport = PlaneLinkTransport(self, conn, protocol, peername)
+        transport = PlaneLinkTransport(self, conn, protocol, {"peername": peername, **(extra or {})},
+                                       on_trouble)
         self._links[conn] = transport
         protocol.connection_made(transport)
         return transport
@@ -144,7 +165,9 @@ class PlaneLinks:
                 batch.append(body)
                 continue
             self._links.pop(conn, None)
-            if kind == CLOSED_BAD:
+            if link.on_trouble is not None and kind in (CLOSED_BAD, CLOSED_STALLED):
+                link.on_trouble(link.protocol, kind, body)
+            elif kind == CLOSED_BAD and self.on_bad_data is not None:
                 self.on_bad_data(link.protocol, body)
             link._closed_by_plane(body)
         if batch:

@@ -193,6 +193,9 @@ class NodeTransport:
     #: Carry the connections' bytes in the native node plane (net/plane_links.py) instead of
     #: asyncio's transports.
     use_plane: bool = False
+    #: A plane the daemon made and closes itself (it carries the local clients too); without
+    #: one, ``use_plane`` makes a plane of the transport's own.
+    shared_plane: PlaneLinks | None = None
     _plane: PlaneLinks | None = None
     _listener: socket.socket | None = None
     _sent_ops: dict[int, int] = field(default_factory=dict)        # frames by operation
@@ -217,7 +220,7 @@ class NodeTransport:
             self._peers[pnn] = _Peer(pnn, address)
             self._by_address[_canon(address)] = pnn
         if self.use_plane:
-            self._plane = PlaneLinks(DEFAULT_MAX_PACKET_SIZE, self._dropping_bad)
+            self._plane = self.shared_plane or PlaneLinks(DEFAULT_MAX_PACKET_SIZE)
             self._listen_for_plane(loop)
         else:
             self._server = await loop.create_server(
@@ -271,7 +274,8 @@ class NodeTransport:
                 pass
         if self._plane is not None:
             await asyncio.sleep(0)            # the aborted connections' connection_lost first
-            self._plane.close()
+            if self._plane is not self.shared_plane:
+                self._plane.close()
             self._plane = None
 
     # -- sending ----------------------------------------------------------------------------------
@@ -453,6 +457,9 @@ class NodeTransport:
         self._listener = listener
         loop.add_reader(listener.fileno(), self._accept_for_plane)
 
+    def _plane_trouble(self, protocol, _kind: int, reason: str) -> None:
+        self._dropping_bad(protocol, reason)
+
     def _accept_for_plane(self) -> None:
         while self._listener is not None and self._plane is not None:
             try:
@@ -463,7 +470,7 @@ class NodeTransport:
                 self._log(f"accepting a node connection failed: {_describe(exc)}")
                 return
             _tune_socket(sock)
-            self._plane.adopt(sock, RECEIVE, _Inbound(self))
+            self._plane.adopt(sock, RECEIVE, _Inbound(self), on_trouble=self._plane_trouble)
 
     def _close_listener(self) -> None:
         if self._listener is not None:
@@ -515,7 +522,7 @@ class NodeTransport:
                 if self._plane is not None:
                     _tune_socket(sock)
                     protocol = _Outbound(self, peer)
-                    self._plane.adopt(sock, SEND, protocol)
+                    self._plane.adopt(sock, SEND, protocol, on_trouble=self._plane_trouble)
                 else:
                     _, protocol = await loop.create_connection(lambda: _Outbound(self, peer), sock=sock)
             except asyncio.CancelledError:

@@ -37,6 +37,7 @@ from ..protocol import (
     pack_message, unpack_message,
 )
 from ..protocol.header import peek_operation
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from .cluster_lock import ClusterLock, helper_argv, lock_lease
 from .connections import ConnectionTracker
 from .context import ControlContext
@@ -222,6 +223,9 @@ class Daemon:
         self.node.step(SetRunstate(Runstate.INIT))
         if not await self.scripts.run_fatal("init"):
             return 1
+        if self._native[0] and plane_links.clients_in_plane_wanted(os.environ):
+            self.local.plane = self.transport.shared_plane = plane_links.PlaneLinks(DEFAULT_MAX_PACKET_SIZE)
+            notice("Local clients go through the native node plane")
         await self.local.start()
         self.messenger.local = self.local
         notice("Listening on %s", self.options.socket_path)
@@ -282,6 +286,10 @@ class Daemon:
     async def _close_sockets(self) -> None:
         await self.local.close()
         await self.scripts.close()
+        if self.local.plane is not None:            # the clients' and the nodes' plane
+            await asyncio.sleep(0)                  # the aborted clients' connection_lost first
+            self.local.plane.close()
+            self.local.plane = None
 
     # -- the timer: failure detector, election, bans, connection tracking ------------------------
     def _reschedule(self) -> None:

@@ -601,12 +601,16 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
 
 # -- the daemon, end to end -----------------------------------------------------------------------
 
-def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
+@pytest.mark.parametrize("clients_in_plane", [False, True], ids=["clients-asyncio", "clients-plane"])
+def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, clients_in_plane):
     """Three pyctdbd daemons as they start by default (grants on): calls from node 0's client for
     keys other nodes are lmaster of are answered, the lmasters' threads granted them, and
-    `ctdb statistics` there counts them as the Python path does."""
-    for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE"):
+    `ctdb statistics` there counts them as the Python path does. The same with the local
+    clients (the test's and the ctdb tool's) in the plane (PYCTDBD_CLIENT_PLANE=1)."""
+    for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE", "PYCTDBD_CLIENT_PLANE"):
         monkeypatch.delenv(name, raising=False)
+    if clients_in_plane:
+        monkeypatch.setenv("PYCTDBD_CLIENT_PLANE", "1")
     import re
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -640,6 +644,7 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
     logs = [cluster.log(pnn).read_text() for pnn in range(3)]
     assert all("Node connections go through the native node plane" in t for t in logs)
     assert all("The native node plane answers the lmaster's grant" in t for t in logs)
+    assert all(("Local clients go through the native node plane" in t) == clients_in_plane for t in logs)
     granted = [int(m) for t in logs[1:] for m in re.findall(r"Native grants: (\d+) granted", t)]
     assert sum(granted) >= 150, granted          # ~2/3 of the keys have their lmaster there
     assert req_calls >= sum(granted)             # the lmasters' statistics count the grants
@@ -657,3 +662,15 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch):
 def test_the_environment_turns_the_native_path_off(env, wanted):
     from ctdblab.daemon.net.plane_links import native_path_wanted
     assert native_path_wanted(env) == wanted
+
+
+@pytest.mark.parametrize("env, wanted", [
+    ({}, False),
+    ({"PYCTDBD_CLIENT_PLANE": "1"}, True),
+    ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NATIVE_GRANTS": "0"}, False),   # no plane at all
+    ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NODE_PLANE": "0"}, False),
+    ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NATIVE": "0"}, False),
+])
+def test_local_clients_go_in_the_plane_only_when_asked(env, wanted):
+    from ctdblab.daemon.net.plane_links import clients_in_plane_wanted
+    assert clients_in_plane_wanted(env) is wanted

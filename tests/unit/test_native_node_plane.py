@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ctdblab.daemon.native import node_plane
-from ctdblab.daemon.native.node_plane import CLOSED, CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane
+from ctdblab.daemon.native.node_plane import CLIENT, CLOSED, CLOSED_BAD, FRAME, RECEIVE, SEND, NodePlane
 from ctdblab.daemon.protocol.constants import CTDB_MAGIC, CTDB_PROTOCOL_VERSION
 from ctdblab.daemon.protocol.errors import ProtocolError
 from ctdblab.daemon.protocol.packets import PacketReader
@@ -80,14 +80,18 @@ def corrupt(rng: random.Random, f: bytes) -> bytes:
     return f[:8] + struct.pack("<I", 2) + f[12:]                           # bad version
 
 
+@pytest.mark.parametrize("kind", [RECEIVE, CLIENT], ids=["node", "client"])
 @pytest.mark.parametrize("seed", range(12))
-def test_framing_and_its_errors_match_packet_reader(plane, seed):
+def test_framing_and_its_errors_match_packet_reader(plane, seed, kind):
     """Random streams, some with a malformed header somewhere, cut at random: the plane passes
-    on every frame before the malformed header and fails as PacketReader fails. (PacketReader,
-    fed whole reads, drops the frames of the read that holds the error, so the reference here
-    is fed byte by byte, where no frame shares a feed with the error.)"""
+    on every frame before the malformed header and fails as PacketReader fails — in node mode
+    for node connections, in client mode (unpadded packets welcome) for local clients.
+    (PacketReader, fed whole reads, drops the frames of the read that holds the error, so the
+    reference here is fed byte by byte, where no frame shares a feed with the error.)"""
     rng = random.Random(seed)
-    frames = [frame(32 + 8 * rng.randrange(0, 40), fill=i) for i in range(rng.randrange(1, 60))]
+    node = kind == RECEIVE
+    frames = [frame(32 + (8 if node else 1) * rng.randrange(0, 40 if node else 320), fill=i)
+              for i in range(rng.randrange(1, 60))]
     if seed % 3:
         bad = rng.randrange(len(frames))
         frames[bad] = corrupt(rng, frames[bad])
@@ -98,7 +102,7 @@ def test_framing_and_its_errors_match_packet_reader(plane, seed):
         chunks.append(stream[pos:pos + step])
         pos += step
 
-    reader = PacketReader(MAX, node_transport=True)
+    reader = PacketReader(MAX, node_transport=node)
     expected, error = [], None
     for i in range(len(stream)):
         try:
@@ -108,7 +112,7 @@ def test_framing_and_its_errors_match_packet_reader(plane, seed):
             break
 
     ours, theirs = socket.socketpair()
-    conn = plane.add(ours, RECEIVE)
+    conn = plane.add(ours, kind)
     for chunk in chunks:
         try:
             theirs.sendall(chunk)

@@ -1,4 +1,5 @@
-"""The local Unix socket: peer credentials, SRVID routing, hostile clients, stale sockets."""
+"""The local Unix socket: peer credentials, SRVID routing, hostile clients, stale sockets — each
+with the clients on asyncio's transports and in the native node plane (PYCTDBD_CLIENT_PLANE)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import socket
 import pytest
 
 from aio_helpers import until
+from ctdblab.daemon.native import node_plane
 from ctdblab.daemon.net.local import LocalServer, LocalSocketError
+from ctdblab.daemon.net.plane_links import PlaneLinks
+from ctdblab.daemon.protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from ctdblab.daemon.protocol import ReqMessage, Srvid, decode_packet, encode_packet
 
 
@@ -17,10 +21,28 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
-def test_credentials_registration_and_delivery(tmp_path):
+@pytest.fixture(params=["asyncio", "plane"])
+def server_of(request):
+    """LocalServer(...) with the clients on asyncio's transports or in a node plane of its own
+    (made in the running loop, destroyed when the test ends)."""
+    planes: list[PlaneLinks] = []
+    if request.param == "plane":
+        node_plane.library(build_if_missing=True)
+
+    def make(*args, **kw) -> LocalServer:
+        if request.param == "plane":
+            planes.append(PlaneLinks(DEFAULT_MAX_PACKET_SIZE))
+            kw["plane"] = planes[-1]
+        return LocalServer(*args, **kw)
+    yield make
+    for links in planes:
+        links.plane.destroy()
+
+
+def test_credentials_registration_and_delivery(tmp_path, server_of):
     async def main():
         frames, gone, logs = [], [], []
-        server = LocalServer(str(tmp_path / "s.sock"), lambda c, f: frames.append((c, f)),
+        server = server_of(str(tmp_path / "s.sock"), lambda c, f: frames.append((c, f)),
                              gone.append, logs.append)
         await server.start()
         assert oct(os.stat(tmp_path / "s.sock").st_mode & 0o777) == "0o700"
@@ -47,10 +69,10 @@ def test_credentials_registration_and_delivery(tmp_path):
     run(main())
 
 
-def test_garbage_disconnects_the_client_with_a_log_line(tmp_path):
+def test_garbage_disconnects_the_client_with_a_log_line(tmp_path, server_of):
     async def main():
         logs = []
-        server = LocalServer(str(tmp_path / "s.sock"), lambda c, f: None, lambda c: None, logs.append)
+        server = server_of(str(tmp_path / "s.sock"), lambda c, f: None, lambda c: None, logs.append)
         await server.start()
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
         writer.write(b"\x10\x00\x00\x00short length")
@@ -60,32 +82,35 @@ def test_garbage_disconnects_the_client_with_a_log_line(tmp_path):
     run(main())
 
 
-def test_stale_socket_replaced_live_one_refused(tmp_path):
+def test_stale_socket_replaced_live_one_refused(tmp_path, server_of):
     path = tmp_path / "s.sock"
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()                                   # a leftover file nobody listens on
 
     async def main():
-        server = LocalServer(str(path), lambda c, f: None, lambda c: None, lambda m: None)
+        server = server_of(str(path), lambda c, f: None, lambda c: None, lambda m: None)
         await server.start()
-        other = LocalServer(str(path), lambda c, f: None, lambda c: None, lambda m: None)
+        other = server_of(str(path), lambda c, f: None, lambda c: None, lambda m: None)
         with pytest.raises(LocalSocketError, match="already listening"):
             await other.start()
         await server.close()
     run(main())
     path.write_text("not a socket")
+
+    async def start_one():
+        await server_of(str(path), lambda c, f: None, lambda c: None, lambda m: None).start()
     with pytest.raises(LocalSocketError, match="not a socket"):
-        run(LocalServer(str(path), lambda c, f: None, lambda c: None, lambda m: None).start())
+        run(start_one())
 
 
-def test_incomplete_packets_of_many_clients_are_bounded_together(tmp_path):
+def test_incomplete_packets_of_many_clients_are_bounded_together(tmp_path, server_of):
     """Twenty clients that each send the start of a large packet and stop used to pin 193 MiB;
     together they may hold `max_partial` bytes: the most stalled ones are disconnected, and
     clients that send whole packets, small or big, are served throughout."""
     async def main():
         frames, logs = [], []
-        server = LocalServer(str(tmp_path / "s.sock"), lambda c, f: frames.append(f), lambda c: None,
+        server = server_of(str(tmp_path / "s.sock"), lambda c, f: frames.append(f), lambda c: None,
                              logs.append, max_partial=4 * 1024 * 1024)
         await server.start()
         big = encode_packet(ReqMessage(5, b"x" * (2 * 1024 * 1024)), destnode=0, srcnode=0, reqid=1)
