@@ -54,7 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NP_ABI 5
+#define NP_ABI 6
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
@@ -533,6 +533,298 @@ int64_t np_grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
     info[4] = gi.sched.reserved1;
     info[5] = gi.sched.flags;
     return n;
+}
+
+/* ---- smbd's calls (step 3b): the decisions, on one TDB context ---- */
+
+#define OP_REPLY_CALL 1u
+#define REPLY_CALL_HEAD 40          /* header + status, datalen */
+#define DMASTER_REPLY_MIN (HEADER_SIZE + DMASTER_REPLY_HEAD)
+#define CALL_NULL 0xFF000001u
+#define CALL_FETCH 0xFF000002u
+#define CALL_FETCH_WITH_HEADER 0xFF000003u
+#define CALLFLAG_VACUUM_MIGRATION 0x2u
+#define CALLFLAG_WANT_READONLY 0x4u
+
+enum { CC_LEAVE = 0, CC_ANSWERED = 1, CC_SENT = 2 };
+enum { ST_SCHEDULE = 1, ST_UNSCHEDULE = 2 };    /* a store's effect on the vacuum's queue */
+
+/* What a client call or a landing wrote (in order), and where a sent REQ_CALL went. */
+struct call_info {
+    uint32_t nstores;
+    struct { uint32_t effect; struct ltdb_header h; } stores[2];
+    uint32_t dest;
+};
+
+/* The stores a decision makes: each header after the rules, kept (checked by the caller). */
+struct planned { int n; struct ltdb_header h[2]; int sched[2]; const unsigned char *data[2]; size_t len[2]; };
+
+static int plan_store(struct planned *pl, struct ltdb_header h, const unsigned char *data, size_t len,
+                      uint32_t pnn, uint32_t lmaster)
+{
+    int sched;
+    if (!store_rules(&h, len, pnn, lmaster, &sched))
+        return -1;                  /* a delete: not a case the native path takes */
+    pl->h[pl->n] = h;
+    pl->sched[pl->n] = sched;
+    pl->data[pl->n] = data;
+    pl->len[pl->n] = len;
+    pl->n++;
+    return 0;
+}
+
+static int write_planned(const struct np_tdb_fns *fn, void *ctx, np_tdb_data key,
+                         const struct planned *pl, struct call_info *info)
+{
+    for (int i = 0; i < pl->n; i++) {
+        if (store_record(fn, ctx, key, &pl->h[i], pl->data[i], pl->len[i]) != 0)
+            return -1;
+        info->stores[info->nstores].effect = pl->sched[i] ? ST_SCHEDULE : ST_UNSCHEDULE;
+        info->stores[info->nstores].h = pl->h[i];
+        info->nstores++;
+    }
+    return 0;
+}
+
+/* The reply of a call function (ltdbrules.call_function) into a REPLY_CALL for the client;
+ * its length, or 0 for an unknown call id (the loop answers that one and logs it). */
+static size_t reply_call(unsigned char **out, size_t *outcap, uint32_t callid, uint32_t reqid,
+                         uint32_t destnode, uint32_t pnn, const struct ltdb_header *before,
+                         const unsigned char *data, size_t datalen)
+{
+    size_t replylen;
+    if (callid == CALL_NULL)
+        replylen = 0;
+    else if (callid == CALL_FETCH)
+        replylen = datalen;
+    else if (callid == CALL_FETCH_WITH_HEADER)
+        replylen = LTDB_HEADER + datalen;
+    else
+        return 0;
+    size_t length = REPLY_CALL_HEAD + replylen, padded = (length + 7) & ~(size_t)7;
+    if (grow(out, outcap, padded) != 0)
+        return 0;
+    unsigned char *o = *out;
+    wr32(o, (uint32_t)padded);
+    wr32(o + 4, CTDB_MAGIC);
+    wr32(o + 8, CTDB_VERSION);
+    wr32(o + 12, 0);                                /* generation: 0 to clients */
+    wr32(o + 16, OP_REPLY_CALL);
+    wr32(o + 20, destnode);
+    wr32(o + 24, pnn);
+    wr32(o + 28, reqid);
+    wr32(o + 32, 0);                                /* status */
+    wr32(o + 36, (uint32_t)replylen);
+    o += REPLY_CALL_HEAD;
+    if (callid == CALL_FETCH_WITH_HEADER) {
+        pack_header(o, before);
+        o += LTDB_HEADER;
+    }
+    if (callid != CALL_NULL && datalen)
+        memcpy(o, data, datalen);
+    memset(*out + length, 0, padded - length);
+    return padded;
+}
+
+/* A client's REQ_CALL `f` (whole, checked by the caller) on the database `ctx`, for a key no
+ * state of the core names, as core/db/migration.py's `_local_call` decides it with no flight:
+ * CC_ANSWERED with the REPLY_CALL in *out when this node holds the record (or, as its lmaster,
+ * nobody does: the initial store first); CC_SENT with the REQ_CALL for the believed dmaster
+ * in *out (reqid `reqid`, generation `generation`) when it is held elsewhere; CC_LEAVE, nothing
+ * written, for the rest (a chain smbd holds, a short or unreadable record, an unknown call
+ * id, a store the rules would make a delete, a failed store: the loop meets and reports it). */
+static int client_call_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn,
+                              const uint32_t *lmasters, uint32_t nlmasters, const unsigned char *f,
+                              uint32_t reqid, uint32_t generation, unsigned char **out,
+                              size_t *outcap, size_t *outlen, struct call_info *info)
+{
+    uint32_t flags = rd32(f + 32) & ~CALLFLAG_WANT_READONLY, db_id = rd32(f + 36);
+    uint32_t callid = rd32(f + 40), keylen = rd32(f + 48), calldatalen = rd32(f + 52);
+    np_tdb_data key = {(unsigned char *)f + REQ_CALL_HEAD, keylen};
+    memset(info, 0, sizeof *info);
+    *outlen = 0;
+    if (nlmasters == 0)
+        return CC_LEAVE;
+    uint32_t lmaster = lmasters[fn->hash(&key) % nlmasters];
+    void *loop_private = fn->logging_private(ctx);
+    unsigned complaints = 0;
+    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
+    fn->set_logging(ctx, &ours);
+    if (fn->chainlock_nonblock(ctx, key) != 0) {
+        fn->set_logging(ctx, &theirs);
+        return CC_LEAVE;
+    }
+    int result = CC_LEAVE;
+    struct planned pl = {0};
+    np_tdb_data rec = fn->fetch(ctx, key);
+    struct ltdb_header h;
+    const unsigned char *data = NULL;
+    size_t datalen = 0;
+    if (complaints)
+        goto unlock;
+    if (rec.dptr == NULL) {
+        if (fn->error(ctx) != TDB_ERR_NOEXIST)
+            goto unlock;
+        h = (struct ltdb_header){0, lmaster, 0, RF_AUTOMATIC};      /* ltdb_initial_header */
+        if (lmaster == pnn) {                       /* ctdb_ltdb_fetch stores it at once */
+            if (plan_store(&pl, h, NULL, 0, pnn, lmaster) != 0)
+                goto unlock;
+            h = pl.h[0];
+        }
+    } else {
+        if (rec.dsize < LTDB_HEADER)
+            goto unlock;
+        h.rsn = rd64(rec.dptr);
+        h.dmaster = rd32(rec.dptr + 8);
+        h.reserved1 = rd32(rec.dptr + 12);
+        h.flags = rd32(rec.dptr + 16);
+        data = rec.dptr + LTDB_HEADER;
+        datalen = rec.dsize - LTDB_HEADER;
+    }
+    if (h.dmaster == pnn) {
+        /* ctdb_call_local: the call function on the record as read, then the store */
+        if (plan_store(&pl, h, data, datalen, pnn, lmaster) != 0)
+            goto unlock;
+        size_t n = reply_call(out, outcap, callid, rd32(f + 28), rd32(f + 24), pnn, &h, data, datalen);
+        if (n == 0)
+            goto unlock;
+        if (write_planned(fn, ctx, key, &pl, info) != 0) {
+            result = info->nstores ? -1 : CC_LEAVE;     /* -1: the loop must know of a store */
+            goto unlock;
+        }
+        *outlen = n;
+        result = CC_ANSWERED;
+        goto unlock;
+    }
+    if (pl.n)
+        goto unlock;                                /* cannot happen: lmaster here means dmaster here */
+    /* a REQ_CALL (hopcount 0) to the believed dmaster */
+    size_t length = REQ_CALL_HEAD + (size_t)keylen + calldatalen, padded = (length + 7) & ~(size_t)7;
+    if (grow(out, outcap, padded) != 0)
+        goto unlock;
+    unsigned char *o = *out;
+    wr32(o, (uint32_t)padded);
+    wr32(o + 4, CTDB_MAGIC);
+    wr32(o + 8, CTDB_VERSION);
+    wr32(o + 12, generation);
+    wr32(o + 16, OP_REQ_CALL);
+    wr32(o + 20, h.dmaster);
+    wr32(o + 24, pnn);
+    wr32(o + 28, reqid);
+    wr32(o + 32, flags);
+    wr32(o + 36, db_id);
+    wr32(o + 40, callid);
+    wr32(o + 44, 0);                                /* hopcount */
+    wr32(o + 48, keylen);
+    wr32(o + 52, calldatalen);
+    memcpy(o + REQ_CALL_HEAD, f + REQ_CALL_HEAD, (size_t)keylen + calldatalen);
+    memset(o + length, 0, padded - length);
+    info->dest = h.dmaster;
+    *outlen = padded;
+    result = CC_SENT;
+unlock:
+    fn->chainunlock(ctx, key);
+    fn->set_logging(ctx, &theirs);
+    free(rec.dptr);
+    return result;
+}
+
+/* The landing of the REPLY_DMASTER `f` (whole, checked by the caller: this node its new
+ * dmaster, a call of ours waits for it with `callid`, one client) on `ctx`, as `_land` then
+ * `_complete_here` decide it: the record stored as ours, the call function run on it and the
+ * record stored again, the REPLY_CALL for the client (reqid `client_reqid`, to `client_src`)
+ * in *out. 1 landed; 0 left to the loop with nothing written (as client_call_record). */
+static int land_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn, const uint32_t *lmasters,
+                       uint32_t nlmasters, const unsigned char *f, uint32_t len, uint32_t callid,
+                       uint32_t client_reqid, uint32_t client_src, unsigned char **out, size_t *outcap,
+                       size_t *outlen, struct call_info *info)
+{
+    uint32_t keylen = rd32(f + HEADER_SIZE + 16), datalen = rd32(f + HEADER_SIZE + 20);
+    const unsigned char *k = f + DMASTER_REPLY_MIN, *data = k + keylen;
+    np_tdb_data key = {(unsigned char *)k, keylen};
+    memset(info, 0, sizeof *info);
+    *outlen = 0;
+    if (nlmasters == 0)
+        return 0;
+    size_t used = DMASTER_REPLY_MIN + (size_t)keylen + datalen;
+    uint32_t rflags = len - used >= 4 ? rd32(data + datalen) : 0;
+    uint32_t lmaster = lmasters[fn->hash(&key) % nlmasters];
+    struct ltdb_header h = {rd64(f + HEADER_SIZE + 8), pnn, 0, rflags};
+    struct planned pl = {0};
+    if (plan_store(&pl, h, data, datalen, pnn, lmaster) != 0)
+        return 0;
+    struct ltdb_header landed = pl.h[0];
+    if (plan_store(&pl, landed, data, datalen, pnn, lmaster) != 0)
+        return 0;
+    size_t n = reply_call(out, outcap, callid, client_reqid, client_src, pnn, &landed, data, datalen);
+    if (n == 0)
+        return 0;
+    void *loop_private = fn->logging_private(ctx);
+    unsigned complaints = 0;
+    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
+    fn->set_logging(ctx, &ours);
+    int result = 0;
+    if (fn->chainlock_nonblock(ctx, key) != 0) {
+        fn->set_logging(ctx, &theirs);
+        return 0;
+    }
+    /* the loop reads the record under the lock before it steps a landing (and a corrupt or
+     * short one fails the event): so does this, and leaves such a record to the loop */
+    np_tdb_data rec = fn->fetch(ctx, key);
+    int readable = !complaints && (rec.dptr != NULL ? rec.dsize >= LTDB_HEADER
+                                                     : fn->error(ctx) == TDB_ERR_NOEXIST);
+    free(rec.dptr);
+    if (!readable) {
+    } else if (write_planned(fn, ctx, key, &pl, info) == 0 && !complaints) {
+        *outlen = n;
+        result = 1;
+    } else if (info->nstores) {
+        result = -1;                                /* the loop must know: it forces a recovery */
+    }
+    fn->chainunlock(ctx, key);
+    fn->set_logging(ctx, &theirs);
+    return result;
+}
+
+/* For tests: client_call_record / land_record on a context of the caller's. `in` is the
+ * REQ_CALL (kind 0) or the REPLY_DMASTER (kind 1, `arg` = {callid, client reqid, client
+ * srcnode}); returns the decision (CC_*, or 1/0/-1 landed), the frame in out (out_len bytes),
+ * and in info {nstores, dest, then per store effect, rsn, dmaster, reserved1, flags}. */
+int64_t np_call_decide(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn, const uint32_t *lmasters,
+                       uint32_t nlmasters, int kind, const unsigned char *in, uint32_t len,
+                       const uint32_t *arg, unsigned char *out, uint64_t cap, uint64_t *out_len,
+                       uint64_t *info)
+{
+    if (kind == 0 && (len < REQ_CALL_HEAD
+                      || (uint64_t)REQ_CALL_HEAD + rd32(in + 48) + rd32(in + 52) > len))
+        return -2;
+    if (kind == 1 && (len < DMASTER_REPLY_MIN || (uint64_t)DMASTER_REPLY_MIN
+                      + rd32(in + HEADER_SIZE + 16) + rd32(in + HEADER_SIZE + 20) > len))
+        return -2;
+    grant_logging_private = fn->logging_private;
+    unsigned char *buf = NULL;
+    size_t bufcap = 0, n = 0;
+    struct call_info ci;
+    int r = kind == 0
+        ? client_call_record(fn, ctx, pnn, lmasters, nlmasters, in, arg[0], arg[1], &buf, &bufcap, &n, &ci)
+        : land_record(fn, ctx, pnn, lmasters, nlmasters, in, len, arg[0], arg[1], arg[2], &buf, &bufcap,
+                      &n, &ci);
+    if (n > cap)
+        r = -3;
+    else if (n)
+        memcpy(out, buf, n);
+    free(buf);
+    *out_len = n;
+    info[0] = ci.nstores;
+    info[1] = ci.dest;
+    for (uint32_t i = 0; i < 2; i++) {
+        info[2 + 5 * i] = ci.stores[i].effect;
+        info[3 + 5 * i] = ci.stores[i].h.rsn;
+        info[4 + 5 * i] = ci.stores[i].h.dmaster;
+        info[5 + 5 * i] = ci.stores[i].h.reserved1;
+        info[6 + 5 * i] = ci.stores[i].h.flags;
+    }
+    return r;
 }
 
 /* ---- the vacuum's triage (called by the loop, which holds the rest: no grant runs) ---- */

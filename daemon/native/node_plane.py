@@ -32,7 +32,7 @@ from typing import NamedTuple
 from . import HERE, NativeBuildError, build, library_path, load_library, main_thread_scheduling
 
 SOURCE = HERE / "node_plane.c"
-ABI = 5                       # NP_ABI in the source
+ABI = 6                       # NP_ABI in the source
 #: event kinds (CLOSED_BAD: for what the peer sent; CLOSED_STALLED: a client's incomplete packet
 #: made no progress while clients held more than the plane's max_partial)
 FRAME, CLOSED, CLOSED_BAD, CLOSED_STALLED = 1, 2, 3, 4
@@ -126,6 +126,10 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                          ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
+    "np_call_decide": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32,
+                        ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p,
+                        ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p, ctypes.c_uint64,
+                        ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
     "np_vacuum_triage": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32,
                           ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint64,
                           ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8)], ctypes.c_int64),
@@ -312,7 +316,44 @@ def grant_record(functions: TdbFunctions, context: int, pnn: int, frame: bytes,
     return (ctypes.string_at(out, n) if n > 0 else None), tuple(info)
 
 
+#: np_call_decide's answers for a client's REQ_CALL
+CALL_LEFT, CALL_ANSWERED, CALL_SENT = 0, 1, 2
+#: a store's effect on the vacuum's queue, in the call log and np_call_decide's info
+STORE_SCHEDULE, STORE_UNSCHEDULE = 1, 2
+
+
+class CallDecision(NamedTuple):
+    """What the native path did with a client's call or a landing (np_call_decide)."""
+
+    result: int                 # CALL_* for a call; 1 landed, 0 left, -1 left after a store
+    frame: bytes                # the REPLY_CALL for the client, or the REQ_CALL sent on
+    dest: int                   # where that REQ_CALL goes
+    stores: tuple[tuple[int, tuple[int, int, int, int]], ...]   # (STORE_*, header) in order
+
+
+def call_decide(functions: TdbFunctions, context: int, pnn: int, lmasters: tuple[int, ...], frame: bytes,
+                *, reqid: int = 0, generation: int = 0, landing_for: tuple[int, int, int] | None = None,
+                lib: ctypes.CDLL | None = None) -> CallDecision:
+    """For tests: the native decision on one TDB context — a client's REQ_CALL ``frame`` (sent
+    on with ``reqid`` and ``generation`` when the record is elsewhere), or with ``landing_for``
+    = (callid, client reqid, client srcnode) the landing of the REPLY_DMASTER ``frame``."""
+    lib = lib or library()
+    masters = (ctypes.c_uint32 * max(1, len(lmasters)))(*lmasters)
+    arg = (ctypes.c_uint32 * 3)(*(landing_for or (reqid, generation, 0)))
+    out = ctypes.create_string_buffer(len(frame) + (4 << 20))
+    out_len = ctypes.c_uint64()
+    info = (ctypes.c_uint64 * 12)()
+    result = lib.np_call_decide(ctypes.byref(functions), context, pnn, masters, len(lmasters),
+                                0 if landing_for is None else 1, frame, len(frame), arg, out, len(out),
+                                ctypes.byref(out_len), info)
+    if result < -1:
+        raise ValueError(f"np_call_decide refused its input ({result})")
+    stores = tuple((info[2 + 5 * i], tuple(info[3 + 5 * i:7 + 5 * i])) for i in range(info[0]))
+    return CallDecision(result, ctypes.string_at(out, out_len.value), info[1], stores)  # type: ignore[arg-type]
+
+
 __all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSED_BAD", "CLOSED_STALLED",
            "RECEIVE", "SEND", "CLIENT",
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
-           "GRANTED", "SCHEDULED", "REPLY_LOST"]
+           "GRANTED", "SCHEDULED", "REPLY_LOST", "CallDecision", "call_decide", "CALL_LEFT",
+           "CALL_ANSWERED", "CALL_SENT", "STORE_SCHEDULE", "STORE_UNSCHEDULE"]
