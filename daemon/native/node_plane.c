@@ -54,7 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NP_ABI 6
+#define NP_ABI 7
 #define HEADER_SIZE 32
 #define ALIGNMENT 8
 #define CTDB_MAGIC 0x43544442u
@@ -108,6 +108,19 @@ struct np_tdb_fns {             /* libtdb's functions, passed in by the loader (
     int (*delete)(void *, np_tdb_data);             /* the vacuum's triage (np_vacuum_triage) */
 };
 
+#define MAX_CFLIGHTS 256            /* more calls under way in one sleep: the loop takes the rest */
+#define MAX_LANDED 1024
+
+struct np_cflight {             /* a client's call the thread sent on (step 3b) */
+    uint32_t reqid, db_id, keylen, hash, callid, client_reqid, client_src;
+    int32_t conn;               /* the client's */
+    void *ctx;
+    uint64_t started_ns;
+    unsigned char key[];
+};
+
+struct np_landed { uint32_t db_id, keylen, hash; unsigned char *key; };
+
 struct np_busy {                /* a key the loop has state for */
     uint32_t db_id, keylen, hash;
     const unsigned char *key;   /* into np_grants.busy_blob */
@@ -138,6 +151,17 @@ struct np_grants {
     unsigned char *out;         /* the reply being built */
     size_t outcap;
     uint64_t granted, declined_stale, declined_busy, declined_order, declined_other;
+    /* smbd's calls (step 3b, np_calls_setup): taken, like grants, only while the loop sleeps */
+    int calls_enabled;
+    uint64_t calls_run;         /* the loop run np_calls_publish described */
+    uint32_t next_reqid;        /* published: the core's next reqid; the thread's flights use it on */
+    struct np_cflight **cflights;   /* flights the thread started since the loop last woke */
+    uint32_t ncflights;
+    struct np_landed *landed;   /* keys landed since the loop last woke: pinned, not granted */
+    uint32_t nlanded;
+    unsigned char *clog;        /* the call log, taken by np_calls_take */
+    size_t cloglen, clogcap;
+    uint64_t calls_answered, calls_sent, calls_landed, calls_left;
 };
 
 struct np_plane {
@@ -164,6 +188,13 @@ struct np_plane {
 };
 
 int np_abi(void) { return NP_ABI; }
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 static struct np_conn *find(struct np_plane *p, int32_t id)
 {
@@ -950,6 +981,9 @@ static int log_grant(struct np_grants *g, const unsigned char *f, int granted,  
     return 0;
 }
 
+static int thread_busy(const struct np_grants *g, uint32_t db_id, const unsigned char *key,
+                       uint32_t keylen, uint32_t hash);
+
 /* A frame from receive connection c (mutex held): granted here (1) or for the loop (0). */
 static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
 {
@@ -988,7 +1022,7 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
         g->declined_other++;
         return 0;
     }
-    if (is_busy(g, db_id, key.dptr, keylen, key_hash)) {
+    if (is_busy(g, db_id, key.dptr, keylen, key_hash) || thread_busy(g, db_id, key.dptr, keylen, key_hash)) {
         g->declined_busy++;
         return 0;
     }
@@ -1016,6 +1050,235 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
     return 1;
 }
 
+/* ---- smbd's calls in the thread (step 3b): like the grant, only while the loop sleeps ---- */
+
+#define CALL_ENTRY_HEAD 120         /* a call log entry before its key and calldata */
+enum { CL_ANSWERED = 1, CL_FLIGHT = 2, CL_LANDED = 3, CL_STORE_FAILED = 4 };
+
+static int same_key(uint32_t db_id, uint32_t keylen, uint32_t hash, const unsigned char *key,
+                    uint32_t db2, uint32_t keylen2, uint32_t hash2, const unsigned char *key2)
+{
+    return db_id == db2 && keylen == keylen2 && hash == hash2 && memcmp(key, key2, keylen) == 0;
+}
+
+/* A key the thread made state for since the loop last woke: a call it sent on, a record that
+ * landed (pinned as the core pins it: the loop learns of the pin when it takes the log). */
+static int thread_busy(const struct np_grants *g, uint32_t db_id, const unsigned char *key,
+                       uint32_t keylen, uint32_t hash)
+{
+    for (uint32_t i = 0; i < g->ncflights; i++) {
+        const struct np_cflight *f = g->cflights[i];
+        if (same_key(db_id, keylen, hash, key, f->db_id, f->keylen, f->hash, f->key))
+            return 1;
+    }
+    for (uint32_t i = 0; i < g->nlanded; i++) {
+        const struct np_landed *l = &g->landed[i];
+        if (same_key(db_id, keylen, hash, key, l->db_id, l->keylen, l->hash, l->key))
+            return 1;
+    }
+    return 0;
+}
+
+static void forget_thread_state(struct np_grants *g)
+{
+    for (uint32_t i = 0; i < g->ncflights; i++)
+        free(g->cflights[i]);
+    for (uint32_t i = 0; i < g->nlanded; i++)
+        free(g->landed[i].key);
+    g->ncflights = g->nlanded = 0;
+}
+
+struct call_entry {
+    uint32_t type, db_id, conn, client_reqid, client_src, callid, flags, reqid, generation, peer;
+    uint64_t t_ns, started_ns;
+    uint32_t reply_lost;
+    const unsigned char *key, *calldata;
+    uint32_t keylen, calldatalen;
+};
+
+static int log_call(struct np_grants *g, const struct call_entry *e, const struct call_info *info)
+{
+    size_t size = CALL_ENTRY_HEAD + (size_t)e->keylen + e->calldatalen;
+    size_t padded = (size + 7) & ~(size_t)7;
+    if (grow(&g->clog, &g->clogcap, g->cloglen + padded) != 0)
+        return -1;
+    unsigned char *o = g->clog + g->cloglen;
+    memset(o, 0, padded);
+    uint32_t head[12] = {e->type, e->db_id, e->keylen, (uint32_t)e->conn, e->client_reqid, e->client_src,
+                         e->callid, e->flags, e->reqid, e->generation, e->peer, e->calldatalen};
+    memcpy(o, head, sizeof head);
+    wr64(o + 48, e->t_ns);
+    wr64(o + 56, e->started_ns);
+    wr32(o + 64, info ? info->nstores : 0);
+    wr32(o + 68, e->reply_lost);
+    for (uint32_t i = 0; info && i < info->nstores; i++) {
+        unsigned char *st = o + 72 + 24 * i;
+        wr32(st, info->stores[i].effect);
+        wr32(st + 4, info->stores[i].h.flags);
+        wr64(st + 8, info->stores[i].h.rsn);
+        wr32(st + 16, info->stores[i].h.dmaster);
+        wr32(st + 20, info->stores[i].h.reserved1);
+    }
+    memcpy(o + CALL_ENTRY_HEAD, e->key, e->keylen);
+    if (e->calldatalen)
+        memcpy(o + CALL_ENTRY_HEAD + e->keylen, e->calldata, e->calldatalen);
+    g->cloglen += padded;
+    return 0;
+}
+
+static void *published_ctx(const struct np_grants *g, uint32_t db_id)
+{
+    for (uint32_t i = 0; i < g->ndbs; i++)
+        if (g->db_ids[i] == db_id)
+            return g->ctxs[i];
+    return NULL;
+}
+
+/* A client's frame (mutex held): a REQ_CALL taken here (1), or for the loop (0). */
+static int try_client(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
+{
+    struct np_grants *g = &p->g;
+    if (!g->calls_enabled || len < REQ_CALL_HEAD || rd32(f + 16) != OP_REQ_CALL)
+        return 0;
+    uint32_t keylen = rd32(f + 48), calldatalen = rd32(f + 52);
+    if ((uint64_t)REQ_CALL_HEAD + keylen + calldatalen > len || keylen == 0 || keylen > g->max_key)
+        return 0;
+    g->wanted = 1;
+    g->asked = 1;               /* a call left to the loop asks for a fresh state; cleared below */
+    if (!g->published || g->published_run != p->loop_runs || g->calls_run != p->loop_runs) {
+        g->calls_left++;
+        return 0;
+    }
+    uint32_t db_id = rd32(f + 36);
+    void *ctx = published_ctx(g, db_id);
+    np_tdb_data key = {(unsigned char *)f + REQ_CALL_HEAD, keylen};
+    if (p->evlen || !g->open || ctx == NULL || (rd32(f + 32) & CALLFLAG_VACUUM_MIGRATION)
+        || g->ncflights >= MAX_CFLIGHTS || g->cloglen > GRANT_LOG_MAX) {
+        g->calls_left++;
+        return 0;
+    }
+    uint32_t hash = g->fn.hash(&key);
+    if (is_busy(g, db_id, key.dptr, keylen, hash) || thread_busy(g, db_id, key.dptr, keylen, hash)
+        || pthread_mutex_trylock(&p->rest) != 0) {
+        g->calls_left++;
+        return 0;
+    }
+    size_t n = 0;
+    struct call_info info;
+    int r = client_call_record(&g->fn, ctx, g->pnn, g->lmasters, g->nlmasters, f, g->next_reqid,
+                               g->generation, &g->out, &g->outcap, &n, &info);
+    pthread_mutex_unlock(&p->rest);
+    struct call_entry e = {0, db_id, c->id, rd32(f + 28), rd32(f + 24), rd32(f + 40),
+                           rd32(f + 32) & ~CALLFLAG_WANT_READONLY, 0, g->generation, 0, now_ns(), 0, 0,
+                           key.dptr, NULL, keylen, 0};
+    if (r == CC_ANSWERED) {
+        e.type = CL_ANSWERED;
+        e.reply_lost = queue_frame(p, c, g->out, n) == -1;
+        log_call(g, &e, &info);
+        g->calls_answered++;
+    } else if (r == CC_SENT) {
+        int32_t out_id = send_conn_of(g, info.dest);
+        struct np_conn *out = out_id > 0 ? find(p, out_id) : NULL;
+        struct np_cflight *fl = out == NULL || out->closing || out->wlen > GRANT_MAX_QUEUED ? NULL
+            : malloc(sizeof *fl + keylen);
+        if (fl == NULL) {
+            g->calls_left++;
+            return 0;                               /* nothing written: the loop sends it */
+        }
+        fl->reqid = g->next_reqid;
+        fl->db_id = db_id;
+        fl->keylen = keylen;
+        fl->hash = hash;
+        fl->callid = e.callid;
+        fl->client_reqid = e.client_reqid;
+        fl->client_src = e.client_src;
+        fl->conn = c->id;
+        fl->ctx = ctx;
+        fl->started_ns = e.t_ns;
+        memcpy(fl->key, key.dptr, keylen);
+        g->cflights[g->ncflights++] = fl;
+        e.type = CL_FLIGHT;
+        e.reqid = g->next_reqid;
+        e.peer = info.dest;
+        e.calldata = f + REQ_CALL_HEAD + keylen;
+        e.calldatalen = calldatalen;
+        g->next_reqid = g->next_reqid % 0xFFFFFFFFu + 1;
+        /* a REQ_CALL that cannot even be queued is the core's "dropped: not connected": the call
+         * waits for the recovery that follows the connection's loss, or its collapse timeout */
+        e.reply_lost = queue_frame(p, out, g->out, n) == -1;
+        log_call(g, &e, &info);
+        g->calls_sent++;
+    } else {
+        if (r < 0) {                                /* a store was made, then one failed */
+            e.type = CL_STORE_FAILED;
+            log_call(g, &e, &info);
+        }
+        g->calls_left++;
+        return 0;
+    }
+    g->asked = 0;
+    c->frames_in++;
+    return 1;
+}
+
+/* A peer's frame (mutex held): a REPLY_DMASTER for a call the thread sent, landed here (1), or
+ * for the loop (0), which learns of the call from the log first. */
+static int try_land(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
+{
+    struct np_grants *g = &p->g;
+    if (g->ncflights == 0 || len < DMASTER_REPLY_MIN || rd32(f + 16) != OP_REPLY_DMASTER)
+        return 0;
+    uint32_t reqid = rd32(f + 28), db_id = rd32(f + HEADER_SIZE);
+    uint32_t keylen = rd32(f + HEADER_SIZE + 16), datalen = rd32(f + HEADER_SIZE + 20);
+    if ((uint64_t)DMASTER_REPLY_MIN + keylen + datalen > len)
+        return 0;
+    uint32_t i;
+    for (i = 0; i < g->ncflights && g->cflights[i]->reqid != reqid; i++)
+        ;
+    if (i == g->ncflights)
+        return 0;
+    struct np_cflight *fl = g->cflights[i];
+    const unsigned char *key = f + DMASTER_REPLY_MIN;
+    struct np_conn *client = find(p, fl->conn);
+    uint32_t src = rd32(f + 24);
+    if (fl->db_id != db_id || fl->keylen != keylen || memcmp(fl->key, key, keylen) != 0
+        || g->published_run != p->loop_runs || p->evlen || !g->open
+        || rd32(f + 12) != g->generation || c->peer_pnn != (int32_t)src || client == NULL
+        || client->closing || g->cloglen > GRANT_LOG_MAX || g->nlanded >= MAX_LANDED
+        || pthread_mutex_trylock(&p->rest) != 0) {
+        g->calls_left++;
+        return 0;
+    }
+    size_t n = 0;
+    struct call_info info;
+    int r = land_record(&g->fn, fl->ctx, g->pnn, g->lmasters, g->nlmasters, f, len, fl->callid,
+                        fl->client_reqid, fl->client_src, &g->out, &g->outcap, &n, &info);
+    pthread_mutex_unlock(&p->rest);
+    struct call_entry e = {r == 1 ? CL_LANDED : CL_STORE_FAILED, db_id, fl->conn, fl->client_reqid,
+                           fl->client_src, fl->callid, 0, reqid, g->generation, src, now_ns(),
+                           fl->started_ns, 0, fl->key, NULL, keylen, 0};
+    if (r != 1) {
+        if (r < 0)
+            log_call(g, &e, &info);                 /* the loop forces a recovery */
+        g->calls_left++;
+        return 0;
+    }
+    unsigned char *kept = malloc(keylen);
+    if (kept != NULL) {
+        memcpy(kept, key, keylen);
+        g->landed[g->nlanded++] = (struct np_landed){db_id, keylen, fl->hash, kept};
+    }
+    e.reply_lost = queue_frame(p, client, g->out, n) == -1;
+    log_call(g, &e, &info);
+    if (kept == NULL)                               /* not pinned here: nothing more this sleep */
+        g->published_run = UINT64_MAX;
+    free(fl);
+    g->cflights[i] = g->cflights[--g->ncflights];
+    g->calls_landed++;
+    c->frames_in++;
+    return 1;
+}
+
 /* Cut whole frames off the receive buffer (mutex held); a malformed header closes. */
 static void cut_frames(struct np_plane *p, struct np_conn *c)
 {
@@ -1032,7 +1295,8 @@ static void cut_frames(struct np_plane *p, struct np_conn *c)
         memcpy(&length, h, 4);
         if (avail < length)
             break;
-        if (c->kind == NP_RECEIVE && try_grant(p, c, h, length)) {
+        if (c->kind == NP_RECEIVE ? try_land(p, c, h, length) || try_grant(p, c, h, length)
+                                  : c->kind == NP_CLIENT && try_client(p, c, h, length)) {
             pos += length;
             continue;
         }
@@ -1100,13 +1364,6 @@ static void reap(struct np_plane *p)
         free(c->wbuf);
         free(c);
     }
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 /* net/local.py's bound on incomplete packets (mutex held): while all clients together hold more
@@ -1414,6 +1671,94 @@ int np_grant_setup(struct np_plane *p, const struct np_tdb_fns *fn, uint32_t max
     return 0;
 }
 
+/* Let the thread take smbd's calls (after np_grant_setup; the clients' connections are the
+ * plane's). 0, or -errno. */
+int np_calls_setup(struct np_plane *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = 0;
+    if (!p->g.enabled)
+        rc = -EINVAL;
+    else if (p->g.cflights == NULL) {
+        p->g.cflights = calloc(MAX_CFLIGHTS, sizeof *p->g.cflights);
+        p->g.landed = calloc(MAX_LANDED, sizeof *p->g.landed);
+        if (p->g.cflights == NULL || p->g.landed == NULL) {
+            free(p->g.cflights);
+            free(p->g.landed);
+            p->g.cflights = NULL;
+            p->g.landed = NULL;
+            rc = -ENOMEM;
+        }
+    }
+    if (rc == 0)
+        p->g.calls_enabled = 1;
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* No more clients' calls in the thread. */
+void np_calls_disable(struct np_plane *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->g.calls_enabled = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* With np_grant_publish, for the same loop run: the core's next reqid. */
+void np_calls_publish(struct np_plane *p, uint32_t next_reqid)
+{
+    pthread_mutex_lock(&p->mu);
+    p->g.next_reqid = next_reqid ? next_reqid : 1;
+    p->g.calls_run = p->loop_runs;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* The reqid the core goes on from after the thread's calls. */
+uint32_t np_calls_next_reqid(struct np_plane *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint32_t r = p->g.next_reqid;
+    pthread_mutex_unlock(&p->mu);
+    return r;
+}
+
+/* Move the call log into buf (whole entries); bytes copied, -(size needed) when the first entry
+ * does not fit. */
+int64_t np_calls_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
+{
+    struct np_grants *g = &p->g;
+    pthread_mutex_lock(&p->mu);
+    size_t pos = 0;
+    while (pos < g->cloglen) {
+        size_t size = CALL_ENTRY_HEAD + (size_t)rd32(g->clog + pos + 8) + rd32(g->clog + pos + 44);
+        size_t padded = (size + 7) & ~(size_t)7;
+        if (pos + padded > cap) {
+            if (pos == 0) {
+                pthread_mutex_unlock(&p->mu);
+                return -(int64_t)padded;
+            }
+            break;
+        }
+        pos += padded;
+    }
+    memcpy(buf, g->clog, pos);
+    memmove(g->clog, g->clog + pos, g->cloglen - pos);
+    g->cloglen -= pos;
+    pthread_mutex_unlock(&p->mu);
+    return (int64_t)pos;
+}
+
+/* answered here, sent on, landed, left to the loop */
+void np_calls_counters(struct np_plane *p, uint64_t *out)
+{
+    pthread_mutex_lock(&p->mu);
+    out[0] = p->g.calls_answered;
+    out[1] = p->g.calls_sent;
+    out[2] = p->g.calls_landed;
+    out[3] = p->g.calls_left;
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* The loop goes to sleep: the thread may grant (with what was published for this run). */
 void np_rest_release(struct np_plane *p)
 {
@@ -1433,7 +1778,8 @@ int np_rest_take(struct np_plane *p)
     }
     pthread_mutex_lock(&p->mu);
     p->loop_runs++;
-    int flags = p->g.loglen ? 1 : 0;
+    int flags = (p->g.loglen ? 1 : 0) | (p->g.cloglen ? 2 : 0);
+    forget_thread_state(&p->g);     /* the loop takes its calls and pins from the log now */
     pthread_mutex_unlock(&p->mu);
     return flags;
 }
@@ -1658,6 +2004,10 @@ void np_destroy(struct np_plane *p)
     free_published(&p->g);
     free(p->g.log);
     free(p->g.out);
+    forget_thread_state(&p->g);
+    free(p->g.cflights);
+    free(p->g.landed);
+    free(p->g.clog);
     np_rest_release(p);
     pthread_mutex_destroy(&p->rest);
     pthread_mutex_destroy(&p->mu);

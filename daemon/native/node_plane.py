@@ -32,7 +32,7 @@ from typing import NamedTuple
 from . import HERE, NativeBuildError, build, library_path, load_library, main_thread_scheduling
 
 SOURCE = HERE / "node_plane.c"
-ABI = 6                       # NP_ABI in the source
+ABI = 7                       # NP_ABI in the source
 #: event kinds (CLOSED_BAD: for what the peer sent; CLOSED_STALLED: a client's incomplete packet
 #: made no progress while clients held more than the plane's max_partial)
 FRAME, CLOSED, CLOSED_BAD, CLOSED_STALLED = 1, 2, 3, 4
@@ -42,8 +42,8 @@ RECEIVE, SEND, CLIENT = 1, 2, 3
 _EVENT_HEAD = struct.Struct("=IiI")
 _INITIAL_TAKE = 1 << 20
 _GRANT_HEAD = struct.Struct("<6IQII")        # GRANT_ENTRY_HEAD in the source: before the key
-#: np_rest_take's answer: grants wait to be taken.
-GRANTS_WAITING = 1
+#: np_rest_take's answer: grants wait to be taken; smbd's calls the thread took wait to be taken.
+GRANTS_WAITING, CALLS_WAITING = 1, 2
 #: Grant entries' `what` bits.
 GRANTED, SCHEDULED, REPLY_LOST = 1, 2, 4
 
@@ -90,6 +90,55 @@ def vacuum_triage(lib: ctypes.CDLL, functions: TdbFunctions, context: int, pnn: 
     return bytes(out)[:len(entries)], locked
 
 
+#: Call log entries' kinds (CL_* in the source).
+CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED = 1, 2, 3, 4
+_CALL_HEAD = struct.Struct("<12IQQII")          # CALL_ENTRY_HEAD in the source, before the stores
+_CALL_STORE = struct.Struct("<IIQII")           # effect, flags, rsn, dmaster, reserved1
+_CALL_ENTRY_HEAD = _CALL_HEAD.size + 2 * _CALL_STORE.size
+
+
+class CallEntry(NamedTuple):
+    """One entry of the call log: what the thread did for a client's call (step 3b)."""
+
+    kind: int                   # CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED
+    db_id: int
+    key: bytes
+    conn: int                   # the client's plane connection
+    client_reqid: int
+    client_src: int             # the srcnode of the client's REQ_CALL (the reply's destnode)
+    callid: int
+    flags: int                  # the call's flags (WANT_READONLY off), for a flight
+    reqid: int                  # the REQ_CALL sent on (FLIGHT, LANDED)
+    generation: int
+    peer: int                   # FLIGHT: where it went; LANDED: who sent the REPLY_DMASTER
+    calldata: bytes
+    at: float                   # monotonic seconds: sent (FLIGHT), answered, landed
+    started: float              # LANDED: when the client asked
+    reply_lost: bool            # the frame could not be queued
+    stores: tuple[tuple[int, tuple[int, int, int, int]], ...]   # (STORE_*, (rsn, dmaster, reserved1, flags))
+
+
+def parse_call_log(raw: bytes) -> list[CallEntry]:
+    out: list[CallEntry] = []
+    pos = 0
+    while pos < len(raw):
+        (kind, db_id, keylen, conn, client_reqid, client_src, callid, flags, reqid, generation, peer,
+         calldatalen, at_ns, started_ns, nstores, lost) = _CALL_HEAD.unpack_from(raw, pos)
+        stores = []
+        for i in range(min(nstores, 2)):
+            effect, rflags, rsn, dmaster, reserved1 = _CALL_STORE.unpack_from(raw, pos + _CALL_HEAD.size
+                                                                              + i * _CALL_STORE.size)
+            stores.append((effect, (rsn, dmaster, reserved1, rflags)))
+        start = pos + _CALL_ENTRY_HEAD
+        key = raw[start:start + keylen]
+        calldata = raw[start + keylen:start + keylen + calldatalen]
+        out.append(CallEntry(kind, db_id, key, ctypes.c_int32(conn).value, client_reqid, client_src, callid,
+                             flags, reqid, generation, peer, calldata, at_ns / 1e9, started_ns / 1e9,
+                             bool(lost), tuple(stores)))
+        pos += (_CALL_ENTRY_HEAD + keylen + calldatalen + 7) & ~7
+    return out
+
+
 class Grant(NamedTuple):
     """One entry of the grant log: what the thread did for a peer's REQ_CALL."""
 
@@ -126,6 +175,12 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_grant_record": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
                          ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                          ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int64),
+    "np_calls_setup": ([ctypes.c_void_p], ctypes.c_int),
+    "np_calls_publish": ([ctypes.c_void_p, ctypes.c_uint32], None),
+    "np_calls_disable": ([ctypes.c_void_p], None),
+    "np_calls_next_reqid": ([ctypes.c_void_p], ctypes.c_uint32),
+    "np_calls_take": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64], ctypes.c_int64),
+    "np_calls_counters": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)], None),
     "np_call_decide": ([ctypes.POINTER(TdbFunctions), ctypes.c_void_p, ctypes.c_uint32,
                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p,
                         ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p, ctypes.c_uint64,
@@ -277,6 +332,42 @@ class NodePlane:
                                  (rsn, dmaster, flags)))
                 pos += (_GRANT_HEAD.size + keylen + 7) & ~7
 
+    # -- smbd's calls (step 3b) --------------------------------------------------------------------
+    def enable_calls(self) -> None:
+        """Let the thread take clients' calls while the loop sleeps (after enable_grants)."""
+        rc = self._lib.np_calls_setup(self._plane)
+        if rc != 0:
+            raise OSError(-rc, f"np_calls_setup failed: {os.strerror(-rc)}")
+
+    def disable_calls(self) -> None:
+        self._lib.np_calls_disable(self._plane)
+
+    def publish_calls(self, next_reqid: int) -> None:
+        """With ``publish``, for the same loop run: the core's next reqid."""
+        self._lib.np_calls_publish(self._plane, next_reqid)
+
+    @property
+    def next_reqid(self) -> int:
+        """The reqid the core goes on from after the thread's calls."""
+        return self._lib.np_calls_next_reqid(self._plane)
+
+    def calls(self) -> list[CallEntry]:
+        """The thread's call log since the last call, in order."""
+        out: list[CallEntry] = []
+        while True:
+            got = self._lib.np_calls_take(self._plane, self._buf, len(self._buf))
+            if got < 0:
+                self._buf = ctypes.create_string_buffer(-got)
+                continue
+            if got == 0:
+                return out
+            out += parse_call_log(ctypes.string_at(self._buf, got))
+
+    def call_counters(self) -> dict[str, int]:
+        out = (ctypes.c_uint64 * 4)()
+        self._lib.np_calls_counters(self._plane, out)
+        return dict(zip(("answered", "sent", "landed", "left"), out))
+
     @property
     def grants_wanted(self) -> bool:
         """Whether peers have asked this node as their lmaster (per the published lmasters); read
@@ -356,4 +447,5 @@ __all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSE
            "RECEIVE", "SEND", "CLIENT",
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
            "GRANTED", "SCHEDULED", "REPLY_LOST", "CallDecision", "call_decide", "CALL_LEFT",
-           "CALL_ANSWERED", "CALL_SENT", "STORE_SCHEDULE", "STORE_UNSCHEDULE"]
+           "CALL_ANSWERED", "CALL_SENT", "STORE_SCHEDULE", "STORE_UNSCHEDULE", "CALLS_WAITING",
+           "CallEntry", "CALL_ANSWERED_HERE", "CALL_FLIGHT", "CALL_LANDED", "CALL_STORE_FAILED"]

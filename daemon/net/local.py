@@ -308,6 +308,16 @@ class LocalServer:
                 sent += 1
         return sent
 
+    def count_native(self, client: Client | None, *, received_op: int | None = None,
+                     sent_op: int | None = None) -> None:
+        """A frame of `client` the native plane took, and its answer, for statistics."""
+        if received_op is not None:
+            self._received_ops[received_op] = self._received_ops.get(received_op, 0) + 1
+            if client is not None:
+                client.packets_in += 1
+        if sent_op is not None:
+            self._sent_ops[sent_op] = self._sent_ops.get(sent_op, 0) + 1
+
     def traffic(self) -> tuple[dict[int, int], dict[int, int]]:
         """Frames sent to and received from clients since start, by operation (for statistics)."""
         return dict(self._sent_ops), dict(self._received_ops)

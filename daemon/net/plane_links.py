@@ -146,6 +146,11 @@ class PlaneLinks:
         protocol.connection_made(transport)
         return transport
 
+    def protocol_of(self, conn: int):
+        """The protocol of plane connection ``conn``, None once it is closed."""
+        link = self._links.get(conn)
+        return None if link is None else link.protocol
+
     def _forget(self, conn: int) -> None:
         self._links.pop(conn, None)
 

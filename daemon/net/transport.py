@@ -434,6 +434,18 @@ class NodeTransport:
                 out.append((outbound.conn, pnn, 2))
         return out
 
+    def count_native(self, pnn: int, *, sent_op: int | None = None, received_op: int | None = None) -> None:
+        """One frame the native plane sent to or took from `pnn` for a client's call (statistics)."""
+        peer = self._peers.get(pnn)
+        if sent_op is not None:
+            self._sent_ops[sent_op] = self._sent_ops.get(sent_op, 0) + 1
+            if peer is not None:
+                peer.tx_packets += 1
+        if received_op is not None:
+            self._received_ops[received_op] = self._received_ops.get(received_op, 0) + 1
+            if peer is not None:
+                peer.rx_packets += 1
+
     def count_answered(self, pnn: int, received_op: int, sent_op: int, count: int) -> None:
         """`count` frames from `pnn` the plane answered itself, one frame each (statistics)."""
         peer = self._peers.get(pnn)

@@ -48,6 +48,8 @@ from .dispatch import ControlDispatcher, Registry, Request, Result
 from .leader import LEADER_MESSAGES, LeaderService
 from .memory import memory_report
 from .messenger import Messenger
+from . import native_calls
+from .native_calls import NativeCalls
 from .native_grants import NativeGrants
 from .monitor import MonitorService
 from .node import NodeService, node_settings
@@ -277,6 +279,8 @@ class Daemon:
             self._timer.cancel()
         if self._native_grants is not None:
             notice("%s", self._native_grants.summary())
+            if self._native_grants.native_calls is not None:
+                notice("%s", self._native_grants.native_calls.summary())
         await self.transport.close()
         await self._close_sockets()
         self.db.close()
@@ -336,6 +340,12 @@ class Daemon:
         if grants.start():
             self._native_grants = grants
             notice("The native node plane answers the lmaster's grant")
+            if self.local.plane is links and os.environ.get(native_calls.ENV) == "1":
+                calls = NativeCalls(links, self.local, self.transport, self.db.record_calls,
+                                    self.node.note_traffic)
+                calls.start()
+                grants.native_calls = calls
+                notice("The native node plane takes smbd's calls")
 
     def _on_peer_up(self, pnn: int) -> None:
         self.node.step(PeerConnected(pnn))

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from ..core.db.migration import granted_natively
 from ..log import log
-from ..native.node_plane import GRANTED, GRANTS_WAITING, REPLY_LOST, SCHEDULED, tdb_functions
+from ..native.node_plane import CALLS_WAITING, GRANTED, GRANTS_WAITING, REPLY_LOST, SCHEDULED, tdb_functions
 from ..net.plane_links import PlaneLinks
 from ..net.transport import NodeTransport
 from ..protocol.constants import Operation
@@ -68,6 +68,8 @@ class NativeGrants:
         self._last_blob: bytes | None = None
         self._failed: set[str] = set()
         self._last_grant = float("-inf")    # when the loop last took grants or was asked
+        #: smbd's calls in the plane too (server/native_calls.py), published and taken here
+        self.native_calls = None
 
     def start(self) -> bool:
         """Turn the plane's grants on; False if this loop cannot have them (logged)."""
@@ -108,16 +110,26 @@ class NativeGrants:
         blob = self.state()
         self.links.plane.publish(None if blob == self._last_blob else blob)
         self._last_blob = blob
+        if self.native_calls is not None:
+            self.native_calls.publish()
         self._published_map = self.core.vnnmap
 
     def after_wake(self, flags: int) -> None:
-        if not flags & GRANTS_WAITING:
+        if not flags & (GRANTS_WAITING | CALLS_WAITING):
             return
         self._last_grant = self.calls.clock()
         try:
-            self.take()
+            if flags & GRANTS_WAITING:
+                self.take()
         except Exception as exc:
             self._complain("take", exc)
+        if flags & CALLS_WAITING and self.native_calls is not None:
+            try:
+                self.native_calls.take()
+            except Exception as exc:        # no more calls in the plane: the loop takes them all
+                self.native_calls, calls = None, self.native_calls
+                calls.stop()
+                self._complain("taking smbd's calls", exc)
 
     # -- what the thread must respect ---------------------------------------------------------------
     def state(self) -> bytes:

@@ -601,16 +601,23 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
 
 # -- the daemon, end to end -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("clients_in_plane", [False, True], ids=["clients-asyncio", "clients-plane"])
-def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, clients_in_plane):
+@pytest.mark.parametrize("clients_in_plane, calls_in_plane", [(False, False), (True, False), (True, True)],
+                         ids=["clients-asyncio", "clients-plane", "calls-plane"])
+def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, clients_in_plane,
+                                                  calls_in_plane):
     """Three pyctdbd daemons as they start by default (grants on): calls from node 0's client for
     keys other nodes are lmaster of are answered, the lmasters' threads granted them, and
     `ctdb statistics` there counts them as the Python path does. The same with the local
-    clients (the test's and the ctdb tool's) in the plane (PYCTDBD_CLIENT_PLANE=1)."""
-    for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE", "PYCTDBD_CLIENT_PLANE"):
+    clients (the test's and the ctdb tool's) in the plane (PYCTDBD_CLIENT_PLANE=1), and with
+    node 0's thread taking the client's calls too (PYCTDBD_NATIVE_CALLS=1): then its statistics
+    count them as the loop would have."""
+    for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE", "PYCTDBD_CLIENT_PLANE",
+                 "PYCTDBD_NATIVE_CALLS"):
         monkeypatch.delenv(name, raising=False)
     if clients_in_plane:
         monkeypatch.setenv("PYCTDBD_CLIENT_PLANE", "1")
+    if calls_in_plane:
+        monkeypatch.setenv("PYCTDBD_NATIVE_CALLS", "1")
     import re
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -633,6 +640,7 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, cli
         for key in keys:
             reply = client.call(ident, key)
             assert reply.header.operation == Operation.REPLY_CALL and reply.body.status == 0
+        node0 = cluster.ok(0, "statistics")
         req_calls = 0
         for pnn in (1, 2):
             text = cluster.ok(pnn, "statistics")
@@ -645,6 +653,17 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, cli
     assert all("Node connections go through the native node plane" in t for t in logs)
     assert all("The native node plane answers the lmaster's grant" in t for t in logs)
     assert all(("Local clients go through the native node plane" in t) == clients_in_plane for t in logs)
+    client_part = node0.split("\n client\n", 1)[1]
+    assert int(re.search(r"^\s+req_call\s+(\d+)", client_part, re.M).group(1)) >= len(keys)
+    assert int(re.search(r"^\s+total_calls\s+(\d+)", node0, re.M).group(1)) >= len(keys)
+    assert int(re.search(r"^\s+pending_calls\s+(\d+)", node0, re.M).group(1)) == 0
+    answered = [tuple(map(int, m)) for m in re.findall(
+        r"Native calls: (\d+) answered, (\d+) sent on, (\d+) landed", logs[0])]
+    if calls_in_plane:
+        (here, sent, landed), = answered
+        assert sent >= 100 and landed >= 100 and here >= 30, answered    # ~2/3 of keys elsewhere
+    else:
+        assert answered == []
     granted = [int(m) for t in logs[1:] for m in re.findall(r"Native grants: (\d+) granted", t)]
     assert sum(granted) >= 150, granted          # ~2/3 of the keys have their lmaster there
     assert req_calls >= sum(granted)             # the lmasters' statistics count the grants
