@@ -1053,7 +1053,14 @@ static int try_grant(struct np_plane *p, struct np_conn *c, const unsigned char 
 /* ---- smbd's calls in the thread (step 3b): like the grant, only while the loop sleeps ---- */
 
 #define CALL_ENTRY_HEAD 120         /* a call log entry before its key and calldata */
-enum { CL_ANSWERED = 1, CL_FLIGHT = 2, CL_LANDED = 3, CL_STORE_FAILED = 4 };
+enum { CL_ANSWERED = 1, CL_FLIGHT = 2, CL_LANDED = 3, CL_STORE_FAILED = 4, CL_SCHEDULED = 5 };
+#define OP_REQ_CONTROL 7u
+#define REQ_CONTROL_HEAD 60         /* header + opcode, pad, srvid, client_id, flags, datalen */
+#define CONTROL_SCHEDULE_FOR_DELETION 128u
+#define CONTROL_FLAG_NOREPLY 1u
+#define CURRENT_NODE 0xF0000001u
+#define KEY_DATA_HEAD 36            /* ctdb_key_data: db_id, pad, ltdb_header, keylen */
+
 
 static int same_key(uint32_t db_id, uint32_t keylen, uint32_t hash, const unsigned char *key,
                     uint32_t db2, uint32_t keylen2, uint32_t hash2, const unsigned char *key2)
@@ -1134,10 +1141,39 @@ static void *published_ctx(const struct np_grants *g, uint32_t db_id)
     return NULL;
 }
 
+/* smbd's SCHEDULE_FOR_DELETION (sent NOREPLY after it deleted a record), while the loop sleeps:
+ * logged for the vacuum's queue, as controls/vacuum.py queues it (mutex held). 1 taken, 0 for
+ * the loop (a malformed one, a control for another node: the loop answers or forwards it). */
+static int try_schedule(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
+{
+    struct np_grants *g = &p->g;
+    if (len < REQ_CONTROL_HEAD + KEY_DATA_HEAD || rd32(f + 32) != CONTROL_SCHEDULE_FOR_DELETION
+        || !(rd32(f + 52) & CONTROL_FLAG_NOREPLY)
+        || (rd32(f + 20) != CURRENT_NODE && rd32(f + 20) != g->pnn) || !g->published)
+        return 0;
+    uint32_t datalen = rd32(f + 56);
+    const unsigned char *d = f + REQ_CONTROL_HEAD;
+    if ((uint64_t)REQ_CONTROL_HEAD + datalen > len || datalen < KEY_DATA_HEAD
+        || (uint64_t)KEY_DATA_HEAD + rd32(d + 32) > datalen || p->evlen || g->cloglen > GRANT_LOG_MAX
+        || pthread_mutex_trylock(&p->rest) != 0)
+        return 0;
+    pthread_mutex_unlock(&p->rest);     /* asleep: what is logged now comes before its next run */
+    struct call_info info = {1, {{ST_SCHEDULE, {rd64(d + 8), rd32(d + 16), rd32(d + 20), rd32(d + 24)}}}, 0};
+    struct call_entry e = {CL_SCHEDULED, rd32(d), c->id, 0, 0, 0, 0, 0, 0, 0, now_ns(), 0, 0,
+                           d + KEY_DATA_HEAD, NULL, rd32(d + 32), 0};
+    return log_call(g, &e, &info) == 0;
+}
+
 /* A client's frame (mutex held): a REQ_CALL taken here (1), or for the loop (0). */
 static int try_client(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
 {
     struct np_grants *g = &p->g;
+    if (g->calls_enabled && len >= HEADER_SIZE && rd32(f + 16) == OP_REQ_CONTROL) {
+        if (!try_schedule(p, c, f, len))
+            return 0;
+        c->frames_in++;
+        return 1;
+    }
     if (!g->calls_enabled || len < REQ_CALL_HEAD || rd32(f + 16) != OP_REQ_CALL)
         return 0;
     uint32_t keylen = rd32(f + 48), calldatalen = rd32(f + 52);

@@ -91,7 +91,7 @@ def vacuum_triage(lib: ctypes.CDLL, functions: TdbFunctions, context: int, pnn: 
 
 
 #: Call log entries' kinds (CL_* in the source).
-CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED = 1, 2, 3, 4
+CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED, CALL_SCHEDULED = 1, 2, 3, 4, 5
 _CALL_HEAD = struct.Struct("<12IQQII")          # CALL_ENTRY_HEAD in the source, before the stores
 _CALL_STORE = struct.Struct("<IIQII")           # effect, flags, rsn, dmaster, reserved1
 _CALL_ENTRY_HEAD = _CALL_HEAD.size + 2 * _CALL_STORE.size
@@ -100,7 +100,8 @@ _CALL_ENTRY_HEAD = _CALL_HEAD.size + 2 * _CALL_STORE.size
 class CallEntry(NamedTuple):
     """One entry of the call log: what the thread did for a client's call (step 3b)."""
 
-    kind: int                   # CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED
+    kind: int                   # CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED,
+    #                             CALL_SCHEDULED (smbd's SCHEDULE_FOR_DELETION: stores[0] its header)
     db_id: int
     key: bytes
     conn: int                   # the client's plane connection
@@ -448,4 +449,5 @@ __all__ = ["NodePlane", "library", "NativeBuildError", "FRAME", "CLOSED", "CLOSE
            "Grant", "TdbFunctions", "tdb_functions", "grant_record", "GRANTS_WAITING",
            "GRANTED", "SCHEDULED", "REPLY_LOST", "CallDecision", "call_decide", "CALL_LEFT",
            "CALL_ANSWERED", "CALL_SENT", "STORE_SCHEDULE", "STORE_UNSCHEDULE", "CALLS_WAITING",
-           "CallEntry", "CALL_ANSWERED_HERE", "CALL_FLIGHT", "CALL_LANDED", "CALL_STORE_FAILED"]
+           "CallEntry", "CALL_ANSWERED_HERE", "CALL_FLIGHT", "CALL_LANDED", "CALL_STORE_FAILED",
+           "CALL_SCHEDULED"]

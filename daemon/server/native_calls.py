@@ -29,7 +29,8 @@ from collections.abc import Callable
 from ..core.db.flights import Flight, Waiter
 from ..log import log
 from ..native.node_plane import (
-    CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_STORE_FAILED, STORE_SCHEDULE, CallEntry,
+    CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_SCHEDULED, CALL_STORE_FAILED, STORE_SCHEDULE,
+    CallEntry,
 )
 from ..net.local import LocalServer
 from ..net.plane_links import PlaneLinks
@@ -43,6 +44,7 @@ from .record_calls import RecordCalls
 ENV = "PYCTDBD_NATIVE_CALLS"
 
 _REQ_CALL = int(Operation.REQ_CALL)
+_REQ_CONTROL = int(Operation.REQ_CONTROL)
 _REPLY_CALL = int(Operation.REPLY_CALL)
 _REPLY_DMASTER = int(Operation.REPLY_DMASTER)
 
@@ -84,6 +86,8 @@ class NativeCalls:
                 self._flight(entry, adopt=entry.reqid not in landed)
             elif entry.kind == CALL_LANDED:
                 self._landed(entry, now)
+            elif entry.kind == CALL_SCHEDULED:
+                self._scheduled(entry)
             elif entry.kind == CALL_STORE_FAILED:
                 self._stores(entry)
                 self.calls.force_recovery(f"a store of a record of db 0x{entry.db_id:08x} failed in "
@@ -138,6 +142,12 @@ class NativeCalls:
         self.transport.count_native(e.peer, received_op=_REPLY_DMASTER)
         self.note_traffic(e.peer, now)
         self._client_traffic(e, received=False, sent=True)
+
+    def _scheduled(self, e: CallEntry) -> None:
+        """smbd's SCHEDULE_FOR_DELETION, as controls/vacuum.py takes it (no reply: NOREPLY)."""
+        if self.calls.on_schedule is not None:
+            self.calls.on_schedule(e.db_id, e.key, LtdbHeader(*e.stores[0][1]))
+        self.local.count_native(self.links.protocol_of(e.conn), received_op=_REQ_CONTROL)
 
     def _stores(self, e: CallEntry) -> None:
         calls = self.calls

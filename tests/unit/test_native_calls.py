@@ -15,6 +15,10 @@ elsewhere is sent on, as the core sends it).
 from __future__ import annotations
 
 import random
+import select
+import socket
+import struct
+import time
 
 import pytest
 
@@ -25,11 +29,13 @@ from ctdblab.daemon.core.db.migration import (
 )
 from ctdblab.daemon.native import node_plane
 from ctdblab.daemon.native.node_plane import (
-    CALL_ANSWERED, CALL_LEFT, CALL_SENT, STORE_SCHEDULE, STORE_UNSCHEDULE, call_decide, tdb_functions,
+    CALL_ANSWERED, CALL_ANSWERED_HERE, CALL_FLIGHT, CALL_LANDED, CALL_LEFT, CALL_SCHEDULED, CALL_SENT,
+    CALLS_WAITING, CLIENT, FRAME, RECEIVE, SEND, STORE_SCHEDULE, STORE_UNSCHEDULE, NodePlane, call_decide,
+    tdb_functions,
 )
-from ctdblab.daemon.protocol.constants import CallFunc
-from ctdblab.daemon.protocol.packets import ReplyCall, ReplyDmaster, ReqCall, encode_packet
-from ctdblab.daemon.protocol.types import LtdbHeader, VnnMap
+from ctdblab.daemon.protocol.constants import CallFunc, Control, ControlFlag
+from ctdblab.daemon.protocol.packets import ReplyCall, ReplyDmaster, ReqCall, ReqControl, decode_packet, encode_packet
+from ctdblab.daemon.protocol.types import KeyData, LtdbHeader, VnnMap
 from ctdblab.daemon.store import DbDirs, DbKind, Store, db_id, libtdb
 
 NAME = "smbXsrv_open_global.tdb"
@@ -227,3 +233,213 @@ def test_the_c_call_leaves_a_locked_chain_alone(files, lib):
         decision = call_decide(FNS, db_c.tdb.context, PNN, LMASTERS, frame, reqid=1, generation=GEN, lib=lib)
         assert decision.result == CALL_LEFT and decision.stores == ()
     assert db_c.tdb.fetch(key) == LtdbHeader(5, PNN, 0, 0).pack() + b"data"
+
+
+# -- the plane's thread: calls taken while the loop sleeps -----------------------------------------
+
+PEER = 1                            # the lmaster of the rig's remote keys, and its connections
+
+
+class Rig:
+    """A plane with one client (smbd), one peer (node 1: its inbound and our outbound
+    connection), grants and calls on, and a published state the test controls."""
+
+    def __init__(self, tmp_path, lib) -> None:
+        base = tmp_path / "rig"
+        for sub in ("v", "p", "s"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        self.store = Store(DbDirs(str(base / "v"), str(base / "p"), str(base / "s")), PNN, hash_size=101)
+        self.db = self.store.attach(NAME, DbKind.VOLATILE)
+        self.plane = NodePlane(1 << 20, lib=lib)
+        self.plane.enable_grants(FNS, 65536)
+        self.plane.enable_calls()
+        ours, self.smbd = socket.socketpair()
+        self.client = self.plane.add(ours, CLIENT)
+        ours, self.peer_in = socket.socketpair()
+        self.recv_conn = self.plane.add(ours, RECEIVE)
+        ours, self.peer_out = socket.socketpair()
+        self.send_conn = self.plane.add(ours, SEND)
+        self.busy: list[tuple[int, bytes]] = []
+        self.next_reqid = 7
+
+    def publish(self) -> None:
+        head = struct.pack("<7I", 1, PNN, GEN, len(LMASTERS), 1, 2, len(self.busy))
+        blob = (head + struct.pack(f"<{len(LMASTERS)}I", *LMASTERS)
+                + struct.pack("<IIQ", DB, 0, self.db.tdb.context)
+                + struct.pack("<iiI", self.recv_conn, PEER, 1) + struct.pack("<iiI", self.send_conn, PEER, 2)
+                + b"".join(struct.pack("<II", d, len(k)) + k for d, k in self.busy))
+        self.plane.publish(blob)
+        self.plane.publish_calls(self.next_reqid)
+
+    def sleep(self) -> None:
+        self.publish()
+        self.plane.rest_release()
+
+    def wake(self) -> int:
+        return self.plane.rest_take()
+
+    def read(self, sock: socket.socket, n: int = 1, timeout: float = 5.0) -> list:
+        """n whole packets from `sock` (or what came before the timeout; a loop event ends it)."""
+        got = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(list(_offsets(got))) >= n and sum(_lengths(got)) == len(got):
+                break
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if ready:
+                got += sock.recv(1 << 16)
+        return [decode_packet(got[pos:pos + struct.unpack_from("<I", got, pos)[0]]) for pos in _offsets(got)]
+
+    def events(self, n: int = 1, timeout: float = 5.0) -> list:
+        got: list = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            select.select([self.plane.wake_fd], [], [], 0.05)
+            got += self.plane.events()
+        return got
+
+    def close(self) -> None:
+        self.plane.destroy()
+        for s in (self.smbd, self.peer_in, self.peer_out):
+            s.close()
+        self.store.close()
+
+
+def _offsets(stream: bytes):
+    pos = 0
+    while len(stream) - pos >= 4:
+        yield pos
+        pos += struct.unpack_from("<I", stream, pos)[0]
+
+
+def _lengths(stream: bytes):
+    return [struct.unpack_from("<I", stream, pos)[0] for pos in _offsets(stream)]
+
+
+@pytest.fixture
+def rig(tmp_path, lib):
+    r = Rig(tmp_path, lib)
+    yield r
+    r.close()
+
+
+def remote_key(seed: int) -> bytes:
+    rng = random.Random(seed)
+    while True:
+        key = rng.randbytes(16)
+        if lmaster_of(key, LMASTERS) == PEER:
+            return key
+
+
+def smbd_call(key: bytes, reqid: int, callid: int = CallFunc.NULL_FUNC) -> bytes:
+    return encode_packet(ReqCall(1, DB, callid, 0, key), destnode=0xFFFFFFFF, srcnode=SMBD_SRCNODE,
+                         reqid=reqid, pad=False)
+
+
+def test_a_call_goes_out_lands_and_is_answered_while_the_loop_sleeps(rig):
+    key = remote_key(1)
+    rig.sleep()
+    rig.smbd.sendall(smbd_call(key, reqid=40))
+    (sent,) = rig.read(rig.peer_out)
+    assert isinstance(sent.body, ReqCall) and sent.body.key == key and sent.body.hopcount == 0
+    assert (sent.header.destnode, sent.header.srcnode, sent.header.reqid, sent.header.generation) == (
+        PEER, PNN, rig.next_reqid, GEN)
+    rig.peer_in.sendall(encode_packet(ReplyDmaster(DB, 3, key, b"value", 0), destnode=PNN, srcnode=PEER,
+                                      reqid=sent.header.reqid, generation=GEN))
+    (reply,) = rig.read(rig.smbd)
+    assert isinstance(reply.body, ReplyCall) and reply.header.reqid == 40 and reply.body.status == 0
+    assert rig.wake() & CALLS_WAITING
+    assert rig.plane.events() == []                      # the loop never saw either packet
+    header, data = rig.db.tdb.fetch_ltdb(key)
+    assert header.dmaster == PNN and header.rsn == 5 and data == b"value"   # landed (+1), the call (+1)
+    log = rig.plane.calls()
+    assert [e.kind for e in log] == [CALL_FLIGHT, CALL_LANDED]
+    assert log[0].reqid == log[1].reqid == rig.next_reqid and log[0].peer == PEER and log[1].peer == PEER
+    assert log[0].client_reqid == 40 and log[0].conn == rig.client and log[0].flags == 1
+    assert [effect for effect, _ in log[1].stores] == [STORE_UNSCHEDULE, STORE_UNSCHEDULE]
+    assert rig.plane.next_reqid == rig.next_reqid + 1
+    assert rig.plane.call_counters() == {"answered": 0, "sent": 1, "landed": 1, "left": 0}
+
+
+def test_a_call_the_loop_woke_for_leaves_its_landing_to_the_loop(rig):
+    """The loop woke between the REQ_CALL and the REPLY_DMASTER: it takes the call from the log
+    (as a flight of its own), and the landing reaches it as a frame."""
+    key = remote_key(2)
+    rig.sleep()
+    rig.smbd.sendall(smbd_call(key, reqid=41))
+    (sent,) = rig.read(rig.peer_out)
+    assert rig.wake() & CALLS_WAITING
+    (flight,) = rig.plane.calls()
+    assert flight.kind == CALL_FLIGHT and flight.key == key
+    landing = encode_packet(ReplyDmaster(DB, 3, key, b"", 0), destnode=PNN, srcnode=PEER,
+                            reqid=sent.header.reqid, generation=GEN)
+    rig.sleep()
+    rig.peer_in.sendall(landing)
+    assert rig.events() == [(FRAME, rig.recv_conn, landing)]
+    rig.wake()
+    assert rig.db.tdb.fetch(key) is None and rig.plane.calls() == []
+
+
+def test_a_record_held_here_is_answered_at_once(rig):
+    key = remote_key(3)
+    rig.db.tdb.store_ltdb(key, LtdbHeader(8, PNN, 0, 0), b"abc")
+    rig.sleep()
+    rig.smbd.sendall(smbd_call(key, reqid=42, callid=CallFunc.FETCH_FUNC))
+    (reply,) = rig.read(rig.smbd)
+    assert reply.body.data == b"abc" and reply.header.reqid == 42
+    rig.wake()
+    (entry,) = rig.plane.calls()
+    assert entry.kind == CALL_ANSWERED_HERE and entry.stores[0][1][0] == 9
+
+
+def test_smbds_schedule_for_deletion_is_queued_while_the_loop_sleeps(rig):
+    key = remote_key(4)
+    header = LtdbHeader(12, PNN, 0, 0)
+    frame = encode_packet(ReqControl(Control.SCHEDULE_FOR_DELETION, flags=ControlFlag.NOREPLY,
+                                     data=KeyData(DB, header, key).pack()),
+                          destnode=0xF0000001, srcnode=SMBD_SRCNODE, reqid=9, pad=False)
+    rig.sleep()
+    rig.smbd.sendall(frame)
+    assert rig.events(timeout=0.5) == []        # no reply (NOREPLY), nothing for the loop
+    assert rig.wake() & CALLS_WAITING
+    (entry,) = rig.plane.calls()
+    assert entry.kind == CALL_SCHEDULED and entry.key == key and entry.db_id == DB
+    assert entry.stores == ((STORE_SCHEDULE, (12, PNN, 0, 0)),)
+    # awake, or asking for a reply: the loop's
+    rig.smbd.sendall(frame)
+    assert rig.events() == [(FRAME, rig.client, frame)]
+    with_reply = encode_packet(ReqControl(Control.SCHEDULE_FOR_DELETION, data=KeyData(DB, header, key).pack()),
+                               destnode=0xF0000001, srcnode=SMBD_SRCNODE, reqid=10, pad=False)
+    rig.sleep()
+    rig.smbd.sendall(with_reply)
+    assert rig.events() == [(FRAME, rig.client, with_reply)]
+    rig.wake()
+
+
+@pytest.mark.parametrize("change", ["busy", "stale", "awake", "in_flight"])
+def test_what_the_thread_must_not_take_reaches_the_loop_unchanged(rig, change):
+    key = remote_key(5)
+    frame = smbd_call(key, reqid=43)
+    if change == "busy":
+        rig.busy = [(DB, key)]
+    if change == "in_flight":                   # a second call for a key the thread sent on
+        rig.sleep()
+        rig.smbd.sendall(smbd_call(key, reqid=44))
+        rig.read(rig.peer_out)
+        rig.smbd.sendall(frame)
+        assert rig.events() == [(FRAME, rig.client, frame)]
+        rig.wake()
+        assert [e.kind for e in rig.plane.calls()] == [CALL_FLIGHT]
+        return
+    if change == "awake":
+        rig.publish()                           # published, but the loop keeps its rest
+    else:
+        rig.sleep()
+        if change == "stale":
+            rig.wake()
+            rig.plane.rest_release()            # a run went by without a publish
+    rig.smbd.sendall(frame)
+    assert rig.events() == [(FRAME, rig.client, frame)]
+    if change != "awake":
+        rig.wake()
+    assert rig.plane.calls() == [] and rig.db.tdb.fetch(key) is None
