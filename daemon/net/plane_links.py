@@ -35,9 +35,9 @@ ENV = "PYCTDBD_NODE_PLANE"
 #: "0": the loop answers the lmaster's grant. By default the plane's thread does (since it had a
 #: soak and a full lab suite in its latest form: docs/native-hot-path.md).
 GRANTS_ENV = "PYCTDBD_NATIVE_GRANTS"
-#: "1": the local clients' connections (smbd, the ctdb tool) go through the plane too (with the
-#: node plane on). Off by default: it is step 3's first part (docs/native-hot-path.md) and gains
-#: nothing until the plane handles smbd's calls itself.
+#: "0" keeps the local clients' connections (smbd, the ctdb tool) on asyncio's transports. By
+#: default they go through the plane with the node connections (step 3 of
+#: docs/native-hot-path.md: the plane's thread takes smbd's calls, server/native_calls.py).
 CLIENTS_ENV = "PYCTDBD_CLIENT_PLANE"
 
 
@@ -53,9 +53,9 @@ def native_path_wanted(env: Mapping[str, str]) -> tuple[bool, bool]:
 
 
 def clients_in_plane_wanted(env: Mapping[str, str]) -> bool:
-    """Whether the environment asks for the local clients in the plane (PYCTDBD_CLIENT_PLANE=1);
-    only with the plane itself on (native_path_wanted)."""
-    return env.get(CLIENTS_ENV, "0") == "1" and native_path_wanted(env)[0]
+    """Whether the local clients go in the plane: with the plane on (native_path_wanted) unless
+    PYCTDBD_CLIENT_PLANE=0."""
+    return env.get(CLIENTS_ENV, "1") != "0" and native_path_wanted(env)[0]
 
 
 def plane_unavailable() -> str | None:

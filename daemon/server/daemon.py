@@ -340,7 +340,7 @@ class Daemon:
         if grants.start():
             self._native_grants = grants
             notice("The native node plane answers the lmaster's grant")
-            if self.local.plane is links and os.environ.get(native_calls.ENV) == "1":
+            if self.local.plane is links and native_calls.wanted(os.environ):
                 calls = NativeCalls(links, self.local, self.transport, self.db.record_calls,
                                     self.node.note_traffic)
                 calls.start()

@@ -1,5 +1,5 @@
 """smbd's calls in the native node plane, from the loop's side (docs/native-hot-path.md, step 3;
-opt-in: PYCTDBD_NATIVE_CALLS=1 with the clients in the plane, PYCTDBD_CLIENT_PLANE=1).
+on with the clients in the plane and the grants, unless PYCTDBD_NATIVE_CALLS=0).
 
 While the loop sleeps, with the state it published for the run it just finished (the
 lmaster's grant's rules, server/native_grants.py), the plane's thread takes a client's REQ_CALL
@@ -39,9 +39,13 @@ from ..protocol.constants import Operation
 from ..protocol.types import LtdbHeader
 from .record_calls import RecordCalls
 
-#: In the daemon's environment: "1" lets the plane's thread take smbd's calls (needs the
-#: clients in the plane, PYCTDBD_CLIENT_PLANE=1).
+#: In the daemon's environment: "0" leaves smbd's calls to the loop. Otherwise the plane's thread
+#: takes them when the clients are in the plane and it answers the lmaster's grant.
 ENV = "PYCTDBD_NATIVE_CALLS"
+
+
+def wanted(env) -> bool:
+    return env.get(ENV, "1") != "0"
 
 _REQ_CALL = int(Operation.REQ_CALL)
 _REQ_CONTROL = int(Operation.REQ_CONTROL)

@@ -614,10 +614,9 @@ def test_the_daemons_grant_natively_and_count_it(tmp_path, lib, monkeypatch, cli
     for name in ("PYCTDBD_NATIVE_GRANTS", "PYCTDBD_NODE_PLANE", "PYCTDBD_NATIVE", "PYCTDBD_CLIENT_PLANE",
                  "PYCTDBD_NATIVE_CALLS"):
         monkeypatch.delenv(name, raising=False)
-    if clients_in_plane:
-        monkeypatch.setenv("PYCTDBD_CLIENT_PLANE", "1")
-    if calls_in_plane:
-        monkeypatch.setenv("PYCTDBD_NATIVE_CALLS", "1")
+    monkeypatch.setenv("PYCTDBD_CLIENT_PLANE", "1" if clients_in_plane else "0")
+    if not calls_in_plane:
+        monkeypatch.setenv("PYCTDBD_NATIVE_CALLS", "0")     # (both on by default)
     import re
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -684,12 +683,20 @@ def test_the_environment_turns_the_native_path_off(env, wanted):
 
 
 @pytest.mark.parametrize("env, wanted", [
-    ({}, False),
+    ({}, True),
+    ({"PYCTDBD_CLIENT_PLANE": "0"}, False),
     ({"PYCTDBD_CLIENT_PLANE": "1"}, True),
     ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NATIVE_GRANTS": "0"}, False),   # no plane at all
     ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NODE_PLANE": "0"}, False),
     ({"PYCTDBD_CLIENT_PLANE": "1", "PYCTDBD_NATIVE": "0"}, False),
 ])
-def test_local_clients_go_in_the_plane_only_when_asked(env, wanted):
+def test_the_environment_keeps_the_local_clients_out_of_the_plane(env, wanted):
     from ctdblab.daemon.net.plane_links import clients_in_plane_wanted
     assert clients_in_plane_wanted(env) is wanted
+
+
+@pytest.mark.parametrize("env, wanted", [({}, True), ({"PYCTDBD_NATIVE_CALLS": "1"}, True),
+                                         ({"PYCTDBD_NATIVE_CALLS": "0"}, False)])
+def test_the_environment_leaves_smbds_calls_to_the_loop(env, wanted):
+    from ctdblab.daemon.server import native_calls
+    assert native_calls.wanted(env) is wanted
