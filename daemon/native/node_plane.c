@@ -30,10 +30,18 @@
  * Anything else — another packet, a busy key, a contended chain lock, a record held elsewhere,
  * a failed store — goes to the loop as a frame, unchanged.
  *
- * Local clients (step 3's first part, NP_CLIENT): smbd's and the ctdb tool's connections, framed
- * as net/local.py frames them (no 8-byte rule: smbd sends unpadded packets), with its bound on
- * the incomplete packets all clients hold together; the loop gets their frames and writes to
- * them through the plane like to the node connections.
+ * Local clients (step 3, NP_CLIENT): smbd's and the ctdb tool's connections, framed as
+ * net/local.py frames them (no 8-byte rule: smbd sends unpadded packets), with its bound on the
+ * incomplete packets all clients hold together; the loop gets their frames and writes to them
+ * through the plane like to the node connections.
+ *
+ * smbd's calls (step 3, with np_calls_setup), under the grant's rules: a client's REQ_CALL for a
+ * key no published state names is answered from the record held here or sent on to the
+ * believed dmaster (client_call_record); the REPLY_DMASTER for such a call, when it comes before
+ * the loop wakes, is landed and the client answered (land_record); smbd's SCHEDULE_FOR_DELETION
+ * is logged for the vacuum's queue. The calls still under way when the loop wakes, and all the
+ * rest, are in a call log the loop takes first (np_calls_take, server/native_calls.py): from
+ * then on they are the core's own.
  *
  * Events for the loop, each: u32 kind (1 a frame, 2 closed, 3 closed for what the peer sent,
  * 4 a client closed for its stalled incomplete packet),
