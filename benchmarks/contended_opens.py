@@ -57,9 +57,9 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
             f"--option=torture:timelimit={seconds}", "--option=torture:progress=no",
             "smb2.bench.path-contention-shared"]
     packets_before = packets_in(cluster)
-    cpu_before, busy_before = daemon_cpu(cluster), machine_busy()
+    cpu_before, smbd_before, busy_before = daemon_cpu(cluster), smbd_cpu(cluster), machine_busy()
     done = cluster.client(0).run(argv, timeout=seconds + 120)
-    cpu_after, busy_after = daemon_cpu(cluster), machine_busy()
+    cpu_after, smbd_after, busy_after = daemon_cpu(cluster), smbd_cpu(cluster), machine_busy()
     packets_after = packets_in(cluster)
     found = SUMMARY.findall(done.stderr + done.stdout)    # comments go to stderr, verdicts to stdout
     if done.returncode != 0 or not found or "success: path-contention-shared" not in done.stdout:
@@ -78,6 +78,7 @@ def bench(cluster: LabCluster, ips: list[str], args: argparse.Namespace,
                for pnn in sorted(cpu_after)]
     return {"opens_s": int(opens), "avg_latency_ms": float(avg) * 1e3,
             "max_latency_ms": float(high) * 1e3, "daemon_cpu_us": per_node,
+            "smbd_cpu_us": (smbd_after - smbd_before) / TICK * 1e6 / total_opens,
             "packets_per_open": packets,
             "machine_busy_pct": 100 * busy / elapsed if elapsed else 0.0}
 
@@ -114,6 +115,25 @@ def daemon_cpu(cluster: LabCluster) -> dict[int, int]:
                 pass
         out[node.index] = ticks
     return out
+
+
+#: smbd and the helpers it forks (their process names): the parent, the connections' smbds,
+#: notifyd and cleanupd
+SMBD_PROGRAMS = ("smbd", "smbd-notifyd", "cleanupd")
+
+
+def smbd_cpu(cluster: LabCluster) -> int:
+    """All nodes' smbd processes' CPU so far, in clock ticks: their own and what they reaped of
+    their children (a connection's smbd that ended). What the daemon costs smbd shows here: with
+    the same bench, a daemon that answers slower or wakes smbd more makes this grow."""
+    ticks = 0
+    for node in cluster.nodes:
+        for pid, _name, _start in cluster.node(node.index).find_programs(SMBD_PROGRAMS):
+            try:
+                ticks += sum(cpu_ticks(pid))
+            except OSError:               # ended between the listing and the read
+                pass
+    return ticks
 
 
 def machine_busy() -> tuple[int, int]:
@@ -193,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(f'{c:.0f}' for c in result['daemon_cpu_us'])}), "
                              f"packets in per open {sum(result['packets_per_open']):.2f} (nodes "
                              f"{', '.join(f'{c:.2f}' for c in result['packets_per_open'])}), "
+                             f"smbd CPU per open {result['smbd_cpu_us']:.0f} us, "
                              f"machine {result['machine_busy_pct']:.0f} % busy")
                     if label != "warm-up":
                         results.setdefault(daemon, {"one": [], "spread": []})[mode].append(result)
@@ -204,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     medians: dict[str, dict[str, float]] = {}
     for daemon in daemons:
         if daemon in failures:
-            rows.append([daemon, "not measured"] + [""] * 7)
+            rows.append([daemon, "not measured"] + [""] * 8)
             continue
         runs = results[daemon]
         m = {mode: median([r["opens_s"] for r in runs[mode]]) for mode in runs}
         lat = {mode: median([r["avg_latency_ms"] for r in runs[mode]]) for mode in runs}
         cpu = {mode: median([sum(r["daemon_cpu_us"]) for r in runs[mode]]) for mode in runs}
         busy = {mode: median([r["machine_busy_pct"] for r in runs[mode]]) for mode in runs}
+        smbd = {mode: median([r["smbd_cpu_us"] for r in runs[mode]]) for mode in runs}
         packets = {mode: median([sum(r["packets_per_open"]) for r in runs[mode]]) for mode in runs}
         per_packet = {mode: median([sum(r["daemon_cpu_us"]) / sum(r["packets_per_open"])
                                     if sum(r["packets_per_open"]) else 0.0 for r in runs[mode]])
@@ -224,14 +246,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"{cpu['one']:.0f} / {cpu['spread']:.0f}",
                      f"{packets['one']:.2f} / {packets['spread']:.2f}",
                      f"{per_packet['one']:.0f} / {per_packet['spread']:.0f}",
+                     f"{smbd['one']:.0f} / {smbd['spread']:.0f}",
                      f"{busy['one']:.0f} / {busy['spread']:.0f}"])
     print(table(["daemon", "through 1 node", f"spread over {args.nodes}", "spread/one",
                  "avg latency ms (one / spread)", "daemon CPU us/open", "packets in/open",
-                 "daemon CPU us/packet", "machine busy %"], rows))
+                 "daemon CPU us/packet", "smbd CPU us/open", "machine busy %"], rows))
     print("\ndaemon CPU us/open: all nodes' daemon processes (helpers they reaped included) over a "
           "run, per open; packets in/open: what all daemons received per open (smbd's packets and "
           "the record packets of other nodes, from `ctdb statistics`), and the daemon CPU per such "
-          "packet; machine busy %: all CPUs, the whole machine, over the same run")
+          "packet; smbd CPU us/open: all nodes' smbd processes (connections' smbds that ended "
+          "included) per open; machine busy %: all CPUs, the whole machine, over the same run")
     if "ctdb" in medians and "pyctdbd" in medians:
         ref, py = medians["ctdb"], medians["pyctdbd"]
         print("\npyctdbd / ctdbd: " + ", ".join(
