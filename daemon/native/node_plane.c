@@ -1693,6 +1693,32 @@ uint64_t np_wakes(struct np_plane *p)
     return w;
 }
 
+/* Move whole entries of a log (the grants', the calls') into buf, under the mutex: bytes
+ * copied; -(size needed) when the first entry does not fit. The log's buffer is read through
+ * `log` after the lock is taken (the thread may have grown it). */
+static int64_t take_entries(struct np_plane *p, unsigned char *const *log, size_t *loglen,
+                            size_t (*entry_size)(const unsigned char *), unsigned char *buf, uint64_t cap)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t pos = 0;
+    while (pos < *loglen) {
+        size_t padded = entry_size(*log + pos);
+        if (pos + padded > cap)
+            break;
+        pos += padded;
+    }
+    if (pos == 0 && *loglen) {
+        int64_t need = (int64_t)entry_size(*log);
+        pthread_mutex_unlock(&p->mu);
+        return -need;
+    }
+    memcpy(buf, *log, pos);
+    memmove(*log, *log + pos, *loglen - pos);
+    *loglen -= pos;
+    pthread_mutex_unlock(&p->mu);
+    return (int64_t)pos;
+}
+
 /* ---- the lmaster's grant: the loop's side ---- */
 
 /* Turn grants on: libtdb's functions, the largest key accepted (the loop's limit). The loop
@@ -1766,30 +1792,16 @@ uint32_t np_calls_next_reqid(struct np_plane *p)
     return r;
 }
 
+static size_t call_entry_size(const unsigned char *e)
+{
+    return (CALL_ENTRY_HEAD + (size_t)rd32(e + 8) + rd32(e + 44) + 7) & ~(size_t)7;
+}
+
 /* Move the call log into buf (whole entries); bytes copied, -(size needed) when the first entry
  * does not fit. */
 int64_t np_calls_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
 {
-    struct np_grants *g = &p->g;
-    pthread_mutex_lock(&p->mu);
-    size_t pos = 0;
-    while (pos < g->cloglen) {
-        size_t size = CALL_ENTRY_HEAD + (size_t)rd32(g->clog + pos + 8) + rd32(g->clog + pos + 44);
-        size_t padded = (size + 7) & ~(size_t)7;
-        if (pos + padded > cap) {
-            if (pos == 0) {
-                pthread_mutex_unlock(&p->mu);
-                return -(int64_t)padded;
-            }
-            break;
-        }
-        pos += padded;
-    }
-    memcpy(buf, g->clog, pos);
-    memmove(g->clog, g->clog + pos, g->cloglen - pos);
-    g->cloglen -= pos;
-    pthread_mutex_unlock(&p->mu);
-    return (int64_t)pos;
+    return take_entries(p, &p->g.clog, &p->g.cloglen, call_entry_size, buf, cap);
 }
 
 /* answered here, sent on, landed, left to the loop */
@@ -1977,27 +1989,14 @@ out:
  * 4 the reply could not be queued), stores, keylen; u64 rsn, u32 dmaster, u32 flags of the
  * scheduled header; the key; padded to 8. Returns bytes copied; -(size needed) when the first
  * entry does not fit. */
+static size_t grant_entry_at(const unsigned char *e)
+{
+    return grant_entry_size(rd32(e + 20));
+}
+
 int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
 {
-    struct np_grants *g = &p->g;
-    pthread_mutex_lock(&p->mu);
-    size_t pos = 0;
-    while (pos < g->loglen) {
-        size_t padded = grant_entry_size(rd32(g->log + pos + 20));
-        if (pos + padded > cap)
-            break;
-        pos += padded;
-    }
-    if (pos == 0 && g->loglen) {
-        int64_t need = (int64_t)grant_entry_size(rd32(g->log + 20));
-        pthread_mutex_unlock(&p->mu);
-        return -need;
-    }
-    memcpy(buf, g->log, pos);
-    memmove(g->log, g->log + pos, g->loglen - pos);
-    g->loglen -= pos;
-    pthread_mutex_unlock(&p->mu);
-    return (int64_t)pos;
+    return take_entries(p, &p->g.log, &p->g.loglen, grant_entry_at, buf, cap);
 }
 
 /* Where the thread notes that peers have asked this node as their lmaster (the loop hands over

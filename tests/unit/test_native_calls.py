@@ -24,8 +24,7 @@ import pytest
 
 from ctdblab.daemon.core.db.ltdbrules import AUTOMATIC, MIGRATED_WITH_DATA, lmaster_of
 from ctdblab.daemon.core.db.migration import (
-    DbAttached, DeleteRecord, LocalCall, MigrationCore, MigrationSettings, PeerPacket, ReplyToClient,
-    ScheduleForDeletion, SendPacket, StoreRecord, UnscheduleDeletion,
+    DbAttached, LocalCall, MigrationCore, MigrationSettings, PeerPacket, ReplyToClient, SendPacket,
 )
 from ctdblab.daemon.native import node_plane
 from ctdblab.daemon.native.node_plane import (
@@ -37,6 +36,7 @@ from ctdblab.daemon.protocol.constants import CallFunc, Control, ControlFlag
 from ctdblab.daemon.protocol.packets import ReplyCall, ReplyDmaster, ReqCall, ReqControl, decode_packet, encode_packet
 from ctdblab.daemon.protocol.types import KeyData, LtdbHeader, VnnMap
 from ctdblab.daemon.store import DbDirs, DbKind, Store, db_id, libtdb
+from test_native_grants import _offsets, carry_out      # the core's actions on a file; frames in a stream
 
 NAME = "smbXsrv_open_global.tdb"
 DB = db_id(NAME)
@@ -93,20 +93,6 @@ def put(dbs, key: bytes, value: bytes | None) -> None:
         db.tdb.delete(key)
         if value is not None:
             db.tdb.store(key, value)
-
-
-def carry_out(db, actions) -> dict[bytes, LtdbHeader]:
-    queue: dict[bytes, LtdbHeader] = {}
-    for action in actions:
-        if isinstance(action, StoreRecord):
-            db.tdb.store_ltdb(action.key, action.header, action.data)
-        elif isinstance(action, DeleteRecord):
-            db.tdb.delete(action.key)
-        elif isinstance(action, ScheduleForDeletion):
-            queue[action.key] = action.header
-        elif isinstance(action, UnscheduleDeletion):
-            queue.pop(action.key, None)
-    return queue
 
 
 def queue_of(key: bytes, stores) -> dict[bytes, LtdbHeader]:
@@ -303,13 +289,6 @@ class Rig:
         for s in (self.smbd, self.peer_in, self.peer_out):
             s.close()
         self.store.close()
-
-
-def _offsets(stream: bytes):
-    pos = 0
-    while len(stream) - pos >= 4:
-        yield pos
-        pos += struct.unpack_from("<I", stream, pos)[0]
 
 
 def _lengths(stream: bytes):
