@@ -370,6 +370,25 @@ static void pack_header(unsigned char *b, const struct ltdb_header *h)
     memset(b + 20, 0, 4);
 }
 
+static struct ltdb_header unpack_header(const unsigned char *b)
+{
+    return (struct ltdb_header){rd64(b), rd32(b + 8), rd32(b + 12), rd32(b + 16)};
+}
+
+/* A packet's 32-byte header (length: the padded length, as the packet is sent). */
+static void put_packet_header(unsigned char *o, size_t length, uint32_t generation, uint32_t op,
+                              uint32_t destnode, uint32_t srcnode, uint32_t reqid)
+{
+    wr32(o, (uint32_t)length);
+    wr32(o + 4, CTDB_MAGIC);
+    wr32(o + 8, CTDB_VERSION);
+    wr32(o + 12, generation);
+    wr32(o + 16, op);
+    wr32(o + 20, destnode);
+    wr32(o + 24, srcnode);
+    wr32(o + 28, reqid);
+}
+
 /* ctdb_ltdb_store_server's rules for a volatile database (core/db/ltdbrules.py `store`, with a
  * vnnmap): changes *h to what is stored; returns whether the record is kept, and in *schedule
  * whether it goes on the vacuum's queue. */
@@ -438,6 +457,46 @@ static void grant_log(void *tdb, int level, const char *fmt, ...)
         (*complaints)++;
 }
 
+/* A record's chain locked by the thread's decisions: tried without blocking, with libtdb's
+ * complaints counted meanwhile (grant_log) and the file's own log function put back when it is
+ * unlocked. The record as read under it, and whether the loop must read it instead (libtdb
+ * complained, an error other than "missing", a record shorter than its header). */
+struct held_chain {
+    void *ctx;
+    np_tdb_data key;
+    unsigned complaints;
+    struct np_tdb_log theirs;
+    np_tdb_data rec;
+};
+
+/* 0 with the chain locked and the record read into hc->rec (NULL when missing); -1 when smbd or
+ * a helper holds the chain (nothing changed). */
+static int lock_chain(const struct np_tdb_fns *fn, void *ctx, np_tdb_data key, struct held_chain *hc)
+{
+    *hc = (struct held_chain){ctx, key, 0, {fn->loop_log_fn, fn->logging_private(ctx)}, {NULL, 0}};
+    struct np_tdb_log ours = {grant_log, &hc->complaints};      /* libtdb copies it */
+    fn->set_logging(ctx, &ours);
+    if (fn->chainlock_nonblock(ctx, key) != 0) {
+        fn->set_logging(ctx, &hc->theirs);
+        return -1;
+    }
+    hc->rec = fn->fetch(ctx, key);
+    return 0;
+}
+
+static int unreadable(const struct np_tdb_fns *fn, const struct held_chain *hc)
+{
+    return hc->complaints || (hc->rec.dptr == NULL ? fn->error(hc->ctx) != TDB_ERR_NOEXIST
+                                                   : hc->rec.dsize < LTDB_HEADER);
+}
+
+static void unlock_chain(const struct np_tdb_fns *fn, struct held_chain *hc)
+{
+    fn->chainunlock(hc->ctx, hc->key);
+    fn->set_logging(hc->ctx, &hc->theirs);
+    free(hc->rec.dptr);
+}
+
 /* What a grant did besides the reply. */
 struct grant_info {
     uint32_t stores;            /* records written */
@@ -458,24 +517,16 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
     uint32_t src = rd32(f + 24), keylen = rd32(f + 48);
     np_tdb_data key = {(unsigned char *)f + REQ_CALL_HEAD, keylen};
     memset(info, 0, sizeof *info);
-    void *loop_private = fn->logging_private(ctx);
-    unsigned complaints = 0;
-    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
-    fn->set_logging(ctx, &ours);
-    if (fn->chainlock_nonblock(ctx, key) != 0) {
-        fn->set_logging(ctx, &theirs);
+    struct held_chain hc;
+    if (lock_chain(fn, ctx, key, &hc) != 0)
         return 0;                                   /* smbd (or a helper) holds the chain */
-    }
     int64_t result = 0;
-    np_tdb_data rec = fn->fetch(ctx, key);
     struct ltdb_header h;
     const unsigned char *data = NULL;
     size_t datalen = 0;
-    if (complaints)
-        goto unlock;                                /* a corrupt chain: the loop reports it */
-    if (rec.dptr == NULL) {
-        if (fn->error(ctx) != TDB_ERR_NOEXIST)
-            goto unlock;                            /* the loop reports it */
+    if (unreadable(fn, &hc))
+        goto unlock;                                /* corrupt or short: the loop reports it */
+    if (hc.rec.dptr == NULL) {
         /* ltdb_initial_header with this node as lmaster, stored at once */
         struct ltdb_header initial = {0, pnn, 0, RF_AUTOMATIC};
         int sched;
@@ -487,16 +538,11 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
         info->sched = initial;
         h = initial;
     } else {
-        if (rec.dsize < LTDB_HEADER)
-            goto unlock;                            /* a short record: the loop reports it */
-        h.rsn = rd64(rec.dptr);
-        h.dmaster = rd32(rec.dptr + 8);
-        h.reserved1 = rd32(rec.dptr + 12);
-        h.flags = rd32(rec.dptr + 16);
+        h = unpack_header(hc.rec.dptr);
         if (h.dmaster != pnn)
             goto unlock;                            /* held elsewhere: the loop redirects */
-        data = rec.dptr + LTDB_HEADER;
-        datalen = rec.dsize - LTDB_HEADER;
+        data = hc.rec.dptr + LTDB_HEADER;
+        datalen = hc.rec.dsize - LTDB_HEADER;
     }
     /* ctdb_call_send_dmaster, then ctdb_send_dmaster_reply on the lmaster */
     struct ltdb_header given = h;
@@ -515,14 +561,7 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
         goto declined;
     info->stores++;
     unsigned char *o = *out;
-    wr32(o, (uint32_t)padded);
-    wr32(o + 4, CTDB_MAGIC);
-    wr32(o + 8, CTDB_VERSION);
-    wr32(o + 12, rd32(f + 12));                     /* generation */
-    wr32(o + 16, OP_REPLY_DMASTER);
-    wr32(o + 20, src);                              /* destnode */
-    wr32(o + 24, pnn);                              /* srcnode */
-    wr32(o + 28, rd32(f + 28));                     /* reqid */
+    put_packet_header(o, padded, rd32(f + 12), OP_REPLY_DMASTER, src, pnn, rd32(f + 28));
     o += HEADER_SIZE;
     wr32(o, rd32(f + 36));                          /* db_id */
     memset(o + 4, 0, 4);
@@ -542,9 +581,7 @@ static int64_t grant_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn
 declined:
     result = info->stores ? -1 : 0;
 unlock:
-    fn->chainunlock(ctx, key);
-    fn->set_logging(ctx, &theirs);
-    free(rec.dptr);
+    unlock_chain(fn, &hc);
     return result;
 }
 
@@ -644,14 +681,7 @@ static size_t reply_call(unsigned char **out, size_t *outcap, uint32_t callid, u
     if (grow(out, outcap, padded) != 0)
         return 0;
     unsigned char *o = *out;
-    wr32(o, (uint32_t)padded);
-    wr32(o + 4, CTDB_MAGIC);
-    wr32(o + 8, CTDB_VERSION);
-    wr32(o + 12, 0);                                /* generation: 0 to clients */
-    wr32(o + 16, OP_REPLY_CALL);
-    wr32(o + 20, destnode);
-    wr32(o + 24, pnn);
-    wr32(o + 28, reqid);
+    put_packet_header(o, padded, 0, OP_REPLY_CALL, destnode, pnn, reqid);  /* generation 0 to clients */
     wr32(o + 32, 0);                                /* status */
     wr32(o + 36, (uint32_t)replylen);
     o += REPLY_CALL_HEAD;
@@ -685,25 +715,17 @@ static int client_call_record(const struct np_tdb_fns *fn, void *ctx, uint32_t p
     if (nlmasters == 0)
         return CC_LEAVE;
     uint32_t lmaster = lmasters[fn->hash(&key) % nlmasters];
-    void *loop_private = fn->logging_private(ctx);
-    unsigned complaints = 0;
-    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
-    fn->set_logging(ctx, &ours);
-    if (fn->chainlock_nonblock(ctx, key) != 0) {
-        fn->set_logging(ctx, &theirs);
+    struct held_chain hc;
+    if (lock_chain(fn, ctx, key, &hc) != 0)
         return CC_LEAVE;
-    }
     int result = CC_LEAVE;
     struct planned pl = {0};
-    np_tdb_data rec = fn->fetch(ctx, key);
     struct ltdb_header h;
     const unsigned char *data = NULL;
     size_t datalen = 0;
-    if (complaints)
+    if (unreadable(fn, &hc))
         goto unlock;
-    if (rec.dptr == NULL) {
-        if (fn->error(ctx) != TDB_ERR_NOEXIST)
-            goto unlock;
+    if (hc.rec.dptr == NULL) {
         h = (struct ltdb_header){0, lmaster, 0, RF_AUTOMATIC};      /* ltdb_initial_header */
         if (lmaster == pnn) {                       /* ctdb_ltdb_fetch stores it at once */
             if (plan_store(&pl, h, NULL, 0, pnn, lmaster) != 0)
@@ -711,14 +733,9 @@ static int client_call_record(const struct np_tdb_fns *fn, void *ctx, uint32_t p
             h = pl.h[0];
         }
     } else {
-        if (rec.dsize < LTDB_HEADER)
-            goto unlock;
-        h.rsn = rd64(rec.dptr);
-        h.dmaster = rd32(rec.dptr + 8);
-        h.reserved1 = rd32(rec.dptr + 12);
-        h.flags = rd32(rec.dptr + 16);
-        data = rec.dptr + LTDB_HEADER;
-        datalen = rec.dsize - LTDB_HEADER;
+        h = unpack_header(hc.rec.dptr);
+        data = hc.rec.dptr + LTDB_HEADER;
+        datalen = hc.rec.dsize - LTDB_HEADER;
     }
     if (h.dmaster == pnn) {
         /* ctdb_call_local: the call function on the record as read, then the store */
@@ -742,14 +759,7 @@ static int client_call_record(const struct np_tdb_fns *fn, void *ctx, uint32_t p
     if (grow(out, outcap, padded) != 0)
         goto unlock;
     unsigned char *o = *out;
-    wr32(o, (uint32_t)padded);
-    wr32(o + 4, CTDB_MAGIC);
-    wr32(o + 8, CTDB_VERSION);
-    wr32(o + 12, generation);
-    wr32(o + 16, OP_REQ_CALL);
-    wr32(o + 20, h.dmaster);
-    wr32(o + 24, pnn);
-    wr32(o + 28, reqid);
+    put_packet_header(o, padded, generation, OP_REQ_CALL, h.dmaster, pnn, reqid);
     wr32(o + 32, flags);
     wr32(o + 36, db_id);
     wr32(o + 40, callid);
@@ -762,9 +772,7 @@ static int client_call_record(const struct np_tdb_fns *fn, void *ctx, uint32_t p
     *outlen = padded;
     result = CC_SENT;
 unlock:
-    fn->chainunlock(ctx, key);
-    fn->set_logging(ctx, &theirs);
-    free(rec.dptr);
+    unlock_chain(fn, &hc);
     return result;
 }
 
@@ -798,30 +806,21 @@ static int land_record(const struct np_tdb_fns *fn, void *ctx, uint32_t pnn, con
     size_t n = reply_call(out, outcap, callid, client_reqid, client_src, pnn, &landed, data, datalen);
     if (n == 0)
         return 0;
-    void *loop_private = fn->logging_private(ctx);
-    unsigned complaints = 0;
-    struct np_tdb_log ours = {grant_log, &complaints}, theirs = {fn->loop_log_fn, loop_private};
-    fn->set_logging(ctx, &ours);
-    int result = 0;
-    if (fn->chainlock_nonblock(ctx, key) != 0) {
-        fn->set_logging(ctx, &theirs);
+    struct held_chain hc;
+    if (lock_chain(fn, ctx, key, &hc) != 0)
         return 0;
-    }
     /* the loop reads the record under the lock before it steps a landing (and a corrupt or
      * short one fails the event): so does this, and leaves such a record to the loop */
-    np_tdb_data rec = fn->fetch(ctx, key);
-    int readable = !complaints && (rec.dptr != NULL ? rec.dsize >= LTDB_HEADER
-                                                     : fn->error(ctx) == TDB_ERR_NOEXIST);
-    free(rec.dptr);
-    if (!readable) {
-    } else if (write_planned(fn, ctx, key, &pl, info) == 0 && !complaints) {
-        *outlen = n;
-        result = 1;
-    } else if (info->nstores) {
-        result = -1;                                /* the loop must know: it forces a recovery */
+    int result = 0;
+    if (!unreadable(fn, &hc)) {
+        if (write_planned(fn, ctx, key, &pl, info) == 0 && !hc.complaints) {
+            *outlen = n;
+            result = 1;
+        } else if (info->nstores) {
+            result = -1;                            /* the loop must know: it forces a recovery */
+        }
     }
-    fn->chainunlock(ctx, key);
-    fn->set_logging(ctx, &theirs);
+    unlock_chain(fn, &hc);
     return result;
 }
 
@@ -1124,9 +1123,9 @@ static int log_call(struct np_grants *g, const struct call_entry *e, const struc
     memcpy(o, head, sizeof head);
     wr64(o + 48, e->t_ns);
     wr64(o + 56, e->started_ns);
-    wr32(o + 64, info ? info->nstores : 0);
+    wr32(o + 64, info->nstores);
     wr32(o + 68, e->reply_lost);
-    for (uint32_t i = 0; info && i < info->nstores; i++) {
+    for (uint32_t i = 0; i < info->nstores; i++) {
         unsigned char *st = o + 72 + 24 * i;
         wr32(st, info->stores[i].effect);
         wr32(st + 4, info->stores[i].h.flags);
@@ -1176,13 +1175,15 @@ static int try_schedule(struct np_plane *p, struct np_conn *c, const unsigned ch
 static int try_client(struct np_plane *p, struct np_conn *c, const unsigned char *f, uint32_t len)
 {
     struct np_grants *g = &p->g;
-    if (g->calls_enabled && len >= HEADER_SIZE && rd32(f + 16) == OP_REQ_CONTROL) {
+    if (!g->calls_enabled || len < HEADER_SIZE)
+        return 0;
+    if (rd32(f + 16) == OP_REQ_CONTROL) {
         if (!try_schedule(p, c, f, len))
             return 0;
         c->frames_in++;
         return 1;
     }
-    if (!g->calls_enabled || len < REQ_CALL_HEAD || rd32(f + 16) != OP_REQ_CALL)
+    if (len < REQ_CALL_HEAD || rd32(f + 16) != OP_REQ_CALL)
         return 0;
     uint32_t keylen = rd32(f + 48), calldatalen = rd32(f + 52);
     if ((uint64_t)REQ_CALL_HEAD + keylen + calldatalen > len || keylen == 0 || keylen > g->max_key)
@@ -1984,16 +1985,16 @@ out:
     return rc;
 }
 
-/* Move the grants logged since the last take into buf (whole entries). Entry: u32 db_id,
- * srcnode, hopcount, what (1 granted, 2 the initial store scheduled the record for deletion,
- * 4 the reply could not be queued), stores, keylen; u64 rsn, u32 dmaster, u32 flags of the
- * scheduled header; the key; padded to 8. Returns bytes copied; -(size needed) when the first
- * entry does not fit. */
 static size_t grant_entry_at(const unsigned char *e)
 {
     return grant_entry_size(rd32(e + 20));
 }
 
+/* Move the grants logged since the last take into buf (whole entries). Entry: u32 db_id,
+ * srcnode, hopcount, what (1 granted, 2 the initial store scheduled the record for deletion,
+ * 4 the reply could not be queued), stores, keylen; u64 rsn, u32 dmaster, u32 flags of the
+ * scheduled header; the key; padded to 8. Returns bytes copied; -(size needed) when the first
+ * entry does not fit. */
 int64_t np_grant_take(struct np_plane *p, unsigned char *buf, uint64_t cap)
 {
     return take_entries(p, &p->g.log, &p->g.loglen, grant_entry_at, buf, cap);
