@@ -19,11 +19,12 @@ message delivery to them.
 
 Dispatch of what clients send is the daemon's job: `on_frame(client, frame)`.
 
-With ``plane`` (a PlaneLinks, net/plane_links.py; opt-in, PYCTDBD_CLIENT_PLANE=1) the clients'
-connections go through the native node plane's thread instead of asyncio's transports: it frames
-them by the same rules and enforces the same bound on incomplete packets (node_plane.c), the
-loop gets whole frames and writes through the plane, and the same log lines name the client.
-That is the first part of step 3 of docs/native-hot-path.md (smbd's calls handled in the plane).
+With ``plane`` (a PlaneLinks, net/plane_links.py; the daemon's default, PYCTDBD_CLIENT_PLANE=0
+keeps asyncio's transports) the clients' connections go through the native node plane's thread:
+it frames them by the same rules and enforces the same bound on incomplete packets
+(node_plane.c), the loop gets whole frames and writes through the plane, and the same log lines
+name the client. Its thread then also takes smbd's calls (server/native_calls.py, step 3 of
+docs/native-hot-path.md).
 """
 
 from __future__ import annotations

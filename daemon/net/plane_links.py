@@ -121,10 +121,8 @@ class PlaneLinkTransport:
 class PlaneLinks:
     """The plane, its connections by id, and the loop's reader of its wake descriptor."""
 
-    def __init__(self, max_packet: int, on_bad_data: Callable[[object, str], None] | None = None) -> None:
+    def __init__(self, max_packet: int) -> None:
         self.plane = NodePlane(max_packet)
-        # (protocol, reason): log it, naming the peer; for links adopted without on_trouble
-        self.on_bad_data = on_bad_data
         self._links: dict[int, PlaneLinkTransport] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.plane.wake_fd, self._drain)
@@ -134,7 +132,7 @@ class PlaneLinks:
         """Hand ``sock`` (connected) to the plane; ``protocol.connection_made`` gets the
         transport look-alike (its ``get_extra_info`` answers "peername" and ``extra``'s names).
         ``on_trouble(protocol, kind, reason)`` hears of a close for what the other side sent
-        (CLOSED_BAD, CLOSED_STALLED) before ``connection_lost``; without it, ``on_bad_data``."""
+        (CLOSED_BAD, CLOSED_STALLED) before ``connection_lost``, to log it naming the peer."""
         try:
             peername = sock.getpeername()
         except OSError:
@@ -172,8 +170,6 @@ class PlaneLinks:
             self._links.pop(conn, None)
             if link.on_trouble is not None and kind in (CLOSED_BAD, CLOSED_STALLED):
                 link.on_trouble(link.protocol, kind, body)
-            elif kind == CLOSED_BAD and self.on_bad_data is not None:
-                self.on_bad_data(link.protocol, body)
             link._closed_by_plane(body)
         if batch:
             batch_link.protocol.frames_received(batch)

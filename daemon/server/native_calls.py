@@ -122,9 +122,9 @@ class NativeCalls:
             stats.pending_calls += 1          # (a client gone: its call waits for nobody)
         if not adopt:
             return
-        waiter = Waiter(client, e.client_reqid, e.callid, e.flags, e.calldata, e.at) if client else None
-        call = waiter or Waiter(None, e.client_reqid, e.callid, e.flags, e.calldata, e.at)
-        self.core.flights.add(Flight(e.db_id, e.key, e.reqid, e.generation, e.at, call, waiter))
+        call = Waiter(client, e.client_reqid, e.callid, e.flags, e.calldata, e.at)
+        primary = call if client is not None else None      # as after ClientGone
+        self.core.flights.add(Flight(e.db_id, e.key, e.reqid, e.generation, e.at, call, primary))
         if client is not None:
             self.calls.callers[(client, e.client_reqid)] = e.client_src
 
@@ -158,11 +158,9 @@ class NativeCalls:
         for effect, header in e.stores:
             calls.counters.stores += 1
             if effect == STORE_SCHEDULE:
-                calls.counters.vacuum_candidates += 1
-                if calls.on_schedule is not None:
-                    calls.on_schedule(e.db_id, e.key, LtdbHeader(*header))
-            elif calls.on_unschedule is not None:
-                calls.on_unschedule(e.db_id, e.key)
+                calls.schedule_deletion(e.db_id, e.key, LtdbHeader(*header))
+            else:
+                calls.unschedule_deletion(e.db_id, e.key)
 
     def _client_traffic(self, e: CallEntry, received: bool, sent: bool) -> None:
         client = self.links.protocol_of(e.conn)

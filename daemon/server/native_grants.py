@@ -191,13 +191,11 @@ class NativeGrants:
                 calls.counters.packets_sent += 1
                 by_peer[grant.srcnode] = by_peer.get(grant.srcnode, 0) + 1
             if grant.what & SCHEDULED:
-                calls.counters.vacuum_candidates += 1
-                if calls.on_schedule is not None:
-                    rsn, dmaster, flags = grant.scheduled
-                    calls.on_schedule(grant.db_id, grant.key, LtdbHeader(rsn, dmaster, 0, flags))
-            if grant.what & GRANTED and calls.on_unschedule is not None:
+                rsn, dmaster, flags = grant.scheduled
+                calls.schedule_deletion(grant.db_id, grant.key, LtdbHeader(rsn, dmaster, 0, flags))
+            if grant.what & GRANTED:
                 # the grant's store kept the record for its new dmaster and did not schedule it
-                calls.on_unschedule(grant.db_id, grant.key)
+                calls.unschedule_deletion(grant.db_id, grant.key)
             if grant.what & REPLY_LOST:
                 calls.force_recovery(f"the native grant of a record of db 0x{grant.db_id:08x} to node "
                                      f"{grant.srcnode} could not queue its REPLY_DMASTER")

@@ -456,18 +456,28 @@ class RecordCalls:
                 elif isinstance(action, Log):
                     log.log(action.level, "%s", action.text)
                 elif isinstance(action, ScheduleForDeletion):
-                    self.counters.vacuum_candidates += 1
-                    if self.on_schedule is not None:
-                        self.on_schedule(action.db_id, bytes(action.key), action.header)
+                    self.schedule_deletion(action.db_id, bytes(action.key), action.header)
                 elif isinstance(action, UnscheduleDeletion):
                     # after a failed store the queue keeps the key (ctdbd: neither happens)
-                    if failed is None and self.on_unschedule is not None:
-                        self.on_unschedule(action.db_id, bytes(action.key))
+                    if failed is None:
+                        self.unschedule_deletion(action.db_id, bytes(action.key))
                 else:
                     raise TypeError(f"unknown action {type(action).__name__}")
             except Exception as exc:        # one bad action must not stop the others
                 self.complain("bug", ("action", type(action).__name__),
                               f"carrying out {type(action).__name__} failed: {exc!r}", self.clock(), exc)
+
+    def schedule_deletion(self, db_id: int, key: bytes, header: LtdbHeader) -> None:
+        """A store put the record on the vacuum's queue: the core's ScheduleForDeletion, or the
+        same store made by the native plane (server/native_grants.py, native_calls.py)."""
+        self.counters.vacuum_candidates += 1
+        if self.on_schedule is not None:
+            self.on_schedule(db_id, key, header)
+
+    def unschedule_deletion(self, db_id: int, key: bytes) -> None:
+        """A store kept the record without scheduling it: off the vacuum's queue."""
+        if self.on_unschedule is not None:
+            self.on_unschedule(db_id, key)
 
     def _write(self, action: StoreRecord | DeleteRecord, db: Database | None,
                target: Target | None) -> str | None:

@@ -7,10 +7,10 @@ unlock) and the rules in Python; or natively, the whole slice in one call of the
 library (``np_vacuum_triage`` in native/node_plane.c), the rules in C: 1.1 against 14.5 µs per
 record, a run over 20,000 records 22 against 290 ms of the loop's CPU (benchmarks.vacuum_triage).
 In the one-node contended-opens benchmark it measured no gain: the lmasters' queues there stay
-short since their grants stopped queueing the initial store. The native one is used where the library is built, unless the daemon's environment
-says ``PYCTDBD_NATIVE_VACUUM=0`` (or ``PYCTDBD_NATIVE=0``). It runs on the loop's thread, which
-holds the node plane's rest while awake, so no grant of the plane's thread uses the file
-meanwhile; it takes the database's turn as a task's chain lock would. A record the native code
+short since their grants stopped queueing the initial store. The native one is used where the
+library is built, unless the daemon's environment says ``PYCTDBD_NATIVE_VACUUM=0`` (or
+``PYCTDBD_NATIVE=0``). It runs on the loop's thread, which holds the node plane's rest while
+awake, so no grant of the plane's thread uses the file meanwhile; it takes the database's turn as a task's chain lock would. A record the native code
 cannot judge (libtdb complained, a short record, a failed delete) is done again in Python,
 which reports it. tests/unit/test_vacuum_triage.py runs both over the same random records.
 """

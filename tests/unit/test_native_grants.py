@@ -451,7 +451,7 @@ def test_the_loop_publishes_before_it_sleeps_and_takes_the_grants_when_it_wakes(
         calls.on_schedule = lambda db_id, key, header: scheduled.append((db_id, key, header))
         unscheduled: list = []
         calls.on_unschedule = lambda db_id, key: unscheduled.append((db_id, key))
-        links = PlaneLinks(1 << 20, lambda protocol, reason: None)
+        links = PlaneLinks(1 << 20)
         loop = asyncio.get_running_loop()
         peer_in, ours_in = socket.socketpair()
         peer_out, ours_out = socket.socketpair()
@@ -548,7 +548,7 @@ def test_the_published_state_names_every_key_the_loop_has_state_for(tmp_path, li
         calls.db_attached(DB, NAME, False)
         calls.db_attached(0x1234, "secrets.tdb", True)
         calls.vnnmap_changed(VnnMap(GEN, list(LMASTERS)))
-        links = PlaneLinks(1 << 20, lambda protocol, reason: None)
+        links = PlaneLinks(1 << 20)
         grants = NativeGrants(links, _Transport(), calls, store.by_id, lambda pnn, now: None)
         keys = own_keys(random.Random(30), 6)
         try:
