@@ -152,6 +152,28 @@ class Grant(NamedTuple):
     scheduled: tuple[int, int, int]      # (rsn, dmaster, flags) of the record queued for deletion
 
 
+def _parse_events(raw: bytes) -> list[tuple[int, int, bytes | str]]:
+    out = []
+    pos = 0
+    while pos < len(raw):
+        kind, conn, length = _EVENT_HEAD.unpack_from(raw, pos)
+        body = raw[pos + 12:pos + 12 + length]
+        out.append((kind, conn, body if kind == FRAME else body.decode("utf-8", "replace")))
+        pos += (12 + length + 7) & ~7
+    return out
+
+
+def _parse_grant_log(raw: bytes) -> list[Grant]:
+    out = []
+    pos = 0
+    while pos < len(raw):
+        db_id, src, hop, what, stores, keylen, rsn, dmaster, flags = _GRANT_HEAD.unpack_from(raw, pos)
+        start = pos + _GRANT_HEAD.size
+        out.append(Grant(db_id, src, hop, what, stores, raw[start:start + keylen], (rsn, dmaster, flags)))
+        pos += (_GRANT_HEAD.size + keylen + 7) & ~7
+    return out
+
+
 _SIGNATURES: dict[str, tuple[list, object]] = {
     "np_abi": ([], ctypes.c_int),
     "np_create": ([ctypes.c_int, ctypes.c_uint32], ctypes.c_void_p),
@@ -263,21 +285,21 @@ class NodePlane:
             os.eventfd_read(self.wake_fd)
         except BlockingIOError:
             pass
-        out: list[tuple[int, int, bytes]] = []
+        return self._take_all(self._lib.np_take, _parse_events)
+
+    def _take_all(self, take, parse) -> list:
+        """Everything one of the plane's queues holds (its events, the grant log, the call
+        log), taken in whole entries by ``take`` and decoded by ``parse``; the buffer grows
+        when one entry does not fit."""
+        out: list = []
         while True:
-            got = self._lib.np_take(self._plane, self._buf, len(self._buf))
-            if got < 0:                                   # one event larger than the buffer
+            got = take(self._plane, self._buf, len(self._buf))
+            if got < 0:                                   # one entry larger than the buffer
                 self._buf = ctypes.create_string_buffer(-got)
                 continue
             if got == 0:
                 return out
-            raw = ctypes.string_at(self._buf, got)          # the taken bytes only, not the buffer
-            pos = 0
-            while pos < got:
-                kind, conn, length = _EVENT_HEAD.unpack_from(raw, pos)
-                body = raw[pos + 12:pos + 12 + length]
-                out.append((kind, conn, body if kind == FRAME else body.decode("utf-8", "replace")))
-                pos += (12 + length + 7) & ~7
+            out += parse(ctypes.string_at(self._buf, got))  # the taken bytes only, not the buffer
 
     def counters(self, conn: int) -> tuple[int, int, int, int, int] | None:
         """(frames in, frames out, bytes in, bytes out, bytes queued) or None if gone."""
@@ -316,22 +338,7 @@ class NodePlane:
 
     def grants(self) -> list[Grant]:
         """The thread's grants since the last call, in order."""
-        out: list[Grant] = []
-        while True:
-            got = self._lib.np_grant_take(self._plane, self._buf, len(self._buf))
-            if got < 0:
-                self._buf = ctypes.create_string_buffer(-got)
-                continue
-            if got == 0:
-                return out
-            raw = ctypes.string_at(self._buf, got)
-            pos = 0
-            while pos < got:
-                db_id, src, hop, what, stores, keylen, rsn, dmaster, flags = _GRANT_HEAD.unpack_from(raw, pos)
-                start = pos + _GRANT_HEAD.size
-                out.append(Grant(db_id, src, hop, what, stores, raw[start:start + keylen],
-                                 (rsn, dmaster, flags)))
-                pos += (_GRANT_HEAD.size + keylen + 7) & ~7
+        return self._take_all(self._lib.np_grant_take, _parse_grant_log)
 
     # -- smbd's calls (step 3b) --------------------------------------------------------------------
     def enable_calls(self) -> None:
@@ -354,15 +361,7 @@ class NodePlane:
 
     def calls(self) -> list[CallEntry]:
         """The thread's call log since the last call, in order."""
-        out: list[CallEntry] = []
-        while True:
-            got = self._lib.np_calls_take(self._plane, self._buf, len(self._buf))
-            if got < 0:
-                self._buf = ctypes.create_string_buffer(-got)
-                continue
-            if got == 0:
-                return out
-            out += parse_call_log(ctypes.string_at(self._buf, got))
+        return self._take_all(self._lib.np_calls_take, parse_call_log)
 
     def call_counters(self) -> dict[str, int]:
         out = (ctypes.c_uint64 * 4)()
